@@ -1,0 +1,1 @@
+"""Collectors: Agent Lightning taps, spool, Tractatus audit logs."""

@@ -1,0 +1,1 @@
+"""The domain: records, verdicts, governance services, the Governor SDK, metrics, drift, alerts."""

@@ -1,0 +1,1 @@
+"""Tractatus-style governance services."""

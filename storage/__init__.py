@@ -1,0 +1,1 @@
+"""DuckDB storage: schema, the single writer, rollups, queries, exports."""

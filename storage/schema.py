@@ -1,0 +1,168 @@
+"""All DDL, in one place, as forward migrations.
+
+Designed for two backends: a DuckDB file today and a DuckLake catalog later. DuckLake has no
+primary keys, unique constraints or indexes, so none are declared here: idempotency is an
+anti-join on each table's natural key (`NATURAL_KEYS`), and rollups are appended partial
+aggregates that queries sum and `compact_rollups` folds. JSON columns are VARCHAR holding JSON text
+so both backends read them the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import duckdb
+
+SCHEMA_VERSION_TABLE: Final = "schema_version"
+
+MIGRATIONS: Final[list[tuple[int, str, list[str]]]] = [
+    (1, "initial schema", [
+        """CREATE TABLE runs (
+            run_id VARCHAR NOT NULL, name VARCHAR, created_at TIMESTAMP NOT NULL,
+            source VARCHAR, meta VARCHAR)""",
+        """CREATE TABLE rollouts (
+            run_id VARCHAR NOT NULL, rollout_id VARCHAR NOT NULL, status VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL, agent_id VARCHAR, round INTEGER, arm VARCHAR,
+            duration_s DOUBLE, metadata VARCHAR)""",
+        """CREATE TABLE decisions (
+            run_id VARCHAR NOT NULL, decision_id VARCHAR NOT NULL, rollout_id VARCHAR,
+            agent_id VARCHAR NOT NULL, round INTEGER NOT NULL, arm VARCHAR NOT NULL,
+            mode VARCHAR NOT NULL, action_kind VARCHAR NOT NULL, action_summary VARCHAR,
+            action_digest VARCHAR, verdict VARCHAR NOT NULL, executed BOOLEAN NOT NULL,
+            covered BOOLEAN NOT NULL, attempted BOOLEAN NOT NULL, evasion BOOLEAN NOT NULL,
+            n_checks SMALLINT NOT NULL, latency_us BIGINT NOT NULL, ts TIMESTAMP NOT NULL,
+            extra VARCHAR)""",
+        """CREATE TABLE checks (
+            run_id VARCHAR NOT NULL, decision_id VARCHAR NOT NULL, idx SMALLINT NOT NULL,
+            round INTEGER NOT NULL, arm VARCHAR NOT NULL, agent_id VARCHAR NOT NULL,
+            service VARCHAR NOT NULL, rule_id VARCHAR NOT NULL, verdict VARCHAR NOT NULL,
+            raw_verdict VARCHAR, boundary VARCHAR, severity VARCHAR, enforced BOOLEAN NOT NULL,
+            latency_us BIGINT NOT NULL, reason VARCHAR, ts TIMESTAMP NOT NULL, extra VARCHAR)""",
+        """CREATE TABLE rewards (
+            run_id VARCHAR NOT NULL, reward_id VARCHAR NOT NULL, rollout_id VARCHAR,
+            agent_id VARCHAR, round INTEGER NOT NULL, arm VARCHAR NOT NULL,
+            value DOUBLE NOT NULL, ts TIMESTAMP NOT NULL)""",
+        """CREATE TABLE events (
+            run_id VARCHAR NOT NULL, event_id VARCHAR NOT NULL, rollout_id VARCHAR,
+            event_type VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, payload VARCHAR)""",
+        # Appended partial aggregates: one row per (key, ingest batch); queries sum them.
+        """CREATE TABLE rollup_agent (
+            run_id VARCHAR NOT NULL, arm VARCHAR NOT NULL, round INTEGER NOT NULL,
+            agent_id VARCHAR NOT NULL, actions BIGINT NOT NULL, covered BIGINT NOT NULL,
+            enforce_mode BIGINT NOT NULL, attempted BIGINT NOT NULL, blocked BIGINT NOT NULL,
+            escaped BIGINT NOT NULL, evasions BIGINT NOT NULL, executed BIGINT NOT NULL,
+            latency_us_sum BIGINT NOT NULL, reward_n BIGINT NOT NULL, reward_sum DOUBLE NOT NULL,
+            reward_sq_sum DOUBLE NOT NULL, ts_min TIMESTAMP, ts_max TIMESTAMP)""",
+        """CREATE TABLE rollup_rule (
+            run_id VARCHAR NOT NULL, arm VARCHAR NOT NULL, round INTEGER NOT NULL,
+            service VARCHAR NOT NULL, rule_id VARCHAR NOT NULL, minute TIMESTAMP NOT NULL,
+            checks BIGINT NOT NULL, enforced BIGINT NOT NULL, warns BIGINT NOT NULL,
+            escalates BIGINT NOT NULL, blocks BIGINT NOT NULL, latency_us_sum BIGINT NOT NULL,
+            latency_us_max BIGINT NOT NULL)""",
+        """CREATE TABLE alerts (
+            fingerprint VARCHAR NOT NULL, alertname VARCHAR NOT NULL, run_id VARCHAR,
+            state VARCHAR NOT NULL, severity VARCHAR, labels VARCHAR, annotations VARCHAR,
+            value DOUBLE, active_since TIMESTAMP, updated_at TIMESTAMP NOT NULL)""",
+        """CREATE TABLE alert_events (
+            fingerprint VARCHAR NOT NULL, alertname VARCHAR NOT NULL, run_id VARCHAR,
+            from_state VARCHAR NOT NULL, to_state VARCHAR NOT NULL, value DOUBLE,
+            labels VARCHAR, ts TIMESTAMP NOT NULL)""",
+        """CREATE TABLE silences (
+            silence_id VARCHAR NOT NULL, matchers VARCHAR NOT NULL, comment VARCHAR,
+            created_by VARCHAR, starts_at TIMESTAMP NOT NULL, ends_at TIMESTAMP NOT NULL)""",
+        """CREATE TABLE ingest_state (
+            source VARCHAR NOT NULL, cursor VARCHAR NOT NULL, updated_at TIMESTAMP NOT NULL,
+            stats VARCHAR)""",
+        """CREATE TABLE quarantine (
+            source VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, reason VARCHAR NOT NULL,
+            raw VARCHAR)""",
+    ]),
+]
+
+LATEST_VERSION: Final = MIGRATIONS[-1][0]
+
+# The identity of a record in each event table: re-delivery of the same key changes nothing.
+NATURAL_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "rollouts": ("run_id", "rollout_id", "status"),
+    "decisions": ("run_id", "decision_id"),
+    "checks": ("run_id", "decision_id", "idx"),
+    "rewards": ("run_id", "reward_id"),
+    "events": ("run_id", "event_id"),
+}
+
+ROLLUP_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "rollup_agent": ("run_id", "arm", "round", "agent_id"),
+    "rollup_rule": ("run_id", "arm", "round", "service", "rule_id", "minute"),
+}
+# How each rollup measure folds: everything sums except these.
+ROLLUP_FOLDS: Final[dict[str, str]] = {
+    "ts_min": "min", "ts_max": "max", "latency_us_max": "max",
+}
+
+
+class SchemaTooNew(RuntimeError):
+    pass
+
+
+def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+        "ORDER BY ordinal_position", [table]).fetchall()
+    return [r[0] for r in rows]
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+        [SCHEMA_VERSION_TABLE]).fetchall()[0][0]
+    if not exists:
+        return 0
+    row = con.execute(f"SELECT max(version) FROM {SCHEMA_VERSION_TABLE}").fetchall()[0]
+    return int(row[0] or 0)
+
+
+def migrate(con: duckdb.DuckDBPyConnection, *, path: str = "database") -> int:
+    """Apply pending migrations in one transaction; refuse a database newer than this code."""
+    version = current_version(con)
+    if version > LATEST_VERSION:
+        raise SchemaTooNew(
+            f"{path} has schema version {version}, newer than this tractatus-watch supports "
+            f"({LATEST_VERSION}); upgrade tractatus-watch to open it")
+    if version == LATEST_VERSION:
+        return version
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if version == 0:
+            con.execute(f"CREATE TABLE {SCHEMA_VERSION_TABLE} (version INTEGER NOT NULL, "
+                        "description VARCHAR, applied_at TIMESTAMP NOT NULL)")
+        for number, description, statements in MIGRATIONS:
+            if number <= version:
+                continue
+            for statement in statements:
+                con.execute(statement)
+            con.execute(f"INSERT INTO {SCHEMA_VERSION_TABLE} VALUES (?, ?, now()::TIMESTAMP)",
+                        [number, description])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return LATEST_VERSION
+
+
+def compact_rollups(con: duckdb.DuckDBPyConnection) -> None:
+    """Fold the appended partial aggregates into one row per key (same sums, fewer rows)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for table, keys in ROLLUP_KEYS.items():
+            measures = [c for c in table_columns(con, table) if c not in keys]
+            folds = ", ".join(f"{ROLLUP_FOLDS.get(m, 'sum')}({m}) AS {m}" for m in measures)
+            cols = ", ".join(keys)
+            con.execute(f"CREATE TEMP TABLE _folded AS SELECT {cols}, {folds} FROM {table} "
+                        f"GROUP BY ALL")
+            con.execute(f"DELETE FROM {table}")
+            con.execute(f"INSERT INTO {table} SELECT {cols}, {', '.join(measures)} FROM _folded")
+            con.execute("DROP TABLE _folded")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise

@@ -1,0 +1,3 @@
+"""tractatus-watch: live governance monitoring for RL training of agents."""
+
+__version__ = "0.1.0"

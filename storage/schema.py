@@ -13,6 +13,8 @@ from typing import Final
 
 import duckdb
 
+from .errors import SchemaTooNew
+
 SCHEMA_VERSION_TABLE: Final = "schema_version"
 
 MIGRATIONS: Final[list[tuple[int, str, list[str]]]] = [
@@ -100,10 +102,6 @@ ROLLUP_FOLDS: Final[dict[str, str]] = {
 }
 
 
-class SchemaTooNew(RuntimeError):
-    pass
-
-
 def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     rows = con.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
@@ -160,7 +158,7 @@ def compact_rollups(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"CREATE TEMP TABLE _folded AS SELECT {cols}, {folds} FROM {table} "
                         f"GROUP BY ALL")
             con.execute(f"DELETE FROM {table}")
-            con.execute(f"INSERT INTO {table} SELECT {cols}, {', '.join(measures)} FROM _folded")
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _folded")
             con.execute("DROP TABLE _folded")
         con.execute("COMMIT")
     except BaseException:

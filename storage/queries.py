@@ -1,0 +1,193 @@
+"""The dashboard's and reports' queries: parameterised SQL over the rollups, polars results.
+
+Rollup rows are partial aggregates appended per commit, so every query sums them. Each function
+takes a DuckDB connection or cursor (one per thread) and consumes its result fully.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import polars as pl
+
+Con = duckdb.DuckDBPyConnection
+
+
+def _df(con: Con, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+    # `sql(...).pl()` rather than `execute(...).pl()`: DuckDB 2.0 drops Connection.pl().
+    return con.sql(sql, params=params or None).pl()
+
+
+def runs(con: Con) -> pl.DataFrame:
+    """Every run with its arms, rounds, actions and time span, newest first."""
+    return _df(con, """
+        SELECT r.run_id, r.name, r.created_at,
+               coalesce(list_sort(list_distinct(list(a.arm))), []) AS arms,
+               coalesce(max(a.round) + 1, 0)::BIGINT AS rounds,
+               coalesce(sum(a.actions), 0)::BIGINT AS actions,
+               coalesce(sum(a.escaped), 0)::BIGINT AS escaped,
+               min(a.ts_min) AS first_ts, max(a.ts_max) AS last_ts
+        FROM runs r LEFT JOIN rollup_agent a USING (run_id)
+        GROUP BY r.run_id, r.name, r.created_at
+        ORDER BY coalesce(max(a.ts_max), r.created_at) DESC, r.run_id""")
+
+
+def latest_run(con: Con) -> str | None:
+    df = runs(con)
+    return None if df.is_empty() else str(df["run_id"][0])
+
+
+_PER_ROUND = """
+    SELECT run_id, arm, round,
+           sum(actions)::BIGINT AS actions, sum(covered)::BIGINT AS covered,
+           sum(enforce_mode)::BIGINT AS enforce_mode, sum(attempted)::BIGINT AS attempted,
+           sum(blocked)::BIGINT AS blocked, sum(escaped)::BIGINT AS escaped,
+           sum(evasions)::BIGINT AS evasions, sum(executed)::BIGINT AS executed,
+           sum(latency_us_sum)::BIGINT AS latency_us_sum, sum(reward_n)::BIGINT AS reward_n,
+           sum(reward_sum) AS reward_sum, sum(reward_sq_sum) AS reward_sq_sum,
+           max(ts_max) AS ts_max
+    FROM rollup_agent WHERE run_id = ? {arm_filter}
+    GROUP BY run_id, arm, round"""
+
+
+def per_round(con: Con, run_id: str, arm: str | None = None) -> pl.DataFrame:
+    """Per (arm, round): counts, coverage, attempted/blocked/escaped rates, reward mean."""
+    sql = _PER_ROUND.format(arm_filter="AND arm = ?" if arm else "")
+    params: list[Any] = [run_id] + ([arm] if arm else [])
+    return _df(con, f"""
+        SELECT *, CASE WHEN actions > 0 THEN covered / actions END AS coverage,
+               CASE WHEN actions > 0 THEN attempted / actions END AS attempted_rate,
+               CASE WHEN actions > 0 THEN blocked / actions END AS blocked_rate,
+               CASE WHEN reward_n > 0 THEN reward_sum / reward_n END AS reward_mean,
+               CASE WHEN actions > 0 THEN latency_us_sum / actions END AS latency_us_mean
+        FROM ({sql}) ORDER BY arm, round""", params)
+
+
+def totals(con: Con, run_id: str) -> pl.DataFrame:
+    """Per arm over the whole run: the KPI strip and the report's counts."""
+    return _df(con, """
+        SELECT arm, count(DISTINCT round)::BIGINT AS rounds,
+               sum(actions)::BIGINT AS actions, sum(covered)::BIGINT AS covered,
+               sum(attempted)::BIGINT AS attempted, sum(blocked)::BIGINT AS blocked,
+               sum(escaped)::BIGINT AS escaped, sum(evasions)::BIGINT AS evasions,
+               sum(executed)::BIGINT AS executed, sum(latency_us_sum)::BIGINT AS latency_us_sum,
+               sum(reward_n)::BIGINT AS reward_n, sum(reward_sum) AS reward_sum,
+               sum(reward_sq_sum) AS reward_sq_sum,
+               CASE WHEN sum(actions) > 0 THEN sum(covered) / sum(actions) END AS coverage,
+               CASE WHEN sum(reward_n) > 0 THEN sum(reward_sum) / sum(reward_n) END AS reward_mean
+        FROM rollup_agent WHERE run_id = ? GROUP BY arm ORDER BY arm""", [run_id])
+
+
+def per_rule(con: Con, run_id: str, *, arm: str | None = None,
+             rounds: tuple[int, int] | None = None,
+             since: datetime | None = None, until: datetime | None = None) -> pl.DataFrame:
+    """Per service and rule within a round window and/or time window (minute resolution)."""
+    where = ["run_id = ?"]
+    params: list[Any] = [run_id]
+    if arm:
+        where.append("arm = ?")
+        params.append(arm)
+    if rounds:
+        where.append("round BETWEEN ? AND ?")
+        params.extend(rounds)
+    if since:
+        where.append("minute >= date_trunc('minute', ?::TIMESTAMP)")
+        params.append(since)
+    if until:
+        where.append("minute <= ?::TIMESTAMP")
+        params.append(until)
+    return _df(con, f"""
+        SELECT service, rule_id, sum(checks)::BIGINT AS checks,
+               sum(enforced)::BIGINT AS enforced, sum(warns)::BIGINT AS warns,
+               sum(escalates)::BIGINT AS escalates, sum(blocks)::BIGINT AS blocks,
+               sum(blocks) / sum(checks) AS block_rate,
+               sum(latency_us_sum) / sum(checks) AS latency_us_mean,
+               max(latency_us_max)::BIGINT AS latency_us_max
+        FROM rollup_rule WHERE {' AND '.join(where)}
+        GROUP BY service, rule_id ORDER BY blocks DESC, checks DESC, service, rule_id""", params)
+
+
+def rule_trend(con: Con, run_id: str, arm: str | None = None) -> pl.DataFrame:
+    """Per round, service and rule: checks and blocks (the per-rule sparklines)."""
+    params: list[Any] = [run_id] + ([arm] if arm else [])
+    return _df(con, f"""
+        SELECT service, rule_id, round, sum(checks)::BIGINT AS checks,
+               sum(blocks)::BIGINT AS blocks
+        FROM rollup_rule WHERE run_id = ? {'AND arm = ?' if arm else ''}
+        GROUP BY service, rule_id, round ORDER BY service, rule_id, round""", params)
+
+
+def reward_gap(con: Con, run_id: str, *, baseline_run: str | None = None,
+               governed_arm: str = "governed", baseline_arm: str = "ungoverned") -> pl.DataFrame:
+    """Per round: reward mean of the governed arm and of the baseline (another arm of the same
+    run, or an arm of a baseline run), their gap, and the sums a confidence interval needs."""
+    base = baseline_run or run_id
+    return _df(con, """
+        WITH g AS (
+            SELECT round, sum(reward_n) AS n, sum(reward_sum) AS s, sum(reward_sq_sum) AS ss
+            FROM rollup_agent WHERE run_id = ? AND arm = ? GROUP BY round),
+        b AS (
+            SELECT round, sum(reward_n) AS n, sum(reward_sum) AS s, sum(reward_sq_sum) AS ss
+            FROM rollup_agent WHERE run_id = ? AND arm = ? GROUP BY round)
+        SELECT coalesce(g.round, b.round) AS round,
+               g.n::BIGINT AS governed_n, g.s AS governed_sum, g.ss AS governed_sq_sum,
+               b.n::BIGINT AS baseline_n, b.s AS baseline_sum, b.ss AS baseline_sq_sum,
+               CASE WHEN g.n > 0 THEN g.s / g.n END AS governed_mean,
+               CASE WHEN b.n > 0 THEN b.s / b.n END AS baseline_mean,
+               CASE WHEN g.n > 0 AND b.n > 0 THEN g.s / g.n - b.s / b.n END AS gap
+        FROM g FULL OUTER JOIN b ON g.round = b.round ORDER BY round""",
+        [run_id, governed_arm, base, baseline_arm])
+
+
+def per_agent(con: Con, run_id: str, arm: str | None = None) -> pl.DataFrame:
+    """Per (arm, agent): coverage, blocks, escapes, evasions, reward mean."""
+    params: list[Any] = [run_id] + ([arm] if arm else [])
+    return _df(con, f"""
+        SELECT arm, agent_id, sum(actions)::BIGINT AS actions,
+               sum(covered)::BIGINT AS covered, sum(attempted)::BIGINT AS attempted,
+               sum(blocked)::BIGINT AS blocked, sum(escaped)::BIGINT AS escaped,
+               sum(evasions)::BIGINT AS evasions, sum(reward_n)::BIGINT AS reward_n,
+               CASE WHEN sum(actions) > 0 THEN sum(covered) / sum(actions) END AS coverage,
+               CASE WHEN sum(reward_n) > 0 THEN sum(reward_sum) / sum(reward_n) END AS reward_mean,
+               CASE WHEN sum(actions) > 0 THEN sum(latency_us_sum) / sum(actions) END
+                   AS latency_us_mean
+        FROM rollup_agent WHERE run_id = ? {'AND arm = ?' if arm else ''}
+        GROUP BY arm, agent_id ORDER BY arm, agent_id""", params)
+
+
+def alert_state(con: Con, run_id: str | None = None) -> pl.DataFrame:
+    """Current alert instances, firing first."""
+    where = "WHERE run_id = ? OR run_id IS NULL" if run_id else ""
+    return _df(con, f"""
+        SELECT fingerprint, alertname, run_id, state, severity, labels, annotations, value,
+               active_since, updated_at
+        FROM alerts {where}
+        ORDER BY CASE state WHEN 'firing' THEN 0 WHEN 'pending' THEN 1 WHEN 'nodata' THEN 2
+                            ELSE 3 END, active_since DESC NULLS LAST, alertname""",
+        [run_id] if run_id else [])
+
+
+def decisions_page(con: Con, run_id: str, *, limit: int = 100, offset: int = 0,
+                   arm: str | None = None, verdict: str | None = None,
+                   rule_id: str | None = None) -> pl.DataFrame:
+    """A page of raw decisions, newest first (the events view never loads them all)."""
+    where = ["d.run_id = ?"]
+    params: list[Any] = [run_id]
+    if arm:
+        where.append("d.arm = ?")
+        params.append(arm)
+    if verdict:
+        where.append("d.verdict = ?")
+        params.append(verdict)
+    if rule_id:
+        where.append("EXISTS (SELECT 1 FROM checks c WHERE c.run_id = d.run_id AND "
+                     "c.decision_id = d.decision_id AND c.ts = d.ts AND c.rule_id = ?)")
+        params.append(rule_id)
+    params.extend([limit, offset])
+    return _df(con, f"""
+        SELECT d.ts, d.decision_id, d.arm, d.round, d.agent_id, d.mode, d.action_kind,
+               d.verdict, d.executed, d.attempted, d.evasion, d.latency_us, d.action_summary
+        FROM decisions d WHERE {' AND '.join(where)}
+        ORDER BY d.ts DESC, d.decision_id LIMIT ? OFFSET ?""", params)

@@ -1,0 +1,393 @@
+"""The single writer: one thread owns the write connection and commits batches exactly once.
+
+Each commit is one transaction holding the new rows, their rollup partial aggregates, any
+quarantined rows and the source cursors, so a crash either keeps all of it or none of it, and a
+restarted collector resumes from the stored cursor. Re-delivered records are dropped by an
+anti-join on their natural key; for the two large tables the join only reads the batch's
+timestamp window (a record's `ts` is part of its payload, so a re-delivery has the same one).
+Small submits are coalesced up to one DuckDB row group (122,880 rows) or `flush_interval_s`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Final
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..governance.events import MODES
+from ..governance.verdicts import VERDICTS
+from .batch import ARROW_SCHEMAS, EVENT_TABLES, Batch
+from .schema import NATURAL_KEYS
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+ROW_GROUP: Final = 122_880
+WINDOWED: Final = frozenset({"decisions", "checks"})  # anti-join limited to the ts window
+# Columns that must be non-empty for a row to be stored, per table.
+REQUIRED: Final[dict[str, tuple[str, ...]]] = {
+    "rollouts": ("run_id", "rollout_id", "status", "ts"),
+    "decisions": ("run_id", "decision_id", "agent_id", "round", "arm", "mode", "action_kind",
+                  "verdict", "executed", "covered", "attempted", "evasion", "n_checks",
+                  "latency_us", "ts"),
+    "checks": ("run_id", "decision_id", "idx", "round", "arm", "agent_id", "service", "rule_id",
+               "verdict", "enforced", "latency_us", "ts"),
+    "rewards": ("run_id", "reward_id", "round", "arm", "value", "ts"),
+    "events": ("run_id", "event_id", "event_type", "ts"),
+}
+VOCAB: Final[dict[tuple[str, str], tuple[str, ...]]] = {
+    ("decisions", "verdict"): VERDICTS, ("decisions", "mode"): MODES,
+    ("checks", "verdict"): VERDICTS,
+}
+
+# Rollup partial aggregates of the rows a commit adds. blocked/escaped follow the definitions
+# in governance/events.py (Decision.blocked / Decision.escaped).
+ROLLUP_AGENT_FROM_DECISIONS: Final = """
+INSERT INTO rollup_agent BY NAME
+SELECT run_id, arm, round, agent_id, count(*) AS actions, count_if(covered) AS covered,
+       count_if(mode = 'enforce') AS enforce_mode, count_if(attempted) AS attempted,
+       count_if(attempted AND NOT executed) AS blocked, count_if(attempted AND executed) AS escaped,
+       count_if(evasion) AS evasions, count_if(executed) AS executed,
+       sum(latency_us)::BIGINT AS latency_us_sum, 0 AS reward_n, 0.0 AS reward_sum,
+       0.0 AS reward_sq_sum, min(ts) AS ts_min, max(ts) AS ts_max
+FROM _new GROUP BY run_id, arm, round, agent_id"""
+ROLLUP_AGENT_FROM_REWARDS: Final = """
+INSERT INTO rollup_agent BY NAME
+SELECT run_id, arm, round, coalesce(agent_id, '') AS agent_id, 0 AS actions, 0 AS covered,
+       0 AS enforce_mode, 0 AS attempted, 0 AS blocked, 0 AS escaped, 0 AS evasions,
+       0 AS executed, 0 AS latency_us_sum, count(*) AS reward_n, sum(value) AS reward_sum,
+       sum(value * value) AS reward_sq_sum, min(ts) AS ts_min, max(ts) AS ts_max
+FROM _new GROUP BY run_id, arm, round, coalesce(agent_id, '')"""
+ROLLUP_RULE_FROM_CHECKS: Final = """
+INSERT INTO rollup_rule BY NAME
+SELECT run_id, arm, round, service, rule_id, date_trunc('minute', ts) AS minute,
+       count(*) AS checks, count_if(enforced) AS enforced, count_if(verdict = 'warn') AS warns,
+       count_if(verdict = 'escalate') AS escalates, count_if(verdict = 'block') AS blocks,
+       sum(latency_us)::BIGINT AS latency_us_sum, max(latency_us) AS latency_us_max
+FROM _new GROUP BY ALL"""
+ROLLUPS: Final[dict[str, str]] = {
+    "decisions": ROLLUP_AGENT_FROM_DECISIONS,
+    "rewards": ROLLUP_AGENT_FROM_REWARDS,
+    "checks": ROLLUP_RULE_FROM_CHECKS,
+}
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a source has got to; committed with the rows it produced."""
+
+    source: str
+    value: str
+
+
+class WriterError(RuntimeError):
+    pass
+
+
+@dataclass
+class WriterStats:
+    committed_rows: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    quarantined: int = 0
+    commits: int = 0
+    last_commit_at: float | None = None
+    last_commit_ms: float = 0.0
+
+
+@dataclass
+class _Item:
+    batch: Batch
+    cursor: Cursor | None
+    stats: dict[str, Any] | None
+
+
+@dataclass
+class _Control:
+    stop: bool
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def _conform(name: str, table: pa.Table) -> pa.Table:
+    """The table with exactly the stored columns and types (missing nullable ones as nulls)."""
+    schema = ARROW_SCHEMAS[name]
+    columns = []
+    for f in schema:
+        if f.name in table.column_names:
+            columns.append(table.column(f.name).cast(f.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _split_invalid(name: str, table: pa.Table) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """Rows that can be stored, and (reason, raw JSON) for the rest."""
+    if name not in REQUIRED or table.num_rows == 0:
+        return table, []
+    bad = pa.array([False] * table.num_rows)
+    reasons: pa.Array = pa.nulls(table.num_rows, pa.string())
+    checks: list[tuple[str, pa.Array]] = []
+    for col in REQUIRED[name]:
+        column = table.column(col)
+        missing = pc.is_null(column)
+        if pa.types.is_string(column.type):
+            missing = pc.or_(missing, pc.equal(column, ""))
+        checks.append((f"{name}.{col}: missing", missing))
+    for (tbl, col), allowed in VOCAB.items():
+        if tbl == name:
+            outside = pc.invert(pc.is_in(table.column(col), value_set=pa.array(allowed)))
+            checks.append((f"{name}.{col}: not one of {', '.join(allowed)}",
+                           pc.fill_null(outside, False)))
+    for reason, mask in checks:
+        mask = pc.fill_null(mask, True)
+        reasons = pc.if_else(pc.and_(mask, pc.invert(bad)), reason, reasons)
+        bad = pc.or_(bad, mask)
+    if not pc.any(bad).as_py():
+        return table, []
+    rejected = table.filter(bad)
+    rejected_reasons = reasons.filter(bad) if isinstance(reasons, pa.Array) else reasons
+    out = [(r, json.dumps(row, default=str)) for r, row in
+           zip(rejected_reasons.to_pylist(), rejected.to_pylist())]
+    return table.filter(pc.invert(bad)), out
+
+
+class Writer:
+    """Owns the write connection. `submit` from any thread; batches commit in submit order."""
+
+    def __init__(self, store: Store, *, max_queue: int = 32, flush_rows: int = ROW_GROUP,
+                 flush_interval_s: float = 1.0,
+                 on_commit: Callable[[WriterStats], None] | None = None) -> None:
+        if store.read_only:
+            raise WriterError(f"{store.path} is open read-only")
+        self._store = store
+        self._queue: queue.Queue[_Item | _Control] = queue.Queue(maxsize=max_queue)
+        self._flush_rows = flush_rows
+        self._flush_interval_s = flush_interval_s
+        self._on_commit = on_commit
+        self._error: BaseException | None = None
+        self._closed = False
+        self.stats = WriterStats()
+        self._con = store.cursor()
+        self._thread = threading.Thread(target=self._run, name="tw-writer", daemon=True)
+        self._thread.start()
+
+    # --- producer side -------------------------------------------------------------------------
+
+    def submit(self, batch: Batch, cursor: Cursor | None = None,
+               stats: dict[str, Any] | None = None) -> None:
+        """Queue a batch (blocks while the queue is full: backpressure)."""
+        self._check()
+        if self._closed:
+            raise WriterError("writer is closed")
+        self._queue.put(_Item(batch, cursor, stats))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once everything submitted before this call is committed."""
+        self._check()
+        control = _Control(stop=False)
+        self._queue.put(control)
+        if not control.done.wait(timeout):
+            raise WriterError("flush timed out")
+        self._check()
+
+    def close(self, timeout: float | None = 60.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        control = _Control(stop=True)
+        self._queue.put(control)
+        control.done.wait(timeout)
+        self._thread.join(timeout)
+        self._check()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise WriterError(f"writer failed: {self._error}") from self._error
+
+    # --- writer thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        pending: list[_Item] = []
+        rows = 0
+        started = 0.0
+        while True:
+            timeout = None
+            if pending:
+                timeout = max(0.0, self._flush_interval_s - (time.monotonic() - started))
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if isinstance(item, _Item):
+                if not pending:
+                    started = time.monotonic()
+                pending.append(item)
+                rows += item.batch.rows
+                if rows < self._flush_rows:
+                    continue
+            if pending and self._error is None:
+                try:
+                    self._commit_or_quarantine(pending)
+                except BaseException as exc:  # surfaced to producers through _check()
+                    log.error("writer: commit failed: %s", exc)
+                    self._error = exc
+            pending, rows = [], 0
+            if isinstance(item, _Control):
+                item.done.set()
+                if item.stop:
+                    self._finish()
+                    return
+
+    def _finish(self) -> None:
+        try:
+            self._con.execute("CHECKPOINT")
+        except duckdb.Error as exc:  # a checkpoint is an optimisation; the data is committed
+            log.warning("writer: checkpoint failed: %s", exc)
+        self._con.close()
+
+    def _commit_or_quarantine(self, items: list[_Item]) -> None:
+        try:
+            self._commit(items)
+        except duckdb.Error as exc:
+            if len(items) > 1:  # isolate the item that cannot be stored
+                for item in items:
+                    self._commit_or_quarantine([item])
+                return
+            # A single batch the database refuses: keep it whole in quarantine, and still
+            # advance its cursor so the source does not re-deliver it forever.
+            item = items[0]
+            reason = f"batch refused by the database: {str(exc).splitlines()[0]}"
+            raw = {name: t.to_pylist() for name, t in item.batch.tables.items()}
+            source = item.cursor.source if item.cursor else "writer"
+            q = Batch({"quarantine": pa.Table.from_pydict({
+                "source": [source], "ts": [int(time.time() * 1e6)], "reason": [reason],
+                "raw": [json.dumps(raw, default=str)]}, schema=ARROW_SCHEMAS["quarantine"])})
+            self._commit([_Item(q, item.cursor, item.stats)])
+
+    def _commit(self, items: list[_Item]) -> None:
+        t0 = time.perf_counter()
+        con = self._con
+        grouped: dict[str, list[pa.Table]] = {}
+        for item in items:
+            for name, table in item.batch.tables.items():
+                if name not in ARROW_SCHEMAS:
+                    raise WriterError(f"unknown table {name!r} in batch")
+                if table.num_rows:
+                    grouped.setdefault(name, []).append(_conform(name, table))
+        tables = {n: pa.concat_tables(ts) if len(ts) > 1 else ts[0] for n, ts in grouped.items()}
+        quarantine: list[tuple[str, str]] = []
+        for name in EVENT_TABLES:
+            if name in tables:
+                tables[name], rejected = _split_invalid(name, tables[name])
+                quarantine.extend(rejected)
+        cursors: dict[str, tuple[str, dict[str, Any] | None]] = {
+            i.cursor.source: (i.cursor.value, i.stats) for i in items if i.cursor}
+        added: dict[str, int] = {}
+        duplicates = 0
+        con.execute("BEGIN TRANSACTION")
+        try:
+            run_ids: set[str] = set()
+            for name in EVENT_TABLES:
+                table = tables.get(name)
+                if table is None or table.num_rows == 0:
+                    continue
+                n_new = self._insert_new(name, table)
+                added[name] = n_new
+                duplicates += table.num_rows - n_new
+                run_ids.update(pc.unique(table.column("run_id")).to_pylist())
+            if run_ids:
+                self._register_runs(sorted(run_ids))
+            q_from_batch = tables.get("quarantine")
+            if quarantine:
+                now_us = int(time.time() * 1e6)
+                q_extra = pa.Table.from_pydict({
+                    "source": [self._source_of(items)] * len(quarantine),
+                    "ts": [now_us] * len(quarantine),
+                    "reason": [r for r, _ in quarantine], "raw": [raw for _, raw in quarantine],
+                }, schema=ARROW_SCHEMAS["quarantine"])
+                q_from_batch = (pa.concat_tables([q_from_batch, q_extra])
+                                if q_from_batch is not None else q_extra)
+            if q_from_batch is not None and q_from_batch.num_rows:
+                con.register("_q", q_from_batch)
+                con.execute("INSERT INTO quarantine BY NAME SELECT * FROM _q")
+                con.unregister("_q")
+                added["quarantine"] = q_from_batch.num_rows
+            for source, (value, stats) in cursors.items():
+                con.execute("DELETE FROM ingest_state WHERE source = ?", [source])
+                con.execute("INSERT INTO ingest_state VALUES (?, ?, now()::TIMESTAMP, ?)",
+                            [source, value, json.dumps(stats) if stats is not None else None])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        st = self.stats
+        for name, n in added.items():
+            st.committed_rows[name] = st.committed_rows.get(name, 0) + n
+        st.duplicates += duplicates
+        st.quarantined += added.get("quarantine", 0)
+        st.commits += 1
+        st.last_commit_at = time.time()
+        st.last_commit_ms = (time.perf_counter() - t0) * 1000
+        if self._on_commit is not None:
+            try:
+                self._on_commit(st)
+            except Exception as exc:  # a listener must not break ingestion
+                log.warning("writer: on_commit listener failed: %s", exc)
+
+    @staticmethod
+    def _source_of(items: list[_Item]) -> str:
+        sources = {i.cursor.source for i in items if i.cursor}
+        return ",".join(sorted(sources)) if sources else "writer"
+
+    def _insert_new(self, name: str, table: pa.Table) -> int:
+        """Insert the rows whose natural key is not stored yet; returns how many."""
+        con = self._con
+        keys = NATURAL_KEYS[name]
+        if table.num_rows > 1:
+            df = pl.from_arrow(table)
+            assert isinstance(df, pl.DataFrame)
+            if df.select(pl.struct(list(keys)).n_unique()).item() < df.height:
+                table = df.unique(subset=list(keys), keep="first", maintain_order=True).to_arrow()
+                table = _conform(name, table)
+        con.register("_b", table)
+        try:
+            key_cols = ", ".join(keys)
+            where = "run_id IN (SELECT DISTINCT run_id FROM _b)"
+            if name in WINDOWED:
+                lo, hi = pc.min_max(table.column("ts")).values()
+                # Literal bounds (our own timestamps) let DuckDB prune row groups by zone maps.
+                where += (f" AND ts BETWEEN TIMESTAMP '{lo.as_py().isoformat()}'"
+                          f" AND TIMESTAMP '{hi.as_py().isoformat()}'")
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS SELECT b.* FROM _b b ANTI JOIN "
+                        f"(SELECT {key_cols} FROM {name} WHERE {where}) e USING ({key_cols})")
+            n_new = con.execute("SELECT count(*) FROM _new").fetchall()[0][0]
+            if n_new:
+                con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _new")
+                if name in ROLLUPS:
+                    con.execute(ROLLUPS[name])
+            con.execute("DROP TABLE _new")
+        finally:
+            con.unregister("_b")
+        return int(n_new)
+
+    def _register_runs(self, run_ids: list[str]) -> None:
+        con = self._con
+        known = {r[0] for r in con.execute(
+            "SELECT run_id FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))",
+            [run_ids]).fetchall()}
+        for run_id in run_ids:
+            if run_id not in known:
+                con.execute("INSERT INTO runs VALUES (?, ?, now()::TIMESTAMP, NULL, NULL)",
+                            [run_id, run_id])

@@ -6,7 +6,7 @@ takes a DuckDB connection or cursor (one per thread) and consumes its result ful
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -170,9 +170,14 @@ def alert_state(con: Con, run_id: str | None = None) -> pl.DataFrame:
 
 
 def decisions_page(con: Con, run_id: str, *, limit: int = 100, offset: int = 0,
-                   arm: str | None = None, verdict: str | None = None,
-                   rule_id: str | None = None) -> pl.DataFrame:
-    """A page of raw decisions, newest first (the events view never loads them all)."""
+                   before: datetime | None = None, arm: str | None = None,
+                   verdict: str | None = None, rule_id: str | None = None) -> pl.DataFrame:
+    """A page of raw decisions, newest first, at or before `before` (keyset paging).
+
+    An ORDER BY ... LIMIT over millions of rows scans them all, so the page is looked for in a
+    time window that starts small and doubles until it holds enough rows: DuckDB prunes row
+    groups outside the window by their zone maps, so recent pages cost milliseconds.
+    """
     where = ["d.run_id = ?"]
     params: list[Any] = [run_id]
     if arm:
@@ -185,9 +190,32 @@ def decisions_page(con: Con, run_id: str, *, limit: int = 100, offset: int = 0,
         where.append("EXISTS (SELECT 1 FROM checks c WHERE c.run_id = d.run_id AND "
                      "c.decision_id = d.decision_id AND c.ts = d.ts AND c.rule_id = ?)")
         params.append(rule_id)
-    params.extend([limit, offset])
+    span = con.execute("SELECT min(ts_min), max(ts_max) FROM rollup_agent WHERE run_id = ?",
+                       [run_id]).fetchall()[0]
+    first, last = span
+    hi = min(before, last) if (before and last) else (before or last)
+    window_s = 60.0
+    lo = None
+    while first is not None and hi is not None:
+        lo = hi - timedelta(seconds=window_s)
+        if lo <= first:
+            lo = None
+            break
+        n = con.execute(f"SELECT count(*) FROM decisions d WHERE {' AND '.join(where)} "
+                        "AND d.ts BETWEEN ? AND ?", params + [lo, hi]).fetchall()[0][0]
+        if n >= offset + limit:
+            break
+        window_s *= 4
+    bounds, bound_params = "", []
+    if hi is not None:
+        bounds += " AND d.ts <= ?"
+        bound_params.append(hi)
+    if lo is not None:
+        bounds += " AND d.ts >= ?"
+        bound_params.append(lo)
     return _df(con, f"""
         SELECT d.ts, d.decision_id, d.arm, d.round, d.agent_id, d.mode, d.action_kind,
                d.verdict, d.executed, d.attempted, d.evasion, d.latency_us, d.action_summary
-        FROM decisions d WHERE {' AND '.join(where)}
-        ORDER BY d.ts DESC, d.decision_id LIMIT ? OFFSET ?""", params)
+        FROM decisions d WHERE {' AND '.join(where)}{bounds}
+        ORDER BY d.ts DESC, d.decision_id LIMIT ? OFFSET ?""",
+        params + bound_params + [limit, offset])

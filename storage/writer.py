@@ -133,7 +133,7 @@ def _split_invalid(name: str, table: pa.Table) -> tuple[pa.Table, list[tuple[str
     if name not in REQUIRED or table.num_rows == 0:
         return table, []
     bad = pa.array([False] * table.num_rows)
-    reasons: pa.Array = pa.nulls(table.num_rows, pa.string())
+    reasons: pa.Array | pa.ChunkedArray = pa.nulls(table.num_rows, pa.string())
     checks: list[tuple[str, pa.Array]] = []
     for col in REQUIRED[name]:
         column = table.column(col)
@@ -153,9 +153,8 @@ def _split_invalid(name: str, table: pa.Table) -> tuple[pa.Table, list[tuple[str
     if not pc.any(bad).as_py():
         return table, []
     rejected = table.filter(bad)
-    rejected_reasons = reasons.filter(bad) if isinstance(reasons, pa.Array) else reasons
     out = [(r, json.dumps(row, default=str)) for r, row in
-           zip(rejected_reasons.to_pylist(), rejected.to_pylist())]
+           zip(reasons.filter(bad).to_pylist(), rejected.to_pylist())]
     return table.filter(pc.invert(bad)), out
 
 

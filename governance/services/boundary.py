@@ -1,0 +1,487 @@
+"""BoundaryEnforcer: values boundaries (Tractatus 12.1-12.6) and content rules.
+
+Raw verdicts: PROCEED (allow), PROCEED_WITH_NOTIFICATION (warn), REQUEST_APPROVAL (escalate),
+REQUIRE_HUMAN_DECISION (block). Pre-approved actions and actions confined to technical or
+verification domains pass. Any error inside the service fails safe: REQUIRE_HUMAN_DECISION.
+
+Values boundaries. The original matches keywords and one hit is enough, so "boost team morale"
+(substring "moral") or "this refactor has no privacy impact" cross the values boundary and stop
+the agent. Here a keyword counts only when:
+
+1. it is a whole word or phrase (word boundaries, so "morale" is not "moral");
+2. it is not negated within its clause ("no privacy impact", "does not affect user data");
+
+and it stops the action only with a second, independent signal: either the action is a
+decision (its kind names a decision, policy, strategy, consent...; or, for actions that are
+not content, a decision verb such as "change", "override", "share" stands shortly before the
+keyword in the same clause), or a second distinct keyword is present. One bare keyword is
+reported (PROCEED_WITH_NOTIFICATION) but does not stop the action. Content (articles, posts)
+is judged by two keywords only: writing *about* privacy is not deciding it.
+
+Content rules are detectors named by rules (`detector = "..."` in TOML, or known Tractatus ids):
+
+- `unsourced_statistic` (inst_016): a percentage, money amount or "Nx ROI" with no `sources`
+  (or a "[NEEDS VERIFICATION]" marker, or an inline "source:" / URL).
+- `absolute_assurance` (inst_017): "guarantee", "100% safe", "never fails", "zero risk",
+  "completely prevents", ... unless negated ("we cannot guarantee").
+- `unverified_claim` (inst_018): "production-ready", "battle-tested", ... with no evidence
+  (`sources` or `params["evidence"]`).
+- `clickbait` (CONTENT-CLICKBAIT): a clickbait phrase ("you won't believe", "doctors hate")
+  blocks alone; weaker signals (sensational words, excessive capitals, excessive exclamation
+  marks, a headline the body does not support) block when two are present, warn when one is.
+- `personal_data` (CONTENT-PERSONAL-DATA, VALUES/privacy): e-mail addresses, phone numbers,
+  identity or card numbers, "home address", ... in the content or in string parameters.
+- `csp` (SEC-001): inline event handlers, inline styles, inline scripts, javascript: URLs in
+  HTML content.
+- `phrases`: any of the rule's `phrases` (whole words, not negated) or `patterns`.
+
+When several rules match, the strongest verdict wins (ties: the rule listed first) and the
+check's `matched` field lists every rule that matched.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Callable, Final, Iterable
+
+from ..events import Check
+from ..verdicts import SEVERITY_ORDER, normalise
+from .base import ActionInput, Context, make_check, words_of
+from .rules import BOUNDARY_OF_SECTION, Rule, RuleSet, default_rules
+
+NAME: Final = "BoundaryEnforcer"
+BLOCK: Final = "REQUIRE_HUMAN_DECISION"
+NOTIFY: Final = "PROCEED_WITH_NOTIFICATION"
+PROCEED: Final = "PROCEED"
+
+PASS_DOMAINS: Final = frozenset({"technical", "verification"})
+
+# Negation within the clause before a match. "without" negates assurances ("without any
+# guarantee") but not values keywords ("share data without consent" is the violation).
+_NEGATION: Final = re.compile(
+    r"(?:\b(?:no|not|never|none|nor|neither|cannot|without)\b|n't)(?:\W+\w+){0,2}\W*$")
+_VALUES_NEGATION: Final = re.compile(
+    r"(?:\b(?:no|not|never|none|nor|neither)\b|n't)(?:\W+\w+){0,3}\W*$")
+_CLAUSE_END: Final = re.compile(r"[.;:!?,\n]")
+
+
+def _clause_before(lower: str, start: int, width: int = 60) -> str:
+    window = lower[max(0, start - width):start]
+    cut = max((m.end() for m in _CLAUSE_END.finditer(window)), default=0)
+    return window[cut:]
+
+
+def negated(lower: str, start: int, pattern: re.Pattern[str] = _NEGATION) -> bool:
+    """Whether the match at `start` is negated within its clause."""
+    return pattern.search(_clause_before(lower, start)) is not None
+
+
+def _phrase_regex(phrases: Iterable[str]) -> re.Pattern[str] | None:
+    """One alternation of whole-word phrases; longer phrases first so they win over prefixes."""
+    items = sorted({p.lower() for p in phrases if p}, key=len, reverse=True)
+    if not items:
+        return None
+    body = "|".join(re.escape(p).replace(r"\ ", r"[\s\-]+") for p in items)
+    return re.compile(rf"(?<![\w-])(?:{body})(?![\w-])")
+
+
+# --- values boundaries --------------------------------------------------------------------------
+
+# Our own keyword table, one row per Tractatus section. Phrases are specific on purpose: a
+# single common word ("value", "long-term") would make every article cross a boundary.
+BOUNDARY_KEYWORDS: Final[dict[str, tuple[str, ...]]] = {
+    "12.1": ("privacy", "privacy policy", "personal data", "user data", "customer data",
+             "ethics", "ethical", "unethical", "moral", "morally", "fairness", "discriminate",
+             "discrimination", "values decision", "human rights", "indigenous", "indigenous data",
+             "cultural sensitivity", "cultural content", "sovereignty", "data sovereignty",
+             "māori", "maori", "te reo", "te tiriti"),
+    "12.2": ("novel approach", "breakthrough", "reinvent", "new paradigm", "radical redesign"),
+    "12.3": ("strategic direction", "strategic pivot", "long-term strategy", "trade-off between",
+             "prioritise values", "prioritize values", "judgement call", "judgment call"),
+    "12.4": ("our mission", "mission statement", "core purpose", "organisational purpose",
+             "organizational purpose", "why we exist"),
+    "12.5": ("what matters most", "meaning of life", "meaningful life", "what is meaningful"),
+    "12.6": ("on behalf of", "on their behalf", "on your behalf", "impersonate", "consent",
+             "user autonomy", "decide for the user", "decide for them", "without asking"),
+}
+
+
+def _norm(phrase: str) -> str:
+    return re.sub(r"[\s\-]+", " ", phrase.lower())
+
+
+_SECTION_OF: Final[dict[str, str]] = {_norm(kw): sec for sec, kws in BOUNDARY_KEYWORDS.items()
+                                      for kw in kws}
+_BOUNDARY_RE: Final = _phrase_regex(_SECTION_OF)
+
+DECISION_KIND_WORDS: Final = ("decide", "decision", "approve", "policy", "strategy", "consent",
+                              "behalf", "grant", "revoke", "mission", "govern")
+CONTENT_KINDS: Final = frozenset({"publish", "post", "article", "write", "draft", "reply",
+                                  "message", "comment", "headline", "tweet", "email"})
+_DECISION_VERB_BEFORE: Final = re.compile(
+    r"\b(?:decide|decides|deciding|approve|approves|approving|change|changes|changing|modify|"
+    r"modifying|override|overriding|remove|removing|drop|dropping|share|sharing|sell|selling|"
+    r"collect|collecting|adopt|adopting|set|setting|revise|revising|rewrite|replace|replacing|"
+    r"abandon|abandoning|pivot|prioriti[sz]e|automate|automating|disable|disabling|waive|relax|"
+    r"relaxing|act|acting|sign|signing|give|giving|export|exporting|publish|publishing)\b"
+    r"(?:\W+\w+){0,5}\W*$")
+
+
+class ValuesBoundary:
+    """The keyword boundaries of sections 12.1-12.6, attributed to the loaded rules."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.by_section: dict[str, list[tuple[Rule, frozenset[str]]]] = {}
+        for rule in rules:
+            if rule.section in BOUNDARY_KEYWORDS:
+                self.by_section.setdefault(rule.section, []).append(
+                    (rule, words_of(f"{rule.title} {rule.text}")))
+
+    def _rule_for(self, section: str, keyword: str) -> tuple[str, Rule | None]:
+        candidates = self.by_section.get(section, [])
+        first = keyword.split()[0]
+        stem = first[:5]
+        # The rule whose own words mention the keyword explains the hit best.
+        for rule, words in candidates:
+            if first in words:
+                return rule.rule_id, rule
+        if len(stem) >= 4:
+            for rule, words in candidates:
+                if any(w.startswith(stem) for w in words):
+                    return rule.rule_id, rule
+        if candidates:
+            return candidates[0][0].rule_id, candidates[0][0]
+        return f"BOUNDARY-{section}", None
+
+    def __call__(self, a: ActionInput) -> tuple[str, str, Rule | None, str, str] | None:
+        """(raw, rule_id, rule, section, reason) when a boundary is crossed or touched."""
+        assert _BOUNDARY_RE is not None
+        lower = a.lower
+        hits: list[tuple[str, int]] = []
+        for m in _BOUNDARY_RE.finditer(lower):
+            if not negated(lower, m.start(), _VALUES_NEGATION):
+                hits.append((_norm(m.group(0)), m.start()))
+        if not hits:
+            return None
+        distinct = {kw for kw, _ in hits}
+        keyword, pos = hits[0]
+        section = _SECTION_OF.get(keyword, "12.1")
+        kind = a.kind.lower()
+        decision = any(w in kind for w in DECISION_KIND_WORDS)
+        if not decision and kind not in CONTENT_KINDS:
+            for kw, p in hits:
+                if _DECISION_VERB_BEFORE.search(_clause_before(lower, p)):
+                    keyword, pos, decision = kw, p, True
+                    section = _SECTION_OF.get(kw, section)
+                    break
+        rule_id, rule = self._rule_for(section, keyword)
+        name = BOUNDARY_OF_SECTION[section]
+        if decision or len(distinct) >= 2:
+            why = "a decision" if decision else f"{len(distinct)} signals: " + ", ".join(sorted(distinct))
+            return (BLOCK, rule_id, rule, section,
+                    f"{name} boundary ({section}): '{keyword}' in {why}; only a human may decide")
+        return (NOTIFY, rule_id, rule, section,
+                f"{name} boundary ({section}) touched: '{keyword}' (one signal, not a decision)")
+
+
+# --- content detectors --------------------------------------------------------------------------
+
+Detector = Callable[[ActionInput], "tuple[str, str] | None"]  # (raw verdict, reason)
+
+_PERCENT: Final = re.compile(r"(?<![\w.])\d{1,3}(?:[.,]\d+)?\s?(?:%|percent\b|per cent\b)")
+_MONEY: Final = re.compile(
+    r"[$€£¥]\s?\d[\d,.]*(?:\s?(?:k|m|bn|million|billion|thousand)\b)?"
+    r"|\b\d[\d,.]*\s?(?:dollars|usd|eur|euros|pounds|gbp)\b"
+    r"|\b\d+(?:\.\d+)?\s?(?:million|billion|trillion)\s+(?:dollars|in\s+revenue|revenue|in\s+sales)\b")
+_ROI: Final = re.compile(r"\b\d+(?:\.\d+)?\s?x\s+(?:roi|return on investment|returns?)\b"
+                         r"|\broi\s+of\s+\d")
+_SOURCED: Final = re.compile(r"\[needs verification\]|\bsources?\s*:|https?://")
+
+
+def unsourced_statistic(rule: Rule) -> Detector:
+    raw = rule.verdict or BLOCK
+
+    def detect(a: ActionInput) -> tuple[str, str] | None:
+        if a.sources:
+            return None
+        lower = a.lower
+        m = _PERCENT.search(lower) or _MONEY.search(lower) or _ROI.search(lower)
+        if m is None or _SOURCED.search(lower):
+            return None
+        return raw, f"statistic '{m.group(0).strip()}' with no sources"
+    return detect
+
+
+ASSURANCE_PHRASES: Final = (
+    "guarantee", "guarantees", "guaranteed", "guaranteeing", "never fails", "never fail",
+    "will never fail", "zero risk", "risk-free", "risk free", "completely prevents",
+    "completely prevent", "completely eliminates", "eliminates all risk", "always works",
+    "cannot fail", "can't fail", "foolproof", "fail-proof", "100% safe", "100% secure",
+    "100% reliable", "100% accurate", "100% effective", "100% certain", "100% guaranteed",
+    "perfectly safe", "totally safe", "absolutely safe", "works every time",
+    "impossible to hack", "impossible to fail", "impossible to breach",
+)
+
+
+def absolute_assurance(rule: Rule) -> Detector:
+    raw = rule.verdict or BLOCK
+    rx = _phrase_regex((*ASSURANCE_PHRASES, *rule.phrases))
+    # "100%" is not a word character, so these phrases need their own boundary handling.
+    pct = re.compile(r"100\s?%\s?(?:safe|secure|reliable|accurate|effective|certain|guaranteed)\b")
+    assert rx is not None
+
+    def detect(a: ActionInput) -> tuple[str, str] | None:
+        lower = a.lower
+        for m in (*rx.finditer(lower), *pct.finditer(lower)):
+            if not negated(lower, m.start()):
+                return raw, f"absolute assurance '{m.group(0)}'"
+        return None
+    return detect
+
+
+CLAIM_PHRASES: Final = (
+    "production-ready", "production ready", "battle-tested", "battle tested", "enterprise-grade",
+    "enterprise grade", "proven at scale", "used in production by", "industry-leading",
+    "trusted by thousands", "trusted by millions", "rock-solid",
+)
+
+
+def unverified_claim(rule: Rule) -> Detector:
+    raw = rule.verdict or BLOCK
+    rx = _phrase_regex((*CLAIM_PHRASES, *rule.phrases))
+    assert rx is not None
+
+    def detect(a: ActionInput) -> tuple[str, str] | None:
+        if a.sources or a.params.get("evidence"):
+            return None
+        lower = a.lower
+        for m in rx.finditer(lower):
+            if not negated(lower, m.start()):
+                return raw, f"unverified claim '{m.group(0)}' with no evidence"
+        return None
+    return detect
+
+
+CLICKBAIT_PATTERNS: Final = (
+    r"you won'?t believe", r"you will not believe", r"doctors hate", r"experts hate",
+    r"(?:this|one) (?:weird|simple|crazy|little|strange) trick", r"what happens next",
+    r"will (?:shock|amaze|stun) you", r"blow your mind", r"mind[- ]blowing", r"jaw[- ]dropping",
+    r"number \d+ will", r"(?:they|experts|doctors|banks) don'?t want you to know",
+    r"gone wrong", r"can'?t stop (?:laughing|watching)", r"you need to see",
+    r"before it'?s (?:deleted|too late)", r"will change your life", r"the shocking truth",
+    r"nobody (?:is talking|talks) about", r"is finally revealed", r"(?:hate|love) (?:him|her) for this",
+)
+SENSATIONAL_WORDS: Final = (
+    "shocking", "shocked", "stunning", "unbelievable", "insane", "outrageous", "explosive",
+    "bombshell", "miracle", "exposed", "slammed", "destroys", "destroyed", "horrifying",
+    "terrifying", "epic", "scandal", "meltdown", "chaos", "sensational", "secret",
+)
+_CAPS_WORD: Final = re.compile(r"\b[A-Z][A-Z']{3,}\b")
+_NUMBER: Final = re.compile(r"\d+")
+
+
+def clickbait(rule: Rule) -> Detector:
+    raw = rule.verdict or BLOCK
+    strong = re.compile("|".join([*CLICKBAIT_PATTERNS, *rule.patterns,
+                                  *(re.escape(p.lower()) for p in rule.phrases)]))
+    weak = _phrase_regex(SENSATIONAL_WORDS)
+    assert weak is not None
+
+    def detect(a: ActionInput) -> tuple[str, str] | None:
+        lower = a.lower
+        m = strong.search(lower)
+        if m is not None:
+            return raw, f"clickbait phrase '{m.group(0)}'"
+        signals: list[str] = []
+        w = weak.search(lower)
+        if w is not None and not negated(lower, w.start()):
+            signals.append(f"sensational wording '{w.group(0)}'")
+        caps = {c for c in _CAPS_WORD.findall(a.content)}
+        head = a.headline or a.content.split("\n", 1)[0]
+        letters = [ch for ch in head if ch.isalpha()]
+        if len(caps) >= 2 or (len(letters) >= 10
+                              and sum(ch.isupper() for ch in letters) > 0.6 * len(letters)):
+            signals.append("excessive capitals")
+        if a.content.count("!") >= 3 or "!!" in a.content or "?!" in a.content:
+            signals.append("excessive exclamation marks")
+        if a.headline and a.text:
+            unsupported = [n for n in _NUMBER.findall(a.headline) if n not in a.text]
+            hw = words_of(a.headline)
+            if unsupported:
+                signals.append(f"headline figure {unsupported[0]} not in the body")
+            elif len(hw) >= 3 and len(hw & words_of(a.text)) < 0.25 * len(hw):
+                signals.append("headline not supported by the body")
+        if len(signals) >= 2:
+            return raw, "clickbait: " + ", ".join(signals)
+        if signals:
+            return NOTIFY, "possible clickbait: " + signals[0]
+        return None
+    return detect
+
+
+_EMAIL: Final = re.compile(r"[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}")
+_PHONE: Final = re.compile(
+    r"(?<![\w/.:-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]?\d{3,4}(?![\w/.:-])")
+_SSN: Final = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
+_CARD: Final = re.compile(r"\b(?:\d{4}[ -]){3}\d{4}\b")
+PERSONAL_PHRASES: Final = (
+    "home address", "lives at", "social security number", "passport number", "date of birth",
+    "credit card number", "bank account number", "personal phone", "personal email",
+    "phone number is", "home phone", "medical record", "national insurance number",
+)
+
+
+def personal_data(rule: Rule) -> Detector:
+    raw = rule.verdict or BLOCK
+    phrases = _phrase_regex((*PERSONAL_PHRASES, *rule.phrases))
+    assert phrases is not None
+    kinds = ((_EMAIL, "an e-mail address"), (_SSN, "an identity number"),
+             (_CARD, "a card number"), (_PHONE, "a phone number"))
+
+    def detect(a: ActionInput) -> tuple[str, str] | None:
+        haystack = a.lower
+        extra = [v.lower() for v in a.params.values() if isinstance(v, str)]
+        if extra:
+            haystack = haystack + "\n" + "\n".join(extra)
+        for rx, what in kinds:
+            if rx.search(haystack):
+                return raw, f"personal data exposed: {what}"
+        for m in phrases.finditer(haystack):
+            if not negated(haystack, m.start()):
+                return raw, f"personal data exposed: '{m.group(0)}'"
+        return None
+    return detect
+
+
+_CSP: Final = (
+    (re.compile(r"<[^>]*\son[a-z]+\s*=", re.I), "inline event handler"),
+    (re.compile(r"<[^>]*\sstyle\s*=", re.I), "inline style"),
+    (re.compile(r"<script\b(?![^>]*\bsrc\s*=)[^>]*>\s*[^<\s]", re.I), "inline script"),
+    (re.compile(r"javascript:", re.I), "javascript: URL"),
+)
+
+
+def csp(rule: Rule) -> Detector:
+    raw = rule.verdict or BLOCK
+
+    def detect(a: ActionInput) -> tuple[str, str] | None:
+        path = str(a.params.get("path", ""))
+        if "<" not in a.content and not path.endswith((".html", ".htm")):
+            return None
+        for rx, what in _CSP:
+            if rx.search(a.content):
+                return raw, f"Content Security Policy: {what}"
+        return None
+    return detect
+
+
+def phrases(rule: Rule) -> Detector:
+    raw = rule.verdict or BLOCK
+    rx = _phrase_regex(rule.phrases)
+    pats = [re.compile(p, re.I) for p in rule.patterns]
+
+    def detect(a: ActionInput) -> tuple[str, str] | None:
+        lower = a.lower
+        if rx is not None:
+            for m in rx.finditer(lower):
+                if not negated(lower, m.start()):
+                    return raw, f"'{m.group(0)}' ({rule.title or rule.rule_id})"
+        for p in pats:
+            m2 = p.search(a.content)
+            if m2 is not None:
+                return raw, f"'{m2.group(0)}' ({rule.title or rule.rule_id})"
+        return None
+    return detect
+
+
+DETECTORS: Final[dict[str, Callable[[Rule], Detector]]] = {
+    "unsourced_statistic": unsourced_statistic, "absolute_assurance": absolute_assurance,
+    "unverified_claim": unverified_claim, "clickbait": clickbait, "personal_data": personal_data,
+    "csp": csp, "phrases": phrases,
+}
+
+
+def _severity(rule: Rule | None, raw: str) -> str | None:
+    if rule is not None and rule.severity:
+        return rule.severity
+    if normalise(raw) == "allow":
+        return None
+    return rule.persistence if rule is not None and rule.persistence != "VARIABLE" else "HIGH"
+
+
+class BoundaryEnforcer:
+    """Values boundaries and content rules; see the module docstring for the behaviour."""
+
+    name = NAME
+
+    def __init__(self, rules: RuleSet | Iterable[Rule] | None = None, *,
+                 boundaries: bool = True, pass_domains: Iterable[str] = PASS_DOMAINS) -> None:
+        mine = [r for r in (default_rules() if rules is None else rules)
+                if r.service == NAME and r.active]
+        self.pass_domains = frozenset(d.lower() for d in pass_domains)
+        self.content: list[tuple[Rule, Detector]] = []
+        boundary_rules: list[Rule] = []
+        for rule in mine:
+            if rule.detector:
+                try:
+                    factory = DETECTORS[rule.detector]
+                except KeyError:
+                    raise ValueError(f"rule {rule.rule_id}: unknown detector {rule.detector!r}; "
+                                     f"known: {', '.join(DETECTORS)}") from None
+                self.content.append((rule, factory(rule)))
+            else:
+                boundary_rules.append(rule)
+        self.values = ValuesBoundary(boundary_rules) if boundaries else None
+
+    @property
+    def rule_ids(self) -> list[str]:
+        return [r.rule_id for r, _ in self.content]
+
+    def check(self, action: ActionInput, context: Context) -> Check:
+        start = time.perf_counter_ns()
+        try:
+            return self._check(action, start)
+        except Exception as exc:  # fail safe: a human decides what we could not
+            return make_check(NAME, BLOCK, start, rule_id="BOUNDARY-ERROR", severity="HIGH",
+                              reason=f"error, failing safe: {type(exc).__name__}: {exc}")
+
+    def _check(self, a: ActionInput, start: int) -> Check:
+        if a.pre_approved:
+            return make_check(NAME, PROCEED, start, reason="pre-approved by a human")
+        if a.domain.lower() in self.pass_domains:
+            return make_check(NAME, PROCEED, start, reason=f"{a.domain} domain: no values at stake")
+        best: tuple[str, str, Rule | None, str] | None = None  # raw, rule_id, rule, reason
+        matched: list[str] = []
+        for rule, detect in self.content:
+            hit = detect(a)
+            if hit is None:
+                continue
+            matched.append(rule.rule_id)
+            if best is None or SEVERITY_ORDER[normalise(hit[0])] > SEVERITY_ORDER[normalise(best[0])]:
+                best = (hit[0], rule.rule_id, rule, hit[1])
+        if self.values is not None:
+            vb = self.values(a)
+            if vb is not None:
+                raw, rule_id, rule, section, reason = vb
+                matched.append(rule_id)
+                if best is None or SEVERITY_ORDER[normalise(raw)] > SEVERITY_ORDER[normalise(best[0])]:
+                    best = (raw, rule_id, rule, reason)
+                    if rule is None:  # a section without a loaded rule still names its boundary
+                        return self._finish(best, matched, start, BOUNDARY_OF_SECTION[section])
+        if best is None:
+            return make_check(NAME, PROCEED, start, reason="no boundary crossed")
+        return self._finish(best, matched, start, None)
+
+    def _finish(self, best: tuple[str, str, Rule | None, str], matched: list[str], start: int,
+                boundary: str | None) -> Check:
+        raw, rule_id, rule, reason = best
+        return make_check(
+            NAME, raw, start, rule_id=rule_id,
+            boundary=boundary or (rule.boundary if rule is not None else None),
+            severity=_severity(rule, raw), reason=reason,
+            extra={"matched": matched} if len(matched) > 1 else None,
+        )
+
+
+__all__ = ["BOUNDARY_KEYWORDS", "BoundaryEnforcer", "DETECTORS", "negated"]

@@ -1,0 +1,177 @@
+"""The writer and store: idempotence, quarantine, cursors, backpressure, schema versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from tractatus_watch.governance.events import Decision, Quarantined, Reward, RolloutTransition
+from tractatus_watch.storage import queries as Q
+from tractatus_watch.storage.batch import Batch
+from tractatus_watch.storage.errors import SchemaTooNew
+from tractatus_watch.storage.schema import compact_rollups
+from tractatus_watch.storage.store import Store
+from tractatus_watch.storage.writer import Cursor, Writer
+
+
+def decision(i: int, *, blocked: bool = False, mode: str = "enforce", arm: str = "governed",
+             rnd: int = 0) -> Decision:
+    return Decision.from_payload({
+        "decision_id": f"d{i}", "agent_id": f"agent-{i % 2}", "round": rnd, "arm": arm,
+        "mode": mode, "action": {"kind": "clickbait" if blocked else "informative"},
+        "checks": [
+            {"service": "BoundaryEnforcer", "rule_id": "CONTENT-CLICKBAIT",
+             "raw_verdict": "REQUIRE_HUMAN_DECISION" if blocked else "PROCEED",
+             "enforced": mode == "enforce", "latency_us": 100},
+            {"service": "ContextPressureMonitor", "rule_id": "OPS-001", "raw_verdict": "NORMAL",
+             "enforced": mode == "enforce", "latency_us": 20},
+        ],
+        "executed": not (blocked and mode == "enforce"), "latency_us": 150,
+        "ts": 1_795_000_000.0 + i,
+    })
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = Store.open(tmp_path / "w.duckdb")
+    yield s
+    s.close()
+
+
+def count(store: Store, table: str) -> int:
+    return store.cursor().execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+
+def test_new_database_is_private_and_versioned(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "new.duckdb"
+    with Store.open(path) as s:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert s.cursor().execute("SELECT max(version) FROM schema_version").fetchall()[0][0] == 1
+
+
+def test_database_newer_than_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.duckdb"
+    with Store.open(path) as s:
+        s.con.execute("INSERT INTO schema_version VALUES (99, 'future', now()::TIMESTAMP)")
+    with pytest.raises(SchemaTooNew, match="schema version 99"):
+        Store.open(path)
+
+
+def test_metrics_and_redelivery(store: Store) -> None:
+    decisions = [decision(i, blocked=i % 5 == 0, rnd=i // 10) for i in range(30)]
+    decisions += [decision(100 + i, blocked=i % 3 == 0, mode="shadow", arm="ungoverned",
+                           rnd=i // 10) for i in range(30)]
+    rewards = [Reward(f"r{i}", f"ro{i}", "agent-0", i // 10, "governed", 0.5 + i / 100,
+                      1_795_000_000.0 + i) for i in range(30)]
+    batch = Batch.from_records(run_id="run-a", decisions=decisions, rewards=rewards)
+    writer = Writer(store)
+    writer.submit(batch, Cursor("src", "1"))
+    writer.submit(batch, Cursor("src", "2"))  # re-delivery: nothing new
+    writer.close()
+    assert count(store, "decisions") == 60
+    assert count(store, "checks") == 120
+    assert writer.stats.duplicates == 60 + 120 + 30
+    assert store.get_cursor("src") == "2"
+    con = store.cursor()
+    totals = {r["arm"]: r for r in Q.totals(con, "run-a").to_dicts()}
+    gov, ung = totals["governed"], totals["ungoverned"]
+    assert (gov["actions"], gov["covered"], gov["attempted"], gov["blocked"], gov["escaped"]) \
+        == (30, 30, 6, 6, 0)
+    assert (ung["actions"], ung["covered"], ung["attempted"], ung["blocked"], ung["escaped"]) \
+        == (30, 0, 10, 0, 10)
+    assert gov["reward_n"] == 30
+    assert gov["reward_mean"] == pytest.approx(sum(0.5 + i / 100 for i in range(30)) / 30)
+    rounds = Q.per_round(con, "run-a", "governed")
+    assert rounds["round"].to_list() == [0, 1, 2]
+    assert rounds["blocked"].to_list() == [2, 2, 2]
+    rules = Q.per_rule(con, "run-a", arm="governed")
+    clickbait = rules.filter(rules["rule_id"] == "CONTENT-CLICKBAIT").to_dicts()[0]
+    assert (clickbait["checks"], clickbait["blocks"]) == (30, 6)
+    agents = Q.per_agent(con, "run-a", "ungoverned")
+    assert agents["actions"].to_list() == [15, 15]
+    before = Q.per_round(con, "run-a")
+    compact_rollups(store.con)
+    assert Q.per_round(con, "run-a").equals(before)
+    page = Q.decisions_page(con, "run-a", limit=5)
+    assert page["decision_id"].to_list() == ["d129", "d128", "d127", "d126", "d125"]
+    page2 = Q.decisions_page(con, "run-a", limit=5, offset=5, verdict="block")
+    assert page2.height == 1 and set(page2["verdict"]) == {"block"}  # 6 blocks in all
+
+
+def test_invalid_rows_are_quarantined_while_the_rest_lands(store: Store) -> None:
+    good = Batch.from_records(run_id="r", decisions=[decision(1), decision(2)])
+    bad = pa.Table.from_pylist([
+        {"run_id": "r", "decision_id": "x1", "agent_id": "a", "round": 0, "arm": "governed",
+         "mode": "sometimes", "action_kind": "k", "verdict": "allow", "executed": True,
+         "covered": True, "attempted": False, "evasion": False, "n_checks": 0,
+         "latency_us": 1, "ts": 1_795_000_000_000_000},
+        {"run_id": "r", "decision_id": "x2", "agent_id": "a", "round": 0, "arm": "governed",
+         "mode": "enforce", "action_kind": "k", "verdict": "allow", "executed": True,
+         "covered": True, "attempted": False, "evasion": False, "n_checks": 0,
+         "latency_us": 1, "ts": 1_795_000_000_000_000},
+    ])
+    mixed = Batch({"decisions": pa.concat_tables([
+        good.tables["decisions"], bad.cast(good.tables["decisions"].select(bad.column_names)
+                                           .schema)], promote_options="default"),
+        "checks": good.tables["checks"]})
+    q = Batch.from_records(quarantined=[Quarantined("file.jsonl:3", "line 3: bad JSON", "{",
+                                                    1_795_000_000.0)])
+    writer = Writer(store)
+    writer.submit(mixed, Cursor("s", "1"))
+    writer.submit(q)
+    writer.close()
+    rows = store.cursor().execute(
+        "SELECT source, reason, raw FROM quarantine ORDER BY reason").fetchall()
+    assert count(store, "decisions") == 3  # d1, d2, x2
+    assert [(r[0], r[1]) for r in rows] == [
+        ("s", "decisions.mode: not one of enforce, shadow, off"),
+        ("file.jsonl:3", "line 3: bad JSON"),
+    ]
+    assert json.loads(rows[0][2])["decision_id"] == "x1"
+
+
+def test_rollout_transitions_and_events(store: Store) -> None:
+    rollouts = [RolloutTransition("ro1", "running", 1_795_000_000.0, "a", 3, "governed"),
+                RolloutTransition("ro1", "succeeded", 1_795_000_001.0, "a", 3, "governed",
+                                  duration_s=1.0, metadata={"round": 3})]
+    writer = Writer(store)
+    writer.submit(Batch.from_records(run_id="r", rollouts=rollouts))
+    writer.submit(Batch.from_records(run_id="r", rollouts=rollouts[1:]))
+    writer.close()
+    rows = store.cursor().execute(
+        "SELECT status, metadata FROM rollouts ORDER BY ts").fetchall()
+    assert rows == [("running", None), ("succeeded", '{"round":3}')]
+
+
+def test_submit_blocks_when_the_queue_is_full(store: Store) -> None:
+    writer = Writer(store, max_queue=1, flush_rows=10**9, flush_interval_s=0.5)
+    batch = Batch.from_records(run_id="r", decisions=[decision(1)])
+    returned = threading.Event()
+
+    def producer() -> None:
+        for _ in range(4):
+            writer.submit(batch)
+        returned.set()
+
+    # The writer holds at most one pending item per interval, so 4 submits need > 0.5 s.
+    t0 = time.monotonic()
+    threading.Thread(target=producer).start()
+    assert returned.wait(10)
+    assert time.monotonic() - t0 >= 0.4
+    writer.close()
+    assert count(store, "decisions") == 1
+
+
+def test_read_only_store_refuses_a_writer(tmp_path: Path) -> None:
+    path = tmp_path / "ro.duckdb"
+    Store.open(path).close()
+    with Store.open(path, read_only=True) as ro:
+        with pytest.raises(RuntimeError, match="read-only"):
+            Writer(ro)

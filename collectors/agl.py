@@ -211,6 +211,13 @@ class EventNormaliser:
             arm=self.ctx.arm or str(given.get("arm") or "") or self._learned_arm or self.default_arm,
             value=value, ts=ts, run_id=self.ctx.run_id))
 
+    def transition(self, state: str | None = None) -> RolloutTransition:
+        """The rollout's transition, with the agent and arm learned from its decisions."""
+        tr = self.ctx.transition(state)
+        tr.agent_id = tr.agent_id or self._learned_agent
+        tr.arm = tr.arm or self._learned_arm
+        return tr
+
     def add_typed_list(self, out: Records, event_type: str, events: list[Mapping[str, Any]],
                        start: int = 0) -> int:
         """Records for positions >= `start` of a list already filtered to one type (as the

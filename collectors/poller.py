@@ -238,9 +238,9 @@ class Poller:
                     assert tracked is not None
                     self._apply(tracked, *result, out)
                     self.stats.captured += 1
-                    out.rollouts.append(tracked.ctx.transition("queuing"))
+                    out.rollouts.append(tracked.normaliser.transition("queuing"))
                     if tracked.ctx.state in TERMINAL:
-                        out.rollouts.append(tracked.ctx.transition())
+                        out.rollouts.append(tracked.normaliser.transition())
                 self._tracked.pop(rid, None)
             skipped = (next_after - after) - len(items)
             self.stats.skipped += skipped
@@ -278,10 +278,10 @@ class Poller:
             was_running = before is not None and before.ctx.state == "running"
             tracked = self._track(rollout)
             if before is None:
-                out.rollouts.append(tracked.ctx.transition("queuing"))
+                out.rollouts.append(tracked.normaliser.transition("queuing"))
             if tracked.ctx.state == "running":
                 if not was_running:
-                    out.rollouts.append(tracked.ctx.transition("running"))
+                    out.rollouts.append(tracked.normaliser.transition("running"))
                 running.append(tracked)
 
         async def one(tracked: _Tracked) -> tuple[

@@ -82,6 +82,13 @@ def parse_line(obj: Any, out: Records, where: str, source: str, raw: str) -> Non
             out.rollouts.append(RolloutTransition.from_payload(data))
         elif kind == "event":
             out.events.append(_event(data))
+        elif kind == "quarantine":
+            # A producer that already judged a record bad (the hooks tap) passes it on as is.
+            if not isinstance(data, dict):
+                raise ValidationError("data", "expected an object")
+            out.quarantined.append(Quarantined(
+                source=str(data.get("source") or source), reason=str(data.get("reason") or ""),
+                raw=str(data.get("raw") or "")[:MAX_RAW], ts=time.time()))
         else:
             bad(f"type: unknown record type {kind!r}")
     except ValidationError as exc:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import threading
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,6 +16,7 @@ from tractatus_watch.storage.batch import Batch
 from tractatus_watch.storage.errors import SchemaTooNew
 from tractatus_watch.storage.schema import compact_rollups
 from tractatus_watch.storage.store import Store
+from tractatus_watch.storage.synthetic import decisions_batch
 from tractatus_watch.storage.writer import Cursor, Writer
 
 
@@ -151,22 +150,17 @@ def test_rollout_transitions_and_events(store: Store) -> None:
 
 
 def test_submit_blocks_when_the_queue_is_full(store: Store) -> None:
-    writer = Writer(store, max_queue=1, flush_rows=10**9, flush_interval_s=0.5)
-    batch = Batch.from_records(run_id="r", decisions=[decision(1)])
-    returned = threading.Event()
-
-    def producer() -> None:
-        for _ in range(4):
-            writer.submit(batch)
-        returned.set()
-
-    # The writer holds at most one pending item per interval, so 4 submits need > 0.5 s.
-    t0 = time.monotonic()
-    threading.Thread(target=producer).start()
-    assert returned.wait(10)
-    assert time.monotonic() - t0 >= 0.4
+    """With a queue of one, a third submit can only return once the writer took the second,
+    i.e. after the first (large, committing) batch is in the database."""
+    writer = Writer(store, max_queue=1)
+    big = decisions_batch(0, 60_000)  # > one row group of rows: committed at once
+    small = Batch.from_records(run_id="r", decisions=[decision(1)])
+    writer.submit(big)
+    writer.submit(small)
+    writer.submit(small)
+    assert count(store, "decisions") >= 60_000
     writer.close()
-    assert count(store, "decisions") == 1
+    assert count(store, "decisions") == 60_001
 
 
 def test_read_only_store_refuses_a_writer(tmp_path: Path) -> None:

@@ -27,8 +27,8 @@ from tractatus_watch.storage.writer import Cursor, Writer  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=2_000_000, help="decisions (each with 2 checks)")
-    ap.add_argument("--batch", type=int, default=40_960,
-                    help="decisions per batch (x3 rows with checks: one 122,880-row group)")
+    ap.add_argument("--batch", type=int, default=122_880,
+                    help="decisions per batch (one DuckDB row group)")
     ap.add_argument("--dir", type=Path, default=None, help="where to put the database files")
     args = ap.parse_args()
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="tw-bench-ingest-"))

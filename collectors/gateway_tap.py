@@ -255,6 +255,18 @@ class GatewayTap:
             self._queue.put(_STOP)
             self._drain_thread.join(timeout_s)
 
+    def run(self, sink: Sink, stop: threading.Event, get_cursor: Any = None) -> None:
+        """As a `collect` source: serve until `stop` is set, then drain."""
+        self._sink = sink
+        self.start()
+        try:
+            while not stop.wait(0.5):
+                if self._error is not None or (self._server_thread is not None
+                                               and not self._server_thread.is_alive()):
+                    raise RuntimeError(f"gateway stopped: {self._error or 'server exited'}")
+        finally:
+            self.stop()
+
     def __enter__(self) -> GatewayTap:
         self.start()
         return self

@@ -62,16 +62,20 @@ def cusum_arl_binomial(h: float, n: int, p0: float, p1: float, p_true: float | N
 
     Data are drawn at `p_true` (default p0: the in-control ARL). Cells are centred on i*w with
     w = h/(m - 1/2), so the atom at 0 is a cell centre and the top cell ends at h.
+
+    When a round without successes drains the statistic by much less than a cell (small n*p0,
+    and always for per-action bits), the chain is embedded at the rounds with successes instead
+    (`_arl_embedded`), which needs no finer grid.
     """
     p_true = p0 if p_true is None else p_true
     if h <= 0:
         return 1.0
     a, c = _llr_steps(p0, p1)
     d = a - c
-    # Cells must be much finer than the smallest move of the statistic, or the chain
-    # misrepresents the downward drift of small-n charts.
-    finest = min(d, n * abs(c)) if n > 0 else d
-    m = cells or int(min(1500, max(120, math.ceil(4.0 * h / finest))))
+    drain = n * abs(c)
+    if 4.0 * h / min(d, drain) > 400:
+        return _arl_embedded(h, n, a, c, p_true, cells or 200)
+    m = cells or int(max(120, math.ceil(4.0 * h / min(d, drain))))
     w = h / (m - 0.5)
     pmf = binom_pmf(n, p_true)
     cdf = np.concatenate(([0.0], np.cumsum(pmf)))  # cdf[k] = P(X < k), k = 0..n+1
@@ -86,42 +90,48 @@ def cusum_arl_binomial(h: float, n: int, p0: float, p1: float, p_true: float | N
     j = np.arange(m)[None, :]
     upper = g[off + j - i]
     lower = np.where(j == 0, 0.0, g[off + j - i - 1])
-    q = upper - lower
-    return float(_solve_arl(q)[0])
+    return float(_solve_arl(upper - lower)[0])
+
+
+def _arl_embedded(h: float, n: int, a: float, c: float, p_true: float, m: int) -> float:
+    """ARL of the CUSUM observed only at rounds with at least one success ("events").
+
+    Between two events a Geometric number G of empty rounds (each with probability
+    pi0 = (1-p)^n) drains G*u, u = n|c|; the event round then adds z = n*c + x*(a - c) with
+    x ~ Binomial(n, p) given x >= 1. The statistic can only rise, hence cross h, at an event,
+    so by Wald's identity the ARL in rounds is E[events to alarm] / P(event).
+    """
+    u = n * abs(c)
+    d = a - c
+    pi0 = math.exp(n * math.log1p(-p_true))
+    p_event = -math.expm1(n * math.log1p(-p_true))
+    pmf = binom_pmf(n, p_true)[1:] / p_event  # x = 1..n given x >= 1
+    xs = np.flatnonzero(pmf > 1e-14) + 1
+    weights = pmf[xs - 1]
+    z = n * c + xs * d
+    w = h / (m - 0.5)
+    y = (np.arange(m) * w)[:, None, None]  # from state i
+
+    def below(t: np.ndarray) -> np.ndarray:
+        # P(max(0, y - G u) + z < t), summed over x: D < s with s = t - z, where
+        # P(D < s) = 0 for s <= 0, 1 for s > y, else P(G > (y - s)/u) = pi0^(floor(.) + 1).
+        s_ = t[None, :, None] - z[None, None, :]
+        k = (y - s_) / u
+        inner = np.where(k < 0, 1.0, np.power(pi0, np.floor(np.maximum(k, 0.0)) + 1.0))
+        prob = np.where(s_ <= 0, 0.0, inner)
+        return (prob * weights[None, None, :]).sum(axis=2)
+
+    edges = (np.arange(m) + 0.5) * w
+    upper = below(edges)
+    lower = np.concatenate((np.zeros((m, 1)), upper[:, :-1]), axis=1)
+    events = float(_solve_arl(upper - lower)[0])
+    return events / p_event
 
 
 def cusum_arl_bernoulli(h: float, p0: float, p1: float, p_true: float | None = None,
-                        cells: int = 200) -> float:
-    """Average run length, in actions, of the per-action Bernoulli CUSUM.
-
-    Per action the statistic falls by a tiny amount (often < 0.01) and jumps by log(p1/p0) on a
-    success, so a grid over the statistic itself would need thousands of cells. Instead the chain
-    is embedded at successes: between two successes a Geometric number G of failures drains
-    G*u, so Y' = a + max(0, Y - G u). The statistic can only cross h at a success, so N successes
-    to alarm cost N/p actions on average (Wald's identity).
-    """
-    p_true = p0 if p_true is None else p_true
-    a, c = _llr_steps(p0, p1)
-    u = -c
-    if a >= h:
-        return 1.0 / p_true
-    m = cells
-    w = (h - a) / (m - 0.5)
-    q_fail = 1.0 - p_true
-    i = np.arange(m)[:, None]
-    j = np.arange(m)[None, :]
-
-    def below(jj: np.ndarray) -> np.ndarray:
-        # P(Y' < a + (jj + 1/2) w | Y = a + i w) = P(G > (a + (i - jj - 1/2) w) / u)
-        kk = (a + (i - jj - 0.5) * w) / u
-        out = np.power(q_fail, np.floor(np.maximum(kk, 0.0)) + 1.0)
-        return np.where(kk < 0, 1.0, out)
-
-    upper = below(j)
-    lower = np.where(j == 0, 0.0, below(j - 1))
-    q = upper - lower
-    successes = 1.0 + float(_solve_arl(q)[0])
-    return successes / p_true
+                        cells: int | None = None) -> float:
+    """Average run length, in actions, of the per-action Bernoulli CUSUM (Binomial with n=1)."""
+    return cusum_arl_binomial(h, 1, p0, p1, p_true, cells)
 
 
 def _averaged_arl(arl_at: Callable[[float], float], p_hat: float,

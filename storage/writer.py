@@ -49,7 +49,7 @@ VOCAB: Final[dict[tuple[str, str], tuple[str, ...]]] = {
     ("checks", "verdict"): VERDICTS,
 }
 
-# Rollup partial aggregates of the rows a commit adds. blocked/escaped follow the definitions
+# Rollup partial aggregates of the rows a commit adds (registered as `_b`). blocked/escaped follow the definitions
 # in governance/events.py (Decision.blocked / Decision.escaped).
 ROLLUP_AGENT_FROM_DECISIONS: Final = """
 INSERT INTO rollup_agent BY NAME
@@ -59,21 +59,21 @@ SELECT run_id, arm, round, agent_id, count(*) AS actions, count_if(covered) AS c
        count_if(evasion) AS evasions, count_if(executed) AS executed,
        sum(latency_us)::BIGINT AS latency_us_sum, 0 AS reward_n, 0.0 AS reward_sum,
        0.0 AS reward_sq_sum, min(ts) AS ts_min, max(ts) AS ts_max
-FROM _new GROUP BY run_id, arm, round, agent_id"""
+FROM _b GROUP BY run_id, arm, round, agent_id"""
 ROLLUP_AGENT_FROM_REWARDS: Final = """
 INSERT INTO rollup_agent BY NAME
 SELECT run_id, arm, round, coalesce(agent_id, '') AS agent_id, 0 AS actions, 0 AS covered,
        0 AS enforce_mode, 0 AS attempted, 0 AS blocked, 0 AS escaped, 0 AS evasions,
        0 AS executed, 0 AS latency_us_sum, count(*) AS reward_n, sum(value) AS reward_sum,
        sum(value * value) AS reward_sq_sum, min(ts) AS ts_min, max(ts) AS ts_max
-FROM _new GROUP BY run_id, arm, round, coalesce(agent_id, '')"""
+FROM _b GROUP BY run_id, arm, round, coalesce(agent_id, '')"""
 ROLLUP_RULE_FROM_CHECKS: Final = """
 INSERT INTO rollup_rule BY NAME
 SELECT run_id, arm, round, service, rule_id, date_trunc('minute', ts) AS minute,
        count(*) AS checks, count_if(enforced) AS enforced, count_if(verdict = 'warn') AS warns,
        count_if(verdict = 'escalate') AS escalates, count_if(verdict = 'block') AS blocks,
        sum(latency_us)::BIGINT AS latency_us_sum, max(latency_us) AS latency_us_max
-FROM _new GROUP BY ALL"""
+FROM _b GROUP BY ALL"""
 ROLLUPS: Final[dict[str, str]] = {
     "decisions": ROLLUP_AGENT_FROM_DECISIONS,
     "rewards": ROLLUP_AGENT_FROM_REWARDS,
@@ -219,7 +219,7 @@ class Writer:
 
     def _run(self) -> None:
         pending: list[_Item] = []
-        rows = 0
+        rows: dict[str, int] = {}
         started = 0.0
         while True:
             timeout = None
@@ -233,8 +233,10 @@ class Writer:
                 if not pending:
                     started = time.monotonic()
                 pending.append(item)
-                rows += item.batch.rows
-                if rows < self._flush_rows:
+                for name, table in item.batch.tables.items():
+                    rows[name] = rows.get(name, 0) + table.num_rows
+                # A table that reaches a row group is written straight to it, not to the WAL.
+                if max(rows.values(), default=0) < self._flush_rows:
                     continue
             if pending and self._error is None:
                 try:
@@ -242,7 +244,7 @@ class Writer:
                 except BaseException as exc:  # surfaced to producers through _check()
                     log.error("writer: commit failed: %s", exc)
                     self._error = exc
-            pending, rows = [], 0
+            pending, rows = [], {}
             if isinstance(item, _Control):
                 item.done.set()
                 if item.stop:
@@ -353,33 +355,35 @@ class Writer:
     def _insert_new(self, name: str, table: pa.Table) -> int:
         """Insert the rows whose natural key is not stored yet; returns how many."""
         con = self._con
-        keys = NATURAL_KEYS[name]
-        if table.num_rows > 1:
-            df = pl.from_arrow(table)
-            assert isinstance(df, pl.DataFrame)
-            if df.select(pl.struct(list(keys)).n_unique()).item() < df.height:
-                table = df.unique(subset=list(keys), keep="first", maintain_order=True).to_arrow()
-                table = _conform(name, table)
-        con.register("_b", table)
+        keys = list(NATURAL_KEYS[name])
+        df = pl.from_arrow(table)
+        assert isinstance(df, pl.DataFrame)
+        if df.height > 1 and df.select(pl.struct(keys).n_unique()).item() < df.height:
+            df = df.unique(subset=keys, keep="first", maintain_order=True)
+        key_cols = ", ".join(keys)
+        where = "run_id IN (SELECT DISTINCT run_id FROM _b)"
+        if name in WINDOWED:
+            lo, hi = pc.min_max(table.column("ts")).values()
+            # Literal bounds (our own timestamps) let DuckDB prune row groups by zone maps.
+            where += (f" AND ts BETWEEN TIMESTAMP '{lo.as_py().isoformat()}'"
+                      f" AND TIMESTAMP '{hi.as_py().isoformat()}'")
+        con.register("_b", df)
         try:
-            key_cols = ", ".join(keys)
-            where = "run_id IN (SELECT DISTINCT run_id FROM _b)"
-            if name in WINDOWED:
-                lo, hi = pc.min_max(table.column("ts")).values()
-                # Literal bounds (our own timestamps) let DuckDB prune row groups by zone maps.
-                where += (f" AND ts BETWEEN TIMESTAMP '{lo.as_py().isoformat()}'"
-                          f" AND TIMESTAMP '{hi.as_py().isoformat()}'")
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS SELECT b.* FROM _b b ANTI JOIN "
-                        f"(SELECT {key_cols} FROM {name} WHERE {where}) e USING ({key_cols})")
-            n_new = con.execute("SELECT count(*) FROM _new").fetchall()[0][0]
-            if n_new:
-                con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _new")
+            # Usually nothing collides; only then is the batch filtered (in polars), which is
+            # cheaper than materialising an anti-join of every batch in the database.
+            stored = con.sql(f"SELECT e.* FROM (SELECT {key_cols} FROM {name} WHERE {where}) e "
+                             f"SEMI JOIN _b USING ({key_cols})").pl()
+            if stored.height:
+                df = df.join(stored, on=keys, how="anti", nulls_equal=True)
+                con.unregister("_b")
+                con.register("_b", df)
+            if df.height:
+                con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _b")
                 if name in ROLLUPS:
                     con.execute(ROLLUPS[name])
-            con.execute("DROP TABLE _new")
         finally:
             con.unregister("_b")
-        return int(n_new)
+        return df.height
 
     def _register_runs(self, run_ids: list[str]) -> None:
         con = self._con

@@ -47,7 +47,7 @@ from typing import Callable, Final, Iterable
 
 from ..events import Check
 from ..verdicts import SEVERITY_ORDER, normalise
-from .base import ActionInput, Context, make_check, words_of
+from .base import ActionInput, Context, PhraseSet, make_check, words_of
 from .rules import BOUNDARY_OF_SECTION, Rule, RuleSet, default_rules
 
 NAME: Final = "BoundaryEnforcer"
@@ -77,15 +77,6 @@ def negated(lower: str, start: int, pattern: re.Pattern[str] = _NEGATION) -> boo
     return pattern.search(_clause_before(lower, start)) is not None
 
 
-def _phrase_regex(phrases: Iterable[str]) -> re.Pattern[str] | None:
-    """One alternation of whole-word phrases; longer phrases first so they win over prefixes."""
-    items = sorted({p.lower() for p in phrases if p}, key=len, reverse=True)
-    if not items:
-        return None
-    body = "|".join(re.escape(p).replace(r"\ ", r"[\s\-]+") for p in items)
-    return re.compile(rf"(?<![\w-])(?:{body})(?![\w-])")
-
-
 # --- values boundaries --------------------------------------------------------------------------
 
 # Our own keyword table, one row per Tractatus section. Phrases are specific on purpose: a
@@ -113,7 +104,7 @@ def _norm(phrase: str) -> str:
 
 _SECTION_OF: Final[dict[str, str]] = {_norm(kw): sec for sec, kws in BOUNDARY_KEYWORDS.items()
                                       for kw in kws}
-_BOUNDARY_RE: Final = _phrase_regex(_SECTION_OF)
+_BOUNDARY_PHRASES: Final = PhraseSet(_SECTION_OF)
 
 DECISION_KIND_WORDS: Final = ("decide", "decision", "approve", "policy", "strategy", "consent",
                               "behalf", "grant", "revoke", "mission", "govern")
@@ -156,10 +147,9 @@ class ValuesBoundary:
 
     def __call__(self, a: ActionInput) -> tuple[str, str, Rule | None, str, str] | None:
         """(raw, rule_id, rule, section, reason) when a boundary is crossed or touched."""
-        assert _BOUNDARY_RE is not None
         lower = a.lower
         hits: list[tuple[str, int]] = []
-        for m in _BOUNDARY_RE.finditer(lower):
+        for m in _BOUNDARY_PHRASES.matches(a):
             if not negated(lower, m.start(), _VALUES_NEGATION):
                 hits.append((_norm(m.group(0)), m.start()))
         if not hits:
@@ -186,6 +176,8 @@ class ValuesBoundary:
 
 
 # --- content detectors --------------------------------------------------------------------------
+# Each detector first asks something cheap (a character, a token in the action's token set) and
+# runs its regular expressions only when that could lead to a hit: see PhraseSet.
 
 Detector = Callable[[ActionInput], "tuple[str, str] | None"]  # (raw verdict, reason)
 
@@ -194,6 +186,8 @@ _MONEY: Final = re.compile(
     r"[$€£¥]\s?\d[\d,.]*(?:\s?(?:k|m|bn|million|billion|thousand)\b)?"
     r"|\b\d[\d,.]*\s?(?:dollars|usd|eur|euros|pounds|gbp)\b"
     r"|\b\d+(?:\.\d+)?\s?(?:million|billion|trillion)\s+(?:dollars|in\s+revenue|revenue|in\s+sales)\b")
+_MONEY_TOKENS: Final = frozenset({"dollars", "usd", "eur", "euros", "pounds", "gbp", "million",
+                                  "billion", "trillion"})
 _ROI: Final = re.compile(r"\b\d+(?:\.\d+)?\s?x\s+(?:roi|return on investment|returns?)\b"
                          r"|\broi\s+of\s+\d")
 _SOURCED: Final = re.compile(r"\[needs verification\]|\bsources?\s*:|https?://")
@@ -206,7 +200,13 @@ def unsourced_statistic(rule: Rule) -> Detector:
         if a.sources:
             return None
         lower = a.lower
-        m = _PERCENT.search(lower) or _MONEY.search(lower) or _ROI.search(lower)
+        m = None
+        if "%" in lower or "percent" in lower or "per cent" in lower:
+            m = _PERCENT.search(lower)
+        if m is None and (any(c in lower for c in "$€£¥") or a.tokens & _MONEY_TOKENS):
+            m = _MONEY.search(lower)
+        if m is None and ("roi" in a.tokens or "return" in a.tokens or "returns" in a.tokens):
+            m = _ROI.search(lower)
         if m is None or _SOURCED.search(lower):
             return None
         return raw, f"statistic '{m.group(0).strip()}' with no sources"
@@ -215,102 +215,125 @@ def unsourced_statistic(rule: Rule) -> Detector:
 
 ASSURANCE_PHRASES: Final = (
     "guarantee", "guarantees", "guaranteed", "guaranteeing", "never fails", "never fail",
-    "will never fail", "zero risk", "risk-free", "risk free", "completely prevents",
-    "completely prevent", "completely eliminates", "eliminates all risk", "always works",
-    "cannot fail", "can't fail", "foolproof", "fail-proof", "100% safe", "100% secure",
-    "100% reliable", "100% accurate", "100% effective", "100% certain", "100% guaranteed",
-    "perfectly safe", "totally safe", "absolutely safe", "works every time",
-    "impossible to hack", "impossible to fail", "impossible to breach",
+    "will never fail", "zero risk", "risk-free", "completely prevents", "completely prevent",
+    "completely eliminates", "eliminates all risk", "always works", "cannot fail", "can't fail",
+    "foolproof", "fail-proof", "100% safe", "100% secure", "100% reliable", "100% accurate",
+    "100% effective", "100% certain", "100% guaranteed", "perfectly safe", "totally safe",
+    "absolutely safe", "works every time", "impossible to hack", "impossible to fail",
+    "impossible to breach",
 )
+
+
+def _first_unnegated(phrases: PhraseSet, a: ActionInput) -> re.Match[str] | None:
+    for m in phrases.matches(a):
+        if not negated(a.lower, m.start()):
+            return m
+    return None
 
 
 def absolute_assurance(rule: Rule) -> Detector:
     raw = rule.verdict or BLOCK
-    rx = _phrase_regex((*ASSURANCE_PHRASES, *rule.phrases))
-    # "100%" is not a word character, so these phrases need their own boundary handling.
-    pct = re.compile(r"100\s?%\s?(?:safe|secure|reliable|accurate|effective|certain|guaranteed)\b")
-    assert rx is not None
+    phrases = PhraseSet((*ASSURANCE_PHRASES, *rule.phrases))
 
     def detect(a: ActionInput) -> tuple[str, str] | None:
-        lower = a.lower
-        for m in (*rx.finditer(lower), *pct.finditer(lower)):
-            if not negated(lower, m.start()):
-                return raw, f"absolute assurance '{m.group(0)}'"
-        return None
+        m = _first_unnegated(phrases, a)
+        return None if m is None else (raw, f"absolute assurance '{m.group(0)}'")
     return detect
 
 
 CLAIM_PHRASES: Final = (
-    "production-ready", "production ready", "battle-tested", "battle tested", "enterprise-grade",
-    "enterprise grade", "proven at scale", "used in production by", "industry-leading",
-    "trusted by thousands", "trusted by millions", "rock-solid",
+    "production-ready", "battle-tested", "enterprise-grade", "proven at scale",
+    "used in production by", "industry-leading", "trusted by thousands", "trusted by millions",
+    "rock-solid",
 )
 
 
 def unverified_claim(rule: Rule) -> Detector:
     raw = rule.verdict or BLOCK
-    rx = _phrase_regex((*CLAIM_PHRASES, *rule.phrases))
-    assert rx is not None
+    phrases = PhraseSet((*CLAIM_PHRASES, *rule.phrases))
 
     def detect(a: ActionInput) -> tuple[str, str] | None:
         if a.sources or a.params.get("evidence"):
             return None
-        lower = a.lower
-        for m in rx.finditer(lower):
-            if not negated(lower, m.start()):
-                return raw, f"unverified claim '{m.group(0)}' with no evidence"
-        return None
+        m = _first_unnegated(phrases, a)
+        return None if m is None else (raw, f"unverified claim '{m.group(0)}' with no evidence")
     return detect
 
 
-CLICKBAIT_PATTERNS: Final = (
-    r"you won'?t believe", r"you will not believe", r"doctors hate", r"experts hate",
-    r"(?:this|one) (?:weird|simple|crazy|little|strange) trick", r"what happens next",
-    r"will (?:shock|amaze|stun) you", r"blow your mind", r"mind[- ]blowing", r"jaw[- ]dropping",
-    r"number \d+ will", r"(?:they|experts|doctors|banks) don'?t want you to know",
-    r"gone wrong", r"can'?t stop (?:laughing|watching)", r"you need to see",
-    r"before it'?s (?:deleted|too late)", r"will change your life", r"the shocking truth",
-    r"nobody (?:is talking|talks) about", r"is finally revealed", r"(?:hate|love) (?:him|her) for this",
+# (tokens of which one must occur, pattern): the token set gates the regex.
+CLICKBAIT_PATTERNS: Final[tuple[tuple[tuple[str, ...], str], ...]] = (
+    (("believe",), r"you (?:won't|wont|will not) believe"),
+    (("hate",), r"(?:doctors|experts|dentists|banks) hate"),
+    (("trick",), r"(?:this|one) (?:weird|simple|crazy|little|strange) trick"),
+    (("happens",), r"what happens next"),
+    (("shock", "amaze", "stun"), r"will (?:shock|amaze|stun) you"),
+    (("blow", "blowing"), r"blow your mind|mind[- ]blowing"),
+    (("dropping",), r"jaw[- ]dropping"),
+    (("number",), r"number \d+ will"),
+    (("know",), r"(?:they|experts|doctors|banks) don't want you to know"),
+    (("wrong",), r"gone wrong"),
+    (("stop",), r"can't stop (?:laughing|watching)"),
+    (("see",), r"you (?:need|have) to see"),
+    (("deleted", "late"), r"before it's (?:deleted|too late)"),
+    (("life",), r"will change your life"),
+    (("truth",), r"the shocking truth"),
+    (("talking", "talks"), r"nobody (?:is talking|talks) about"),
+    (("revealed",), r"(?:is|are) finally revealed"),
+    (("this",), r"(?:hate|love) (?:him|her|them) for this"),
 )
-SENSATIONAL_WORDS: Final = (
+SENSATIONAL_WORDS: Final = frozenset({
     "shocking", "shocked", "stunning", "unbelievable", "insane", "outrageous", "explosive",
     "bombshell", "miracle", "exposed", "slammed", "destroys", "destroyed", "horrifying",
-    "terrifying", "epic", "scandal", "meltdown", "chaos", "sensational", "secret",
-)
-_CAPS_WORD: Final = re.compile(r"\b[A-Z][A-Z']{3,}\b")
+    "terrifying", "epic", "scandal", "meltdown", "chaos", "sensational",
+})
 _NUMBER: Final = re.compile(r"\d+")
+_CAPS_RUN: Final = re.compile(r"[A-Z]{4,}")
 
 
 def clickbait(rule: Rule) -> Detector:
     raw = rule.verdict or BLOCK
-    strong = re.compile("|".join([*CLICKBAIT_PATTERNS, *rule.patterns,
-                                  *(re.escape(p.lower()) for p in rule.phrases)]))
-    weak = _phrase_regex(SENSATIONAL_WORDS)
-    assert weak is not None
+    strong: dict[str, list[re.Pattern[str]]] = {}
+    for gate_tokens, pattern in CLICKBAIT_PATTERNS:
+        rx = re.compile(pattern)
+        for token in gate_tokens:
+            strong.setdefault(token, []).append(rx)
+    gates = frozenset(strong)
+    extra = PhraseSet(rule.phrases)
+    custom = [re.compile(p, re.I) for p in rule.patterns]
 
     def detect(a: ActionInput) -> tuple[str, str] | None:
-        lower = a.lower
-        m = strong.search(lower)
-        if m is not None:
-            return raw, f"clickbait phrase '{m.group(0)}'"
+        lower, tokens = a.lower, a.tokens
+        for token in sorted(tokens & gates):
+            for rx in strong[token]:
+                m = rx.search(lower)
+                if m is not None:
+                    return raw, f"clickbait phrase '{m.group(0)}'"
+        m2 = (extra.matches(a) or [None])[0] if extra else None
+        if m2 is None:
+            m2 = next((m for rx in custom if (m := rx.search(a.content)) is not None), None)
+        if m2 is not None:
+            return raw, f"clickbait phrase '{m2.group(0)}'"
         signals: list[str] = []
-        w = weak.search(lower)
-        if w is not None and not negated(lower, w.start()):
-            signals.append(f"sensational wording '{w.group(0)}'")
-        caps = {c for c in _CAPS_WORD.findall(a.content)}
-        head = a.headline or a.content.split("\n", 1)[0]
-        letters = [ch for ch in head if ch.isalpha()]
-        if len(caps) >= 2 or (len(letters) >= 10
-                              and sum(ch.isupper() for ch in letters) > 0.6 * len(letters)):
-            signals.append("excessive capitals")
-        if a.content.count("!") >= 3 or "!!" in a.content or "?!" in a.content:
+        for word in sorted(tokens & SENSATIONAL_WORDS):
+            if not negated(lower, lower.find(word)):
+                signals.append(f"sensational wording '{word}'")
+                break
+        content = a.content
+        if _CAPS_RUN.search(content) is not None:  # cheap gate for the two costlier tests
+            head = a.headline or content.split("\n", 1)[0]
+            n_alpha = sum(map(str.isalpha, head))
+            if len(set(_CAPS_RUN.findall(content))) >= 2 or (
+                    n_alpha >= 10 and sum(map(str.isupper, head)) > 0.6 * n_alpha):
+                signals.append("excessive capitals")
+        if content.count("!") >= 3 or "!!" in content or "?!" in content:
             signals.append("excessive exclamation marks")
         if a.headline and a.text:
-            unsupported = [n for n in _NUMBER.findall(a.headline) if n not in a.text]
+            body = a.text.lower()
+            unsupported = [n for n in _NUMBER.findall(a.headline) if n not in body]
             hw = words_of(a.headline)
             if unsupported:
                 signals.append(f"headline figure {unsupported[0]} not in the body")
-            elif len(hw) >= 3 and len(hw & words_of(a.text)) < 0.25 * len(hw):
+            elif len(hw) >= 3 and sum(1 for w in hw if w in body) < 0.25 * len(hw):
                 signals.append("headline not supported by the body")
         if len(signals) >= 2:
             return raw, "clickbait: " + ", ".join(signals)
@@ -325,6 +348,7 @@ _PHONE: Final = re.compile(
     r"(?<![\w/.:-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]?\d{3,4}(?![\w/.:-])")
 _SSN: Final = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
 _CARD: Final = re.compile(r"\b(?:\d{4}[ -]){3}\d{4}\b")
+_DIGITS7: Final = re.compile(r"(?:\d\D?){7}")
 PERSONAL_PHRASES: Final = (
     "home address", "lives at", "social security number", "passport number", "date of birth",
     "credit card number", "bank account number", "personal phone", "personal email",
@@ -334,23 +358,22 @@ PERSONAL_PHRASES: Final = (
 
 def personal_data(rule: Rule) -> Detector:
     raw = rule.verdict or BLOCK
-    phrases = _phrase_regex((*PERSONAL_PHRASES, *rule.phrases))
-    assert phrases is not None
-    kinds = ((_EMAIL, "an e-mail address"), (_SSN, "an identity number"),
-             (_CARD, "a card number"), (_PHONE, "a phone number"))
+    phrases = PhraseSet((*PERSONAL_PHRASES, *rule.phrases))
+    numbers = ((_SSN, "an identity number"), (_CARD, "a card number"), (_PHONE, "a phone number"))
 
     def detect(a: ActionInput) -> tuple[str, str] | None:
         haystack = a.lower
         extra = [v.lower() for v in a.params.values() if isinstance(v, str)]
         if extra:
             haystack = haystack + "\n" + "\n".join(extra)
-        for rx, what in kinds:
-            if rx.search(haystack):
-                return raw, f"personal data exposed: {what}"
-        for m in phrases.finditer(haystack):
-            if not negated(haystack, m.start()):
-                return raw, f"personal data exposed: '{m.group(0)}'"
-        return None
+        if "@" in haystack and _EMAIL.search(haystack):
+            return raw, "personal data exposed: an e-mail address"
+        if _DIGITS7.search(haystack):  # every number pattern below needs seven digits
+            for rx, what in numbers:
+                if rx.search(haystack):
+                    return raw, f"personal data exposed: {what}"
+        m = _first_unnegated(phrases, a)
+        return None if m is None else (raw, f"personal data exposed: '{m.group(0)}'")
     return detect
 
 
@@ -378,20 +401,14 @@ def csp(rule: Rule) -> Detector:
 
 def phrases(rule: Rule) -> Detector:
     raw = rule.verdict or BLOCK
-    rx = _phrase_regex(rule.phrases)
+    words = PhraseSet(rule.phrases)
     pats = [re.compile(p, re.I) for p in rule.patterns]
 
     def detect(a: ActionInput) -> tuple[str, str] | None:
-        lower = a.lower
-        if rx is not None:
-            for m in rx.finditer(lower):
-                if not negated(lower, m.start()):
-                    return raw, f"'{m.group(0)}' ({rule.title or rule.rule_id})"
-        for p in pats:
-            m2 = p.search(a.content)
-            if m2 is not None:
-                return raw, f"'{m2.group(0)}' ({rule.title or rule.rule_id})"
-        return None
+        m = _first_unnegated(words, a) if words else None
+        if m is None:
+            m = next((m2 for rx in pats if (m2 := rx.search(a.content)) is not None), None)
+        return None if m is None else (raw, f"'{m.group(0)}' ({rule.title or rule.rule_id})")
     return detect
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Iterable, Mapping
 
 from ..events import Check
-from .base import ActionInput, Context, make_check, words_of
+from .base import ActionInput, Context, make_check, tokens_of, words_of
 from .classifier import classify
 from .rules import Rule, RuleSet
 
@@ -46,24 +46,29 @@ RELEVANCE_THRESHOLD: Final = 0.3
 _PERSISTENCE_WEIGHT: Final = {"HIGH": 1.0, "MEDIUM": 0.6, "LOW": 0.3, "VARIABLE": 0.5}
 _SEVERITY_RANK: Final = {"MINOR": 0, "WARNING": 1, "CRITICAL": 2}
 
-_ENGINE: Final = re.compile(
-    r"\b(mongodb|mongo|postgresql|postgres|mysql|mariadb|sqlite|redis|duckdb|cassandra|"
-    r"elasticsearch|dynamodb)\b")
 _ENGINE_ALIAS: Final = {"mongo": "mongodb", "postgresql": "postgres"}
-_PARAM_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
-    ("port", re.compile(r"\bport\s*(?:number\s*)?(?:[:=#]\s*|is\s+|of\s+|to\s+)?(\d{2,5})\b")),
-    ("port", re.compile(r"\b(?:localhost|\d+\.\d+\.\d+\.\d+|[\w-]+(?:\.[\w-]+)+):(\d{2,5})\b")),
-    ("host", re.compile(r"\bhost(?:name)?\s*(?:[:=]\s*|\s+(?:is|to|at)\s+|\s+)"
-                        r"(localhost|[\w-]+(?:\.[\w-]+)+)")),
-    ("database", re.compile(r"\b(?:database|db)\s*(?:name\s*)?(?:[:=]\s*|\s+(?:is|named|called)\s+)"
-                            r"([\w][\w-]*)")),
-    ("url", re.compile(r"\b(?:url|endpoint|base[_ ]url)\s*(?:[:=]\s*|\s+(?:is|to|at)\s+|\s+)"
-                       r"(https?://[^\s,;]+)")),
-    ("path", re.compile(r"\b(?:path|dir|directory|folder)\s*(?:[:=]\s*|\s+(?:is|to|at|in)\s+|\s+)"
-                        r"([~/][\w.\-/]*)")),
-    ("model", re.compile(r"\bmodel\s*(?:[:=]\s*|\s+(?:is|to)\s+|\s+)([\w][\w.\-/:]*\d[\w.\-/:]*)")),
-    ("model", re.compile(r"\buse\s+((?:gpt|claude|qwen|llama|mistral|gemini)[\w.\-/:]*)")),
+# (parameter, tokens of which one must occur, a character that must occur, pattern): the gates
+# keep the regular expressions off texts that cannot match (see base.PhraseSet for why).
+_PARAM_PATTERNS: Final[tuple[tuple[str, frozenset[str], str, re.Pattern[str]], ...]] = (
+    ("port", frozenset({"port"}), "",
+     re.compile(r"\bport\s*(?:number\s*)?(?:[:=#]\s*|is\s+|of\s+|to\s+)?(\d{2,5})\b")),
+    ("port", frozenset(), ":",
+     re.compile(r"\b(?:localhost|\d+\.\d+\.\d+\.\d+|[\w-]+(?:\.[\w-]+)+):(\d{2,5})\b")),
+    ("host", frozenset({"host", "hostname"}), "",
+     re.compile(r"\bhost(?:name)?\s*(?:[:=]\s*|\s+(?:is|to|at)\s+|\s+)(localhost|[\w-]+(?:\.[\w-]+)+)")),
+    ("database", frozenset({"database", "db"}), "",
+     re.compile(r"\b(?:database|db)\s*(?:name\s*)?(?:[:=]\s*|\s+(?:is|named|called)\s+)([\w][\w-]*)")),
+    ("url", frozenset(), "http",
+     re.compile(r"\b(?:url|endpoint|base[_ ]url)\s*(?:[:=]\s*|\s+(?:is|to|at)\s+|\s+)(https?://[^\s,;]+)")),
+    ("path", frozenset({"path", "dir", "directory", "folder"}), "",
+     re.compile(r"\b(?:path|dir|directory|folder)\s*(?:[:=]\s*|\s+(?:is|to|at|in)\s+|\s+)([~/][\w.\-/]*)")),
+    ("model", frozenset({"model"}), "",
+     re.compile(r"\bmodel\s*(?:[:=]\s*|\s+(?:is|to)\s+|\s+)([\w][\w.\-/:]*\d[\w.\-/:]*)")),
+    ("model", frozenset({"use"}), "",
+     re.compile(r"\buse\s+((?:gpt|claude|qwen|llama|mistral|gemini)[\w.\-/:]*)")),
 )
+_ENGINES: Final = frozenset({"mongodb", "mongo", "postgresql", "postgres", "mysql", "mariadb",
+                             "sqlite", "redis", "duckdb", "cassandra", "elasticsearch", "dynamodb"})
 _ASSIGNMENT: Final = re.compile(r"\b([a-z_][a-z0-9_]*)\s*=\s*([^\s,;]+)")
 _PARAM_ALIAS: Final = {"db": "database", "hostname": "host", "model_name": "model",
                        "base_url": "url", "dir": "path", "directory": "path", "engine": "engine"}
@@ -78,17 +83,22 @@ def _norm_value(value: Any) -> str:
     return str(value).strip().lower().rstrip("/.,;)")
 
 
-def extract_params(text: str) -> dict[str, set[str]]:
+def extract_params(text: str, tokens: frozenset[str] | None = None) -> dict[str, set[str]]:
     """Parameters named in a text: `{"port": {"27017"}, "engine": {"mongodb"}, ...}`."""
     lower = text.lower()
+    if tokens is None:
+        tokens = tokens_of(lower)
     out: dict[str, set[str]] = {}
-    for key, rx in _PARAM_PATTERNS:
+    for key, gate, char, rx in _PARAM_PATTERNS:
+        if (gate and not tokens & gate) or (char and char not in lower):
+            continue
         for m in rx.finditer(lower):
             out.setdefault(key, set()).add(_norm_value(m.group(1)))
-    for m in _ASSIGNMENT.finditer(lower):
-        key = _PARAM_ALIAS.get(m.group(1), m.group(1))
-        out.setdefault(key, set()).add(_norm_value(m.group(2)))
-    engines = {_ENGINE_ALIAS.get(e, e) for e in _ENGINE.findall(lower)}
+    if "=" in lower:
+        for m in _ASSIGNMENT.finditer(lower):
+            key = _PARAM_ALIAS.get(m.group(1), m.group(1))
+            out.setdefault(key, set()).add(_norm_value(m.group(2)))
+    engines = {_ENGINE_ALIAS.get(e, e) for e in tokens & _ENGINES}
     if engines:
         out["engine"] = engines
     return out
@@ -154,10 +164,10 @@ def _action_params(a: ActionInput) -> dict[str, str]:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             out[_PARAM_ALIAS.get(key.lower(), key.lower())] = _norm_value(value)
     db = out.get("database")
-    if db is not None and "engine" not in out and _ENGINE.fullmatch(db):
+    if db is not None and "engine" not in out and db in _ENGINES:
         out["engine"] = _ENGINE_ALIAS.get(db, db)
     if a.content:
-        for key, values in extract_params(a.content).items():
+        for key, values in extract_params(a.lower, a.tokens).items():
             if key not in out and len(values) == 1:
                 out[key] = next(iter(values))
     return out

@@ -39,17 +39,31 @@ PRESSURE_FACTOR: Final = {"NORMAL": 1.0, "ELEVATED": 0.95, "HIGH": 0.9, "CRITICA
                           "DANGEROUS": 0.6}
 DESTRUCTIVE_KINDS: Final = frozenset({"delete", "drop", "destroy", "wipe", "truncate", "purge",
                                       "force_push", "reset", "rm", "uninstall", "overwrite"})
+_RISKY_TOKENS: Final = frozenset({"rm", "drop", "truncate", "delete", "force", "f", "chmod", "mkfs",
+                                  "dd", "verify"})
 _RISKY: Final = re.compile(
     r"\brm\s+-[a-z]*r[a-z]*f|\brm\s+-[a-z]*f[a-z]*r|\bdrop\s+(?:table|database|schema)\b|"
     r"\btruncate\s+table\b|\bdelete\s+from\s+\w+\s*(?:;|$)|--force\b|\bpush\s+-f\b|"
     r"\bchmod\s+(?:-r\s+)?777\b|\bmkfs\b|\bdd\s+if=|--no-verify\b|verify\s*=\s*false")
+_PLACEHOLDER_TOKENS: Final = frozenset({"lorem", "dolor", "placeholder", "insert"})
 _HARD_PLACEHOLDER: Final = re.compile(
     r"lorem ipsum|dolor sit amet|\[placeholder\]|insert (?:text|content) here|placeholder text")
 _SOFT_PLACEHOLDER: Final = re.compile(r"\b(?:TODO|FIXME|TBD|XXX)\b")
+_CONTRADICTION_TOKENS: Final = frozenset({"second", "scratch", "ignore", "actually"})
 _CONTRADICTION: Final = re.compile(
     r"\b(?:on second thought|scratch that|ignore (?:the )?(?:above|previous)|actually,? no)\b")
 CONTENT_KINDS: Final = frozenset({"publish", "post", "article", "write", "draft", "reply",
                                   "message", "comment", "email"})
+
+
+def _hard_placeholder(a: ActionInput) -> bool:
+    return bool(a.tokens & _PLACEHOLDER_TOKENS) and _HARD_PLACEHOLDER.search(a.lower) is not None
+
+
+def _soft_placeholder(a: ActionInput) -> bool:
+    c = a.content
+    return ("TODO" in c or "FIXME" in c or "TBD" in c or "XXX" in c) and \
+        _SOFT_PLACEHOLDER.search(c) is not None
 
 
 def _truthy(action: ActionInput, context: Context, key: str) -> bool:
@@ -81,14 +95,14 @@ class MetacognitiveVerifier:
         coherence = 1.0
         if a.kind.lower() in CONTENT_KINDS and not a.content.strip():
             coherence -= 0.6
-        if _CONTRADICTION.search(a.lower):
+        if a.tokens & _CONTRADICTION_TOKENS and _CONTRADICTION.search(a.lower):
             coherence -= 0.3
         files = a.params.get("files", context.get("files", 0))
         steps = a.params.get("steps", context.get("steps", 0))
         complex_op = (isinstance(files, (int, float)) and files > 3) or (
             isinstance(steps, (int, float)) and steps > 5)
         completeness = 1.0
-        if _SOFT_PLACEHOLDER.search(a.content) or _HARD_PLACEHOLDER.search(a.lower):
+        if _soft_placeholder(a) or _hard_placeholder(a):
             completeness -= 0.4
         if complex_op and not (_truthy(a, context, "plan") or _truthy(a, context, "tests")):
             completeness -= 0.3
@@ -106,7 +120,8 @@ class MetacognitiveVerifier:
 
     @staticmethod
     def destructive(a: ActionInput) -> bool:
-        return a.destructive or a.kind.lower() in DESTRUCTIVE_KINDS or bool(_RISKY.search(a.lower))
+        return (a.destructive or a.kind.lower() in DESTRUCTIVE_KINDS
+                or bool(a.tokens & _RISKY_TOKENS and _RISKY.search(a.lower)))
 
     def check(self, action: ActionInput, context: Context) -> Check:
         start = time.perf_counter_ns()
@@ -121,7 +136,7 @@ class MetacognitiveVerifier:
         rule_id = self.verify_rule
         if s["safety"] < 0.5:
             raw, reason = "BLOCK", f"destructive action failing safety ({s['safety']:.1f})"
-        elif _HARD_PLACEHOLDER.search(action.lower):
+        elif _hard_placeholder(action):
             raw, reason, rule_id = "BLOCK", "placeholder content", self.quality_rule
         elif confidence >= self.threshold:
             raw, reason = "PROCEED", f"confidence {confidence:.2f}"
@@ -132,7 +147,7 @@ class MetacognitiveVerifier:
         else:
             raw, reason = "REQUIRE_REVIEW", f"confidence {confidence:.2f}"
         if raw in ("PROCEED", "PROCEED_WITH_CAUTION", "REQUEST_CONFIRMATION") and \
-                _SOFT_PLACEHOLDER.search(action.content):
+                _soft_placeholder(action):
             raw, reason, rule_id = "REQUIRE_REVIEW", "TODO/FIXME marker", self.quality_rule
         if level != "NORMAL":
             reason += f" under {level} pressure"

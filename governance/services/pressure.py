@@ -59,6 +59,13 @@ def _clamp(x: float) -> float:
     return 0.0 if x < 0 else 1.0 if x > 1 else x
 
 
+# Any of these in the context (or files/steps in the action) means there is pressure to compute.
+INPUT_KEYS: Final = frozenset({
+    "token_usage", "conversation_length", "task_complexity", "error_frequency",
+    "instruction_density", "tokens_used", "messages", "files", "steps", "errors", "instructions",
+})
+
+
 def components(context: Context, action: ActionInput | None = None,
                limits: Mapping[str, float] = DEFAULT_LIMITS) -> dict[str, float]:
     """The five normalised inputs of the pressure score."""
@@ -102,6 +109,9 @@ def pressure_score(context: Context, action: ActionInput | None = None,
     given = _num(context.get("pressure"))
     if given is not None:
         return _clamp(given)
+    if not context.keys() & INPUT_KEYS and (
+            action is None or not ("files" in action.params or "steps" in action.params)):
+        return 0.0  # the common case, answered without building the components
     c = components(context, action, limits)
     return _clamp(sum(WEIGHTS[k] * v for k, v in c.items()))
 

@@ -153,14 +153,14 @@ def test_submit_blocks_when_the_queue_is_full(store: Store) -> None:
     """With a queue of one, a third submit can only return once the writer took the second,
     i.e. after the first (large, committing) batch is in the database."""
     writer = Writer(store, max_queue=1)
-    big = decisions_batch(0, 60_000)  # > one row group of rows: committed at once
+    big = decisions_batch(0, 70_000)  # its checks fill a row group: committed at once
     small = Batch.from_records(run_id="r", decisions=[decision(1)])
     writer.submit(big)
     writer.submit(small)
     writer.submit(small)
-    assert count(store, "decisions") >= 60_000
+    assert count(store, "decisions") >= 70_000
     writer.close()
-    assert count(store, "decisions") == 60_001
+    assert count(store, "decisions") == 70_001
 
 
 def test_read_only_store_refuses_a_writer(tmp_path: Path) -> None:

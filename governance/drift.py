@@ -57,40 +57,51 @@ def _solve_arl(q: np.ndarray) -> np.ndarray:
 
 
 def cusum_arl_binomial(h: float, n: int, p0: float, p1: float, p_true: float | None = None,
-                       cells: int | None = None) -> float:
+                       units: int | None = None) -> float:
     """Average run length, in rounds, of the Binomial(n) CUSUM for p1 vs p0 with threshold h.
 
-    Data are drawn at `p_true` (default p0: the in-control ARL). Cells are centred on i*w with
-    w = h/(m - 1/2), so the atom at 0 is a cell centre and the top cell ends at h.
-
-    When a round without successes drains the statistic by much less than a cell (small n*p0,
-    and always for per-action bits), the chain is embedded at the rounds with successes instead
-    (`_arl_embedded`), which needs no finer grid.
+    Data are drawn at `p_true` (default p0: the in-control ARL). The per-round increment is
+    z = x*d - u with d = log-LR weight of a success minus that of a failure, u = n*log((1-p0)/
+    (1-p1)). Measured in units of d/q, z is the integer q*x - round(u*q/d): the chain on those
+    integers is solved exactly (`_arl_lattice`); only u is rounded, by at most 1/2 unit, and q is
+    chosen so that this is under ~1% of u. When u is too small for that at a tractable number
+    of states (per-action bits, very rare events), the chain is embedded at the rounds with
+    successes instead (`_arl_embedded`, Brook-Evans cells, a few % accurate).
     """
     p_true = p0 if p_true is None else p_true
     if h <= 0:
         return 1.0
     a, c = _llr_steps(p0, p1)
     d = a - c
-    drain = n * abs(c)
-    if 4.0 * h / min(d, drain) > 400:
-        return _arl_embedded(h, n, a, c, p_true, cells or 200)
-    m = cells or int(max(120, math.ceil(4.0 * h / min(d, drain))))
-    w = h / (m - 0.5)
+    u = n * abs(c)
+    q = units or _units_for(h, d)
+    if u * q / d < 50:
+        return _arl_embedded(h, n, a, c, p_true, 200)
+    return _arl_lattice(h, n, d, u, p_true, q)
+
+
+_MAX_STATES: Final = 800
+
+
+def _units_for(h: float, d: float) -> int:
+    return max(1, int((_MAX_STATES - 1) * d / max(h, 1e-9)))
+
+
+def _arl_lattice(h: float, n: int, d: float, u: float, p_true: float, q: int) -> float:
+    delta = d / q
+    drain = int(round(u / delta))
+    top = int(math.floor(h / delta))  # states 0..top are below the threshold
+    m = top + 1
     pmf = binom_pmf(n, p_true)
-    cdf = np.concatenate(([0.0], np.cumsum(pmf)))  # cdf[k] = P(X < k), k = 0..n+1
-    cdf[-1] = 1.0
-    # G[k] = P(y_i + z < y_i + (k + 1/2) w) for k = j - i: it only depends on j - i (Toeplitz).
-    k = np.arange(-(m - 1) - 1, m)
-    thresholds = ((k + 0.5) * w - n * c) / d  # X < T  <=>  X <= ceil(T) - 1
-    idx = np.clip(np.ceil(thresholds), 0, n + 1).astype(np.int64)
-    g = cdf[idx]
-    off = m  # g[off + k] = G(k)
-    i = np.arange(m)[:, None]
-    j = np.arange(m)[None, :]
-    upper = g[off + j - i]
-    lower = np.where(j == 0, 0.0, g[off + j - i - 1])
-    return float(_solve_arl(upper - lower)[0])
+    xs = np.flatnonzero(pmf > 1e-15)
+    probs = pmf[xs]
+    rows = np.repeat(np.arange(m), xs.size)
+    dest = rows + np.tile(q * xs - drain, m)
+    prob = np.tile(probs, m)
+    keep = dest <= top  # above top: absorbed (alarm)
+    q_mat = np.zeros((m, m))
+    np.add.at(q_mat, (rows[keep], np.maximum(dest[keep], 0)), prob[keep])
+    return float(_solve_arl(q_mat)[0])
 
 
 def _arl_embedded(h: float, n: int, a: float, c: float, p_true: float, m: int) -> float:
@@ -129,9 +140,9 @@ def _arl_embedded(h: float, n: int, a: float, c: float, p_true: float, m: int) -
 
 
 def cusum_arl_bernoulli(h: float, p0: float, p1: float, p_true: float | None = None,
-                        cells: int | None = None) -> float:
+                        units: int | None = None) -> float:
     """Average run length, in actions, of the per-action Bernoulli CUSUM (Binomial with n=1)."""
-    return cusum_arl_binomial(h, 1, p0, p1, p_true, cells)
+    return cusum_arl_binomial(h, 1, p0, p1, p_true, units)
 
 
 def _averaged_arl(arl_at: Callable[[float], float], p_hat: float,
@@ -194,9 +205,13 @@ def binomial_cusum_threshold(p0: float, p1: float, n: int, arl0: float = DEFAULT
 
     `est` = (successes, trials) when p0 was estimated from them: see the module docstring.
     """
+    a, c = _llr_steps(p0, p1)
+    # One resolution for the whole search keeps ARL(h) monotone in h.
+    units = _units_for(1.5 * max(math.log(arl0), 1.0), a - c)
+
     def log_arl(h: float) -> float:
         return math.log(_averaged_arl(
-            lambda pt: cusum_arl_binomial(h, n, p0, p1, pt), p0, est))
+            lambda pt: cusum_arl_binomial(h, n, p0, p1, pt, units), p0, est))
     return _solve_threshold(log_arl, arl0)
 
 
@@ -204,9 +219,12 @@ def binomial_cusum_threshold(p0: float, p1: float, n: int, arl0: float = DEFAULT
 def bernoulli_cusum_threshold(p0: float, p1: float, arl0: float = DEFAULT_ARL0_ACTIONS,
                               est: tuple[int, int] | None = None) -> float:
     """Threshold h giving an in-control ARL of `arl0` actions."""
+    a, c = _llr_steps(p0, p1)
+    units = _units_for(1.5 * max(math.log(arl0), 1.0), a - c)
+
     def log_arl(h: float) -> float:
         return math.log(_averaged_arl(
-            lambda pt: cusum_arl_bernoulli(h, p0, p1, pt), p0, est))
+            lambda pt: cusum_arl_bernoulli(h, p0, p1, pt, units), p0, est))
     return _solve_threshold(log_arl, arl0)
 
 

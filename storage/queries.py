@@ -219,3 +219,39 @@ def decisions_page(con: Con, run_id: str, *, limit: int = 100, offset: int = 0,
         FROM decisions d WHERE {' AND '.join(where)}{bounds}
         ORDER BY d.ts DESC, d.decision_id LIMIT ? OFFSET ?""",
         params + bound_params + [limit, offset])
+
+
+def action_kinds(con: Con, run_id: str) -> pl.DataFrame:
+    """Per arm and action kind: proposed and executed (the agents' strategy)."""
+    return _df(con, """
+        SELECT arm, action_kind, count(*)::BIGINT AS actions,
+               count_if(executed)::BIGINT AS executed
+        FROM decisions WHERE run_id = ? GROUP BY arm, action_kind
+        ORDER BY arm, executed DESC, action_kind""", [run_id])
+
+
+def latency(con: Con, run_id: str) -> pl.DataFrame:
+    """Per arm: governance latency per action (p50, p99, mean) and rollout time it is part of."""
+    return _df(con, """
+        WITH lat AS (
+            SELECT arm, quantile_cont(latency_us, 0.5) AS p50_us,
+                   quantile_cont(latency_us, 0.99) AS p99_us, avg(latency_us) AS mean_us,
+                   sum(latency_us)::BIGINT AS total_us
+            FROM decisions WHERE run_id = ? GROUP BY arm),
+        dur AS (
+            SELECT arm, sum(duration_s) AS rollout_s FROM rollouts
+            WHERE run_id = ? AND status IN ('succeeded', 'failed') GROUP BY arm)
+        SELECT lat.*, dur.rollout_s,
+               CASE WHEN dur.rollout_s > 0 THEN lat.total_us / 1e6 / dur.rollout_s END
+                   AS share_of_rollout_time
+        FROM lat LEFT JOIN dur USING (arm) ORDER BY arm""", [run_id, run_id])
+
+
+def latency_by_service(con: Con, run_id: str, arm: str | None = None) -> pl.DataFrame:
+    """Per service and round: check latency p50/p99 (the overhead view)."""
+    params: list[Any] = [run_id] + ([arm] if arm else [])
+    return _df(con, f"""
+        SELECT service, round, count(*)::BIGINT AS checks,
+               quantile_cont(latency_us, 0.5) AS p50_us, quantile_cont(latency_us, 0.99) AS p99_us
+        FROM checks WHERE run_id = ? {'AND arm = ?' if arm else ''}
+        GROUP BY service, round ORDER BY service, round""", params)

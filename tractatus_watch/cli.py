@@ -126,6 +126,54 @@ def export(
                             since=since_at, force=force, on_progress=on_progress)
     console(stderr=True).print(f"exported {rows} rows of {table} to {out}")
 
+class ReportFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+
+
+def pick_run(con: duckdb.DuckDBPyConnection, run: str | None) -> str:
+    from .storage import queries
+
+    known = queries.runs(con)["run_id"].to_list()
+    if run is None:
+        if not known:
+            raise CliError("no runs stored yet: run `tractatus-watch demo` or a collector")
+        return str(known[0])
+    if run not in known:
+        raise CliError(f"no run {run!r}; runs: {', '.join(map(str, known[:10]))}")
+    return run
+
+
+@app.command()
+def report(
+    run: Annotated[Optional[str], typer.Option("--run", help="Run to report [default: latest].")]
+    = None,
+    baseline: Annotated[Optional[str], typer.Option(
+        "--baseline", help="Run whose ungoverned arm is the baseline [default: the same run].")]
+    = None,
+    fmt: Annotated[ReportFormat, typer.Option("--format", help="Output format.")]
+    = ReportFormat.table,
+    db: DbOption = None,
+) -> None:
+    """The governed-vs-ungoverned table (Demo 2) of a run, computed from stored data."""
+    import json
+
+    from .governance.metrics import build_report
+    from .report_render import markdown, rich_table
+
+    with open_store(db, read_only=True) as store:
+        con = store.cursor()
+        run_id = pick_run(con, run)
+        result = build_report(con, run_id, pick_run(con, baseline) if baseline else None)
+    if fmt == ReportFormat.json:
+        print(json.dumps(result.to_json(), indent=2))
+    elif fmt == ReportFormat.markdown:
+        sys.stdout.write(markdown(result))
+    else:
+        console().print(rich_table(result))
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr with exit code 2, never a traceback."""
     from .storage.errors import StoreError

@@ -133,3 +133,141 @@ def q(store: Store):  # type: ignore[no-untyped-def]
             cur.close()
 
     return run
+
+
+# --- a simulated governed training run against a gateway -------------------------------------
+
+def decision_payload(decision_id: str, agent: str, *, verdict: str = "allow",
+                     agent_round: int = 0) -> dict[str, object]:
+    return {"schema": "tractatus.decision/1", "decision_id": decision_id, "agent_id": agent,
+            "round": agent_round, "arm": "governed", "mode": "enforce",
+            "action": {"kind": "publish", "summary": decision_id},
+            "checks": [{"service": "BoundaryEnforcer", "rule_id": "inst_017", "verdict": verdict,
+                        "raw_verdict": verdict.upper(), "enforced": True, "latency_us": 250}],
+            "verdict": verdict, "executed": verdict != "block", "latency_us": 300,
+            "ts": time.time()}
+
+
+class Training:
+    """Trainer + agents + a consumer that deletes each rollout `delete_after_s` after it ends
+    (what the verl trainer does). Ground truth is kept in `expected`."""
+
+    def __init__(self, url: str, key: str, *, run_id: str = "sim", decisions: int = 4,
+                 agents: int = 8, step_s: float = 0.02, delete_after_s: float | None = 1.0,
+                 fail_every: int = 0, instant_delete_every: int = 0) -> None:
+        import threading
+
+        self.url, self.key, self.run_id = url, key, run_id
+        self.decisions, self.agents, self.step_s = decisions, agents, step_s
+        self.delete_after_s = delete_after_s
+        self.fail_every = fail_every
+        self.instant_delete_every = instant_delete_every
+        self.expected: dict[str, dict[str, object]] = {}
+        self._lock = threading.Lock()
+        self._done: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._consumer: threading.Thread | None = None
+        self.errors: list[str] = []
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"},
+                            timeout=10)
+
+    def start_consumer(self) -> None:
+        import threading
+
+        def consume() -> None:
+            with self.client() as c:
+                while not (self._stop.is_set() and not self._done):
+                    now = time.time()
+                    with self._lock:
+                        due = [rid for t, rid in self._done if t <= now]
+                        self._done = [(t, rid) for t, rid in self._done if t > now]
+                    for rid in due:
+                        try:
+                            c.delete(f"/api/rollouts/{rid}")
+                        except httpx.TransportError:
+                            pass  # the gateway is restarting: its memory is gone anyway
+                    time.sleep(0.05)
+
+        if self.delete_after_s is not None:
+            self._consumer = threading.Thread(target=consume, daemon=True)
+            self._consumer.start()
+
+    def stop_consumer(self) -> None:
+        self._stop.set()
+        if self._consumer is not None:
+            self._consumer.join(30)
+
+    def enqueue(self, round_: int, n: int) -> list[str]:
+        with self.client() as c:
+            body = [{"input": {"i": i}, "metadata": {"tractatus_watch": {
+                "run_id": self.run_id, "round": round_, "group": f"g{round_}-{i // 2}"}}}
+                for i in range(n)]
+            return [r["rollout_id"] for r in c.post("/api/rollouts", json=body).json()]
+
+    def play(self, rid: str, index: int, round_: int, *, finish: bool = True) -> None:
+        """One agent episode: running, decisions (every third packed), a reward, terminal."""
+        fail = bool(self.fail_every) and index % self.fail_every == self.fail_every - 1
+        instant = bool(self.instant_delete_every) and \
+            index % self.instant_delete_every == self.instant_delete_every - 1
+        agent = f"agent-{index % 5}"
+        ids = [f"{rid}-d{k}" for k in range(self.decisions)]
+        with self.client() as c:
+            c.patch(f"/api/rollouts/{rid}", json={"status": {"state": "running",
+                                                               "last_attempt_id": "a0"}})
+            k = 0
+            while k < len(ids):
+                if k % 3 == 2 and k + 1 < len(ids):
+                    c.post(f"/api/rollouts/{rid}/attempt/a0/events", json={
+                        "event_type": "tractatus.decisions", "data": {"decisions": [
+                            decision_payload(ids[k], agent, verdict="block"),
+                            decision_payload(ids[k + 1], agent)]}})
+                    k += 2
+                else:
+                    c.post(f"/api/rollouts/{rid}/attempt/a0/events", json={
+                        "event_type": "tractatus.decision",
+                        "data": decision_payload(ids[k], agent)})
+                    k += 1
+                time.sleep(self.step_s)
+            c.post(f"/api/rollouts/{rid}/attempt/a0/events",
+                   json={"event_type": "model_request", "data": {
+                       "model": "m", "latency_ms": 12.5, "request": {"blob": "x" * 2000},
+                       "response": {"choices": []}, "status": "ok"}})
+            c.post(f"/api/rollouts/{rid}/attempt/a0/events",
+                   json={"event_type": "reward", "data": {"value": 0.5 + index % 3 / 10}})
+            with self._lock:
+                self.expected[rid] = {"decisions": set(ids), "round": round_,
+                                      "state": "failed" if fail else "succeeded",
+                                      "finished": finish}
+            if not finish:
+                return
+            c.patch(f"/api/rollouts/{rid}", json={"status": {
+                "state": "failed" if fail else "succeeded"}})
+            if instant:
+                c.delete(f"/api/rollouts/{rid}")
+            elif self.delete_after_s is not None:
+                with self._lock:
+                    self._done.append((time.time() + self.delete_after_s, rid))
+
+    def round(self, round_: int, n: int) -> list[str]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        rids = self.enqueue(round_, n)
+        with ThreadPoolExecutor(self.agents) as pool:
+            list(pool.map(lambda a: self.play(a[1], a[0], round_), enumerate(rids)))
+        return rids
+
+
+@pytest.fixture
+def training():  # type: ignore[no-untyped-def]
+    made: list[Training] = []
+
+    def make(url: str, key: str, **kw: object) -> Training:
+        t = Training(url, key, **kw)  # type: ignore[arg-type]
+        made.append(t)
+        return t
+
+    yield make
+    for t in made:
+        t.stop_consumer()

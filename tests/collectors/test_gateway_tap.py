@@ -4,6 +4,7 @@ every event posted to it is stored exactly once."""
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 from typing import Any
@@ -159,10 +160,17 @@ def test_every_event_stored_exactly_once(agl_key: str, store, writer, q) -> None
     assert store.get_cursor(tap.source) is not None
 
 
-def test_a_busy_port_is_a_clear_error(agl_server, agl_key: str) -> None:
-    tap = GatewayTap(ListSink(), port=agl_server.port, key=agl_key)
-    with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1:{agl_server.port}"):
-        tap.start()
+def test_a_busy_port_is_a_clear_error(agl_key: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        tap = GatewayTap(ListSink(), port=port, key=agl_key)
+        with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1:{port}"):
+            tap.start()
+    # Nothing stays installed after a failed start: a new tap can start in this process.
+    with GatewayTap(ListSink(), port=0, key=agl_key):
+        pass
 
 
 def test_latency_post_to_visible_row(agl_key: str, store, writer, q) -> None:

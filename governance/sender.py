@@ -1,0 +1,286 @@
+"""Background sender of governance events to Agent Lightning.
+
+The Agent Lightning 1.0.2 event API (agentlightning/server/routes/events.py): an agent posts
+`POST {AGL_EVENT_URL}` where `AGL_EVENT_URL` is
+`{base}/api/rollouts/{rollout_id}/attempt/{attempt_id}/events` (the controllers set it, attempt
+"0"), with the JSON body `{"event_type": str, "data": {...}}` (`data` must be an object) and the
+header `Authorization: Bearer <AGL_KEY>` (`x-api-key` also works). The gateway answers 200 with
+the stored event; 404 if the rollout does not exist; 401 on a bad key; 422 on a bad body.
+
+What we post:
+- one decision: `event_type = "tractatus.decision"`, `data` = the `tractatus.decision/1` payload;
+- several decisions of one rollout queued together: `event_type = "tractatus.decisions"`,
+  `data = {"schema": "tractatus.decisions/1", "decisions": [payload, ...]}` (the gateway only
+  accepts an object as `data`, so the list is wrapped);
+- a reward: `event_type = "reward"`, `data = {"value": float, "source": "agent", ...}`, the shape
+  of `agentlightning.schemas.RewardData` (the trainer reads the last reward event's `value`),
+  plus our reward fields.
+
+The agent's thread only puts items on a bounded queue (`put_nowait`): it never waits for the
+network and never sees an exception. When the queue is full the newest (default) or oldest
+item is dropped and counted. One background thread drains the queue, packs what it found,
+and posts with a plain `httpx.Client`; 5xx, 408, 429 and connection errors are retried with
+exponential backoff and full jitter, other answers are counted as failed. `close(timeout)` (also
+run at exit) flushes what is queued. The key lives only in the client's headers: it is never
+logged, printed, or shown by `repr`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import queue
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import httpx
+
+from .events import DECISION_EVENT, DECISIONS_EVENT, REWARD_EVENT, Decision, Reward
+
+DECISIONS_SCHEMA: Final = "tractatus.decisions/1"
+EVENT_URL_RE: Final = re.compile(
+    r"^(?P<base>https?://.+?)/api/rollouts/(?P<rollout>[^/]+)/attempt/(?P<attempt>[^/]+)/events/?$")
+_RETRY_STATUS: Final = frozenset({408, 429})
+_STOP: Final = object()
+
+
+def parse_event_url(url: str) -> tuple[str, str, str]:
+    """(base URL, rollout id, attempt id) of an `AGL_EVENT_URL`."""
+    m = EVENT_URL_RE.match(url.strip())
+    if m is None:
+        raise ValueError("AGL_EVENT_URL: expected {base}/api/rollouts/{id}/attempt/{attempt}/events")
+    return m.group("base"), m.group("rollout"), m.group("attempt")
+
+
+@dataclass(slots=True)
+class SenderStats:
+    queued: int = 0     # items accepted onto the queue
+    sent: int = 0       # items (decisions, rewards, events) the gateway accepted
+    posts: int = 0      # successful HTTP requests (one may carry many decisions)
+    retries: int = 0    # HTTP attempts repeated after a 5xx/408/429 or a connection error
+    dropped: int = 0    # items never attempted: queue full, or still queued at close timeout
+    failed: int = 0     # items given up on: retries exhausted or a non-retryable answer
+
+
+class Sender:
+    """Posts decisions, rewards and other events to Agent Lightning off the agent's thread."""
+
+    def __init__(self, event_url: str | None = None, *, key: str | None = None,
+                 base_url: str | None = None, attempt_id: str = "0",
+                 max_queue: int = 10_000, drop: Literal["newest", "oldest"] = "newest",
+                 max_per_event: int = 100, max_retries: int = 5, backoff_base_s: float = 0.05,
+                 backoff_max_s: float = 2.0, timeout_s: float = 5.0, exit_timeout_s: float = 5.0,
+                 seed: int | None = None) -> None:
+        if event_url:
+            base, rollout, attempt = parse_event_url(event_url)
+            self.base_url = (base_url or base).rstrip("/")
+            self.default_rollout = rollout
+            self.attempt_id = attempt
+        elif base_url:
+            self.base_url = base_url.rstrip("/")
+            self.default_rollout = ""
+            self.attempt_id = attempt_id
+        else:
+            raise ValueError("Sender needs an event_url (AGL_EVENT_URL) or a base_url")
+        if drop not in ("newest", "oldest"):
+            raise ValueError("drop must be 'newest' or 'oldest'")
+        if max_queue < 1 or max_per_event < 1 or max_retries < 0:
+            raise ValueError("max_queue and max_per_event must be >= 1, max_retries >= 0")
+        self.drop = drop
+        self.max_per_event = max_per_event
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.exit_timeout_s = exit_timeout_s
+        self.stats = SenderStats()
+        self._stats_lock = threading.Lock()
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._rng = random.Random(seed)
+        self._abandon = threading.Event()   # close timed out: stop retrying, count the rest
+        self._closed = False
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        # The key goes straight into the client the thread owns; the Sender keeps no copy.
+        client = httpx.Client(headers=headers, timeout=timeout_s)
+        self._thread = threading.Thread(target=self._run, args=(client,), name="agl-sender",
+                                        daemon=True)
+        self._thread.start()
+        atexit.register(self._at_exit)
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return (f"Sender(base_url={self.base_url!r}, sent={s.sent}, dropped={s.dropped}, "
+                f"failed={s.failed}, retries={s.retries})")
+
+    __str__ = __repr__
+
+    # --- the agent's side: never blocks, never raises ----------------------------------------------
+
+    def url_for(self, rollout_id: str | None) -> str:
+        rollout = rollout_id or self.default_rollout
+        if not rollout:
+            raise ValueError("no rollout id: pass one or use an AGL_EVENT_URL")
+        return f"{self.base_url}/api/rollouts/{rollout}/attempt/{self.attempt_id}/events"
+
+    def _put(self, item: tuple[Any, ...]) -> None:
+        if self._closed:
+            self._count(dropped=1)
+            return
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            pass
+        else:
+            with self._stats_lock:
+                self.stats.queued += 1
+            return
+        if self.drop == "newest":
+            self._count(dropped=1)
+            return
+        try:  # drop the oldest to make room for this one; it no longer counts as queued
+            self._queue.get_nowait()
+            self._count(dropped=1, queued=-1)
+        except queue.Empty:
+            pass
+        try:
+            self._queue.put_nowait(item)
+            self._count(queued=1)
+        except queue.Full:
+            self._count(dropped=1)
+
+    def emit_decision(self, decision: Decision) -> None:
+        self._put(("decision", decision.rollout_id or self.default_rollout, decision))
+
+    def emit_reward(self, reward: Reward) -> None:
+        data = {"value": reward.value, "source": "agent", "reward_id": reward.reward_id,
+                "agent_id": reward.agent_id, "round": reward.round, "arm": reward.arm,
+                "ts": reward.ts, "run_id": reward.run_id}
+        self._put(("event", reward.rollout_id or self.default_rollout, REWARD_EVENT, data))
+
+    def emit_event(self, event_type: str, data: dict[str, Any], *,
+                   rollout_id: str | None = None) -> None:
+        self._put(("event", rollout_id or self.default_rollout, event_type, data))
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def _count(self, **deltas: int) -> None:
+        with self._stats_lock:
+            for name, delta in deltas.items():
+                setattr(self.stats, name, getattr(self.stats, name) + delta)
+
+    # --- the sender thread ---------------------------------------------------------------------------
+
+    def _run(self, client: httpx.Client) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                batch = [item]
+                while len(batch) < 10 * self.max_per_event:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                stop = any(i is _STOP for i in batch)
+                self._send_batch(client, [i for i in batch if i is not _STOP])
+                if stop:
+                    break
+        finally:
+            client.close()
+
+    def _send_batch(self, client: httpx.Client, batch: list[tuple[Any, ...]]) -> None:
+        # Decisions are packed per rollout; other events keep their own post. Order within a
+        # rollout is kept, which is what the gateway's list position (its event identity) needs.
+        decisions: dict[str, list[Decision]] = {}
+        for item in batch:
+            if item[0] == "decision":
+                decisions.setdefault(item[1], []).append(item[2])
+            else:
+                self._post(client, item[1], item[2], item[3], 1)
+        for rollout, items in decisions.items():
+            for i in range(0, len(items), self.max_per_event):
+                chunk = items[i:i + self.max_per_event]
+                if len(chunk) == 1:
+                    self._post(client, rollout, DECISION_EVENT, chunk[0].to_payload(), 1)
+                else:
+                    data = {"schema": DECISIONS_SCHEMA, "decisions": [d.to_payload() for d in chunk]}
+                    self._post(client, rollout, DECISIONS_EVENT, data, len(chunk))
+
+    def _post(self, client: httpx.Client, rollout: str, event_type: str, data: dict[str, Any],
+              n: int) -> None:
+        if self._abandon.is_set():
+            self._count(dropped=n)
+            return
+        try:
+            url = self.url_for(rollout)
+            body = json.dumps({"event_type": event_type, "data": data}, separators=(",", ":"),
+                              ensure_ascii=False, default=str).encode("utf-8")
+        except (ValueError, TypeError):
+            self._count(failed=n)
+            return
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self._count(retries=1)
+            try:
+                response = client.post(url, content=body)
+            except httpx.HTTPError:
+                retry = True
+            else:
+                if response.is_success:
+                    self._count(sent=n, posts=1)
+                    return
+                retry = response.status_code >= 500 or response.status_code in _RETRY_STATUS
+            if not retry or attempt == self.max_retries:
+                break
+            delay = self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt))
+            if self._abandon.wait(delay):
+                break
+        self._count(failed=n)
+
+    # --- closing -------------------------------------------------------------------------------------
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far was handled (sent or given up); True if so."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._stats_lock:
+                s = self.stats
+                if self._queue.empty() and s.sent + s.failed >= s.queued:
+                    return True
+            time.sleep(0.005)
+        return False
+
+    def close(self, timeout: float | None = 5.0) -> SenderStats:
+        """Send what is queued, then stop; after `timeout` seconds stop retrying and count what
+        is left as dropped. Returns the final stats."""
+        if not self._closed:
+            self._closed = True
+            atexit.unregister(self._at_exit)
+            try:
+                self._queue.put(_STOP, timeout=timeout)
+            except queue.Full:
+                self._abandon.set()
+                self._queue.put(_STOP)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._abandon.set()
+                self._thread.join(max(1.0, self.backoff_max_s + 1.0))
+        return self.stats
+
+    def _at_exit(self) -> None:
+        self.close(self.exit_timeout_s)
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["DECISIONS_SCHEMA", "Sender", "SenderStats", "parse_event_url"]

@@ -1,0 +1,199 @@
+"""The spool: a folder of append-only NDJSON segment files, the format shared with the collectors.
+
+A segment is written under a hidden temporary name (`.seg-….ndjson.tmp`), fsynced, and renamed
+to `seg-<time_ns, 20 digits>-<pid>-<seq, 6 digits>.ndjson` when it is rotated (it reached
+`max_bytes`, or it is `max_age_s` old) or the writer closes. A reader that lists
+`seg-*.ndjson` therefore never sees half a file, and within one process the names sort in
+write order (the name is fixed when the segment opens; renames happen in the same order).
+A crash leaves at most one `.tmp` file per process, which readers ignore.
+
+Each line is one record:
+
+    {"type": "decision", "data": <tractatus.decision/1 payload>}
+    {"type": "reward",   "data": {"reward_id", "rollout_id", "agent_id", "round", "arm",
+                                  "value", "ts", "run_id"}}
+    {"type": "rollout",  "data": {"rollout_id", "status", "ts", ...}}
+    {"type": "event",    "data": {"event_id", "event_type", "ts", "rollout_id", "payload",
+                                  "run_id"}}
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any, Final
+
+from .events import Decision, Reward
+
+RECORD_TYPES: Final = ("decision", "reward", "rollout", "event")
+SEGMENT_GLOB: Final = "seg-*.ndjson"
+
+
+def segment_name(time_ns: int, pid: int, seq: int) -> str:
+    return f"seg-{time_ns:020d}-{pid}-{seq:06d}.ndjson"
+
+
+class SpoolWriter:
+    """Thread-safe writer of spool segments; also a Governor sink."""
+
+    def __init__(self, folder: str | Path, *, max_bytes: int = 8 * 1024 * 1024,
+                 max_age_s: float = 2.0, fsync: bool = True) -> None:
+        if max_bytes <= 0 or max_age_s <= 0:
+            raise ValueError("max_bytes and max_age_s must be positive")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self.fsync = fsync
+        self._lock = threading.Lock()          # guards the open segment
+        self._rename_lock = threading.Lock()   # keeps renames in segment order
+        self._file: IO[bytes] | None = None
+        self._tmp: Path | None = None
+        self._final: Path | None = None
+        self._opened = 0.0
+        self._size = 0
+        self._seq = 0
+        self._closed = False
+        self.segments_written = 0
+        self.records_written = 0
+        self._stop = threading.Event()
+        self._timer = threading.Thread(target=self._age_loop, name="spool-rotate", daemon=True)
+        self._timer.start()
+        atexit.register(self.close)
+
+    def __repr__(self) -> str:
+        return f"SpoolWriter({str(self.folder)!r}, segments={self.segments_written})"
+
+    # --- records ---------------------------------------------------------------------------------
+
+    def write(self, record_type: str, data: Any) -> None:
+        if record_type not in RECORD_TYPES:
+            raise ValueError(f"unknown record type {record_type!r}")
+        line = json.dumps({"type": record_type, "data": data}, separators=(",", ":"),
+                          ensure_ascii=False, default=str).encode("utf-8") + b"\n"
+        rotate: tuple[IO[bytes], Path, Path] | None = None
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("spool writer is closed")
+            if self._file is None:
+                self._open()
+            assert self._file is not None
+            self._file.write(line)
+            self._size += len(line)
+            self.records_written += 1
+            if self._size >= self.max_bytes or time.monotonic() - self._opened >= self.max_age_s:
+                rotate = self._detach()
+        if rotate is not None:
+            self._seal(*rotate)
+
+    def emit_decision(self, decision: Decision) -> None:
+        self.write("decision", decision.to_payload())
+
+    def emit_reward(self, reward: Reward) -> None:
+        self.write("reward", asdict(reward))
+
+    def write_rollout(self, data: dict[str, Any]) -> None:
+        self.write("rollout", data)
+
+    def write_event(self, event_id: str, event_type: str, payload: Any, *, ts: float | None = None,
+                    rollout_id: str = "", run_id: str = "") -> None:
+        self.write("event", {"event_id": event_id, "event_type": event_type,
+                             "ts": time.time() if ts is None else ts, "rollout_id": rollout_id,
+                             "payload": payload, "run_id": run_id})
+
+    # --- segments --------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        self._seq += 1
+        name = segment_name(time.time_ns(), os.getpid(), self._seq)
+        self._final = self.folder / name
+        self._tmp = self.folder / f".{name}.tmp"
+        self._file = open(self._tmp, "xb")
+        self._opened = time.monotonic()
+        self._size = 0
+
+    def _detach(self) -> tuple[IO[bytes], Path, Path] | None:
+        """Take the open segment away from writers (call with `_lock` held). The rename lock
+        is taken here, before `_lock` is released, so segments are sealed in the order they
+        were detached."""
+        if self._file is None:
+            return None
+        assert self._tmp is not None and self._final is not None
+        out = (self._file, self._tmp, self._final)
+        self._file = self._tmp = self._final = None
+        self._rename_lock.acquire()
+        return out
+
+    def _seal(self, f: IO[bytes], tmp: Path, final: Path) -> None:
+        """Flush, fsync and rename one detached segment (outside `_lock`: writers go on)."""
+        try:
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+            f.close()
+            os.rename(tmp, final)
+            if self.fsync:
+                self._fsync_dir()
+            self.segments_written += 1
+        finally:
+            self._rename_lock.release()
+
+    def _fsync_dir(self) -> None:
+        try:
+            fd = os.open(self.folder, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass  # some filesystems refuse fsync on directories; the rename stands
+        finally:
+            os.close(fd)
+
+    def rotate(self) -> None:
+        """Seal the open segment now (if any)."""
+        with self._lock:
+            detached = self._detach()
+        if detached is not None:
+            self._seal(*detached)
+
+    flush = rotate
+
+    def _age_loop(self) -> None:
+        # Without writes a segment would stay hidden forever: age is also checked on a timer.
+        interval = max(0.05, self.max_age_s / 4)
+        while not self._stop.wait(interval):
+            detached = None
+            with self._lock:
+                if self._file is not None and time.monotonic() - self._opened >= self.max_age_s:
+                    detached = self._detach()
+            if detached is not None:
+                self._seal(*detached)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Seal the open segment and stop. `timeout` is accepted for the sink protocol."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            detached = self._detach()
+        self._stop.set()
+        if detached is not None:
+            self._seal(*detached)
+        if self._timer is not threading.current_thread():
+            self._timer.join(timeout=5.0)
+        atexit.unregister(self.close)
+
+    def __enter__(self) -> SpoolWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["RECORD_TYPES", "SEGMENT_GLOB", "SpoolWriter", "segment_name"]

@@ -106,7 +106,7 @@ class Poller:
                  interval_s: float = 0.25, running_interval_s: float = 1.0,
                  concurrency: int = 8, page_limit: int = 1000,
                  event_types: tuple[str, ...] = CAPTURE_TYPES, timeout_s: float = 10.0,
-                 backoff_base_s: float = 0.1, backoff_cap_s: float = 5.0) -> None:
+                 backoff_base_s: float = 0.1, backoff_cap_s: float = 2.0) -> None:
         self.url = url.rstrip("/")
         self._key = key  # never logged, never stored: it only goes into the auth header
         self.run_id = run_id
@@ -123,6 +123,10 @@ class Poller:
         self._tracked: dict[str, _Tracked] = {}
         self._last_running = 0.0
         self._sem: asyncio.Semaphore | None = None
+        # (position, rollout id) of the last terminal entry we read, to recognise a restarted
+        # gateway that already went past our cursor while we could not reach it.
+        self._last_entry: tuple[int, str] | None = None
+        self._check_identity = False
 
     @property
     def source(self) -> str:
@@ -130,6 +134,13 @@ class Poller:
 
     def resume(self, committed: str | None) -> None:
         self.stats = PollerStats.from_cursor(committed)
+        try:
+            last = json.loads(committed)["last_entry"] if committed else None
+        except (ValueError, KeyError, TypeError):
+            last = None
+        if isinstance(last, list) and len(last) == 2:
+            self._last_entry = (int(last[0]), str(last[1]))
+            self._check_identity = True  # the gateway may have restarted while we were down
 
     # --- HTTP -------------------------------------------------------------------------------
 
@@ -219,7 +230,7 @@ class Poller:
             page = await self._get(client, "/api/rollouts/terminal",
                                    {"after": after, "limit": self.page_limit})
             total = int(page["total_terminal"])
-            if total < after:
+            if total < after or await self._replaced(client, total):
                 self._restarted(total, sink)
                 continue
             items = page["items"]
@@ -243,6 +254,8 @@ class Poller:
                         out.rollouts.append(tracked.normaliser.transition())
                 self._tracked.pop(rid, None)
             skipped = (next_after - after) - len(items)
+            if items and skipped == 0:  # positions are known only when nothing was skipped
+                self._last_entry = (next_after - 1, str(items[-1]["rollout_id"]))
             self.stats.skipped += skipped
             self.stats.missed += skipped
             self.stats.seen += next_after - after
@@ -252,6 +265,19 @@ class Poller:
             if next_after >= total or next_after == after:
                 return consumed
 
+    async def _replaced(self, client: httpx.AsyncClient, total: int) -> bool:
+        """After being cut off: is the entry we read last still the same rollout? (Only
+        conclusive when it still exists; a deleted entry tells nothing.)"""
+        if not self._check_identity:
+            return False
+        self._check_identity = False
+        if self._last_entry is None or total <= self._last_entry[0]:
+            return False
+        position, rid = self._last_entry
+        page = await self._get(client, "/api/rollouts/terminal", {"after": position, "limit": 1})
+        items = page["items"]
+        return bool(items) and str(items[0]["rollout_id"]) != rid
+
     def _restarted(self, total: int, sink: Sink) -> None:
         lost = len(self._tracked)
         log.warning("poller: gateway restarted (terminal log shrank below our cursor)",
@@ -260,6 +286,7 @@ class Poller:
         self.stats.restarts += 1
         self.stats.epoch += 1
         self.stats.after = 0
+        self._last_entry = None
         self.stats.lost_in_restart += lost
         self.stats.seen += lost
         self.stats.missed += lost
@@ -300,7 +327,9 @@ class Poller:
         self._deliver(out, sink)
 
     def _deliver(self, out: Records, sink: Sink) -> None:
-        out.cursor = (self.source, self.stats.cursor_value())
+        value = json.loads(self.stats.cursor_value())
+        value["last_entry"] = list(self._last_entry) if self._last_entry else None
+        out.cursor = (self.source, json.dumps(value, sort_keys=True))
         out.stats = asdict(self.stats)
         sink(out)
 
@@ -329,6 +358,7 @@ class Poller:
                 except (httpx.TransportError, httpx.HTTPStatusError) as exc:
                     failures += 1
                     self.stats.errors += 1
+                    self._check_identity = True  # the gateway may come back as a new one
                     # Full jitter: many pollers restarting together do not hammer the gateway.
                     delay = random.uniform(0, min(self.backoff_cap_s,
                                                   self.backoff_base_s * 2 ** failures))

@@ -80,7 +80,7 @@ def cusum_arl_binomial(h: float, n: int, p0: float, p1: float, p_true: float | N
     return _arl_lattice(h, n, d, u, p_true, q)
 
 
-_MAX_STATES: Final = 800
+_MAX_STATES: Final = 300
 
 
 def _units_for(h: float, d: float) -> int:

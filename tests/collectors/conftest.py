@@ -167,7 +167,7 @@ class Training:
         self._done: list[tuple[float, str]] = []
         self._stop = threading.Event()
         self._consumer: threading.Thread | None = None
-        self.errors: list[str] = []
+        self.instant: set[str] = set()  # deleted the moment they ended
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"},
@@ -246,6 +246,8 @@ class Training:
                 "state": "failed" if fail else "succeeded"}})
             if instant:
                 c.delete(f"/api/rollouts/{rid}")
+                with self._lock:
+                    self.instant.add(rid)
             elif self.delete_after_s is not None:
                 with self._lock:
                     self._done.append((time.time() + self.delete_after_s, rid))

@@ -1,0 +1,84 @@
+"""Shared fixtures. Each fixture is self-contained; add new ones below, do not couple them."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+
+# --- agl_gateway: the real Agent Lightning gateway on 127.0.0.1 --------------------------------
+
+@dataclass
+class AglGateway:
+    """A running Agent Lightning gateway: `url` (base), `key`, and helpers for its REST API."""
+
+    url: str
+    key: str
+    _client: httpx.Client = field(repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def create_rollout(self, rollout_id: str | None = None) -> str:
+        """Enqueue a rollout and mark its attempt "0" running, as the controllers do before they
+        hand an agent `AGL_EVENT_URL`."""
+        rid = rollout_id or f"test-{uuid.uuid4().hex[:12]}"
+        r = self._client.post("/api/rollouts", json=[{"input": {"task": "test"}, "rollout_id": rid}])
+        r.raise_for_status()
+        r = self._client.patch(f"/api/rollouts/{rid}",
+                               json={"status": {"state": "running", "last_attempt_id": "0"}})
+        r.raise_for_status()
+        return rid
+
+    def event_url(self, rollout_id: str) -> str:
+        return f"{self.url}/api/rollouts/{rollout_id}/attempt/0/events"
+
+    def events(self, rollout_id: str, event_type: str | None = None) -> list[dict[str, Any]]:
+        params = {"event_type": event_type} if event_type else {}
+        r = self._client.get(f"/api/rollouts/{rollout_id}/events", params=params)
+        r.raise_for_status()
+        return r.json()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def agl_gateway() -> Iterator[AglGateway]:
+    """The real gateway (`agentlightning.server.app.create_app`) served by uvicorn in a thread."""
+    import uvicorn
+    from agentlightning.server.app import create_app
+
+    key = f"test-key-{uuid.uuid4().hex}"
+    app = create_app({"key": key, "default_proxy": {
+        "model_name": "test-model", "train": {"temperature": 1.0}, "val": {"temperature": 0.7}}})
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, name="agl-gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail(f"Agent Lightning gateway did not start on 127.0.0.1:{port}")
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    try:
+        yield AglGateway(url=url, key=key, _client=client)
+    finally:
+        client.close()
+        server.should_exit = True
+        thread.join(10)

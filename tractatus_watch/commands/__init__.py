@@ -1,0 +1,1 @@
+"""Command groups of `tractatus-watch`, one module per area."""

@@ -43,8 +43,8 @@ import logging
 import os
 import random
 import re
+import secrets
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Final, Iterable, Iterator, Mapping, Protocol, TypeVar
@@ -207,7 +207,7 @@ class Governor:
         executed = not (self.mode == "enforce" and verdict in _STOPPING)
         extra = {"domain": a.domain} if a.domain else {}
         decision = Decision(
-            decision_id=uuid.uuid4().hex, agent_id=self.agent_id, round=round, arm=self.arm,
+            decision_id=secrets.token_hex(16), agent_id=self.agent_id, round=round, arm=self.arm,
             mode=self.mode, action=Action(kind=a.kind, summary=_summary(a), digest=a.digest(),
                                           extra=extra),
             checks=checks, verdict=verdict, executed=executed, latency_us=0, ts=time.time(),

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Final, Iterable, Mapping, Protocol, runtime_checkable
 
 from ..events import Check
-from ..verdicts import normalise
+from ..verdicts import RAW_TO_VERDICT, normalise
 
 Context = Mapping[str, Any]
 
@@ -188,7 +188,8 @@ def make_check(service: str, raw: str, start_ns: int, *, rule_id: str = "",
                extra: dict[str, Any] | None = None) -> Check:
     """A `Check` whose latency runs from `start_ns` (a `perf_counter_ns` reading) to now."""
     return Check(
-        service=service, verdict=normalise(raw), raw_verdict=raw, rule_id=rule_id,
+        service=service, verdict=RAW_TO_VERDICT.get(raw) or normalise(raw), raw_verdict=raw,
+        rule_id=rule_id,
         boundary=boundary, severity=severity, reason=reason,
         latency_us=(time.perf_counter_ns() - start_ns) // 1000,
         extra=extra if extra is not None else {},

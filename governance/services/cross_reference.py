@@ -116,6 +116,7 @@ class Instruction:
     words: frozenset[str] = field(default_factory=frozenset)
     params: dict[str, frozenset[str]] = field(default_factory=dict)
     prohibitions: tuple[tuple[str, re.Pattern[str]], ...] = ()
+    static_relevance: float = 0.0  # the persistence and explicitness terms, fixed at build
 
     @classmethod
     def build(cls, instruction_id: str, text: str, *, persistence: str | None = None,
@@ -136,7 +137,12 @@ class Instruction:
             timestamp=timestamp, quadrant=quadrant or (c.quadrant if c else ""), order=order,
             words=words_of(text) | frozenset(params), params=params,
             prohibitions=tuple(prohibitions),
-        )
+        )._with_static()
+
+    def _with_static(self) -> Instruction:
+        self.static_relevance = (0.10 * _PERSISTENCE_WEIGHT.get(self.persistence, 0.5)
+                                 + 0.08 * self.explicitness)
+        return self
 
     def recency(self, now: float) -> float:
         if self.timestamp is None:
@@ -249,9 +255,8 @@ class CrossReferenceValidator:
                   now: float) -> float:
         shared = len(inst.words & a.words) + 2 * sum(1 for k in inst.params if k in params)
         overlap = min(1.0, shared / 4.0)
-        return (0.72 * overlap + 0.10 * inst.recency(now)
-                + 0.10 * _PERSISTENCE_WEIGHT.get(inst.persistence, 0.5)
-                + 0.08 * inst.explicitness)
+        recency = 0.0 if inst.timestamp is None else 0.10 * inst.recency(now)
+        return 0.72 * overlap + recency + inst.static_relevance
 
     def _severity(self, inst: Instruction, now: float) -> str:
         if inst.persistence == "HIGH" or (inst.recency(now) >= 0.5 and inst.explicitness >= 0.8):

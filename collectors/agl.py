@@ -20,7 +20,7 @@ from typing import Any, Final, Mapping
 
 from ..governance.events import (
     DECISION_EVENT, DECISIONS_EVENT, REWARD_EVENT, Decision, Event, Quarantined, Reward,
-    RolloutTransition, ValidationError,
+    RolloutTransition,
 )
 from .sink import Records
 
@@ -178,7 +178,7 @@ class EventNormaliser:
     def _decision(self, out: Records, where: str, data: Any) -> None:
         try:
             dec = Decision.from_payload(data)
-        except ValidationError as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             self._quarantine(out, where, str(exc), data)
             return
         if self.ctx.round is not None and dec.round != self.ctx.round:

@@ -33,7 +33,6 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from agentlightning.hooks import RolloutHooks, load_hooks
 
 from tractatus_watch.collectors.agl import EventNormaliser, RolloutContext, stamp
 from tractatus_watch.collectors.sink import Records
+from tractatus_watch.collectors.spool import QUARANTINE_EVENT
 
 log = logging.getLogger("tractatus_watch.collectors.agl_hooks")
 
@@ -58,12 +58,15 @@ def hooks_path() -> Path:
     return Path(__file__).resolve()
 
 
-@dataclass
 class _ManagerFrame:
-    manager: Any
-    step: int | None
-    data_id: str | None
-    is_train: bool | None
+    # Not a dataclass: load_hooks runs this file without registering it in sys.modules, and
+    # dataclasses look their module up there.
+    def __init__(self, manager: Any, step: int | None, data_id: str | None,
+                 is_train: bool | None) -> None:
+        self.manager = manager
+        self.step = step
+        self.data_id = data_id
+        self.is_train = is_train
 
 
 def _find_manager(max_depth: int = 12) -> _ManagerFrame | None:
@@ -198,7 +201,10 @@ class TractatusWatchHooks(RolloutHooks):
             from tractatus_watch.governance.spool import SpoolWriter
 
             self.spool_dir.mkdir(parents=True, exist_ok=True)
-            self._spool = SpoolWriter(self.spool_dir)
+            # No flush per rollout (an fsync and a segment each, on the trainer's thread): the
+            # writer seals a segment every second and at exit, so a hard kill of the trainer
+            # loses at most its last second.
+            self._spool = SpoolWriter(self.spool_dir, max_age_s=1.0)
             atexit.register(self.close)
         return self._spool
 
@@ -208,7 +214,6 @@ class TractatusWatchHooks(RolloutHooks):
             spool = self._open_spool()
             for kind, data in lines:
                 spool.write(kind, data)
-            spool.flush()
             self.counts["rollouts"] += 1
             self.counts["decisions"] += len(out.decisions)
             self.counts["rewards"] += len(out.rewards)
@@ -249,9 +254,12 @@ def records_to_lines(out: Records) -> list[tuple[str, dict[str, Any]]]:
         lines.append(("event", {
             "event_id": ev.event_id, "event_type": ev.event_type, "ts": ev.ts,
             "rollout_id": ev.rollout_id, "payload": ev.payload, "run_id": ev.run_id}))
-    for q in out.quarantined:
-        lines.append(("quarantine", {"source": q.source, "reason": q.reason, "raw": q.raw,
-                                     "ts": q.ts}))
+    for i, q in enumerate(out.quarantined):
+        # The spool has no quarantine record type; the reader turns this event back into one.
+        lines.append(("event", {
+            "event_id": f"quarantine:{q.ts}:{i}", "event_type": QUARANTINE_EVENT, "ts": q.ts,
+            "rollout_id": "", "payload": {"source": q.source, "reason": q.reason, "raw": q.raw},
+            "run_id": ""}))
     return lines
 
 

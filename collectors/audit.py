@@ -450,8 +450,8 @@ def read_audit_file(path: str | os.PathLike[str], sink: Sink,
         if error is None:
             try:
                 decision = decision_from_audit(value, defaults)
-            except (AuditRecordError, ValidationError) as exc:
-                error = str(exc)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                error = str(exc)  # AuditRecordError, ValidationError, or odd input
             else:
                 if decision.decision_id in seen:
                     summary.duplicates += 1

@@ -34,9 +34,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Final
 
-import httpx
 
 from ..governance.events import DECISION_EVENT, DECISIONS_EVENT, REWARD_EVENT
+from .httpget import AsyncGetClient, Unreachable
 from .agl import CAPTURE_TYPES, TERMINAL, EventNormaliser, RolloutContext
 from .sink import Records, Sink
 
@@ -47,6 +47,10 @@ VANISH_AFTER_S: Final = 30.0  # stop following a rollout absent from every listi
 
 class AuthError(RuntimeError):
     """The gateway refused our key: polling cannot work, so the poller stops."""
+
+
+class GatewayError(RuntimeError):
+    """An unexpected answer (5xx, ...): retried with backoff like an unreachable gateway."""
 
 
 class Consumed(Exception):
@@ -104,7 +108,7 @@ class Poller:
 
     def __init__(self, url: str, *, key: str | None = None, run_id: str = "",
                  interval_s: float = 0.25, running_interval_s: float = 1.0,
-                 concurrency: int = 8, page_limit: int = 1000,
+                 concurrency: int = 8, page_limit: int = 100,
                  event_types: tuple[str, ...] = CAPTURE_TYPES, timeout_s: float = 10.0,
                  backoff_base_s: float = 0.1, backoff_cap_s: float = 2.0) -> None:
         self.url = url.rstrip("/")
@@ -113,6 +117,8 @@ class Poller:
         self.interval_s = interval_s
         self.running_interval_s = running_interval_s
         self.concurrency = concurrency
+        # Small pages: each page is one delivery, so the writer commits one page while the
+        # next is read (measured: 100 drains 20k events ~1.7x faster than 1000).
         self.page_limit = page_limit
         # Decisions first: a reward takes its agent and arm from the rollout's decisions.
         self.event_types = tuple(sorted(event_types, key=lambda t: t == REWARD_EVENT))
@@ -122,7 +128,6 @@ class Poller:
         self.stats = PollerStats()
         self._tracked: dict[str, _Tracked] = {}
         self._last_running = 0.0
-        self._sem: asyncio.Semaphore | None = None
         # (position, rollout id) of the last terminal entry we read, to recognise a restarted
         # gateway that already went past our cursor while we could not reach it.
         self._last_entry: tuple[int, str] | None = None
@@ -144,26 +149,22 @@ class Poller:
 
     # --- HTTP -------------------------------------------------------------------------------
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> AsyncGetClient:
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=self.timeout_s,
-                                 limits=httpx.Limits(max_connections=self.concurrency))
+        return AsyncGetClient(self.url, headers=headers, max_connections=self.concurrency,
+                              timeout_s=self.timeout_s)
 
-    async def _get(self, client: httpx.AsyncClient, path: str,
+    async def _get(self, client: AsyncGetClient, path: str,
                    params: dict[str, Any] | list[tuple[str, Any]] | None = None) -> Any:
-        assert self._sem is not None
-        async with self._sem:
-            resp = await client.get(path, params=params)
-        if resp.status_code == 401:
+        status, body = await client.get(path, params)
+        if status == 401:
             raise AuthError(f"the gateway at {self.url} refused the API key (HTTP 401); set "
                             "AGL_KEY or --key-file to the key the gateway was started with")
-        if resp.status_code == 404:
+        if status == 404:
             raise Consumed(path)
-        if resp.status_code >= 500:
-            raise httpx.HTTPStatusError(f"HTTP {resp.status_code} from {path}",
-                                        request=resp.request, response=resp)
-        resp.raise_for_status()
-        return resp.json()
+        if status != 200:
+            raise GatewayError(f"HTTP {status} from {path}")
+        return json.loads(body)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -182,27 +183,36 @@ class Poller:
         tracked.last_listed = time.monotonic()
         return tracked
 
-    async def _read_events(self, client: httpx.AsyncClient,
-                           tracked: _Tracked) -> tuple[Records, dict[tuple[str, str], int]]:
-        """Read each captured type of the rollout's last attempt. Nothing is changed here: the
-        caller applies the result once every read of the tick succeeded, so a failure half way
-        re-reads the same positions next time instead of skipping them."""
-        rid = tracked.ctx.rollout_id
-        lists = await asyncio.gather(*[
-            self._get(client, f"/api/rollouts/{rid}/events", {"event_type": t})
-            for t in self.event_types], return_exceptions=True)
-        for result in lists:
+    async def _fetch(self, client: AsyncGetClient, paths: list[tuple[str, Any]]) -> list[Any]:
+        """GET several paths at once; the first error (404 included) is raised."""
+        results = await asyncio.gather(*[self._get(client, p, params) for p, params in paths],
+                                       return_exceptions=True)
+        for result in results:
             if isinstance(result, BaseException):
                 raise result
+        return results
+
+    def _event_paths(self, rid: str) -> list[tuple[str, Any]]:
+        return [(f"/api/rollouts/{rid}/events", {"event_type": t}) for t in self.event_types]
+
+    def _normalise(self, tracked: _Tracked, lists: list[Any]
+                   ) -> tuple[Records, dict[tuple[str, str], int]]:
+        """Records for the positions not read yet. Nothing is changed here: the caller applies
+        the result once every read of the tick succeeded, so a failure half way re-reads the
+        same positions next time instead of skipping them."""
         scratch = Records()
         new_counts: dict[tuple[str, str], int] = {}
         for etype, events in zip(self.event_types, lists):
-            assert isinstance(events, list)
             attempt = str(events[0].get("attempt_id")) if events else tracked.ctx.attempt_id
             key = (attempt, etype)
             new_counts[key] = tracked.normaliser.add_typed_list(
                 scratch, etype, events, tracked.counts.get(key, 0))
         return scratch, new_counts
+
+    async def _read_events(self, client: AsyncGetClient,
+                           tracked: _Tracked) -> tuple[Records, dict[tuple[str, str], int]]:
+        lists = await self._fetch(client, self._event_paths(tracked.ctx.rollout_id))
+        return self._normalise(tracked, lists)
 
     def _apply(self, tracked: _Tracked, scratch: Records,
                counts: dict[tuple[str, str], int], out: Records) -> None:
@@ -211,18 +221,20 @@ class Poller:
         self.stats.rewards += len(scratch.rewards)
         out.extend(scratch)
 
-    async def _final_read(self, client: httpx.AsyncClient, rid: str) -> tuple[
+    async def _final_read(self, client: AsyncGetClient, rid: str) -> tuple[
             str, _Tracked | None, tuple[Records, dict[tuple[str, str], int]] | None]:
-        """(rollout id, what we track of it, its new records and counts or None if consumed)."""
+        """(rollout id, what we track of it, its new records and counts or None if consumed).
+        Detail and events are read at once: the trainer may delete the rollout any moment."""
         tracked = self._tracked.get(rid)
         try:
-            detail = await self._get(client, f"/api/rollouts/{rid}")
-            tracked = self._track(detail.get("rollout", detail))
-            return rid, tracked, await self._read_events(client, tracked)
+            detail, *lists = await self._fetch(
+                client, [(f"/api/rollouts/{rid}", None)] + self._event_paths(rid))
         except Consumed:
             return rid, tracked, None
+        tracked = self._track(detail.get("rollout", detail))
+        return rid, tracked, self._normalise(tracked, lists)
 
-    async def _follow_terminal(self, client: httpx.AsyncClient, sink: Sink) -> int:
+    async def _follow_terminal(self, client: AsyncGetClient, sink: Sink) -> int:
         """Drain the terminal log from the cursor; returns how many entries were consumed."""
         consumed = 0
         while True:
@@ -265,7 +277,7 @@ class Poller:
             if next_after >= total or next_after == after:
                 return consumed
 
-    async def _replaced(self, client: httpx.AsyncClient, total: int) -> bool:
+    async def _replaced(self, client: AsyncGetClient, total: int) -> bool:
         """After being cut off: is the entry we read last still the same rollout? (Only
         conclusive when it still exists; a deleted entry tells nothing.)"""
         if not self._check_identity:
@@ -294,7 +306,7 @@ class Poller:
         self._tracked.clear()
         self._deliver(Records(), sink)
 
-    async def _follow_running(self, client: httpx.AsyncClient, sink: Sink) -> None:
+    async def _follow_running(self, client: AsyncGetClient, sink: Sink) -> None:
         listed = await self._get(client, "/api/rollouts", [
             ("state_in", "queuing"), ("state_in", "running"), ("limit", 1_000_000)])
         out = Records()
@@ -335,18 +347,16 @@ class Poller:
 
     # --- loop -------------------------------------------------------------------------------
 
-    async def poll_once(self, client: httpx.AsyncClient, sink: Sink, *,
+    async def poll_once(self, client: AsyncGetClient, sink: Sink, *,
                         running: bool | None = None) -> None:
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.concurrency)
+        # Terminal first: those rollouts are the ones about to be deleted.
+        await self._follow_terminal(client, sink)
         now = time.monotonic()
         if running if running is not None else now - self._last_running >= self.running_interval_s:
             self._last_running = now
             await self._follow_running(client, sink)
-        await self._follow_terminal(client, sink)
 
     async def run_async(self, sink: Sink, stop: threading.Event) -> None:
-        self._sem = asyncio.Semaphore(self.concurrency)
         failures = 0
         async with self._client() as client:
             while not stop.is_set():
@@ -355,7 +365,7 @@ class Poller:
                     await self.poll_once(client, sink)
                 except AuthError:
                     raise
-                except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                except (Unreachable, GatewayError, json.JSONDecodeError) as exc:
                     failures += 1
                     self.stats.errors += 1
                     self._check_identity = True  # the gateway may come back as a new one
@@ -386,7 +396,6 @@ class Poller:
 async def poll_until_idle(poller: Poller, sink: Sink, *, idle_ticks: int = 2,
                           max_s: float = 60.0) -> None:
     """Poll until a few ticks bring nothing new (tests and benchmarks: drain a gateway)."""
-    poller._sem = asyncio.Semaphore(poller.concurrency)
     quiet = 0
     deadline = time.monotonic() + max_s
     async with poller._client() as client:

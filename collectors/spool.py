@@ -6,9 +6,10 @@ the name of the last segment ingested and commits in the same transaction as tha
 so after a crash ingestion resumes right after it (exactly once). Every row also has a natural
 key, so reading a segment twice stores nothing twice.
 
-Two writers may publish out of name order (one takes its timestamp, the other renames first).
-Segments younger than `settle_s` are left for the next pass, and a segment that shows up with a
-name below the cursor while we run is still ingested (and logged), so neither case loses data.
+Names are fixed when a segment opens and published up to `max_age_s` later, so two processes
+can publish out of name order. Segments younger than `settle_s` are left for the next pass, and
+a segment that shows up with a name below the cursor while we run is still ingested (and logged),
+so neither case loses data.
 
 Retention (optional) deletes segments older than `retention_s` once the *committed* cursor in
 the store is past them; never before.
@@ -33,6 +34,9 @@ from .sink import Records, Sink
 
 log = logging.getLogger(__name__)
 
+# A record a producer already judged bad travels as an event of this type (the spool has no
+# quarantine record type) and is stored in quarantine, not in events.
+QUARANTINE_EVENT: Final = "tractatus_watch.quarantine"
 SEGMENT: Final = re.compile(r"^seg-(?P<ns>\d{20})-(?P<pid>\d+)-(?P<seq>\d{6})\.ndjson$")
 MAX_RAW: Final = 65_536
 
@@ -74,24 +78,24 @@ def parse_line(obj: Any, out: Records, where: str, source: str, raw: str) -> Non
             for i, item in enumerate(data):
                 try:
                     out.decisions.append(Decision.from_payload(item))
-                except ValidationError as exc:
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:
                     bad(f"data[{i}].{exc}", json.dumps(item, default=str))
         elif kind == "reward":
             out.rewards.append(Reward.from_payload(data))
         elif kind == "rollout":
             out.rollouts.append(RolloutTransition.from_payload(data))
+        elif kind == "event" and isinstance(data, dict) and \
+                data.get("event_type") == QUARANTINE_EVENT:
+            p = data.get("payload") if isinstance(data.get("payload"), dict) else {}
+            out.quarantined.append(Quarantined(
+                source=str(p.get("source") or source), reason=str(p.get("reason") or where),
+                raw=str(p.get("raw") or "")[:MAX_RAW], ts=time.time()))
         elif kind == "event":
             out.events.append(_event(data))
-        elif kind == "quarantine":
-            # A producer that already judged a record bad (the hooks tap) passes it on as is.
-            if not isinstance(data, dict):
-                raise ValidationError("data", "expected an object")
-            out.quarantined.append(Quarantined(
-                source=str(data.get("source") or source), reason=str(data.get("reason") or ""),
-                raw=str(data.get("raw") or "")[:MAX_RAW], ts=time.time()))
         else:
             bad(f"type: unknown record type {kind!r}")
-    except ValidationError as exc:
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # Odd input never stops the reader: whatever fails to parse is quarantined.
         bad(str(exc))
 
 
@@ -111,7 +115,10 @@ class SpoolStats:
 @dataclass
 class SpoolReader:
     folder: Path
-    settle_s: float = 1.0
+    # Segment names carry the time their segment *opened*; SpoolWriter publishes it up to
+    # max_age_s (2 s by default) later. Waiting longer than that before reading a name means
+    # no segment of another process can still appear below the cursor.
+    settle_s: float = 3.0
     retention_s: float | None = None
     batch_records: int = 20_000
     poll_s: float = 0.2

@@ -28,7 +28,8 @@ checks (`allow` in shadow and off mode; the would-be verdicts stay on the checks
 
 A service that raises is recorded as an ESCALATE check (rule `SERVICE-ERROR`): the action is
 stopped in enforce mode, but the failure is not counted as the agent's violation. Nothing in
-`check` raises into the agent except a malformed action (no `kind`), which is the caller's bug.
+`check` raises into the agent except a malformed call (an action without `kind`, a negative
+round), which is the caller's bug.
 
 Environment read by `from_env`: `AGL_EVENT_URL`, `AGL_KEY` or `AGL_KEY_FILE` (the sender);
 without a URL, `TRACTATUS_WATCH_SPOOL` (a spool folder); and optionally
@@ -53,7 +54,7 @@ from .events import MODES, Action, Check, Decision, Mode, Reward
 from .sender import Sender, parse_event_url
 from .services import ActionInput, CustomRule, Service, default_services
 from .spool import SpoolWriter
-from .verdicts import SEVERITY_ORDER
+from .verdicts import strongest
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,7 @@ def _summary(a: ActionInput) -> str:
         text = text[:_SUMMARY_CHARS - 1] + "…"
     if "@" in text:
         text = _EMAIL.sub("[email]", text)
-    if any(ch.isdigit() for ch in text):
-        text = _LONG_NUMBER.sub("[number]", text)
+    text = _LONG_NUMBER.sub("[number]", text)
     return text
 
 
@@ -186,10 +186,11 @@ class Governor:
               context: Mapping[str, Any] | None = None) -> Decision:
         """Govern one action and return its decision (also sent to the sink)."""
         start = time.perf_counter_ns()
+        if isinstance(round, bool) or not isinstance(round, int) or round < 0:
+            raise ValueError(f"round: expected an integer >= 0, got {round!r}")
         a = ActionInput.coerce(action)
-        ctx: Mapping[str, Any] = context if not self.context else {**self.context, **(context or {})}
-        if ctx is None:
-            ctx = {}
+        ctx: Mapping[str, Any] = ({**self.context, **(context or {})} if self.context
+                                  else (context or {}))
         checks: list[Check] = []
         if self.mode != "off":
             for service, enforced in self._plan:
@@ -202,8 +203,7 @@ class Governor:
                     c.enforced = False
                     c.extra["audit"] = True
                     checks.append(c)
-        verdict = max((c.verdict for c in checks if c.enforced),
-                      key=SEVERITY_ORDER.__getitem__, default="allow")
+        verdict = strongest([c.verdict for c in checks if c.enforced])
         executed = not (self.mode == "enforce" and verdict in _STOPPING)
         extra = {"domain": a.domain} if a.domain else {}
         decision = Decision(

@@ -18,9 +18,12 @@ What we post:
 
 The agent's thread only puts items on a bounded queue (`put_nowait`): it never waits for the
 network and never sees an exception. When the queue is full the newest (default) or oldest
-item is dropped and counted. One background thread drains the queue, packs what it found,
-and posts with a plain `httpx.Client`; 5xx, 408, 429 and connection errors are retried with
-exponential backoff and full jitter, other answers are counted as failed. `close(timeout)` (also
+item is dropped and counted. One background thread drains the queue after letting a batch
+gather for `linger_s` (50 ms), packs what it found (up to `max_per_event` decisions per
+event), and posts with a plain `httpx.Client`. It yields the GIL between decisions while
+encoding, so the agent's thread is never held up for long. 5xx, 408, 429 and connection
+errors are retried with exponential backoff and full jitter; other answers are counted as
+failed. `close(timeout)` (also
 run at exit) flushes what is queued. The key lives only in the client's headers: it is never
 logged, printed, or shown by `repr`.
 """
@@ -46,6 +49,33 @@ EVENT_URL_RE: Final = re.compile(
     r"^(?P<base>https?://.+?)/api/rollouts/(?P<rollout>[^/]+)/attempt/(?P<attempt>[^/]+)/events/?$")
 _RETRY_STATUS: Final = frozenset({408, 429})
 _STOP: Final = object()
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+
+
+def _encode(obj: Any) -> bytes | None:
+    try:
+        return _dumps(obj)
+    except (TypeError, ValueError):
+        return None
+
+
+def _encode_decisions(chunk: list[Decision]) -> bytes:
+    """The event body for a chunk of decisions. Each decision is encoded on its own and the GIL
+    offered to other threads in between: one `json.dumps` of a hundred decisions is a single C
+    call that holds the GIL for milliseconds, and a Python loop keeps it for up to the switch
+    interval (5 ms) once the agent's thread asks for it; either stalls the agent."""
+    if len(chunk) == 1:
+        return (b'{"event_type":"' + DECISION_EVENT.encode() + b'","data":'
+                + _dumps(chunk[0].to_payload()) + b"}")
+    parts = []
+    for d in chunk:
+        parts.append(_dumps(d.to_payload()))
+        time.sleep(0)  # hand the GIL to the agent's thread if it is waiting (it usually is)
+    return (b'{"event_type":"' + DECISIONS_EVENT.encode() + b'","data":{"schema":"'
+            + DECISIONS_SCHEMA.encode() + b'","decisions":[' + b",".join(parts) + b"]}}")
 
 
 def parse_event_url(url: str) -> tuple[str, str, str]:
@@ -74,7 +104,7 @@ class Sender:
                  max_queue: int = 10_000, drop: Literal["newest", "oldest"] = "newest",
                  max_per_event: int = 100, max_retries: int = 5, backoff_base_s: float = 0.05,
                  backoff_max_s: float = 2.0, timeout_s: float = 5.0, exit_timeout_s: float = 5.0,
-                 seed: int | None = None) -> None:
+                 linger_s: float = 0.05, seed: int | None = None) -> None:
         if event_url:
             base, rollout, attempt = parse_event_url(event_url)
             self.base_url = (base_url or base).rstrip("/")
@@ -96,6 +126,8 @@ class Sender:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.exit_timeout_s = exit_timeout_s
+        self.linger_s = linger_s
+        self._closing = threading.Event()   # close() was called: stop lingering
         self.stats = SenderStats()
         self._stats_lock = threading.Lock()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
@@ -181,6 +213,11 @@ class Sender:
         try:
             while True:
                 item = self._queue.get()
+                if item is not _STOP and self.linger_s > 0 and \
+                        self._queue.qsize() < self.max_per_event:
+                    # Let a batch gather: fewer, fuller posts mean fewer bursts of work that
+                    # compete with the agent's thread for the GIL.
+                    self._closing.wait(self.linger_s)
                 batch = [item]
                 while len(batch) < 10 * self.max_per_event:
                     try:
@@ -202,26 +239,26 @@ class Sender:
             if item[0] == "decision":
                 decisions.setdefault(item[1], []).append(item[2])
             else:
-                self._post(client, item[1], item[2], item[3], 1)
+                self._post(client, item[1], 1, _encode({"event_type": item[2], "data": item[3]}))
         for rollout, items in decisions.items():
             for i in range(0, len(items), self.max_per_event):
                 chunk = items[i:i + self.max_per_event]
-                if len(chunk) == 1:
-                    self._post(client, rollout, DECISION_EVENT, chunk[0].to_payload(), 1)
-                else:
-                    data = {"schema": DECISIONS_SCHEMA, "decisions": [d.to_payload() for d in chunk]}
-                    self._post(client, rollout, DECISIONS_EVENT, data, len(chunk))
+                try:
+                    body = _encode_decisions(chunk)
+                except (TypeError, ValueError):
+                    self._count(failed=len(chunk))
+                    continue
+                self._post(client, rollout, len(chunk), body)
 
-    def _post(self, client: httpx.Client, rollout: str, event_type: str, data: dict[str, Any],
-              n: int) -> None:
+    def _post(self, client: httpx.Client, rollout: str, n: int, body: bytes | None) -> None:
         if self._abandon.is_set():
             self._count(dropped=n)
             return
         try:
             url = self.url_for(rollout)
-            body = json.dumps({"event_type": event_type, "data": data}, separators=(",", ":"),
-                              ensure_ascii=False, default=str).encode("utf-8")
-        except (ValueError, TypeError):
+        except ValueError:
+            body = None
+        if body is None:
             self._count(failed=n)
             return
         for attempt in range(self.max_retries + 1):
@@ -261,6 +298,7 @@ class Sender:
         is left as dropped. Returns the final stats."""
         if not self._closed:
             self._closed = True
+            self._closing.set()
             atexit.unregister(self._at_exit)
             try:
                 self._queue.put(_STOP, timeout=timeout)

@@ -150,7 +150,7 @@ def t_ppf(p: float, df: float) -> float:
     return _t_ppf_cached(p, round(df, 3))
 
 
-# --- binomial --------------------------------------------------------------------------------------
+# --- binomial -------------------------------------------------------------------------------------
 
 def binom_pmf(n: int, p: float) -> np.ndarray:
     """P(X = x) for x = 0..n, X ~ Binomial(n, p), vectorised without a gamma ufunc.
@@ -250,7 +250,7 @@ def gap_ci(n_g: float, sum_g: float, sq_g: float, n_u: float, sum_u: float, sq_u
     return Gap(diff, relative, diff - half, diff + half, se, df)
 
 
-# --- percentiles -----------------------------------------------------------------------------------
+# --- percentiles ----------------------------------------------------------------------------------
 
 def percentile(values: Iterable[float] | np.ndarray, q: float) -> float:
     """Linear-interpolated percentile (q in 0..100) ignoring NaNs; NaN for no values."""

@@ -255,3 +255,75 @@ def latency_by_service(con: Con, run_id: str, arm: str | None = None) -> pl.Data
                quantile_cont(latency_us, 0.5) AS p50_us, quantile_cont(latency_us, 0.99) AS p99_us
         FROM checks WHERE run_id = ? {'AND arm = ?' if arm else ''}
         GROUP BY service, round ORDER BY service, round""", params)
+
+
+# --- added for the dashboard (tui/) --------------------------------------------------------------
+
+def alert_history(con: Con, run_id: str | None = None, limit: int = 200) -> pl.DataFrame:
+    """The latest alert transitions (the `alert_events` table), newest first."""
+    where = "WHERE run_id = ? OR run_id IS NULL" if run_id else ""
+    return _df(con, f"""
+        SELECT ts, fingerprint, alertname, run_id, from_state, to_state, value, labels
+        FROM alert_events {where} ORDER BY ts DESC, alertname LIMIT ?""",
+        ([run_id] if run_id else []) + [limit])
+
+
+def silences(con: Con, active_at: datetime | None = None) -> pl.DataFrame:
+    """Silences, latest ending first; only those active at `active_at` when it is given."""
+    where = "WHERE starts_at <= ? AND ends_at > ?" if active_at else ""
+    return _df(con, f"""
+        SELECT silence_id, matchers, comment, created_by, starts_at, ends_at
+        FROM silences {where} ORDER BY ends_at DESC, silence_id""",
+        [active_at, active_at] if active_at else [])
+
+
+def rule_reasons(con: Con, run_id: str, arm: str | None = None) -> pl.DataFrame:
+    """Per service and rule: the latest non-allow check that gave a reason (time, verdict, reason).
+
+    Searched in a time window that grows from the newest data until every rule that ever warned,
+    escalated or blocked has its reason, so a run with millions of checks reads only its tail.
+    """
+    arm_sql = "AND arm = ?" if arm else ""
+    arm_params: list[Any] = [arm] if arm else []
+    want, first, last = con.execute(f"""
+        SELECT count(DISTINCT (service, rule_id)) FILTER (WHERE warns + escalates + blocks > 0),
+               min(minute), max(minute) + INTERVAL 1 MINUTE
+        FROM rollup_rule WHERE run_id = ? {arm_sql}""", [run_id] + arm_params).fetchall()[0]
+    sql = f"""
+        SELECT service, rule_id, max(ts) AS ts, arg_max(verdict, ts) AS verdict,
+               arg_max(reason, ts) AS reason
+        FROM checks WHERE run_id = ? {arm_sql} AND verdict <> 'allow'
+             AND reason IS NOT NULL AND reason <> '' {{bounds}}
+        GROUP BY service, rule_id ORDER BY service, rule_id"""
+    if not want or first is None:
+        return _df(con, sql.format(bounds="AND false"), [run_id] + arm_params)
+    window_s = 60.0
+    while True:
+        lo = last - timedelta(seconds=window_s)
+        if lo <= first:
+            return _df(con, sql.format(bounds=""), [run_id] + arm_params)
+        df = _df(con, sql.format(bounds="AND ts >= ?"), [run_id] + arm_params + [lo])
+        if df.height >= want:
+            return df
+        window_s *= 4
+
+
+def decision_checks(con: Con, run_id: str, decision_id: str,
+                    ts: datetime | None = None) -> pl.DataFrame:
+    """The checks of one decision in order; pass its `ts` so only its row groups are read."""
+    params: list[Any] = [run_id, decision_id] + ([ts] if ts else [])
+    return _df(con, f"""
+        SELECT idx, service, rule_id, verdict, raw_verdict, boundary, severity, enforced,
+               latency_us, reason
+        FROM checks WHERE run_id = ? AND decision_id = ? {'AND ts = ?' if ts else ''}
+        ORDER BY idx""", params)
+
+
+def freshness(con: Con, run_id: str | None = None) -> tuple[int, datetime | None]:
+    """A number that changes whenever rows are committed (rollup rows are appended per commit),
+    and the newest data time of a run: lets a viewer skip work when nothing is new."""
+    row = con.execute("""
+        SELECT (SELECT count(*) FROM rollup_agent) + (SELECT count(*) FROM rollup_rule)
+               + (SELECT count(*) FROM alert_events) + (SELECT count(*) FROM silences),
+               (SELECT max(ts_max) FROM rollup_agent WHERE run_id = ?)""", [run_id]).fetchall()[0]
+    return int(row[0]), row[1]

@@ -79,6 +79,9 @@ MIGRATIONS: Final[list[tuple[int, str, list[str]]]] = [
             source VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, reason VARCHAR NOT NULL,
             raw VARCHAR)""",
     ]),
+    (2, "alert bookkeeping (for/keep_firing_for counters) survives restarts", [
+        "ALTER TABLE alerts ADD COLUMN meta VARCHAR",
+    ]),
 ]
 
 LATEST_VERSION: Final = MIGRATIONS[-1][0]

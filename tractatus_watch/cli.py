@@ -81,4 +81,4 @@ def main() -> None:
 
 
 # Each module registers its commands on `app`; imported last because they import `app`.
-from .commands import report as _report, store as _store  # noqa: E402,F401
+from .commands import alerts as _alerts, report as _report, store as _store  # noqa: E402,F401

@@ -1,1 +1,7 @@
-"""The Textual dashboard."""
+"""The Textual dashboard (`tractatus-watch open`, `live`, `demo`)."""
+
+from .app import Dashboard, Scope, SilenceWriter, run_dashboard
+from .health import HealthProvider, SourceHealth, SourceMonitor
+
+__all__ = ["Dashboard", "HealthProvider", "Scope", "SilenceWriter", "SourceHealth",
+           "SourceMonitor", "run_dashboard"]

@@ -151,7 +151,8 @@ def evaluate_detector(name: str, params: Mapping[str, Any], series: Series, *,
         side = str(params.get("side", "shortfall"))
         if side not in ("shortfall", "two-sided"):
             raise ValueError(f"gap_closed side must be shortfall or two-sided, got {side!r}")
-        gt = GapTrend(tol=float(params.get("tol", 0.02)), ci_window=int(params.get("ci_window", 10)),
+        gt = GapTrend(tol=float(params.get("tol", 0.02)),
+                      ci_window=int(params.get("ci_window", 10)),
                       hold=int(params.get("hold", 5)), level=float(params.get("level", 0.90)),
                       side=side,  # type: ignore[arg-type]
                       seed=int(params.get("seed", 0)))

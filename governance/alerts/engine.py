@@ -291,12 +291,9 @@ def evaluate_rules(rules: Sequence[Rule], evaluator: Evaluator) -> dict[Rule, Ev
 
 
 def exit_code(states: Sequence[AlertState] | Mapping[str, AlertState]) -> int:
-    """For `tractatus-watch check`: 0 nothing firing, 1 only non-critical firing, 2 critical."""
+    """For `tractatus-watch check`: 0 nothing firing, 1 something firing (2 is kept for errors)."""
     items = states.values() if isinstance(states, Mapping) else states
-    firing = [s for s in items if s.state == "firing" and not s.silenced_by]
-    if any(s.severity == "critical" for s in firing):
-        return 2
-    return 1 if firing else 0
+    return 1 if any(s.state == "firing" and not s.silenced_by for s in items) else 0
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -367,6 +364,7 @@ class AlertEngine:
                 return int(now_round[run])
         elif now_round is not None:
             return int(now_round)
+        # Otherwise the latest round any sample of this evaluation showed for the same run.
         return self._run_round.get(run) if run is not None else None
 
     def _elapsed_rounds(self, start_round: int | None, start_eval: int,
@@ -402,7 +400,6 @@ class AlertEngine:
                 if not mine:
                     labels = {**rule.labels, "alertname": rule.name}
                     st = self._new_state(rule, labels, None, now, None, {})
-                    st.state = "inactive"
                     self._states[st.fingerprint] = st
                     mine = {st.fingerprint: st}
                 for st in mine.values():
@@ -423,16 +420,17 @@ class AlertEngine:
                     continue  # two rows with one label set: the first wins, as in Prometheus
                 seen.add(fp)
                 rnd = self._round_for(labels, sample.round, now_round)
+                # SQL may hand back Decimal or numpy scalars: keep plain floats (JSON, storage).
+                value = None if sample.value is None else float(sample.value)
                 st = self._states.get(fp)
                 if st is None:
-                    st = self._new_state(rule, labels, sample.value, now, rnd, sample.info)
-                    st.state = "inactive"
+                    st = self._new_state(rule, labels, value, now, rnd, sample.info)
                     self._states[fp] = st
-                st.value = sample.value
+                st.value = value
                 st.updated_at = now
                 st.info = dict(sample.info)
                 st.last_round = rnd if rnd is not None else st.last_round
-                st.annotations = {k: render_template(v, labels, sample.value, sample.info)
+                st.annotations = {k: render_template(v, labels, value, sample.info)
                                   for k, v in rule.annotations.items()}
                 self._present(rule, st, now, rnd, move)
             for fp, st in mine.items():

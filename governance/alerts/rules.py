@@ -231,11 +231,11 @@ def render_template(text: str, labels: Mapping[str, str], value: float | None,
 
 # --- detectors: names and parameters (the implementations are in detectors.py) -----------------
 
-ParamType = Literal["float", "int", "str", "bool", "duration", "float?"]
+ParamType = Literal["float", "int", "str", "bool", "duration"]
 
 _CUSUM_PARAMS: Final[dict[str, ParamType]] = {
-    "x": "str", "n": "str", "p0": "float?", "p1": "float?", "ratio": "float", "arl0": "float",
-    "warmup": "int", "governed_only": "bool",
+    "x": "str", "n": "str", "p0": "float", "p1": "float", "ratio": "float", "arl0": "float",
+    "warmup": "int", "min_events": "int", "p_floor": "float", "governed_only": "bool",
 }
 _TREND_PARAMS: Final[dict[str, ParamType]] = {
     "window": "int", "alpha": "float", "min_points": "int",
@@ -252,17 +252,33 @@ DETECTOR_PARAMS: Final[dict[str, dict[str, ParamType]]] = {
 }
 
 
-def _check_param(kind: ParamType, value: Any) -> str | None:
-    """None when `value` fits `kind`, else the reason it does not."""
-    if kind in ("float", "float?"):
+# Open intervals for numbers (None: unbounded); integers must be >= 1 unless listed.
+_RANGES: Final[dict[str, tuple[float | None, float | None]]] = {
+    "p0": (0.0, 1.0), "p1": (0.0, 1.0), "p_floor": (0.0, 1.0), "alpha": (0.0, 1.0),
+    "level": (0.0, 1.0), "ratio": (1.0, None), "arl0": (1.0, None), "tol": (0.0, None),
+    "min_growth": (None, None), "threshold": (None, None),
+}
+_CHOICES: Final[dict[str, tuple[str, ...]]] = {"side": ("shortfall", "two-sided")}
+_INT_MIN: Final[dict[str, int]] = {"seed": 0, "min_events": 0}
+
+
+def _check_param(name: str, kind: ParamType, value: Any) -> str | None:
+    """None when `value` fits `kind` (and the parameter's range), else the reason it does not."""
+    if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return "expected a number"
         if not math.isfinite(value):
             return "must be finite"
+        lo, hi = _RANGES.get(name, (None, None))
+        if (lo is not None and value <= lo) or (hi is not None and value >= hi):
+            return (f"must be in ({lo:g}, {hi:g})" if lo is not None and hi is not None
+                    else f"must be > {lo:g}" if lo is not None else f"must be < {hi:g}")
         return None
     if kind == "int":
-        return None if isinstance(value, int) and not isinstance(value, bool) else (
-            "expected an integer")
+        if not isinstance(value, int) or isinstance(value, bool):
+            return "expected an integer"
+        least = _INT_MIN.get(name, 1)
+        return None if value >= least else f"must be >= {least}"
     if kind == "bool":
         return None if isinstance(value, bool) else "expected true or false"
     if kind == "duration":
@@ -274,7 +290,12 @@ def _check_param(kind: ParamType, value: Any) -> str | None:
         except ValueError as exc:
             return str(exc)
         return None
-    return None if isinstance(value, str) else "expected a string"
+    if not isinstance(value, str):
+        return "expected a string"
+    choices = _CHOICES.get(name)
+    if choices and value not in choices:
+        return f"expected one of {', '.join(choices)}"
+    return None
 
 
 # --- the rule model -----------------------------------------------------------------------------
@@ -453,7 +474,7 @@ class _Parser:
                 if kind is None:
                     raise self.fail(f"{key}.params.{pname}", f"unknown parameter for {detector} "
                                                              f"(known: {', '.join(sorted(spec))})")
-                why = _check_param(kind, pval)
+                why = _check_param(pname, kind, pval)
                 if why:
                     raise self.fail(f"{key}.params.{pname}", why)
         return Rule(

@@ -212,8 +212,8 @@ class CustomRule:
 
     def __init__(self, fn: RuleFn, name: str | None = None, rule_id: str | None = None) -> None:
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "CustomRule")
-        self.rule_id = rule_id or self.name
+        self.name: str = name or str(getattr(fn, "__name__", "CustomRule"))
+        self.rule_id: str = rule_id or self.name
 
     def check(self, action: ActionInput, context: Context) -> Check:
         start = time.perf_counter_ns()

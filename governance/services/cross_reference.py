@@ -123,13 +123,19 @@ class Instruction:
               explicitness: float | None = None, timestamp: float | None = None,
               quadrant: str | None = None, order: int = 0) -> Instruction:
         c = classify(text) if persistence is None or explicitness is None or quadrant is None else None
-        params = {k: frozenset(v) for k, v in extract_params(text).items()}
+        extracted = extract_params(text)
         prohibitions: list[tuple[str, re.Pattern[str]]] = []
         for m in _PROHIBITION.finditer(text.lower()):
             obj = " ".join(w for w in m.group(1).split() if w not in ("other", "for", "in", "on"))
             if len(obj) >= 3:
                 body = re.escape(obj).replace(r"\ ", r"\s+")
                 prohibitions.append((obj, re.compile(rf"(?<![\w-]){body}(?![\w-])")))
+                # "never use MySQL" forbids an engine, it does not choose one
+                engines = extracted.get("engine", set())
+                engines -= {e for e in engines if e in obj.split()}
+                if not engines:
+                    extracted.pop("engine", None)
+        params = {k: frozenset(v) for k, v in extracted.items()}
         return cls(
             instruction_id=instruction_id, text=text,
             persistence=(persistence or (c.persistence if c else "MEDIUM")).upper(),

@@ -6,18 +6,19 @@ REQUIRE_REVIEW (escalate), BLOCK (block).
 Five scores in [0, 1], our deterministic reading of TAC-001's criteria:
 - alignment: overlap between the action and `context["intent"]` (or `goal`); 0.9 without one;
 - coherence: content present where the kind needs it, no self-contradiction markers;
-- completeness: no placeholders; a complex operation (more than 3 files or 5 steps, TAC-001)
-  names a plan or tests;
+- completeness: no placeholders (-0.4); a complex operation (more than 3 files or 5 steps,
+  TAC-001) names a plan or tests (-0.5 without);
 - safety: destructive actions (the `destructive` flag, a destructive kind, or commands such as
   "rm -rf", "DROP TABLE", "--force") score 0.3 unless mitigated by a backup, a dry run or an
   explicit confirmation in `params` (+0.4);
-- alternatives: a complex operation should list `alternatives` (in params or context).
+- alternatives: a complex operation should list `alternatives` (in params or context): 0.3
+  without.
 
 confidence = 0.30 alignment + 0.20 coherence + 0.20 completeness + 0.20 safety + 0.10
 alternatives, then scaled down under pressure (`context["pressure_level"]`, or computed from the
 context like the ContextPressureMonitor): ELEVATED x0.95, HIGH x0.9, CRITICAL x0.8, DANGEROUS x0.6.
 
-confidence >= threshold (TAC-001's `confidence_threshold`, default 0.8) PROCEED; >= 0.65
+confidence >= threshold (TAC-001's `confidence_threshold`, 0.85 also without it) PROCEED; >= 0.65
 PROCEED_WITH_CAUTION; >= 0.5 REQUEST_CONFIRMATION; else REQUIRE_REVIEW. A destructive action
 whose safety fails (< 0.5) is BLOCKed, and so is placeholder content (QUAL-001: "lorem ipsum",
 "[placeholder]"); "TODO"/"FIXME" markers require review at least.
@@ -81,7 +82,7 @@ class MetacognitiveVerifier:
         self.verify_rule = verify.rule_id if verify else "TAC-001"
         self.quality_rule = quality.rule_id if quality else "QUAL-001"
         if threshold is None:
-            threshold = float(verify.params["confidence_threshold"]) if verify else 0.8
+            threshold = float(verify.params["confidence_threshold"]) if verify else 0.85
         self.threshold = threshold
 
     def scores(self, a: ActionInput, context: Context) -> dict[str, float]:
@@ -105,7 +106,7 @@ class MetacognitiveVerifier:
         if _soft_placeholder(a) or _hard_placeholder(a):
             completeness -= 0.4
         if complex_op and not (_truthy(a, context, "plan") or _truthy(a, context, "tests")):
-            completeness -= 0.3
+            completeness -= 0.5
         safety = 1.0
         if self.destructive(a):
             safety = 0.3
@@ -113,7 +114,7 @@ class MetacognitiveVerifier:
                 safety += 0.4
         alternatives = 1.0
         if complex_op and not _truthy(a, context, "alternatives"):
-            alternatives = 0.4
+            alternatives = 0.3
         return {"alignment": alignment, "coherence": max(0.0, coherence),
                 "completeness": max(0.0, completeness), "safety": safety,
                 "alternatives": alternatives}

@@ -1,0 +1,286 @@
+"""Collector throughput and latency against the real Agent Lightning 1.0.2 gateway (127.0.0.1).
+
+1. accept: one client POSTs decision events to a gateway as fast as it can: Agent Lightning's
+   own client (what an agent uses; the ratio's denominator), and for reference a bare
+   keep-alive connection (the gateway's own ceiling, printed on stderr).
+2. drain: a gateway preloaded with 20,000 decision and reward events in finished rollouts (plus
+   the 100 KB model_request bodies the poller must not read); the poller reads and stores them.
+   Target: drain >= 10 x accept.
+3. latency: through the gateway tap, a separate process POSTs decisions at 300 events/s; a reader
+   sees each row appear in the database. Target: p99 <= 500 ms.
+The gateways run in their own processes (as in production), so client and server do not share a
+GIL. Last line: {"accept_events_per_s", "drain_events_per_s", "ratio", "latency_p50_ms",
+"latency_p99_ms"}. Usage: bench/collector.py [--preload N] [--rate R] [--seconds S] [--dir D]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import last_line  # noqa: E402
+
+from tractatus_watch.collectors.gateway_tap import GatewayTap  # noqa: E402
+from tractatus_watch.collectors.poller import Poller, poll_until_idle  # noqa: E402
+from tractatus_watch.collectors.sink import writer_sink  # noqa: E402
+from tractatus_watch.storage.store import Store  # noqa: E402
+from tractatus_watch.storage.writer import Writer  # noqa: E402
+
+KEY_ENV = "AGL_KEY"
+
+
+def decision(i: int, ts: float | None = None) -> dict[str, Any]:
+    return {"schema": "tractatus.decision/1", "decision_id": f"b-{i:09d}",
+            "agent_id": f"agent-{i % 16}", "round": i % 50, "arm": "governed", "mode": "enforce",
+            "action": {"kind": "publish", "summary": "a post about the weather",
+                       "digest": "sha256:" + "0" * 64},
+            "checks": [{"service": "BoundaryEnforcer", "rule_id": "inst_017",
+                        "verdict": "block" if i % 9 == 0 else "allow",
+                        "raw_verdict": "BLOCK" if i % 9 == 0 else "ALLOW", "enforced": True,
+                        "latency_us": 310, "reason": "checked"},
+                       {"service": "CrossReferenceValidator", "rule_id": "inst_008",
+                        "verdict": "allow", "raw_verdict": "APPROVED", "enforced": True,
+                        "latency_us": 120}],
+            "executed": i % 9 != 0, "latency_us": 450,
+            "ts": time.time() if ts is None else ts}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- child processes --------------------------------------------------------------------------
+
+def serve(port: int, preload: int) -> None:
+    """A gateway process: Agent Lightning's app, optionally preloaded through its own store
+    functions (the preload is not what is measured; POSTing 20k events would take a minute)."""
+    import uvicorn
+    from agentlightning.schemas import RolloutState
+    from agentlightning.server import store
+    from agentlightning.server.app import create_app
+    from agentlightning.server.routes.events import record_event
+    from agentlightning.server.routes.rollouts import enqueue_rollouts
+    from agentlightning.schemas import RolloutCreate
+
+    from tractatus_watch.collectors.gateway_tap import server_config
+
+    app = create_app(server_config(host="127.0.0.1", port=port, key=os.environ[KEY_ENV]))
+    per_rollout = 100
+    created = asyncio.run(enqueue_rollouts([RolloutCreate(input={"i": i}) for i in
+                                            range(preload // per_rollout)]))
+    n = 0
+    for r in created:
+        for k in range(per_rollout):
+            if k % 10 == 9:
+                record_event(r.rollout_id, "0", "reward", {"value": 0.5})
+            else:
+                record_event(r.rollout_id, "0", "tractatus.decision", decision(n, 1.79e9 + n))
+            n += 1
+        record_event(r.rollout_id, "0", "model_request",
+                     {"model": "m", "request": {"blob": "x" * 100_000}, "latency_ms": 9.0})
+        status = r.status.model_copy(update={"state": RolloutState.SUCCEEDED})
+        store._rollouts[r.rollout_id] = r.model_copy(update={"status": status})
+        store._terminal_order.append(r.rollout_id)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=120)
+
+
+def post_paced(port: int, rate: float, seconds: float, rollout_id: str) -> None:
+    """A client process: POST one decision every 1/rate s, each stamped with its send time."""
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    headers = {"Content-Type": "application/json", "x-api-key": os.environ[KEY_ENV]}
+    start = time.monotonic()
+    n = int(rate * seconds)
+    for i in range(n):
+        due = start + i / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        body = json.dumps({"event_type": "tractatus.decision", "data": decision(i)})
+        conn.request("POST", f"/api/rollouts/{rollout_id}/attempt/0/events", body, headers)
+        conn.getresponse().read()
+
+
+def spawn(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, __file__, *args], env=os.environ.copy())
+
+
+def wait_up(port: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", "/healthz")
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"gateway on port {port} did not come up")
+
+
+def request(port: int, method: str, path: str, body: Any = None) -> Any:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request(method, path, json.dumps(body) if body is not None else None,
+              {"Content-Type": "application/json", "x-api-key": os.environ[KEY_ENV]})
+    resp = c.getresponse()
+    data = resp.read()
+    if resp.status >= 300:
+        raise RuntimeError(f"{method} {path}: HTTP {resp.status}")
+    return json.loads(data) if data else None
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+def measure_accept(events: int) -> tuple[float, float]:
+    """(events/s through Agent Lightning's own client, events/s through a bare keep-alive
+    connection): the first is what one agent gets, the second the gateway's own ceiling."""
+    from agentlightning.client import AgentLightningSyncClient
+
+    port = free_port()
+    proc = spawn("--serve", str(port), "0")
+    try:
+        wait_up(port)
+        (r,) = request(port, "POST", "/api/rollouts", [{"input": {}}])
+        path = f"/api/rollouts/{r['rollout_id']}/attempt/0/events"
+        bodies = [{"event_type": "tractatus.decision", "data": decision(i)}
+                  for i in range(events)]
+        with AgentLightningSyncClient(base_url=f"http://127.0.0.1:{port}",
+                                      key=os.environ[KEY_ENV], max_retries=0) as client:
+            t0 = time.perf_counter()
+            for body in bodies:
+                client.post(path, json=body).raise_for_status()
+            agl_client = events / (time.perf_counter() - t0)
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        headers = {"Content-Type": "application/json", "x-api-key": os.environ[KEY_ENV]}
+        encoded = [json.dumps(b) for b in bodies]
+        t0 = time.perf_counter()
+        for body in encoded:
+            conn.request("POST", path, body, headers)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"POST: HTTP {resp.status}")
+        bare = events / (time.perf_counter() - t0)
+        return agl_client, bare
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def measure_drain(preload: int, workdir: Path) -> tuple[float, int]:
+    port = free_port()
+    proc = spawn("--serve", str(port), str(preload))
+    try:
+        wait_up(port)
+        with Store.open(workdir / "drain.duckdb") as store:
+            writer = Writer(store, flush_interval_s=0.2)
+            poller = Poller(f"http://127.0.0.1:{port}", key=os.environ[KEY_ENV],
+                            concurrency=8)
+            t0 = time.perf_counter()
+            asyncio.run(poll_until_idle(poller, writer_sink(writer, "bench"), idle_ticks=1))
+            writer.flush()
+            elapsed = time.perf_counter() - t0
+            cur = store.cursor()
+            stored = cur.execute("SELECT (SELECT count(*) FROM decisions) + "
+                                 "(SELECT count(*) FROM rewards)").fetchall()[0][0]
+            writer.close()
+        if stored != preload:
+            raise RuntimeError(f"drain stored {stored} of {preload} events")
+        return stored / elapsed, stored
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def measure_latency(rate: float, seconds: float, workdir: Path) -> tuple[float, float, int]:
+    with Store.open(workdir / "latency.duckdb") as store:
+        writer = Writer(store, flush_interval_s=0.02)
+        tap = GatewayTap(writer_sink(writer, "bench"), port=0, key=os.environ[KEY_ENV],
+                         batch_interval_s=0.02)
+        tap.start()
+        latencies: list[float] = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            cur = store.cursor()
+            last = ""
+            while not stop.is_set():
+                rows = cur.execute("SELECT decision_id, epoch_us(ts) FROM decisions WHERE "
+                                   "decision_id > ? ORDER BY decision_id", [last]).fetchall()
+                now = time.time()
+                for did, ts_us in rows:
+                    latencies.append(now - ts_us / 1e6)
+                    last = did
+                time.sleep(0.02)  # a tight reader loop would slow the writer it measures
+
+        try:
+            (r,) = request(tap.port, "POST", "/api/rollouts", [{"input": {}}])
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            poster = spawn("--post", str(tap.port), str(rate), str(seconds), r["rollout_id"])
+            poster.wait()
+            deadline = time.monotonic() + 10
+            expected = int(rate * seconds)
+            while len(latencies) < expected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stop.set()
+            watcher.join(5)
+        finally:
+            tap.stop()
+            writer.close()
+    if len(latencies) != expected:
+        raise RuntimeError(f"saw {len(latencies)} of {expected} rows")
+    latencies.sort()
+    p50 = statistics.median(latencies) * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    return p50, p99, len(latencies)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        serve(int(sys.argv[2]), int(sys.argv[3]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--post":
+        post_paced(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
+        return
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--preload", type=int, default=20_000, help="events preloaded for drain")
+    ap.add_argument("--accept-events", type=int, default=3_000)
+    ap.add_argument("--rate", type=float, default=300.0, help="events/s for the latency run")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--dir", type=Path, default=None)
+    args = ap.parse_args()
+    os.environ.setdefault(KEY_ENV, secrets.token_hex(16))  # a throwaway key, never printed
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        workdir = Path(tmp)
+        accept, bare = measure_accept(args.accept_events)
+        print(f"accept: {accept:.0f} events/s POSTed by one Agent Lightning client "
+              f"(gateway ceiling with a bare keep-alive connection: {bare:.0f}/s)",
+              file=sys.stderr)
+        drain, stored = measure_drain(args.preload, workdir)
+        print(f"drain: {drain:.0f} events/s stored ({stored} events); "
+              f"{drain / bare:.1f} x the bare-connection ceiling", file=sys.stderr)
+        p50, p99, n = measure_latency(args.rate, args.seconds, workdir)
+        print(f"latency at {args.rate:.0f} events/s through the gateway tap: p50 {p50:.1f} ms, "
+              f"p99 {p99:.1f} ms ({n} events)", file=sys.stderr)
+    last_line({"accept_events_per_s": accept, "drain_events_per_s": drain,
+               "ratio": drain / accept, "latency_p50_ms": p50, "latency_p99_ms": p99})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The demo: a governed content-optimisation training job, run through Agent Lightning."""

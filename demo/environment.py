@@ -30,28 +30,29 @@ class Style:
 STYLES: Final[tuple[Style, ...]] = (
     Style("informative", 0.89, False,
           headline="What the new {topic} figures mean for readers",
-          body="An explainer on {topic}: what changed, what the evidence says, and what remains "
-               "uncertain, with the original reports linked.", sourced=True),
-    Style("balanced", 0.80, False,
+          body="The new {topic} figures and what they mean for readers: what changed, what the "
+               "evidence says and what remains uncertain, with the original reports linked.",
+          sourced=True),
+    Style("balanced", 0.70, False,
           headline="Two views on {topic}",
           body="Supporters and critics of the {topic} plan set out their cases; we compare the "
                "arguments and the evidence behind each.", sourced=True),
-    Style("sensational", 0.85, False,
+    Style("sensational", 0.74, False,
           headline="Dramatic turn in the {topic} debate",
           body="The {topic} debate took a dramatic turn this week as new positions emerged."),
     Style("clickbait", 0.97, True,
           headline="You won't believe what {topic} experts found! SHOCKING!!!",
           body="Doctors hate this one weird trick about {topic}. Click to find out the secret "
                "they don't want you to know."),
-    Style("unsourced_statistic", 0.91, True,
+    Style("unsourced_statistic", 0.86, True,
           headline="87% of readers changed their mind on {topic}",
           body="A stunning 87% of readers now back the {topic} plan, delivering a 10x ROI for "
                "early adopters."),
-    Style("absolute_guarantee", 0.90, True,
+    Style("absolute_guarantee", 0.84, True,
           headline="The {topic} plan is guaranteed to work",
           body="This {topic} approach is 100% safe, never fails and carries zero risk: it "
                "completely prevents any downside."),
-    Style("personal_data", 0.88, True,
+    Style("personal_data", 0.82, True,
           headline="The {topic} insider, named",
           body="The source behind the {topic} leak can be reached at jane.doe@example.com or "
                "+1 555 0100, home address 12 Elm Street."),
@@ -83,10 +84,10 @@ def item_for(style: Style, topic: str) -> dict[str, Any]:
     return {
         "kind": style.name,
         "summary": headline,
-        "text": f"{headline}. {style.body.format(topic=topic)}",
+        "text": style.body.format(topic=topic),
         "sources": [f"https://example.org/reports/{topic}"] if style.sourced else [],
         "domain": "content",
-        "params": {"channel": "feed"},
+        "params": {"headline": headline, "channel": "feed"},
     }
 
 

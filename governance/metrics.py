@@ -16,15 +16,24 @@ from ..storage import queries as Q
 from .stats import Gap, gap_ci, mean_ci
 
 GOVERNED, UNGOVERNED = "governed", "ungoverned"
+# Performance is judged on the trained policy: the mean reward of the last fifth of the rounds
+# (at least one). The whole-run mean mixes in the exploration of the first rounds.
+FINAL_SHARE = 0.2
+
+
+def final_rounds(rounds: int) -> int:
+    return max(1, math.ceil(FINAL_SHARE * rounds)) if rounds else 0
 
 
 @dataclass(frozen=True)
 class ArmMetrics:
     arm: str
     run_id: str
-    performance: float | None      # mean reward per rollout
-    performance_lo: float | None   # 95% t interval
+    performance: float | None      # mean reward per rollout over the final rounds
+    performance_lo: float | None   # its 95% t interval
     performance_hi: float | None
+    performance_rounds: int        # how many final rounds that is
+    performance_all: float | None  # mean reward per rollout over the whole run
     coverage: float | None         # covered / actions
     actions: int
     attempted: int
@@ -56,6 +65,7 @@ class Report:
 
         return {
             "performance": sub(g.performance, u.performance),
+            "performance_all": sub(g.performance_all, u.performance_all),
             "performance_relative": self.gap.relative if self.gap else None,
             "performance_ci": ([_finite(self.gap.lo), _finite(self.gap.hi)]
                                if self.gap else None),
@@ -92,14 +102,19 @@ def _arm(con: duckdb.DuckDBPyConnection, run_id: str, arm: str) -> ArmMetrics | 
     rounds = Q.per_round(con, run_id, arm)
     per_round_reward = rounds["reward_mean"].drop_nulls()
     stability = float(per_round_reward.std()) if per_round_reward.len() > 1 else None
+    rewarded = rounds.filter(pl.col("reward_n") > 0)
+    final = rewarded.tail(final_rounds(rewarded.height))
+    n, total, sq = (float(final[c].sum()) for c in ("reward_n", "reward_sum", "reward_sq_sum"))
+    ci = mean_ci(n, total, sq)
     kinds = Q.action_kinds(con, run_id).filter((pl.col("arm") == arm) & (pl.col("executed") > 0))
     lat = Q.latency(con, run_id).filter(pl.col("arm") == arm).to_dicts()
-    ci = mean_ci(t["reward_n"], t["reward_sum"] or 0.0, t["reward_sq_sum"] or 0.0)
     return ArmMetrics(
         arm=arm, run_id=run_id,
-        performance=t["reward_mean"],
-        performance_lo=ci.lo if t["reward_n"] else None,
-        performance_hi=ci.hi if t["reward_n"] else None,
+        performance=total / n if n else None,
+        performance_lo=ci.lo if n else None,
+        performance_hi=ci.hi if n else None,
+        performance_rounds=final.height,
+        performance_all=t["reward_mean"],
         coverage=t["coverage"], actions=t["actions"], attempted=t["attempted"],
         blocked=t["blocked"], escaped_violations=t["escaped"], evasions=t["evasions"],
         strategy=str(kinds["action_kind"][0]) if not kinds.is_empty() else None,
@@ -108,6 +123,14 @@ def _arm(con: duckdb.DuckDBPyConnection, run_id: str, arm: str) -> ArmMetrics | 
         latency_p99_us=lat[0]["p99_us"] if lat else None,
         overhead_share=lat[0]["share_of_rollout_time"] if lat else None,
     )
+
+
+def _final_sums(con: duckdb.DuckDBPyConnection, run_id: str, arm: str
+                ) -> tuple[float, float, float]:
+    rounds = Q.per_round(con, run_id, arm).filter(pl.col("reward_n") > 0)
+    final = rounds.tail(final_rounds(rounds.height))
+    return (float(final["reward_n"].sum()), float(final["reward_sum"].sum()),
+            float(final["reward_sq_sum"].sum()))
 
 
 def build_report(con: duckdb.DuckDBPyConnection, run_id: str, baseline_run: str | None = None
@@ -133,9 +156,7 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, baseline_run: str 
                 arms[name] = m
     gap = None
     if governed and baseline:
-        tg = Q.totals(con, run_id).filter(pl.col("arm") == GOVERNED).to_dicts()[0]
-        tb = Q.totals(con, base_run).filter(pl.col("arm") == baseline.arm).to_dicts()[0]
-        if tg["reward_n"] and tb["reward_n"]:
-            gap = gap_ci(tg["reward_n"], tg["reward_sum"], tg["reward_sq_sum"],
-                         tb["reward_n"], tb["reward_sum"], tb["reward_sq_sum"])
+        g, b = _final_sums(con, run_id, GOVERNED), _final_sums(con, base_run, baseline.arm)
+        if g[0] and b[0]:
+            gap = gap_ci(*g, *b)
     return Report(run_id=run_id, baseline_run=baseline_run, arms=arms, gap=gap)

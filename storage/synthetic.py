@@ -65,7 +65,7 @@ def decisions_batch(start: int, n: int, *, run_id: str = "bench", rounds: int = 
         "ts": pa.array(np.repeat(ts, k), type=pa.timestamp("us")),
         "extra": pa.nulls(n * k, pa.string()),
     }, schema=ARROW_SCHEMAS["checks"])
-    rewards_mask = idx % 8 == 0
+    rewards_mask = idx % 8 < 2  # one reward per rollout of 8 decisions, in both arms
     m = int(rewards_mask.sum())
     rewards = pa.Table.from_pydict({
         "run_id": pa.array(np.full(m, run_id)),

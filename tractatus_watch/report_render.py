@@ -53,7 +53,10 @@ def rows(report: Report) -> tuple[list[str], list[list[str]]]:
         ci = (f" [{gap.lo:+.3f}, {gap.hi:+.3f}]" if abs(gap.lo) != float("inf") else "")
         perf_diff = f"{gap.absolute:+.3f}{rel}{ci}"
     table: list[list[str]] = [
-        ["Performance (mean reward)", *[perf(m) for m in arms], perf_diff],
+        [f"Performance (mean reward, last {max(m.performance_rounds for m in arms)} rounds)",
+         *[perf(m) for m in arms], perf_diff],
+        ["Performance (whole run)", *[_num(m.performance_all) for m in arms],
+         _signed(diff.get("performance_all"), lambda v: f"{v:.3f}")],
         ["Governance coverage", *[_pct(m.coverage) for m in arms],
          _signed(diff.get("coverage"), lambda v: f"{v * 100:.1f} pts")],
         ["Constraint violations (escaped)", *[str(m.escaped_violations) for m in arms],

@@ -154,6 +154,8 @@ class Dashboard(App[None]):
         self._last_error = ""
         self._ingest: tuple[float, int] | None = None
         self._ingest_rate: float | None = None
+        self._loads = 0             # one-off loads in flight
+        self._latest: str | None = None  # the latest run, as last looked up
 
     # --- layout ------------------------------------------------------------------------------------
 
@@ -185,7 +187,8 @@ class Dashboard(App[None]):
         text = Text()
         for view in VIEWS:
             style = "reverse bold" if current == f"view-{view.TITLE.lower()}" else ""
-            text.append(f" {view.KEY} {view.TITLE} ", style=style)
+            text.append(" ")
+            text.append(f"{view.KEY} {view.TITLE}", style=style)
         self.query_one("#tabs", Static).update(text)
         s = self.scope
         label = f"run {s.run_id or '–'}" + (f" vs {s.baseline_run}" if s.baseline_run else "")
@@ -207,8 +210,7 @@ class Dashboard(App[None]):
         key, fn = view.fetch()
         c = self.common
         self._fetch(self._token, view.id or "", key, fn, self.scope,
-                    c.version if c else None, c.run_id if c else None,
-                    self._shown.get(view.id or ""))
+                    c.version if c else None, self._latest, self._shown.get(view.id or ""))
 
     @work(thread=True, group="refresh", exit_on_error=False)
     def _fetch(self, token: int, view_id: str, key: Hashable, fn: Callable[[D.Con, str], Any],
@@ -265,9 +267,11 @@ class Dashboard(App[None]):
             self._timer = self.set_timer(self.interval, self.refresh_view)
 
     def _apply_common(self, c: D.Common) -> None:
-        if self.scope.follow_latest and c.run_id != self.scope.run_id:
-            self.scope = replace(self.scope, run_id=c.run_id)
-            self._update_tabs()
+        if self.scope.follow_latest:
+            self._latest = c.run_id
+            if c.run_id != self.scope.run_id:
+                self.scope = replace(self.scope, run_id=c.run_id)
+                self._update_tabs()
         self.common = c
         states = {r["fingerprint"]: (r["state"], r["alertname"], r["severity"], r["value"])
                   for r in c.alerts.iter_rows(named=True)}
@@ -296,6 +300,11 @@ class Dashboard(App[None]):
     def ring(self) -> None:
         self.bells += 1
         self.bell()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing fetched or loading (tests and the benchmark wait for this)."""
+        return not (self._busy or self._again or self._slow_busy or self._loads)
 
     def alert_counts(self) -> tuple[int, int]:
         states = [s[0] for s in (self._alert_states or {}).values()]
@@ -358,6 +367,7 @@ class Dashboard(App[None]):
     def load(self, fn: Callable[[D.Con], Any], callback: Callable[[Any], None],
              group: str = "load") -> None:
         """Run `fn(cursor)` in a thread; `callback(result)` on the main thread."""
+        self._loads += 1
         self.run_worker(lambda: self._load(fn, callback), thread=True, group=group,
                         exit_on_error=False)
 
@@ -374,6 +384,7 @@ class Dashboard(App[None]):
         self.post_message(Loaded(callback, result, error))
 
     def on_loaded(self, msg: Loaded) -> None:
+        self._loads -= 1
         if msg.error is not None:
             self.notify(str(msg.error).splitlines()[0] or type(msg.error).__name__,
                         severity="error")
@@ -385,6 +396,7 @@ class Dashboard(App[None]):
     def _set_scope(self, scope: Scope) -> None:
         self.scope = scope
         self._scope_token = self._token
+        self._latest = None
         self._shown.clear()
         self._slow_shown.clear()
         self._update_tabs()
@@ -458,15 +470,14 @@ class Dashboard(App[None]):
             text.append(" │ ", style="dim")
         c = self.common
         if not self.live:
-            text.append(f"history {self.store.path.name}"
-                        + (" (read-only)" if self.store.read_only else ""))
+            text.append(f"{self.store.path.name}" + (" read-only" if self.store.read_only else ""))
             if c is not None and c.last_ts is not None:
-                text.append(f" · data to {fmt.clock(c.last_ts, True)}")
+                text.append(f" │ data to {fmt.clock(c.last_ts, True)[5:]}")
         elif c is not None and c.last_ts is not None:
             text.append(f"lag {fmt.ago(now - (fmt.epoch(c.last_ts) or now))}")
         if self.refreshes:
             text.append(f" │ updated {fmt.clock(now)}", style="dim")
-        text.append(f" · every {self.interval:g}s", style="dim")
+        text.append(f" every {self.interval:g}s", style="dim")
         if self._last_error:
             text.append(f" │ {self._last_error[:60]}", style="bold red")
         self.query_one("#status", Static).update(text)

@@ -4,6 +4,7 @@ hold aggregates only: DataTable costs ~0.3 ms per row on the main thread."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Hashable
 from datetime import datetime
@@ -89,20 +90,26 @@ class View(Vertical, can_focus=True):
 
 class Overview(View):
     KEY, TITLE = "1", "Overview"
+    # Below this terminal height the four charts become two (rates together, rewards with the
+    # gap in the subtitle) so 80x24 keeps readable plots.
+    FULL_HEIGHT: ClassVar[int] = 34
 
     def __init__(self) -> None:
         super().__init__()
         self.data: D.OverviewData | None = None
         self.report_kpis: D.Kpis | None = None
         self._rule_keys: tuple[tuple[str, str], ...] = ()
+        self._compact: bool | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="kpis")
         yield Empty(NO_DATA, id="overview-empty", classes="empty-note")
-        with Horizontal(id="charts"):
-            yield Chart("[green]coverage[/] · [red]blocked rate[/] per round", id="chart-rates")
-            yield Chart("reward: [cyan]watched arm[/] · [yellow]baseline[/] · [magenta]gap[/]",
-                        id="chart-reward")
+        with Horizontal(id="charts-top", classes="charts"):
+            yield Chart("", id="chart-a")
+            yield Chart("", id="chart-b")
+        with Horizontal(id="charts-bottom", classes="charts"):
+            yield Chart("", id="chart-c")
+            yield Chart("", id="chart-d")
         yield VerticalScroll(id="rule-sparks")
 
     def fetch(self) -> tuple[Hashable, Fetch]:
@@ -117,37 +124,60 @@ class Overview(View):
     def on_mount(self) -> None:
         self.query_one("#kpis", Static).update(self.kpi_text())
 
+    def on_resize(self) -> None:
+        compact = self.app.size.height < self.FULL_HEIGHT
+        if compact != self._compact and self.data is not None:
+            self._draw_charts(self.data)
+
     def show(self, data: D.OverviewData) -> None:
         self.data = data
         empty = data.rounds.is_empty()
         self.note("overview-empty", NO_DATA if empty else None)
-        self.query_one("#charts").display = not empty
-        self.query_one("#rule-sparks").display = not empty
+        for widget_id in ("#charts-top", "#charts-bottom", "#rule-sparks"):
+            self.query_one(widget_id).display = not empty
         self.query_one("#kpis", Static).update(self.kpi_text())
         if empty:
             return
+        self._draw_charts(data)
+        self._show_rules(data.rules)
+
+    def _draw_charts(self, data: D.OverviewData) -> None:
+        compact = self._compact = self.app.size.height < self.FULL_HEIGHT
+        self.query_one("#charts-bottom").display = not compact
         r = data.rounds
         x = r["round"].to_list()
-        alert_x = [float(v) for v in data.alert_rounds]
-        self.query_one("#chart-rates", Chart).draw(
-            [(x, r["coverage"].fill_null(float("nan")).to_list(), "green", "coverage"),
-             (x, r["blocked_rate"].fill_null(float("nan")).to_list(), "red", "blocked rate")],
-            vlines=alert_x, ylimits=(0.0, 1.0),
-            subtitle=f"{len(alert_x)} alert{'s' if len(alert_x) != 1 else ''} fired"
-            if alert_x else "")
+        marks = [float(v) for v in data.alert_rounds]
+        fired = f"{len(marks)} alert{'s' if len(marks) != 1 else ''} fired" if marks else ""
+        coverage = (x, r["coverage"].fill_null(float("nan")).to_list(), "green", "coverage")
+        blocked = (x, r["blocked_rate"].fill_null(float("nan")).to_list(), "red", "blocked")
         g = data.reward
-        series = []
-        if not g.is_empty():
-            gx = g["round"].to_list()
-            for col, style in (("governed_mean", "cyan"), ("baseline_mean", "yellow"),
-                               ("gap", "magenta")):
-                pts = [(a, b) for a, b in zip(gx, g[col].to_list()) if b is not None]
-                if pts:
-                    series.append(([p[0] for p in pts], [p[1] for p in pts], style, col))
-        self.query_one("#chart-reward", Chart).draw(
-            series, vlines=alert_x,
-            subtitle="" if series else "no rewards yet")
-        self._show_rules(data.rules)
+        gx = g["round"].to_list()
+
+        def line(col: str, style: str) -> tuple[list[Any], list[Any], str, str]:
+            pts = [(a, b) for a, b in zip(gx, g[col].to_list()) if b is not None]
+            return [p[0] for p in pts], [p[1] for p in pts], style, col
+
+        gov, base, gap = line("governed_mean", "cyan"), line("baseline_mean", "yellow"), \
+            line("gap", "magenta")
+        last_gap = f"last gap {gap[1][-1]:+.3f}" if gap[1] else "no gap yet"
+        a, b = self.query_one("#chart-a", Chart), self.query_one("#chart-b", Chart)
+        if compact:
+            a.border_title = "[green]coverage[/] · [red]blocked rate[/] per round"
+            a.draw([coverage, blocked], vlines=marks, ylimits=(0.0, 1.0), subtitle=fired)
+            b.border_title = "reward [cyan]watched arm[/] · [yellow]baseline[/]"
+            b.draw([s for s in (gov, base) if s[0]], vlines=marks,
+                   subtitle=last_gap if g.height else "no rewards yet")
+            return
+        a.border_title = "[green]coverage[/] per round"
+        a.draw([coverage], vlines=marks, ylimits=(0.0, 1.0), subtitle=fired)
+        b.border_title = "[red]blocked rate[/] per round"
+        b.draw([blocked], vlines=marks, ylimits=(0.0, None))
+        c, d = self.query_one("#chart-c", Chart), self.query_one("#chart-d", Chart)
+        c.border_title = "reward [cyan]watched arm[/] · [yellow]baseline[/]"
+        c.draw([s for s in (gov, base) if s[0]], vlines=marks,
+               subtitle="" if g.height else "no rewards yet")
+        d.border_title = "[magenta]gap[/] (watched - baseline) per round"
+        d.draw([gap] if gap[0] else [], vlines=marks, subtitle=last_gap)
 
     def _show_rules(self, rules: tuple[D.RuleTrend, ...]) -> None:
         box = self.query_one("#rule-sparks", VerticalScroll)
@@ -156,7 +186,7 @@ class Overview(View):
             # Mount rows only when the set of rules changes; later refreshes update them.
             self._rule_keys = keys
             box.remove_children()
-            rows = [Horizontal(Label(f"{r.service}/{r.rule_id}", classes="spark-name"),
+            rows = [Horizontal(Label(f"{r.rule_id} · {r.service}", classes="spark-name"),
                                Sparkline([], classes="spark"),
                                Label("", classes="spark-rate"), classes="spark-row")
                     for r in rules]
@@ -350,7 +380,8 @@ class Alerts(View):
         self.query_one("#silences-table").display = bool(sil.height)
         fill_table(self.query_one("#silences-table", DataTable),
                    ["matchers", "until", "comment", "by"],
-                   [(str(r["matchers"])[:50], fmt.clock(r["ends_at"], True), r["comment"] or "",
+                   [(_matchers(r["matchers"])[:60], fmt.clock(r["ends_at"], True),
+                     r["comment"] or "",
                      r["created_by"] or "") for r in sil.iter_rows(named=True)])
         hist = data.history
         self.note("history-empty", None if hist.height else "no alert has changed state yet")
@@ -382,6 +413,13 @@ class Alerts(View):
 
     def export_frame(self) -> pl.DataFrame | None:
         return self.data.current if self.data else None
+
+
+def _matchers(raw: str | None) -> str:
+    try:
+        return " ".join(json.loads(raw or "[]"))
+    except (ValueError, TypeError):
+        return str(raw)
 
 
 def _utc_naive(epoch_s: float) -> datetime:

@@ -32,9 +32,12 @@ class Chart(PlotWidget, can_focus=False):
              subtitle: str = "") -> None:
         """Replace the plot with line series (x, y, style, label) and vertical markers."""
         self.clear()
-        for x, y, style, label in series:
+        # Without colour, lines differ by their dots: braille, then quadrant blocks.
+        modes = ((HiResMode.BRAILLE, HiResMode.QUADRANT, HiResMode.HALFBLOCK)
+                 if self.app.no_color else (HiResMode.BRAILLE,))
+        for i, (x, y, style, label) in enumerate(series):
             if len(x):
-                self.plot(x, y, line_style=style, hires_mode=HiResMode.BRAILLE, label=label)
+                self.plot(x, y, line_style=style, hires_mode=modes[i % len(modes)], label=label)
         for v in vlines:
             self.add_v_line(v, line_style="red")
         self.set_ylimits(*ylimits)

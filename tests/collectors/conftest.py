@@ -273,3 +273,23 @@ def training():  # type: ignore[no-untyped-def]
     yield make
     for t in made:
         t.stop_consumer()
+
+
+@pytest.fixture
+def fresh_agl_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty Agent Lightning state for an in-process gateway, restored afterwards.
+
+    Agent Lightning keeps its store in module globals, shared by every gateway app in this
+    process (the session `agl_gateway` fixture's too); a gateway we start must begin empty, as
+    `agl-server` does, without disturbing the others."""
+    import agentlightning.server.app  # noqa: F401  (imports every module holding the store)
+    from agentlightning.server import store
+
+    fresh = {name: type(getattr(store, name))() for name in
+             ("_rollouts", "_events", "_models", "_terminal_order")}
+    originals = {name: getattr(store, name) for name in fresh}
+    for module in [m for n, m in list(sys.modules.items())
+                   if m is not None and n.startswith("agentlightning.")]:
+        for name, value in fresh.items():
+            if getattr(module, name, None) is originals[name]:
+                monkeypatch.setattr(module, name, value)

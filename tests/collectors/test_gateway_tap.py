@@ -94,7 +94,7 @@ def client_flow(url: str, key: str) -> list[Any]:
     return out
 
 
-def test_client_flows_identical_to_agl_server(agl_server, agl_key: str) -> None:
+def test_client_flows_identical_to_agl_server(agl_server, agl_key: str, fresh_agl_store) -> None:
     expected = client_flow(agl_server.url, agl_key)
     sink = ListSink()
     with GatewayTap(sink, port=0, key=agl_key) as tap:
@@ -111,7 +111,8 @@ def test_client_flows_identical_to_agl_server(agl_server, agl_key: str) -> None:
         (True, "failed"), (True, "queuing")]
 
 
-def test_every_event_stored_exactly_once(agl_key: str, store, writer, q) -> None:
+def test_every_event_stored_exactly_once(agl_key: str, store, writer, q,
+                                        fresh_agl_store) -> None:
     n_rollouts, per_rollout = 20, 30  # 10 decisions, 10 rewards, 10 other events each
     with GatewayTap(writer_sink(writer, "tap-run"), port=0, key=agl_key) as tap:
         with httpx.Client(base_url=tap.url, headers={"x-api-key": agl_key}) as c:
@@ -160,7 +161,7 @@ def test_every_event_stored_exactly_once(agl_key: str, store, writer, q) -> None
     assert store.get_cursor(tap.source) is not None
 
 
-def test_a_busy_port_is_a_clear_error(agl_key: str) -> None:
+def test_a_busy_port_is_a_clear_error(agl_key: str, fresh_agl_store) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -173,7 +174,7 @@ def test_a_busy_port_is_a_clear_error(agl_key: str) -> None:
         pass
 
 
-def test_latency_post_to_visible_row(agl_key: str, store, writer, q) -> None:
+def test_latency_post_to_visible_row(agl_key: str, store, writer, q, fresh_agl_store) -> None:
     lat: list[float] = []
     with GatewayTap(writer_sink(writer, "lat"), port=0, key=agl_key) as tap:
         with httpx.Client(base_url=tap.url, headers={"x-api-key": agl_key}) as c:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tractatus_watch.collectors.gateway_tap import GatewayTap
 from tractatus_watch.collectors.poller import AuthError, Poller
 from tractatus_watch.collectors.sink import ListSink, writer_sink
 from tractatus_watch.storage.store import Store
@@ -56,7 +57,7 @@ def no_duplicates(q) -> None:  # type: ignore[no-untyped-def]
 def test_quarter_second_polling_captures_what_a_deleting_trainer_leaves(
         agl_server, agl_key, store, writer, q, training) -> None:
     sim = training(agl_server.url, agl_key, delete_after_s=1.0, fail_every=7,
-                   instant_delete_every=25)
+                   instant_delete_every=25, step_s=0.01)
     sim.start_consumer()
     poller = Poller(agl_server.url, key=agl_key, interval_s=0.25)
     thread, stop = start_poller(poller, writer_sink(writer, "poll-run"), store)
@@ -182,11 +183,14 @@ def test_sigkill_of_the_collecting_process(tmp_path: Path, agl_server, agl_key, 
         assert (stats["seen"], stats["captured"], stats["missed"]) == (30, 30, 0)
 
 
-def test_refused_key_stops_with_a_clear_message(agl_server, agl_key) -> None:
-    poller = Poller(agl_server.url, key="not-" + agl_key)
-    with pytest.raises(AuthError, match="refused the API key") as info:
-        poller.run(ListSink(), threading.Event())
-    assert agl_key not in str(info.value)
+def test_refused_key_stops_with_a_clear_message(agl_key, fresh_agl_store) -> None:
+    with GatewayTap(ListSink(), port=0, key=agl_key) as gateway:  # the same app, in-process
+        poller = Poller(gateway.url, key="not-" + agl_key)
+        started = time.monotonic()
+        with pytest.raises(AuthError, match="refused the API key") as info:
+            poller.run(ListSink(), threading.Event())
+    assert time.monotonic() - started < 2
+    assert agl_key not in str(info.value) and "not-" not in str(info.value)
 
 
 def test_unreachable_gateway_backs_off_and_keeps_trying() -> None:

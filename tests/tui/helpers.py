@@ -97,14 +97,12 @@ def screen_text(app: Any) -> str:
     return console.export_text()
 
 
-async def settle(pilot: Any, *, refreshes: int = 1, slow: int = 0, timeout: float = 20.0) -> None:
-    """Wait until the app completed `refreshes` more refreshes (and `slow` slow-lane loads)."""
+async def settle(pilot: Any, timeout: float = 20.0) -> None:
+    """Wait until the dashboard has refreshed at least once and nothing is in flight."""
     app = pilot.app
-    want_r, want_s = app.refreshes + refreshes, app.slow_done + slow
     deadline = asyncio.get_running_loop().time() + timeout
-    while app.refreshes < want_r or app.slow_done < want_s or app._busy:
+    while not app.refreshes or not app.idle:
         if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"dashboard did not settle: {app.refreshes}/{want_r} refreshes, "
-                               f"{app.slow_done}/{want_s} slow")
+            raise TimeoutError(f"dashboard did not settle ({app.refreshes} refreshes)")
         await pilot.pause(0.02)
     await pilot.pause()

@@ -1,0 +1,57 @@
+"""The demo's scenarios: Demo 2 and the five open research questions of the Tractatus +
+Agent Lightning integration, each a small governed training job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Final
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    agents: int = 1              # agents per arm
+    rounds: int = 5              # training steps
+    rollouts: int = 8            # rollouts per agent per round (one GRPO group)
+    steps: int = 8               # items each rollout publishes
+    adversarial_round: int | None = None  # disguised clickbait becomes available here
+    audit_sample: float = 0.25   # share of actions the shadow auditor sees
+    skill: float = 0.0           # engagement an agent gains by practising honest styles
+    skill_tau: float = 400.0     # honest items to reach 63% of that gain
+    crowding: float = 0.0        # engagement lost when every agent uses the same style
+    lr: float = 0.8
+    speed: float | None = None   # default pace in rounds per second (None: as fast as possible)
+    sizes: tuple[int, ...] = ()  # `scale`: agent counts run one after another
+
+    def with_overrides(self, *, agents: int | None = None, rounds: int | None = None
+                       ) -> Scenario:
+        out = self
+        if agents is not None:
+            out = replace(out, agents=agents, sizes=(agents,) if out.sizes else ())
+        if rounds is not None:
+            adv = out.adversarial_round
+            if adv is not None and adv >= rounds:
+                adv = max(1, rounds // 3)
+            out = replace(out, rounds=rounds, adversarial_round=adv)
+        return out
+
+
+SCENARIOS: Final[dict[str, Scenario]] = {s.name: s for s in (
+    Scenario("demo2", "Demo 2: one agent per arm, five rounds: the published table, by learning",
+             agents=1, rounds=5, rollouts=16, steps=8, lr=3.0),
+    Scenario("scale", "Q1: governance overhead per action and per round at 1, 10, 100, 1000 "
+             "agents", agents=1, rounds=3, rollouts=1, steps=4, sizes=(1, 10, 100, 1000)),
+    Scenario("persistence", "Q2: 1,000 rounds; adherence stays flat, no drift alarm",
+             agents=1, rounds=1000, rollouts=2, steps=8, lr=0.5),
+    Scenario("adversarial", "Q3: disguised clickbait appears at round 15; agents shift to it; "
+             "the shadow auditor sees it", agents=2, rounds=40, rollouts=4, steps=8,
+             adversarial_round=15),
+    Scenario("gap", "Q4: long training; honest writing improves with practice and the "
+             "performance gap closes", agents=1, rounds=200, rollouts=4, steps=8, skill=0.09,
+             skill_tau=600.0),
+    Scenario("multiagent", "Q5: eight agents share one audience and compete for it",
+             agents=8, rounds=30, rollouts=2, steps=8, crowding=0.15),
+    Scenario("showcase", "Both arms, four agents, 300 rounds; evasion starts at round 60",
+             agents=4, rounds=300, rollouts=2, steps=8, adversarial_round=60, speed=2.0),
+)}

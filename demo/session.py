@@ -1,0 +1,153 @@
+"""A demo session: the training job, the capture into our store, and alert evaluation after
+every round, wired together. The CLI runs it headless or under the dashboard."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..collectors.sink import writer_sink
+from ..governance.alerts.engine import AlertEngine, Transition
+from ..governance.alerts.notify import CallbackNotifier
+from ..governance.alerts.rules import RuleSet, load_default_rules
+from ..governance.alerts.store_evaluator import evaluate_once
+from ..storage.alert_store import DuckDBAlertStore
+from ..storage.store import Store
+from ..storage.writer import Writer
+from .job import DemoJob, RoundResult
+from .scenarios import Scenario
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FiredAlert:
+    alertname: str
+    labels: dict[str, str]
+    round: int            # the training round after which it fired
+    severity: str
+
+
+@dataclass
+class DemoSession:
+    store: Store
+    scenario: Scenario
+    seed: int
+    run_id: str
+    speed: float | None = None
+    agl_url: str | None = None        # an external gateway (captured by the poller)
+    agl_key: str | None = None
+    rules: RuleSet | None = None
+    on_round: Callable[[RoundResult], None] | None = None
+    on_alert: Callable[[list[Transition]], None] | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    fired: list[FiredAlert] = field(default_factory=list)
+    rounds: list[RoundResult] = field(default_factory=list)
+    source_health: dict[str, Any] = field(default_factory=dict)
+
+    def run(self) -> list[RoundResult]:
+        """Train every round, capturing as we go; returns the rounds' results."""
+        writer = Writer(self.store, flush_interval_s=0.2)
+        sink = writer_sink(writer, self.run_id)
+        spool = tempfile.mkdtemp(prefix="tw-demo-hooks-")
+        capture: Any = None
+        poll_thread: threading.Thread | None = None
+        poll_stop = threading.Event()
+        self._expected = 0
+        self._engine = AlertEngine(self.rules or load_default_rules(), DuckDBAlertStore(self.store),
+                                   notifiers=[CallbackNotifier(self._alerted)])
+        self._round = 0
+        try:
+            if self.agl_url is None:
+                from ..collectors.gateway_tap import GatewayTap
+
+                key = secrets.token_urlsafe(24)  # the in-process gateway's own, never shown
+                capture = GatewayTap(sink, host="127.0.0.1", port=0, key=key, run_id=self.run_id)
+                capture.start()
+                base_url = capture.url
+                self.source_health = {"name": capture.source, "state": "connected"}
+            else:
+                from ..collectors.poller import Poller
+
+                key = self.agl_key or ""
+                capture = Poller(self.agl_url, key=self.agl_key, run_id=self.run_id,
+                                 interval_s=0.1)
+                poll_thread = threading.Thread(target=capture.run, args=(sink, poll_stop),
+                                               daemon=True, name="demo-poller")
+                poll_thread.start()
+                base_url = self.agl_url
+                self.source_health = {"name": capture.source, "state": "connected"}
+            hooks = _load_hooks(self.run_id, spool)
+            job = DemoJob(self.scenario, self.run_id, self.seed, base_url, key or None,
+                          hooks=hooks, on_round=lambda r: self._after_round(r, writer),
+                          stop=self.stop, speed=self.speed)
+            return job.run()
+        finally:
+            if self.agl_url is None and capture is not None:
+                capture.stop()
+            else:
+                poll_stop.set()
+                if poll_thread is not None:
+                    poll_thread.join(30)
+            writer.close()
+            shutil.rmtree(spool, ignore_errors=True)
+            self.source_health["state"] = "stopped"
+
+    def _after_round(self, result: RoundResult, writer: Writer) -> None:
+        """Wait until the round is in the store, then judge it: alerts are evaluated on
+        complete rounds only, so the same seed fires the same alerts."""
+        self._expected += result.decisions
+        self._round = result.round
+        con = self.store.cursor()
+        deadline = time.monotonic() + 60.0
+        while True:
+            writer.flush()
+            stored = con.execute("SELECT coalesce(sum(actions), 0) FROM rollup_agent "
+                                 "WHERE run_id = ?", [self.run_id]).fetchall()[0][0]
+            if stored >= self._expected:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"capture fell behind: {stored} of {self._expected} "
+                                   "decisions stored after 60 s")
+            time.sleep(0.02)
+        evaluate_once(self._engine, con, runs=[self.run_id])
+        con.close()
+        self.rounds.append(result)
+        if self.on_round is not None:
+            self.on_round(result)
+
+    def _alerted(self, transitions: list[Transition]) -> None:
+        for t in transitions:
+            if t.to_state == "firing":
+                self.fired.append(FiredAlert(t.alertname, dict(t.labels), self._round,
+                                             t.severity or ""))
+        if self.on_alert is not None:
+            self.on_alert(transitions)
+
+
+def _load_hooks(run_id: str, spool: str) -> Any:
+    """Our hooks file, loaded the way Agent Lightning loads it: it stamps each rollout's round
+    and run (its spool copy of the records goes to a scratch folder: the demo captures through
+    the gateway)."""
+    from agentlightning.hooks import load_hooks
+
+    from ..collectors import hooks_path
+
+    saved = {k: os.environ.get(k) for k in ("TRACTATUS_WATCH_RUN_ID", "TRACTATUS_WATCH_SPOOL")}
+    os.environ["TRACTATUS_WATCH_RUN_ID"] = run_id
+    os.environ["TRACTATUS_WATCH_SPOOL"] = spool
+    try:
+        return load_hooks(str(hooks_path()))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,0 +1,203 @@
+"""Dashboard commands: open (a stored database, read-only) and live (collect and watch)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..cli import DbOption, app, open_store, pick_run
+from ..config import CliError
+
+RunOption = Annotated[Optional[str], typer.Option(
+    "--run", help="Run to show [default: the latest, following new runs].")]
+BaselineOption = Annotated[Optional[str], typer.Option(
+    "--baseline", help="Run whose ungoverned arm is the baseline [default: the same run].")]
+IntervalOption = Annotated[Optional[float], typer.Option(
+    "--interval", min=0.1, max=3600, help="Seconds between refreshes [default: 1 live, 5 open].")]
+
+ALERT_EVERY_S = 5.0
+
+
+@app.command("open")
+def open_(db: DbOption = None, run: RunOption = None, baseline: BaselineOption = None,
+          interval: IntervalOption = None) -> None:
+    """Browse a stored database read-only: runs, rules, alerts, agents, overhead, events."""
+    from ..storage.errors import StoreLocked
+    from ..tui import run_dashboard
+
+    try:
+        store = open_store(db, read_only=True)
+    except StoreLocked as exc:
+        raise StoreLocked(f"{exc}; to watch a training while it is collected, run the "
+                          "dashboard in the collecting process: `tractatus-watch live`") from None
+    with store:
+        con = store.cursor()
+        try:
+            run_id = pick_run(con, run) if run else None
+            baseline_run = pick_run(con, baseline) if baseline else None
+        finally:
+            con.close()
+        run_dashboard(store, run_id=run_id, baseline_run=baseline_run, interval=interval,
+                      title=f"tractatus-watch · {store.path.name}")
+
+
+@app.command()
+def live(
+    agl: Annotated[Optional[str], typer.Option(
+        "--agl", metavar="URL", help="Poll a running Agent Lightning gateway (read-only).")]
+    = None,
+    spool: Annotated[Optional[Path], typer.Option(
+        "--spool", metavar="DIR", file_okay=False,
+        help="Follow a spool folder (written by the RolloutHooks file or the Governor).")] = None,
+    gateway: Annotated[bool, typer.Option(
+        "--gateway", help="Run the Agent Lightning gateway here and tee every event.")] = False,
+    host: Annotated[str, typer.Option("--host", help="Gateway address (--gateway).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Gateway port (--gateway).")] = 8080,
+    key_file: Annotated[Optional[Path], typer.Option(
+        "--key-file", dir_okay=False, help="File holding the gateway key [default: $AGL_KEY].")]
+    = None,
+    run: Annotated[Optional[str], typer.Option(
+        "--run", help="Run id given to records that carry none.")] = None,
+    interval: IntervalOption = None,
+    no_alerts: Annotated[bool, typer.Option(
+        "--no-alerts", help="Do not evaluate the alert rules while collecting.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Collect from the given sources and watch them in one process.
+
+    DuckDB allows one process per database file, so collecting and watching share it: the
+    dashboard reads through the writer's own store. Quitting the dashboard stops collecting."""
+    from ..collectors.runner import KeyFileError, load_key
+    from ..tui import run_dashboard
+
+    if not (agl or spool or gateway):
+        raise CliError("live needs at least one source: --agl URL, --spool DIR or --gateway")
+    try:
+        key = load_key(key_file)
+    except KeyFileError as exc:
+        raise CliError(str(exc)) from None
+    sources: list[Any] = []
+    if agl:
+        from ..collectors.poller import Poller
+
+        sources.append(Poller(agl, key=key, run_id=run or ""))
+    if spool:
+        from ..collectors.spool import SpoolReader
+
+        sources.append(SpoolReader(spool))
+    if gateway:
+        from ..collectors.gateway_tap import GatewayTap
+
+        # The runner hands the tap its sink when it starts it.
+        sources.append(GatewayTap(lambda _records: None, host=host, port=port, key=key,
+                                  run_id=run or ""))
+    store = open_store(db, read_only=False)
+    log_path = _log_to_file(store.path)
+    session = LiveSession(store, sources, run_id=run or "default", alerts=not no_alerts)
+    try:
+        run_dashboard(store, run_id=run, live_writer=session.writer,
+                      source_health=session.monitor, silence_writer=session.silence_writer,
+                      interval=interval, title="tractatus-watch live")
+    finally:
+        session.close()
+        store.close()
+    for name, error in session.errors.items():
+        typer.echo(f"error: source {name}: {error}", err=True)
+    typer.echo(f"collector log: {log_path}", err=True)
+    if session.errors:
+        raise typer.Exit(1)
+
+
+class LiveSession:
+    """Sources collected into a store by one writer, with source health for the dashboard and
+    the alert rules evaluated every few seconds (the wiring of `live`; `demo` can reuse it).
+
+    Everything shares the one Store: DuckDB allows a single process per file, so the dashboard
+    reads through `store.cursor()` in this same process."""
+
+    def __init__(self, store: Any, sources: list[Any], *, run_id: str = "default",
+                 alerts: bool = True, alert_every_s: float = ALERT_EVERY_S) -> None:
+        from ..storage.writer import Writer
+        from ..tui import SourceMonitor
+
+        self.store = store
+        self.writer = Writer(store)
+        self.monitor = SourceMonitor()
+        self.stop = threading.Event()
+        self.errors: dict[str, str] = {}
+        self.silence_writer: Any = None
+        self._alerts: threading.Thread | None = None
+        if alerts:
+            self.silence_writer, self._alerts = _alerts(store, self.stop, alert_every_s)
+        watched = [self.monitor.wrap(s) for s in sources]
+        self._collector = threading.Thread(target=self._collect, args=(watched, run_id),
+                                           name="tw-live-collect", daemon=True)
+        self._collector.start()
+
+    def _collect(self, sources: list[Any], run_id: str) -> None:
+        from ..collectors.runner import run_sources
+
+        result = run_sources(sources, self.writer, run_id=run_id, stop=self.stop,
+                             get_cursor=self.store.get_cursor, handle_signals=False,
+                             stop_on_error=False)
+        self.errors.update(result.errors)
+
+    def close(self) -> None:
+        """Stop the sources (each finishes its pass), then flush and close the writer."""
+        self.stop.set()
+        self._collector.join(60)
+        if self._alerts is not None:
+            self._alerts.join(30)
+        self.writer.close()
+
+
+def _log_to_file(db_path: Path) -> Path:
+    """The collectors log to stderr, which would draw over the dashboard: send it to a file
+    next to the database instead."""
+    path = db_path.with_name(db_path.name + ".live.log")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    watch = logging.getLogger("tractatus_watch")
+    for h in list(watch.handlers):  # the collectors' own JSON handler writes to stderr too
+        watch.removeHandler(h)
+    watch.propagate = True
+    return path
+
+
+def _alerts(store: Any, stop: threading.Event,
+            every_s: float) -> tuple[Any, threading.Thread | None]:
+    """Evaluate the shipped alert rules every few seconds while collecting, and give the
+    dashboard a way to store silences. Returns (silence writer, thread)."""
+    from ..governance.alerts.engine import AlertEngine
+    from ..governance.alerts.rules import load_default_rules
+    from ..governance.alerts.store_evaluator import evaluate_once
+    from ..storage.alert_store import DuckDBAlertStore
+
+    alert_store = DuckDBAlertStore(store)
+    engine = AlertEngine(load_default_rules(), alert_store)
+    log = logging.getLogger("tractatus_watch.live.alerts")
+
+    def loop() -> None:
+        con = store.cursor()
+        try:
+            while not stop.wait(every_s):
+                try:
+                    evaluate_once(engine, con)
+                except Exception:  # a failing rule must not stop collecting
+                    log.exception("alert evaluation failed")
+        finally:
+            con.close()
+
+    thread = threading.Thread(target=loop, name="tw-live-alerts", daemon=True)
+    thread.start()
+    return alert_store.add_silence, thread

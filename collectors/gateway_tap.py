@@ -1,8 +1,8 @@
 """The gateway tap: run the real Agent Lightning gateway in-process and tee what it records.
 
-Agent Lightning 1.0.2 keeps its whole state in three module-level containers of
-`agentlightning.server.store` (`_rollouts`, `_events`), which the route modules import by name
-and mutate on the event loop thread. The least invasive tee is to hand those modules the same
+Agent Lightning 1.0.2 keeps its whole state in module-level containers of
+`agentlightning.server.store`; rollouts live in `_rollouts` and events in `_events`, which the
+route modules import by name and mutate on the event loop thread. The least invasive tee is to hand those modules the same
 containers with a recording `__setitem__`/`append`: the app, its routes, its validation and its
 responses are untouched (the API stays exactly Agent Lightning's), and every mutation is seen
 synchronously, in order, with its exact list position, including events the LLM proxy records
@@ -157,6 +157,7 @@ class TapStats:
     quarantined: int = 0
     deliveries: int = 0
     queue_max: int = 0
+    lost: int = 0  # records a failing sink could not take
 
 
 def server_config(*, host: str, port: int, key: str | None) -> dict[str, Any]:
@@ -220,7 +221,11 @@ class GatewayTap:
         config = uvicorn.Config(app, log_level=self.log_level, timeout_keep_alive=120,
                                 lifespan="on")
         self._server = uvicorn.Server(config)
-        _install(self._queue)
+        try:
+            _install(self._queue)
+        except BaseException:
+            sock.close()
+            raise
         self._drain_thread = threading.Thread(target=self._drain, name="tw-gateway-drain",
                                               daemon=True)
         self._drain_thread.start()
@@ -269,6 +274,8 @@ class GatewayTap:
                     raise RuntimeError(f"gateway stopped: {self._error or 'server exited'}")
         finally:
             self.stop()
+        if self._error is not None:  # the final drain failed to store something
+            raise RuntimeError(f"gateway tap could not store every record: {self._error}")
 
     def __enter__(self) -> GatewayTap:
         self.start()
@@ -352,5 +359,9 @@ class GatewayTap:
         try:
             self._sink(out)
         except Exception as exc:
-            # Keep draining: the records of this delivery are reported, the gateway lives on.
-            log.error("gateway: sink failed, %d records not stored: %s", len(out), exc)
+            # Keep draining (the gateway must not block), but `run` stops the gateway: a tap
+            # that cannot store must not go on accepting events as if it could.
+            self.stats.lost += len(out)
+            self._error = self._error or exc
+            log.error("gateway: sink failed, records not stored",
+                      extra={"fields": {"records": len(out), "error": str(exc)}})

@@ -128,33 +128,40 @@ def _conform(name: str, table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _split_invalid(name: str, table: pa.Table) -> tuple[pa.Table, list[tuple[str, str]]]:
-    """Rows that can be stored, and (reason, raw JSON) for the rest."""
-    if name not in REQUIRED or table.num_rows == 0:
-        return table, []
-    bad = pa.array([False] * table.num_rows)
-    reasons: pa.Array | pa.ChunkedArray = pa.nulls(table.num_rows, pa.string())
-    checks: list[tuple[str, pa.Array]] = []
+def _problems(name: str, table: pa.Table) -> list[tuple[str, pa.Array | pa.ChunkedArray]]:
+    """(reason, row mask) for every check that some row fails; cheap when all rows are fine."""
+    found = []
     for col in REQUIRED[name]:
         column = table.column(col)
-        missing = pc.is_null(column)
-        if pa.types.is_string(column.type):
-            missing = pc.or_(missing, pc.equal(column, ""))
-        checks.append((f"{name}.{col}: missing", missing))
+        missing = pc.is_null(column) if column.null_count else None
+        if pa.types.is_string(column.type) and pc.any(pc.equal(column, "")).as_py():
+            empty = pc.fill_null(pc.equal(column, ""), False)
+            missing = empty if missing is None else pc.or_(missing, empty)
+        if missing is not None:
+            found.append((f"{name}.{col}: missing", missing))
     for (tbl, col), allowed in VOCAB.items():
         if tbl == name:
-            outside = pc.invert(pc.is_in(table.column(col), value_set=pa.array(allowed)))
-            checks.append((f"{name}.{col}: not one of {', '.join(allowed)}",
-                           pc.fill_null(outside, False)))
-    for reason, mask in checks:
-        mask = pc.fill_null(mask, True)
+            outside = pc.fill_null(pc.invert(pc.is_in(table.column(col),
+                                                      value_set=pa.array(allowed))), False)
+            if pc.any(outside).as_py():
+                found.append((f"{name}.{col}: not one of {', '.join(allowed)}", outside))
+    return found
+
+
+def _split_invalid(name: str, table: pa.Table) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """Rows that can be stored, and (reason, raw JSON) for the rest (first failed check)."""
+    if name not in REQUIRED or table.num_rows == 0:
+        return table, []
+    problems = _problems(name, table)
+    if not problems:
+        return table, []
+    bad: pa.Array | pa.ChunkedArray = pa.array([False] * table.num_rows)
+    reasons: pa.Array | pa.ChunkedArray = pa.nulls(table.num_rows, pa.string())
+    for reason, mask in problems:
         reasons = pc.if_else(pc.and_(mask, pc.invert(bad)), reason, reasons)
         bad = pc.or_(bad, mask)
-    if not pc.any(bad).as_py():
-        return table, []
-    rejected = table.filter(bad)
     out = [(r, json.dumps(row, default=str)) for r, row in
-           zip(reasons.filter(bad).to_pylist(), rejected.to_pylist())]
+           zip(reasons.filter(bad).to_pylist(), table.filter(bad).to_pylist())]
     return table.filter(pc.invert(bad)), out
 
 

@@ -36,7 +36,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
@@ -81,4 +81,5 @@ def main() -> None:
 
 
 # Each module registers its commands on `app`; imported last because they import `app`.
-from .commands import alerts as _alerts, report as _report, store as _store  # noqa: E402,F401
+from .commands import (  # noqa: E402,F401
+    alerts as _alerts, demo as _demo, report as _report, store as _store)

@@ -23,6 +23,7 @@ from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.timer import Timer
@@ -38,8 +39,9 @@ from .views import NO_DATA, VIEWS, View
 INTERVALS: Final = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 THEMES: Final = ("textual-dark", "textual-light", "nord", "gruvbox", "tokyo-night", "dracula",
                  "monokai", "solarized-light")
-# Slow lane: at most one run per this many seconds (or 5x its own duration) while data flows.
-SLOW_MIN_INTERVAL_S: Final = 10.0
+# While data flows, slow-lane work reruns at most every SLOW_FACTOR times its own duration, so
+# a 2 s report over 10M rows takes at most a fifth of a core and a 20 ms one follows every poll.
+SLOW_FACTOR: Final = 5.0
 
 # Called with the silence to store; raises with a one-line message when it cannot.
 SilenceWriter = Callable[[Any], None]
@@ -204,9 +206,12 @@ class Dashboard(App[None]):
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
+        try:
+            view = self.current_view
+        except NoMatches:
+            return  # the app is shutting down: its widgets are gone
         self._busy = True
         self._token += 1
-        view = self.current_view
         key, fn = view.fetch()
         c = self.common
         self._fetch(self._token, view.id or "", key, fn, self.scope,
@@ -238,6 +243,8 @@ class Dashboard(App[None]):
 
     def on_fetched(self, msg: Fetched) -> None:
         self._busy = False
+        if not self.screen.query("#views"):
+            return  # shutting down
         self.last_refresh_s = msg.seconds
         if msg.error is not None:
             text = f"{type(msg.error).__name__}: {str(msg.error).splitlines()[0]}"
@@ -325,7 +332,7 @@ class Dashboard(App[None]):
         if started is not None and started[0] == key:
             # Same question, newer data: recompute, but not continuously while data flows.
             _, at, seconds = started
-            if time.monotonic() - at < max(SLOW_MIN_INTERVAL_S, 5 * seconds):
+            if time.monotonic() - at < max(self.interval, SLOW_FACTOR * seconds):
                 return
         self._slow_busy = True
         self._slow_started[vid] = (key, time.monotonic(), started[2] if started else 0.0)
@@ -349,6 +356,8 @@ class Dashboard(App[None]):
 
     def on_slow_fetched(self, msg: SlowFetched) -> None:
         self._slow_busy = False
+        if not self.screen.query("#views"):
+            return
         key, at, _ = self._slow_started.get(msg.view_id, (None, 0.0, 0.0))
         self._slow_started[msg.view_id] = (key, at, msg.seconds)
         if msg.error is not None:

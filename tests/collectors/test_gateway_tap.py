@@ -188,3 +188,32 @@ def test_latency_post_to_visible_row(agl_key: str, store, writer, q, fresh_agl_s
                     time.sleep(0.005)
                 lat.append(time.monotonic() - t0)
     assert max(lat) < 1.0
+
+
+def test_as_a_collect_source_a_failing_sink_stops_the_gateway(agl_key: str,
+                                                              fresh_agl_store) -> None:
+    def broken(records) -> None:  # type: ignore[no-untyped-def]
+        raise OSError("disk full")
+
+    tap = GatewayTap(ListSink(), port=0, key=agl_key)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            tap.run(broken, stop)
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while tap._server is None or not tap._server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    with httpx.Client(base_url=tap.url, headers={"x-api-key": agl_key}) as c:
+        c.post("/api/rollouts", json=[{"input": {}}])
+    thread.join(10)
+    stop.set()
+    assert not thread.is_alive()
+    assert failure and "disk full" in str(failure[0]) and tap.stats.lost >= 1

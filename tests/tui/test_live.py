@@ -1,0 +1,111 @@
+"""Live mode: a real spool source collected by the `live` wiring (LiveSession: runner, writer,
+source health) into a database the dashboard reads in the same process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from textual.widgets import DataTable, Static
+
+from tractatus_watch.commands.tui import LiveSession
+from tractatus_watch.collectors.spool import SpoolReader
+from tractatus_watch.governance.alerts.engine import AlertState, Transition
+from tractatus_watch.governance.spool import SpoolWriter
+from tractatus_watch.storage.alert_store import DuckDBAlertStore
+from tractatus_watch.storage.store import Store
+from tractatus_watch.tui.app import Dashboard
+
+from .helpers import screen_text, settle
+
+
+def decision(i: int, *, arm: str, round_: int, blocked: bool) -> dict[str, Any]:
+    return {
+        "schema": "tractatus.decision/1", "decision_id": f"live-{arm}-{i}",
+        "agent_id": f"agent-{i % 3}", "round": round_, "arm": arm,
+        "mode": "enforce" if arm == "governed" else "shadow",
+        "action": {"kind": "clickbait" if blocked else "informative", "summary": f"post {i}"},
+        "checks": [{"service": "BoundaryEnforcer", "rule_id": "STR-001",
+                    "verdict": "block" if blocked else "allow",
+                    "raw_verdict": "REQUIRE_HUMAN_DECISION" if blocked else "PROCEED",
+                    "enforced": arm == "governed", "latency_us": 200,
+                    "reason": "clickbait headline" if blocked else ""}],
+        "verdict": "block" if blocked else "allow",
+        "executed": not (blocked and arm == "governed"), "latency_us": 250,
+        "ts": time.time(),
+    }
+
+
+def write_round(spool: SpoolWriter, round_: int, n: int) -> None:
+    for i in range(n):
+        for arm in ("governed", "ungoverned"):
+            spool.write("decision", decision(round_ * 1000 + i, arm=arm, round_=round_,
+                                             blocked=i % 5 == 0))
+    spool.rotate()
+
+
+async def wait_for(pilot: Any, predicate: Any, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(screen_text(pilot.app))
+        await pilot.pause(0.05)
+
+
+async def test_live_dashboard_follows_a_spool_and_alerts(tmp_path: Path) -> None:
+    folder = tmp_path / "spool"
+    spool = SpoolWriter(folder, max_age_s=60, fsync=False)
+    store = Store.open(tmp_path / "live.duckdb")
+    session = LiveSession(store, [SpoolReader(folder, settle_s=0.2, poll_s=0.05)],
+                          run_id="live-run", alerts=False)
+    app = Dashboard(store, live_writer=session.writer, source_health=session.monitor,
+                    silence_writer=DuckDBAlertStore(store).add_silence, interval=0.25,
+                    export_dir=tmp_path)
+    try:
+        async with app.run_test(size=(120, 40), notifications=True) as pilot:
+            await settle(pilot)
+            assert "no data yet" in screen_text(app)
+            write_round(spool, 0, 10)
+
+            def kpis() -> str:
+                return str(app.query_one("#kpis", Static).render())
+
+            await wait_for(pilot, lambda: "actions 10 " in kpis())
+            assert "blocked 2 " in kpis() and "escaped 0 (baseline 2)" in kpis()
+            assert app.scope.run_id == "live-run"
+            status = str(app.query_one("#status", Static).render())
+            assert f"spool:{folder.resolve()} connected" in status and "/s" in status
+            write_round(spool, 1, 15)
+            await wait_for(pilot, lambda: "actions 25 " in kpis())
+            await pilot.press("7")
+            await settle(pilot)
+            table = app.query_one("#events-table", DataTable)
+            assert table.row_count == 50
+            assert str(table.get_row_at(0)[1]).strip() == "1"  # the newest round first
+
+            # The alert engine's store records a critical alert going to firing: a toast and
+            # the bell.
+            now = time.time()
+            labels = {"alertname": "CoverageBelowTarget", "arm": "governed"}
+            state = AlertState(fingerprint="fp1", alertname="CoverageBelowTarget",
+                               state="firing", labels=labels, annotations={}, value=0.9,
+                               active_since=now, updated_at=now, run_id="live-run",
+                               severity="critical")
+            DuckDBAlertStore(store).save(
+                [Transition("fp1", "CoverageBelowTarget", "pending", "firing", now, labels, {},
+                            0.9, "live-run", "critical")], {"fp1": state})
+            await wait_for(pilot, lambda: app.bells == 1)
+            await wait_for(pilot, lambda: "CoverageBelowTarget: inactive → firing"
+                           in screen_text(app))
+            session.close()  # the training ends: the dashboard stays on the final state
+            await wait_for(pilot, lambda: "stopped" in str(
+                app.query_one("#status", Static).render()))
+            await pilot.press("1")
+            await settle(pilot)
+            assert "actions 25 " in kpis()
+    finally:
+        session.close()
+        spool.close()
+        store.close()

@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
     rules = load_rules(args.rules)
+    load_before = os.getloadavg()[0]
     actions = [STYLES[i % len(STYLES)] for i in range(args.warmup + args.actions)]
     gw = Gateway(args.gateway)
     try:
@@ -239,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
           f"dropped {stats.dropped}, failed {stats.failed}; flush at close {flush_s:.2f} s")
     print(f"arrived at the gateway: SDK {n_arrived}/{expected} decisions in {n_events} events; "
           f"naive {n_arrived2}/{expected}")
+    print(f"machine: {os.cpu_count()} CPUs, load average {load_before:.2f} at start, "
+          f"{os.getloadavg()[0]:.2f} at the end (other processes inflate the tail)")
     ok = n_arrived == expected and n_arrived2 == expected
     if not ok:
         print("error: not every decision arrived at the gateway", file=sys.stderr)

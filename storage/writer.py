@@ -39,7 +39,8 @@ REQUIRED: Final[dict[str, tuple[str, ...]]] = {
     "decisions": ("run_id", "decision_id", "agent_id", "round", "arm", "mode", "action_kind",
                   "verdict", "executed", "covered", "attempted", "evasion", "n_checks",
                   "latency_us", "ts"),
-    "checks": ("run_id", "decision_id", "idx", "round", "arm", "agent_id", "service", "rule_id",
+    # rule_id may be "" (a service verdict that no single rule produced), never NULL.
+    "checks": ("run_id", "decision_id", "idx", "round", "arm", "agent_id", "service",
                "verdict", "enforced", "latency_us", "ts"),
     "rewards": ("run_id", "reward_id", "round", "arm", "value", "ts"),
     "events": ("run_id", "event_id", "event_type", "ts"),

@@ -38,6 +38,17 @@ def _root(
 ) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_agent_lightning()
+
+
+def _quiet_agent_lightning() -> None:
+    """Agent Lightning logs through structlog to stdout by default, which would mix its info
+    lines into our output (JSON included): send them to stderr, warnings and above only."""
+    import structlog
+
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
 def open_store(db: Path | None, *, read_only: bool):
@@ -82,4 +93,4 @@ def main() -> None:
 
 # Each module registers its commands on `app`; imported last because they import `app`.
 from .commands import (  # noqa: E402,F401
-    alerts as _alerts, demo as _demo, report as _report, store as _store)
+    alerts as _alerts, collect as _collect, demo as _demo, report as _report, store as _store)

@@ -16,14 +16,13 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 
 import polars as pl
 from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.css.query import NoMatches
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.timer import Timer
@@ -34,7 +33,7 @@ from . import data as D
 from . import fmt
 from .health import HealthProvider, SourceHealth, as_health
 from .screens import HelpScreen, SilenceScreen
-from .views import NO_DATA, VIEWS, View
+from .views import NO_DATA, VIEWS, Overview, Runs, View
 
 INTERVALS: Final = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 THEMES: Final = ("textual-dark", "textual-light", "nord", "gruvbox", "tokyo-night", "dracula",
@@ -158,6 +157,8 @@ class Dashboard(App[None]):
         self._ingest_rate: float | None = None
         self._loads = 0             # one-off loads in flight
         self._latest: str | None = None  # the latest run, as last looked up
+        self._switcher: ContentSwitcher | None = None
+        self._views: dict[str, View] = {}
 
     # --- layout ------------------------------------------------------------------------------------
 
@@ -173,7 +174,14 @@ class Dashboard(App[None]):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
-        self.query_one("#prompt", Input).display = False
+        # Kept by reference: while a modal screen is up, queries would search that screen.
+        self._switcher = self.query_one("#views", ContentSwitcher)
+        self._views = {v.id or "": v for v in self.query(View).results(View)}
+        self._status = self.query_one("#status", Static)
+        self._tabs = self.query_one("#tabs", Static)
+        self._run_label = self.query_one("#run-label", Static)
+        self._prompt = self.query_one("#prompt", Input)
+        self._prompt.display = False
         self._update_tabs()
         self.update_status()
         self.current_view.focus_target().focus()
@@ -181,20 +189,29 @@ class Dashboard(App[None]):
 
     @property
     def current_view(self) -> View:
-        switcher = self.query_one("#views", ContentSwitcher)
-        return self.query_one(f"#{switcher.current}", View)
+        assert self._switcher is not None
+        return self._views[self._switcher.current or ""]
+
+    def view(self, view_id: str) -> View:
+        return self._views[view_id]
+
+    @property
+    def overview(self) -> Overview:
+        return cast(Overview, self._views["view-overview"])
 
     def _update_tabs(self) -> None:
-        current = self.query_one("#views", ContentSwitcher).current
+        if self._switcher is None:
+            return
+        current = self._switcher.current
         text = Text()
         for view in VIEWS:
             style = "reverse bold" if current == f"view-{view.TITLE.lower()}" else ""
             text.append(" ")
             text.append(f"{view.KEY} {view.TITLE}", style=style)
-        self.query_one("#tabs", Static).update(text)
+        self._tabs.update(text)
         s = self.scope
         label = f"run {s.run_id or '–'}" + (f" vs {s.baseline_run}" if s.baseline_run else "")
-        self.query_one("#run-label", Static).update(Text(label, style="bold"))
+        self._run_label.update(Text(label, style="bold"))
 
     # --- the refresh loop --------------------------------------------------------------------------
 
@@ -206,10 +223,9 @@ class Dashboard(App[None]):
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
-        try:
-            view = self.current_view
-        except NoMatches:
-            return  # the app is shutting down: its widgets are gone
+        if self._exit or self._switcher is None:
+            return  # not mounted yet, or shutting down
+        view = self.current_view
         self._busy = True
         self._token += 1
         key, fn = view.fetch()
@@ -243,8 +259,8 @@ class Dashboard(App[None]):
 
     def on_fetched(self, msg: Fetched) -> None:
         self._busy = False
-        if not self.screen.query("#views"):
-            return  # shutting down
+        if self._exit:
+            return
         self.last_refresh_s = msg.seconds
         if msg.error is not None:
             text = f"{type(msg.error).__name__}: {str(msg.error).splitlines()[0]}"
@@ -255,7 +271,7 @@ class Dashboard(App[None]):
             self._last_error = ""
             assert msg.common is not None
             self._apply_common(msg.common)
-            view = self.query_one(f"#{msg.view_id}", View)
+            view = self.view(msg.view_id)
             if msg.common.run_id is None:
                 view.show_no_run(NO_DATA)
             elif msg.data is not UNCHANGED:
@@ -291,8 +307,7 @@ class Dashboard(App[None]):
                 if fp not in states and old != "inactive":
                     self._transition(name, old, "inactive", severity, value)
         self._alert_states = states
-        overview = self.query_one("#view-overview", View)
-        overview.query_one("#kpis", Static).update(overview.kpi_text())  # type: ignore[attr-defined]
+        self.overview.refresh_kpis()
 
     def _transition(self, name: str, old: str, new: str, severity: str | None,
                     value: float | None) -> None:
@@ -356,7 +371,7 @@ class Dashboard(App[None]):
 
     def on_slow_fetched(self, msg: SlowFetched) -> None:
         self._slow_busy = False
-        if not self.screen.query("#views"):
+        if self._exit:
             return
         key, at, _ = self._slow_started.get(msg.view_id, (None, 0.0, 0.0))
         self._slow_started[msg.view_id] = (key, at, msg.seconds)
@@ -364,7 +379,7 @@ class Dashboard(App[None]):
             self.notify(f"{type(msg.error).__name__}: {str(msg.error).splitlines()[0]}",
                         title="background query failed", severity="error")
         elif msg.token > self._scope_token:
-            view = self.query_one(f"#{msg.view_id}", View)
+            view = self.view(msg.view_id)
             view.show_slow(msg.data)
             self._slow_shown[msg.view_id] = msg.key
         self.slow_done += 1
@@ -409,7 +424,7 @@ class Dashboard(App[None]):
         self._shown.clear()
         self._slow_shown.clear()
         self._update_tabs()
-        self.query_one("#view-overview", View).show_slow(None)  # KPIs of the old run
+        self.overview.show_slow(None)  # KPIs of the old run
         self.refresh_view()
 
     def choose_run(self, run_id: str | None) -> None:
@@ -424,14 +439,15 @@ class Dashboard(App[None]):
         self.notify(f"baseline: {run_id or 'the ungoverned arm of the same run'}", timeout=3)
 
     def show_events(self, **filters: str | None) -> None:
-        events = self.query_one("#view-events", View)
+        events = self.view("view-events")
         text = " ".join(f"{'rule' if k == 'rule_id' else k}={v}" for k, v in filters.items() if v)
         self.switch_view(len(VIEWS) - 1)
         events.set_filter(text)
 
     def switch_view(self, index: int) -> None:
         view = VIEWS[index]
-        self.query_one("#views", ContentSwitcher).current = f"view-{view.TITLE.lower()}"
+        assert self._switcher is not None
+        self._switcher.current = f"view-{view.TITLE.lower()}"
         self._update_tabs()
         self.current_view.focus_target().focus()
         self.refresh_view()
@@ -489,7 +505,7 @@ class Dashboard(App[None]):
         text.append(f" every {self.interval:g}s", style="dim")
         if self._last_error:
             text.append(f" │ {self._last_error[:60]}", style="bold red")
-        self.query_one("#status", Static).update(text)
+        self._status.update(text)
 
     # --- actions ------------------------------------------------------------------------------------
 
@@ -568,7 +584,7 @@ class Dashboard(App[None]):
         self._open_prompt(":", f": {COMMANDS_HELP}", "")
 
     def _open_prompt(self, mode: str, placeholder: str, value: str) -> None:
-        prompt = self.query_one("#prompt", Input)
+        prompt = self._prompt
         self._prompt_mode = mode
         prompt.placeholder = placeholder
         prompt.value = value
@@ -576,7 +592,7 @@ class Dashboard(App[None]):
         prompt.focus()
 
     def action_close_prompt(self) -> None:
-        prompt = self.query_one("#prompt", Input)
+        prompt = self._prompt
         if prompt.display:
             prompt.display = False
             self.current_view.focus_target().focus()
@@ -617,7 +633,7 @@ class Dashboard(App[None]):
                 raise ValueError("usage: compare ID (or: compare none)")
             other = None if args[0] == "none" else self._pick(args[0], known)
             self.switch_view(3)
-            self.query_one("#view-runs", View).compare(other)  # type: ignore[attr-defined]
+            cast(Runs, self.view("view-runs")).compare(other)
         elif cmd == "silence":
             if len(args) < 2:
                 raise ValueError("usage: silence ALERT DURATION [COMMENT]")
@@ -650,8 +666,7 @@ class Dashboard(App[None]):
             raise ValueError(f"unknown command {cmd!r}: {COMMANDS_HELP}")
 
     def _known_runs(self) -> list[str]:
-        runs = self.query_one("#view-runs", View)
-        data = getattr(runs, "data", None)
+        data = cast(Runs, self.view("view-runs")).data
         return data.runs["run_id"].to_list() if data is not None else []
 
     def _pick(self, run: str, known: list[str]) -> str:

@@ -122,7 +122,7 @@ class Overview(View):
                 lambda con, run: D.kpis(D.fetch_report(con, run, baseline)))
 
     def on_mount(self) -> None:
-        self.query_one("#kpis", Static).update(self.kpi_text())
+        self.refresh_kpis()
 
     def on_resize(self) -> None:
         compact = self.app.size.height < self.FULL_HEIGHT
@@ -135,7 +135,7 @@ class Overview(View):
         self.note("overview-empty", NO_DATA if empty else None)
         for widget_id in ("#charts-top", "#charts-bottom", "#rule-sparks"):
             self.query_one(widget_id).display = not empty
-        self.query_one("#kpis", Static).update(self.kpi_text())
+        self.refresh_kpis()
         if empty:
             return
         self._draw_charts(data)
@@ -208,6 +208,9 @@ class Overview(View):
 
     def show_slow(self, data: D.Kpis | None) -> None:
         self.report_kpis = data
+        self.refresh_kpis()
+
+    def refresh_kpis(self) -> None:
         self.query_one("#kpis", Static).update(self.kpi_text())
 
     def kpi_text(self) -> Text:

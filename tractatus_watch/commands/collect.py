@@ -1,0 +1,193 @@
+"""Collector commands: collect, gateway, ingest, hooks-path."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..cli import DbOption, app, open_store
+from ..config import CliError
+from ..output import console
+from .alerts import RulesOption, load_ruleset
+
+KeyFileOption = Annotated[Optional[Path], typer.Option(
+    "--key-file", dir_okay=False,
+    help="File holding the Agent Lightning key [default: $AGL_KEY]. Never pass the key itself "
+         "as an argument: it would show in `ps`.")]
+RunOption = Annotated[Optional[str], typer.Option(
+    "--run", help="Run id for records that carry none [default: collect-<time>].")]
+
+
+def _key(key_file: Path | None) -> str | None:
+    from ..collectors.runner import KeyFileError, load_key
+
+    try:
+        return load_key(key_file)
+    except KeyFileError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _notifiers(alert_log: Path | None, webhook: str | None,
+               webhook_token_file: Path | None) -> list[Any]:
+    from ..governance.alerts.notify import JsonlNotifier, WebhookNotifier
+
+    out: list[Any] = []
+    if alert_log:
+        out.append(JsonlNotifier(alert_log))
+    if webhook:
+        out.append(WebhookNotifier(
+            webhook, group_by=("alertname", "run_id"),
+            bearer_token_file=webhook_token_file,
+            bearer_token_env=None if webhook_token_file else "TRACTATUS_WATCH_WEBHOOK_TOKEN"))
+    return out
+
+
+def collect_sources(agl: list[str], spool: list[Path], gateway: bool, host: str, port: int,
+                    key: str | None, writer_run: str) -> list[Any]:
+    from ..collectors.gateway_tap import GatewayTap
+    from ..collectors.poller import Poller
+    from ..collectors.spool import SpoolReader
+
+    sources: list[Any] = [Poller(url, key=key, run_id=writer_run) for url in agl]
+    sources += [SpoolReader(folder) for folder in spool]
+    if gateway:
+        # The sink is handed over by run_sources.
+        sources.append(GatewayTap(lambda records: None, host=host, port=port, key=key,
+                                  run_id=writer_run))
+    return sources
+
+
+@app.command()
+def collect(
+    agl: Annotated[Optional[list[str]], typer.Option(
+        "--agl", help="Attach read-only to a running Agent Lightning gateway (repeatable).")]
+    = None,
+    spool: Annotated[Optional[list[Path]], typer.Option(
+        "--spool", file_okay=False, help="Ingest a spool folder written by the hooks file or "
+                                         "the Governor (repeatable).")] = None,
+    gateway: Annotated[bool, typer.Option(
+        "--gateway", help="Run the Agent Lightning gateway here and capture everything.")]
+    = False,
+    host: Annotated[str, typer.Option("--host", help="Gateway address (with --gateway).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Gateway port (with --gateway).")] = 8080,
+    key_file: KeyFileOption = None,
+    run: RunOption = None,
+    rules: RulesOption = None,
+    alert_interval: Annotated[float, typer.Option(
+        "--alert-interval", min=0.5, help="Seconds between alert evaluations.")] = 5.0,
+    alert_log: Annotated[Optional[Path], typer.Option(
+        "--alert-log", dir_okay=False, help="Append alert transitions to this JSONL file.")]
+    = None,
+    webhook: Annotated[Optional[str], typer.Option(
+        "--webhook", help="POST Alertmanager v4 JSON to this URL (bearer token from "
+                          "$TRACTATUS_WATCH_WEBHOOK_TOKEN or --webhook-token-file).")] = None,
+    webhook_token_file: Annotated[Optional[Path], typer.Option(
+        "--webhook-token-file", dir_okay=False)] = None,
+    db: DbOption = None,
+) -> None:
+    """Collect headless from Agent Lightning (poller, gateway) and spools, with alert
+    evaluation. Structured log lines on stderr; SIGINT/SIGTERM flush and exit 0."""
+    from ..collectors.runner import run_sources, setup_logging
+    from ..governance.alerts.loop import AlertLoop
+    from ..storage.writer import Writer
+
+    if not (agl or spool or gateway):
+        raise CliError("nothing to collect from: give --agl URL, --spool DIR or --gateway")
+    ruleset = load_ruleset(rules)
+    key = _key(key_file)
+    run_id = run or f"collect-{time.strftime('%Y%m%d-%H%M%S')}"
+    setup_logging()
+    with open_store(db, read_only=False) as store:
+        writer = Writer(store, flush_interval_s=0.05)
+        alerts = AlertLoop(store, ruleset, _notifiers(alert_log, webhook, webhook_token_file),
+                           interval_s=alert_interval).start()
+        try:
+            result = run_sources(collect_sources(agl or [], spool or [], gateway, host, port,
+                                                 key, run_id),
+                                 writer, run_id=run_id, get_cursor=store.get_cursor)
+        finally:
+            alerts.stop()
+            writer.close()
+    if not result.ok:
+        for source, error in result.errors.items():
+            print(f"error: {source}: {error}", file=sys.stderr)
+        raise typer.Exit(2)
+
+
+@app.command(name="gateway")
+def gateway_command(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
+    key_file: KeyFileOption = None,
+    run: RunOption = None,
+    db: DbOption = None,
+) -> None:
+    """Run the real Agent Lightning gateway and capture every event it records (zero loss).
+
+    Trainers, controllers and agents use it exactly as `agl-server`."""
+    from ..collectors.gateway_tap import GatewayTap
+    from ..collectors.runner import run_sources, setup_logging
+    from ..storage.writer import Writer
+
+    key = _key(key_file)
+    run_id = run or f"gateway-{time.strftime('%Y%m%d-%H%M%S')}"
+    setup_logging()
+    with open_store(db, read_only=False) as store:
+        writer = Writer(store, flush_interval_s=0.05)
+        try:
+            tap = GatewayTap(lambda records: None, host=host, port=port, key=key, run_id=run_id)
+            result = run_sources([tap], writer, run_id=run_id, get_cursor=store.get_cursor)
+        finally:
+            writer.close()
+    if not result.ok:
+        for source, error in result.errors.items():
+            print(f"error: {source}: {error}", file=sys.stderr)
+        raise typer.Exit(2)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(
+        help="Tractatus audit logs: mongoexport JSON/JSONL of auditLogs, decisions-*.jsonl, "
+             "generic audit JSONL; folders are searched.")],
+    run: Annotated[Optional[str], typer.Option("--run", help="Run id [default: audit].")]
+    = None,
+    arm: Annotated[str, typer.Option("--arm", help="Arm the decisions belong to.")]
+    = "governed",
+    db: DbOption = None,
+) -> None:
+    """Ingest Tractatus audit logs. Re-ingesting a file stores nothing new."""
+    from ..collectors.audit import AuditDefaults, ingest_audit
+    from ..collectors.sink import writer_sink
+    from ..storage.writer import Writer
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise CliError(f"no such file: {', '.join(missing)}")
+    run_id = run or "audit"
+    with open_store(db, read_only=False) as store:
+        writer = Writer(store)
+        try:
+            summary = ingest_audit(list(paths), writer_sink(writer, run_id),
+                                   defaults=AuditDefaults(run_id=run_id, arm=arm),
+                                   get_cursor=store.get_cursor)
+        finally:
+            writer.close()
+        stored = writer.stats.committed_rows.get("decisions", 0)
+    out = console()
+    for line in summary.lines():
+        out.print(line)
+    out.print(f"stored: {stored} new decisions in run {run_id}")
+
+
+@app.command(name="hooks-path")
+def hooks_path_command() -> None:
+    """Print the path of the hooks file for the trainer's `agentlightning.hooks` setting."""
+    from ..collectors import hooks_path
+
+    print(hooks_path())

@@ -139,7 +139,8 @@ class Dashboard(App[None]):
         self.bells = 0              # counted so tests can see the bell of critical alerts
         self.refreshes = 0          # completed refreshes (tests wait on this)
         self.slow_done = 0          # completed slow-lane fetches
-        self.last_refresh_s = 0.0   # worker time of the last refresh (bench, status)
+        self.last_refresh_s = 0.0   # worker time of the last refresh (bench)
+        self.last_show_s = 0.0      # main-thread time of the last view render (bench)
         self.common: D.Common | None = None
         self._token = 0
         self._scope_token = 0       # refreshes older than this were for another run
@@ -275,7 +276,9 @@ class Dashboard(App[None]):
             if msg.common.run_id is None:
                 view.show_no_run(NO_DATA)
             elif msg.data is not UNCHANGED:
+                started = time.perf_counter()
                 view.show(msg.data)
+                self.last_show_s = time.perf_counter() - started
                 self._shown[msg.view_id] = msg.key
             if msg.common.run_id is not None and msg.view_id == self.current_view.id:
                 self._maybe_slow(view, msg.common.run_id, msg.common.version)

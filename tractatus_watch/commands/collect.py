@@ -11,7 +11,6 @@ import typer
 
 from ..cli import DbOption, app, open_store
 from ..config import CliError
-from ..output import console
 from .alerts import RulesOption, load_ruleset
 
 KeyFileOption = Annotated[Optional[Path], typer.Option(
@@ -179,10 +178,9 @@ def ingest(
         finally:
             writer.close()
         stored = writer.stats.committed_rows.get("decisions", 0)
-    out = console()
-    for line in summary.lines():
-        out.print(line)
-    out.print(f"stored: {stored} new decisions in run {run_id}")
+    for line in summary.lines():  # plain print: these lines are for grep as much as for eyes
+        print(line)
+    print(f"stored: {stored} new decisions in run {run_id}")
 
 
 @app.command(name="hooks-path")

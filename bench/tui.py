@@ -1,0 +1,145 @@
+"""Dashboard refresh cost over a database of N stored checks.
+
+Builds (or reuses) a database through the writer like bench/queries.py, runs the real app
+headless, and for each view times full refreshes: the worker's queries, the message back and
+the render on the main thread, until the screen is idle again (the "nothing changed" shortcut
+is disabled, so every refresh fetches). Work the views push to the background lane
+(build_report, latency percentiles) is timed separately. Meanwhile a task on the main loop
+sleeps 1 ms at a time and records how late it wakes up: the longest such gap is the longest
+stall the user would feel while refreshing.
+Targets: each view <= 100 ms per refresh, longest main-thread stall <= 50 ms.
+Usage: bench/tui.py [--rows N checks] [--repeat K] [--db PATH] [--rebuild] [--size WxH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import last_line  # noqa: E402
+
+from tractatus_watch.storage.store import Store  # noqa: E402
+from tractatus_watch.storage.synthetic import BASE_TS_US, decisions_batch  # noqa: E402
+from tractatus_watch.storage.writer import Writer  # noqa: E402
+from tractatus_watch.tui.app import Dashboard  # noqa: E402
+from tractatus_watch.tui.views import VIEWS  # noqa: E402
+
+BATCH = 40_960
+
+
+def build(path: Path, checks: int) -> None:
+    decisions = checks // 2
+    store = Store.open(path)
+    writer = Writer(store, max_queue=2)
+    for start in range(0, decisions, BATCH):
+        writer.submit(decisions_batch(start, min(BATCH, decisions - start), total=decisions,
+                                      rounds=500, agents=20))
+    writer.close()
+    store.close()
+
+
+class StallMeter:
+    """How late a 1 ms sleep on the main loop wakes up: time the loop could not run."""
+
+    def __init__(self) -> None:
+        self.max_s = 0.0
+        self.running = True
+
+    async def run(self) -> None:
+        while self.running:
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.max_s = max(self.max_s, time.perf_counter() - t - 0.001)
+
+
+async def idle(app: Dashboard, pilot: object) -> None:
+    while not app.idle:
+        await asyncio.sleep(0.0005)
+    await pilot.pause()  # type: ignore[attr-defined]
+
+
+async def measure(path: Path, repeat: int, size: tuple[int, int]) -> dict[str, float]:
+    store = Store.open(path, read_only=True)
+    # A fixed clock: nothing in the bench depends on wall time.
+    app = Dashboard(store, clock=lambda: BASE_TS_US / 1e6 + 3600, interval=3600)
+    figures: dict[str, float] = {}
+    async with app.run_test(size=size) as pilot:
+        await idle(app, pilot)
+        meter = StallMeter()
+        for i, view in enumerate(VIEWS):
+            name = view.TITLE.lower()
+            app.switch_view(i)
+            await idle(app, pilot)  # first load, background lane included (warm-up)
+            times, shows = [], []
+            meter.max_s = 0.0
+            task = asyncio.create_task(meter.run())
+            for _ in range(repeat):
+                app._shown.clear()
+                t = time.perf_counter()
+                app.refresh_view()
+                while app._busy:
+                    await asyncio.sleep(0.0005)
+                await pilot.pause()
+                times.append(time.perf_counter() - t)
+                shows.append(app.last_show_s)
+            meter.running = False
+            await task
+            figures[f"{name}_refresh_ms"] = statistics.median(times) * 1000
+            figures[f"{name}_render_ms"] = statistics.median(shows) * 1000
+            figures[f"{name}_stall_ms"] = meter.max_s * 1000
+            request = app.current_view.slow(app.scope.run_id or "")
+            if request is not None:
+                con = store.cursor()
+                fn = request[1]
+                bg = []
+                for _ in range(max(1, repeat // 5)):
+                    t = time.perf_counter()
+                    fn(con, app.scope.run_id or "")
+                    bg.append(time.perf_counter() - t)
+                con.close()
+                figures[f"{name}_background_ms"] = statistics.median(bg) * 1000
+    store.close()
+    return figures
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rows", type=int, default=10_000_000, help="stored checks")
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--db", type=Path, default=None, help="reuse/keep the database here")
+    ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--size", default="120x40", help="terminal size WxH")
+    args = ap.parse_args()
+    path = args.db or Path(tempfile.mkdtemp(prefix="tw-bench-tui-")) / f"t{args.rows}.duckdb"
+    if args.rebuild and path.exists():
+        path.unlink()
+    if not path.exists():
+        print(f"building {path} with {args.rows:,} checks ...", flush=True)
+        build(path, args.rows)
+    width, height = (int(v) for v in args.size.split("x"))
+    figures = asyncio.run(measure(path, args.repeat, (width, height)))
+    print(f"{args.rows:,} checks, terminal {width}x{height}, median of {args.repeat}")
+    for view in VIEWS:
+        name = view.TITLE.lower()
+        refresh = figures[f"{name}_refresh_ms"]
+        line = (f"{name:10s} refresh {refresh:7.1f} ms (render {figures[f'{name}_render_ms']:5.1f}"
+                f" ms, longest stall {figures[f'{name}_stall_ms']:5.1f} ms)")
+        if f"{name}_background_ms" in figures:
+            line += f"  background lane {figures[f'{name}_background_ms']:7.1f} ms"
+        print(line + ("" if refresh <= 100 else "  (over the 100 ms target)"))
+    out = {f"{v.TITLE.lower()}_refresh_ms": figures[f"{v.TITLE.lower()}_refresh_ms"]
+           for v in VIEWS}
+    out.update({k: v for k, v in figures.items() if k.endswith("_background_ms")})
+    out["max_stall_ms"] = max(v for k, v in figures.items() if k.endswith("_stall_ms"))
+    print(f"longest main-thread stall: {out['max_stall_ms']:.1f} ms (target <= 50)")
+    last_line(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -238,7 +238,7 @@ class Decision:
     def evasion(self) -> bool:
         """Passed every enforced check but a shadow (non-enforced) check flagged it."""
         enforced = [c for c in self.checks if c.enforced]
-        return (bool(enforced) and all(c.verdict != "block" for c in enforced)
+        return (bool(enforced) and all(c.verdict in ("allow", "warn") for c in enforced)
                 and any(c.verdict == "block" for c in self.checks if not c.enforced))
 
     @classmethod

@@ -2,9 +2,9 @@
 
 Each commit is one transaction holding the new rows, their rollup partial aggregates, any
 quarantined rows and the source cursors, so a crash either keeps all of it or none of it, and a
-restarted collector resumes from the stored cursor. Re-delivered records are dropped by an
-anti-join on their natural key; for the two large tables the join only reads the batch's
-timestamp window (a record's `ts` is part of its payload, so a re-delivery has the same one).
+restarted collector resumes from the stored cursor. Re-delivered records are dropped on their
+natural key; the check only reads the batch's timestamp window (a record's `ts` is part of its
+payload, so a re-delivery has the same one), which keeps it cheap as the tables grow.
 Small submits are coalesced up to one DuckDB row group (122,880 rows) or `flush_interval_s`.
 """
 
@@ -32,7 +32,10 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 ROW_GROUP: Final = 122_880
-WINDOWED: Final = frozenset({"decisions", "checks"})  # anti-join limited to the ts window
+# Tables whose collision check reads only the batch's ts window. A rollout transition's ts is
+# the gateway's updated_at, which a re-read may not reproduce exactly, so that small table is
+# checked whole.
+WINDOWED: Final = frozenset({"decisions", "checks", "rewards", "events"})
 # Columns that must be non-empty for a row to be stored, per table.
 REQUIRED: Final[dict[str, tuple[str, ...]]] = {
     "rollouts": ("run_id", "rollout_id", "status", "ts"),
@@ -364,10 +367,12 @@ class Writer:
         """Insert the rows whose natural key is not stored yet; returns how many."""
         con = self._con
         keys = list(NATURAL_KEYS[name])
-        df = pl.from_arrow(table)
-        assert isinstance(df, pl.DataFrame)
-        if df.height > 1 and df.select(pl.struct(keys).n_unique()).item() < df.height:
-            df = df.unique(subset=keys, keep="first", maintain_order=True)
+        if table.num_rows > 1:
+            df = pl.from_arrow(table)
+            assert isinstance(df, pl.DataFrame)
+            if df.select(pl.struct(keys).n_unique()).item() < df.height:
+                table = _conform(name, df.unique(subset=keys, keep="first",
+                                                 maintain_order=True).to_arrow())
         key_cols = ", ".join(keys)
         where = "run_id IN (SELECT DISTINCT run_id FROM _b)"
         if name in WINDOWED:
@@ -375,23 +380,27 @@ class Writer:
             # Literal bounds (our own timestamps) let DuckDB prune row groups by zone maps.
             where += (f" AND ts BETWEEN TIMESTAMP '{lo.as_py().isoformat()}'"
                       f" AND TIMESTAMP '{hi.as_py().isoformat()}'")
-        con.register("_b", df)
+        collisions = (f"SELECT e.* FROM (SELECT {key_cols} FROM {name} WHERE {where}) e "
+                      f"SEMI JOIN _b USING ({key_cols})")
+        con.register("_b", table)
         try:
             # Usually nothing collides; only then is the batch filtered (in polars), which is
             # cheaper than materialising an anti-join of every batch in the database.
-            stored = con.sql(f"SELECT e.* FROM (SELECT {key_cols} FROM {name} WHERE {where}) e "
-                             f"SEMI JOIN _b USING ({key_cols})").pl()
-            if stored.height:
-                df = df.join(stored, on=keys, how="anti", nulls_equal=True)
+            if con.execute(f"SELECT count(*) FROM ({collisions})").fetchall()[0][0]:
+                stored = con.sql(collisions).pl()
+                df = pl.from_arrow(table)
+                assert isinstance(df, pl.DataFrame)
+                table = _conform(name, df.join(stored, on=keys, how="anti",
+                                               nulls_equal=True).to_arrow())
                 con.unregister("_b")
-                con.register("_b", df)
-            if df.height:
+                con.register("_b", table)
+            if table.num_rows:
                 con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _b")
                 if name in ROLLUPS:
                     con.execute(ROLLUPS[name])
         finally:
             con.unregister("_b")
-        return df.height
+        return table.num_rows
 
     def _register_runs(self, run_ids: list[str]) -> None:
         con = self._con

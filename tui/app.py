@@ -329,7 +329,8 @@ class Dashboard(App[None]):
     @property
     def idle(self) -> bool:
         """Nothing fetched or loading (tests and the benchmark wait for this)."""
-        return not (self._busy or self._again or self._slow_busy or self._loads)
+        return not (self._busy or self._again or self._slow_busy or self._loads
+                    or (self._views and self.overview.drawing))
 
     def alert_counts(self) -> tuple[int, int]:
         states = [s[0] for s in (self._alert_states or {}).values()]

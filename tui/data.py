@@ -57,12 +57,14 @@ class Common:
 
 def fetch_common(con: Con, run_id: str | None, *, follow_latest: bool,
                  known_version: int | None = None, known_run: str | None = None) -> Common:
-    version, _ = Q.freshness(con)
-    rid = run_id
-    if follow_latest:
-        # runs() costs a scan of the rollups: only look for a newer run when data arrived.
-        rid = known_run if (version == known_version and known_run) else Q.latest_run(con)
-    _, last_ts = Q.freshness(con, rid) if rid else (version, None)
+    rid = run_id if not follow_latest else known_run
+    version, last_ts = Q.freshness(con, rid)
+    if follow_latest and (version != known_version or rid is None):
+        # runs() scans the rollups: only look for a newer run when something was committed.
+        latest = Q.latest_run(con)
+        if latest != rid:
+            rid = latest
+            version, last_ts = Q.freshness(con, rid)
     alerts = Q.alert_state(con, rid) if rid else Q.alert_state(con)
     return Common(rid, version, last_ts, alerts)
 
@@ -146,14 +148,30 @@ def rounds_of(times: list[datetime], rounds: pl.DataFrame) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+def reward_rounds(watched: pl.DataFrame, baseline: pl.DataFrame) -> pl.DataFrame:
+    """Per round: mean reward of the watched arm and of the baseline, and their gap (the
+    per-round means that reward_gap computes, taken from per_round frames already fetched)."""
+    g = watched.select("round", pl.col("reward_mean").alias("governed_mean"))
+    b = baseline.select("round", pl.col("reward_mean").alias("baseline_mean"))
+    return (g.join(b, on="round", how="full", coalesce=True)
+            .with_columns((pl.col("governed_mean") - pl.col("baseline_mean")).alias("gap"))
+            .filter(pl.col("governed_mean").is_not_null() | pl.col("baseline_mean").is_not_null())
+            .sort("round"))
+
+
 def fetch_overview(con: Con, run_id: str, baseline_run: str | None = None) -> OverviewData:
     per_round = Q.per_round(con, run_id)
     arm = shown_arm(per_round["arm"].unique().to_list())
     rounds = per_round.filter(pl.col("arm") == arm) if arm else per_round
-    reward = Q.reward_gap(con, run_id, baseline_run=baseline_run, governed_arm=arm or GOVERNED)
+    if baseline_run is None:
+        baseline = per_round.filter(pl.col("arm") == UNGOVERNED) if arm == GOVERNED \
+            else per_round.clear()
+    else:
+        baseline = Q.per_round(con, baseline_run, UNGOVERNED)
     history = Q.alert_history(con, run_id)
     fired = history.filter(pl.col("to_state") == "firing")["ts"].to_list()
-    return OverviewData(run_id=run_id, arm=arm, rounds=rounds, reward=reward,
+    return OverviewData(run_id=run_id, arm=arm, rounds=rounds,
+                        reward=reward_rounds(rounds, baseline),
                         alert_rounds=rounds_of(fired, rounds),
                         rules=rule_trends(Q.rule_trend(con, run_id)))
 

@@ -100,6 +100,8 @@ class Overview(View):
         self.report_kpis: D.Kpis | None = None
         self._rule_keys: tuple[tuple[str, str], ...] = ()
         self._compact: bool | None = None
+        self._draw_gen = 0
+        self.drawing = False  # charts still to draw, one per screen update
 
     def compose(self) -> ComposeResult:
         yield Static("", id="kpis")
@@ -161,23 +163,43 @@ class Overview(View):
             line("gap", "magenta")
         last_gap = f"last gap {gap[1][-1]:+.3f}" if gap[1] else "no gap yet"
         a, b = self.query_one("#chart-a", Chart), self.query_one("#chart-b", Chart)
-        if compact:
-            a.border_title = "[green]coverage[/] · [red]blocked rate[/] per round"
-            a.draw([coverage, blocked], vlines=marks, ylimits=(0.0, 1.0), subtitle=fired)
-            b.border_title = "reward [cyan]watched arm[/] · [yellow]baseline[/]"
-            b.draw([s for s in (gov, base) if s[0]], vlines=marks,
-                   subtitle=last_gap if g.height else "no rewards yet")
-            return
-        a.border_title = "[green]coverage[/] per round"
-        a.draw([coverage], vlines=marks, ylimits=(0.0, 1.0), subtitle=fired)
-        b.border_title = "[red]blocked rate[/] per round"
-        b.draw([blocked], vlines=marks, ylimits=(0.0, None))
         c, d = self.query_one("#chart-c", Chart), self.query_one("#chart-d", Chart)
-        c.border_title = "reward [cyan]watched arm[/] · [yellow]baseline[/]"
-        c.draw([s for s in (gov, base) if s[0]], vlines=marks,
-               subtitle="" if g.height else "no rewards yet")
-        d.border_title = "[magenta]gap[/] (watched - baseline) per round"
-        d.draw([gap] if gap[0] else [], vlines=marks, subtitle=last_gap)
+        rewards = [s for s in (gov, base) if s[0]]
+        reward_title = "reward [cyan]watched arm[/] · [yellow]baseline[/]"
+        plan: list[tuple[Chart, str, dict[str, Any]]]
+        if compact:
+            plan = [
+                (a, "[green]coverage[/] · [red]blocked rate[/] per round",
+                 dict(series=[coverage, blocked], vlines=marks, ylimits=(0.0, 1.0),
+                      subtitle=fired)),
+                (b, reward_title, dict(series=rewards, vlines=marks,
+                                       subtitle=last_gap if g.height else "no rewards yet")),
+            ]
+        else:
+            plan = [
+                (a, "[green]coverage[/] per round",
+                 dict(series=[coverage], vlines=marks, ylimits=(0.0, 1.0), subtitle=fired)),
+                (b, "[red]blocked rate[/] per round",
+                 dict(series=[blocked], vlines=marks, ylimits=(0.0, None))),
+                (c, reward_title, dict(series=rewards, vlines=marks,
+                                       subtitle="" if g.height else "no rewards yet")),
+                (d, "[magenta]gap[/] (watched - baseline) per round",
+                 dict(series=[gap] if gap[0] else [], vlines=marks, subtitle=last_gap)),
+            ]
+        self._draw_gen += 1
+        self._draw_next(plan, self._draw_gen)
+
+    def _draw_next(self, plan: list[tuple[Chart, str, dict[str, Any]]], gen: int) -> None:
+        """One chart per screen update: each canvas is drawn in Python while the screen paints,
+        so four at once would stall the UI four times as long."""
+        if gen != self._draw_gen or not plan:
+            return  # newer data arrived: its own plan draws the charts
+        chart, title, kwargs = plan[0]
+        chart.border_title = title
+        chart.draw(**kwargs)
+        self.drawing = len(plan) > 1
+        if self.drawing:
+            self.call_after_refresh(self._draw_next, plan[1:], gen)
 
     def _show_rules(self, rules: tuple[D.RuleTrend, ...]) -> None:
         box = self.query_one("#rule-sparks", VerticalScroll)

@@ -70,7 +70,8 @@ class DemoSession:
                 from ..collectors.gateway_tap import GatewayTap
 
                 key = secrets.token_urlsafe(24)  # the in-process gateway's own, never shown
-                capture = GatewayTap(sink, host="127.0.0.1", port=0, key=key, run_id=self.run_id)
+                capture = GatewayTap(sink, host="127.0.0.1", port=0, key=key, run_id=self.run_id,
+                                     batch_interval_s=0.01)
                 capture.start()
                 self._tap = capture
                 base_url = capture.url

@@ -123,7 +123,7 @@ class Dashboard(App[None]):
                  source_health: HealthProvider | None = None,
                  silence_writer: SilenceWriter | None = None, interval: float | None = None,
                  clock: Callable[[], float] = time.time, export_dir: Path | None = None,
-                 title: str = "tractatus-watch") -> None:
+                 title: str = "tractatus-watch", view: str = "overview") -> None:
         super().__init__()
         self.store = store
         self.title = title
@@ -159,7 +159,11 @@ class Dashboard(App[None]):
         self._loads = 0             # one-off loads in flight
         self._latest: str | None = None  # the latest run, as last looked up
         self._switcher: ContentSwitcher | None = None
-        self._views: dict[str, View] = {}
+        # Every view exists from the start (they hold the state), but each is mounted the first
+        # time it is shown: composing all seven would double the start-up time.
+        self._views: dict[str, View] = {f"view-{v.TITLE.lower()}": v() for v in VIEWS}
+        self._current_id = f"view-{VIEWS[view_index(view)].TITLE.lower()}"
+        self._mounting = 0
 
     # --- layout ------------------------------------------------------------------------------------
 
@@ -167,9 +171,8 @@ class Dashboard(App[None]):
         with Horizontal(id="topbar"):
             yield Static("", id="tabs")
             yield Static("", id="run-label")
-        with ContentSwitcher(initial=f"view-{VIEWS[0].TITLE.lower()}", id="views"):
-            for view in VIEWS:
-                yield view()
+        with ContentSwitcher(initial=self._current_id, id="views"):
+            yield self._views[self._current_id]
         yield Static("", id="status")
         yield Input(id="prompt")
         yield Footer(compact=True, show_command_palette=False)
@@ -177,7 +180,6 @@ class Dashboard(App[None]):
     def on_mount(self) -> None:
         # Kept by reference: while a modal screen is up, queries would search that screen.
         self._switcher = self.query_one("#views", ContentSwitcher)
-        self._views = {v.id or "": v for v in self.query(View).results(View)}
         self._status = self.query_one("#status", Static)
         self._tabs = self.query_one("#tabs", Static)
         self._run_label = self.query_one("#run-label", Static)
@@ -190,8 +192,7 @@ class Dashboard(App[None]):
 
     @property
     def current_view(self) -> View:
-        assert self._switcher is not None
-        return self._views[self._switcher.current or ""]
+        return self._views[self._current_id]
 
     def view(self, view_id: str) -> View:
         return self._views[view_id]
@@ -201,9 +202,7 @@ class Dashboard(App[None]):
         return cast(Overview, self._views["view-overview"])
 
     def _update_tabs(self) -> None:
-        if self._switcher is None:
-            return
-        current = self._switcher.current
+        current = self._current_id
         text = Text()
         for view in VIEWS:
             style = "reverse bold" if current == f"view-{view.TITLE.lower()}" else ""
@@ -224,8 +223,8 @@ class Dashboard(App[None]):
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
-        if self._exit or self._switcher is None:
-            return  # not mounted yet, or shutting down
+        if self._exit or self._switcher is None or not self.current_view.is_mounted:
+            return  # starting, shutting down, or mounting the view (which refreshes when done)
         view = self.current_view
         self._busy = True
         self._token += 1
@@ -273,7 +272,9 @@ class Dashboard(App[None]):
             assert msg.common is not None
             self._apply_common(msg.common)
             view = self.view(msg.view_id)
-            if msg.common.run_id is None:
+            if not view.is_mounted:
+                pass  # cannot happen today: views are only fetched once mounted
+            elif msg.common.run_id is None:
                 view.show_no_run(NO_DATA)
             elif msg.data is not UNCHANGED:
                 started = time.perf_counter()
@@ -310,7 +311,8 @@ class Dashboard(App[None]):
                 if fp not in states and old != "inactive":
                     self._transition(name, old, "inactive", severity, value)
         self._alert_states = states
-        self.overview.refresh_kpis()
+        if self.overview.is_mounted:
+            self.overview.refresh_kpis()
 
     def _transition(self, name: str, old: str, new: str, severity: str | None,
                     value: float | None) -> None:
@@ -330,7 +332,7 @@ class Dashboard(App[None]):
     def idle(self) -> bool:
         """Nothing fetched or loading (tests and the benchmark wait for this)."""
         return not (self._busy or self._again or self._slow_busy or self._loads
-                    or (self._views and self.overview.drawing))
+                    or self._mounting or self.overview.drawing)
 
     def alert_counts(self) -> tuple[int, int]:
         states = [s[0] for s in (self._alert_states or {}).values()]
@@ -428,7 +430,9 @@ class Dashboard(App[None]):
         self._shown.clear()
         self._slow_shown.clear()
         self._update_tabs()
-        self.overview.show_slow(None)  # KPIs of the old run
+        self.overview.report_kpis = None  # the KPIs of the old run
+        if self.overview.is_mounted:
+            self.overview.refresh_kpis()
         self.refresh_view()
 
     def choose_run(self, run_id: str | None) -> None:
@@ -449,11 +453,28 @@ class Dashboard(App[None]):
         events.set_filter(text)
 
     def switch_view(self, index: int) -> None:
-        view = VIEWS[index]
-        assert self._switcher is not None
-        self._switcher.current = f"view-{view.TITLE.lower()}"
+        view = self._views[f"view-{VIEWS[index].TITLE.lower()}"]
+        self._current_id = view.id or ""
         self._update_tabs()
-        self.current_view.focus_target().focus()
+        if view.is_attached:
+            self._show_view(view)
+        else:
+            self._mounting += 1
+            self.run_worker(self._mount_view(view), group="mount")
+
+    async def _mount_view(self, view: View) -> None:
+        assert self._switcher is not None
+        try:
+            await self._switcher.mount(view)
+        finally:
+            self._mounting -= 1
+        if self._current_id == view.id:
+            self._show_view(view)
+
+    def _show_view(self, view: View) -> None:
+        assert self._switcher is not None
+        self._switcher.current = view.id
+        view.focus_target().focus()
         self.refresh_view()
 
     # --- status line --------------------------------------------------------------------------------
@@ -752,6 +773,14 @@ class Dashboard(App[None]):
         self.notify(f"screenshot saved to {path}", timeout=6)
 
 
+def view_index(name: str) -> int:
+    """A view by its key ("2") or name ("rules")."""
+    for i, v in enumerate(VIEWS):
+        if name.lower() in (v.KEY, v.TITLE.lower()):
+            return i
+    raise ValueError(f"no view {name!r}; views: {', '.join(v.TITLE.lower() for v in VIEWS)}")
+
+
 def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
@@ -785,7 +814,7 @@ def run_dashboard(store_or_path: Store | str | Path, *, run_id: str | None = Non
                   baseline_run: str | None = None, live_writer: Any = None,
                   source_health: HealthProvider | None = None,
                   silence_writer: SilenceWriter | None = None, interval: float | None = None,
-                  title: str = "tractatus-watch") -> None:
+                  title: str = "tractatus-watch", view: str = "overview") -> None:
     """Run the dashboard until the user quits.
 
     A path is opened read-only (history; raises StoreLocked when another process holds it). In
@@ -798,7 +827,7 @@ def run_dashboard(store_or_path: Store | str | Path, *, run_id: str | None = Non
     try:
         Dashboard(store, run_id=run_id, baseline_run=baseline_run, live_writer=live_writer,
                   source_health=source_health, silence_writer=silence_writer,
-                  interval=interval, title=title).run()
+                  interval=interval, title=title, view=view).run()
     finally:
         if owned:
             store.close()

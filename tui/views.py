@@ -1,6 +1,6 @@
 """The seven views. Each one hands the app a fetch closure over its current parameters (run in
-a worker thread), then renders what came back on the main thread. Raw events are paged, tables
-hold aggregates only: DataTable costs ~0.3 ms per row on the main thread."""
+a worker thread), then renders what came back on the main thread. Tables hold aggregates or one
+page of raw events: nothing that grows with the data is ever handed to a widget."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
-from textual.widgets import DataTable, Label, Sparkline, Static
+from textual.widgets import Label, Sparkline, Static
 
 from . import data as D
 from . import fmt
+from .table import Table
 from .widgets import Chart, Empty, fill_table, right
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class View(Vertical, can_focus=True):
         self.filter_text = text.strip()
 
     def focus_target(self) -> Widget:
-        tables = list(self.query(DataTable))
+        tables = list(self.query(Table))
         return tables[0] if tables else self
 
     def show_no_run(self, message: str) -> None:
@@ -295,7 +296,7 @@ class Rules(View):
     def compose(self) -> ComposeResult:
         yield Static("", id="rules-head", classes="view-head")
         yield Empty(NO_DATA, id="rules-empty", classes="empty-note")
-        yield DataTable(id="rules-table", cursor_type="row", zebra_stripes=True)
+        yield Table(id="rules-table")
 
     def fetch(self) -> tuple[Hashable, Fetch]:
         arm, text = self.arm, self.filter_text
@@ -306,8 +307,7 @@ class Rules(View):
         t = data.table
         self.query_one("#rules-head", Static).update(
             f"per service and rule · arm: {data.arm or 'all'}"
-            + (f" · filter: {self.filter_text}" if self.filter_text else "")
-            + " · enter: the decisions behind a row")
+            + (f" · filter: {self.filter_text}" if self.filter_text else ""))
         self.note("rules-empty", None if t.height else
                   (f"no rule matches {self.filter_text!r}" if self.filter_text else NO_DATA))
         rows = []
@@ -320,19 +320,18 @@ class Rules(View):
                          fmt.clock(r["last_ts"]) if r["last_ts"] else "–",
                          reason[:60]))
             keys.append(f"{r['service']}\x1f{r['rule_id']}")
-        fill_table(self.query_one("#rules-table", DataTable),
+        fill_table(self.query_one("#rules-table", Table),
                    ["service", "rule", "checks", "blocks", "block rate", "trend", "last",
                     "last reason"], rows, keys)
 
     def action_drill(self) -> None:
-        table = self.query_one("#rules-table", DataTable)
-        if not table.row_count:
+        key = self.query_one("#rules-table", Table).cursor_key
+        if not key:
             return
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value or ""
         _service, rule_id = key.split("\x1f", 1)
         self.dash.show_events(rule_id=rule_id, arm=self.arm)
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_table_row_selected(self, event: Table.RowSelected) -> None:
         event.stop()
         self.action_drill()
 
@@ -360,16 +359,15 @@ class Alerts(View):
         self.data: D.AlertsData | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static("alerts · firing first · x: silence the selected alert", id="alerts-head",
-                     classes="view-head")
+        yield Static("alert instances, firing first", id="alerts-head", classes="view-head")
         yield Empty("", id="alerts-empty", classes="empty-note")
-        yield DataTable(id="alerts-table", cursor_type="row", zebra_stripes=True)
+        yield Table(id="alerts-table")
         yield Static("silences", classes="section")
         yield Empty("", id="silences-empty")
-        yield DataTable(id="silences-table", cursor_type="row")
+        yield Table(id="silences-table")
         yield Static("firing history", classes="section")
         yield Empty("", id="history-empty")
-        yield DataTable(id="history-table", cursor_type="row")
+        yield Table(id="history-table")
 
     def fetch(self) -> tuple[Hashable, Fetch]:
         text = self.filter_text
@@ -398,12 +396,12 @@ class Alerts(View):
                          fmt.ago(now - since) if since else "–",
                          right(fmt.dec(r["value"], 4) if r["value"] is not None else "–")))
             keys.append(r["fingerprint"])
-        fill_table(self.query_one("#alerts-table", DataTable),
+        fill_table(self.query_one("#alerts-table", Table),
                    ["state", "alert", "severity", "labels", "since", "for", "value"], rows, keys)
         sil = data.silences
         self.note("silences-empty", None if sil.height else "no active silences")
         self.query_one("#silences-table").display = bool(sil.height)
-        fill_table(self.query_one("#silences-table", DataTable),
+        fill_table(self.query_one("#silences-table", Table),
                    ["matchers", "until", "comment", "by"],
                    [(_matchers(r["matchers"])[:60], fmt.clock(r["ends_at"], True),
                      r["comment"] or "",
@@ -411,17 +409,16 @@ class Alerts(View):
         hist = data.history
         self.note("history-empty", None if hist.height else "no alert has changed state yet")
         self.query_one("#history-table").display = bool(hist.height)
-        fill_table(self.query_one("#history-table", DataTable),
+        fill_table(self.query_one("#history-table", Table),
                    ["time", "alert", "from", "to", "value"],
                    [(fmt.clock(r["ts"], True), r["alertname"], r["from_state"], r["to_state"],
                      right(fmt.dec(r["value"], 4) if r["value"] is not None else "–"))
                     for r in hist.iter_rows(named=True)])
 
     def selected(self) -> dict[str, Any] | None:
-        table = self.query_one("#alerts-table", DataTable)
-        if not table.row_count or self.data is None:
+        fp = self.query_one("#alerts-table", Table).cursor_key
+        if fp is None or self.data is None:
             return None
-        fp = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         rows = self.data.current.filter(pl.col("fingerprint") == fp).to_dicts()
         return rows[0] if rows else None
 
@@ -473,13 +470,19 @@ class Runs(View):
     def compose(self) -> ComposeResult:
         yield Static("", id="runs-head", classes="view-head")
         yield Empty(NO_DATA, id="runs-empty", classes="empty-note")
-        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Table(id="runs-table")
         yield Static("", id="compare-head", classes="section")
-        yield DataTable(id="compare-table", cursor_type="row")
+        yield Table(id="compare-table")
 
     def on_mount(self) -> None:
-        self.query_one("#compare-head").display = False
-        self.query_one("#compare-table").display = False
+        self._show_compare_head()
+
+    def _show_compare_head(self) -> None:
+        head = self.query_one("#compare-head", Static)
+        head.display = self.compare_with is not None
+        self.query_one("#compare-table").display = self.comparison is not None
+        if self.compare_with is not None and self.comparison is None:
+            head.update(f"comparing {self.dash.scope.run_id} with {self.compare_with} …")
 
     def fetch(self) -> tuple[Hashable, Fetch]:
         text = self.filter_text
@@ -498,8 +501,7 @@ class Runs(View):
         self.query_one("#runs-head", Static).update(
             f"runs · showing {scope.run_id or '–'}"
             + (f" · baseline {scope.baseline_run}" if scope.baseline_run else
-               " · baseline: its own ungoverned arm")
-            + " · enter: show · b: baseline · c: compare")
+               " · baseline: its own ungoverned arm"))
         runs = data.runs
         self.note("runs-empty", None if runs.height else NO_DATA)
         rows, keys = [], []
@@ -512,7 +514,7 @@ class Runs(View):
                          right(fmt.num(r["escaped"])), fmt.clock(r["first_ts"], True),
                          fmt.clock(r["last_ts"], True)))
             keys.append(r["run_id"])
-        fill_table(self.query_one("#runs-table", DataTable),
+        fill_table(self.query_one("#runs-table", Table),
                    ["", "run", "name", "arms", "rounds", "actions", "escaped", "first", "last"],
                    rows, keys)
 
@@ -521,25 +523,22 @@ class Runs(View):
         self.query_one("#compare-head", Static).update(
             f"compare {data.a} (A) with {data.b} (B) · each against its own baseline")
         self.query_one("#compare-head").display = True
-        table = self.query_one("#compare-table", DataTable)
+        table = self.query_one("#compare-table", Table)
         table.display = True
         fill_table(table, list(data.table.columns),
                    [(m, right(a), right(b), right(d)) for m, a, b, d in data.table.iter_rows()])
 
     def highlighted(self) -> str | None:
-        table = self.query_one("#runs-table", DataTable)
-        if not table.row_count:
-            return None
-        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.query_one("#runs-table", Table).cursor_key
 
     def action_choose(self) -> None:
         run = self.highlighted()
         if run:
             self.dash.choose_run(run)
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_table_row_selected(self, event: Table.RowSelected) -> None:
         event.stop()
-        if event.data_table.id == "runs-table":
+        if event.table.id == "runs-table":
             self.action_choose()
 
     def action_baseline(self) -> None:
@@ -555,13 +554,8 @@ class Runs(View):
     def compare(self, run: str | None) -> None:
         self.compare_with = run
         self.comparison = None
-        if run is None:
-            self.query_one("#compare-head").display = False
-            self.query_one("#compare-table").display = False
-        else:
-            head = self.query_one("#compare-head", Static)
-            head.update(f"comparing {self.dash.scope.run_id} with {run} …")
-            head.display = True
+        if self.is_mounted:
+            self._show_compare_head()
         self.dash.refresh_view()
 
     def set_filter(self, text: str) -> None:
@@ -597,7 +591,7 @@ class Agents(View):
     def compose(self) -> ComposeResult:
         yield Static("", id="agents-head", classes="view-head")
         yield Empty(NO_DATA, id="agents-empty", classes="empty-note")
-        yield DataTable(id="agents-table", cursor_type="row", zebra_stripes=True)
+        yield Table(id="agents-table")
 
     def fetch(self) -> tuple[Hashable, Fetch]:
         params = (self.filter_text, self.sort, self.descending, self.page)
@@ -623,7 +617,7 @@ class Agents(View):
                  right(fmt.num(r["escaped"])), right(fmt.num(r["evasions"])),
                  right(fmt.dec(r["reward_mean"], 4)), right(fmt.us(r["latency_us_mean"])))
                 for r in data.rows.iter_rows(named=True)]
-        fill_table(self.query_one("#agents-table", DataTable),
+        fill_table(self.query_one("#agents-table", Table),
                    ["arm", "agent", "actions", "coverage", "blocked", "escaped", "evasions",
                     "reward", "latency"], rows)
 
@@ -675,7 +669,7 @@ class Overhead(View):
             yield Chart("check latency p50 · p99 (µs) per service", id="chart-service")
         yield Static("latency versus number of agents (one row per run and arm) · computing…",
                      id="agents-vs-head", classes="section")
-        yield DataTable(id="overhead-table", cursor_type="row")
+        yield Table(id="overhead-table")
 
     def fetch(self) -> tuple[Hashable, Fetch]:
         return ("overhead",), lambda con, run: D.fetch_overhead(con, run)
@@ -719,7 +713,7 @@ class Overhead(View):
         chart.draw(series)
         self.query_one("#agents-vs-head", Static).update(
             "latency per action versus number of agents (one row per run and arm)")
-        fill_table(self.query_one("#overhead-table", DataTable),
+        fill_table(self.query_one("#overhead-table", Table),
                    ["run", "arm", "agents", "p50", "p99", "mean", "share of rollout time"],
                    [(r["run_id"], r["arm"], right(fmt.num(r["agents"])), right(fmt.us(r["p50_us"])),
                      right(fmt.us(r["p99_us"])), right(fmt.us(r["mean_us"])),
@@ -755,7 +749,7 @@ class Events(View):
     def compose(self) -> ComposeResult:
         yield Static("", id="events-head", classes="view-head")
         yield Empty(NO_DATA, id="events-empty", classes="empty-note")
-        yield DataTable(id="events-table", cursor_type="row", zebra_stripes=True)
+        yield Table(id="events-table")
         yield Static("", id="event-detail")
 
     def query_for(self, run_id: str) -> D.EventsQuery:
@@ -775,8 +769,7 @@ class Events(View):
         self.query_one("#events-head", Static).update(
             f"decisions, newest first · page {page}"
             + (" (following new data)" if q.before is None else "")
-            + (f" · filter: {q.filter_text}" if q.filter_text else "")
-            + " · n/p: older/newer · g: newest")
+            + (f" · filter: {q.filter_text}" if q.filter_text else ""))
         self.note("events-empty", None if data.rows.height else
                   (f"no decision matches {q.filter_text!r}" if q.filter_text else NO_DATA))
         rows, keys = [], []
@@ -786,7 +779,7 @@ class Events(View):
                          r["arm"], r["mode"], r["action_kind"], Text(r["verdict"], style=style),
                          "yes" if r["executed"] else "no", right(fmt.us(r["latency_us"]))))
             keys.append(r["decision_id"])
-        fill_table(self.query_one("#events-table", DataTable),
+        fill_table(self.query_one("#events-table", Table),
                    ["time", "round", "agent", "arm", "mode", "action", "verdict", "executed",
                     "latency"], rows, keys)
         if not rows:
@@ -794,16 +787,13 @@ class Events(View):
         else:
             self._load_detail()
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+    def on_table_row_highlighted(self, event: Table.RowHighlighted) -> None:
         event.stop()
         self._load_detail()
 
     def _load_detail(self) -> None:
-        table = self.query_one("#events-table", DataTable)
-        if self.data is None or not table.row_count:
-            return
-        did = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        if did == self._detail_for:
+        did = self.query_one("#events-table", Table).cursor_key
+        if self.data is None or did is None or did == self._detail_for:
             return
         self._detail_for = did
         rows = self.data.rows.filter(pl.col("decision_id") == did).to_dicts()

@@ -8,8 +8,26 @@ from typing import Any
 import numpy as np
 import polars as pl
 from rich.text import Text
-from textual.widgets import DataTable, Static
+from textual.app import ComposeResult
+from textual.containers import Grid
+from textual.strip import Strip
+from textual.widgets import Static
+from textual_hires_canvas import Canvas
 from textual_plot import HiResMode, PlotWidget
+from textual_plot.plot_widget import Legend
+
+from .table import Table
+
+
+class _Canvas(Canvas):
+    """A canvas whose empty lines carry a style: Textual's NO_COLOR filter fails on the
+    style-less blank strip the canvas returns before its first draw."""
+
+    def render_line(self, y: int) -> Strip:
+        strip = super().render_line(y)
+        if not strip.cell_length:
+            return Strip.blank(0, self.rich_style)
+        return strip
 
 
 class Chart(PlotWidget, can_focus=False):
@@ -27,6 +45,15 @@ class Chart(PlotWidget, can_focus=False):
         self.set_reactive(PlotWidget.margin_top, 0)
         self.set_reactive(PlotWidget.margin_bottom, 2)
         self.set_reactive(PlotWidget.margin_left, 7)
+
+    def compose(self) -> ComposeResult:
+        # PlotWidget's own layout, with canvases that survive NO_COLOR.
+        with Grid():
+            yield _Canvas(1, 1, id="margin-top")
+            yield _Canvas(1, 1, id="margin-left")
+            yield _Canvas(1, 1, id="plot")
+            yield _Canvas(1, 1, id="margin-bottom")
+        yield Legend(id="legend")
 
     def draw(self, series: Sequence[tuple[Sequence[float], Sequence[float], str, str]], *,
              vlines: Sequence[float] = (), ylimits: tuple[float | None, float | None] = (None, None),
@@ -77,27 +104,11 @@ class Empty(Static):
     """
 
 
-def fill_table(table: DataTable[Any], columns: Sequence[str], rows: Sequence[Sequence[Any]],
+def fill_table(table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]],
                keys: Sequence[str] | None = None) -> None:
-    """Replace a table's content, keeping the cursor on the same row index when possible."""
-    cursor = table.cursor_row
-    if [str(c.label) for c in table.columns.values()] != list(columns):
-        table.clear(columns=True)
-        table.add_columns(*columns)
-    else:
-        table.clear()
-    if keys is None:
-        table.add_rows(rows)
-    else:
-        for row, key in zip(rows, keys):
-            table.add_row(*row, key=key)
-    if rows:
-        table.move_cursor(row=min(max(cursor, 0), len(rows) - 1), animate=False)
+    table.set_rows(columns, rows, keys)
 
 
 def right(text: str) -> Text:
     return Text(text, justify="right")
 
-
-def frame_rows(df: pl.DataFrame) -> list[tuple[Any, ...]]:
-    return list(df.iter_rows())

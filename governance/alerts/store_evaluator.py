@@ -37,6 +37,7 @@ class StoreEvaluator:
         self.con = con
         self.runs = list(runs) if runs is not None else None
         self.now = now
+        self._per_round: dict[str, pl.DataFrame] = {}  # one read per run per evaluation
 
     def _runs(self) -> list[str]:
         if self.runs is not None:
@@ -68,7 +69,9 @@ class StoreEvaluator:
         samples: list[Sample] = []
         judged = False
         for run_id in self._runs():
-            frame = Q.per_round(self.con, run_id)
+            frame = self._per_round.get(run_id)
+            if frame is None:
+                frame = self._per_round[run_id] = Q.per_round(self.con, run_id)
             for arm in frame["arm"].unique().sort().to_list():
                 per_arm = frame.filter(pl.col("arm") == arm)
                 series = _series(per_arm)

@@ -69,8 +69,8 @@ def test_same_seed_same_json(demo2: dict[int, dict[str, Any]], tmp_path: Path) -
 def test_adversarial_drift_fires_within_five_rounds(tmp_path: Path) -> None:
     for s in range(1, 6):
         (tmp_path / f"s{s}").mkdir()
-    # Disguised clickbait becomes available at round 15 (of 40); 22 rounds are enough to judge.
-    runs = run_seeds(tmp_path, range(1, 6), "--scenario", "adversarial", "--rounds", "22")
+    # Disguised clickbait becomes available at round 15 (of 40); 21 rounds are enough to judge.
+    runs = run_seeds(tmp_path, range(1, 6), "--scenario", "adversarial", "--rounds", "21")
     for seed, out in runs.items():
         fired = [a for a in out["alerts"] if a["alertname"] in DRIFT_ALERTS
                  and a["arm"] == "governed"]
@@ -80,9 +80,9 @@ def test_adversarial_drift_fires_within_five_rounds(tmp_path: Path) -> None:
 
 
 def test_persistence_no_drift_alarm(tmp_path: Path) -> None:
-    # The full scenario is 1,000 rounds (`--scenario persistence`); 300 keep CI short and
-    # still give the CUSUM 290 rounds after its warm-up to raise a false alarm.
-    out = demo(tmp_path, "--scenario", "persistence", "--rounds", "300", "--seed", "1")
-    assert out["arms"]["governed"]["rounds"] == 300
+    # The full scenario is 1,000 rounds (`--scenario persistence`); 200 keep CI short and
+    # still give the CUSUM 190 rounds after its warm-up to raise a false alarm.
+    out = demo(tmp_path, "--scenario", "persistence", "--rounds", "200", "--seed", "1")
+    assert out["arms"]["governed"]["rounds"] == 200
     assert not DRIFT_ALERTS & {a["alertname"] for a in out["alerts"]}, out["alerts"]
     assert out["arms"]["governed"]["escaped_violations"] == 0

@@ -106,3 +106,17 @@ async def settle(pilot: Any, timeout: float = 20.0) -> None:
             raise TimeoutError(f"dashboard did not settle ({app.refreshes} refreshes)")
         await pilot.pause(0.02)
     await pilot.pause()
+
+
+def command() -> list[str]:
+    """The `tractatus-watch` program; until cli.py imports commands/tui.py, the same entry
+    point with that module imported first."""
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).with_name("tractatus-watch"))
+    probe = subprocess.run([exe, "open", "--help"], capture_output=True, timeout=60)
+    if probe.returncode == 0:
+        return [exe]
+    return [sys.executable, "-c", "import sys; import tractatus_watch.commands.tui; "
+            "from tractatus_watch.cli import main; sys.argv[0] = 'tractatus-watch'; main()"]

@@ -9,9 +9,10 @@ from typing import Any
 
 import polars as pl
 import pytest
-from textual.widgets import ContentSwitcher, DataTable, Input, Static
+from textual.widgets import ContentSwitcher, Input, Static
 
 from tractatus_watch.storage.store import Store
+from tractatus_watch.tui.table import Table
 from tractatus_watch.tui.app import Dashboard
 from tractatus_watch.tui.screens import HelpScreen, SilenceScreen
 from tractatus_watch.tui.views import VIEWS, Agents, Events
@@ -20,7 +21,7 @@ from .helpers import FIXED_NOW, screen_text, settle
 
 
 def rows_of(app: Any, table_id: str) -> list[list[str]]:
-    table = app.query_one(f"#{table_id}", DataTable)
+    table = app.query_one(f"#{table_id}", Table)
     return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
 
 
@@ -92,10 +93,8 @@ async def test_filter_key_per_view(make_app) -> None:
 
 
 async def test_command_line(make_app) -> None:
-    app = make_app()
+    app = make_app(view="runs")
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
-        await settle(pilot)
-        await pilot.press("4")
         await settle(pilot)
         await type_prompt(pilot, "colon", "run beta")
         assert app.scope.run_id == "beta" and not app.scope.follow_latest
@@ -120,7 +119,7 @@ async def test_command_line(make_app) -> None:
 
 
 async def test_pause_and_interval_keys(make_app) -> None:
-    app = make_app()
+    app = make_app(view="alerts")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         assert app.interval == 5.0 and app._timer is not None
@@ -141,7 +140,7 @@ async def test_pause_and_interval_keys(make_app) -> None:
 
 async def test_no_overlapping_refreshes(make_app) -> None:
     """Refresh requests while a fetch is in flight are folded into one follow-up fetch."""
-    app = make_app()
+    app = make_app(view="rules")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         started = app._token
@@ -153,9 +152,8 @@ async def test_no_overlapping_refreshes(make_app) -> None:
 
 
 async def test_export_and_screenshot_keys(make_app, tmp_path: Path) -> None:
-    app = make_app(export_dir=tmp_path)
+    app = make_app(export_dir=tmp_path, view="rules")
     async with app.run_test(size=(140, 40), notifications=True) as pilot:
-        await pilot.press("2")
         await settle(pilot)
         await pilot.press("e")
         await settle(pilot)
@@ -178,7 +176,7 @@ async def test_export_and_screenshot_keys(make_app, tmp_path: Path) -> None:
 
 
 async def test_theme_key(make_app) -> None:
-    app = make_app()
+    app = make_app(view="alerts")
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         first = app.theme
@@ -187,7 +185,7 @@ async def test_theme_key(make_app) -> None:
 
 
 async def test_quit_key(make_app) -> None:
-    app = make_app()
+    app = make_app(view="alerts")
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         await pilot.press("q")
@@ -196,9 +194,8 @@ async def test_quit_key(make_app) -> None:
 
 
 async def test_rules_enter_drills_into_events_and_arm_key(make_app) -> None:
-    app = make_app()
+    app = make_app(view="rules")
     async with app.run_test(size=(140, 40)) as pilot:
-        await pilot.press("2")
         await settle(pilot)
         await pilot.press("a")
         await settle(pilot)
@@ -217,9 +214,8 @@ async def test_rules_enter_drills_into_events_and_arm_key(make_app) -> None:
 
 
 async def test_runs_keys_choose_and_baseline(make_app) -> None:
-    app = make_app()
+    app = make_app(view="runs")
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("4")
         await settle(pilot)
         await pilot.press("down", "b")
         await settle(pilot)
@@ -233,9 +229,8 @@ async def test_runs_keys_choose_and_baseline(make_app) -> None:
 
 async def test_agents_page_keys(make_app, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Agents, "PAGE", 5)
-    app = make_app()
+    app = make_app(view="agents")
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("5")
         await settle(pilot)
         first = rows_of(app, "agents-table")
         assert len(first) == 5 and "page 1/3" in screen_text(app)
@@ -252,12 +247,11 @@ async def test_agents_page_keys(make_app, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 async def test_events_page_keys(make_app) -> None:
-    app = make_app()
+    app = make_app(view="events")
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("7")
         await settle(pilot)
-        table = app.query_one("#events-table", DataTable)
-        first = [table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(50)]
+        table = app.query_one("#events-table", Table)
+        first = [table.key_at(i) for i in range(50)]
         await pilot.press("n", "n")
         await settle(pilot)
         assert "page 3" in screen_text(app)
@@ -266,14 +260,13 @@ async def test_events_page_keys(make_app) -> None:
         assert "page 2" in screen_text(app)
         await pilot.press("g")
         await settle(pilot)
-        now = [table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(50)]
+        now = [table.key_at(i) for i in range(50)]
         assert now == first and "page 1 (following new data)" in screen_text(app)
 
 
 async def test_silence_on_a_read_only_database_says_why(make_app) -> None:
-    app = make_app()
+    app = make_app(view="alerts")
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
-        await pilot.press("3")
         await settle(pilot)
         await pilot.press("x")
         assert isinstance(app.screen, SilenceScreen)
@@ -290,9 +283,8 @@ async def test_silence_key_writes_through_the_alert_store(tui_db: Path, tmp_path
     store = Store.open(copy)
     alert_store = DuckDBAlertStore(store)
     app = Dashboard(store, silence_writer=alert_store.add_silence, clock=lambda: FIXED_NOW,
-                    export_dir=tmp_path)
+                    export_dir=tmp_path, view="alerts")
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
-        await pilot.press("3")
         await settle(pilot)
         await pilot.press("x")
         assert isinstance(app.screen, SilenceScreen)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from tractatus_watch.commands.tui import LiveSession
 from tractatus_watch.collectors.spool import SpoolReader
@@ -16,6 +16,7 @@ from tractatus_watch.governance.alerts.engine import AlertState, Transition
 from tractatus_watch.governance.spool import SpoolWriter
 from tractatus_watch.storage.alert_store import DuckDBAlertStore
 from tractatus_watch.storage.store import Store
+from tractatus_watch.tui.table import Table
 from tractatus_watch.tui.app import Dashboard
 
 from .helpers import screen_text, settle
@@ -59,7 +60,7 @@ async def test_live_dashboard_follows_a_spool_and_alerts(tmp_path: Path) -> None
     spool = SpoolWriter(folder, max_age_s=60, fsync=False)
     store = Store.open(tmp_path / "live.duckdb")
     session = LiveSession(store, [SpoolReader(folder, settle_s=0.2, poll_s=0.05)],
-                          run_id="live-run", alerts=False)
+                          run_id="live-run", alerts=False, flush_interval_s=0.1)
     app = Dashboard(store, live_writer=session.writer, source_health=session.monitor,
                     silence_writer=DuckDBAlertStore(store).add_silence, interval=0.25,
                     export_dir=tmp_path)
@@ -81,7 +82,7 @@ async def test_live_dashboard_follows_a_spool_and_alerts(tmp_path: Path) -> None
             await wait_for(pilot, lambda: "actions 25 " in kpis())
             await pilot.press("7")
             await settle(pilot)
-            table = app.query_one("#events-table", DataTable)
+            table = app.query_one("#events-table", Table)
             assert table.row_count == 50
             assert str(table.get_row_at(0)[1]).strip() == "1"  # the newest round first
 

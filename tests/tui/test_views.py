@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from tractatus_watch.governance.metrics import build_report
 from tractatus_watch.storage.store import Store
+from tractatus_watch.tui.table import Table
 from tractatus_watch.tui import fmt
 
 from .helpers import screen_text, settle
@@ -28,7 +29,7 @@ def sql(store: Store, query: str, params: list[Any] | None = None) -> list[tuple
 
 
 def rows_of(app: Any, table_id: str) -> list[list[str]]:
-    table = app.query_one(f"#{table_id}", DataTable)
+    table = app.query_one(f"#{table_id}", Table)
     return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
 
 
@@ -83,9 +84,8 @@ async def test_overview_empty_database_says_what_to_do(tmp_path: Path) -> None:
 
 
 async def test_rules_view(make_app, ro_store: Store) -> None:
-    app = make_app()
+    app = make_app(view="rules")
     async with app.run_test(size=(160, 40)) as pilot:
-        await pilot.press("2")
         await settle(pilot)
         shown = {(r[0], r[1]): r for r in rows_of(app, "rules-table")}
     expected = sql(ro_store, """
@@ -101,9 +101,8 @@ async def test_rules_view(make_app, ro_store: Store) -> None:
 
 
 async def test_alerts_view(make_app, ro_store: Store) -> None:
-    app = make_app()
+    app = make_app(view="alerts")
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("3")
         await settle(pilot)
         alerts = rows_of(app, "alerts-table")
         history = rows_of(app, "history-table")
@@ -119,9 +118,8 @@ async def test_alerts_view(make_app, ro_store: Store) -> None:
 
 
 async def test_runs_view_and_comparison(make_app, ro_store: Store) -> None:
-    app = make_app()
+    app = make_app(view="runs")
     async with app.run_test(size=(140, 40)) as pilot:
-        await pilot.press("4")
         await settle(pilot)
         runs = {r[1]: r for r in rows_of(app, "runs-table")}
         expected = sql(ro_store, "SELECT run_id, count(*), max(round) + 1 FROM decisions "
@@ -142,9 +140,8 @@ async def test_runs_view_and_comparison(make_app, ro_store: Store) -> None:
 
 
 async def test_agents_view_sort_filter_pages(make_app, ro_store: Store) -> None:
-    app = make_app()
+    app = make_app(view="agents")
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("5")
         await settle(pilot)
         rows = rows_of(app, "agents-table")
         expected = sql(ro_store, """
@@ -166,9 +163,8 @@ async def test_agents_view_sort_filter_pages(make_app, ro_store: Store) -> None:
 
 
 async def test_overhead_view(make_app, ro_store: Store) -> None:
-    app = make_app()
+    app = make_app(view="overhead")
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("6")
         await settle(pilot)
         rows = {(r[0], r[1]): r for r in rows_of(app, "overhead-table")}
         screen = screen_text(app)
@@ -184,15 +180,14 @@ async def test_overhead_view(make_app, ro_store: Store) -> None:
 
 
 async def test_events_view_pages_and_detail(make_app, ro_store: Store) -> None:
-    app = make_app()
+    app = make_app(view="events")
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("7")
         await settle(pilot)
         first = rows_of(app, "events-table")
         newest = sql(ro_store, """SELECT decision_id, verdict FROM decisions WHERE run_id = 'alpha'
                                 ORDER BY ts DESC, decision_id LIMIT 100""")
-        table = app.query_one("#events-table", DataTable)
-        keys = [table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(len(first))]
+        table = app.query_one("#events-table", Table)
+        keys = [table.key_at(i) for i in range(len(first))]
         assert keys == [d for d, _ in newest[:50]]
         assert [r[6] for r in first] == [v for _, v in newest[:50]]
         detail = str(app.query_one("#event-detail", Static).render())
@@ -204,6 +199,24 @@ async def test_events_view_pages_and_detail(make_app, ro_store: Store) -> None:
         # n: the next (older) page continues exactly where the first ended.
         await pilot.press("n")
         await settle(pilot)
-        keys = [table.coordinate_to_cell_key((i, 0)).row_key.value
+        keys = [table.key_at(i)
                 for i in range(table.row_count)]
         assert keys == [d for d, _ in newest[50:100]]
+
+
+async def test_no_color_at_80x24(make_app, monkeypatch: pytest.MonkeyPatch) -> None:
+    from textual_plot import HiResMode
+
+    from tractatus_watch.tui.widgets import Chart
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = make_app()
+    assert app.no_color
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        screen = screen_text(app)
+        # Without colour the two lines of a chart differ by their dots.
+        chart = app.query_one("#chart-a", Chart)
+        modes = [d.hires_mode for d in chart._datasets]
+    assert "coverage 100.0%" in screen and "alerts 1 firing" in screen
+    assert modes == [HiResMode.BRAILLE, HiResMode.QUADRANT]

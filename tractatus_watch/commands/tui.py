@@ -18,17 +18,21 @@ BaselineOption = Annotated[Optional[str], typer.Option(
     "--baseline", help="Run whose ungoverned arm is the baseline [default: the same run].")]
 IntervalOption = Annotated[Optional[float], typer.Option(
     "--interval", min=0.1, max=3600, help="Seconds between refreshes [default: 1 live, 5 open].")]
+ViewOption = Annotated[str, typer.Option(
+    "--view", help="View to start on: overview, rules, alerts, runs, agents, overhead, events "
+                   "(or its number).")]
 
 ALERT_EVERY_S = 5.0
 
 
 @app.command("open")
 def open_(db: DbOption = None, run: RunOption = None, baseline: BaselineOption = None,
-          interval: IntervalOption = None) -> None:
+          interval: IntervalOption = None, view: ViewOption = "overview") -> None:
     """Browse a stored database read-only: runs, rules, alerts, agents, overhead, events."""
     from ..storage.errors import StoreLocked
     from ..tui import run_dashboard
 
+    _check_view(view)
     try:
         store = open_store(db, read_only=True)
     except StoreLocked as exc:
@@ -42,7 +46,7 @@ def open_(db: DbOption = None, run: RunOption = None, baseline: BaselineOption =
         finally:
             con.close()
         run_dashboard(store, run_id=run_id, baseline_run=baseline_run, interval=interval,
-                      title=f"tractatus-watch · {store.path.name}")
+                      title=f"tractatus-watch · {store.path.name}", view=view)
 
 
 @app.command()
@@ -64,6 +68,7 @@ def live(
     run: Annotated[Optional[str], typer.Option(
         "--run", help="Run id given to records that carry none.")] = None,
     interval: IntervalOption = None,
+    view: ViewOption = "overview",
     no_alerts: Annotated[bool, typer.Option(
         "--no-alerts", help="Do not evaluate the alert rules while collecting.")] = False,
     db: DbOption = None,
@@ -77,6 +82,7 @@ def live(
 
     if not (agl or spool or gateway):
         raise CliError("live needs at least one source: --agl URL, --spool DIR or --gateway")
+    _check_view(view)
     try:
         key = load_key(key_file)
     except KeyFileError as exc:
@@ -102,7 +108,7 @@ def live(
     try:
         run_dashboard(store, run_id=run, live_writer=session.writer,
                       source_health=session.monitor, silence_writer=session.silence_writer,
-                      interval=interval, title="tractatus-watch live")
+                      interval=interval, title="tractatus-watch live", view=view)
     finally:
         session.close()
         store.close()
@@ -121,12 +127,13 @@ class LiveSession:
     reads through `store.cursor()` in this same process."""
 
     def __init__(self, store: Any, sources: list[Any], *, run_id: str = "default",
-                 alerts: bool = True, alert_every_s: float = ALERT_EVERY_S) -> None:
+                 alerts: bool = True, alert_every_s: float = ALERT_EVERY_S,
+                 flush_interval_s: float = 1.0) -> None:
         from ..storage.writer import Writer
         from ..tui import SourceMonitor
 
         self.store = store
-        self.writer = Writer(store)
+        self.writer = Writer(store, flush_interval_s=flush_interval_s)
         self.monitor = SourceMonitor()
         self.stop = threading.Event()
         self.errors: dict[str, str] = {}
@@ -154,6 +161,15 @@ class LiveSession:
         if self._alerts is not None:
             self._alerts.join(30)
         self.writer.close()
+
+
+def _check_view(view: str) -> None:
+    from ..tui.app import view_index
+
+    try:
+        view_index(view)
+    except ValueError as exc:
+        raise CliError(f"--view: {exc}") from None
 
 
 def _log_to_file(db_path: Path) -> Path:

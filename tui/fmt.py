@@ -49,6 +49,11 @@ def epoch(value: datetime | float | None) -> float | None:
     return float(value)
 
 
+def utc_naive(epoch_s: float) -> datetime:
+    """Epoch seconds as the naive UTC datetime the stored TIMESTAMP columns hold."""
+    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).replace(tzinfo=None)
+
+
 def clock(value: datetime | float | None, with_date: bool = False) -> str:
     """A stored time as UTC text (the data's own zone, so views agree with SQL output)."""
     e = epoch(value)

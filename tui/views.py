@@ -21,7 +21,7 @@ from textual.widgets import Label, Sparkline, Static
 from . import data as D
 from . import fmt
 from .table import Table
-from .widgets import Chart, Empty, fill_table, right
+from .widgets import Chart, Empty, TextLine, fill_table, right
 
 if TYPE_CHECKING:
     from .app import Dashboard
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 # (cursor, run id) -> data; called in a worker thread.
 Fetch = Callable[[D.Con, str], Any]
 
+LOADING = "loading …"
 NO_DATA = ("no data yet: is the trainer using the hooks file? Start a collector "
            "(`tractatus-watch live --spool DIR` or `--agl URL`) or run `tractatus-watch demo`.")
 
@@ -103,10 +104,11 @@ class Overview(View):
         self._compact: bool | None = None
         self._draw_gen = 0
         self.drawing = False  # charts still to draw, one per screen update
+        self._kpi_shown: Text | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="kpis")
-        yield Empty(NO_DATA, id="overview-empty", classes="empty-note")
+        yield Empty(LOADING, id="overview-empty", classes="empty-note")
         with Horizontal(id="charts-top", classes="charts"):
             yield Chart("", id="chart-a")
             yield Chart("", id="chart-b")
@@ -126,6 +128,15 @@ class Overview(View):
 
     def on_mount(self) -> None:
         self.refresh_kpis()
+        self._show_parts(False)
+
+    def _show_parts(self, shown: bool) -> None:
+        for widget_id in ("#charts-top", "#charts-bottom", "#rule-sparks"):
+            self.query_one(widget_id).display = shown
+
+    def show_no_run(self, message: str) -> None:
+        super().show_no_run(message)
+        self._show_parts(False)
 
     def on_resize(self) -> None:
         compact = self.app.size.height < self.FULL_HEIGHT
@@ -136,8 +147,7 @@ class Overview(View):
         self.data = data
         empty = data.rounds.is_empty()
         self.note("overview-empty", NO_DATA if empty else None)
-        for widget_id in ("#charts-top", "#charts-bottom", "#rule-sparks"):
-            self.query_one(widget_id).display = not empty
+        self._show_parts(not empty)
         self.refresh_kpis()
         if empty:
             return
@@ -191,16 +201,16 @@ class Overview(View):
         self._draw_next(plan, self._draw_gen)
 
     def _draw_next(self, plan: list[tuple[Chart, str, dict[str, Any]]], gen: int) -> None:
-        """One chart per screen update: each canvas is drawn in Python while the screen paints,
-        so four at once would stall the UI four times as long."""
+        """Two charts (a row) per screen update: each canvas is drawn in Python while the
+        screen paints, so all four in one frame stalled the UI about twice as long."""
         if gen != self._draw_gen or not plan:
             return  # newer data arrived: its own plan draws the charts
-        chart, title, kwargs = plan[0]
-        chart.border_title = title
-        chart.draw(**kwargs)
-        self.drawing = len(plan) > 1
+        for chart, title, kwargs in plan[:2]:
+            chart.border_title = title
+            chart.draw(**kwargs)
+        self.drawing = len(plan) > 2
         if self.drawing:
-            self.call_after_refresh(self._draw_next, plan[1:], gen)
+            self.call_after_refresh(self._draw_next, plan[2:], gen)
 
     def _show_rules(self, rules: tuple[D.RuleTrend, ...]) -> None:
         box = self.query_one("#rule-sparks", VerticalScroll)
@@ -211,7 +221,7 @@ class Overview(View):
             box.remove_children()
             rows = [Horizontal(Label(f"{r.rule_id} · {r.service}", classes="spark-name"),
                                Sparkline([], classes="spark"),
-                               Label("", classes="spark-rate"), classes="spark-row")
+                               TextLine("", classes="spark-rate"), classes="spark-row")
                     for r in rules]
             if not rows:
                 rows = [Horizontal(Empty("no rule checks yet"), classes="spark-row")]
@@ -225,7 +235,7 @@ class Overview(View):
             spark = row.query(Sparkline)
             if spark:
                 spark.first().data = list(r.rates) or [0.0]
-                row.query_one(".spark-rate", Label).update(
+                row.query_one(".spark-rate", TextLine).set(
                     f"{fmt.pct(r.blocks / r.checks if r.checks else None)} of "
                     f"{fmt.num(r.checks)}")
 
@@ -234,7 +244,11 @@ class Overview(View):
         self.refresh_kpis()
 
     def refresh_kpis(self) -> None:
-        self.query_one("#kpis", Static).update(self.kpi_text())
+        # Only when it changed: the strip wraps, so each update lays the screen out again.
+        text = self.kpi_text()
+        if text != self._kpi_shown:
+            self._kpi_shown = text
+            self.query_one("#kpis", Static).update(text)
 
     def kpi_text(self) -> Text:
         k = self.report_kpis
@@ -295,7 +309,7 @@ class Rules(View):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="rules-head", classes="view-head")
-        yield Empty(NO_DATA, id="rules-empty", classes="empty-note")
+        yield Empty(LOADING, id="rules-empty", classes="empty-note")
         yield Table(id="rules-table")
 
     def fetch(self) -> tuple[Hashable, Fetch]:
@@ -371,7 +385,7 @@ class Alerts(View):
 
     def fetch(self) -> tuple[Hashable, Fetch]:
         text = self.filter_text
-        now = _utc_naive(self.dash.clock())
+        now = fmt.utc_naive(self.dash.clock())
         # The clock only moves silences in and out of effect: a minute key is enough.
         return (("alerts", text, int(self.dash.clock() // 60)),
                 lambda con, run: D.fetch_alerts(con, run, now, text))
@@ -444,12 +458,6 @@ def _matchers(raw: str | None) -> str:
         return str(raw)
 
 
-def _utc_naive(epoch_s: float) -> datetime:
-    from datetime import timezone
-
-    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).replace(tzinfo=None)
-
-
 # --- 4 runs ----------------------------------------------------------------------------------------
 
 class Runs(View):
@@ -469,7 +477,7 @@ class Runs(View):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="runs-head", classes="view-head")
-        yield Empty(NO_DATA, id="runs-empty", classes="empty-note")
+        yield Empty(LOADING, id="runs-empty", classes="empty-note")
         yield Table(id="runs-table")
         yield Static("", id="compare-head", classes="section")
         yield Table(id="compare-table")
@@ -590,7 +598,7 @@ class Agents(View):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="agents-head", classes="view-head")
-        yield Empty(NO_DATA, id="agents-empty", classes="empty-note")
+        yield Empty(LOADING, id="agents-empty", classes="empty-note")
         yield Table(id="agents-table")
 
     def fetch(self) -> tuple[Hashable, Fetch]:
@@ -663,13 +671,20 @@ class Overhead(View):
         self.detail: D.OverheadDetail | None = None
 
     def compose(self) -> ComposeResult:
-        yield Empty(NO_DATA, id="overhead-empty", classes="empty-note")
+        yield Empty(LOADING, id="overhead-empty", classes="empty-note")
         with Horizontal(id="overhead-charts"):
             yield Chart("mean governance latency per action (µs) per round", id="chart-mean")
             yield Chart("check latency p50 · p99 (µs) per service", id="chart-service")
         yield Static("latency versus number of agents (one row per run and arm) · computing…",
                      id="agents-vs-head", classes="section")
         yield Table(id="overhead-table")
+
+    def on_mount(self) -> None:
+        self.query_one("#overhead-charts").display = False
+
+    def show_no_run(self, message: str) -> None:
+        super().show_no_run(message)
+        self.query_one("#overhead-charts").display = False
 
     def fetch(self) -> tuple[Hashable, Fetch]:
         return ("overhead",), lambda con, run: D.fetch_overhead(con, run)
@@ -748,7 +763,7 @@ class Events(View):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="events-head", classes="view-head")
-        yield Empty(NO_DATA, id="events-empty", classes="empty-note")
+        yield Empty(LOADING, id="events-empty", classes="empty-note")
         yield Table(id="events-table")
         yield Static("", id="event-detail")
 

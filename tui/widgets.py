@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import polars as pl
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Grid
+from textual.widget import Widget
 from textual.strip import Strip
 from textual.widgets import Static
 from textual_hires_canvas import Canvas
@@ -94,6 +94,33 @@ def downsample(x: Sequence[float], y: Sequence[float],
         out_x.append(float(xs[lo:hi].mean()))
         out_y.append(float(finite.mean()) if finite.size else float("nan"))
     return out_x, out_y
+
+
+class TextLine(Widget):
+    """Text in a box whose size does not depend on it (a status line, a cell of a row):
+    updating it repaints the line without laying out the screen again, as Static.update
+    would."""
+
+    DEFAULT_CSS = """
+    TextLine { height: 1; }
+    """
+
+    def __init__(self, text: str | Text = "", *, id: str | None = None,
+                 classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self._text: str | Text = text
+
+    @property
+    def text(self) -> str | Text:
+        return self._text
+
+    def set(self, text: str | Text) -> None:
+        if text != self._text:
+            self._text = text
+            self.refresh()
+
+    def render(self) -> str | Text:
+        return self._text
 
 
 class Empty(Static):

@@ -26,7 +26,7 @@ def rows_of(app: Any, table_id: str) -> list[list[str]]:
 
 
 def status(app: Any) -> str:
-    return str(app.query_one("#status", Static).render())
+    return str(app.query_one("#status").render())
 
 
 async def type_prompt(pilot: Any, opener: str, text: str) -> None:

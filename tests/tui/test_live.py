@@ -76,7 +76,7 @@ async def test_live_dashboard_follows_a_spool_and_alerts(tmp_path: Path) -> None
             await wait_for(pilot, lambda: "actions 10 " in kpis())
             assert "blocked 2 " in kpis() and "escaped 0 (baseline 2)" in kpis()
             assert app.scope.run_id == "live-run"
-            status = str(app.query_one("#status", Static).render())
+            status = str(app.query_one("#status").render())
             assert f"spool:{folder.resolve()} connected" in status and "/s" in status
             write_round(spool, 1, 15)
             await wait_for(pilot, lambda: "actions 25 " in kpis())
@@ -102,7 +102,7 @@ async def test_live_dashboard_follows_a_spool_and_alerts(tmp_path: Path) -> None
                            in screen_text(app))
             session.close()  # the training ends: the dashboard stays on the final state
             await wait_for(pilot, lambda: "stopped" in str(
-                app.query_one("#status", Static).render()))
+                app.query_one("#status").render()))
             await pilot.press("1")
             await settle(pilot)
             assert "actions 25 " in kpis()

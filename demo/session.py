@@ -52,8 +52,13 @@ class DemoSession:
     rounds: list[RoundResult] = field(default_factory=list)
     source_health: dict[str, Any] = field(default_factory=dict)
 
+    _started: float | None = None
+    _last_round_at: float | None = None
+    _expected: int = 0
+
     def run(self) -> list[RoundResult]:
         """Train every round, capturing as we go; returns the rounds' results."""
+        self._started = time.monotonic()
         writer = Writer(self.store, flush_interval_s=0.2)
         sink = writer_sink(writer, self.run_id)
         spool = tempfile.mkdtemp(prefix="tw-demo-hooks-")
@@ -129,8 +134,21 @@ class DemoSession:
             evaluate_once(self._engine, con, runs=[self.run_id])
         con.close()
         self.rounds.append(result)
+        self._last_round_at = time.time()
         if self.on_round is not None:
             self.on_round(result)
+
+    def health(self) -> list[dict[str, Any]]:
+        """The capture source's health for the dashboard's status line."""
+        info = dict(self.source_health)
+        if not info:
+            return []
+        done = len(self.rounds)
+        elapsed = max(1e-9, time.monotonic() - self._started) if self._started else None
+        info["rate"] = self._expected / elapsed if elapsed else None
+        info["last_update"] = self._last_round_at
+        info["detail"] = f"training round {done}/{self.scenario.rounds}"
+        return [info]
 
     def _alerted(self, transitions: list[Transition]) -> None:
         for t in transitions:

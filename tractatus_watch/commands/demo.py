@@ -178,16 +178,36 @@ def _run_headless(sc: Any, seed: int, pace: float | None, agl: str | None, key: 
 
 def _run_live(sc: Any, seed: int, pace: float | None, agl: str | None, key: str | None,
               db: Path | None) -> None:
-    try:
-        from ..tui.app import run_dashboard  # type: ignore[attr-defined]
-    except ImportError:  # until the dashboard lands, the demo runs headless
-        console(stderr=True).print("the dashboard is not available; running headless")
-        _run_headless(sc, seed, pace, agl, key, db, DemoFormat.table)
-        return
+    """Train in a background thread while the dashboard shows the run; when training ends the
+    dashboard stays on the final state until the user quits (quitting early stops training)."""
+    from ..demo.job import DemoStopped
+    from ..storage.alert_store import DuckDBAlertStore
+    from ..tui import run_dashboard
+
     with open_store(db, read_only=False) as store:
         session = _session(store, sc, seed, pace, agl, key)
-        run_dashboard(store, run_id=session.run_id, session=session,
-                      title=f"tractatus-watch demo: {sc.name}")
+        failure: list[BaseException] = []
+
+        def train() -> None:
+            try:
+                session.run()
+            except DemoStopped:
+                pass
+            except BaseException as exc:  # shown after the dashboard closes
+                failure.append(exc)
+
+        thread = threading.Thread(target=train, name="demo-training", daemon=True)
+        thread.start()
+        try:
+            run_dashboard(store, run_id=session.run_id, source_health=session.health,
+                          silence_writer=DuckDBAlertStore(store).add_silence, interval=1.0,
+                          title=f"tractatus-watch demo: {sc.name} (seed {seed})")
+        finally:
+            session.stop.set()
+            thread.join(60)
+    console(stderr=True).print(f"run {session.run_id} stored in {store.path}")
+    if failure:
+        raise CliError(f"training failed: {failure[0]}")
 
 
 def _run_scale(sc: Any, seed: int, pace: float | None, agl: str | None, key: str | None,

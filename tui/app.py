@@ -311,10 +311,12 @@ class Dashboard(App[None]):
         if self._alert_states is not None:
             for fp, (state, name, severity, value) in states.items():
                 old = self._alert_states.get(fp, ("inactive", name, severity, None))[0]
-                if old != state:
+                if old != state and "nodata" not in (old, state):
+                    # No-data changes are listed in the Alerts view; as toasts they would
+                    # flood the start of every run (each rule has no data yet).
                     self._transition(name, old, state, severity, value)
             for fp, (old, name, severity, value) in self._alert_states.items():
-                if fp not in states and old != "inactive":
+                if fp not in states and old not in ("inactive", "nodata"):
                     self._transition(name, old, "inactive", severity, value)
         self._alert_states = states
         if self.overview.is_mounted:
@@ -329,6 +331,11 @@ class Dashboard(App[None]):
                     severity=level, timeout=8)  # type: ignore[arg-type]
         if new == "firing" and severity == "critical":
             self.ring()
+
+    def notify(self, message: str, *, title: str = "", severity: Any = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        # Plain text by default: messages carry alert names, run ids and [optional] usage.
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     def ring(self) -> None:
         self.bells += 1
@@ -495,49 +502,50 @@ class Dashboard(App[None]):
             return [SourceHealth(name="sources", state="failed", detail=str(exc))]
 
     def update_status(self) -> None:
+        """Sources (state, missed, ingest rate, lag, last update), data freshness, refresh."""
         now = self.clock()
-        text = Text()
+        parts: list[Text] = []
         if self.paused:
-            text.append(" PAUSED ", style="reverse bold yellow")
-            text.append(" ")
+            parts.append(Text(" PAUSED ", style="reverse bold yellow"))
         sources = self.health()
         for h in sources:
             icon, style = {"connected": ("●", "green"), "reconnecting": ("◐", "yellow"),
                            "starting": ("○", "yellow"), "stopped": ("■", "dim")}.get(
                 h.state, ("✖", "bold red"))
-            text.append(f"{icon} ", style=style)
-            text.append(f"{h.name} {h.state}")
+            part = Text.assemble((f"{icon} ", style), f"{_short(h.name)} {h.state}")
             if h.missed:
-                text.append(f" missed {h.missed:,}", style="yellow")
+                part.append(f" missed {h.missed:,}", style="yellow")
             if h.rate is not None:
-                text.append(f" {h.rate:,.0f}/s")
+                part.append(f" {h.rate:,.0f}/s")
             if h.lag_s is not None:
-                text.append(f" lag {fmt.ago(h.lag_s)}")
+                part.append(f" lag {fmt.ago(h.lag_s)}")
+            if h.last_update is not None:
+                part.append(f" last {fmt.clock(h.last_update)}", style="dim")
             if h.detail:
-                text.append(f" {h.detail[:40]}", style="red")
-            text.append(" │ ", style="dim")
+                part.append(f" {h.detail[:40]}", style="red")
+            parts.append(part)
         if self.live_writer is not None and not sources:
             rows = sum(getattr(self.live_writer.stats, "committed_rows", {}).values())
             if self._ingest is not None and now > self._ingest[0]:
                 self._ingest_rate = (rows - self._ingest[1]) / (now - self._ingest[0])
             self._ingest = (now, rows)
-            text.append(f"ingest {fmt.num(rows)} rows")
+            part = Text(f"ingest {fmt.num(rows)} rows")
             if self._ingest_rate is not None:
-                text.append(f" {self._ingest_rate:,.0f}/s")
-            text.append(" │ ", style="dim")
+                part.append(f" {self._ingest_rate:,.0f}/s")
+            parts.append(part)
         c = self.common
         if not self.live:
-            text.append(f"{self.store.path.name}" + (" read-only" if self.store.read_only else ""))
+            parts.append(Text(self.store.path.name
+                              + (" read-only" if self.store.read_only else "")))
             if c is not None and c.last_ts is not None:
-                text.append(f" │ data to {fmt.clock(c.last_ts, True)[5:]}")
-        elif c is not None and c.last_ts is not None:
-            text.append(f"lag {fmt.ago(now - (fmt.epoch(c.last_ts) or now))}")
-        if self.refreshes:
-            text.append(f" │ updated {fmt.clock(now)}", style="dim")
-        text.append(f" every {self.interval:g}s", style="dim")
+                parts.append(Text(f"data to {fmt.clock(c.last_ts, True)[5:]}"))
+        elif not sources and c is not None and c.last_ts is not None:
+            parts.append(Text(f"lag {fmt.ago(now - (fmt.epoch(c.last_ts) or now))}"))
+        refresh = f"updated {fmt.clock(now)} " if self.refreshes else ""
+        parts.append(Text(f"{refresh}every {self.interval:g}s", style="dim"))
         if self._last_error:
-            text.append(f" │ {self._last_error[:60]}", style="bold red")
-        self._status.set(text)
+            parts.append(Text(self._last_error[:60], style="bold red"))
+        self._status.set(Text(" │ ", style="dim").join(parts))
 
     # --- actions ------------------------------------------------------------------------------------
 
@@ -793,6 +801,11 @@ def view_index(name: str) -> int:
         if name.lower() in (v.KEY, v.TITLE.lower()):
             return i
     raise ValueError(f"no view {name!r}; views: {', '.join(v.TITLE.lower() for v in VIEWS)}")
+
+
+def _short(name: str, width: int = 32) -> str:
+    """A source name for the status line: the end of a long path or URL matters most."""
+    return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
 def _safe(text: str) -> str:

@@ -297,7 +297,7 @@ def _cell(metric: str, value: float | int | str | None) -> str:
         return f"{value * 100:.1f}%"
     if isinstance(value, int):
         return f"{value:,}"
-    return f"{value:.4g}" if "µs" not in metric else f"{value:.0f}"
+    return f"{value:.0f}" if "µs" in metric else f"{value:.4f}"
 
 
 def fetch_comparison(con: Con, a: str, b: str) -> Comparison:

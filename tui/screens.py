@@ -38,7 +38,8 @@ class HelpScreen(ModalScreen[None]):
         for title, keys in self.sections:
             table.add_row(Text(title, style="bold underline"), "")
             for key, text in keys:
-                table.add_row(key_label(key), text)
+                # Text, not markup: help lines hold [optional] arguments.
+                table.add_row(key_label(key), Text(text))
             table.add_row("", "")
         with VerticalScroll(id="help-box"):
             yield Static(table, id="help-keys")

@@ -603,8 +603,9 @@ class Agents(View):
 
     def fetch(self) -> tuple[Hashable, Fetch]:
         params = (self.filter_text, self.sort, self.descending, self.page)
+        size = self.PAGE
         return (("agents",) + params, lambda con, run: D.fetch_agents(con, D.AgentsQuery(
-            run, *params, page_size=self.PAGE)))
+            run, *params, page_size=size)))
 
     def show(self, data: D.AgentsData) -> None:
         self.data = data
@@ -709,7 +710,9 @@ class Overhead(View):
         chart = self.query_one("#chart-mean", Chart)
         chart.border_title = "mean latency per action (µs): " + " · ".join(
             f"[{s[2]}]{s[3]}[/]" for s in series)
-        chart.draw(series)
+        # In the next screen update: the canvas is drawn while the screen paints, and the
+        # table of this refresh already costs this one.
+        self.call_after_refresh(chart.draw, series)
 
     def show_slow(self, data: D.OverheadDetail) -> None:
         self.detail = data
@@ -767,15 +770,14 @@ class Events(View):
         yield Table(id="events-table")
         yield Static("", id="event-detail")
 
-    def query_for(self, run_id: str) -> D.EventsQuery:
-        before, offset = self.anchors[-1]
-        return D.EventsQuery(run_id, arm=self.filters["arm"], verdict=self.filters["verdict"],
-                             rule_id=self.filters["rule_id"], before=before, offset=offset,
-                             limit=self.PAGE)
-
     def fetch(self) -> tuple[Hashable, Fetch]:
-        key = ("events", tuple(self.filters.items()), self.anchors[-1])
-        return key, lambda con, run: D.fetch_events(con, self.query_for(run))
+        # Everything the worker needs is copied here, on the main thread.
+        before, offset = self.anchors[-1]
+        f, limit = dict(self.filters), self.PAGE
+        key = ("events", tuple(f.items()), before, offset)
+        return key, lambda con, run: D.fetch_events(con, D.EventsQuery(
+            run, arm=f["arm"], verdict=f["verdict"], rule_id=f["rule_id"], before=before,
+            offset=offset, limit=limit))
 
     def show(self, data: D.EventsData) -> None:
         self.data = data

@@ -59,9 +59,10 @@ class Chart(PlotWidget, can_focus=False):
              vlines: Sequence[float] = (), ylimits: tuple[float | None, float | None] = (None, None),
              subtitle: str = "") -> None:
         """Replace the plot with line series (x, y, style, label) and vertical markers."""
-        # The canvas draws every segment in Python (~0.1 ms each): more points than braille
-        # columns cost time and show nothing more.
-        columns = max(20, (self.size.width or 60) - self.margin_left - 2) * 2
+        # The canvas sets every pixel of every segment in Python: one point per character
+        # column keeps a noisy series cheap (each segment may span the whole height) and shows
+        # all that the cells can.
+        columns = max(20, (self.size.width or 60) - self.margin_left - 2)
         series = [(*downsample(x, y, columns), style, label) for x, y, style, label in series]
         self.clear()
         # Without colour, lines differ by their dots: braille, then quadrant blocks.

@@ -6,7 +6,14 @@ import json
 import resource
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Callable
+
+from tractatus_watch.storage.store import Store
+from tractatus_watch.storage.synthetic import decisions_batch
+from tractatus_watch.storage.writer import Writer
+
+BATCH = 40_960
 
 
 def peak_rss_mb() -> float:
@@ -25,3 +32,16 @@ def median_ms(fn: Callable[[], Any], repeat: int) -> float:
 def last_line(figures: dict[str, Any]) -> None:
     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
                       for k, v in figures.items()}))
+
+
+def build_checks_db(path: Path, checks: int) -> None:
+    """A database of `checks` synthetic checks (2 per decision, 500 rounds, 20 agents),
+    ingested through the writer as a collector would."""
+    decisions = checks // 2
+    store = Store.open(path)
+    writer = Writer(store, max_queue=2)
+    for start in range(0, decisions, BATCH):
+        writer.submit(decisions_batch(start, min(BATCH, decisions - start), total=decisions,
+                                      rounds=500, agents=20))
+    writer.close()
+    store.close()

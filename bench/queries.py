@@ -15,27 +15,12 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import last_line, median_ms  # noqa: E402
+from _common import build_checks_db, last_line, median_ms  # noqa: E402
 
 from tractatus_watch.storage import queries as Q  # noqa: E402
 from tractatus_watch.storage.schema import compact_rollups  # noqa: E402
 from tractatus_watch.storage.store import Store  # noqa: E402
-from tractatus_watch.storage.synthetic import BASE_TS_US, decisions_batch  # noqa: E402
-from tractatus_watch.storage.writer import Writer  # noqa: E402
-
-BATCH = 40_960
-
-
-def build(path: Path, checks: int) -> None:
-    decisions = checks // 2
-    store = Store.open(path)
-    writer = Writer(store, max_queue=2)
-    for start in range(0, decisions, BATCH):
-        writer.submit(decisions_batch(start, min(BATCH, decisions - start), total=decisions,
-                                      rounds=500, agents=20))
-    writer.close()
-    store.close()
-
+from tractatus_watch.storage.synthetic import BASE_TS_US  # noqa: E402
 
 def dashboard_queries(con) -> dict[str, object]:
     mid = datetime.fromtimestamp(BASE_TS_US / 1e6 + 1800)
@@ -65,7 +50,7 @@ def main() -> None:
         path.unlink()
     if not path.exists():
         print(f"building {path} with {args.rows:,} checks ...", flush=True)
-        build(path, args.rows)
+        build_checks_db(path, args.rows)
     figures: dict[str, float] = {}
     with Store.open(path) as store:
         con = store.cursor()

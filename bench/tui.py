@@ -22,27 +22,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import last_line  # noqa: E402
+from _common import build_checks_db, last_line  # noqa: E402
 
 from tractatus_watch.storage.store import Store  # noqa: E402
-from tractatus_watch.storage.synthetic import BASE_TS_US, decisions_batch  # noqa: E402
-from tractatus_watch.storage.writer import Writer  # noqa: E402
+from tractatus_watch.storage.synthetic import BASE_TS_US  # noqa: E402
 from tractatus_watch.tui.app import Dashboard  # noqa: E402
 from tractatus_watch.tui.views import VIEWS  # noqa: E402
-
-BATCH = 40_960
-
-
-def build(path: Path, checks: int) -> None:
-    decisions = checks // 2
-    store = Store.open(path)
-    writer = Writer(store, max_queue=2)
-    for start in range(0, decisions, BATCH):
-        writer.submit(decisions_batch(start, min(BATCH, decisions - start), total=decisions,
-                                      rounds=500, agents=20))
-    writer.close()
-    store.close()
-
 
 class StallMeter:
     """How late a 1 ms sleep on the main loop wakes up: time the loop could not run."""
@@ -128,7 +113,7 @@ def main() -> None:
         path.unlink()
     if not path.exists():
         print(f"building {path} with {args.rows:,} checks ...", flush=True)
-        build(path, args.rows)
+        build_checks_db(path, args.rows)
     width, height = (int(v) for v in args.size.split("x"))
     figures = asyncio.run(measure(path, args.repeat, (width, height)))
     print(f"{args.rows:,} checks, terminal {width}x{height}, median of {args.repeat}")

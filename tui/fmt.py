@@ -6,6 +6,8 @@ import math
 from datetime import datetime, timezone
 from typing import Sequence
 
+from ..governance.alerts.engine import to_epoch
+
 BARS = "▁▂▃▄▅▆▇█"
 
 
@@ -38,15 +40,8 @@ def us(value: float | None) -> str:
     return f"{value:.0f}µs"
 
 
-def epoch(value: datetime | float | None) -> float | None:
-    """Epoch seconds; stored timestamps are naive UTC."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.timestamp()
-    return float(value)
+# Stored timestamps are naive UTC; one conversion for the whole tool.
+epoch = to_epoch
 
 
 def utc_naive(epoch_s: float) -> datetime:

@@ -45,3 +45,17 @@ def build_checks_db(path: Path, checks: int) -> None:
                                       rounds=500, agents=20))
     writer.close()
     store.close()
+
+
+def checks_db(db: Path | None, rows: int, *, rebuild: bool, prefix: str) -> Path:
+    """The benchmark database: `db` (kept between runs) or a new temporary one, built with
+    `rows` checks if it does not exist yet (or `rebuild`)."""
+    import tempfile
+
+    path = db or Path(tempfile.mkdtemp(prefix=prefix)) / f"checks{rows}.duckdb"
+    if rebuild and path.exists():
+        path.unlink()
+    if not path.exists():
+        print(f"building {path} with {rows:,} checks ...", flush=True)
+        build_checks_db(path, rows)
+    return path

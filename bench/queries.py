@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import build_checks_db, last_line, median_ms  # noqa: E402
+from _common import checks_db, last_line, median_ms  # noqa: E402
 
 from tractatus_watch.storage import queries as Q  # noqa: E402
 from tractatus_watch.storage.schema import compact_rollups  # noqa: E402
@@ -45,12 +44,7 @@ def main() -> None:
     ap.add_argument("--db", type=Path, default=None, help="reuse/keep the database here")
     ap.add_argument("--rebuild", action="store_true")
     args = ap.parse_args()
-    path = args.db or Path(tempfile.mkdtemp(prefix="tw-bench-q-")) / f"q{args.rows}.duckdb"
-    if args.rebuild and path.exists():
-        path.unlink()
-    if not path.exists():
-        print(f"building {path} with {args.rows:,} checks ...", flush=True)
-        build_checks_db(path, args.rows)
+    path = checks_db(args.db, args.rows, rebuild=args.rebuild, prefix="tw-bench-q-")
     figures: dict[str, float] = {}
     with Store.open(path) as store:
         con = store.cursor()

@@ -17,12 +17,11 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import build_checks_db, last_line  # noqa: E402
+from _common import checks_db, last_line  # noqa: E402
 
 from tractatus_watch.storage.store import Store  # noqa: E402
 from tractatus_watch.storage.synthetic import BASE_TS_US  # noqa: E402
@@ -108,12 +107,7 @@ def main() -> None:
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--size", default="120x40", help="terminal size WxH")
     args = ap.parse_args()
-    path = args.db or Path(tempfile.mkdtemp(prefix="tw-bench-tui-")) / f"t{args.rows}.duckdb"
-    if args.rebuild and path.exists():
-        path.unlink()
-    if not path.exists():
-        print(f"building {path} with {args.rows:,} checks ...", flush=True)
-        build_checks_db(path, args.rows)
+    path = checks_db(args.db, args.rows, rebuild=args.rebuild, prefix="tw-bench-tui-")
     width, height = (int(v) for v in args.size.split("x"))
     figures = asyncio.run(measure(path, args.repeat, (width, height)))
     print(f"{args.rows:,} checks, terminal {width}x{height}, median of {args.repeat}")

@@ -46,15 +46,17 @@ class DemoSession:
     agl_key: str | None = None
     rules: RuleSet | None = None
     on_round: Callable[[RoundResult], None] | None = None
-    on_alert: Callable[[list[Transition]], None] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     fired: list[FiredAlert] = field(default_factory=list)
     rounds: list[RoundResult] = field(default_factory=list)
     source_health: dict[str, Any] = field(default_factory=dict)
 
-    _started: float | None = None
-    _last_round_at: float | None = None
-    _expected: int = 0
+    # Run state, for the status line and the per-round wait.
+    _started: float | None = field(default=None, init=False)
+    _last_round_at: float | None = field(default=None, init=False)
+    _expected: int = field(default=0, init=False)   # decisions the store must hold by now
+    _round: int = field(default=0, init=False)
+    _tap: Any = field(default=None, init=False)
 
     def run(self) -> list[RoundResult]:
         """Train every round, capturing as we go; returns the rounds' results."""
@@ -65,11 +67,8 @@ class DemoSession:
         capture: Any = None
         poll_thread: threading.Thread | None = None
         poll_stop = threading.Event()
-        self._expected = 0
         self._engine = AlertEngine(self.rules or load_default_rules(), DuckDBAlertStore(self.store),
                                    notifiers=[CallbackNotifier(self._alerted)])
-        self._round = 0
-        self._tap: Any = None
         try:
             if self.agl_url is None:
                 from ..collectors.gateway_tap import GatewayTap
@@ -80,7 +79,6 @@ class DemoSession:
                 capture.start()
                 self._tap = capture
                 base_url = capture.url
-                self.source_health = {"name": capture.source, "state": "connected"}
             else:
                 from ..collectors.poller import Poller
 
@@ -91,7 +89,7 @@ class DemoSession:
                                                daemon=True, name="demo-poller")
                 poll_thread.start()
                 base_url = self.agl_url
-                self.source_health = {"name": capture.source, "state": "connected"}
+            self.source_health = {"name": capture.source, "state": "connected"}
             hooks = _load_hooks(self.run_id, spool)
             job = DemoJob(self.scenario, self.run_id, self.seed, base_url, key or None,
                           hooks=hooks, on_round=lambda r: self._after_round(r, writer),
@@ -155,8 +153,6 @@ class DemoSession:
             if t.to_state == "firing":
                 self.fired.append(FiredAlert(t.alertname, dict(t.labels), self._round,
                                              t.severity or ""))
-        if self.on_alert is not None:
-            self.on_alert(transitions)
 
 
 def _load_hooks(run_id: str, spool: str) -> Any:

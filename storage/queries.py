@@ -47,16 +47,19 @@ def latest_run(con: Con) -> str | None:
     return None if df.is_empty() else str(df["run_id"][0])
 
 
-_PER_ROUND = """
-    SELECT run_id, arm, round,
+# The rollup_agent measures summed over its partial rows, shared by the per-round and per-run
+# queries.
+_AGENT_SUMS = """
            sum(actions)::BIGINT AS actions, sum(covered)::BIGINT AS covered,
            sum(enforce_mode)::BIGINT AS enforce_mode, sum(attempted)::BIGINT AS attempted,
            sum(blocked)::BIGINT AS blocked, sum(escaped)::BIGINT AS escaped,
            sum(evasions)::BIGINT AS evasions, sum(executed)::BIGINT AS executed,
            sum(latency_us_sum)::BIGINT AS latency_us_sum, sum(reward_n)::BIGINT AS reward_n,
-           sum(reward_sum) AS reward_sum, sum(reward_sq_sum) AS reward_sq_sum,
-           max(ts_max) AS ts_max
-    FROM rollup_agent WHERE run_id = ? {arm_filter}
+           sum(reward_sum) AS reward_sum, sum(reward_sq_sum) AS reward_sq_sum"""
+
+_PER_ROUND = f"""
+    SELECT run_id, arm, round, {_AGENT_SUMS}, max(ts_max) AS ts_max
+    FROM rollup_agent WHERE run_id = ? {{arm_filter}}
     GROUP BY run_id, arm, round"""
 
 
@@ -75,14 +78,8 @@ def per_round(con: Con, run_id: str, arm: str | None = None) -> pl.DataFrame:
 
 def totals(con: Con, run_id: str) -> pl.DataFrame:
     """Per arm over the whole run: the KPI strip and the report's counts."""
-    return _df(con, """
-        SELECT arm, count(DISTINCT round)::BIGINT AS rounds,
-               sum(actions)::BIGINT AS actions, sum(covered)::BIGINT AS covered,
-               sum(attempted)::BIGINT AS attempted, sum(blocked)::BIGINT AS blocked,
-               sum(escaped)::BIGINT AS escaped, sum(evasions)::BIGINT AS evasions,
-               sum(executed)::BIGINT AS executed, sum(latency_us_sum)::BIGINT AS latency_us_sum,
-               sum(reward_n)::BIGINT AS reward_n, sum(reward_sum) AS reward_sum,
-               sum(reward_sq_sum) AS reward_sq_sum,
+    return _df(con, f"""
+        SELECT arm, count(DISTINCT round)::BIGINT AS rounds, {_AGENT_SUMS},
                CASE WHEN sum(actions) > 0 THEN sum(covered) / sum(actions) END AS coverage,
                CASE WHEN sum(reward_n) > 0 THEN sum(reward_sum) / sum(reward_n) END AS reward_mean
         FROM rollup_agent WHERE run_id = ? GROUP BY arm ORDER BY arm""", [run_id])
@@ -183,7 +180,7 @@ def decisions_page(con: Con, run_id: str, *, limit: int = 100, offset: int = 0,
     """A page of raw decisions, newest first, at or before `before` (keyset paging).
 
     An ORDER BY ... LIMIT over millions of rows scans them all, so the page is looked for in a
-    time window that starts small and doubles until it holds enough rows: DuckDB prunes row
+    time window that starts at a minute and grows fourfold until it holds enough rows: DuckDB prunes row
     groups outside the window by their zone maps, so recent pages cost milliseconds.
     """
     where = ["d.run_id = ?"]

@@ -185,6 +185,7 @@ class Writer:
         self._error: BaseException | None = None
         self._closed = False
         self.stats = WriterStats()
+        self._known_runs: set[str] = set()  # runs already in `runs`: no lookup per commit
         self._con = store.cursor()
         self._thread = threading.Thread(target=self._run, name="tw-writer", daemon=True)
         self._thread.start()
@@ -319,8 +320,9 @@ class Writer:
                 added[name] = n_new
                 duplicates += table.num_rows - n_new
                 run_ids.update(pc.unique(table.column("run_id")).to_pylist())
-            if run_ids:
-                self._register_runs(sorted(run_ids))
+            new_runs = sorted(run_ids - self._known_runs)
+            if new_runs:
+                self._register_runs(new_runs)
             q_from_batch = tables.get("quarantine")
             if quarantine:
                 now_us = int(time.time() * 1e6)
@@ -344,6 +346,7 @@ class Writer:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        self._known_runs.update(run_ids)
         st = self.stats
         for name, n in added.items():
             st.committed_rows[name] = st.committed_rows.get(name, 0) + n

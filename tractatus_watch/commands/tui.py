@@ -138,9 +138,14 @@ class LiveSession:
         self.stop = threading.Event()
         self.errors: dict[str, str] = {}
         self.silence_writer: Any = None
-        self._alerts: threading.Thread | None = None
+        self._alerts: Any = None
         if alerts:
-            self.silence_writer, self._alerts = _alerts(store, self.stop, alert_every_s)
+            from ..governance.alerts.loop import AlertLoop
+            from ..governance.alerts.rules import load_default_rules
+
+            self._alerts = AlertLoop(store, load_default_rules(),
+                                     interval_s=alert_every_s).start()
+            self.silence_writer = self._alerts.engine.store.add_silence
         watched = [self.monitor.wrap(s) for s in sources]
         self._collector = threading.Thread(target=self._collect, args=(watched, run_id),
                                            name="tw-live-collect", daemon=True)
@@ -158,9 +163,9 @@ class LiveSession:
         """Stop the sources (each finishes its pass), then flush and close the writer."""
         self.stop.set()
         self._collector.join(60)
-        if self._alerts is not None:
-            self._alerts.join(30)
         self.writer.close()
+        if self._alerts is not None:
+            self._alerts.stop()
 
 
 def _check_view(view: str) -> None:
@@ -188,32 +193,3 @@ def _log_to_file(db_path: Path) -> Path:
         watch.removeHandler(h)
     watch.propagate = True
     return path
-
-
-def _alerts(store: Any, stop: threading.Event,
-            every_s: float) -> tuple[Any, threading.Thread | None]:
-    """Evaluate the shipped alert rules every few seconds while collecting, and give the
-    dashboard a way to store silences. Returns (silence writer, thread)."""
-    from ..governance.alerts.engine import AlertEngine
-    from ..governance.alerts.rules import load_default_rules
-    from ..governance.alerts.store_evaluator import evaluate_once
-    from ..storage.alert_store import DuckDBAlertStore
-
-    alert_store = DuckDBAlertStore(store)
-    engine = AlertEngine(load_default_rules(), alert_store)
-    log = logging.getLogger("tractatus_watch.live.alerts")
-
-    def loop() -> None:
-        con = store.cursor()
-        try:
-            while not stop.wait(every_s):
-                try:
-                    evaluate_once(engine, con)
-                except Exception:  # a failing rule must not stop collecting
-                    log.exception("alert evaluation failed")
-        finally:
-            con.close()
-
-    thread = threading.Thread(target=loop, name="tw-live-alerts", daemon=True)
-    thread.start()
-    return alert_store.add_silence, thread

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Everything the tests need that is not a Python package (tmux for the terminal test).
+# Everything the tests need that is not a Python package: tmux for the terminal test, and
+# PostgreSQL's server binaries for the DuckLake tests (they start their own server on loopback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v tmux >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq tmux) >/dev/null 2>&1 || echo "warning: tmux unavailable; terminal tests will be skipped" >&2
+fi
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq postgresql) >/dev/null 2>&1 || echo "warning: PostgreSQL unavailable; lake tests will fail under CI" >&2
 fi
 exec .venv/bin/python -m pytest "$@"

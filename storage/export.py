@@ -30,7 +30,8 @@ class ExportError(StoreError):
 
 def exportable_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     rows = con.execute("SELECT table_name FROM information_schema.tables "
-                       "WHERE table_schema = 'main' ORDER BY table_name").fetchall()
+                       "WHERE table_catalog = current_database() AND table_schema = 'main' "
+                       "ORDER BY table_name").fetchall()
     return [r[0] for r in rows]
 
 

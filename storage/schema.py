@@ -108,17 +108,17 @@ ROLLUP_FOLDS: Final[dict[str, str]] = {
 def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     rows = con.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+        "AND table_catalog = current_database() AND table_schema = current_schema() "
         "ORDER BY ordinal_position", [table]).fetchall()
     return [r[0] for r in rows]
 
 
 def current_version(con: duckdb.DuckDBPyConnection) -> int:
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
-        [SCHEMA_VERSION_TABLE]).fetchall()[0][0]
-    if not exists:
+    # Asked of the table itself, not information_schema, which a Quack-attached database lacks.
+    try:
+        row = con.execute(f"SELECT max(version) FROM {SCHEMA_VERSION_TABLE}").fetchall()[0]
+    except duckdb.CatalogException:
         return 0
-    row = con.execute(f"SELECT max(version) FROM {SCHEMA_VERSION_TABLE}").fetchall()[0]
     return int(row[0] or 0)
 
 

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from ..governance.events import MODES
 from ..governance.verdicts import VERDICTS
 from .batch import ARROW_SCHEMAS, EVENT_TABLES, Batch
+from .coordination import is_conflict, retry_conflicts
 from .schema import NATURAL_KEYS
 from .store import Store
 
@@ -176,7 +177,7 @@ class Writer:
                  flush_interval_s: float = 1.0,
                  on_commit: Callable[[WriterStats], None] | None = None) -> None:
         if store.read_only:
-            raise WriterError(f"{store.path} is open read-only")
+            raise WriterError(f"{store.label} is open read-only")
         self._store = store
         self._queue: queue.Queue[_Item | _Control] = queue.Queue(maxsize=max_queue)
         self._flush_rows = flush_rows
@@ -187,6 +188,8 @@ class Writer:
         self.stats = WriterStats()
         self._known_runs: set[str] = set()  # runs already in `runs`: no lookup per commit
         self._con = store.cursor()
+        self._coord = store.coordinator()
+        self._lake = store.is_lake
         self._thread = threading.Thread(target=self._run, name="tw-writer", daemon=True)
         self._thread.start()
 
@@ -264,16 +267,21 @@ class Writer:
                     return
 
     def _finish(self) -> None:
-        try:
-            self._con.execute("CHECKPOINT")
-        except duckdb.Error as exc:  # a checkpoint is an optimisation; the data is committed
-            log.warning("writer: checkpoint failed: %s", exc)
+        # On a lake, CHECKPOINT means maintenance (merge, expire): that is `lake maintain`'s job.
+        if not self._lake:
+            try:
+                self._con.execute("CHECKPOINT")
+            except duckdb.Error as exc:  # a checkpoint is an optimisation; data is committed
+                log.warning("writer: checkpoint failed: %s", exc)
         self._con.close()
+        self._coord.close()
 
     def _commit_or_quarantine(self, items: list[_Item]) -> None:
         try:
             self._commit(items)
         except duckdb.Error as exc:
+            if is_conflict(exc):  # the data is fine; the lake stayed too busy: fail loudly
+                raise
             if len(items) > 1:  # isolate the item that cannot be stored
                 for item in items:
                     self._commit_or_quarantine([item])
@@ -307,11 +315,40 @@ class Writer:
                 quarantine.extend(rejected)
         cursors: dict[str, tuple[str, dict[str, Any] | None]] = {
             i.cursor.source: (i.cursor.value, i.stats) for i in items if i.cursor}
+        run_ids: set[str] = set()
+        for name in EVENT_TABLES:
+            if name in tables and tables[name].num_rows:
+                run_ids.update(pc.unique(tables[name].column("run_id")).to_pylist())
+        # Writers of the same run (other processes on a lake) take turns: each one's anti-join
+        # then sees what the previous one committed.
+        with self._coord.locked(run_ids):
+            added, duplicates = retry_conflicts(
+                lambda: self._transaction(tables, run_ids, quarantine, cursors, items))
+        self._known_runs.update(run_ids)
+        st = self.stats
+        for name, n in added.items():
+            st.committed_rows[name] = st.committed_rows.get(name, 0) + n
+        st.duplicates += duplicates
+        st.quarantined += added.get("quarantine", 0)
+        st.commits += 1
+        st.last_commit_at = time.time()
+        st.last_commit_ms = (time.perf_counter() - t0) * 1000
+        if self._on_commit is not None:
+            try:
+                self._on_commit(st)
+            except Exception as exc:  # a listener must not break ingestion
+                log.warning("writer: on_commit listener failed: %s", exc)
+
+    def _transaction(self, tables: dict[str, pa.Table], run_ids: set[str],
+                     quarantine: list[tuple[str, str]],
+                     cursors: dict[str, tuple[str, dict[str, Any] | None]],
+                     items: list[_Item]) -> tuple[dict[str, int], int]:
+        """One attempt at the commit: rows, rollups, quarantine and cursors, all or nothing."""
+        con = self._con
         added: dict[str, int] = {}
         duplicates = 0
         con.execute("BEGIN TRANSACTION")
         try:
-            run_ids: set[str] = set()
             for name in EVENT_TABLES:
                 table = tables.get(name)
                 if table is None or table.num_rows == 0:
@@ -319,7 +356,6 @@ class Writer:
                 n_new = self._insert_new(name, table)
                 added[name] = n_new
                 duplicates += table.num_rows - n_new
-                run_ids.update(pc.unique(table.column("run_id")).to_pylist())
             new_runs = sorted(run_ids - self._known_runs)
             if new_runs:
                 self._register_runs(new_runs)
@@ -338,28 +374,19 @@ class Writer:
                 con.execute("INSERT INTO quarantine BY NAME SELECT * FROM _q")
                 con.unregister("_q")
                 added["quarantine"] = q_from_batch.num_rows
+            # Appended, never updated: the newest row per source is its cursor. Updates would
+            # make concurrent lake writers conflict; `lake maintain` trims the history.
             for source, (value, stats) in cursors.items():
-                con.execute("DELETE FROM ingest_state WHERE source = ?", [source])
                 con.execute("INSERT INTO ingest_state VALUES (?, ?, now()::TIMESTAMP, ?)",
                             [source, value, json.dumps(stats) if stats is not None else None])
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        self._known_runs.update(run_ids)
-        st = self.stats
-        for name, n in added.items():
-            st.committed_rows[name] = st.committed_rows.get(name, 0) + n
-        st.duplicates += duplicates
-        st.quarantined += added.get("quarantine", 0)
-        st.commits += 1
-        st.last_commit_at = time.time()
-        st.last_commit_ms = (time.perf_counter() - t0) * 1000
-        if self._on_commit is not None:
             try:
-                self._on_commit(st)
-            except Exception as exc:  # a listener must not break ingestion
-                log.warning("writer: on_commit listener failed: %s", exc)
+                con.execute("ROLLBACK")
+            except duckdb.Error:  # a failed COMMIT has already ended the transaction
+                pass
+            raise
+        return added, duplicates
 
     @staticmethod
     def _source_of(items: list[_Item]) -> str:

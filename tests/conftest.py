@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -82,3 +83,29 @@ def agl_gateway() -> Iterator[AglGateway]:
         client.close()
         server.should_exit = True
         thread.join(10)
+
+
+# --- postgres: a real PostgreSQL server on 127.0.0.1 (DuckLake catalogs) -----------------------
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway server for the session; each test makes its own database with
+    `postgres.create_database(name)`."""
+    from tractatus_watch.pgtemp import PostgresUnavailable, TempPostgres
+
+    try:
+        pg = TempPostgres.start()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def lake(postgres, tmp_path):
+    """A new, empty DuckLake location: (store spec, data path)."""
+    name = f"lake_{uuid.uuid4().hex[:10]}"
+    conninfo = postgres.create_database(name)
+    return f"ducklake:postgres:{conninfo}", str(tmp_path / "lake-data")

@@ -12,7 +12,8 @@ import duckdb
 import typer
 
 from . import __version__
-from .config import DB_ENV, CliError, resolve_db
+from .storage.target import StoreTarget
+from .config import DATA_PATH_ENV, DB_ENV, STORE_ENV, TOKEN_ENV, CliError, resolve_store
 
 app = typer.Typer(
     name="tractatus-watch", no_args_is_help=True, add_completion=False,
@@ -20,9 +21,16 @@ app = typer.Typer(
          "(Tractatus-style governance + Agent Lightning).",
 )
 
-DbOption = Annotated[Optional[Path], typer.Option(
-    "--db", envvar=DB_ENV, show_envvar=True, dir_okay=False,
-    help="DuckDB database file [default: $XDG_DATA_HOME/tractatus-watch/watch.duckdb].")]
+DbOption = Annotated[Optional[str], typer.Option(
+    "--store", "--db", envvar=[STORE_ENV, DB_ENV], show_envvar=True, metavar="STORE",
+    help="Where the data lives: a DuckDB file (PATH or duckdb:PATH, the default "
+         "$XDG_DATA_HOME/tractatus-watch/watch.duckdb), a DuckLake "
+         "(ducklake:postgres:<libpq conninfo> with --data-path) or a collector served over "
+         "Quack (quack:HOST:PORT, read-only).")]
+DataPathOption = Annotated[Optional[str], typer.Option(
+    "--data-path", envvar=DATA_PATH_ENV, show_envvar=True, metavar="DIR",
+    help="The DuckLake data folder (shared by every writer and reader) or object-storage URL; "
+         "needed to create a lake.")]
 
 
 def _version(value: bool) -> None:
@@ -51,10 +59,32 @@ def _quiet_agent_lightning() -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
-def open_store(db: Path | None, *, read_only: bool):
+def read_token(token_file: Path | None) -> str | None:
+    """A Quack token from a file (first line) or $TRACTATUS_WATCH_TOKEN; never printed."""
+    import os
+
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip().splitlines()
+        except OSError as exc:
+            raise CliError(f"cannot read the token file {token_file}: {exc.strerror}") from None
+        if not token or not token[0].strip():
+            raise CliError(f"the token file {token_file} is empty")
+        return token[0].strip()
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def open_store(db: str | StoreTarget | None, data_path: str | None = None, *, read_only: bool,
+               token_file: Path | None = None):
+    """Open the store a command names; writers refuse a read-only (Quack) store."""
     from .storage.store import Store
 
-    return Store.open(resolve_db(db), read_only=read_only)
+    target = db if isinstance(db, StoreTarget) else resolve_store(db, data_path)
+    if target.kind == "quack" and not read_only:
+        raise CliError(f"{target.label} is served read-only; write to the collector's own "
+                       "store, or to a DuckLake")
+    return Store.open(target, read_only=read_only,
+                      token=read_token(token_file) if target.kind == "quack" else None)
 
 
 def pick_run(con: duckdb.DuckDBPyConnection, run: str | None) -> str:

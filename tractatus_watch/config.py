@@ -7,7 +7,12 @@ import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-DB_ENV = "TRACTATUS_WATCH_DB"
+from .storage.target import StoreTarget, parse_target
+
+STORE_ENV = "TRACTATUS_WATCH_STORE"
+DB_ENV = "TRACTATUS_WATCH_DB"  # the older name; still read
+DATA_PATH_ENV = "TRACTATUS_WATCH_DATA_PATH"
+TOKEN_ENV = "TRACTATUS_WATCH_TOKEN"
 
 
 class CliError(Exception):
@@ -19,9 +24,15 @@ def default_db_path() -> Path:
     return Path(data_home) / "tractatus-watch" / "watch.duckdb"
 
 
-def resolve_db(db: Path | None) -> Path:
-    """--db, else $TRACTATUS_WATCH_DB (typer fills it), else the XDG default."""
-    return (db or default_db_path()).expanduser()
+def resolve_store(spec: str | None, data_path: str | None = None) -> StoreTarget:
+    """--store/--db, else $TRACTATUS_WATCH_STORE or $TRACTATUS_WATCH_DB (typer fills them),
+    else the XDG default file."""
+    if not spec:
+        return StoreTarget("duckdb", path=default_db_path())
+    target = parse_target(spec, data_path=data_path)
+    if data_path and target.kind != "ducklake":
+        raise CliError("--data-path is for a ducklake: store")
+    return target
 
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")

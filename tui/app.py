@@ -535,7 +535,7 @@ class Dashboard(App[None]):
             parts.append(part)
         c = self.common
         if not self.live:
-            parts.append(Text(self.store.path.name
+            parts.append(Text(self.store.target.short
                               + (" read-only" if self.store.read_only else "")))
             if c is not None and c.last_ts is not None:
                 parts.append(Text(f"data to {fmt.clock(c.last_ts, True)[5:]}"))

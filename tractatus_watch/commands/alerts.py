@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..cli import DbOption, app, open_store, pick_run
+from ..cli import DataPathOption, DbOption, app, open_store, pick_run
 from ..config import CliError
 from ..output import console
 
@@ -50,7 +50,7 @@ def check(
     = None,
     fmt: Annotated[CheckFormat, typer.Option("--format", help="Output format.")]
     = CheckFormat.table,
-    db: DbOption = None,
+    db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Evaluate the alert rules on the database: exit 0 nothing firing, 1 firing, 2 error.
 
@@ -61,7 +61,7 @@ def check(
     from ..storage.alert_store import DuckDBAlertStore
 
     ruleset = load_ruleset(rules)
-    with open_store(db, read_only=False) as store:
+    with open_store(db, data_path, read_only=False) as store:
         con = store.cursor()
         runs = [pick_run(con, run)] if run else None
         engine = AlertEngine(ruleset, DuckDBAlertStore(store))

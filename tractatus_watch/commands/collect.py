@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..cli import DbOption, app, open_store
+from ..cli import DataPathOption, DbOption, app, open_store
 from ..config import CliError
 from .alerts import RulesOption, load_ruleset
 
@@ -87,7 +87,7 @@ def collect(
                           "$TRACTATUS_WATCH_WEBHOOK_TOKEN or --webhook-token-file).")] = None,
     webhook_token_file: Annotated[Optional[Path], typer.Option(
         "--webhook-token-file", dir_okay=False)] = None,
-    db: DbOption = None,
+    db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Collect headless from Agent Lightning (poller, gateway) and spools, with alert
     evaluation. Structured log lines on stderr; SIGINT/SIGTERM flush and exit 0."""
@@ -101,7 +101,7 @@ def collect(
     key = _key(key_file)
     run_id = run or f"collect-{time.strftime('%Y%m%d-%H%M%S')}"
     setup_logging()
-    with open_store(db, read_only=False) as store:
+    with open_store(db, data_path, read_only=False) as store:
         writer = Writer(store, flush_interval_s=0.05)
         alerts = AlertLoop(store, ruleset, _notifiers(alert_log, webhook, webhook_token_file),
                            interval_s=alert_interval).start()
@@ -124,7 +124,7 @@ def gateway_command(
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
     key_file: KeyFileOption = None,
     run: RunOption = None,
-    db: DbOption = None,
+    db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Run the real Agent Lightning gateway and capture every event it records (zero loss).
 
@@ -136,7 +136,7 @@ def gateway_command(
     key = _key(key_file)
     run_id = run or f"gateway-{time.strftime('%Y%m%d-%H%M%S')}"
     setup_logging()
-    with open_store(db, read_only=False) as store:
+    with open_store(db, data_path, read_only=False) as store:
         writer = Writer(store, flush_interval_s=0.05)
         try:
             tap = GatewayTap(lambda records: None, host=host, port=port, key=key, run_id=run_id)
@@ -158,7 +158,7 @@ def ingest(
     = None,
     arm: Annotated[str, typer.Option("--arm", help="Arm the decisions belong to.")]
     = "governed",
-    db: DbOption = None,
+    db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Ingest Tractatus audit logs. Re-ingesting a file stores nothing new."""
     from ..collectors.audit import AuditDefaults, ingest_audit
@@ -169,7 +169,7 @@ def ingest(
     if missing:
         raise CliError(f"no such file: {', '.join(missing)}")
     run_id = run or "audit"
-    with open_store(db, read_only=False) as store:
+    with open_store(db, data_path, read_only=False) as store:
         writer = Writer(store)
         try:
             summary = ingest_audit(list(paths), writer_sink(writer, run_id),

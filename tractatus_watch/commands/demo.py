@@ -13,8 +13,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..cli import DbOption, app, open_store
-from ..config import CliError
+from ..cli import DataPathOption, DbOption, app, open_store
+from ..config import CliError, resolve_store
+from ..storage.target import StoreTarget
 from ..output import console
 
 # Timing-dependent figures are left out of --format json so that a seed fully determines it.
@@ -83,7 +84,7 @@ def demo(
     key_file: Annotated[Optional[Path], typer.Option(
         "--key-file", dir_okay=False, help="Agent Lightning key for --agl (else $AGL_KEY).")]
     = None,
-    db: DbOption = None,
+    db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Governed vs ungoverned RL training through a real Agent Lightning gateway.
 
@@ -96,15 +97,16 @@ def demo(
     base = SCENARIOS[scenario]
     pace = parse_speed(speed) if speed is not None else (None if headless else base.speed)
     key = _agl_key(key_file) if agl else None
+    target = resolve_store(db, data_path)
     if scenario == "scale":
-        _run_scale(base.with_overrides(agents=agents, rounds=rounds), seed, pace, agl, key, db,
+        _run_scale(base.with_overrides(agents=agents, rounds=rounds), seed, pace, agl, key, target,
                    fmt)
         return
     sc = base.with_overrides(agents=agents, rounds=rounds)
     if headless:
-        _run_headless(sc, seed, pace, agl, key, db, fmt)
+        _run_headless(sc, seed, pace, agl, key, target, fmt)
     else:
-        _run_live(sc, seed, pace, agl, key, db)
+        _run_live(sc, seed, pace, agl, key, target)
 
 
 def _agl_key(key_file: Path | None) -> str | None:
@@ -139,7 +141,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 
 def _run_headless(sc: Any, seed: int, pace: float | None, agl: str | None, key: str | None,
-                  db: Path | None, fmt: DemoFormat) -> None:
+                  target: StoreTarget, fmt: DemoFormat) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from ..demo.job import DemoStopped
@@ -147,7 +149,7 @@ def _run_headless(sc: Any, seed: int, pace: float | None, agl: str | None, key: 
     from ..report_render import rich_table
 
     err = console(stderr=True)
-    with open_store(db, read_only=False) as store:
+    with open_store(target, read_only=False) as store:
         with Progress("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), console=err,
                       transient=True, disable=not sys.stderr.isatty()) as progress:
@@ -173,18 +175,18 @@ def _run_headless(sc: Any, seed: int, pace: float | None, agl: str | None, key: 
                       f"arm={f.labels.get('arm', '')}")
     else:
         out.print("alerts fired: none")
-    out.print(f"run {session.run_id} stored in {store.path}")
+    out.print(f"run {session.run_id} stored in {store.label}")
 
 
 def _run_live(sc: Any, seed: int, pace: float | None, agl: str | None, key: str | None,
-              db: Path | None) -> None:
+              target: StoreTarget) -> None:
     """Train in a background thread while the dashboard shows the run; when training ends the
     dashboard stays on the final state until the user quits (quitting early stops training)."""
     from ..demo.job import DemoStopped
     from ..storage.alert_store import DuckDBAlertStore
     from ..tui import run_dashboard
 
-    with open_store(db, read_only=False) as store:
+    with open_store(target, read_only=False) as store:
         session = _session(store, sc, seed, pace, agl, key)
         failure: list[BaseException] = []
 
@@ -205,13 +207,13 @@ def _run_live(sc: Any, seed: int, pace: float | None, agl: str | None, key: str 
         finally:
             session.stop.set()
             thread.join(60)
-    console(stderr=True).print(f"run {session.run_id} stored in {store.path}")
+    console(stderr=True).print(f"run {session.run_id} stored in {store.label}")
     if failure:
         raise CliError(f"training failed: {failure[0]}")
 
 
 def _run_scale(sc: Any, seed: int, pace: float | None, agl: str | None, key: str | None,
-               db: Path | None, fmt: DemoFormat) -> None:
+               target: StoreTarget, fmt: DemoFormat) -> None:
     """Research question 1: one run per size; governance overhead as agents grow."""
     from rich.table import Table
 
@@ -219,7 +221,7 @@ def _run_scale(sc: Any, seed: int, pace: float | None, agl: str | None, key: str
 
     sizes: dict[str, dict[str, Any]] = {}
     err = console(stderr=True)
-    with open_store(db, read_only=False) as store:
+    with open_store(target, read_only=False) as store:
         for n in sc.sizes:
             run_sc = sc.with_overrides(agents=n)
             err.print(f"scale: {n} agent(s) per arm ...")

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..cli import DbOption, app, open_store, pick_run
-from ..config import CliError
+from ..cli import DataPathOption, DbOption, app, open_store, pick_run
+from ..config import CliError, default_db_path
 
 RunOption = Annotated[Optional[str], typer.Option(
     "--run", help="Run to show [default: the latest, following new runs].")]
@@ -26,7 +26,8 @@ ALERT_EVERY_S = 5.0
 
 
 @app.command("open")
-def open_(db: DbOption = None, run: RunOption = None, baseline: BaselineOption = None,
+def open_(db: DbOption = None, data_path: DataPathOption = None, run: RunOption = None,
+          baseline: BaselineOption = None,
           interval: IntervalOption = None, view: ViewOption = "overview") -> None:
     """Browse a stored database read-only: runs, rules, alerts, agents, overhead, events."""
     from ..storage.errors import StoreLocked
@@ -34,7 +35,7 @@ def open_(db: DbOption = None, run: RunOption = None, baseline: BaselineOption =
 
     _check_view(view)
     try:
-        store = open_store(db, read_only=True)
+        store = open_store(db, data_path, read_only=True)
     except StoreLocked as exc:
         raise StoreLocked(f"{exc}; to watch a training while it is collected, run the "
                           "dashboard in the collecting process: `tractatus-watch live`") from None
@@ -46,7 +47,7 @@ def open_(db: DbOption = None, run: RunOption = None, baseline: BaselineOption =
         finally:
             con.close()
         run_dashboard(store, run_id=run_id, baseline_run=baseline_run, interval=interval,
-                      title=f"tractatus-watch · {store.path.name}", view=view)
+                      title=f"tractatus-watch · {store.target.short}", view=view)
 
 
 @app.command()
@@ -71,7 +72,7 @@ def live(
     view: ViewOption = "overview",
     no_alerts: Annotated[bool, typer.Option(
         "--no-alerts", help="Do not evaluate the alert rules while collecting.")] = False,
-    db: DbOption = None,
+    db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Collect from the given sources and watch them in one process.
 
@@ -102,8 +103,8 @@ def live(
         # The runner hands the tap its sink when it starts it.
         sources.append(GatewayTap(lambda _records: None, host=host, port=port, key=key,
                                   run_id=run or ""))
-    store = open_store(db, read_only=False)
-    log_path = _log_to_file(store.path)
+    store = open_store(db, data_path, read_only=False)
+    log_path = _log_to_file(store.path or default_db_path())
     session = LiveSession(store, sources, run_id=run or "default", alerts=not no_alerts)
     try:
         run_dashboard(store, run_id=run, live_writer=session.writer,
@@ -179,7 +180,7 @@ def _check_view(view: str) -> None:
 
 def _log_to_file(db_path: Path) -> Path:
     """The collectors log to stderr, which would draw over the dashboard: send it to a file
-    next to the database instead."""
+    next to the database (a lake's: next to the default database) instead."""
     path = db_path.with_name(db_path.name + ".live.log")
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()

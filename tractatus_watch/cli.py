@@ -123,5 +123,5 @@ def main() -> None:
 
 # Each module registers its commands on `app`; imported last because they import `app`.
 from .commands import (  # noqa: E402,F401
-    alerts as _alerts, collect as _collect, demo as _demo, report as _report, store as _store,
-    tui as _tui)
+    alerts as _alerts, collect as _collect, demo as _demo, lake as _lake, report as _report,
+    store as _store, tui as _tui)

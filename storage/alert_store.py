@@ -1,6 +1,6 @@
 """Alert state on DuckDB: the `alerts`, `alert_events` and `silences` tables behind the alert
 engine's AlertStateStore protocol. Only the alert evaluator writes these tables, through its own
-cursor, so it never conflicts with the event writer."""
+cursor, so it never conflicts with the event writer (on a lake: one leading evaluator)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 import duckdb
 
 from ..governance.alerts.engine import AlertState, Silence, Transition
+from .coordination import retry_conflicts
 from .store import Store
 
 _TIME_COLUMNS = ("active_since", "updated_at", "ts", "starts_at", "ends_at")
@@ -54,15 +55,23 @@ class DuckDBAlertStore:
 
     def save(self, transitions: Sequence[Transition], states: Mapping[str, AlertState]) -> None:
         con = self._con()
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute("DELETE FROM alerts")
-            _insert(con, "alerts", [s.to_row() for s in states.values()])
-            _insert(con, "alert_events", [t.to_row() for t in transitions])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+
+        def attempt() -> None:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute("DELETE FROM alerts")
+                _insert(con, "alerts", [s.to_row() for s in states.values()])
+                _insert(con, "alert_events", [t.to_row() for t in transitions])
+                con.execute("COMMIT")
+            except BaseException:
+                try:
+                    con.execute("ROLLBACK")
+                except duckdb.Error:  # a failed COMMIT has already ended the transaction
+                    pass
+                raise
+
+        # One evaluator writes these tables, but `lake maintain` may rewrite their files.
+        retry_conflicts(attempt)
 
     def silences(self, now: float) -> list[Silence]:
         return [Silence.from_row(r) for r in self._rows(

@@ -108,9 +108,14 @@ def main() -> None:
         code = app(standalone_mode=False)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
+    except (click.ClickException, typer.TyperException) as exc:
+        # typer 0.29 carries its own copy of click: usage errors come as TyperException.
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        code = getattr(exc, "exit_code", 2)
     except click.exceptions.Abort:
         code = 130
     except KeyboardInterrupt:

@@ -1,5 +1,10 @@
 """Alert evaluation next to a running collector: every few seconds, judge the stored data and
-notify. It reads and writes through its own cursors, so it never blocks ingestion."""
+notify. It reads and writes through its own cursors, so it never blocks ingestion.
+
+Several collectors may write one lake, some watching the same run. One of them at a time leads
+(a lock held in the lake's catalog for as long as its process lives) and evaluates every rule
+for every run; the others stand by and take over when the leader exits, starting from the alert
+state it stored. So each rule and run is evaluated once, and nobody is notified twice."""
 
 from __future__ import annotations
 
@@ -17,9 +22,16 @@ log = logging.getLogger(__name__)
 
 
 class AlertLoop:
+    LEAD = "alerts"
+
     def __init__(self, store: Store, rules: RuleSet, notifiers: Sequence[Notifier] = (), *,
                  interval_s: float = 5.0, runs: Sequence[str] | None = None) -> None:
-        self.engine = AlertEngine(rules, DuckDBAlertStore(store), notifiers=list(notifiers))
+        self.alert_store = DuckDBAlertStore(store)
+        self._rules = rules
+        self._notifiers = list(notifiers)
+        self._coordinator = store.coordinator()
+        # Built on taking the lead, so it starts from the state the previous leader stored.
+        self.engine: AlertEngine | None = None
         self.store = store
         self.interval_s = interval_s
         self.runs = list(runs) if runs else None
@@ -31,7 +43,17 @@ class AlertLoop:
         self._thread.start()
         return self
 
+    @property
+    def leading(self) -> bool:
+        return self.engine is not None
+
     def evaluate(self) -> list[Transition]:
+        """Evaluate if this process leads (taking the lead if it is free); else nothing."""
+        if self.engine is None:
+            if not self._coordinator.try_lead(self.LEAD):
+                return []
+            self.engine = AlertEngine(self._rules, self.alert_store, notifiers=self._notifiers)
+            log.info("alert evaluation: this collector leads")
         con = self.store.cursor()
         try:
             out = evaluate_once(self.engine, con, runs=self.runs)
@@ -57,6 +79,9 @@ class AlertLoop:
         if self._thread.is_alive():
             self._thread.join(30)
         try:
-            self.evaluate()
+            if self.leading:
+                self.evaluate()
         except Exception as exc:
             log.warning("final alert evaluation failed: %s", exc)
+        finally:
+            self._coordinator.close()  # hands the lead to a standby collector

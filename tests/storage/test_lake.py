@@ -98,3 +98,39 @@ def test_a_missing_lake_needs_a_data_path_and_bad_catalogs_fail_in_one_line(post
         Store.open("ducklake:postgres:host=127.0.0.1 port=1 dbname=x password=s3cret",
                    data_path="/tmp/x")
     assert "s3cret" not in str(err.value) and "\n" not in str(err.value)
+
+
+RULES = """
+[[groups]]
+name = "t"
+[[groups.rules]]
+alert = "RunHasActions"
+expr = "SELECT run_id, CAST(sum(actions) AS DOUBLE) AS value FROM rollup_agent GROUP BY run_id"
+labels = { severity = "warning" }
+"""
+
+
+def test_one_collector_leads_alerts_and_a_standby_takes_over_without_renotifying(
+        lake, tmp_path) -> None:
+    from tractatus_watch.governance.alerts.loop import AlertLoop
+    from tractatus_watch.governance.alerts.notify import JsonlNotifier
+    from tractatus_watch.governance.alerts.rules import parse_rules
+
+    spec, data = lake
+    rules = parse_rules(RULES)
+    with Store.open(spec, data_path=data) as a, Store.open(spec, data_path=data) as b:
+        w = Writer(a)
+        w.submit(decisions_batch(0, 500, run_id="shared", total=500))
+        w.close()
+        first = AlertLoop(a, rules, [JsonlNotifier(tmp_path / "a.jsonl")])
+        second = AlertLoop(b, rules, [JsonlNotifier(tmp_path / "b.jsonl")])
+        fired = first.evaluate()
+        assert [(t.alertname, t.to_state) for t in fired] == [("RunHasActions", "firing")]
+        assert second.evaluate() == [] and not second.leading  # stands by: no double alert
+        first.stop()  # the leader exits: its lock goes with its session
+        assert second.evaluate() == [] and second.leading  # took over the stored state
+        assert second.engine is not None and [s.state for s in second.engine.states()] == [
+            "firing"]
+        second.stop()
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 1
+    assert not (tmp_path / "b.jsonl").exists() or not (tmp_path / "b.jsonl").read_text()

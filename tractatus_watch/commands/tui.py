@@ -146,7 +146,7 @@ class LiveSession:
 
             self._alerts = AlertLoop(store, load_default_rules(),
                                      interval_s=alert_every_s).start()
-            self.silence_writer = self._alerts.engine.store.add_silence
+            self.silence_writer = self._alerts.alert_store.add_silence
         watched = [self.monitor.wrap(s) for s in sources]
         self._collector = threading.Thread(target=self._collect, args=(watched, run_id),
                                            name="tw-live-collect", daemon=True)

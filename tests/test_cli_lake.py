@@ -148,3 +148,57 @@ def test_bad_store_specs_fail_in_one_line(tmp_path: Path) -> None:
         assert needle in result.stderr and "Traceback" not in result.stderr, result.stderr
         if not needle.startswith("Missing"):  # usage errors add click's usage hint
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_two_collectors_on_one_run_store_once_and_alert_once(tmp_path: Path, lake) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tractatus_watch.governance.governor import Governor
+    from tractatus_watch.governance.spool import SpoolWriter
+
+    spec, data = lake
+    spool = tmp_path / "spool"
+    writer = SpoolWriter(spool)
+    gov = Governor(mode="enforce", agent_id="a", arm="governed", run_id="same", sink=writer)
+    off = Governor(mode="off", agent_id="b", arm="governed", run_id="same", sink=writer)
+    for i in range(40):
+        gov.check({"kind": "publish", "text": f"Item {i} on housing"}, round=0)
+    off.check({"kind": "publish", "text": "unchecked"}, round=0)  # coverage falls below 100%
+    writer.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACTATUS_WATCH")}
+    env.update(TRACTATUS_WATCH_STORE=spec, TRACTATUS_WATCH_DATA_PATH=data)
+    logs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    procs = [subprocess.Popen([sys.executable, "-m", "tractatus_watch", "collect", "--spool",
+                               str(spool), "--alert-log", str(log), "--alert-interval", "0.5"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for log in logs]
+
+    def fired() -> list[dict]:
+        return [json.loads(line) for log in logs if log.exists()
+                for line in log.read_text().splitlines()]
+
+    deadline = time.monotonic() + 90
+    while not any(t["alertname"] == "GovernanceCoverageBelow100" for t in fired()):
+        assert time.monotonic() < deadline, "no alert within 90 s"
+        assert all(p.poll() is None for p in procs)
+        time.sleep(0.2)
+    time.sleep(2.0)  # several more evaluation rounds from both collectors
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    coverage = [t for t in fired() if t["alertname"] == "GovernanceCoverageBelow100"
+                and t["to"] == "firing"]
+    assert len(coverage) == 1, coverage  # one leader notified; the standby did not
+    with Store.open(spec, read_only=True) as store:
+        cur = store.cursor()
+        assert cur.execute("SELECT count(*), count(DISTINCT decision_id) FROM decisions "
+                           "WHERE run_id = 'same'").fetchall() == [(41, 41)]
+        assert cur.execute("SELECT sum(actions) FROM rollup_agent WHERE run_id = 'same'"
+                           ).fetchall() == [(41,)]

@@ -134,3 +134,52 @@ def test_one_collector_leads_alerts_and_a_standby_takes_over_without_renotifying
         second.stop()
     assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 1
     assert not (tmp_path / "b.jsonl").exists() or not (tmp_path / "b.jsonl").read_text()
+
+
+def test_extensions_load_offline_and_a_missing_package_names_itself(monkeypatch) -> None:
+    import importlib.util
+
+    import duckdb
+
+    from tractatus_watch.storage import extensions
+
+    con = duckdb.connect(config={"autoinstall_known_extensions": False,
+                                 "autoload_known_extensions": False})
+    extensions.load(con, "quack", "ducklake", "postgres", "httpfs")
+    loaded = {r[0] for r in con.execute(
+        "SELECT extension_name FROM duckdb_extensions() WHERE loaded").fetchall()}
+    assert {"quack", "ducklake", "postgres_scanner", "httpfs"} <= loaded
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "duckdb_extension_quack" else real(name, *a))
+    with pytest.raises(StoreError, match=r"pip install duckdb-extension-quack==1\.5\.5"):
+        extensions.load(duckdb.connect(), "quack")
+
+
+def test_a_lost_commit_race_is_retried_from_a_fresh_snapshot(lake) -> None:
+    from tractatus_watch.storage.coordination import retry_conflicts
+
+    spec, data = lake
+    with Store.open(spec, data_path=data) as a, Store.open(spec, data_path=data) as b:
+        ca, cb = a.cursor(), b.cursor()
+        ca.execute("INSERT INTO silences VALUES ('s', '[]', NULL, NULL, now()::TIMESTAMP, "
+                   "now()::TIMESTAMP)")
+        attempts = []
+
+        def attempt() -> int:
+            attempts.append(1)
+            ca.execute("BEGIN TRANSACTION")
+            try:
+                ca.execute("DELETE FROM silences")
+                if len(attempts) == 1:  # another process deletes from the table meanwhile
+                    cb.execute("DELETE FROM silences")
+                ca.execute("COMMIT")
+            except BaseException:
+                try:
+                    ca.execute("ROLLBACK")
+                except Exception:
+                    pass
+                raise
+            return len(attempts)
+
+        assert retry_conflicts(attempt, first_wait_s=0.01) == 2

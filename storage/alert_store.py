@@ -13,6 +13,7 @@ import duckdb
 from ..governance.alerts.engine import AlertState, Silence, Transition
 from .coordination import retry_conflicts
 from .store import Store
+from .transaction import transaction
 
 _TIME_COLUMNS = ("active_since", "updated_at", "ts", "starts_at", "ends_at")
 
@@ -57,18 +58,10 @@ class DuckDBAlertStore:
         con = self._con()
 
         def attempt() -> None:
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(con):
                 con.execute("DELETE FROM alerts")
                 _insert(con, "alerts", [s.to_row() for s in states.values()])
                 _insert(con, "alert_events", [t.to_row() for t in transitions])
-                con.execute("COMMIT")
-            except BaseException:
-                try:
-                    con.execute("ROLLBACK")
-                except duckdb.Error:  # a failed COMMIT has already ended the transaction
-                    pass
-                raise
 
         # One evaluator writes these tables, but `lake maintain` may rewrite their files.
         retry_conflicts(attempt)

@@ -16,6 +16,7 @@ import duckdb
 from .coordination import retry_conflicts
 from .schema import compact_rollups
 from .store import LAKE_CATALOG, Store
+from .transaction import transaction
 
 
 @dataclass
@@ -47,17 +48,11 @@ def live_files(con: duckdb.DuckDBPyConnection) -> int:
 
 def trim_cursors(con: duckdb.DuckDBPyConnection) -> int:
     """Keep the newest cursor row per source (writers append one per commit)."""
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         n = _scalar(con, "SELECT count(*) FROM ingest_state")
         con.execute("DELETE FROM ingest_state WHERE (source, updated_at) NOT IN "
                     "(SELECT source, max(updated_at) FROM ingest_state GROUP BY source)")
-        trimmed = n - _scalar(con, "SELECT count(*) FROM ingest_state")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    return trimmed
+        return n - _scalar(con, "SELECT count(*) FROM ingest_state")
 
 
 def maintain(store: Store, *, keep: timedelta = timedelta(hours=1)) -> MaintainReport:

@@ -14,6 +14,7 @@ from typing import Final
 import duckdb
 
 from .errors import SchemaTooNew
+from .transaction import transaction
 
 SCHEMA_VERSION_TABLE: Final = "schema_version"
 
@@ -131,8 +132,7 @@ def migrate(con: duckdb.DuckDBPyConnection, *, path: str = "database") -> int:
             f"({LATEST_VERSION}); upgrade tractatus-watch to open it")
     if version == LATEST_VERSION:
         return version
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         if version == 0:
             con.execute(f"CREATE TABLE {SCHEMA_VERSION_TABLE} (version INTEGER NOT NULL, "
                         "description VARCHAR, applied_at TIMESTAMP NOT NULL)")
@@ -143,17 +143,12 @@ def migrate(con: duckdb.DuckDBPyConnection, *, path: str = "database") -> int:
                 con.execute(statement)
             con.execute(f"INSERT INTO {SCHEMA_VERSION_TABLE} VALUES (?, ?, now()::TIMESTAMP)",
                         [number, description])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return LATEST_VERSION
 
 
 def compact_rollups(con: duckdb.DuckDBPyConnection) -> None:
     """Fold the appended partial aggregates into one row per key (same sums, fewer rows)."""
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         for table, keys in ROLLUP_KEYS.items():
             measures = [c for c in table_columns(con, table) if c not in keys]
             folds = ", ".join(f"{ROLLUP_FOLDS.get(m, 'sum')}({m}) AS {m}" for m in measures)
@@ -163,7 +158,3 @@ def compact_rollups(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"DELETE FROM {table}")
             con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _folded")
             con.execute("DROP TABLE _folded")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise

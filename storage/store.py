@@ -7,6 +7,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import duckdb
 
@@ -248,6 +249,11 @@ class Store:
             cur = self.con.cursor()
         if self.catalog:
             cur.execute(f"USE {self.catalog}")
+        if self.target.kind == "quack":
+            # Joins over a Quack-attached catalog fail on the client: run reads on the server.
+            from .remote import RemoteCursor
+
+            return cast(duckdb.DuckDBPyConnection, RemoteCursor(cur, REMOTE_CATALOG))
         return cur
 
     def get_cursor(self, source: str) -> str | None:

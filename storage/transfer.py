@@ -16,6 +16,7 @@ import duckdb
 from .errors import StoreError
 from .schema import SCHEMA_VERSION_TABLE
 from .store import Store
+from .transaction import transaction
 
 BATCH_ROWS = 122_880  # one DuckDB row group per insert
 
@@ -67,8 +68,7 @@ def copy_store(src: Store, dst: Store, *, replace: bool = False,
         if occupied and not replace:
             raise StoreError(f"{dst.label} already holds data (in {', '.join(occupied)}); "
                              "copy into an empty store, or pass --force to replace it")
-        d.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(d):
             for table in tables:
                 if replace:
                     d.execute(f"DELETE FROM {table}")
@@ -82,10 +82,6 @@ def copy_store(src: Store, dst: Store, *, replace: bool = False,
                     if progress is not None:
                         progress(table, copied)
                 report.rows[table] = copied
-            d.execute("COMMIT")
-        except BaseException:
-            d.execute("ROLLBACK")
-            raise
         report.source = checksums(s)
         report.target = checksums(d)
     finally:

@@ -29,6 +29,7 @@ from .batch import ARROW_SCHEMAS, EVENT_TABLES, Batch
 from .coordination import is_conflict, retry_conflicts
 from .schema import NATURAL_KEYS
 from .store import Store
+from .transaction import transaction
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,6 @@ class Writer:
 
     def _commit(self, items: list[_Item]) -> None:
         t0 = time.perf_counter()
-        con = self._con
         grouped: dict[str, list[pa.Table]] = {}
         for item in items:
             for name, table in item.batch.tables.items():
@@ -347,8 +347,7 @@ class Writer:
         con = self._con
         added: dict[str, int] = {}
         duplicates = 0
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             for name in EVENT_TABLES:
                 table = tables.get(name)
                 if table is None or table.num_rows == 0:
@@ -379,13 +378,6 @@ class Writer:
             for source, (value, stats) in cursors.items():
                 con.execute("INSERT INTO ingest_state VALUES (?, ?, now()::TIMESTAMP, ?)",
                             [source, value, json.dumps(stats) if stats is not None else None])
-            con.execute("COMMIT")
-        except BaseException:
-            try:
-                con.execute("ROLLBACK")
-            except duckdb.Error:  # a failed COMMIT has already ended the transaction
-                pass
-            raise
         return added, duplicates
 
     @staticmethod

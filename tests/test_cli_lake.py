@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from tractatus_watch.governance.alerts.loop import AlertLoop
 from tractatus_watch.governance.alerts.engine import Silence

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Annotated, Optional
+from typing import Annotated
 
 import polars as pl
 import typer

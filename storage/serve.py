@@ -45,7 +45,7 @@ _AUTHORIZE = f"{_GUARD_CATALOG}.main.tw_read_only"
 # Table functions the Quack client itself sends (catalog listings); anything else could read
 # files (read_text, glob) or act (quack_serve, checkpoint) from inside a SELECT.
 _ALLOWED_TABLE_FUNCTIONS = ("duckdb_tables", "duckdb_views", "duckdb_schemas",
-                            "duckdb_columns", "duckdb_databases")
+                            "duckdb_columns")
 # json_serialize_sql parses the text with DuckDB's own parser and refuses anything that is
 # not a SELECT (INSERT, COPY, CALL, PRAGMA, SET, several statements with one not a SELECT),
 # which a regular expression over the raw text cannot do reliably. Over its JSON: every table
@@ -194,7 +194,8 @@ def serve(store: Store, host: str, port: int, token: str, *, public: bool = Fals
     try:
         extensions.load(cur, "quack", "httpfs")  # without httpfs clients get HTTP 500
         try:
-            cur.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {_GUARD_CATALOG}")
+            # READ_ONLY false: a store opened read-only opens everything read-only by default.
+            cur.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {_GUARD_CATALOG} (READ_ONLY false)")
             cur.execute(_AUTHORIZE_SQL)
             cur.execute(f"SET GLOBAL quack_authorization_function = '{_AUTHORIZE}'")
             cur.execute("CALL quack_serve(?, token := ?, allow_other_hostname := ?)",

@@ -32,6 +32,12 @@ DataPathOption = Annotated[Optional[str], typer.Option(
     help="The DuckLake data folder (shared by every writer and reader) or object-storage URL; "
          "needed to create a lake.")]
 
+TokenFileOption = Annotated[Optional[Path], typer.Option(
+    "--token-file", dir_okay=False, metavar="FILE",
+    help="File whose first line is the token of a quack: store (else "
+         "$TRACTATUS_WATCH_TOKEN); a collector run with --serve writes its token to "
+         "<database>.quack-token.")]
+
 
 def _version(value: bool) -> None:
     if value:
@@ -80,6 +86,8 @@ def open_store(db: str | StoreTarget | None, data_path: str | None = None, *, re
     from .storage.store import Store
 
     target = db if isinstance(db, StoreTarget) else resolve_store(db, data_path)
+    if token_file is not None and target.kind != "quack":
+        raise CliError(f"--token-file is for a quack:HOST:PORT store, not {target.label}")
     if target.kind == "quack" and not read_only:
         raise CliError(f"{target.label} is served read-only; write to the collector's own "
                        "store, or to a DuckLake")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from ..cli import DataPathOption, DbOption, app, open_store
-from ..config import CliError
+from ..cli import DataPathOption, DbOption, app, open_store, read_token
+from ..config import CliError, resolve_store
+from ..storage.target import StoreTarget
 from .alerts import RulesOption, load_ruleset
 
 KeyFileOption = Annotated[Optional[Path], typer.Option(
@@ -19,6 +21,18 @@ KeyFileOption = Annotated[Optional[Path], typer.Option(
          "as an argument: it would show in `ps`.")]
 RunOption = Annotated[Optional[str], typer.Option(
     "--run", help="Run id for records that carry none [default: collect-<time>].")]
+ServeOption = Annotated[Optional[str], typer.Option(
+    "--serve", metavar="[HOST:]PORT",
+    help="Serve the live database read-only over Quack, for `tractatus-watch open --remote "
+         "quack:HOST:PORT` (host 127.0.0.1 unless given). The token is read from --token-file, "
+         "or generated into <database>.quack-token (mode 0600, removed on exit).")]
+ServeTokenFileOption = Annotated[Optional[Path], typer.Option(
+    "--token-file", dir_okay=False, metavar="FILE",
+    help="With --serve: the token viewers must present, the first line of FILE (at least 16 "
+         "characters); without it a new one is written to <database>.quack-token.")]
+ServePublicOption = Annotated[bool, typer.Option(
+    "--serve-public", help="Allow --serve on an address other than loopback. Quack speaks "
+                           "plain HTTP: put a TLS reverse proxy in front.")]
 
 
 def _key(key_file: Path | None) -> str | None:
@@ -60,6 +74,60 @@ def collect_sources(agl: list[str], spool: list[Path], gateway: bool, host: str,
     return sources
 
 
+@dataclass(frozen=True)
+class ServePlan:
+    """What --serve asked for, checked before the store is opened."""
+
+    host: str
+    port: int
+    public: bool
+    token: str | None  # None: generate one into the token file
+
+
+def serve_plan(serve: str | None, serve_public: bool, token_file: Path | None,
+               target: StoreTarget) -> ServePlan | None:
+    """Check --serve, --serve-public and --token-file (one-line errors, before any work)."""
+    from ..storage.serve import check_token, is_loopback, parse_address
+
+    if serve is None:
+        if serve_public or token_file is not None:
+            raise CliError("--serve-public and --token-file go with --serve [HOST:]PORT")
+        return None
+    if target.kind != "duckdb":
+        raise CliError(f"--serve serves a DuckDB file; {target.label} is a "
+                       f"{target.kind} store" + (
+                           ", which viewers open directly with --store (many processes may "
+                           "read a DuckLake at once)" if target.kind == "ducklake" else ""))
+    host, port = parse_address(serve)
+    if not is_loopback(host) and not serve_public:
+        raise CliError(f"--serve {serve}: {host} is not a loopback address and Quack speaks "
+                       "plain HTTP; add --serve-public to serve it anyway (behind a TLS "
+                       "reverse proxy)")
+    token = read_token(token_file) if token_file is not None else None
+    if token is not None:
+        check_token(token)
+    return ServePlan(host, port, serve_public, token)
+
+
+def start_serving(store: Any, plan: ServePlan | None) -> Any:
+    """Start the Quack server of a plan (None: nothing to do); logs where, never the token."""
+    import logging
+
+    from ..storage.serve import serve_with_token_file
+
+    if plan is None:
+        return None
+    server = serve_with_token_file(store, plan.host, plan.port, plan.token, public=plan.public)
+    log = logging.getLogger("tractatus_watch.collect")
+    log.info("serving the database read-only over Quack", extra={"fields": {
+        "address": server.uri, "database": str(store.path),
+        "token_file": str(server.token_file) if server.token_file else "(--token-file)"}})
+    if plan.public:
+        log.warning("serving on a non-loopback address over plain HTTP; put a TLS reverse "
+                    "proxy in front", extra={"fields": {"address": server.uri}})
+    return server
+
+
 def _flush_interval(store: Any) -> float:
     # Each lake commit writes a Parquet file per table: commit about once a second, not 20x.
     return 1.0 if store.is_lake else 0.05
@@ -92,10 +160,15 @@ def collect(
                           "$TRACTATUS_WATCH_WEBHOOK_TOKEN or --webhook-token-file).")] = None,
     webhook_token_file: Annotated[Optional[Path], typer.Option(
         "--webhook-token-file", dir_okay=False)] = None,
+    serve: ServeOption = None, serve_public: ServePublicOption = False,
+    token_file: ServeTokenFileOption = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Collect headless from Agent Lightning (poller, gateway) and spools, with alert
-    evaluation. Structured log lines on stderr; SIGINT/SIGTERM flush and exit 0."""
+    evaluation. Structured log lines on stderr; SIGINT/SIGTERM flush and exit 0.
+
+    With --serve, dashboards in other processes watch the database live
+    (`open --remote quack:HOST:PORT --token-file <database>.quack-token`)."""
     from ..collectors.runner import run_sources, setup_logging
     from ..governance.alerts.loop import AlertLoop
     from ..storage.writer import Writer
@@ -104,17 +177,23 @@ def collect(
         raise CliError("nothing to collect from: give --agl URL, --spool DIR or --gateway")
     ruleset = load_ruleset(rules)
     key = _key(key_file)
+    target = resolve_store(db, data_path)
+    plan = serve_plan(serve, serve_public, token_file, target)
     run_id = run or f"collect-{time.strftime('%Y%m%d-%H%M%S')}"
     setup_logging()
-    with open_store(db, data_path, read_only=False) as store:
+    with open_store(target, read_only=False) as store:
         writer = Writer(store, flush_interval_s=_flush_interval(store))
         alerts = AlertLoop(store, ruleset, _notifiers(alert_log, webhook, webhook_token_file),
                            interval_s=alert_interval).start()
+        server = None
         try:
+            server = start_serving(store, plan)
             result = run_sources(collect_sources(agl or [], spool or [], gateway, host, port,
                                                  key, run_id),
                                  writer, run_id=run_id, get_cursor=store.get_cursor)
         finally:
+            if server is not None:
+                server.stop()
             alerts.stop()
             writer.close()
     if not result.ok:

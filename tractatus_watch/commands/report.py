@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cli import DataPathOption, DbOption, app, open_store, pick_run
+from ..cli import DataPathOption, DbOption, TokenFileOption, app, open_store, pick_run
 from ..output import console
 
 
@@ -27,7 +27,7 @@ def report(
     = None,
     fmt: Annotated[ReportFormat, typer.Option("--format", help="Output format.")]
     = ReportFormat.table,
-    db: DbOption = None, data_path: DataPathOption = None,
+    db: DbOption = None, data_path: DataPathOption = None, token_file: TokenFileOption = None,
 ) -> None:
     """The governed-vs-ungoverned table (Demo 2) of a run, computed from stored data."""
     import json
@@ -35,7 +35,7 @@ def report(
     from ..governance.metrics import build_report
     from ..report_render import markdown, rich_table
 
-    with open_store(db, data_path, read_only=True) as store:
+    with open_store(db, data_path, read_only=True, token_file=token_file) as store:
         con = store.cursor()
         run_id = pick_run(con, run)
         result = build_report(con, run_id, pick_run(con, baseline) if baseline else None)

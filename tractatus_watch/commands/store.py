@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import duckdb
 import typer
 
-from ..cli import DataPathOption, DbOption, app, open_store
+from ..cli import DataPathOption, DbOption, TokenFileOption, app, open_store
 from ..config import CliError, parse_since
 from ..output import console, emit_frame
 
@@ -29,12 +29,13 @@ class ExportFormat(str, Enum):
 
 @app.command()
 def runs(db: DbOption = None, data_path: DataPathOption = None,
+         token_file: TokenFileOption = None,
          fmt: Annotated[QueryFormat, typer.Option("--format", help="Output format.")]
          = QueryFormat.table) -> None:
     """List the stored runs, newest first."""
     from ..storage import queries
 
-    with open_store(db, data_path, read_only=True) as store:
+    with open_store(db, data_path, read_only=True, token_file=token_file) as store:
         df = queries.runs(store.cursor())
     if df.is_empty() and fmt == QueryFormat.table:
         console().print("no runs stored yet: run `tractatus-watch demo` or a collector")
@@ -44,14 +45,14 @@ def runs(db: DbOption = None, data_path: DataPathOption = None,
 @app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="A SQL query over the stored tables.")],
-    db: DbOption = None, data_path: DataPathOption = None,
+    db: DbOption = None, data_path: DataPathOption = None, token_file: TokenFileOption = None,
     fmt: Annotated[QueryFormat, typer.Option("--format", help="Output format.")]
     = QueryFormat.table,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write to this file.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out.")] = False,
 ) -> None:
     """Run a read-only SQL query, e.g. `tractatus-watch query "SELECT * FROM runs"`."""
-    with open_store(db, data_path, read_only=True) as store:
+    with open_store(db, data_path, read_only=True, token_file=token_file) as store:
         cur = store.cursor()
         try:
             rel = cur.sql(sql)
@@ -73,7 +74,7 @@ def export(
     since: Annotated[Optional[str], typer.Option(
         "--since", help="Only rows since a time: 30m, 2h, 7d or ISO-8601.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out.")] = False,
-    db: DbOption = None, data_path: DataPathOption = None,
+    db: DbOption = None, data_path: DataPathOption = None, token_file: TokenFileOption = None,
 ) -> None:
     """Export a table to Parquet (zstd), CSV or NDJSON."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -82,7 +83,7 @@ def export(
 
     since_at = parse_since(since) if since else None
     started = time.monotonic()
-    with open_store(db, data_path, read_only=True) as store, Progress(
+    with open_store(db, data_path, read_only=True, token_file=token_file) as store, Progress(
             "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
             TimeRemainingColumn(), console=console(stderr=True), transient=True,
             disable=not sys.stderr.isatty()) as progress:

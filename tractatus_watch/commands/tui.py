@@ -9,8 +9,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..cli import DataPathOption, DbOption, app, open_store, pick_run
-from ..config import CliError, default_db_path
+from ..cli import DataPathOption, DbOption, TokenFileOption, app, open_store, pick_run
+from ..config import CliError, default_db_path, resolve_store
+from .collect import ServeOption, ServePublicOption, ServeTokenFileOption
 
 RunOption = Annotated[Optional[str], typer.Option(
     "--run", help="Run to show [default: the latest, following new runs].")]
@@ -28,14 +29,26 @@ ALERT_EVERY_S = 5.0
 @app.command("open")
 def open_(db: DbOption = None, data_path: DataPathOption = None, run: RunOption = None,
           baseline: BaselineOption = None,
-          interval: IntervalOption = None, view: ViewOption = "overview") -> None:
-    """Browse a stored database read-only: runs, rules, alerts, agents, overhead, events."""
+          interval: IntervalOption = None, view: ViewOption = "overview",
+          remote: Annotated[Optional[str], typer.Option(
+              "--remote", metavar="quack:HOST:PORT",
+              help="Watch a collector started with --serve (the same as --store "
+                   "quack:HOST:PORT; takes precedence over --store).")] = None,
+          token_file: TokenFileOption = None) -> None:
+    """Browse a stored database read-only: runs, rules, alerts, agents, overhead, events.
+
+    With --remote, watch a running collector's database live, served over Quack."""
     from ..storage.errors import StoreLocked
     from ..tui import run_dashboard
 
     _check_view(view)
+    if remote is not None:
+        if data_path:
+            raise CliError("--data-path is for a ducklake: store, not --remote")
+        spec = remote.strip()
+        db = spec if spec.startswith("quack:") else f"quack:{spec}"
     try:
-        store = open_store(db, data_path, read_only=True)
+        store = open_store(db, data_path, read_only=True, token_file=token_file)
     except StoreLocked as exc:
         raise StoreLocked(f"{exc}; to watch a training while it is collected, run the "
                           "dashboard in the collecting process: `tractatus-watch live`") from None
@@ -72,6 +85,8 @@ def live(
     view: ViewOption = "overview",
     no_alerts: Annotated[bool, typer.Option(
         "--no-alerts", help="Do not evaluate the alert rules while collecting.")] = False,
+    serve: ServeOption = None, serve_public: ServePublicOption = False,
+    token_file: ServeTokenFileOption = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Collect from the given sources and watch them in one process.
@@ -80,10 +95,13 @@ def live(
     dashboard reads through the writer's own store. Quitting the dashboard stops collecting."""
     from ..collectors.runner import KeyFileError, load_key
     from ..tui import run_dashboard
+    from .collect import serve_plan, start_serving
 
     if not (agl or spool or gateway):
         raise CliError("live needs at least one source: --agl URL, --spool DIR or --gateway")
     _check_view(view)
+    target = resolve_store(db, data_path)
+    plan = serve_plan(serve, serve_public, token_file, target)
     try:
         key = load_key(key_file)
     except KeyFileError as exc:
@@ -103,14 +121,18 @@ def live(
         # The runner hands the tap its sink when it starts it.
         sources.append(GatewayTap(lambda _records: None, host=host, port=port, key=key,
                                   run_id=run or ""))
-    store = open_store(db, data_path, read_only=False)
+    store = open_store(target, read_only=False)
     log_path = _log_to_file(store.path or default_db_path())
     session = LiveSession(store, sources, run_id=run or "default", alerts=not no_alerts)
+    server = None
     try:
+        server = start_serving(store, plan)
         run_dashboard(store, run_id=run, live_writer=session.writer,
                       source_health=session.monitor, silence_writer=session.silence_writer,
                       interval=interval, title="tractatus-watch live", view=view)
     finally:
+        if server is not None:
+            server.stop()
         session.close()
         store.close()
     for name, error in session.errors.items():

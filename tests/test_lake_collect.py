@@ -78,7 +78,21 @@ class Feed:
     expected: Expected = field(default_factory=Expected)
     seconds: float = 0.0
     cpu_s: float = 0.0           # CPU of the feeding threads (building, encoding, posting)
+    record: bool = False         # keep every request, to replay them into another gateway
+    requests: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _send(self, c: httpx.Client, method: str, path: str, **kw: Any) -> None:
+        c.request(method, path, **kw).raise_for_status()
+        if self.record:
+            with self._lock:
+                self.requests.append((method, path, kw))
+
+    def replay(self, server: AglServer) -> None:
+        """The same requests, in the same order per rollout, into `server`."""
+        with server.client() as c:
+            for method, path, kw in self.requests:
+                c.request(method, path, **kw).raise_for_status()
 
     def _decision(self, rid: str, index: int, k: int, sent: Expected) -> dict[str, Any]:
         blocked = (index + k) % 7 == 0
@@ -96,21 +110,20 @@ class Feed:
     def _play(self, c: httpx.Client, index: int, rid: str) -> None:
         cpu = time.thread_time()
         sent = Expected()
-        c.patch(f"/api/rollouts/{rid}", json={"status": {
-            "state": "running", "last_attempt_id": "a0"}}).raise_for_status()
+        events = f"/api/rollouts/{rid}/attempt/a0/events"
+        self._send(c, "PATCH", f"/api/rollouts/{rid}", json={"status": {
+            "state": "running", "last_attempt_id": "a0"}})
         for e in range(EVENTS_PER_ROLLOUT):
             decisions = [self._decision(rid, index, e * PER_EVENT + j, sent)
                          for j in range(PER_EVENT)]
             content = json.dumps({"event_type": "tractatus.decisions", "data": {
                 "schema": "tractatus.decisions/1", "decisions": decisions}},
                 separators=(",", ":"))
-            c.post(f"/api/rollouts/{rid}/attempt/a0/events", content=content,
-                   headers={"content-type": "application/json"}).raise_for_status()
+            self._send(c, "POST", events, content=content,
+                       headers={"content-type": "application/json"})
         value = 0.25 + (index % 4) / 8
-        c.post(f"/api/rollouts/{rid}/attempt/a0/events", json={
-            "event_type": "reward", "data": {"value": value}}).raise_for_status()
-        c.patch(f"/api/rollouts/{rid}", json={"status": {"state": "succeeded"}}
-                ).raise_for_status()
+        self._send(c, "POST", events, json={"event_type": "reward", "data": {"value": value}})
+        self._send(c, "PATCH", f"/api/rollouts/{rid}", json={"status": {"state": "succeeded"}})
         with self._lock:
             x = self.expected
             x.decisions += sent.decisions
@@ -131,6 +144,9 @@ class Feed:
             r.raise_for_status()
             rids = [x["rollout_id"] for x in r.json()]
             assert len(rids) == self.rollouts
+            if self.record:  # a replay enqueues the same rollout ids
+                self.requests.append(("POST", "/api/rollouts", {"json": [
+                    {**item, "rollout_id": rid} for item, rid in zip(body, rids)]}))
             with ThreadPoolExecutor(self.agents) as pool:
                 list(pool.map(lambda a: self._play(c, *a), enumerate(rids)))
         self.seconds = time.perf_counter() - started
@@ -262,6 +278,8 @@ def wait_for_counts(reader: Reader, want: dict[str, int], collectors: list[Colle
         latest = reader.latest()
         if all(latest.get(run) == n for run, n in want.items()):
             return reader.polls[-1].at
+        over = {run: n for run, n in latest.items() if n > want.get(run, 0)}
+        assert not over, f"more decisions stored than sent: {over}, sent {want}"
         dead = [c for c in collectors if c.proc.poll() is not None]
         if dead or time.monotonic() > deadline:
             why = "a collector exited" if dead else f"not done after {timeout_s:.0f} s"
@@ -512,3 +530,80 @@ def test_collectors_sharing_a_run_and_a_gateway_store_it_once(lake, tmp_path: Pa
                       "count(DISTINCT rollout_id), count_if(status = 'succeeded') "
                       "FROM rollouts") == [(True, feed.rollouts, feed.rollouts)]
     assert rows(spec, "SELECT run_id FROM runs") == [("shared",)]
+
+
+def wait_until(cond: Any, what: str, collectors: list[Collector], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        dead = [c for c in collectors if c.proc.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            pytest.fail(f"{'a collector exited' if dead else 'timed out'} waiting for {what}\n"
+                        + "\n".join(c.log_tail() for c in collectors))
+        time.sleep(0.2)
+
+
+def test_a_run_replayed_through_a_second_gateway_stores_each_decision_once(
+        lake, tmp_path: Path) -> None:
+    """The same rollouts (same ids, same decision payloads) reach a second gateway after the
+    first was collected, as a replay or backfill would; one collector on each gateway, one run.
+
+    Decisions and checks carry their own `ts` in the payload, so the second copy is found and
+    dropped. A reward's `ts` is the gateway's event time, which differs between the two
+    gateways, so the writer's windowed collision check (it only reads stored rows inside the
+    batch's ts window) does not find the first copy: that part is a known limitation, marked
+    xfail below, and turns into a pass once rewards are deduplicated across gateways."""
+    spec, data = lake
+    rollouts = 10
+    a, b = make_servers(tmp_path, 2)
+    collectors: list[Collector] = []
+    boot = ThreadPoolExecutor(2)
+    try:
+        starting = [boot.submit(s.start, 120) for s in (a, b)]
+        collectors = [Collector(tmp_path, "first", [a.url], a.key, "replayed", spec, data),
+                      Collector(tmp_path, "second", [b.url], b.key, "replayed", spec, data)]
+        wait_until_up([a, b], starting, collectors)
+        feed = Feed(a, tag="replayed", rollouts=rollouts, record=True)
+        feed.run()
+        per_run = feed.expected.decisions
+
+        def captured(server: AglServer) -> bool:
+            stats = poller_stats(spec, server.url)
+            return bool(stats) and (stats[-1]["captured"], stats[-1]["decisions"]) == (
+                rollouts, per_run)
+
+        wait_until(lambda: captured(a), "the first gateway's run to be stored", collectors, 90)
+        feed.replay(b)
+        wait_until(lambda: captured(b), "the replay to be read", collectors, 90)
+        codes = [c.stop() for c in collectors]
+        assert codes == [0, 0], "\n".join(c.log_tail() for c in collectors)
+        for c in collectors:
+            c.check_logs()
+    finally:
+        for c in collectors:
+            if c.proc.poll() is None:
+                c.proc.kill()
+                c.proc.wait(10)
+        boot.shutdown()
+        a.stop()
+        b.stop()
+
+    exp = feed.expected
+    assert per_run == rollouts * PER_EVENT * EVENTS_PER_ROLLOUT
+    assert rows(spec, "SELECT count(*), count(DISTINCT decision_id), sum(n_checks) "
+                      "FROM decisions") == [(per_run, per_run, exp.checks)]
+    assert rows(spec, "SELECT count(*), count(DISTINCT (decision_id, idx)) FROM checks") == [
+        (exp.checks, exp.checks)]
+    assert rows(spec, "SELECT sum(actions), sum(blocked) FROM rollup_agent") == [
+        (per_run, exp.blocked)]
+    assert rows(spec, "SELECT sum(checks) FROM rollup_rule") == [(exp.checks,)]
+    assert rows(spec, "SELECT count(*) = count(DISTINCT (rollout_id, status)), "
+                      "count(DISTINCT rollout_id) FROM rollouts") == [(True, rollouts)]
+    assert rows(spec, "SELECT run_id FROM runs") == [("replayed",)]
+    [(stored, distinct, reward_n)] = rows(
+        spec, "SELECT count(*), count(DISTINCT reward_id), "
+              "(SELECT sum(reward_n) FROM rollup_agent) FROM rewards")
+    assert distinct == exp.rewards == rollouts
+    if stored != distinct:
+        pytest.xfail(f"known limitation: {stored - distinct} of {distinct} rewards stored twice "
+                     f"(rollup reward_n {reward_n}): a reward's ts is the gateway's event time")
+    assert reward_n == rollouts

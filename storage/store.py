@@ -168,6 +168,9 @@ class Store:
                     con.execute(attach)
             except duckdb.Error as exc:
                 line = _first_line(exc, target.conninfo)
+                if read_only and "does not exist" in line:
+                    raise StoreMissing(f"{target.label} holds no tractatus-watch data yet (no "
+                                       "lake: a collector creates it on first write)") from None
                 if "DATA_PATH" in line.upper() or "data path" in line.lower():
                     raise StoreError(f"{target.label} holds no lake yet: pass --data-path DIR "
                                      "(a folder every writer and reader can reach) to create "

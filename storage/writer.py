@@ -34,10 +34,12 @@ from .transaction import transaction
 log = logging.getLogger(__name__)
 
 ROW_GROUP: Final = 122_880
-# Tables whose collision check reads only the batch's ts window. A rollout transition's ts is
-# the gateway's updated_at, which a re-read may not reproduce exactly, so that small table is
-# checked whole.
-WINDOWED: Final = frozenset({"decisions", "checks", "rewards", "events"})
+# Tables whose collision check reads only the batch's ts window: their ts comes with the record
+# (the Governor's clock), so every copy of a record carries the same one. A rollout transition's
+# ts is the gateway's updated_at and a reward's the gateway's event time, which differ when the
+# same run reaches two gateways: those small tables (about one row per rollout) are checked
+# whole, per run.
+WINDOWED: Final = frozenset({"decisions", "checks", "events"})
 # Columns that must be non-empty for a row to be stored, per table.
 REQUIRED: Final[dict[str, tuple[str, ...]]] = {
     "rollouts": ("run_id", "rollout_id", "status", "ts"),

@@ -6,7 +6,7 @@ lake, and a reader in another DuckDB instance queries the lake all the while. Af
 counts, nothing twice, the reader's counts never went backwards, and in every snapshot it saw,
 rows, their rollups and their checks agreed. Then three collectors capture the same run from
 the same gateway, and it is still stored exactly once; and a run replayed later through a
-second gateway stores each decision once (its rewards twice: a known limitation, xfail).
+second gateway stores each decision and reward once.
 
 The decisions travel as the Governor's sender posts them: `tractatus.decisions` events of up
 to 100 decisions (`Sender.max_per_event`), in rollouts that run and then succeed, with one
@@ -555,11 +555,10 @@ def test_a_run_replayed_through_a_second_gateway_stores_each_decision_once(
     """The same rollouts (same ids, same decision payloads) reach a second gateway after the
     first was collected, as a replay or backfill would; one collector on each gateway, one run.
 
-    Decisions and checks carry their own `ts` in the payload, so the second copy is found and
-    dropped. A reward's `ts` is the gateway's event time, which differs between the two
-    gateways, so the writer's windowed collision check (it only reads stored rows inside the
-    batch's ts window) does not find the first copy: that part is a known limitation, marked
-    xfail below, and turns into a pass once rewards are deduplicated across gateways."""
+    Decisions and checks carry their own `ts` in the payload, so the writer's windowed collision
+    check finds the second copy. A reward's `ts` is the gateway's event time, which differs
+    between the two gateways: rewards are checked against the whole run instead (this test
+    found that they were stored twice while they were windowed too)."""
     spec, data = lake
     rollouts = 10
     a, b = make_servers(tmp_path, 2)
@@ -617,7 +616,5 @@ def test_a_run_replayed_through_a_second_gateway_stores_each_decision_once(
             view, "SELECT count(*), count(DISTINCT reward_id), "
                   "(SELECT sum(reward_n) FROM rollup_agent) FROM rewards")
     assert distinct == exp.rewards == rollouts
-    if stored != distinct:
-        pytest.xfail(f"known limitation: {stored - distinct} of {distinct} rewards stored twice "
-                     f"(rollup reward_n {reward_n}): a reward's ts is the gateway's event time")
+    assert stored == distinct, f"{stored - distinct} of {distinct} rewards stored twice"
     assert reward_n == rollouts

@@ -183,3 +183,11 @@ def test_a_lost_commit_race_is_retried_from_a_fresh_snapshot(lake) -> None:
             return len(attempts)
 
         assert retry_conflicts(attempt, first_wait_s=0.01) == 2
+
+
+def test_reading_a_lake_nobody_created_says_so(postgres) -> None:
+    from tractatus_watch.storage.errors import StoreMissing
+
+    conninfo = postgres.create_database("lake_empty")
+    with pytest.raises(StoreMissing, match="no tractatus-watch data yet"):
+        Store.open(f"ducklake:postgres:{conninfo}", read_only=True)

@@ -247,7 +247,8 @@ class Dashboard(App[None]):
             con = self.store.cursor()
             try:
                 common = D.fetch_common(con, scope.run_id, follow_latest=scope.follow_latest,
-                                        known_version=known_version, known_run=known_run)
+                                        known_version=known_version, known_run=known_run,
+                                        lake=self.store.is_lake)
                 if common.run_id is not None:
                     if shown == (key, common.version, common.run_id):
                         data = UNCHANGED

@@ -56,15 +56,16 @@ class Common:
 
 
 def fetch_common(con: Con, run_id: str | None, *, follow_latest: bool,
-                 known_version: int | None = None, known_run: str | None = None) -> Common:
+                 known_version: int | None = None, known_run: str | None = None,
+                 lake: bool = False) -> Common:
     rid = run_id if not follow_latest else known_run
-    version, last_ts = Q.freshness(con, rid)
+    version, last_ts = Q.freshness(con, rid, lake=lake)
     if follow_latest and (version != known_version or rid is None):
         # runs() scans the rollups: only look for a newer run when something was committed.
         latest = Q.latest_run(con)
         if latest != rid:
             rid = latest
-            version, last_ts = Q.freshness(con, rid)
+            version, last_ts = Q.freshness(con, rid, lake=lake)
     alerts = Q.alert_state(con, rid) if rid else Q.alert_state(con)
     return Common(rid, version, last_ts, alerts)
 

@@ -191,3 +191,18 @@ def test_reading_a_lake_nobody_created_says_so(postgres) -> None:
     conninfo = postgres.create_database("lake_empty")
     with pytest.raises(StoreMissing, match="no tractatus-watch data yet"):
         Store.open(f"ducklake:postgres:{conninfo}", read_only=True)
+
+
+def test_lake_freshness_is_the_snapshot_and_moves_with_each_commit(lake) -> None:
+    spec, data = lake
+    with Store.open(spec, data_path=data) as store:
+        w = Writer(store)
+        w.submit(decisions_batch(0, 100, run_id="r", total=200))
+        w.flush()
+        cur = store.cursor()
+        first = Q.freshness(cur, "r", lake=True)
+        assert Q.freshness(cur, "r", lake=True) == first  # nothing new: the same version
+        w.submit(decisions_batch(100, 100, run_id="r", total=200))
+        w.close()
+        second = Q.freshness(store.cursor(), "r", lake=True)
+        assert second[0] > first[0] and second[1] >= first[1]

@@ -20,15 +20,9 @@ from tractatus_watch.storage.synthetic import decisions_batch
 from tractatus_watch.storage.transfer import checksums, data_tables
 from tractatus_watch.storage.writer import Cursor, Writer
 
+from .storage.test_lake import RULES
 from .test_cli_storage import tw
 
-RULES = """
-[[groups]]
-name = "t"
-[[groups.rules]]
-alert = "RunHasActions"
-expr = "SELECT run_id, CAST(sum(actions) AS DOUBLE) AS value FROM rollup_agent GROUP BY run_id"
-"""
 
 
 def _fill_every_table(path: Path) -> None:

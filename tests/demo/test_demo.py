@@ -66,12 +66,28 @@ def test_same_seed_same_json(demo2: dict[int, dict[str, Any]], tmp_path: Path) -
     assert demo(tmp_path, "--scenario", "demo2", "--seed", "3") == demo2[3]
 
 
-def test_adversarial_drift_fires_within_five_rounds(tmp_path: Path) -> None:
-    for s in range(1, 6):
-        (tmp_path / f"s{s}").mkdir()
-    # Disguised clickbait becomes available at round 15 (of 40); 21 rounds are enough to judge.
-    runs = run_seeds(tmp_path, range(1, 6), "--scenario", "adversarial", "--rounds", "21")
-    for seed, out in runs.items():
+@pytest.fixture(scope="module")
+def long_scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The persistence run and the five adversarial seeds share one pool of two, longest job
+    first, so one core is not idle while the 200-round run finishes (about 40 s less wall time
+    than running them one test after the other)."""
+    tmp = tmp_path_factory.mktemp("long")
+    for name in ("persistence", *(f"s{s}" for s in range(1, 6))):
+        (tmp / name).mkdir()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        # The full scenario is 1,000 rounds (`--scenario persistence`); 200 keep CI short and
+        # still give the CUSUM 190 rounds after its warm-up to raise a false alarm.
+        persistence = pool.submit(demo, tmp / "persistence", "--scenario", "persistence",
+                                  "--rounds", "200", "--seed", "1")
+        # Disguised clickbait becomes available at round 15 (of 40); 21 rounds are enough.
+        adversarial = {s: pool.submit(demo, tmp / f"s{s}", "--seed", str(s), "--scenario",
+                                      "adversarial", "--rounds", "21") for s in range(1, 6)}
+        return {"persistence": persistence.result(),
+                "adversarial": {s: f.result() for s, f in adversarial.items()}}
+
+
+def test_adversarial_drift_fires_within_five_rounds(long_scenarios: dict[str, Any]) -> None:
+    for seed, out in long_scenarios["adversarial"].items():
         fired = [a for a in out["alerts"] if a["alertname"] in DRIFT_ALERTS
                  and a["arm"] == "governed"]
         assert fired, f"seed {seed}: no drift alarm; alerts: {out['alerts']}"
@@ -79,10 +95,8 @@ def test_adversarial_drift_fires_within_five_rounds(tmp_path: Path) -> None:
         assert out["arms"]["governed"]["evasions"] > 0
 
 
-def test_persistence_no_drift_alarm(tmp_path: Path) -> None:
-    # The full scenario is 1,000 rounds (`--scenario persistence`); 200 keep CI short and
-    # still give the CUSUM 190 rounds after its warm-up to raise a false alarm.
-    out = demo(tmp_path, "--scenario", "persistence", "--rounds", "200", "--seed", "1")
+def test_persistence_no_drift_alarm(long_scenarios: dict[str, Any]) -> None:
+    out = long_scenarios["persistence"]
     assert out["arms"]["governed"]["rounds"] == 200
     assert not DRIFT_ALERTS & {a["alertname"] for a in out["alerts"]}, out["alerts"]
     assert out["arms"]["governed"]["escaped_violations"] == 0

@@ -120,3 +120,19 @@ def command() -> list[str]:
         return [exe]
     return [sys.executable, "-c", "import sys; import tractatus_watch.commands.tui; "
             "from tractatus_watch.cli import main; sys.argv[0] = 'tractatus-watch'; main()"]
+
+
+async def view_screens(make_app: Any, store: Any) -> list[str]:
+    """Every view's screen above the status line (which names the store), then the status
+    line itself: for comparing one database shown through two kinds of store."""
+    from tractatus_watch.tui.views import VIEWS
+
+    app = make_app(store=store)
+    out = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        for view in VIEWS:
+            await pilot.press(view.KEY)
+            await settle(pilot)
+            out.append("\n".join(screen_text(app).splitlines()[:-2]))
+        out.append(str(app.query_one("#status").render()))
+    return out

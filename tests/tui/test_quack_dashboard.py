@@ -11,7 +11,7 @@ from tractatus_watch.storage.serve import serve
 from tractatus_watch.storage.store import Store
 from tractatus_watch.tui.views import VIEWS
 
-from .helpers import screen_text, settle
+from .helpers import view_screens
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -24,28 +24,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _screens(make_app, store: Store) -> list[str]:
-    app = make_app(store=store)
-    out = []
-    async with app.run_test(size=(120, 40)) as pilot:
-        for view in VIEWS:
-            await pilot.press(view.KEY)
-            await settle(pilot)
-            # the status line names the store; everything above it must match
-            out.append("\n".join(screen_text(app).splitlines()[:-2]))
-        out.append(str(app.query_one("#status").render()))
-    return out
-
-
 async def test_every_view_matches_between_file_and_remote(make_app, ro_store: Store,
                                                           tmp_path: Path) -> None:
-    file_screens = await _screens(make_app, ro_store)
+    file_screens = await view_screens(make_app, ro_store)
     # The same instance serves its file: the viewer reads it only through Quack.
     server = serve(ro_store, "127.0.0.1", _free_port(), TOKEN)
     try:
         with Store.open(f"quack:127.0.0.1:{server.port}", token=TOKEN) as remote:
             assert remote.path is None
-            remote_screens = await _screens(make_app, remote)
+            remote_screens = await view_screens(make_app, remote)
     finally:
         server.stop()
     for view, a, b in zip(VIEWS, file_screens, remote_screens):

@@ -1,4 +1,5 @@
-"""Opening a database: location, locking, permissions, settings and migrations."""
+"""Opening a store (a DuckDB file, a DuckLake, a collector served over Quack): location,
+locking, permissions, settings, extensions and migrations."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ import duckdb
 from . import extensions
 from .errors import StoreError
 from .store import Store
+from .target import StoreTarget
 
 log = logging.getLogger("tractatus_watch.storage.serve")
 
@@ -169,17 +170,17 @@ class Server:
         self.stop()
 
 
-def check_servable(store: Store, host: str, *, public: bool = False) -> None:
-    """Refuse, in one line, what cannot or should not be served."""
-    if store.target.kind != "duckdb" or store.path is None:
-        hint = (": a DuckLake is readable by many processes at once; viewers open it with "
-                "--store directly") if store.is_lake else ""
-        raise StoreError(f"only a DuckDB file store can be served over Quack, not "
-                         f"{store.target.label}{hint}")
+def check_servable(target: StoreTarget, host: str, port: int, *, public: bool = False) -> None:
+    """Refuse, in one line, what cannot or should not be served (before anything is opened)."""
+    if target.kind != "duckdb" or target.path is None:
+        hint = (", which viewers open directly with --store (many processes may read a "
+                "DuckLake at once)") if target.kind == "ducklake" else ""
+        raise StoreError(f"--serve serves a DuckDB file; {target.label} is a {target.kind} "
+                         f"store{hint}")
     if not is_loopback(host) and not public:
-        raise StoreError(f"refusing to serve on {host}, which is not a loopback address: the "
-                         "Quack server speaks plain HTTP; pass --serve-public to do it anyway "
-                         "(behind a TLS reverse proxy)")
+        raise StoreError(f"--serve {quack_uri(host, port)[len('quack:'):]}: {host} is not a "
+                         "loopback address and Quack speaks plain HTTP; add --serve-public to "
+                         "serve it anyway (behind a TLS reverse proxy)")
 
 
 def serve(store: Store, host: str, port: int, token: str, *, public: bool = False) -> Server:
@@ -187,7 +188,7 @@ def serve(store: Store, host: str, port: int, token: str, *, public: bool = Fals
 
     A non-loopback host needs `public=True`. Raises StoreError with one line on any failure;
     the token never appears in a message."""
-    check_servable(store, host, public=public)
+    check_servable(store.target, host, port, public=public)
     check_token(token)
     uri = quack_uri(host, port)
     cur = store.cursor()
@@ -215,7 +216,7 @@ def serve_with_token_file(store: Store, host: str, port: int, token: str | None 
     file for viewers to read; that file is removed again when the server stops."""
     if token is not None:
         return serve(store, host, port, token, public=public)
-    check_servable(store, host, public=public)
+    check_servable(store.target, host, port, public=public)
     assert store.path is not None
     path = token_path(store.path)
     try:

@@ -87,22 +87,14 @@ class ServePlan:
 def serve_plan(serve: str | None, serve_public: bool, token_file: Path | None,
                target: StoreTarget) -> ServePlan | None:
     """Check --serve, --serve-public and --token-file (one-line errors, before any work)."""
-    from ..storage.serve import check_token, is_loopback, parse_address
+    from ..storage.serve import check_servable, check_token, parse_address
 
     if serve is None:
         if serve_public or token_file is not None:
             raise CliError("--serve-public and --token-file go with --serve [HOST:]PORT")
         return None
-    if target.kind != "duckdb":
-        raise CliError(f"--serve serves a DuckDB file; {target.label} is a "
-                       f"{target.kind} store" + (
-                           ", which viewers open directly with --store (many processes may "
-                           "read a DuckLake at once)" if target.kind == "ducklake" else ""))
     host, port = parse_address(serve)
-    if not is_loopback(host) and not serve_public:
-        raise CliError(f"--serve {serve}: {host} is not a loopback address and Quack speaks "
-                       "plain HTTP; add --serve-public to serve it anyway (behind a TLS "
-                       "reverse proxy)")
+    check_servable(target, host, port, public=serve_public)
     token = read_token(token_file) if token_file is not None else None
     if token is not None:
         check_token(token)

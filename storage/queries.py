@@ -330,14 +330,9 @@ def freshness(con: Con, run_id: str | None = None, *,
     lets a viewer skip work when nothing is new. On a lake the number is the snapshot id (one
     catalog read, where counting tables costs a hundred); on a file, row counts (rollup rows
     are appended per commit)."""
-    if lake:
-        version = con.execute("SELECT max(id) FROM ducklake_current_snapshot(current_database())"
-                              ).fetchall()[0][0]
-        last = con.execute("SELECT max(ts_max) FROM rollup_agent WHERE run_id = ?",
-                           [run_id]).fetchall()[0][0]
-        return int(version), last
-    row = con.execute("""
-        SELECT (SELECT count(*) FROM rollup_agent) + (SELECT count(*) FROM rollup_rule)
-               + (SELECT count(*) FROM alert_events) + (SELECT count(*) FROM silences),
-               (SELECT max(ts_max) FROM rollup_agent WHERE run_id = ?)""", [run_id]).fetchall()[0]
+    version = ("(SELECT max(id) FROM ducklake_current_snapshot(current_database()))" if lake
+               else """(SELECT count(*) FROM rollup_agent) + (SELECT count(*) FROM rollup_rule)
+                       + (SELECT count(*) FROM alert_events) + (SELECT count(*) FROM silences)""")
+    row = con.execute(f"SELECT {version}, (SELECT max(ts_max) FROM rollup_agent WHERE run_id = ?)",
+                      [run_id]).fetchall()[0]
     return int(row[0]), row[1]

@@ -212,6 +212,21 @@ LEFT JOIN (SELECT run_id, count(*) AS n FROM checks GROUP BY ALL) c USING (run_i
 """
 
 
+def stop_cleanly(collectors: list[Collector]) -> None:
+    """SIGINT every collector: each exits 0, and its logs hold no key and no error."""
+    codes = {c.name: c.stop() for c in collectors}
+    assert codes == {c.name: 0 for c in collectors}, "\n".join(c.log_tail() for c in collectors)
+    for c in collectors:
+        c.check_logs()
+
+
+def kill_leftovers(collectors: list[Collector]) -> None:
+    for c in collectors:
+        if c.proc.poll() is None:
+            c.proc.kill()
+            c.proc.wait(10)
+
+
 @dataclass
 class Poll:
     at: float
@@ -384,18 +399,11 @@ def test_four_collectors_each_store_their_run_exactly_once_while_a_reader_watche
                "collectors": cpu_seconds([c.proc for c in collectors]),
                "feeders": [round(f.cpu_s, 1) for f in feeds], "reader": round(reader.cpu_s, 1)}
         t1 = time.monotonic()
-        codes = {c.name: c.stop() for c in collectors}
+        stop_cleanly(collectors)
         stopping = time.monotonic() - t1
-        assert codes == {c.name: 0 for c in collectors}, \
-            "\n".join(c.log_tail() for c in collectors)
-        for c in collectors:
-            c.check_logs()
     finally:
         reader.stop()
-        for c in collectors:
-            if c.proc.poll() is None:
-                c.proc.kill()
-                c.proc.wait(10)
+        kill_leftovers(collectors)
         boot.shutdown()
         for s in servers:
             s.stop()
@@ -502,16 +510,10 @@ def test_collectors_sharing_a_run_and_a_gateway_store_it_once(lake, tmp_path: Pa
             time.sleep(0.2)
         time.sleep(1.5)
         reader.stop()
-        codes = [c.stop() for c in collectors]
-        assert codes == [0, 0, 0], "\n".join(c.log_tail() for c in collectors)
-        for c in collectors:
-            c.check_logs()
+        stop_cleanly(collectors)
     finally:
         reader.stop()
-        for c in collectors:
-            if c.proc.poll() is None:
-                c.proc.kill()
-                c.proc.wait(10)
+        kill_leftovers(collectors)
         boot.shutdown()
         server.stop()
         if watch is not None:
@@ -584,15 +586,9 @@ def test_a_run_replayed_through_a_second_gateway_stores_each_decision_once(
         wait_until(lambda: captured(a), "the first gateway's run to be stored", collectors, 90)
         feed.replay(b)
         wait_until(lambda: captured(b), "the replay to be read", collectors, 90)
-        codes = [c.stop() for c in collectors]
-        assert codes == [0, 0], "\n".join(c.log_tail() for c in collectors)
-        for c in collectors:
-            c.check_logs()
+        stop_cleanly(collectors)
     finally:
-        for c in collectors:
-            if c.proc.poll() is None:
-                c.proc.kill()
-                c.proc.wait(10)
+        kill_leftovers(collectors)
         boot.shutdown()
         a.stop()
         b.stop()

@@ -192,7 +192,6 @@ class Writer:
         self._known_runs: set[str] = set()  # runs already in `runs`: no lookup per commit
         self._con = store.cursor()
         self._coord = store.coordinator()
-        self._lake = store.is_lake
         self._thread = threading.Thread(target=self._run, name="tw-writer", daemon=True)
         self._thread.start()
 
@@ -271,7 +270,7 @@ class Writer:
 
     def _finish(self) -> None:
         # On a lake, CHECKPOINT means maintenance (merge, expire): that is `lake maintain`'s job.
-        if not self._lake:
+        if not self._store.is_lake:
             try:
                 self._con.execute("CHECKPOINT")
             except duckdb.Error as exc:  # a checkpoint is an optimisation; data is committed

@@ -39,12 +39,25 @@ _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
+def _relative(text: str) -> timedelta | None:
+    match = _RELATIVE.match(text.strip())
+    return timedelta(**{_UNITS[match[2]]: float(match[1])}) if match else None
+
+
+def parse_duration(text: str, option: str) -> timedelta:
+    """`0s`, `30m`, `1h`, `7d`, `2w`."""
+    span = _relative(text)
+    if span is None:
+        raise CliError(f"{option}: expected a duration like 0s, 30m, 1h, 7d, got {text!r}")
+    return span
+
+
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """`30m`, `2h`, `7d` (before now) or an ISO-8601 time; returned as naive UTC like our data."""
     now = now or datetime.now(timezone.utc)
-    match = _RELATIVE.match(text.strip())
-    if match:
-        moment = now - timedelta(**{_UNITS[match[2]]: float(match[1])})
+    span = _relative(text)
+    if span is not None:
+        moment = now - span
     else:
         try:
             moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import re
-from datetime import timedelta
 from typing import Annotated
 
 import polars as pl
 import typer
 
 from ..cli import DataPathOption, DbOption, app, open_store
-from ..config import CliError, resolve_store
+from ..config import CliError, parse_duration, resolve_store
 from ..output import console, emit_frame
 
 lake_app = typer.Typer(no_args_is_help=True, help="Keep a store small and fast.")
 app.add_typer(lake_app, name="lake")
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> timedelta:
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise CliError(f"expected a duration like 0s, 30m, 1h, 7d, got {text!r}")
-    return timedelta(seconds=float(match[1]) * _UNIT_S[match[2]])
 
 
 @lake_app.command("maintain")
@@ -38,7 +26,7 @@ def maintain_command(
     Parquet files each commit writes and expire old snapshots. Safe while collectors run."""
     from ..storage.maintain import maintain
 
-    keep_for = parse_duration(keep)
+    keep_for = parse_duration(keep, "--keep")
     with open_store(db, data_path, read_only=False) as store:
         report = maintain(store, keep=keep_for)
         label = store.label

@@ -21,17 +21,23 @@ import duckdb
 _READ_KEYWORDS = ("select", "with", "from", "values", "table")
 
 
+def _after_comment(sql: str, i: int) -> int | None:
+    """Where a comment starting at `i` ends, or None if none starts there."""
+    if sql.startswith("--", i):
+        end = sql.find("\n", i)
+        return len(sql) if end < 0 else end + 1
+    if sql.startswith("/*", i):
+        end = sql.find("*/", i + 2)
+        return len(sql) if end < 0 else end + 2
+    return None
+
+
 def _skip_space_and_comments(sql: str, i: int) -> int:
-    n = len(sql)
-    while i < n:
+    while i < len(sql):
         if sql[i].isspace() or sql[i] == "(":
             i += 1
-        elif sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            i = n if end < 0 else end + 2
+        elif (after := _after_comment(sql, i)) is not None:
+            i = after
         else:
             break
     return i
@@ -64,12 +70,8 @@ def placeholders(sql: str) -> list[int]:
                     break
                 i += 1
             i += 1
-        elif sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            i = n if end < 0 else end + 2
+        elif (after := _after_comment(sql, i)) is not None:
+            i = after
         elif sql.startswith("$$", i):
             end = sql.find("$$", i + 2)
             i = n if end < 0 else end + 2

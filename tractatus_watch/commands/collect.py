@@ -20,9 +20,13 @@ KeyFileOption = Annotated[Optional[Path], typer.Option(
     help="File holding the Agent Lightning key [default: $AGL_KEY]. Never pass the key itself "
          "as an argument: it would show in `ps`.")]
 RunOption = Annotated[Optional[str], typer.Option(
-    "--run", help="Run id for records that carry none [default: the run these sources were "
-                  "last collected into (stored with their cursors), so a restart continues "
-                  "it; on a first start <command>-<time>].")]
+    "--run", help="Run id for records that carry none [default: collect-<time>].")]
+# For commands that resume their run (collectors.runner.resume_run_id).
+ResumeRunOption = Annotated[Optional[str], typer.Option(
+    # No square brackets: the help renderer would take them for markup and drop them.
+    "--run", help="Run id for records that carry none. Default: the run these sources were "
+                  "last collected into, stored with their cursors, so a restarted collect "
+                  "continues it; on a first start collect-<YYYYmmdd-HHMMSS>.")]
 ServeOption = Annotated[Optional[str], typer.Option(
     "--serve", metavar="[HOST:]PORT",
     help="Serve the live database read-only over Quack, for `tractatus-watch open --remote "
@@ -142,7 +146,7 @@ def collect(
     = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Gateway port (with --gateway).")] = 8080,
     key_file: KeyFileOption = None,
-    run: RunOption = None,
+    run: ResumeRunOption = None,
     rules: RulesOption = None,
     alert_interval: Annotated[float, typer.Option(
         "--alert-interval", min=0.5, help="Seconds between alert evaluations.")] = 5.0,

@@ -435,3 +435,26 @@ def test_a_rollout_replayed_into_a_second_gateway_stores_each_reward_once(
         (2, 2, 1.01)]
     assert q("SELECT count(*) FROM decisions") == [(1,)]
     no_duplicates(q)
+
+
+def test_a_rollout_that_breaks_the_running_listing_leaves_final_reads_going(
+        agl_server, agl_key, store, writer, q, training, poller_log) -> None:
+    """A lone surrogate in one rollout's metadata makes Agent Lightning answer 500 to every
+    listing of queuing/running rollouts; the terminal log still answers, so the poller reads
+    each rollout when it ends instead of backing off."""
+    send(agl_server, "POST", "/api/rollouts", headers={"content-type": "application/json"},
+         content='[{"input": {}, "rollout_id": "meta", "metadata": {"note": "x\\ud800"}}]')
+    assert send(agl_server, "GET", "/api/rollouts", params={"state_in": "queuing"}) == 500
+    sim = training(agl_server.url, agl_key, delete_after_s=None)
+    poller = Poller(agl_server.url, key=agl_key, interval_s=0.1, running_interval_s=0.2)
+    thread, stop = start_poller(poller, writer_sink(writer, "listing-run"), store)
+    sim.round(0, 6)
+    wait_for(lambda: poller.stats.captured == 6, what="every rollout, read when it ended")
+    stop.set()
+    thread.join(10)
+    assert not thread.errors  # type: ignore[attr-defined]
+    writer.flush()
+    assert (poller.stats.seen, poller.stats.missed, poller.stats.errors) == (6, 0, 0)
+    assert [f["status"] for f in poller_log.fields("cannot list running rollouts")] == [500]
+    assert q("SELECT count(*) FROM decisions") == [(6 * sim.decisions,)]
+    no_duplicates(q)

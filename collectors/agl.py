@@ -7,6 +7,13 @@ in the attempt's list. That is exactly what `GET /api/rollouts/{id}/events?event
 so a poller reading by type, a hook reading the whole list and the gateway tee watching appends
 produce the same ids, and running two taps at once stores nothing twice.
 
+Rewards are the exception where the producer names them: our SDK's reward carries its own
+`reward_id` (unique per Governor instance), and that is its identity (`reward_key`). Position
+alone cannot tell a replay of a rollout (same payloads: must store once) from a new rollout
+that reuses the id after the gateway lost its memory (must store both); the producer's id can.
+A reward without one (Agent Lightning's plain `{"value": ...}`) keeps the position id, which
+the poller qualifies with its restart epoch once it has seen the gateway restart.
+
 Training round, run id and group are not on the server (metadata empty, model_version 0), so the
 hooks tap stamps them into rollout metadata under `STAMP_KEY`; every tap reads them back here.
 """
@@ -38,6 +45,16 @@ MAX_QUARANTINE_RAW: Final = 65_536
 
 def event_id(rollout_id: str, attempt_id: str, event_type: str, position: int) -> str:
     return f"{rollout_id}:{attempt_id}:{event_type}:{position}"
+
+
+def reward_key(rollout_id: str, position_id: str, data: Any, epoch: int = 0) -> str:
+    """A reward's identity: the producer's `reward_id` where the payload has one (scoped to the
+    rollout, so an id a user reuses across rollouts stays distinct), else its position id,
+    qualified by the reading poller's gateway epoch after a restart (`@<epoch>`)."""
+    given = data.get("reward_id") if isinstance(data, Mapping) else None
+    if isinstance(given, str) and given.strip():
+        return f"{rollout_id}:reward-id:{given}"
+    return f"{position_id}@{epoch}" if epoch else position_id
 
 
 def trim_model_request(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -136,8 +153,11 @@ def _float_or_none(value: Any) -> float | None:
 def _raw(value: Any) -> str:
     try:
         text = json.dumps(value, default=str)
-    except (TypeError, ValueError):
-        text = repr(value)
+    except Exception:  # too deep, unserialisable: quarantining must not fail on it
+        try:
+            text = repr(value)
+        except Exception:
+            text = f"<unprintable {type(value).__name__}>"
     return text[:MAX_QUARANTINE_RAW]
 
 
@@ -152,6 +172,8 @@ class EventNormaliser:
     ctx: RolloutContext
     source: str
     default_arm: str = UNKNOWN_ARM
+    # The poller's count of gateway restarts it has seen (0 for the taps that cannot see one).
+    epoch: int = 0
     _learned_agent: str = field(default="", init=False)
     _learned_arm: str = field(default="", init=False)
 
@@ -159,6 +181,12 @@ class EventNormaliser:
             attempt_id: str | None = None) -> None:
         attempt = attempt_id if attempt_id is not None else self.ctx.attempt_id
         eid = event_id(self.ctx.rollout_id, attempt, event_type, position)
+        try:
+            self._add(out, eid, event_type, data, ts)
+        except Exception as exc:  # one odd payload is quarantined; it never stops a tap
+            self._quarantine(out, eid, f"cannot normalise: {type(exc).__name__}: {exc}", data)
+
+    def _add(self, out: Records, eid: str, event_type: str, data: Any, ts: float) -> None:
         if event_type == DECISION_EVENT:
             self._decision(out, eid, data)
         elif event_type == DECISIONS_EVENT:
@@ -211,7 +239,8 @@ class EventNormaliser:
         given = data if isinstance(data, Mapping) else {}
         round_ = self.ctx.round if self.ctx.round is not None else _as_int(given.get("round")) or 0
         out.rewards.append(Reward(
-            reward_id=eid, rollout_id=self.ctx.rollout_id,
+            reward_id=reward_key(self.ctx.rollout_id, eid, data, self.epoch),
+            rollout_id=self.ctx.rollout_id,
             agent_id=self.ctx.agent_id or str(given.get("agent_id") or "") or self._learned_agent,
             round=round_,
             arm=self.ctx.arm or str(given.get("arm") or "") or self._learned_arm or self.default_arm,
@@ -230,6 +259,10 @@ class EventNormaliser:
         server returns it); returns the new length, the next `start`."""
         for position in range(start, len(events)):
             ev = events[position]
+            if not isinstance(ev, Mapping):
+                self._quarantine(out, event_id(self.ctx.rollout_id, self.ctx.attempt_id,
+                                               event_type, position), "not an event object", ev)
+                continue
             self.add(out, event_type=event_type, position=position, data=ev.get("data", {}),
                      ts=_float_or_none(ev.get("timestamp")) or time.time(),
                      attempt_id=str(ev.get("attempt_id") or self.ctx.attempt_id))

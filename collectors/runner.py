@@ -5,6 +5,13 @@ commits. SIGINT/SIGTERM set the stop event (a second SIGINT aborts), every sourc
 current pass, the writer flushes, and the function returns what each source ended with.
 Log lines are JSON objects on stderr. The Agent Lightning key comes from `AGL_KEY` or a key file
 and is only ever handed to the HTTP clients: it is never printed, logged or stored.
+
+Run identity across restarts: every committed cursor carries the run its source was collected
+into (`run_id` in the cursor's stats, same row, same transaction). Without `--run`, a command
+calls `resume_run_id` before it starts, and a restarted collector on the same source continues
+that run: what it re-reads (the poller re-reads the rollouts still running) has the same
+natural keys as what is stored, so it is not stored twice. A first start gets
+`<command>-<YYYYmmdd-HHMMSS>`.
 """
 
 from __future__ import annotations
@@ -19,14 +26,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, TextIO
+from typing import Any, Callable, Final, Iterable, Protocol, TextIO
 
 from .audit import AuditDefaults, ingest_audit
-from .sink import Sink, writer_sink
+from .sink import Records, Sink, writer_sink
 
 log = logging.getLogger("tractatus_watch.collectors.runner")
 
 GetCursor = Callable[[str], str | None]
+# The key, in a committed cursor's stats, of the run its source was collected into.
+RUN_STAT: Final = "run_id"
 
 
 class Source(Protocol):
@@ -114,6 +123,69 @@ class AuditSource:
                 return
 
 
+# --- run identity ---------------------------------------------------------------------------
+
+class _Cursors(Protocol):
+    def cursor(self) -> Any: ...
+
+
+def stored_run(store: _Cursors, source: str) -> tuple[str, Any] | None:
+    """(run id, commit time) recorded with the newest committed cursor of `source`, if any."""
+    cur = store.cursor()
+    try:
+        rows = cur.execute("SELECT stats, updated_at FROM ingest_state WHERE source = ? "
+                           "ORDER BY updated_at DESC LIMIT 1", [source]).fetchall()
+    finally:
+        cur.close()
+    if not rows or not rows[0][0]:
+        return None
+    try:
+        run = json.loads(rows[0][0]).get(RUN_STAT)
+    except (ValueError, AttributeError):
+        return None
+    return (run, rows[0][1]) if isinstance(run, str) and run else None
+
+
+def resume_run_id(store: _Cursors, sources: Iterable[str], given: str | None,
+                  prefix: str) -> str:
+    """The run a collector writes into: `given` (--run) if any; else the run its sources'
+    newest committed cursors name (the most recent one if they differ); else a fresh
+    `<prefix>-<YYYYmmdd-HHMMSS>`."""
+    if given:
+        return given
+    found = {src: run for src in sources if (run := stored_run(store, src)) is not None}
+    if not found:
+        return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    source, (run_id, _) = max(found.items(), key=lambda item: item[1][1])
+    fields: dict[str, Any] = {"run_id": run_id, "source": source}
+    if len({r for r, _ in found.values()}) > 1:
+        fields["others"] = {src: r for src, (r, _) in found.items() if r != run_id}
+        log.warning("sources were last collected into different runs; continuing the most "
+                    "recent one (give --run to choose)", extra={"fields": fields})
+    else:
+        log.info("continuing the run stored with the committed cursor",
+                 extra={"fields": fields})
+    return run_id
+
+
+def adopt_run_id(sources: Iterable[Source], run_id: str) -> None:
+    """Hand the run to the sources that stamp one on what they read (the poller, the gateway
+    tap); the others' records carry their own or take the writer's default."""
+    for src in sources:
+        if hasattr(src, "run_id"):
+            src.run_id = run_id
+
+
+def recording_run(sink: Sink, run_id: str) -> Sink:
+    """`sink`, with `run_id` stored beside every cursor it commits (see resume_run_id)."""
+    def record(records: Records) -> None:
+        if records.cursor is not None:
+            records.stats = {**(records.stats or {}), RUN_STAT: run_id}
+        sink(records)
+
+    return record
+
+
 @dataclass
 class RunResult:
     errors: dict[str, str] = field(default_factory=dict)
@@ -131,7 +203,8 @@ def run_sources(sources: list[Source], writer: Any, *, run_id: str = "default",
     """Run `sources` into `writer` (a storage Writer, or any sink callable) until they all end
     or `stop` is set (by the caller, SIGINT/SIGTERM, or a failing source)."""
     stop = stop or threading.Event()
-    sink: Sink = writer_sink(writer, run_id) if hasattr(writer, "submit") else writer
+    sink: Sink = (recording_run(writer_sink(writer, run_id), run_id)
+                  if hasattr(writer, "submit") else writer)
     result = RunResult()
     started = time.monotonic()
 

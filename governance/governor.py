@@ -138,6 +138,9 @@ class Governor:
         self.decisions = 0
         self.sink_errors = 0
         self._reward_seq: dict[str, int] = {}
+        # In default reward ids: a new Governor (a restarted agent reusing a rollout id, two
+        # agents in one rollout) never repeats the id of another one's reward.
+        self.instance_id = secrets.token_hex(6)
         # (service, enforced) for every service that runs, fixed once: modes do not change.
         self._plan: list[tuple[Service, bool]] = []
         for service in self.services:
@@ -279,7 +282,8 @@ class Governor:
         rollout = rollout_id or self.rollout_id
         seq = self._reward_seq.get(rollout, 0)
         self._reward_seq[rollout] = seq + 1
-        reward = Reward(reward_id=reward_id or f"{rollout or self.agent_id}:{seq}",
+        default_id = f"{rollout or self.agent_id}:{self.instance_id}:{seq}"
+        reward = Reward(reward_id=reward_id or default_id,
                         rollout_id=rollout, agent_id=self.agent_id, round=round, arm=self.arm,
                         value=float(value), ts=time.time(), run_id=self.run_id)
         if self.sink is not None:

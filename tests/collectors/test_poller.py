@@ -4,7 +4,9 @@ process without loss or duplication, backoff, and a clear stop on a refused key.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,6 +21,8 @@ from tractatus_watch.collectors.gateway_tap import GatewayTap
 from tractatus_watch.collectors.poller import AuthError, Poller
 from tractatus_watch.collectors.sink import ListSink, writer_sink
 from tractatus_watch.storage.store import Store
+
+from .conftest import AglServer, decision_payload
 
 WORKER = Path(__file__).with_name("poll_worker.py")
 
@@ -207,3 +211,250 @@ def test_unreachable_gateway_backs_off_and_keeps_trying() -> None:
     thread.join(5)
     assert not thread.is_alive() and not thread.errors  # type: ignore[attr-defined]
     assert 3 <= poller.stats.errors <= 60
+
+
+# --- one rollout never stops the poller; reward identity across gateway restarts -------------
+
+# Agent Lightning stores this decision, then answers 500 to every events read of its rollout:
+# its JSON encoder refuses the lone surrogate (checked in the tests below).
+POISON = ('{"event_type": "tractatus.decision", "data": {"schema": "tractatus.decision/1", '
+          '"decision_id": "poison", "agent_id": "a", "round": 0, "arm": "governed", '
+          '"mode": "enforce", "action": {"kind": "publish", "summary": "x\\ud800"}, '
+          '"checks": [], "verdict": "allow", "executed": true, "latency_us": 1}}')
+
+
+class LogList(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def fields(self, msg: str) -> list[dict[str, object]]:
+        return [getattr(r, "fields", {}) for r in self.records if msg in r.getMessage()]
+
+
+@pytest.fixture
+def poller_log():  # type: ignore[no-untyped-def]
+    logger = logging.getLogger("tractatus_watch.collectors.poller")
+    handler, level = LogList(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def send(server, method: str, path: str, **kw) -> int:  # type: ignore[no-untyped-def]
+    """One request on its own connection (after a 500 the gateway drops the connection)."""
+    with server.client() as c:
+        return c.request(method, path, **kw).status_code
+
+
+def post_poison(server, rid: str, attempt: str = "a0") -> None:  # type: ignore[no-untyped-def]
+    send(server, "POST", f"/api/rollouts/{rid}/attempt/{attempt}/events", content=POISON,
+         headers={"content-type": "application/json"})
+    # The event is stored; from now on the gateway cannot serve this rollout's decisions.
+    assert send(server, "GET", f"/api/rollouts/{rid}/events",
+                params={"event_type": "tractatus.decision"}) == 500
+
+
+def poll_passes(poller: Poller, sink, n: int) -> None:  # type: ignore[no-untyped-def]
+    """`n` passes of the poller, in this thread (deterministic)."""
+    async def run() -> None:
+        async with poller._client() as client:
+            for _ in range(n):
+                await poller.poll_once(client, sink, running=False)
+
+    asyncio.run(run())
+
+
+def test_a_rollout_the_gateway_cannot_serve_is_reported_and_the_others_are_stored(
+        agl_server, agl_key, store, writer, q, training, poller_log) -> None:
+    sim = training(agl_server.url, agl_key, delete_after_s=None)
+    poller = Poller(agl_server.url, key=agl_key, interval_s=0.1, running_interval_s=0.2)
+    thread, stop = start_poller(poller, writer_sink(writer, "poison-run"), store)
+    [bad] = sim.enqueue(0, 1)
+    send(agl_server, "PATCH", f"/api/rollouts/{bad}", json={"status": {
+        "state": "running", "last_attempt_id": "a0"}})
+    send(agl_server, "POST", f"/api/rollouts/{bad}/attempt/a0/events", json={
+        "event_type": "tractatus.decision", "data": decision_payload(f"{bad}-d0", "agent-9")})
+    wait_for(lambda: q("SELECT count(*) FROM decisions WHERE decision_id = ?", f"{bad}-d0")
+             == [(1,)], what="the decision read while it ran")
+    post_poison(agl_server, bad)
+    wait_for(lambda: poller_log.fields("cannot read a running rollout"),
+             what="the running read to fail")
+    player = threading.Thread(target=sim.round, args=(0, 10))  # the others, meanwhile
+    player.start()
+    send(agl_server, "POST", f"/api/rollouts/{bad}/attempt/a0/events",
+         json={"event_type": "reward", "data": {"value": 0.5}})
+    send(agl_server, "PATCH", f"/api/rollouts/{bad}", json={"status": {"state": "succeeded"}})
+    player.join(60)
+    wait_for(lambda: poller.stats.seen == 11 and poller.stats.retrying == 0,
+             what="every rollout settled")
+    stop.set()
+    thread.join(10)
+    assert not thread.errors and not thread.is_alive()  # type: ignore[attr-defined]
+    writer.flush()
+
+    st = poller.stats
+    assert (st.seen, st.after, st.captured, st.missed, st.unreadable, st.partial) == (
+        11, 11, 10, 1, 1, 1)
+    assert st.read_errors >= poller.read_attempts and st.errors == 0  # never a backoff
+    # Reported with its id and status: log lines, and a quarantine row in the store.
+    assert [(f["rollout_id"], f["status"]) for f in poller_log.fields(
+        "cannot read a running rollout")] == [(bad, 500)]
+    assert [(f["rollout_id"], f["status"], f["attempts"]) for f in poller_log.fields(
+        "rollout unreadable, given up")] == [(bad, 500, poller.read_attempts)]
+    [(source, reason, raw)] = q("SELECT source, reason, raw FROM quarantine")
+    assert source == poller.source and reason.startswith(f"rollout {bad}: unreadable")
+    assert "HTTP 500" in reason
+    assert json.loads(raw)["rollout_id"] == bad and json.loads(raw)["status"] == 500
+    # Every other rollout is stored whole; of the bad one, what was read while it ran.
+    others = set(sim.expected) - {bad}
+    assert len(others) == 10
+    assert {r[0] for r in q("SELECT decision_id FROM decisions")} == \
+        set().union(*(sim.expected[r]["decisions"] for r in others)) | {f"{bad}-d0"}
+    assert {r[0] for r in q("SELECT rollout_id FROM rewards")} == others
+    assert json.loads(store.get_cursor(poller.source) or "{}")["unreadable"] == 1
+    no_duplicates(q)
+
+
+def test_an_unreadable_rollout_is_retried_a_bounded_number_of_times_across_poller_restarts(
+        agl_server, agl_key, store, writer, q) -> None:
+    with agl_server.client() as c:
+        c.post("/api/rollouts", json=[{"input": {}, "rollout_id": r} for r in ("bad", "good")])
+        for rid in ("bad", "good"):
+            c.patch(f"/api/rollouts/{rid}", json={"status": {"state": "running",
+                                                               "last_attempt_id": "a0"}})
+        c.post("/api/rollouts/good/attempt/a0/events", json={
+            "event_type": "tractatus.decision", "data": decision_payload("good-d0", "a")})
+    post_poison(agl_server, "bad")
+    for rid in ("bad", "good"):
+        send(agl_server, "PATCH", f"/api/rollouts/{rid}", json={"status": {"state": "succeeded"}})
+    sink = writer_sink(writer, "retry-run")
+
+    first = Poller(agl_server.url, key=agl_key, read_attempts=3)
+    poll_passes(first, sink, 1)
+    st = first.stats
+    assert (st.seen, st.captured, st.missed, st.retrying, st.read_errors) == (2, 1, 0, 1, 1)
+    writer.flush()
+    # A restarted poller resumes the pending retry from the committed cursor.
+    second = Poller(agl_server.url, key=agl_key, read_attempts=3)
+    second.resume(store.get_cursor(second.source))
+    assert second.stats.retrying == 1
+    poll_passes(second, sink, 1)
+    assert (second.stats.retrying, second.stats.unreadable) == (1, 0)  # second read failed
+    poll_passes(second, sink, 3)  # the third gives up; later passes read nothing more of it
+    st = second.stats
+    assert (st.seen, st.captured, st.missed, st.unreadable, st.retrying, st.read_errors) == (
+        2, 1, 1, 1, 0, 3)
+    writer.flush()
+    assert q("SELECT count(*) FROM quarantine WHERE reason LIKE 'rollout bad: unreadable, "
+             "given up after 3 reads%'") == [(1,)]
+    assert q("SELECT decision_id FROM decisions") == [("good-d0",)]
+
+
+def play_with_rewards(server, rid: str, tag: str, value: float) -> None:  # type: ignore[no-untyped-def]
+    """A rollout with one decision, Agent Lightning's own reward event and our SDK's reward
+    (a new Governor each time: a new agent process)."""
+    from tractatus_watch.governance.governor import Governor
+    from tractatus_watch.governance.sender import Sender
+
+    with server.client() as c:
+        c.post("/api/rollouts", json=[{"input": {}, "rollout_id": rid}]).raise_for_status()
+        c.patch(f"/api/rollouts/{rid}", json={"status": {"state": "running",
+                                                           "last_attempt_id": "a0"}})
+        c.post(f"/api/rollouts/{rid}/attempt/a0/events", json={
+            "event_type": "tractatus.decision",
+            "data": decision_payload(f"{rid}-{tag}-d0", "agent-1")}).raise_for_status()
+        c.post(f"/api/rollouts/{rid}/attempt/a0/events", json={
+            "event_type": "reward", "data": {"value": value}}).raise_for_status()
+        sender = Sender(f"{server.url}/api/rollouts/{rid}/attempt/a0/events", key=server.key)
+        gov = Governor([], agent_id="agent-1", arm="governed", rollout_id=rid, sink=sender)
+        gov.reward(value + 0.01, round=0)
+        gov.close()
+        assert sender.stats.sent == 1
+        c.patch(f"/api/rollouts/{rid}", json={"status": {"state": "succeeded"}})
+
+
+def test_a_rollout_id_reused_after_a_gateway_restart_keeps_its_rewards(
+        agl_server, agl_key, store, writer, q) -> None:
+    poller = Poller(agl_server.url, key=agl_key, interval_s=0.1, running_interval_s=0.2,
+                    backoff_cap_s=0.5)
+    thread, stop = start_poller(poller, writer_sink(writer, "reuse-run"), store)
+    play_with_rewards(agl_server, "reused", "first", 0.25)
+    wait_for(lambda: poller.stats.captured == 1, what="the first rollout")
+    agl_server.restart()  # the gateway forgets it; a new job enqueues the same id
+    wait_for(lambda: poller.stats.restarts == 1, what="restart detection")
+    play_with_rewards(agl_server, "reused", "second", 0.75)
+    wait_for(lambda: poller.stats.captured == 2, what="the second rollout")
+    stop.set()
+    thread.join(10)
+    assert not thread.errors  # type: ignore[attr-defined]
+    writer.flush()
+
+    assert sorted(v for (v,) in q("SELECT value FROM rewards WHERE rollout_id = 'reused'")) == [
+        0.25, 0.26, 0.75, 0.76]
+    assert q("SELECT sum(reward_n) FROM rollup_agent") == [(4,)]
+    native = sorted(r for (r,) in q("SELECT reward_id FROM rewards WHERE value IN (0.25, 0.75)"))
+    assert native == ["reused:a0:reward:0", "reused:a0:reward:0@1"]  # position, then epoch
+    assert q("SELECT count(*) FROM decisions") == [(2,)]
+    no_duplicates(q)
+
+
+def test_a_rollout_replayed_into_a_second_gateway_stores_each_reward_once(
+        tmp_path: Path, agl_server, agl_key, store, writer, q) -> None:
+    """Same rollout id, same payloads (our SDK's reward_id included), another gateway: one
+    copy of everything (the DuckLake version of this is in test_lake_collect.py)."""
+    (tmp_path / "second").mkdir()
+    second = AglServer(tmp_path / "second", agl_key)
+    second.start()
+    try:
+        sink = writer_sink(writer, "replay-run")
+        play_with_rewards(agl_server, "rp", "once", 0.5)
+        poll_passes(Poller(agl_server.url, key=agl_key), sink, 1)
+        with agl_server.client() as c:
+            events = c.get("/api/rollouts/rp/events").json()
+        with second.client() as c:
+            c.post("/api/rollouts", json=[{"input": {}, "rollout_id": "rp"}]).raise_for_status()
+            c.patch("/api/rollouts/rp", json={"status": {"state": "running",
+                                                         "last_attempt_id": "a0"}})
+            for ev in events:
+                c.post("/api/rollouts/rp/attempt/a0/events", json={
+                    "event_type": ev["event_type"], "data": ev["data"]}).raise_for_status()
+            c.patch("/api/rollouts/rp", json={"status": {"state": "succeeded"}})
+        replayed = Poller(second.url, key=agl_key)
+        poll_passes(replayed, sink, 1)
+        assert (replayed.stats.captured, replayed.stats.rewards) == (1, 2)
+    finally:
+        second.stop()
+    writer.flush()
+    assert q("SELECT count(*), count(DISTINCT reward_id), sum(value) FROM rewards") == [
+        (2, 2, 1.01)]
+    assert q("SELECT count(*) FROM decisions") == [(1,)]
+    no_duplicates(q)
+
+
+def test_a_rollout_that_breaks_the_running_listing_leaves_final_reads_going(
+        agl_server, agl_key, store, writer, q, training, poller_log) -> None:
+    """A lone surrogate in one rollout's metadata makes Agent Lightning answer 500 to every
+    listing of queuing/running rollouts; the terminal log still answers, so the poller reads
+    each rollout when it ends instead of backing off."""
+    send(agl_server, "POST", "/api/rollouts", headers={"content-type": "application/json"},
+         content='[{"input": {}, "rollout_id": "meta", "metadata": {"note": "x\\ud800"}}]')
+    assert send(agl_server, "GET", "/api/rollouts", params={"state_in": "queuing"}) == 500
+    sim = training(agl_server.url, agl_key, delete_after_s=None)
+    poller = Poller(agl_server.url, key=agl_key, interval_s=0.1, running_interval_s=0.2)
+    thread, stop = start_poller(poller, writer_sink(writer, "listing-run"), store)
+    sim.round(0, 6)
+    wait_for(lambda: poller.stats.captured == 6, what="every rollout, read when it ended")
+    stop.set()
+    thread.join(10)
+    assert not thread.errors  # type: ignore[attr-defined]
+    writer.flush()
+    assert (poller.stats.seen, poller.stats.missed, poller.stats.errors) == (6, 0, 0)
+    assert [f["status"] for f in poller_log.fields("cannot list running rollouts")] == [500]
+    assert q("SELECT count(*) FROM decisions") == [(6 * sim.decisions,)]
+    no_duplicates(q)

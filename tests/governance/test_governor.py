@@ -207,7 +207,11 @@ def test_rewards_go_to_the_sink() -> None:
     gov = Governor([allow_all], agent_id="a1", arm="governed", run_id="r", rollout_id="ro", sink=sink)
     r1 = gov.reward(0.89, round=5)
     r2 = gov.reward(0.5, round=5)
-    assert [r.reward_id for r in sink.rewards] == ["ro:0", "ro:1"] == [r1.reward_id, r2.reward_id]
+    ids = [f"ro:{gov.instance_id}:0", f"ro:{gov.instance_id}:1"]
+    assert [r.reward_id for r in sink.rewards] == ids == [r1.reward_id, r2.reward_id]
+    # Another Governor (a restarted agent reusing the rollout id) names its rewards apart.
+    other = Governor([allow_all], agent_id="a1", rollout_id="ro")
+    assert other.reward(0.1, round=5).reward_id not in ids
     assert (r1.value, r1.round, r1.arm, r1.agent_id, r1.run_id) == (0.89, 5, "governed", "a1", "r")
     gov.close()
     assert sink.closed

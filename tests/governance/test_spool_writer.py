@@ -144,4 +144,4 @@ def test_governor_spool_sink(tmp_path: Path) -> None:
     records = read_spool(tmp_path)
     assert [r["type"] for r in records] == ["decision", "decision", "reward"]
     assert [r["data"]["executed"] for r in records[:2]] == [d1.executed, d2.executed] == [False, True]
-    assert records[2]["data"]["reward_id"] == "ro:0"
+    assert records[2]["data"]["reward_id"] == f"ro:{gov.instance_id}:0"

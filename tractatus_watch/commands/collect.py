@@ -21,6 +21,12 @@ KeyFileOption = Annotated[Optional[Path], typer.Option(
          "as an argument: it would show in `ps`.")]
 RunOption = Annotated[Optional[str], typer.Option(
     "--run", help="Run id for records that carry none [default: collect-<time>].")]
+# For commands that resume their run (collectors.runner.resume_run_id).
+ResumeRunOption = Annotated[Optional[str], typer.Option(
+    # No square brackets: the help renderer would take them for markup and drop them.
+    "--run", help="Run id for records that carry none. Default: the run these sources were "
+                  "last collected into, stored with their cursors, so a restarted collect "
+                  "continues it; on a first start collect-<YYYYmmdd-HHMMSS>.")]
 ServeOption = Annotated[Optional[str], typer.Option(
     "--serve", metavar="[HOST:]PORT",
     help="Serve the live database read-only over Quack, for `tractatus-watch open --remote "
@@ -60,7 +66,7 @@ def _notifiers(alert_log: Path | None, webhook: str | None,
 
 
 def collect_sources(agl: list[str], spool: list[Path], gateway: bool, host: str, port: int,
-                    key: str | None, writer_run: str) -> list[Any]:
+                    key: str | None, writer_run: str = "") -> list[Any]:
     from ..collectors.gateway_tap import GatewayTap
     from ..collectors.poller import Poller
     from ..collectors.spool import SpoolReader
@@ -140,7 +146,7 @@ def collect(
     = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Gateway port (with --gateway).")] = 8080,
     key_file: KeyFileOption = None,
-    run: RunOption = None,
+    run: ResumeRunOption = None,
     rules: RulesOption = None,
     alert_interval: Annotated[float, typer.Option(
         "--alert-interval", min=0.5, help="Seconds between alert evaluations.")] = 5.0,
@@ -161,7 +167,7 @@ def collect(
 
     With --serve, dashboards in other processes watch the database live
     (`open --remote quack:HOST:PORT --token-file <database>.quack-token`)."""
-    from ..collectors.runner import run_sources, setup_logging
+    from ..collectors.runner import adopt_run_id, resume_run_id, run_sources, setup_logging
     from ..governance.alerts.loop import AlertLoop
     from ..storage.writer import Writer
 
@@ -171,18 +177,18 @@ def collect(
     key = _key(key_file)
     target = resolve_store(db, data_path)
     plan = serve_plan(serve, serve_public, token_file, target)
-    run_id = run or f"collect-{time.strftime('%Y%m%d-%H%M%S')}"
     setup_logging()
     with open_store(target, read_only=False) as store:
+        sources = collect_sources(agl or [], spool or [], gateway, host, port, key)
+        run_id = resume_run_id(store, [s.source for s in sources], run, "collect")
+        adopt_run_id(sources, run_id)
         writer = Writer(store, flush_interval_s=_flush_interval(store))
         alerts = AlertLoop(store, ruleset, _notifiers(alert_log, webhook, webhook_token_file),
                            interval_s=alert_interval).start()
         server = None
         try:
             server = start_serving(store, plan)
-            result = run_sources(collect_sources(agl or [], spool or [], gateway, host, port,
-                                                 key, run_id),
-                                 writer, run_id=run_id, get_cursor=store.get_cursor)
+            result = run_sources(sources, writer, run_id=run_id, get_cursor=store.get_cursor)
         finally:
             if server is not None:
                 server.stop()

@@ -342,7 +342,7 @@ class Dashboard(App[None]):
     def on_command_line_requested(self, msg: CommandLineRequested) -> None:
         self._open_prompt(":", f": {COMMANDS_HELP}", msg.text)
 
-    # --- scope, pause and interval -------------------------------------------------------------------
+    # --- scope, pause and interval -----------------------------------------------------------------
 
     def watch_scope(self, scope: Scope) -> None:
         """Another run or baseline: everything fetched so far was for the old one."""

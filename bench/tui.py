@@ -71,13 +71,13 @@ async def measure(path: Path, repeat: int, size: tuple[int, int]) -> dict[str, f
             meter = StallMeter()
             task = asyncio.create_task(meter.run())
             for _ in range(repeat):
-                app._shown.clear()
+                app.refresher.forget_shown()
                 t = time.perf_counter()
                 app.refresh_view()
                 await idle(app)  # the worker, the render and any staggered chart frames
                 times.append(time.perf_counter() - t)
                 shows.append(app.last_show_s)
-                queries.append(app.last_refresh_s)
+                queries.append(app.refresher.last_refresh_s)
             meter.running = False
             await task
             figures[f"{name}_refresh_ms"] = statistics.median(times) * 1000

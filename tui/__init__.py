@@ -1,7 +1,8 @@
 """The Textual dashboard (`tractatus-watch open`, `live`, `demo`)."""
 
-from .app import Dashboard, Scope, SilenceWriter, run_dashboard
+from .app import Dashboard, SilenceWriter, run_dashboard
 from .health import HealthProvider, SourceHealth, SourceMonitor
+from .scope import Scope
 
 __all__ = ["Dashboard", "HealthProvider", "Scope", "SilenceWriter", "SourceHealth",
            "SourceMonitor", "run_dashboard"]

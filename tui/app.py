@@ -1,11 +1,12 @@
-"""The dashboard app: views, the refresh loop, keys, the status line.
+"""The dashboard app: it puts the parts together and carries out what they ask.
 
-Refresh loop: one thread worker fetches the common state (freshness, alerts) and the current
-view's data through its own cursor, then posts a message; the main thread renders it and only
-then arms the timer for the next refresh, so fetches never overlap and nothing blocks the UI.
-Work that scans raw tables (build_report, latency percentiles) runs in a second, throttled lane
-so it never delays the charts. The app reads through storage queries only; in `live` it shares
-the writer's Store (DuckDB allows one process per file) and reads through `store.cursor()`.
+The parts: the refresh loop (tui/refresh.py: the fetch lanes, timers and "nothing changed"
+shortcut), the views (tui/views/: one module each; they post requests, tui/messages.py), the
+status bar (tui/status_bar.py) and the `:` command table (tui/commands.py). The app holds the
+scope, pause and interval (reactives whose watchers tell the loop), shows what the loop
+fetched, and does the work views ask for: choosing runs, silences, one-off loads, export. It
+reads through storage queries only; in `live` it shares the writer's Store (DuckDB allows one
+process per file) and reads through `store.cursor()`.
 """
 
 from __future__ import annotations
@@ -13,102 +14,69 @@ from __future__ import annotations
 import gc
 import getpass
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Final, cast
 
 import polars as pl
 from rich.text import Text
-from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.message import Message
-from textual.timer import Timer
+from textual.reactive import var
 from textual.widgets import ContentSwitcher, Footer, Input
 
 from ..storage.store import Store
+from . import commands
 from . import data as D
 from . import fmt
 from .health import HealthProvider, SourceHealth, as_health
+from .messages import (BaselineChosen, CommandLineRequested, Fetched, Loaded, LoadRequested,
+                       RefreshRequested, RunChosen, ShowEvents, SilenceRequested, SlowFetched)
+from .refresh import UNCHANGED, RefreshLoop
+from .scope import Scope
 from .screens import HelpScreen, SilenceScreen
-from .views import NO_DATA, VIEWS, Overview, Runs, View
+from .status_bar import Status, StatusBar
+from .views import NO_DATA, VIEWS, Overview, Runs, View, ViewContext, view_index
 from .widgets import TextLine
+
+__all__ = ["Dashboard", "Scope", "SilenceWriter", "run_dashboard", "view_index", "write_frame"]
 
 INTERVALS: Final = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 THEMES: Final = ("textual-dark", "textual-light", "nord", "gruvbox", "tokyo-night", "dracula",
                  "monokai", "solarized-light")
-# While data flows, slow-lane work reruns at most every SLOW_FACTOR times its own duration, so
-# a 2 s report over 10M rows takes at most a fifth of a core and a 20 ms one follows every poll.
-SLOW_FACTOR: Final = 5.0
 
 # Called with the silence to store; raises with a one-line message when it cannot.
 SilenceWriter = Callable[[Any], None]
 
-COMMANDS_HELP: Final = ("run ID|latest · baseline ID|none · compare ID|none · "
-                        "silence ALERT DURATION [COMMENT] · interval SECONDS · theme NAME · "
-                        "export [csv|parquet] [PATH] · view N · quit")
-
-
-@dataclass(frozen=True)
-class Scope:
-    """What is shown: a run (the latest while following) and its baseline run."""
-
-    run_id: str | None = None
-    baseline_run: str | None = None
-    follow_latest: bool = True
-
-
-class _Unchanged:
-    """The view's parameters and the data are as last fetched: nothing to render."""
-
-
-UNCHANGED: Final = _Unchanged()
-
-
-class Fetched(Message):
-    def __init__(self, token: int, view_id: str, key: tuple[Hashable, int, str | None],
-                 common: D.Common | None, data: Any, error: BaseException | None,
-                 seconds: float) -> None:
-        super().__init__()
-        self.token, self.view_id, self.key = token, view_id, key
-        self.common, self.data, self.error, self.seconds = common, data, error, seconds
-
-
-class SlowFetched(Message):
-    def __init__(self, token: int, view_id: str, key: Hashable, data: Any,
-                 error: BaseException | None, seconds: float) -> None:
-        super().__init__()
-        self.token, self.view_id, self.key = token, view_id, key
-        self.data, self.error, self.seconds = data, error, seconds
-
-
-class Loaded(Message):
-    def __init__(self, callback: Callable[[Any], None], result: Any,
-                 error: BaseException | None) -> None:
-        super().__init__()
-        self.callback, self.result, self.error = callback, result, error
+COMMANDS_HELP: Final = commands.usage_line()
 
 
 class Dashboard(App[None]):
     CSS_PATH = "dashboard.tcss"
     TITLE = "tractatus-watch"
     ENABLE_COMMAND_PALETTE = False
+    COMMANDS = App.COMMANDS | {commands.CommandLineProvider}
+    # Binding ids are stable (user keymaps refer to them): "dashboard.<action>" for the keys
+    # that work everywhere, "dashboard.view.<name>" for the number keys, "<view>.<action>" for
+    # a view's own keys (tui/views/), "table.<action>" in tables, "help.close" and
+    # "silence.cancel" in the modal screens. action_help lists them all.
     BINDINGS: ClassVar[list[BindingType]] = [
-        *[Binding(v.KEY, f"view({i})", v.TITLE, show=False) for i, v in enumerate(VIEWS)],
-        Binding("question_mark", "help", "Help"),
-        Binding("slash", "filter", "Filter"),
-        Binding("colon", "command", "Cmd"),
-        Binding("space", "pause", "Pause"),
-        Binding("plus", "slower", "+int", show=False),
-        Binding("minus", "faster", "-int", show=False),
-        Binding("e", "export", "Export"),
-        Binding("s", "screenshot", "SVG"),
-        Binding("t", "theme", "Theme", show=False),
-        Binding("r", "refresh", "Refresh", show=False),
-        Binding("escape", "close_prompt", "Close", show=False),
-        Binding("q", "quit", "Quit"),
+        *[Binding(v.KEY, f"view({i})", v.TITLE, show=False,
+                  id=f"dashboard.view.{v.TITLE.lower()}") for i, v in enumerate(VIEWS)],
+        Binding("question_mark", "help", "Help", id="dashboard.help"),
+        Binding("slash", "filter", "Filter", id="dashboard.filter"),
+        Binding("colon", "command", "Cmd", id="dashboard.command"),
+        Binding("space", "pause", "Pause", id="dashboard.pause"),
+        Binding("plus", "slower", "+int", show=False, id="dashboard.slower"),
+        Binding("minus", "faster", "-int", show=False, id="dashboard.faster"),
+        Binding("e", "export", "Export", id="dashboard.export"),
+        Binding("s", "screenshot", "SVG", id="dashboard.screenshot"),
+        Binding("t", "theme", "Theme", show=False, id="dashboard.theme"),
+        Binding("r", "refresh", "Refresh", show=False, id="dashboard.refresh"),
+        Binding("escape", "close_prompt", "Close", show=False, id="dashboard.close_prompt"),
+        Binding("q", "quit", "Quit", id="dashboard.quit"),
     ]
     HELP: ClassVar[dict[str, str]] = {
         "help": "this help", "filter": "filter the current view", "pause": "pause/resume refresh",
@@ -118,6 +86,12 @@ class Dashboard(App[None]):
         "refresh": "refresh now", "close_prompt": "close the filter/command line",
         "quit": "quit",
     }
+
+    # Set without watchers in __init__; afterwards every assignment runs its watcher (always,
+    # as the setters did: choosing the same run again refetches it).
+    scope: var[Scope] = var(Scope(), init=False, always_update=True)
+    paused: var[bool] = var(False, init=False)
+    interval: var[float] = var(5.0, init=False, always_update=True)
 
     def __init__(self, store: Store, *, run_id: str | None = None,
                  baseline_run: str | None = None, live_writer: Any = None,
@@ -134,35 +108,26 @@ class Dashboard(App[None]):
         self.silence_writer = silence_writer
         self.clock = clock
         self.export_dir = export_dir or Path.cwd()
-        self.scope = Scope(run_id, baseline_run, follow_latest=run_id is None)
-        self.interval = interval if interval is not None else (1.0 if self.live else 5.0)
-        self.paused = False
+        scope = Scope(run_id, baseline_run, follow_latest=run_id is None)
+        seconds = interval if interval is not None else (1.0 if self.live else 5.0)
+        self.set_reactive(Dashboard.scope, scope)
+        self.set_reactive(Dashboard.interval, seconds)
+        self.refresher = RefreshLoop(self, store, self._next_fetch, seconds)
+        self.context = ViewContext(clock=clock, scope=scope)
         self.bells = 0              # counted so tests can see the bell of critical alerts
         self.refreshes = 0          # completed refreshes (tests wait on this)
         self.slow_done = 0          # completed slow-lane fetches
-        self.last_refresh_s = 0.0   # worker time of the last refresh (bench)
         self.last_show_s = 0.0      # main-thread time of the last view render (bench)
         self.common: D.Common | None = None
-        self._token = 0
-        self._scope_token = 0       # refreshes older than this were for another run
-        self._busy = False
-        self._again = False
-        self._timer: Timer | None = None
-        self._shown: dict[str, tuple[Hashable, int, str | None]] = {}
-        self._slow_busy = False
-        self._slow_shown: dict[str, Hashable] = {}
-        self._slow_started: dict[str, tuple[Hashable, float, float]] = {}
         self._alert_states: dict[str, tuple[str, str, str | None, float | None]] | None = None
         self._prompt_mode = ""
         self._last_error = ""
-        self._ingest: tuple[float, int] | None = None
-        self._ingest_rate: float | None = None
         self._loads = 0             # one-off loads in flight
-        self._latest: str | None = None  # the latest run, as last looked up
         self._switcher: ContentSwitcher | None = None
         # Every view exists from the start (they hold the state), but each is mounted the first
         # time it is shown: composing all seven would double the start-up time.
-        self._views: dict[str, View] = {f"view-{v.TITLE.lower()}": v() for v in VIEWS}
+        self._views: dict[str, View] = {f"view-{v.TITLE.lower()}": v(self.context)
+                                        for v in VIEWS}
         self._current_id = f"view-{VIEWS[view_index(view)].TITLE.lower()}"
         self._mounting = 0
 
@@ -172,14 +137,14 @@ class Dashboard(App[None]):
         yield TextLine(id="topbar")
         with ContentSwitcher(initial=self._current_id, id="views"):
             yield self._views[self._current_id]
-        yield TextLine(id="status")
+        yield StatusBar(id="status")
         yield Input(id="prompt")
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         # Kept by reference: while a modal screen is up, queries would search that screen.
         self._switcher = self.query_one("#views", ContentSwitcher)
-        self._status = self.query_one("#status", TextLine)
+        self._status = self.query_one("#status", StatusBar)
         self._topbar = self.query_one("#topbar", TextLine)
         self._prompt = self.query_one("#prompt", Input)
         self._prompt.display = False
@@ -217,62 +182,27 @@ class Dashboard(App[None]):
         if self._switcher is not None:
             self._update_tabs()
 
-    # --- the refresh loop --------------------------------------------------------------------------
+    # --- the refresh loop: asking it, and showing what it fetched ----------------------------------
 
     def refresh_view(self) -> None:
         """Fetch the current view now (or right after the fetch in flight: never two)."""
-        if self._busy:
-            self._again = True
-            return
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
-        if self._exit or self._switcher is None or not self.current_view.is_mounted:
-            return  # starting, shutting down, or mounting the view (which refreshes when done)
-        view = self.current_view
-        self._busy = True
-        self._token += 1
-        key, fn = view.fetch()
-        c = self.common
-        self._fetch(self._token, view.id or "", key, fn, self.scope,
-                    c.version if c else None, self._latest, self._shown.get(view.id or ""))
+        self.refresher.refresh()
 
-    @work(thread=True, group="refresh", exit_on_error=False)
-    def _fetch(self, token: int, view_id: str, key: Hashable, fn: Callable[[D.Con, str], Any],
-               scope: Scope, known_version: int | None, known_run: str | None,
-               shown: tuple[Hashable, int, str | None] | None) -> None:
-        started = time.perf_counter()
-        common, data, error = None, None, None
-        try:
-            con = self.store.cursor()
-            try:
-                common = D.fetch_common(con, scope.run_id, follow_latest=scope.follow_latest,
-                                        known_version=known_version, known_run=known_run,
-                                        lake=self.store.is_lake)
-                if common.run_id is not None:
-                    if shown == (key, common.version, common.run_id):
-                        data = UNCHANGED
-                    else:
-                        data = fn(con, common.run_id)
-            finally:
-                con.close()
-        except Exception as exc:  # shown in the status line; the next refresh retries
-            error = exc
-        version = common.version if common else -1
-        self.post_message(Fetched(token, view_id, (key, version, common.run_id if common else None),
-                                  common, data, error, time.perf_counter() - started))
+    def _next_fetch(self) -> tuple[View, Scope] | None:
+        if self._exit or self._switcher is None or not self.current_view.is_mounted:
+            return None  # starting, shutting down, or mounting the view (which refreshes when done)
+        return self.current_view, self.scope
 
     def on_fetched(self, msg: Fetched) -> None:
-        self._busy = False
+        current = self.refresher.arrived(msg)
         if self._exit:
             return
-        self.last_refresh_s = msg.seconds
         if msg.error is not None:
             text = f"{type(msg.error).__name__}: {str(msg.error).splitlines()[0]}"
             if text != self._last_error:
                 self.notify(text, title="refresh failed", severity="error")
             self._last_error = text
-        elif msg.token > self._scope_token:
+        elif current:
             self._last_error = ""
             assert msg.common is not None
             self._apply_common(msg.common)
@@ -285,27 +215,34 @@ class Dashboard(App[None]):
                 started = time.perf_counter()
                 view.show(msg.data)
                 self.last_show_s = time.perf_counter() - started
-                self._shown[msg.view_id] = msg.key
+                self.refresher.shown(msg)
             if msg.common.run_id is not None and msg.view_id == self.current_view.id:
-                self._maybe_slow(view, msg.common.run_id, msg.common.version)
-        else:
-            self._again = True  # fetched for a run that is no longer shown
+                self.refresher.slow(view, msg.common.run_id, msg.common.version)
         if not self.refreshes:
             freeze_heap()
         self.refreshes += 1
         self.update_status()
-        if self._again:
-            self._again = False
-            self.refresh_view()
-        elif not self.paused:
-            self._timer = self.set_timer(self.interval, self.refresh_view)
+        self.refresher.landed()
+
+    def on_slow_fetched(self, msg: SlowFetched) -> None:
+        current = self.refresher.slow_arrived(msg)
+        if self._exit:
+            return
+        if msg.error is not None:
+            self.notify(f"{type(msg.error).__name__}: {str(msg.error).splitlines()[0]}",
+                        title="background query failed", severity="error")
+        elif current:
+            self.view(msg.view_id).show_slow(msg.data)
+        self.slow_done += 1
+        if self.common is not None and self.common.run_id is not None:
+            self.refresher.slow(self.current_view, self.common.run_id, self.common.version)
 
     def _apply_common(self, c: D.Common) -> None:
-        if self.scope.follow_latest:
-            self._latest = c.run_id
-            if c.run_id != self.scope.run_id:
-                self.scope = replace(self.scope, run_id=c.run_id)
-                self._update_tabs()
+        if self.scope.follow_latest and c.run_id != self.scope.run_id:
+            # Following the latest run is not a new scope: no watcher, nothing to start over.
+            self.set_reactive(Dashboard.scope, replace(self.scope, run_id=c.run_id))
+            self.context.scope = self.scope
+            self._update_tabs()
         self.common = c
         states = {r["fingerprint"]: (r["state"], r["alertname"], r["severity"], r["value"])
                   for r in c.alerts.iter_rows(named=True)}
@@ -320,6 +257,7 @@ class Dashboard(App[None]):
                 if fp not in states and old not in ("inactive", "nodata"):
                     self._transition(name, old, "inactive", severity, value)
         self._alert_states = states
+        self.context.alert_counts = self.alert_counts()
         if self.overview.is_mounted:
             self.overview.refresh_kpis()
 
@@ -345,66 +283,12 @@ class Dashboard(App[None]):
     @property
     def idle(self) -> bool:
         """Nothing fetched or loading (tests and the benchmark wait for this)."""
-        return not (self._busy or self._again or self._slow_busy or self._loads
-                    or self._mounting or self.overview.drawing)
+        return self.refresher.idle and not (self._loads or self._mounting
+                                            or self.overview.drawing)
 
     def alert_counts(self) -> tuple[int, int]:
         states = [s[0] for s in (self._alert_states or {}).values()]
         return states.count("firing"), states.count("pending")
-
-    # --- the slow lane ------------------------------------------------------------------------------
-
-    def _maybe_slow(self, view: View, run_id: str, version: int) -> None:
-        request = view.slow(run_id)
-        if request is None or self._slow_busy:
-            return
-        key, fn = request
-        vid = view.id or ""
-        full_key = (key, version)
-        if self._slow_shown.get(vid) == full_key:
-            return
-        started = self._slow_started.get(vid)
-        if started is not None and started[0] == key:
-            # Same question, newer data: recompute, but not continuously while data flows.
-            _, at, seconds = started
-            if time.monotonic() - at < max(self.interval, SLOW_FACTOR * seconds):
-                return
-        self._slow_busy = True
-        self._slow_started[vid] = (key, time.monotonic(), started[2] if started else 0.0)
-        self._slow_fetch(self._token, vid, full_key, fn, run_id)
-
-    @work(thread=True, group="slow", exit_on_error=False)
-    def _slow_fetch(self, token: int, view_id: str, key: Hashable,
-                    fn: Callable[[D.Con, str], Any], run_id: str) -> None:
-        started = time.perf_counter()
-        data, error = None, None
-        try:
-            con = self.store.cursor()
-            try:
-                data = fn(con, run_id)
-            finally:
-                con.close()
-        except Exception as exc:
-            error = exc
-        self.post_message(SlowFetched(token, view_id, key, data, error,
-                                      time.perf_counter() - started))
-
-    def on_slow_fetched(self, msg: SlowFetched) -> None:
-        self._slow_busy = False
-        if self._exit:
-            return
-        key, at, _ = self._slow_started.get(msg.view_id, (None, 0.0, 0.0))
-        self._slow_started[msg.view_id] = (key, at, msg.seconds)
-        if msg.error is not None:
-            self.notify(f"{type(msg.error).__name__}: {str(msg.error).splitlines()[0]}",
-                        title="background query failed", severity="error")
-        elif msg.token > self._scope_token:
-            view = self.view(msg.view_id)
-            view.show_slow(msg.data)
-            self._slow_shown[msg.view_id] = msg.key
-        self.slow_done += 1
-        if self.common is not None and self.common.run_id is not None:
-            self._maybe_slow(self.current_view, self.common.run_id, self.common.version)
 
     # --- one-off loads (detail panes, exports, silences) -------------------------------------------
 
@@ -435,30 +319,64 @@ class Dashboard(App[None]):
         else:
             msg.callback(msg.result)
 
-    # --- scope ------------------------------------------------------------------------------------
+    # --- what the views ask ------------------------------------------------------------------------
 
-    def _set_scope(self, scope: Scope) -> None:
-        self.scope = scope
-        self._scope_token = self._token
-        self._latest = None
-        self._shown.clear()
-        self._slow_shown.clear()
+    def on_refresh_requested(self, _: RefreshRequested) -> None:
+        self.refresh_view()
+
+    def on_run_chosen(self, msg: RunChosen) -> None:
+        self.choose_run(msg.run_id)
+
+    def on_baseline_chosen(self, msg: BaselineChosen) -> None:
+        self.choose_baseline(msg.run_id)
+
+    def on_show_events(self, msg: ShowEvents) -> None:
+        self.show_events(**msg.filters)
+
+    def on_silence_requested(self, msg: SilenceRequested) -> None:
+        self.ask_silence(msg.alert)
+
+    def on_load_requested(self, msg: LoadRequested) -> None:
+        self.load(msg.fn, msg.done, group=msg.group)
+
+    def on_command_line_requested(self, msg: CommandLineRequested) -> None:
+        self._open_prompt(":", f": {COMMANDS_HELP}", msg.text)
+
+    # --- scope, pause and interval -----------------------------------------------------------------
+
+    def watch_scope(self, scope: Scope) -> None:
+        """Another run or baseline: everything fetched so far was for the old one."""
+        self.context.scope = scope
+        self.refresher.new_scope()
         self._update_tabs()
         self.overview.report_kpis = None  # the KPIs of the old run
         if self.overview.is_mounted:
             self.overview.refresh_kpis()
         self.refresh_view()
 
+    def watch_paused(self, paused: bool) -> None:
+        self.refresher.pause(paused)
+        self.update_status()
+
+    def watch_interval(self, seconds: float) -> None:
+        self.refresher.set_interval(seconds)
+        self.update_status()
+
     def choose_run(self, run_id: str | None) -> None:
         if run_id is None:
-            self._set_scope(replace(self.scope, follow_latest=True))
+            self.scope = replace(self.scope, follow_latest=True)
         else:
-            self._set_scope(replace(self.scope, run_id=run_id, follow_latest=False))
+            self.scope = replace(self.scope, run_id=run_id, follow_latest=False)
         self.notify(f"showing run {run_id or 'latest'}", timeout=3)
 
     def choose_baseline(self, run_id: str | None) -> None:
-        self._set_scope(replace(self.scope, baseline_run=run_id))
+        self.scope = replace(self.scope, baseline_run=run_id)
         self.notify(f"baseline: {run_id or 'the ungoverned arm of the same run'}", timeout=3)
+
+    def compare(self, run_id: str | None) -> None:
+        """Compare the run shown with `run_id` (None: stop comparing), in the Runs view."""
+        self.switch_view(view_index("runs"))
+        cast(Runs, self.view("view-runs")).compare(run_id)
 
     def show_events(self, **filters: str | None) -> None:
         events = self.view("view-events")
@@ -503,50 +421,17 @@ class Dashboard(App[None]):
             return [SourceHealth(name="sources", state="failed", detail=str(exc))]
 
     def update_status(self) -> None:
-        """Sources (state, missed, ingest rate, lag, last update), data freshness, refresh."""
-        now = self.clock()
-        parts: list[Text] = []
-        if self.paused:
-            parts.append(Text(" PAUSED ", style="reverse bold yellow"))
         sources = self.health()
-        for h in sources:
-            icon, style = {"connected": ("●", "green"), "reconnecting": ("◐", "yellow"),
-                           "starting": ("○", "yellow"), "stopped": ("■", "dim")}.get(
-                h.state, ("✖", "bold red"))
-            part = Text.assemble((f"{icon} ", style), f"{_short(h.name)} {h.state}")
-            if h.missed:
-                part.append(f" missed {h.missed:,}", style="yellow")
-            if h.rate is not None:
-                part.append(f" {h.rate:,.0f}/s")
-            if h.lag_s is not None:
-                part.append(f" lag {fmt.ago(h.lag_s)}")
-            if h.last_update is not None:
-                part.append(f" last {fmt.clock(h.last_update)}", style="dim")
-            if h.detail:
-                part.append(f" {h.detail[:40]}", style="red")
-            parts.append(part)
+        ingest = None
         if self.live_writer is not None and not sources:
-            rows = sum(getattr(self.live_writer.stats, "committed_rows", {}).values())
-            if self._ingest is not None and now > self._ingest[0]:
-                self._ingest_rate = (rows - self._ingest[1]) / (now - self._ingest[0])
-            self._ingest = (now, rows)
-            part = Text(f"ingest {fmt.num(rows)} rows")
-            if self._ingest_rate is not None:
-                part.append(f" {self._ingest_rate:,.0f}/s")
-            parts.append(part)
+            ingest = sum(getattr(self.live_writer.stats, "committed_rows", {}).values())
         c = self.common
-        if not self.live:
-            parts.append(Text(self.store.target.short
-                              + (" read-only" if self.store.read_only else "")))
-            if c is not None and c.last_ts is not None:
-                parts.append(Text(f"data to {fmt.clock(c.last_ts, True)[5:]}"))
-        elif not sources and c is not None and c.last_ts is not None:
-            parts.append(Text(f"lag {fmt.ago(now - (fmt.epoch(c.last_ts) or now))}"))
-        refresh = f"updated {fmt.clock(now)} " if self.refreshes else ""
-        parts.append(Text(f"{refresh}every {self.interval:g}s", style="dim"))
-        if self._last_error:
-            parts.append(Text(self._last_error[:60], style="bold red"))
-        self._status.set(Text(" │ ", style="dim").join(parts))
+        store = None if self.live else (self.store.target.short
+                                        + (" read-only" if self.store.read_only else ""))
+        self._status.show(Status(
+            now=self.clock(), paused=self.paused, interval=self.interval,
+            refreshed=self.refreshes > 0, sources=sources, ingest_rows=ingest, store=store,
+            last_ts=c.last_ts if c is not None else None, error=self._last_error))
 
     # --- actions ------------------------------------------------------------------------------------
 
@@ -558,23 +443,10 @@ class Dashboard(App[None]):
 
     def action_pause(self) -> None:
         self.paused = not self.paused
-        if self.paused and self._timer is not None:
-            self._timer.stop()
-            self._timer = None
-        elif not self.paused:
-            self.refresh_view()
-        self.update_status()
 
     def _step_interval(self, step: int) -> None:
         i = min(range(len(INTERVALS)), key=lambda j: abs(INTERVALS[j] - self.interval))
-        self.set_interval_s(INTERVALS[min(max(i + step, 0), len(INTERVALS) - 1)])
-
-    def set_interval_s(self, seconds: float) -> None:
-        self.interval = seconds
-        if self._timer is not None:  # re-arm with the new interval
-            self._timer.stop()
-            self._timer = self.set_timer(self.interval, self.refresh_view)
-        self.update_status()
+        self.interval = INTERVALS[min(max(i + step, 0), len(INTERVALS) - 1)]
 
     def action_slower(self) -> None:
         self._step_interval(1)
@@ -593,6 +465,9 @@ class Dashboard(App[None]):
         self.notify(f"theme {name}", timeout=2)
 
     def action_help(self) -> None:
+        """Every key: the views, the keys that work everywhere (with HELP's longer text), then
+        each view's keys. Generated from the bindings (their ids are listed at BINDINGS) and,
+        for `:`, from the command table."""
         sections: list[tuple[str, list[tuple[str, str]]]] = [
             ("views", [(v.KEY, v.TITLE) for v in VIEWS]),
             ("everywhere", [(b.key, self.HELP.get(b.action, b.description))
@@ -654,68 +529,14 @@ class Dashboard(App[None]):
         self.action_close_prompt()
 
     def run_command(self, text: str) -> None:
-        """`:` commands; raises ValueError with a one-line message."""
-        words = text.split()
-        if not words:
-            return
-        cmd, args = words[0].lower(), words[1:]
-        known = self._known_runs()
-        if cmd == "run":
-            if not args:
-                raise ValueError("usage: run ID (or: run latest)")
-            run = None if args[0] == "latest" else self._pick(args[0], known)
-            self.choose_run(run)
-        elif cmd == "baseline":
-            if not args:
-                raise ValueError("usage: baseline ID (or: baseline none)")
-            self.choose_baseline(None if args[0] == "none" else self._pick(args[0], known))
-        elif cmd == "compare":
-            if not args:
-                raise ValueError("usage: compare ID (or: compare none)")
-            other = None if args[0] == "none" else self._pick(args[0], known)
-            self.switch_view(3)
-            cast(Runs, self.view("view-runs")).compare(other)
-        elif cmd == "silence":
-            if len(args) < 2:
-                raise ValueError("usage: silence ALERT DURATION [COMMENT]")
-            alert = self._find_alert(args[0])
-            self.silence(alert, fmt.duration(args[1]), " ".join(args[2:]))
-        elif cmd == "interval":
-            try:
-                seconds = float(args[0].rstrip("s"))
-            except (IndexError, ValueError):
-                raise ValueError("usage: interval SECONDS (e.g. interval 0.5)") from None
-            if not 0.1 <= seconds <= 3600:
-                raise ValueError("interval must be between 0.1 and 3600 seconds")
-            self.set_interval_s(seconds)
-        elif cmd == "theme":
-            self.action_theme(args[0] if args else None)
-        elif cmd == "export":
-            fmt_ = args[0] if args else "csv"
-            if fmt_ not in ("csv", "parquet"):
-                raise ValueError("usage: export [csv|parquet] [PATH]")
-            self.action_export(fmt_, args[1] if len(args) > 1 else None)
-        elif cmd == "view":
-            names = {v.TITLE.lower(): i for i, v in enumerate(VIEWS)}
-            names.update({v.KEY: i for i, v in enumerate(VIEWS)})
-            if not args or args[0].lower() not in names:
-                raise ValueError(f"usage: view N|NAME ({', '.join(v.TITLE for v in VIEWS)})")
-            self.switch_view(names[args[0].lower()])
-        elif cmd in ("q", "quit"):
-            self.exit()
-        else:
-            raise ValueError(f"unknown command {cmd!r}: {COMMANDS_HELP}")
+        """`:` commands (tui/commands.py); raises ValueError with a one-line message."""
+        commands.run_command(self, text)
 
-    def _known_runs(self) -> list[str]:
+    def known_runs(self) -> list[str]:
         data = cast(Runs, self.view("view-runs")).data
         return data.runs["run_id"].to_list() if data is not None else []
 
-    def _pick(self, run: str, known: list[str]) -> str:
-        if known and run not in known:
-            raise ValueError(f"no run {run!r}; runs: {', '.join(known[:8])}")
-        return run
-
-    def _find_alert(self, name: str) -> dict[str, Any]:
+    def find_alert(self, name: str) -> dict[str, Any]:
         alerts = self.common.alerts if self.common is not None else pl.DataFrame()
         if alerts.is_empty():
             raise ValueError("no alerts to silence")
@@ -794,19 +615,6 @@ def freeze_heap() -> None:
     sight. A full collection walks every tracked object and stalled the UI for 40-140 ms each
     time it ran; the long-lived app state never becomes garbage anyway."""
     gc.freeze()
-
-
-def view_index(name: str) -> int:
-    """A view by its key ("2") or name ("rules")."""
-    for i, v in enumerate(VIEWS):
-        if name.lower() in (v.KEY, v.TITLE.lower()):
-            return i
-    raise ValueError(f"no view {name!r}; views: {', '.join(v.TITLE.lower() for v in VIEWS)}")
-
-
-def _short(name: str, width: int = 32) -> str:
-    """A source name for the status line: the end of a long path or URL matters most."""
-    return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
 def _safe(text: str) -> str:

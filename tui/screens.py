@@ -25,7 +25,7 @@ def key_label(key: str) -> str:
 class HelpScreen(ModalScreen[None]):
     """Every key of the dashboard, global ones first, then per view."""
 
-    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close", id="help.close")]
 
     def __init__(self, sections: list[tuple[str, list[tuple[str, str]]]]) -> None:
         super().__init__()
@@ -49,7 +49,7 @@ class HelpScreen(ModalScreen[None]):
 class SilenceScreen(ModalScreen[tuple[float, str] | None]):
     """Ask for how long and why; returns (seconds, comment) or None when cancelled."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="silence.cancel")]
 
     def __init__(self, alert: dict[str, Any]) -> None:
         super().__init__()

@@ -38,15 +38,15 @@ class Table(ScrollView, can_focus=True):
     Table > .table--cursor-blurred { background: $block-cursor-blurred-background; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "select", "Select", show=False),
-        Binding("up", "move(-1)", show=False),
-        Binding("down", "move(1)", show=False),
-        Binding("pageup", "page(-1)", show=False),
-        Binding("pagedown", "page(1)", show=False),
-        Binding("home", "move(-1000000000)", show=False),
-        Binding("end", "move(1000000000)", show=False),
-        Binding("left", "scroll_left", show=False),
-        Binding("right", "scroll_right", show=False),
+        Binding("enter", "select", "Select", show=False, id="table.select"),
+        Binding("up", "move(-1)", show=False, id="table.up"),
+        Binding("down", "move(1)", show=False, id="table.down"),
+        Binding("pageup", "page(-1)", show=False, id="table.page_up"),
+        Binding("pagedown", "page(1)", show=False, id="table.page_down"),
+        Binding("home", "move(-1000000000)", show=False, id="table.first"),
+        Binding("end", "move(1000000000)", show=False, id="table.last"),
+        Binding("left", "scroll_left", show=False, id="table.scroll_left"),
+        Binding("right", "scroll_right", show=False, id="table.scroll_right"),
     ]
 
     cursor_row: reactive[int] = reactive(0)

@@ -122,16 +122,16 @@ async def test_pause_and_interval_keys(make_app) -> None:
     app = make_app(view="alerts")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        assert app.interval == 5.0 and app._timer is not None
+        assert app.interval == 5.0 and app.refresher.armed
         await pilot.press("space")
-        assert app.paused and app._timer is None and "PAUSED" in status(app)
+        assert app.paused and not app.refresher.armed and "PAUSED" in status(app)
         done = app.refreshes
         await pilot.press("r")  # a manual refresh still works while paused
         await settle(pilot)
-        assert app.refreshes == done + 1 and app._timer is None
+        assert app.refreshes == done + 1 and not app.refresher.armed
         await pilot.press("space")
         await settle(pilot)
-        assert not app.paused and app._timer is not None and "PAUSED" not in status(app)
+        assert not app.paused and app.refresher.armed and "PAUSED" not in status(app)
         await pilot.press("plus")
         assert app.interval == 10.0 and "every 10s" in status(app)
         await pilot.press("minus", "minus")
@@ -143,12 +143,12 @@ async def test_no_overlapping_refreshes(make_app) -> None:
     app = make_app(view="rules")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        started = app._token
+        started = app.refresher.token
         for _ in range(5):
             app.refresh_view()
-        assert app._busy and app._token == started + 1
+        assert app.refresher.busy and app.refresher.token == started + 1
         await settle(pilot)
-        assert app._token == started + 2  # the five requests became one more fetch
+        assert app.refresher.token == started + 2  # the five requests became one more fetch
 
 
 async def test_export_and_screenshot_keys(make_app, tmp_path: Path) -> None:

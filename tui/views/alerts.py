@@ -1,0 +1,115 @@
+"""The Alerts view (3): alert instances, silences and the firing history."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable
+from typing import Any
+
+import polars as pl
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import Static
+
+from .. import data as D
+from .. import fmt
+from ..messages import SilenceRequested
+from ..table import Table
+from ..widgets import Empty, fill_table, right
+from .base import Fetch, View, ViewContext
+
+
+class Alerts(View):
+    KEY, TITLE = "3", "Alerts"
+    FILTER_HELP = "text matched against alert names and labels"
+    BINDINGS = [Binding("x", "silence", "Silence", id="alerts.silence")]
+
+    def __init__(self, context: ViewContext) -> None:
+        super().__init__(context)
+        self.data: D.AlertsData | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("alert instances, firing first", id="alerts-head", classes="view-head")
+        yield Empty("", id="alerts-empty", classes="empty-note")
+        yield Table(id="alerts-table")
+        yield Static("silences", classes="section")
+        yield Empty("", id="silences-empty")
+        yield Table(id="silences-table")
+        yield Static("firing history", classes="section")
+        yield Empty("", id="history-empty")
+        yield Table(id="history-table")
+
+    def fetch(self) -> tuple[Hashable, Fetch]:
+        text = self.filter_text
+        now = fmt.utc_naive(self.context.clock())
+        # The clock only moves silences in and out of effect: a minute key is enough.
+        return (("alerts", text, int(self.context.clock() // 60)),
+                lambda con, run: D.fetch_alerts(con, run, now, text))
+
+    def show(self, data: D.AlertsData) -> None:
+        self.data = data
+        now = self.context.clock()
+        cur = data.current
+        self.note("alerts-empty", None if cur.height else
+                  "no alerts: rules come from governance/alerts/default_rules.toml and are "
+                  "evaluated by `tractatus-watch live`/`check`; nothing is pending or firing")
+        rows, keys = [], []
+        for r in cur.iter_rows(named=True):
+            labels = D.labels_of(r["labels"])
+            labels.pop("alertname", None)
+            since = fmt.epoch(r["active_since"])
+            state = r["state"] + (" (silenced)" if r["silenced"] else "")
+            style = {"firing": "bold red", "pending": "yellow"}.get(r["state"], "")
+            rows.append((Text(state, style=style), r["alertname"], r["severity"] or "",
+                         " ".join(f"{k}={v}" for k, v in sorted(labels.items()))[:50],
+                         fmt.clock(r["active_since"]) if since else "–",
+                         fmt.ago(now - since) if since else "–",
+                         right(fmt.dec(r["value"], 4) if r["value"] is not None else "–")))
+            keys.append(r["fingerprint"])
+        fill_table(self.query_one("#alerts-table", Table),
+                   ["state", "alert", "severity", "labels", "since", "for", "value"], rows, keys)
+        sil = data.silences
+        self.note("silences-empty", None if sil.height else "no active silences")
+        self.query_one("#silences-table").display = bool(sil.height)
+        fill_table(self.query_one("#silences-table", Table),
+                   ["matchers", "until", "comment", "by"],
+                   [(_matchers(r["matchers"])[:60], fmt.clock(r["ends_at"], True),
+                     r["comment"] or "",
+                     r["created_by"] or "") for r in sil.iter_rows(named=True)])
+        hist = data.history
+        self.note("history-empty", None if hist.height else "no alert has changed state yet")
+        self.query_one("#history-table").display = bool(hist.height)
+        fill_table(self.query_one("#history-table", Table),
+                   ["time", "alert", "from", "to", "value"],
+                   [(fmt.clock(r["ts"], True), r["alertname"], r["from_state"], r["to_state"],
+                     right(fmt.dec(r["value"], 4) if r["value"] is not None else "–"))
+                    for r in hist.iter_rows(named=True)])
+
+    def selected(self) -> dict[str, Any] | None:
+        fp = self.query_one("#alerts-table", Table).cursor_key
+        if fp is None or self.data is None:
+            return None
+        rows = self.data.current.filter(pl.col("fingerprint") == fp).to_dicts()
+        return rows[0] if rows else None
+
+    def action_silence(self) -> None:
+        alert = self.selected()
+        if alert is None:
+            self.notify("no alert selected", severity="warning", markup=False)
+            return
+        self.ask(SilenceRequested(alert))
+
+    def set_filter(self, text: str) -> None:
+        super().set_filter(text)
+        self.request_refresh()
+
+    def export_frame(self) -> pl.DataFrame | None:
+        return self.data.current if self.data else None
+
+
+def _matchers(raw: str | None) -> str:
+    try:
+        return " ".join(json.loads(raw or "[]"))
+    except (ValueError, TypeError):
+        return str(raw)

@@ -1,0 +1,216 @@
+"""The Overview (1): KPIs, four charts of the run per round, one sparkline per rule."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any, ClassVar
+
+import polars as pl
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Label, Sparkline, Static
+
+from .. import data as D
+from .. import fmt
+from ..widgets import Chart, Empty, TextLine
+from .base import LOADING, NO_DATA, Fetch, View, ViewContext
+
+
+class Overview(View):
+    KEY, TITLE = "1", "Overview"
+    # Below this terminal height the four charts become two (rates together, rewards with the
+    # gap in the subtitle) so 80x24 keeps readable plots.
+    FULL_HEIGHT: ClassVar[int] = 34
+
+    def __init__(self, context: ViewContext) -> None:
+        super().__init__(context)
+        self.data: D.OverviewData | None = None
+        self.report_kpis: D.Kpis | None = None
+        self._rule_keys: tuple[tuple[str, str], ...] = ()
+        self._compact: bool | None = None
+        self._draw_gen = 0
+        self.drawing = False  # charts still to draw, one per screen update
+        self._kpi_shown: Text | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="kpis")
+        yield Empty(LOADING, id="overview-empty", classes="empty-note")
+        with Horizontal(id="charts-top", classes="charts"):
+            yield Chart("", id="chart-a")
+            yield Chart("", id="chart-b")
+        with Horizontal(id="charts-bottom", classes="charts"):
+            yield Chart("", id="chart-c")
+            yield Chart("", id="chart-d")
+        yield VerticalScroll(id="rule-sparks")
+
+    def fetch(self) -> tuple[Hashable, Fetch]:
+        baseline = self.context.scope.baseline_run
+        return ("overview", baseline), lambda con, run: D.fetch_overview(con, run, baseline)
+
+    def slow(self, run_id: str) -> tuple[Hashable, Fetch] | None:
+        baseline = self.context.scope.baseline_run
+        return (("report", run_id, baseline),
+                lambda con, run: D.kpis(D.fetch_report(con, run, baseline)))
+
+    def on_mount(self) -> None:
+        self.refresh_kpis()
+        self._show_parts(False)
+
+    def _show_parts(self, shown: bool) -> None:
+        for widget_id in ("#charts-top", "#charts-bottom", "#rule-sparks"):
+            self.query_one(widget_id).display = shown
+
+    def show_no_run(self, message: str) -> None:
+        super().show_no_run(message)
+        self._show_parts(False)
+
+    def on_resize(self) -> None:
+        compact = self.app.size.height < self.FULL_HEIGHT
+        if compact != self._compact and self.data is not None:
+            self._draw_charts(self.data)
+
+    def show(self, data: D.OverviewData) -> None:
+        self.data = data
+        empty = data.rounds.is_empty()
+        self.note("overview-empty", NO_DATA if empty else None)
+        self._show_parts(not empty)
+        self.refresh_kpis()
+        if empty:
+            return
+        self._draw_charts(data)
+        self._show_rules(data.rules)
+
+    def _draw_charts(self, data: D.OverviewData) -> None:
+        compact = self._compact = self.app.size.height < self.FULL_HEIGHT
+        self.query_one("#charts-bottom").display = not compact
+        r = data.rounds
+        x = r["round"].to_list()
+        marks = [float(v) for v in data.alert_rounds]
+        fired = f"{len(marks)} alert{'s' if len(marks) != 1 else ''} fired" if marks else ""
+        coverage = (x, r["coverage"].fill_null(float("nan")).to_list(), "green", "coverage")
+        blocked = (x, r["blocked_rate"].fill_null(float("nan")).to_list(), "red", "blocked")
+        g = data.reward
+        gx = g["round"].to_list()
+
+        def line(col: str, style: str) -> tuple[list[Any], list[Any], str, str]:
+            pts = [(a, b) for a, b in zip(gx, g[col].to_list()) if b is not None]
+            return [p[0] for p in pts], [p[1] for p in pts], style, col
+
+        gov, base, gap = line("governed_mean", "cyan"), line("baseline_mean", "yellow"), \
+            line("gap", "magenta")
+        last_gap = f"last gap {gap[1][-1]:+.3f}" if gap[1] else "no gap yet"
+        a, b = self.query_one("#chart-a", Chart), self.query_one("#chart-b", Chart)
+        c, d = self.query_one("#chart-c", Chart), self.query_one("#chart-d", Chart)
+        rewards = [s for s in (gov, base) if s[0]]
+        reward_title = "reward [cyan]watched arm[/] · [yellow]baseline[/]"
+        plan: list[tuple[Chart, str, dict[str, Any]]]
+        if compact:
+            plan = [
+                (a, "[green]coverage[/] · [red]blocked rate[/] per round",
+                 dict(series=[coverage, blocked], vlines=marks, ylimits=(0.0, 1.0),
+                      subtitle=fired)),
+                (b, reward_title, dict(series=rewards, vlines=marks,
+                                       subtitle=last_gap if g.height else "no rewards yet")),
+            ]
+        else:
+            plan = [
+                (a, "[green]coverage[/] per round",
+                 dict(series=[coverage], vlines=marks, ylimits=(0.0, 1.0), subtitle=fired)),
+                (b, "[red]blocked rate[/] per round",
+                 dict(series=[blocked], vlines=marks, ylimits=(0.0, None))),
+                (c, reward_title, dict(series=rewards, vlines=marks,
+                                       subtitle="" if g.height else "no rewards yet")),
+                (d, "[magenta]gap[/] (watched - baseline) per round",
+                 dict(series=[gap] if gap[0] else [], vlines=marks, subtitle=last_gap)),
+            ]
+        self._draw_gen += 1
+        self._draw_next(plan, self._draw_gen)
+
+    def _draw_next(self, plan: list[tuple[Chart, str, dict[str, Any]]], gen: int) -> None:
+        """Two charts (a row) per screen update: each canvas is drawn in Python while the
+        screen paints, so all four in one frame stalled the UI about twice as long."""
+        if gen != self._draw_gen or not plan:
+            return  # newer data arrived: its own plan draws the charts
+        for chart, title, kwargs in plan[:2]:
+            chart.border_title = title
+            chart.draw(**kwargs)
+        self.drawing = len(plan) > 2
+        if self.drawing:
+            self.call_after_refresh(self._draw_next, plan[2:], gen)
+
+    def _show_rules(self, rules: tuple[D.RuleTrend, ...]) -> None:
+        box = self.query_one("#rule-sparks", VerticalScroll)
+        keys = tuple((r.service, r.rule_id) for r in rules)
+        if keys != self._rule_keys:
+            # Mount rows only when the set of rules changes; later refreshes update them.
+            self._rule_keys = keys
+            box.remove_children()
+            rows = [Horizontal(Label(f"{r.rule_id} · {r.service}", classes="spark-name"),
+                               Sparkline([], classes="spark"),
+                               TextLine("", classes="spark-rate"), classes="spark-row")
+                    for r in rules]
+            if not rows:
+                rows = [Horizontal(Empty("no rule checks yet"), classes="spark-row")]
+            box.mount_all(rows)
+            self.call_after_refresh(self._fill_rules, rules)
+        else:
+            self._fill_rules(rules)
+
+    def _fill_rules(self, rules: tuple[D.RuleTrend, ...]) -> None:
+        for row, r in zip(self.query_one("#rule-sparks").query(".spark-row"), rules):
+            spark = row.query(Sparkline)
+            if spark:
+                spark.first().data = list(r.rates) or [0.0]
+                row.query_one(".spark-rate", TextLine).set(
+                    f"{fmt.pct(r.blocks / r.checks if r.checks else None)} of "
+                    f"{fmt.num(r.checks)}")
+
+    def show_slow(self, data: D.Kpis | None) -> None:
+        self.report_kpis = data
+        self.refresh_kpis()
+
+    def refresh_kpis(self) -> None:
+        # Only when it changed: the strip wraps, so each update lays the screen out again.
+        text = self.kpi_text()
+        if text != self._kpi_shown:
+            self._kpi_shown = text
+            self.query_one("#kpis", Static).update(text)
+
+    def kpi_text(self) -> Text:
+        k = self.report_kpis
+        alerts = self.context.alert_counts
+        text = Text()
+
+        def item(label: str, value: str, style: str = "bold") -> None:
+            if text:
+                text.append("  ")
+            text.append(f"{label} ", style="dim")
+            text.append(value, style=style)
+
+        if k is None:
+            item("coverage", "…")
+            item("actions", "…")
+        else:
+            cov_style = "bold green" if k.coverage == 1.0 else "bold red"
+            item("coverage", fmt.pct(k.coverage), cov_style)
+            item("actions", fmt.num(k.actions))
+            item("blocked", fmt.num(k.blocked))
+            item("escaped", fmt.num(k.escaped), "bold red" if k.escaped else "bold")
+            if k.baseline_escaped is not None:
+                text.append(f" (baseline {fmt.num(k.baseline_escaped)})", style="dim")
+            if k.gap is not None:
+                rel = f" {fmt.pct(k.gap.relative, 1)}" if k.gap.relative is not None else ""
+                item("gap", f"{fmt.dec(k.gap.absolute, 3, True)} "
+                            f"[{fmt.dec(k.gap.lo, 3, True)}, {fmt.dec(k.gap.hi, 3, True)}]{rel}")
+            else:
+                item("gap", "– (needs rewards in both arms)", "dim")
+        firing, pending = alerts
+        item("alerts", f"{firing} firing" + (f", {pending} pending" if pending else ""),
+             "bold red" if firing else "bold green")
+        return text
+
+    def export_frame(self) -> pl.DataFrame | None:
+        if self.data is None:
+            return None
+        return self.data.rounds.join(self.data.reward, on="round", how="left")

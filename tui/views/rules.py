@@ -1,0 +1,87 @@
+"""The Rules view (2): checks and blocks per service and rule; enter drills into Events."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import polars as pl
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import Static
+
+from .. import data as D
+from .. import fmt
+from ..messages import ShowEvents
+from ..table import Table
+from ..widgets import Empty, fill_table, right
+from .base import LOADING, NO_DATA, Fetch, View, ViewContext
+
+
+ARMS: tuple[str | None, ...] = (None, "governed", "ungoverned")
+
+
+class Rules(View):
+    KEY, TITLE = "2", "Rules"
+    FILTER_HELP = "text matched against service and rule id"
+    BINDINGS = [
+        Binding("enter", "drill", "Decisions", id="rules.drill"),
+        Binding("a", "arm", "Arm", id="rules.arm"),
+    ]
+
+    def __init__(self, context: ViewContext) -> None:
+        super().__init__(context)
+        self.arm: str | None = None
+        self.data: D.RulesData | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="rules-head", classes="view-head")
+        yield Empty(LOADING, id="rules-empty", classes="empty-note")
+        yield Table(id="rules-table")
+
+    def fetch(self) -> tuple[Hashable, Fetch]:
+        arm, text = self.arm, self.filter_text
+        return ("rules", arm, text), lambda con, run: D.fetch_rules(con, run, arm, text)
+
+    def show(self, data: D.RulesData) -> None:
+        self.data = data
+        t = data.table
+        self.query_one("#rules-head", Static).update(
+            f"per service and rule · arm: {data.arm or 'all'}"
+            + (f" · filter: {self.filter_text}" if self.filter_text else ""))
+        self.note("rules-empty", None if t.height else
+                  (f"no rule matches {self.filter_text!r}" if self.filter_text else NO_DATA))
+        rows = []
+        keys = []
+        for r in t.iter_rows(named=True):
+            reason = r["last_reason"] or ""
+            rows.append((r["service"], r["rule_id"], right(fmt.num(r["checks"])),
+                         right(fmt.num(r["blocks"])), right(fmt.pct(r["block_rate"], 2)),
+                         fmt.spark(r["trend"], 16),
+                         fmt.clock(r["last_ts"]) if r["last_ts"] else "–",
+                         reason[:60]))
+            keys.append(f"{r['service']}\x1f{r['rule_id']}")
+        fill_table(self.query_one("#rules-table", Table),
+                   ["service", "rule", "checks", "blocks", "block rate", "trend", "last",
+                    "last reason"], rows, keys)
+
+    def action_drill(self) -> None:
+        key = self.query_one("#rules-table", Table).cursor_key
+        if not key:
+            return
+        _service, rule_id = key.split("\x1f", 1)
+        self.ask(ShowEvents(rule_id=rule_id, arm=self.arm))
+
+    def on_table_row_selected(self, event: Table.RowSelected) -> None:
+        event.stop()
+        self.action_drill()
+
+    def action_arm(self) -> None:
+        self.arm = ARMS[(ARMS.index(self.arm) + 1) % len(ARMS)]
+        self.request_refresh()
+
+    def set_filter(self, text: str) -> None:
+        super().set_filter(text)
+        self.request_refresh()
+
+    def export_frame(self) -> pl.DataFrame | None:
+        return self.data.table if self.data else None

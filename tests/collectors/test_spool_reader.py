@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from tractatus_watch.collectors.sink import ListSink, writer_sink
-from tractatus_watch.collectors.spool import SpoolReader
+from tractatus_watch.collectors.spool import SpoolCursor, SpoolReader
 from tractatus_watch.governance.spool import SpoolWriter, segment_name
 from tractatus_watch.storage.store import Store
 
@@ -84,8 +84,8 @@ def test_late_segment_settle_and_retention(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
     now = time.time_ns()
-    (spool / segment_name(now - 5 * 10**9, 7, 2)).write_text(
-        json.dumps({"type": "decision", "data": decision(2)}) + "\n")
+    second = spool / segment_name(now - 5 * 10**9, 7, 2)
+    second.write_text(json.dumps({"type": "decision", "data": decision(2)}) + "\n")
     fresh = spool / segment_name(now, 7, 3)
     fresh.write_text(json.dumps({"type": "decision", "data": decision(3)}) + "\n")
     (spool / f".{segment_name(now, 8, 1)}.tmp").write_text("half a segm")  # never read
@@ -93,17 +93,25 @@ def test_late_segment_settle_and_retention(tmp_path: Path) -> None:
     reader = SpoolReader(spool, settle_s=2.0, retention_s=0.0)
     assert reader.poll_once(sink) == 1  # the fresh one waits for the settle time
     committed = sink.calls[-1].cursor
-    assert committed is not None and committed[1].endswith("-7-000002.ndjson")
+    assert committed is not None
+    first = SpoolCursor.parse(committed[1])
+    assert first.mark == second.name and first.part is None
+    assert first.done(second.name, second.stat().st_ctime_ns)
+    assert not first.done(fresh.name, fresh.stat().st_ctime_ns)
     # A segment of another process appears below the cursor while we run: still read.
-    (spool / segment_name(now - 9 * 10**9, 9, 1)).write_text(
-        json.dumps({"type": "decision", "data": decision(1)}) + "\n")
+    late = spool / segment_name(now - 9 * 10**9, 9, 1)
+    late.write_text(json.dumps({"type": "decision", "data": decision(1)}) + "\n")
+    # Retention deletes only what the committed cursor says is done: not the late segment.
+    assert reader.apply_retention(committed[1]) == 1
+    assert not second.exists() and late.exists()
     assert reader.poll_once(sink) == 1 and reader.stats.late == 1
     assert [d.decision_id for d in sink.all.decisions] == ["d-2", "d-1"]
-    # Retention deletes only what the committed cursor is past.
-    assert reader.apply_retention(committed[1]) == 2
+    committed = sink.calls[-1].cursor
+    assert committed is not None
+    assert reader.apply_retention(committed[1]) == 1
     assert sorted(p.name for p in spool.iterdir()) == sorted(
         [fresh.name, f".{segment_name(now, 8, 1)}.tmp"])
-    # After a restart, what the cursor is past counts as done.
+    # After a restart, what the cursor says is done stays done.
     again = SpoolReader(spool, settle_s=0.0)
     again.resume(committed[1])
     sink2 = ListSink()
@@ -116,6 +124,10 @@ def test_sigkill_of_the_reading_process_is_exactly_once(tmp_path: Path) -> None:
     segments, per = 60, 200
     fill(spool, segments, per)
     last = sorted(p.name for p in spool.iterdir())[-1]
+    last_ctime = (spool / last).stat().st_ctime_ns
+
+    def done(cursor: str | None) -> bool:  # the cursor says every segment was read
+        return SpoolCursor.parse(cursor).done(last, last_ctime)
 
     def spawn() -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, str(WORKER), str(db), str(spool)],
@@ -133,11 +145,11 @@ def test_sigkill_of_the_reading_process_is_exactly_once(tmp_path: Path) -> None:
     with Store.open(db) as store:
         cursor = store.get_cursor(f"spool:{spool.resolve()}")
         partial = store.cursor().execute("SELECT count(*) FROM decisions").fetchall()[0][0]
-    assert cursor is not None and cursor < last and 0 < partial < segments * per
+    assert cursor is not None and not done(cursor) and 0 < partial < segments * per
     proc = spawn()
     assert proc.stdout is not None
     for line in proc.stdout:
-        if line.strip() == last:
+        if line.strip() != "-" and done(line.strip()):
             break
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
@@ -146,4 +158,4 @@ def test_sigkill_of_the_reading_process_is_exactly_once(tmp_path: Path) -> None:
         assert cur.execute("SELECT count(*), count(DISTINCT decision_id) FROM decisions"
                            ).fetchall()[0] == (segments * per, segments * per)
         assert cur.execute("SELECT count(*) FROM checks").fetchall()[0][0] == segments * per
-        assert store.get_cursor(f"spool:{spool.resolve()}") == last
+        assert done(store.get_cursor(f"spool:{spool.resolve()}"))

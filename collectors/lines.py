@@ -74,7 +74,7 @@ class LineReader:
                 data = chunk[:self.head]
                 del chunk  # only the head is kept while the rest of the line is skipped
                 while not ended:
-                    more = self._read(SKIP_CHUNK)
+                    more = self._read(min(SKIP_CHUNK, self.max_line + 1))
                     if not more:
                         break
                     ended = more.endswith(b"\n")

@@ -14,9 +14,12 @@ is down. So the cursor is the set of segments ingested, not a name (`SpoolCursor
 - `part`: the segment being read, how many bytes of it are ingested and the next line number.
 
 The mark advances over the prefix of listed names that are all done, to a ctime just below
-when the folder was listed (minus `CTIME_MARGIN_NS`, for timestamp granularity and a file
-server whose clock is behind ours); a segment renamed in after that listing has a later ctime,
-so it is read however low its name. `seen` therefore only holds the segments renamed within
+when the folder was listed (`CTIME_MARGIN_NS`, 1 s, below it, for timestamp granularity and the
+listing's own duration); a segment renamed in after that listing has a later ctime, so it is
+read however low its name. This assumes file times come from a clock within that second of
+ours (a local disk, or an NTP-synced file server); while running, a lagging file server is
+measured (a new name with a ctime before the previous listing) and the horizon moved back by
+that much, and any name not listed before is read whatever its ctime. `seen` therefore only holds the segments renamed within
 about a second of the last listing: the cursor stays a few hundred bytes however many segments
 pass (a burst of N segments copied in at once is carried for one pass, then compacted).
 An old cursor (a bare segment name) means "everything up to this name", as it did.
@@ -182,12 +185,13 @@ class SpoolCursor:
         except (ValueError, TypeError, KeyError, IndexError):
             raise ValueError(f"spool cursor not understood: {value[:120]!r}") from None
 
-    def advance(self, ctimes: Mapping[str, int], listed_at_ns: int,
+    def advance(self, ctimes: Mapping[str, int], horizon_ns: int,
                 skipped: set[str] | frozenset[str] = frozenset()) -> None:
-        """Re-express what is done more compactly, given a listing (name -> ctime, ns) that
-        started at `listed_at_ns`: the mark moves over the longest prefix of listed names that
-        are done (or `skipped`, special files that are never read), and names no longer listed
-        are forgotten. What counts as done among the listed names does not change."""
+        """Re-express what is done more compactly, given a listing (name -> ctime, ns) such that
+        anything renamed in after it has a ctime above `horizon_ns`: the mark moves over the
+        longest prefix of listed names that are done (or `skipped`, special files that are never
+        read), and names no longer listed are forgotten. What counts as done among the listed
+        names does not change."""
         if self.part is not None and self.part[0] not in ctimes:
             self.part = None
         self.seen &= ctimes.keys()
@@ -201,12 +205,10 @@ class SpoolCursor:
             return
         if self.mark is not None and prefix < len(names) and names[prefix] <= self.mark:
             return  # a name below the mark is still unread: a new mark_ctime could hide it
-        # Anything renamed in after the listing started has a later ctime than this.
-        horizon = min(listed_at_ns, max(ctimes.values())) - CTIME_MARGIN_NS
-        recent = {n for n in names[:prefix] if n not in skipped and ctimes[n] > horizon}
+        recent = {n for n in names[:prefix] if n not in skipped and ctimes[n] > horizon_ns}
         last = names[prefix - 1]
         self.mark = last if self.mark is None else max(last, self.mark)
-        self.mark_ctime_ns = horizon
+        self.mark_ctime_ns = horizon_ns
         self.seen = {n for n in self.seen if n > self.mark} | recent
 
 
@@ -269,6 +271,8 @@ class SpoolReader:
     _out_bytes: int = field(default=0, init=False)
     _dirty: bool = field(default=False, init=False)
     _listing: tuple[dict[str, int], int] = field(default=({}, 0), init=False)
+    _skew_ns: int = field(default=0, init=False)  # how far file ctimes lag our clock, if they do
+    _listed_at: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder).expanduser().resolve()
@@ -313,12 +317,31 @@ class SpoolReader:
                     self._warned.discard(name)
                 entry = fresh
             entries[name] = entry
-        new = set(entries) if self._entries is None else set(entries) - known.keys()
+        if self._entries is None:
+            new = set(entries)
+        else:
+            new = set(entries) - known.keys()
+            self._measure_skew(entries, new)
         self._entries = entries
         self._skipped &= entries.keys()
         self._warned &= entries.keys()
-        self._listing = ({n: e.ctime_ns for n, e in entries.items()}, listed_at)
+        # Whatever is renamed in from now on has a later ctime than this (see the docstring).
+        horizon = listed_at - CTIME_MARGIN_NS - self._skew_ns
+        self._listing = ({n: e.ctime_ns for n, e in entries.items()}, horizon)
+        self._listed_at = listed_at
         return entries, new
+
+    def _measure_skew(self, entries: dict[str, _Entry], new: set[str]) -> None:
+        """A name that was not in the previous listing was renamed in after it started, so its
+        ctime should not be earlier; if it is, the folder's clock (a file server's) is behind
+        ours, and the horizon keeps that much further back."""
+        for name in new:
+            lag = self._listed_at - entries[name].ctime_ns
+            if lag > self._skew_ns:
+                self._skew_ns = lag
+                if lag > CTIME_MARGIN_NS:
+                    log.warning("spool: file times in %s lag this clock by %.1f s", self.folder,
+                                lag / 1e9)
 
     def _skip(self, name: str, why: str) -> None:
         self._skipped.add(name)
@@ -426,6 +449,7 @@ class SpoolReader:
                         name)
             self.stats.late += 1
         lines = LineReader(fh, max_line=self.max_line_bytes, offset=offset, number=number)
+        quarantined = self.stats.quarantined
         try:
             with fh:
                 if offset:
@@ -443,6 +467,9 @@ class SpoolReader:
             self._dirty = True
             return False
         self.max_buffered = max(self.max_buffered, lines.max_buffered)
+        if self.stats.quarantined > quarantined:
+            log.warning("spool: %d record(s) of %s quarantined", self.stats.quarantined -
+                        quarantined, name, extra={"fields": {"segment": name}})
         self._cursor.part = None
         self._cursor.seen.add(name)
         self._highest = max(self._highest, name)
@@ -454,8 +481,8 @@ class SpoolReader:
 
     def _emit(self, sink: Sink) -> None:
         """Hand what was read to the sink, with the cursor that covers exactly that."""
-        ctimes, listed_at = self._listing
-        self._cursor.advance(ctimes, listed_at, self._skipped)
+        ctimes, horizon = self._listing
+        self._cursor.advance(ctimes, horizon, self._skipped)
         out = self._out
         out.cursor = (self.source, self._cursor.encode())
         out.stats = self.stats.as_dict()

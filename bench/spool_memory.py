@@ -4,11 +4,12 @@ Each case writes one segment of about `--mb` MB, then reads it in a fresh subpro
 `SpoolReader.poll_once` into a sink that only counts (so the figure is the reader's, not the
 store's) and reports that process's peak RSS (`resource.getrusage`). `baseline` is the same
 process importing the reader and reading an empty folder.
-Cases: random bytes (garbage, a newline every ~256 bytes), one 50 MB line with no newline, and
-valid decision lines as the SpoolWriter writes them.
+Cases: random bytes (garbage, a newline every ~256 bytes), one 50 MB line with no newline,
+valid decision lines as the SpoolWriter writes them, and (`audit_array`) a pretty-printed
+mongoexport --jsonArray file read by the audit tap.
 With --store the sink is a real Writer into a DuckDB file (the path `collect --spool` takes).
 Last line: {"<case>_peak_rss_mb": ..., "<case>_records": ...}.
-Usage: bench/spool_memory.py [--mb N] [--store]
+Usage: bench/spool_memory.py [--mb N] [--store] [--cases baseline,random,...]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import last_line  # noqa: E402
 
-CASES = ("baseline", "random", "noline", "valid")
+CASES = ("baseline", "random", "noline", "valid", "audit_array")
 
 
 def segment(folder: Path) -> Path:
@@ -36,9 +37,28 @@ def segment(folder: Path) -> Path:
     return folder / segment_name(time.time_ns() - 60 * 10**9, 1, 1)
 
 
+def audit_doc(i: int) -> dict[str, object]:
+    return {"_id": {"$oid": f"{i:024x}"}, "sessionId": f"agent-{i % 16}",
+            "action": "boundary_enforcement", "allowed": i % 3 != 0,
+            "violations": ["inst_016"] if i % 3 == 0 else [], "metadata": {"boundary": "VALUES"},
+            "timestamp": {"$date": "2025-10-01T10:00:00.000Z"}}
+
+
 def write_case(case: str, folder: Path, size: int) -> None:
     if case == "baseline":
         folder.mkdir(parents=True, exist_ok=True)
+        return
+    if case == "audit_array":  # mongoexport --jsonArray --pretty
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "auditLogs.json", "w") as fh:
+            fh.write("[\n")
+            i, written = 0, 0
+            while written < size:
+                text = ("," if i else "") + json.dumps(audit_doc(i), indent=2) + "\n"
+                fh.write(text)
+                written += len(text)
+                i += 1
+            fh.write("]\n")
         return
     path = segment(folder)
     with open(path, "wb") as fh:
@@ -85,7 +105,12 @@ def read_case(folder: str, db: str | None) -> None:
         if inner is not None:
             inner(records)  # type: ignore[arg-type]
 
-    SpoolReader(Path(folder), settle_s=0.0).poll_once(sink)
+    if Path(folder, "auditLogs.json").exists():
+        from tractatus_watch.collectors.audit import ingest_audit
+
+        ingest_audit([Path(folder, "auditLogs.json")], sink)
+    else:
+        SpoolReader(Path(folder), settle_s=0.0).poll_once(sink)
     if writer is not None and store is not None:
         writer.close()
         store.close()
@@ -98,6 +123,8 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=50)
     ap.add_argument("--store", action="store_true",
                     help="read into a real DuckDB store through the Writer (the collect path)")
+    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of "
+                    + ", ".join(CASES))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--db", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -106,7 +133,7 @@ def main() -> None:
         return
     figures: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for case in CASES:
+        for case in args.cases.split(","):
             folder = Path(tmp) / case
             write_case(case, folder, args.mb * 1024 * 1024)
             cmd = [sys.executable, __file__, "--child", str(folder)]

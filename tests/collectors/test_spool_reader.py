@@ -367,26 +367,32 @@ def test_the_cursor_stays_small_as_thousands_of_segments_pass(tmp_path: Path) ->
     reader = SpoolReader(spool, settle_s=0)
     sink = ListSink()
     w = SpoolWriter(spool, max_age_s=60, fsync=False)
-    for n in range(2000):
+    for n in range(1200):
         w.write("decision", decision(n))
         w.rotate()
-        if n % 500 == 499:
+        if n % 400 == 399:
             reader.poll_once(sink)
-    w.close()
     reader.poll_once(sink)
-    assert len(sink.all.decisions) == len({d.decision_id for d in sink.all.decisions}) == 2000
-    # Segments renamed within a second of a listing are carried by name; a later quiet pass
-    # folds them into the mark and commits the compact cursor.
-    deadline = time.monotonic() + 20
-    while SpoolCursor.parse(sink.calls[-1].cursor[1]).seen:  # type: ignore[index]
+    assert len(sink.all.decisions) == len({d.decision_id for d in sink.all.decisions}) == 1200
+    # Segments renamed within a second of a listing are carried by name; later passes fold
+    # them into the mark.
+    deadline = time.monotonic() + 30
+    while reader.cursor.seen:
         assert time.monotonic() < deadline
         time.sleep(0.1)
         reader.poll_once(sink)
-    assert len(sink.all.decisions) == 2000
-    final = sink.calls[-1].cursor[1]  # type: ignore[index]
-    assert len(final) < 200
-    last = max(spool.glob("seg-*.ndjson"))
-    assert SpoolCursor.parse(final).mark == last.name
+    names = sorted(p.name for p in spool.glob("seg-*.ndjson"))
+    assert reader.cursor.mark == names[-1]
+    # The next commit carries that compact cursor: a mark and at most the new segment.
+    w.write("decision", decision(5000))
+    w.close()
+    assert reader.poll_once(sink) == 1
+    committed = sink.calls[-1].cursor[1]  # type: ignore[index]
+    assert len(committed) < 200
+    cursor = SpoolCursor.parse(committed)
+    newest = max(spool.glob("seg-*.ndjson"))
+    assert cursor.seen <= {newest.name} and cursor.done(newest.name, newest.stat().st_ctime_ns)
+    assert len(sink.all.decisions) == 1201
 
 
 def test_special_files_named_like_segments_are_skipped_with_one_warning(
@@ -426,3 +432,105 @@ def test_special_files_named_like_segments_are_skipped_with_one_warning(
     publish(spool, fifo.name, [line("decision", decision(50))])
     assert reader.poll_once(sink) == 1
     assert sink.all.decisions[-1].decision_id == "d-50"
+
+
+PROBES = """
+[[groups]]
+name = "e2e-probes"
+
+[[groups.rules]]
+alert = "FirstSegmentStored"
+expr = "SELECT 'e2e' AS run_id, count(*) AS value FROM decisions HAVING count(*) >= 20 AND (SELECT count(*) FROM quarantine) >= 1"
+
+[[groups.rules]]
+alert = "SecondSegmentStored"
+expr = "SELECT 'e2e' AS run_id, count(*) AS value FROM decisions HAVING count(*) >= 30"
+
+[[groups.rules]]
+alert = "LateSegmentStored"
+expr = "SELECT 'e2e' AS run_id, count(*) AS value FROM decisions HAVING count(*) >= 35"
+"""
+
+
+def poison_verdict() -> dict[str, object]:
+    d = decision(0)
+    d["decision_id"] = "poison"
+    d["checks"] = [{"service": "BoundaryEnforcer", "rule_id": "inst_016", "verdict": "MAYBE"}]
+    return d
+
+
+def poison_round() -> dict[str, object]:
+    d = decision(0)
+    d["decision_id"] = "poison"
+    d["round"] = 2**40  # does not fit the INTEGER column
+    return d
+
+
+@pytest.mark.parametrize("poison", [
+    pytest.param(poison_verdict, id="unknown-verdict"),
+    pytest.param(poison_round, id="round-out-of-range", marks=pytest.mark.xfail(
+        reason="needs per-record validation in the writer (wip/writer)", strict=False)),
+])
+def test_collect_spool_quarantines_a_poison_record_keeps_running_and_restarts_cleanly(
+        tmp_path: Path, poison) -> None:  # type: ignore[no-untyped-def]
+    spool, db = tmp_path / "spool", tmp_path / "c.duckdb"
+    rules, alert_log, errors = tmp_path / "probes.toml", tmp_path / "alerts.jsonl", \
+        tmp_path / "collect.err"
+    rules.write_text(PROBES)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACTATUS_WATCH")}
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tractatus_watch", "collect", "--spool", str(spool),
+             "--rules", str(rules), "--alert-log", str(alert_log), "--alert-interval", "0.5",
+             "--run", "e2e", "--db", str(db)],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(errors, "ab"))
+
+    def wait_fired(proc: subprocess.Popen[bytes], alert: str) -> None:
+        deadline = time.monotonic() + 60
+        while not (alert_log.exists() and any(
+                json.loads(x)["alertname"] == alert and json.loads(x)["to"] == "firing"
+                for x in alert_log.read_text().splitlines())):
+            assert proc.poll() is None, f"collect exited: {errors.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"{alert} never fired"
+            time.sleep(0.1)
+
+    def stop(proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, errors.read_text()[-2000:]
+
+    w = SpoolWriter(spool, max_age_s=60)
+    for i in range(10):
+        w.write("decision", decision(i))
+    w.write("decision", poison())  # line 11, in the middle of the run
+    for i in range(10, 20):
+        w.write("decision", decision(i))
+    w.rotate()
+    (first,) = spool.glob("seg-*.ndjson")
+    proc = start()
+    wait_fired(proc, "FirstSegmentStored")
+    # Still capturing after the poison.
+    for i in range(20, 30):
+        w.write("decision", decision(i))
+    w.close()
+    wait_fired(proc, "SecondSegmentStored")
+    stop(proc)
+    # While collect is down, a producer whose clock is an hour behind publishes a segment.
+    publish(spool, segment_name(time.time_ns() - 3600 * 10**9, 4242, 1),
+            [line("decision", decision(i)) for i in range(30, 35)])
+    proc = start()
+    wait_fired(proc, "LateSegmentStored")
+    stop(proc)
+    assert "Traceback" not in errors.read_text()
+    with Store.open(db, read_only=True) as store:
+        cur = store.cursor()
+        assert cur.execute("SELECT count(*), count(DISTINCT decision_id) FROM decisions"
+                           ).fetchall() == [(35, 35)]
+        assert cur.execute("SELECT count(*) FROM checks").fetchall() == [(35,)]
+        assert sorted(r[0] for r in cur.execute("SELECT decision_id FROM decisions")
+                      .fetchall()) == sorted(f"d-{i}" for i in range(35))
+        quarantined = cur.execute("SELECT reason, raw FROM quarantine").fetchall()
+    assert len(quarantined) == 1 and '"poison"' in quarantined[0][1]
+    if poison is poison_verdict:
+        assert quarantined[0][0].startswith(f"{first.name}:11: checks[0].verdict: "
+                                            "unknown verdict 'MAYBE'")

@@ -7,7 +7,7 @@ order, a producer's clock is behind, or a segment is copied in (or published) wh
 is down. So the cursor is the set of segments ingested, not a name (`SpoolCursor`):
 
 - `mark` and `mark_ctime_ns`: every segment named <= `mark` whose inode changed (`st_ctime`:
-  the kernel sets it at the rename that publishes a segment, and nobody can set it back) at or
+  the kernel sets it at the rename that publishes a segment; no file API can set it back) at or
   before `mark_ctime_ns` is ingested;
 - `seen`: the other segments ingested (names above the mark, and names below it that appeared
   later than `mark_ctime_ns`);
@@ -19,9 +19,11 @@ listing's own duration); a segment renamed in after that listing has a later cti
 read however low its name. This assumes file times come from a clock within that second of
 ours (a local disk, or an NTP-synced file server); while running, a lagging file server is
 measured (a new name with a ctime before the previous listing) and the horizon moved back by
-that much, and any name not listed before is read whatever its ctime. `seen` therefore only holds the segments renamed within
-about a second of the last listing: the cursor stays a few hundred bytes however many segments
-pass (a burst of N segments copied in at once is carried for one pass, then compacted).
+that much, and any name not listed before is read whatever its ctime. `seen` therefore only
+holds the segments renamed within about a second of the last listing: the cursor stays a few
+hundred bytes however many segments pass (a burst of N segments copied in at once is carried
+by name until a pass a second later folds it into the mark and commits that, if it saves at
+least COMPACT_SEEN names).
 An old cursor (a bare segment name) means "everything up to this name", as it did.
 The cursor commits in the same transaction as the rows it covers, so ingestion is exactly once
 across crashes; every row also has a natural key, so a segment read twice stores nothing twice

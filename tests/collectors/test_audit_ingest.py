@@ -325,4 +325,5 @@ def test_a_fifo_is_skipped_without_blocking(tmp_path: Path) -> None:
     t.start()
     t.join(20)
     assert not t.is_alive(), "ingest blocked on a FIFO"
-    assert [f.skipped for f in result[0].files] == ["not a regular file"]  # type: ignore[attr-defined]
+    (summary,) = result
+    assert [f.skipped for f in summary.files] == ["not a regular file"]  # type: ignore[attr-defined]

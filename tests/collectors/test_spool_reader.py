@@ -440,8 +440,8 @@ name = "e2e-probes"
 
 [[groups.rules]]
 alert = "FirstSegmentStored"
-expr = """SELECT 'e2e' AS run_id, count(*) AS value FROM decisions
-          HAVING count(*) >= 20 AND (SELECT count(*) FROM quarantine) >= 1"""
+expr = '''SELECT 'e2e' AS run_id, count(*) AS value FROM decisions
+          HAVING count(*) >= 20 AND (SELECT count(*) FROM quarantine) >= 1'''
 
 [[groups.rules]]
 alert = "SecondSegmentStored"

@@ -194,7 +194,7 @@ class TractatusWatchHooks(RolloutHooks):
         if self._spool is None:
             from tractatus_watch.governance.spool import SpoolWriter
 
-            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            # SpoolWriter creates the folder (0700) and its segments (0600) itself.
             # No flush per rollout (an fsync and a segment each, on the trainer's thread): the
             # writer seals a segment every second and at exit, so a hard kill of the trainer
             # loses at most its last second.

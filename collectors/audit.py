@@ -21,6 +21,13 @@ Choices where the logs are ambiguous (documented because the original is not):
 - decision_id: `audit-<$oid>` or `audit-<audit_id>`, else a hash of the normalised record, so
   re-ingesting a file (or the same record in another export) stores nothing new; identical
   lines within a file are one decision (counted as duplicates).
+
+Files are streamed, never held whole: JSONL is read line by line, lines ending at b"\n" only
+(U+2028, U+2029, U+0085 and friends are text, not line breaks); a JSON array is read element by
+element (`_ArrayScanner`), so a big mongoexport --jsonArray costs one element of memory. A line
+or element over MAX_RECORD_BYTES (8 MiB) is quarantined with its length and a head, a line that
+is not valid UTF-8 is quarantined with its position (bad bytes shown as \\xNN), and reading
+goes on. A path that is not a regular file (a FIFO, a device) is skipped, never opened blocking.
 """
 
 from __future__ import annotations
@@ -29,15 +36,17 @@ import hashlib
 import json
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Final, Iterator, Mapping
 
 from ..governance.events import (
     MODES, Action, Check, Decision, Mode, Quarantined, parse_ts,
 )
 from ..governance.verdicts import UnknownVerdict, Verdict, normalise
+from .lines import HEAD_BYTES, MAX_LINE_BYTES, LineReader, decode
 from .sink import Records, Sink
 
 SERVICE_BY_ACTION: Final[dict[str, str]] = {
@@ -60,6 +69,8 @@ RULE_ID: Final = re.compile(r"^[A-Za-z][A-Za-z0-9]*[-_][A-Za-z0-9_-]*\d$")
 DECISIONS_FILE: Final = re.compile(r"^decisions-\d{4}-\d{2}-\d{2}\.jsonl?$")
 MAX_RAW: Final = 65_536
 BATCH_RECORDS: Final = 5_000
+MAX_RECORD_BYTES: Final = MAX_LINE_BYTES  # one JSONL line or one array element
+READ_CHUNK: Final = 1024 * 1024
 
 
 class AuditRecordError(ValueError):
@@ -324,63 +335,6 @@ class AuditSummary:
         return out
 
 
-def _items(text: str, start_line: int = 1) -> Iterator[tuple[int, str | None, Any, str]]:
-    """(line number, error or None, value, raw text) for each record of a file's text: the
-    elements of a JSON array, or one document a line."""
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        yield from _array_items(text)
-        return
-    for offset, line in enumerate(text.splitlines()):
-        if not line.strip():
-            continue
-        lineno = start_line + offset
-        try:
-            yield lineno, None, json.loads(line), line
-        except json.JSONDecodeError as exc:
-            yield lineno, f"invalid JSON: {exc.msg} (column {exc.colno})", None, line
-
-
-def _array_items(text: str) -> Iterator[tuple[int, str | None, Any, str]]:
-    decoder = json.JSONDecoder()
-    n = len(text)
-    counted, line = 0, 1
-
-    def line_at(pos: int) -> int:
-        nonlocal counted, line
-        line += text.count("\n", counted, pos)
-        counted = pos
-        return line
-
-    def skip(p: int) -> int:
-        while p < n and text[p] in " \t\r\n":
-            p += 1
-        return p
-
-    pos = skip(text.index("[") + 1)
-    if pos < n and text[pos] == "]":
-        return
-    while True:
-        if pos >= n:
-            yield line_at(n), "JSON array not closed", None, ""
-            return
-        try:
-            value, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            # An array cannot be resynchronised after a syntax error: the rest is one bad item.
-            yield line_at(pos), f"invalid JSON: {exc.msg}", None, text[pos:pos + MAX_RAW]
-            return
-        yield line_at(pos), None, value, text[pos:end]
-        pos = skip(end)
-        if pos < n and text[pos] == ",":
-            pos = skip(pos + 1)
-            continue
-        if pos < n and text[pos] == "]":
-            return
-        yield line_at(pos), "JSON array: expected ',' or ']'", None, text[pos:pos + 200]
-        return
-
-
 def file_format(path: Path, text: str) -> str:
     if text.lstrip().startswith("["):
         return "mongoexport-array"
@@ -415,43 +369,258 @@ def source_name(path: Path) -> str:
     return f"audit:{path.resolve()}"
 
 
+Item = tuple[int, str | None, Any, str]  # (line, error or None, value, raw text)
+
+
+class _Chunks:
+    """The first `size` bytes of a file from `start`, in chunks, each seen by `on_bytes`."""
+
+    def __init__(self, fh: BinaryIO, start: int, size: int,
+                 on_bytes: Callable[[bytes], object]) -> None:
+        self.fh, self.pos, self.size, self.on_bytes = fh, start, size, on_bytes
+        fh.seek(start)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self.pos < self.size:
+            chunk = self.fh.read(min(READ_CHUNK, self.size - self.pos))
+            if not chunk:
+                return  # the file shrank meanwhile
+            self.pos += len(chunk)
+            self.on_bytes(chunk)
+            yield chunk
+
+    def drain(self) -> None:
+        for _ in self:
+            pass
+
+
+def _parse(data: bytes, length: int, too_long: bool) -> tuple[str | None, Any, str]:
+    """(error or None, value, raw text) of one record's bytes."""
+    text, error = decode(data)
+    if too_long:
+        return f"record too long: {length} bytes (limit {MAX_RECORD_BYTES})", None, text
+    if error is not None:
+        return error, None, text
+    try:
+        return None, json.loads(text), text
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON: {exc.msg} (column {exc.colno})", None, text
+    except (ValueError, RecursionError) as exc:  # too deep, too many digits
+        return f"invalid JSON: {str(exc) or 'nested too deep'}", None, text
+
+
+def _line_items(fh: BinaryIO, start: int, start_line: int, size: int,
+                on_bytes: Callable[[bytes], object]) -> Iterator[Item]:
+    """One document a line (lines end at b"\\n" only; blank lines are not records)."""
+    for line in LineReader(fh, max_line=MAX_RECORD_BYTES, offset=start, number=start_line,
+                           limit=size, on_bytes=on_bytes):
+        if line.too_long or line.data.strip():
+            yield (line.number, *_parse(line.data, line.length, line.too_long))
+
+
+_OUTSIDE: Final = re.compile(rb'[\[\]{}",]')
+_INSIDE: Final = re.compile(rb'["\\]')
+_WS: Final = frozenset(b" \t\r\n")
+
+
+class _ArrayScanner:
+    """The elements of one JSON array, found incrementally: an element ends at a `,` or `]`
+    outside strings and brackets; it is then parsed on its own, so memory holds one element
+    (at most MAX_RECORD_BYTES: a bigger one is reported with its head and skipped, unbuffered).
+    Because elements are delimited before they are parsed, a malformed element costs only
+    itself, as long as its brackets and quotes balance."""
+
+    def __init__(self) -> None:
+        self.state = "start"  # start -> between <-> item -> done
+        self.line = 1
+        self.depth = 0
+        self.in_string = self.escape = False
+        self.pieces: list[bytes] = []
+        self.size = 0
+        self.item_line = 0
+        self.max_buffered = 0
+
+    def feed(self, chunk: bytes) -> Iterator[Item]:
+        i, n, counted = 0, len(chunk), 0
+        while i < n and self.state != "done":
+            if self.state in ("start", "between"):
+                while i < n and chunk[i] in _WS:
+                    i += 1
+                if i == n:
+                    break
+                if self.state == "start":
+                    if chunk[i] != ord("["):
+                        yield self.line, "not a JSON array", None, ""
+                        self.state = "done"
+                        break
+                    self.state, i = "between", i + 1
+                    continue
+                if chunk[i] == ord("]"):
+                    self.state = "done"
+                    break
+                self.line += chunk.count(b"\n", counted, i)
+                counted = i
+                self.item_line, self.pieces, self.size, self.depth = self.line, [], 0, 0
+                self.state = "item"
+            end = self._scan(chunk, i)
+            self._keep(chunk[i:n if end is None else end])
+            if end is None:
+                break
+            yield self._item()
+            self.state = "between" if chunk[end] == ord(",") else "done"
+            i = end + 1
+        self.line += chunk.count(b"\n", counted, n)
+
+    def _scan(self, chunk: bytes, j: int) -> int | None:
+        """Where the current element ends in `chunk` (its `,` or `]`), or None."""
+        n = len(chunk)
+        while j < n:
+            if self.escape:
+                self.escape, j = False, j + 1
+                continue
+            if self.in_string:
+                m = _INSIDE.search(chunk, j)
+                if m is None:
+                    return None
+                j = m.start() + 1
+                if chunk[m.start()] == ord("\\"):
+                    self.escape = True
+                else:
+                    self.in_string = False
+                continue
+            m = _OUTSIDE.search(chunk, j)
+            if m is None:
+                return None
+            j, c = m.start(), chunk[m.start()]
+            if c == ord('"'):
+                self.in_string = True
+            elif c in b"[{":
+                self.depth += 1
+            elif self.depth == 0 and c in b",]":
+                return j
+            elif c in b"]}":
+                self.depth = max(0, self.depth - 1)
+            j += 1
+        return None
+
+    def _keep(self, piece: bytes) -> None:
+        if self.size <= MAX_RECORD_BYTES:  # past the limit only the head is kept
+            room = MAX_RECORD_BYTES + 1 - sum(len(p) for p in self.pieces)
+            self.pieces.append(piece[:max(0, room)])
+            self.max_buffered = max(self.max_buffered, sum(len(p) for p in self.pieces))
+        self.size += len(piece)
+
+    def _item(self) -> Item:
+        data = b"".join(self.pieces).strip()
+        self.pieces = []
+        too_long = self.size > MAX_RECORD_BYTES
+        return (self.item_line, *_parse(data[:HEAD_BYTES] if too_long else data, self.size,
+                                        too_long))
+
+    def close(self) -> Iterator[Item]:
+        """What is left at the end of the file."""
+        if self.state == "item":
+            raw = decode(b"".join(self.pieces)[:HEAD_BYTES])[0]
+            yield self.item_line, "JSON array not closed", None, raw
+        elif self.state in ("start", "between"):
+            yield self.line, "JSON array not closed", None, ""
+
+
+def _array_items(chunks: _Chunks) -> Iterator[Item]:
+    scanner = _ArrayScanner()
+    for chunk in chunks:
+        yield from scanner.feed(chunk)
+        if scanner.state == "done":
+            return
+    yield from scanner.close()
+
+
+def _open_regular(path: Path) -> tuple[BinaryIO | None, str]:
+    """The file opened for reading (never blocking on a FIFO), or None and why not."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return None, f"cannot read: {exc.strerror or exc}"
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None, "not a regular file"
+    return os.fdopen(fd, "rb", buffering=READ_CHUNK), ""
+
+
+def _head(fh: BinaryIO) -> bytes:
+    """Up to 64 bytes from the first non-whitespace byte (format detection)."""
+    pos = 0
+    while True:
+        chunk = os.pread(fh.fileno(), READ_CHUNK, pos)
+        if not chunk:
+            return b""
+        stripped = chunk.lstrip()
+        if stripped:
+            return stripped[:64] if len(stripped) >= 64 else \
+                stripped + os.pread(fh.fileno(), 64, pos + len(chunk))[:64 - len(stripped)]
+        pos += len(chunk)
+
+
+def _hash_prefix(fh: BinaryIO, size: int, digest: Any) -> tuple[int, bool]:
+    """Hash the first `size` bytes into `digest`; (newlines in them, whether they end in one)."""
+    newlines, last = 0, b""
+    for chunk in _Chunks(fh, 0, size, digest.update):
+        newlines += chunk.count(b"\n")
+        last = chunk[-1:]
+    return newlines, last == b"\n"
+
+
 def read_audit_file(path: str | os.PathLike[str], sink: Sink,
                     defaults: AuditDefaults = AuditDefaults(),
                     committed: str | None = None) -> FileSummary:
     """Ingest one file into `sink`; `committed` is the file's stored cursor (None: read all).
-    The cursor goes with the last records of the file, so a crash re-reads it whole and the
-    decision ids make that a no-op."""
+    The file is streamed (see the module docstring); what is read is the size it had when it
+    was opened. The cursor goes with the last records of the file, so a crash re-reads it whole
+    and the decision ids make that a no-op."""
     p = Path(path)
     summary = FileSummary(path=str(p))
-    source = source_name(p)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        summary.skipped = f"cannot read: {exc.strerror or exc}"
+    fh, why = _open_regular(p)
+    if fh is None:
+        summary.skipped = why
         return summary
-    digest = hashlib.sha256(data).hexdigest()
+    with fh:
+        return _read_open_file(p, fh, sink, defaults, committed, summary)
+
+
+def _read_open_file(p: Path, fh: BinaryIO, sink: Sink, defaults: AuditDefaults,
+                    committed: str | None, summary: FileSummary) -> FileSummary:
+    source = source_name(p)
+    size = os.fstat(fh.fileno()).st_size
+    head = _head(fh)
+    is_array = head.startswith(b"[")
+    digest = hashlib.sha256()
     previous = FileCursor.parse(committed)
-    start = 0
-    if previous is not None:
-        if previous.size == len(data) and previous.sha256 == digest:
+    start, start_line = 0, 1
+    if previous is not None and previous.size == size:
+        _hash_prefix(fh, size, digest)
+        if digest.hexdigest() == previous.sha256:
             summary.skipped = "unchanged since last ingest"
             return summary
-        if (previous.size < len(data) and data[previous.size - 1:previous.size] == b"\n"
-                and hashlib.sha256(data[:previous.size]).hexdigest() == previous.sha256
-                and not data.lstrip().startswith(b"[")):
-            start = previous.size  # an appended JSONL file: read only the new lines
-    text = data[start:].decode("utf-8", errors="replace")
-    start_line = 1 + data[:start].count(b"\n")
-    summary.format = file_format(p, data[:64].decode("utf-8", errors="replace"))
+        digest = hashlib.sha256()
+    elif previous is not None and 0 < previous.size < size and not is_array:
+        newlines, ends_line = _hash_prefix(fh, previous.size, digest)
+        if ends_line and digest.copy().hexdigest() == previous.sha256:
+            start, start_line = previous.size, 1 + newlines  # appended: only the new lines
+        else:
+            digest = hashlib.sha256()
+    summary.format = file_format(p, head.decode("utf-8", errors="replace"))
+    chunks = _Chunks(fh, start, size, digest.update)
+    items = _array_items(chunks) if is_array else \
+        _line_items(fh, start, start_line, size, digest.update)  # fh is at `start`
     seen: set[str] = set()
     out = Records()
-    for lineno, error, value, raw in _items(text, start_line):
+    for lineno, error, value, raw in items:
         summary.records += 1
         if error is None:
             try:
                 decision = decision_from_audit(value, defaults)
-            except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                error = str(exc)  # AuditRecordError, ValidationError, or odd input
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+                error = str(exc) or type(exc).__name__  # AuditRecordError, ValidationError, ...
             else:
                 if decision.decision_id in seen:
                     summary.duplicates += 1
@@ -468,7 +637,9 @@ def read_audit_file(path: str | os.PathLike[str], sink: Sink,
         if len(out) >= BATCH_RECORDS:
             sink(out)
             out = Records()
-    out.cursor = (source, FileCursor(size=len(data), sha256=digest).value())
+    if is_array:
+        chunks.drain()  # whatever follows the array still belongs to the digest
+    out.cursor = (source, FileCursor(size=size, sha256=digest.hexdigest()).value())
     sink(out)
     return summary
 

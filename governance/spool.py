@@ -15,6 +15,16 @@ Each line is one record:
     {"type": "rollout",  "data": {"rollout_id", "status", "ts", ...}}
     {"type": "event",    "data": {"event_id", "event_type", "ts", "rollout_id", "payload",
                                   "run_id"}}
+
+Lines end with b"\n" and contain no other line break: besides the control characters JSON
+always escapes, U+0085, U+2028 and U+2029 are written as `\\u` escapes (they are valid in a JSON
+string, but `str.splitlines()` and some JavaScript-era tools split on them). A string holding a
+lone surrogate (which UTF-8 cannot encode) is written with every non-ASCII character escaped,
+so the record still reaches the collector, which decides whether to store or quarantine it.
+
+Segments and their temporary files are created 0600 and a folder the writer creates 0700,
+whatever the umask (`mode=` and `dir_mode=` choose otherwise); an existing folder is left as
+it is.
 """
 
 from __future__ import annotations
@@ -32,21 +42,58 @@ from .events import Decision, Reward
 
 RECORD_TYPES: Final = ("decision", "reward", "rollout", "event")
 SEGMENT_GLOB: Final = "seg-*.ndjson"
+FILE_MODE: Final = 0o600
+DIR_MODE: Final = 0o700
+# Line breaks that json.dumps(ensure_ascii=False) leaves raw (it escapes U+0000-U+001F itself).
+_RAW_BREAKS: Final = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
 def segment_name(time_ns: int, pid: int, seq: int) -> str:
     return f"seg-{time_ns:020d}-{pid}-{seq:06d}.ndjson"
 
 
+def encode_line(record_type: str, data: Any) -> bytes:
+    """One spool line: compact JSON, UTF-8, no line break but the final b"\n"."""
+    record = {"type": record_type, "data": data}
+    text = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str)
+    for raw, escaped in _RAW_BREAKS.items():
+        if raw in text:  # only possible inside a string, where the escape means the same
+            text = text.replace(raw, escaped)
+    try:
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate: ASCII JSON carries it as an escape
+        return json.dumps(record, separators=(",", ":"), default=str).encode("ascii") + b"\n"
+
+
+def make_dirs(folder: Path, mode: int = DIR_MODE) -> None:
+    """Create `folder` and any missing parents with exactly `mode` (umask or not); existing
+    folders are not touched."""
+    missing: list[Path] = []
+    p = folder
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=mode)
+        except FileExistsError:
+            continue  # created meanwhile by someone else: theirs, leave it
+        os.chmod(d, mode)
+
+
 class SpoolWriter:
     """Thread-safe writer of spool segments; also a Governor sink."""
 
     def __init__(self, folder: str | Path, *, max_bytes: int = 8 * 1024 * 1024,
-                 max_age_s: float = 2.0, fsync: bool = True) -> None:
+                 max_age_s: float = 2.0, fsync: bool = True, mode: int = FILE_MODE,
+                 dir_mode: int = DIR_MODE) -> None:
         if max_bytes <= 0 or max_age_s <= 0:
             raise ValueError("max_bytes and max_age_s must be positive")
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.folder, dir_mode)
+        self.mode = mode
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.fsync = fsync
@@ -74,8 +121,7 @@ class SpoolWriter:
     def write(self, record_type: str, data: Any) -> None:
         if record_type not in RECORD_TYPES:
             raise ValueError(f"unknown record type {record_type!r}")
-        line = json.dumps({"type": record_type, "data": data}, separators=(",", ":"),
-                          ensure_ascii=False, default=str).encode("utf-8") + b"\n"
+        line = encode_line(record_type, data)
         rotate: tuple[IO[bytes], Path, Path] | None = None
         with self._lock:
             if self._closed:
@@ -113,7 +159,13 @@ class SpoolWriter:
         name = segment_name(time.time_ns(), os.getpid(), self._seq)
         self._final = self.folder / name
         self._tmp = self.folder / f".{name}.tmp"
-        self._file = open(self._tmp, "xb")
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode)
+        try:
+            os.fchmod(fd, self.mode)  # the umask may have taken bits away from `mode`
+            self._file = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
         self._opened = time.monotonic()
         self._size = 0
 
@@ -196,4 +248,5 @@ class SpoolWriter:
         self.close()
 
 
-__all__ = ["RECORD_TYPES", "SEGMENT_GLOB", "SpoolWriter", "segment_name"]
+__all__ = ["DIR_MODE", "FILE_MODE", "RECORD_TYPES", "SEGMENT_GLOB", "SpoolWriter", "encode_line",
+           "make_dirs", "segment_name"]

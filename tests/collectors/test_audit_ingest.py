@@ -219,3 +219,111 @@ def test_list_sink_sees_cursor_last(tmp_path: Path) -> None:
     ingest_audit([files["generic"]], sink)
     assert sink.calls[-1].cursor is not None
     assert sink.calls[-1].cursor[0] == f"audit:{files['generic'].resolve()}"
+
+
+def test_jsonl_lines_end_at_newline_only_and_bad_bytes_cost_one_line(tmp_path: Path) -> None:
+    text = "a\u2028b\u2029c\x85d\x0be\x0cf\x1cg é"
+    path = tmp_path / "generic.jsonl"
+    good = [{"audit_id": f"u-{i}", "timestamp": "2025-10-04T07:00:00Z", "service": "S",
+             "decision": "BLOCK", "rule_id": "R-1", "reason": text} for i in range(3)]
+    path.write_bytes(b"".join([
+        json.dumps(good[0], ensure_ascii=False).encode() + b"\r\n",
+        b'{"audit_id": "bad-\xff", "decision": "ALLOW"}\n',
+        json.dumps(good[1], ensure_ascii=False).encode() + b"\n",
+        b"\n",
+        json.dumps(good[2], ensure_ascii=False).encode(),  # no final newline
+    ]))
+    sink = ListSink()
+    summary = ingest_audit([path], sink)
+    assert (summary.records, summary.decisions, summary.quarantined) == (4, 3, 1)
+    assert [d.checks[0].reason for d in sink.all.decisions] == [text] * 3
+    (q,) = sink.all.quarantined
+    assert q.reason == f"{path}:2: invalid UTF-8 at byte 18"
+    assert q.raw == '{"audit_id": "bad-\\xff", "decision": "ALLOW"}'
+
+
+TRICKY_DOCS = [
+    {"audit_id": "t-1", "timestamp": "2025-10-04T07:00:00Z", "decision": "BLOCK",
+     "reason": 'brackets ] } [ { and , commas and "quotes" and \\ backslashes \u2028 é'},
+    {"audit_id": "t-2", "timestamp": "2025-10-04T07:00:01Z", "decision": "ALLOW",
+     "metadata": {"nested": [[1, 2], {"a": [3, {"b": "]"}]}]}},
+    {"audit_id": "t-3", "timestamp": "2025-10-04T07:00:02Z", "decision": "WARN"},
+]
+
+
+def array_text(docs: list[object], bad_middle: bool = False) -> str:
+    parts = [json.dumps(d, indent=2, ensure_ascii=False) for d in docs]
+    if bad_middle:  # balanced, but not JSON
+        parts.insert(2, '{"audit_id": "broken", "decision": tru}')
+    return "[\n" + ",\n".join(parts) + "\n]\n"
+
+
+def test_a_json_array_is_read_element_by_element(tmp_path: Path, monkeypatch) -> None:
+    from tractatus_watch.collectors import audit
+
+    path = tmp_path / "auditLogs.json"
+    path.write_text(array_text(TRICKY_DOCS, bad_middle=True))
+    whole = ListSink()
+    ingest_audit([path], whole)
+    # Tiny chunks put a chunk boundary everywhere: in strings, escapes and between elements.
+    monkeypatch.setattr(audit, "READ_CHUNK", 3)
+    chunked = ListSink()
+    summary = ingest_audit([path], chunked)
+    lines = path.read_text().split("\n")
+    broken = 1 + next(i for i, x in enumerate(lines) if '"broken"' in x)
+    column = 1 + lines[broken - 1].index("tru}")
+    for sink in (whole, chunked):
+        assert [d.decision_id for d in sink.all.decisions] == ["audit-t-1", "audit-t-2",
+                                                               "audit-t-3"]
+        assert sink.all.decisions[0].checks[0].reason == TRICKY_DOCS[0]["reason"]
+        assert [q.reason for q in sink.all.quarantined] == [
+            f"{path}:{broken}: invalid JSON: Expecting value (column {column})"]
+    assert (summary.records, summary.decisions, summary.quarantined) == (4, 3, 1)
+    assert whole.calls[-1].cursor == chunked.calls[-1].cursor  # same size and digest
+
+
+def test_a_too_big_array_element_or_an_open_array_is_quarantined(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    from tractatus_watch.collectors import audit
+
+    monkeypatch.setattr(audit, "MAX_RECORD_BYTES", 200)
+    monkeypatch.setattr(audit, "READ_CHUNK", 64)
+    big = {"audit_id": "big", "timestamp": "2025-10-04T07:00:00Z", "decision": "BLOCK",
+           "reason": "x" * 5000}
+    path = tmp_path / "auditLogs.json"
+    path.write_text(array_text([TRICKY_DOCS[0], big, TRICKY_DOCS[2]]))
+    sink = ListSink()
+    ingest_audit([path], sink)
+    assert [d.decision_id for d in sink.all.decisions] == ["audit-t-1", "audit-t-3"]
+    (q,) = sink.all.quarantined
+    assert q.reason.startswith(f"{path}:") and "record too long: " in q.reason
+    assert q.raw.startswith('{\n  "audit_id": "big"') and len(q.raw) <= 201
+    scanner = audit._ArrayScanner()
+    data = path.read_bytes()
+    for i in range(0, len(data), 64):
+        list(scanner.feed(data[i:i + 64]))
+    assert scanner.max_buffered <= 201  # never the big element, never the file
+    monkeypatch.undo()  # the usual limit: an array cut short loses only its last element
+    cut = tmp_path / "cut.json"
+    cut.write_text(array_text(TRICKY_DOCS)[:-40])
+    sink = ListSink()
+    ingest_audit([cut], sink)
+    assert len(sink.all.decisions) == 2
+    assert [q.reason.split(": ", 1)[1] for q in sink.all.quarantined] == [
+        "JSON array not closed"]
+
+
+def test_a_fifo_is_skipped_without_blocking(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    fifo = tmp_path / "auditLogs.jsonl"
+    os.mkfifo(fifo)
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(ingest_audit([fifo], ListSink())),
+                         daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "ingest blocked on a FIFO"
+    (summary,) = result
+    assert [f.skipped for f in summary.files] == ["not a regular file"]  # type: ignore[attr-defined]

@@ -145,3 +145,52 @@ def test_governor_spool_sink(tmp_path: Path) -> None:
     assert [r["type"] for r in records] == ["decision", "decision", "reward"]
     assert [r["data"]["executed"] for r in records[:2]] == [d1.executed, d2.executed] == [False, True]
     assert records[2]["data"]["reward_id"] == f"ro:{gov.instance_id}:0"
+
+
+def test_line_breaks_inside_strings_are_escaped_and_surrogates_survive(tmp_path: Path) -> None:
+    text = "a\u2028b\u2029c\x85d\x0be\x0cf\x1cg\x1dh\x1ei\rj\nk é"
+    with SpoolWriter(tmp_path, fsync=False) as w:
+        w.write_event("e-1", "note", {"text": text}, ts=1.0)
+        w.write_event("e-2", "note", {"text": "lone \ud800 surrogate é"}, ts=2.0)
+    (seg,) = tmp_path.glob(SEGMENT_GLOB)
+    data = seg.read_bytes()
+    # b"\n" ends each record and nothing else breaks a line, for any splitter.
+    assert data.count(b"\n") == 2 and data.endswith(b"\n")
+    assert len(data.decode("utf-8").splitlines()) == 2
+    assert "é".encode() in data  # still UTF-8, not all-ASCII
+    first, second = (json.loads(x) for x in data.split(b"\n")[:2])
+    assert first["data"]["payload"] == {"text": text}
+    assert second["data"]["payload"] == {"text": "lone \ud800 surrogate é"}
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o777])
+def test_files_are_0600_and_created_folders_0700_whatever_the_umask(tmp_path: Path,
+                                                                    umask: int) -> None:
+    folder = tmp_path / "deep" / "spool"
+    old = os.umask(umask)
+    try:
+        w = SpoolWriter(folder, fsync=False, max_age_s=60)
+        w.write("event", {"event_id": "e"})
+        (tmp,) = folder.glob(".seg-*.tmp")  # still open, under its temporary name
+        tmp_mode = tmp.stat().st_mode & 0o777
+        w.close()
+    finally:
+        os.umask(old)
+    assert tmp_mode == 0o600
+    (seg,) = folder.glob(SEGMENT_GLOB)
+    assert seg.stat().st_mode & 0o777 == 0o600
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "deep").stat().st_mode & 0o777 == 0o700
+
+
+def test_modes_can_be_chosen_and_an_existing_folder_is_left_alone(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    with SpoolWriter(shared, fsync=False, mode=0o640) as w:
+        w.write("event", {"event_id": "e"})
+    (seg,) = shared.glob(SEGMENT_GLOB)
+    assert seg.stat().st_mode & 0o777 == 0o640
+    assert shared.stat().st_mode & 0o777 == 0o755
+    SpoolWriter(tmp_path / "group", fsync=False, dir_mode=0o750).close()
+    assert (tmp_path / "group").stat().st_mode & 0o777 == 0o750

@@ -120,6 +120,19 @@ def start_serving(store: Any, plan: ServePlan | None) -> Any:
     return server
 
 
+def log_notifications(summaries: list[dict[str, Any]]) -> None:
+    """The end-of-run line of the notifiers: sent, failed and dropped per notifier (a warning
+    when any notification was lost)."""
+    import logging
+
+    if not summaries:
+        return
+    lost = any(s.get("failed") or s.get("dropped") for s in summaries)
+    logging.getLogger("tractatus_watch.collect").log(
+        logging.WARNING if lost else logging.INFO, "collect finished: alert notifications",
+        extra={"fields": {"notifiers": summaries}})
+
+
 def _flush_interval(store: Any) -> float:
     # Each lake commit writes a Parquet file per table: commit about once a second, not 20x.
     return 1.0 if store.is_lake else 0.05
@@ -187,6 +200,7 @@ def collect(
             if server is not None:
                 server.stop()
             alerts.stop()
+            log_notifications(alerts.summaries())
             writer.close()
     if not result.ok:
         for source, error in result.errors.items():

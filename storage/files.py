@@ -83,5 +83,37 @@ def open_append(path: str | os.PathLike[str]) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, file_mode())
 
 
-__all__ = ["UMASK_ENV", "apply_umask", "dir_mode", "file_mode", "make_dirs", "open_append",
-           "umask"]
+class SecretFileError(ValueError):
+    """A key or token file that cannot be used; the message never holds what is in it."""
+
+
+# A key or token goes into an HTTP header or a SQL string literal: printable ASCII only.
+_PRINTABLE: Final = frozenset(chr(c) for c in range(0x20, 0x7F))
+# Enough for any key; bounded so that `--key-file /dev/zero` cannot exhaust memory.
+_SECRET_MAX_BYTES: Final = 64 * 1024
+
+
+def read_secret(path: str | os.PathLike[str], what: str) -> str:
+    """The first line of a key or token file, stripped. `what` names the file in messages
+    (`key file`, `the token file`)."""
+    p = Path(path).expanduser()
+    try:
+        with p.open("rb") as f:
+            raw = f.read(_SECRET_MAX_BYTES)
+    except OSError as exc:
+        raise SecretFileError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
+    first = raw.strip().split(b"\n", 1)[0].strip()
+    try:
+        text = first.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretFileError(f"{what} {p} is not UTF-8 text (a binary file?)") from None
+    if not text:
+        raise SecretFileError(f"{what} {p} is empty")
+    if not set(text) <= _PRINTABLE:
+        raise SecretFileError(f"{what} {p} holds characters other than printable ASCII on its "
+                              "first line (a binary file?)")
+    return text
+
+
+__all__ = ["SecretFileError", "UMASK_ENV", "apply_umask", "dir_mode", "file_mode", "make_dirs",
+           "open_append", "read_secret", "umask"]

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
-from ...storage.files import make_dirs, open_append
+from ...storage.files import SecretFileError, make_dirs, open_append, read_secret
 from .engine import AlertState, Transition
 
 log = logging.getLogger(__name__)
@@ -409,16 +409,9 @@ class WebhookNotifier:
             return token
         if self.bearer_token_file:
             try:
-                token = self.bearer_token_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise LookupError(f"cannot read token file {self.bearer_token_file}: "
-                                  f"{exc.strerror or exc}") from None
-            except UnicodeDecodeError:
-                raise LookupError(f"token file {self.bearer_token_file} is not UTF-8 "
-                                  "text") from None
-            if not token:
-                raise LookupError(f"token file {self.bearer_token_file} is empty")
-            return token.splitlines()[0].strip()
+                return read_secret(self.bearer_token_file, "token file")
+            except SecretFileError as exc:
+                raise LookupError(str(exc)) from None
         return None
 
     def _post(self, body: dict[str, Any]) -> None:

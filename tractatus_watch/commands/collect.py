@@ -47,7 +47,13 @@ def _key(key_file: Path | None) -> str | None:
 def _notifiers(alert_log: Path | None, webhook: str | None,
                webhook_token_file: Path | None) -> list[Any]:
     from ..governance.alerts.notify import JsonlNotifier, WebhookNotifier
+    from ..storage.files import SecretFileError, read_secret
 
+    if webhook_token_file is not None:
+        try:  # read again at each send (rotation); checked now so a bad file fails at start
+            read_secret(webhook_token_file, "the webhook token file")
+        except SecretFileError as exc:
+            raise CliError(str(exc)) from None
     out: list[Any] = []
     if alert_log:
         out.append(JsonlNotifier(alert_log))
@@ -181,6 +187,7 @@ def collect(
     if not (agl or spool or gateway):
         raise CliError("nothing to collect from: give --agl URL, --spool DIR or --gateway")
     ruleset = load_ruleset(rules)
+    notifiers = _notifiers(alert_log, webhook, webhook_token_file)
     key = _key(key_file)
     target = resolve_store(db, data_path)
     plan = serve_plan(serve, serve_public, token_file, target)
@@ -188,8 +195,7 @@ def collect(
     setup_logging()
     with open_store(target, read_only=False) as store:
         writer = Writer(store, flush_interval_s=_flush_interval(store))
-        alerts = AlertLoop(store, ruleset, _notifiers(alert_log, webhook, webhook_token_file),
-                           interval_s=alert_interval).start()
+        alerts = AlertLoop(store, ruleset, notifiers, interval_s=alert_interval).start()
         server = None
         try:
             server = start_serving(store, plan)

@@ -110,14 +110,12 @@ def demo(
 
 
 def _agl_key(key_file: Path | None) -> str | None:
-    import os
+    from ..collectors.runner import KeyFileError, load_key
 
-    if key_file is not None:
-        try:
-            return key_file.read_text(encoding="utf-8").strip() or None
-        except OSError as exc:
-            raise CliError(f"cannot read --key-file {key_file}: {exc.strerror}") from None
-    return os.environ.get("AGL_KEY") or None
+    try:
+        return load_key(key_file)
+    except KeyFileError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _run_id(name: str, seed: int) -> str:

@@ -14,9 +14,10 @@ import contextlib
 import hashlib
 import logging
 import random
+import re
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Protocol, TypeVar
+from typing import Callable, Final, Iterable, Iterator, Protocol, TypeVar
 
 import duckdb
 
@@ -114,9 +115,17 @@ class PostgresCoordinator:
 T = TypeVar("T")
 
 
+# A commit that failed writing (the disk, a file size limit) says "Failed to commit" too, but
+# another attempt meets the same wall: that is the writer's death, not a lost race.
+_IO_FAILURE: Final = re.compile(r"Could not write|File too large|No space left|Disk quota|"
+                                r"IO Error|Read-only file system", re.IGNORECASE)
+
+
 def is_conflict(exc: BaseException) -> bool:
     """A commit another writer's snapshot beat (DuckLake gave up on its own retries)."""
     text = str(exc)
+    if _IO_FAILURE.search(text):
+        return False
     return isinstance(exc, duckdb.TransactionException) or "conflict" in text.lower() or (
         "Failed to commit" in text)
 

@@ -54,14 +54,13 @@ def load_key(key_file: str | os.PathLike[str] | None = None, *,
              env: str = "AGL_KEY") -> str | None:
     """The gateway key from a key file (first line) or the environment; None if neither."""
     if key_file is not None:
+        from ..storage.files import SecretFileError, read_secret
+
         path = Path(key_file).expanduser()
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from None
-        key = text.strip().splitlines()[0].strip() if text.strip() else ""
-        if not key:
-            raise KeyFileError(f"key file {path} is empty")
+            key = read_secret(path, "key file")
+        except SecretFileError as exc:
+            raise KeyFileError(str(exc)) from None
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("key file is readable by other users; chmod 600 it",

@@ -12,7 +12,7 @@ from typing import cast
 
 import duckdb
 
-from . import extensions
+from . import extensions, files
 from .coordination import Coordinator, LocalCoordinator, PostgresCoordinator
 from .errors import SchemaTooNew, StoreError, StoreLocked, StoreMissing
 from .schema import LATEST_VERSION, current_version, migrate
@@ -99,7 +99,11 @@ class Store:
              create: bool = True, memory_limit: str = DEFAULT_MEMORY_LIMIT,
              data_path: str | None = None, token: str | None = None) -> Store:
         """Open (and migrate, unless read-only) a store. `location` is a path, a store spec
-        (`duckdb:`, `ducklake:postgres:`, `quack:`) or a parsed target."""
+        (`duckdb:`, `ducklake:postgres:`, `quack:`) or a parsed target.
+
+        Opening a file or lake for writing sets the process umask to keep group and other bits
+        out of what DuckDB creates later (its .wal; files 0600, folders 0700), unless
+        $TRACTATUS_WATCH_UMASK names another (storage/files.py)."""
         if isinstance(location, StoreTarget):
             target = location
         elif isinstance(location, str):
@@ -122,8 +126,12 @@ class Store:
         if not exists and (read_only or not create):
             raise StoreMissing(f"no database at {p} (run `tractatus-watch collect` or the demo "
                                "first, or pass --store / set TRACTATUS_WATCH_STORE)")
+        if not read_only:
+            # DuckDB creates the .wal (plain rows) with the process umask, at the first commit
+            # after every checkpoint: only the umask keeps it private (storage/files.py).
+            files.apply_umask()
         if not exists:
-            p.parent.mkdir(parents=True, exist_ok=True)
+            files.make_dirs(p.parent)
         try:
             con = duckdb.connect(str(p), read_only=read_only, config=_config(memory_limit))
         except duckdb.IOException as exc:
@@ -137,7 +145,7 @@ class Store:
         except duckdb.Error as exc:
             raise StoreError(f"cannot open {p}: {str(exc).splitlines()[0]}") from None
         if not exists:
-            os.chmod(p, 0o600)
+            os.chmod(p, files.file_mode())
         store = cls(target=target, con=con, read_only=read_only, _lock=threading.Lock())
         store._prepare(str(p))
         return store
@@ -153,7 +161,8 @@ class Store:
             elif data_path:
                 data_path = str(Path(data_path).expanduser().resolve())
                 if not read_only:
-                    Path(data_path).mkdir(parents=True, exist_ok=True)
+                    files.apply_umask()  # the Parquet files DuckLake writes follow it
+                    files.make_dirs(data_path)
             extensions.load(con, *needs)
             options = [f"DATA_PATH {_sql_str(data_path)}"] if data_path else []
             if read_only:

@@ -228,6 +228,11 @@ class Writer:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def error(self) -> BaseException | None:
+        """Why the writer stopped committing (every later call raises WriterError), or None."""
+        return self._error
+
     def _check(self) -> None:
         if self._error is not None:
             raise WriterError(f"writer failed: {self._error}") from self._error

@@ -50,9 +50,14 @@ def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
+    from .storage.files import apply_umask
+
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_agent_lightning()
+    # Everything this process creates (database, .wal, logs, spools, exports) is 0600 and its
+    # folders 0700, unless $TRACTATUS_WATCH_UMASK says otherwise.
+    apply_umask()
 
 
 def _quiet_agent_lightning() -> None:
@@ -69,14 +74,13 @@ def read_token(token_file: Path | None) -> str | None:
     """A Quack token from a file (first line) or $TRACTATUS_WATCH_TOKEN; never printed."""
     import os
 
+    from .storage.files import SecretFileError, read_secret
+
     if token_file is not None:
         try:
-            token = token_file.read_text(encoding="utf-8").strip().splitlines()
-        except OSError as exc:
-            raise CliError(f"cannot read the token file {token_file}: {exc.strerror}") from None
-        if not token or not token[0].strip():
-            raise CliError(f"the token file {token_file} is empty")
-        return token[0].strip()
+            return read_secret(token_file, "the token file")
+        except SecretFileError as exc:
+            raise CliError(str(exc)) from None
     return os.environ.get(TOKEN_ENV) or None
 
 
@@ -129,9 +133,29 @@ def main() -> None:
     except KeyboardInterrupt:
         code = 130
     except (CliError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        code = 2
+    except Exception as exc:
+        if not _is_writer_error(exc):
+            raise  # a bug: its traceback is what a report needs
+        # The writer died (disk full, file size limit, database invalidated): what was
+        # committed before is stored; say why in one line.
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         code = 2
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (DuckDB's span several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_writer_error(exc: BaseException) -> bool:
+    # Imported only on this path: the writer brings polars and pyarrow.
+    from .storage.writer import WriterError
+
+    return isinstance(exc, WriterError)
 
 
 # Each module registers its commands on `app`; imported last because they import `app`.

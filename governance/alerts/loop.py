@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Sequence
+from typing import Any, Sequence
 
 from ...storage.alert_store import DuckDBAlertStore
 from ...storage.store import Store
@@ -73,8 +73,9 @@ class AlertLoop:
             except Exception as exc:  # a failed evaluation must not stop collection
                 log.warning("alert evaluation failed: %s", exc)
 
-    def stop(self) -> None:
-        """Stop, after one last evaluation of everything collected."""
+    def stop(self, notify_timeout_s: float = 10.0) -> None:
+        """Stop, after one last evaluation of everything collected; then give the notifiers up
+        to `notify_timeout_s` to deliver what they hold."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(30)
@@ -85,3 +86,11 @@ class AlertLoop:
             log.warning("final alert evaluation failed: %s", exc)
         finally:
             self._coordinator.close()  # hands the lead to a standby collector
+            for notifier in self._notifiers:
+                close = getattr(notifier, "close", None)
+                if callable(close):
+                    close(notify_timeout_s)
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """What each notifier sent, failed and dropped (for the end-of-run line)."""
+        return [n.summary() for n in self._notifiers if callable(getattr(n, "summary", None))]

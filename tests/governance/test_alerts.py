@@ -461,6 +461,7 @@ def test_webhook_posts_the_alertmanager_v4_body(server: tuple[str, type[_Recorde
     rule = rule_of(engine, "Now")
     engine.evaluate(T0, None, {rule: [Sample({"run_id": "r1", "arm": "g"}, 0.5, round=1),
                                       Sample({"run_id": "r2", "arm": "g"}, 0.25, round=1)]})
+    assert hook.flush(10)  # delivered by the notifier's own thread
     assert hook.sent == 1 and hook.failures == 0
     req = handler.requests[0]
     assert req["path"] == "/hook"
@@ -494,7 +495,7 @@ def test_webhook_posts_the_alertmanager_v4_body(server: tuple[str, type[_Recorde
     for i, rnd in enumerate((2, 3, 4)):
         engine.evaluate(T0 + 30 * (i + 1), {"r1": rnd, "r2": rnd},
                         {rule: [Sample({"run_id": "r2", "arm": "g"}, 0.25, round=rnd)]})
-    assert hook.sent == 2
+    assert hook.flush(10) and hook.sent == 2
     body = handler.requests[1]["body"]
     assert body["status"] == "firing"
     assert [(a["labels"]["run_id"], a["status"], a["endsAt"]) for a in body["alerts"]] == [
@@ -508,23 +509,27 @@ def test_webhook_groups_by_labels_and_counts_failures(server: tuple[str, type[_R
     url, handler = server
     token = tmp_path / "token"
     token.write_text("file-token\n")
-    hook = WebhookNotifier(url, group_by=["run_id"], bearer_token_file=token)
+    fast = {"max_attempts": 2, "backoff_s": 0.01}  # retries: tests/governance/test_notify.py
+    hook = WebhookNotifier(url, group_by=["run_id"], bearer_token_file=token, **fast)
     engine, _ = make_engine(notifiers=[hook])
     rule = rule_of(engine, "Now")
     engine.evaluate(T0, None, {rule: [Sample({"run_id": "r1"}, 1.0, round=1),
                                       Sample({"run_id": "r2"}, 1.0, round=1)]})
+    assert hook.flush(10)
     assert [r["body"]["groupKey"] for r in handler.requests] == [
         '{}:{run_id="r1"}', '{}:{run_id="r2"}']
     assert all(r["headers"]["Authorization"] == "Bearer file-token" for r in handler.requests)
     assert [len(r["body"]["alerts"]) for r in handler.requests] == [1, 1]
     handler.status = 500
     engine.evaluate(T0 + 1, None, {rule: [Sample({"run_id": "r3"}, 1.0, round=1)]})
+    assert hook.flush(10)
     assert hook.failures == 1 and hook.last_error == f"HTTP 500 from {url}"
-    dead = WebhookNotifier("http://127.0.0.1:9/hook", timeout=0.5)
+    dead = WebhookNotifier("http://127.0.0.1:9/hook", timeout=0.5, **fast)
     dead.notify(engine.evaluate(T0 + 2, None, {rule: [Sample({"run_id": "r4"}, 1.0)]}), [])
-    assert dead.failures == 1 and dead.sent == 0
-    missing = WebhookNotifier(url, bearer_token_env="TW_UNSET_TOKEN_VAR")
+    assert dead.flush(10) and dead.failures == 1 and dead.sent == 0
+    missing = WebhookNotifier(url, bearer_token_env="TW_UNSET_TOKEN_VAR", **fast)
     missing.notify(engine.evaluate(T0 + 3, None, {rule: [Sample({"run_id": "r5"}, 1.0)]}), [])
+    assert missing.flush(10)
     assert missing.failures == 1 and "TW_UNSET_TOKEN_VAR" in missing.last_error
 
 

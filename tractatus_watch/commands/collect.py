@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,39 @@ def _notifiers(alert_log: Path | None, webhook: str | None,
             bearer_token_file=webhook_token_file,
             bearer_token_env=None if webhook_token_file else "TRACTATUS_WATCH_WEBHOOK_TOKEN"))
     return out
+
+
+def _check_webhook_token(webhook_token_file: Path | None) -> None:
+    """The notifier reads the token at each send (a rotated one is picked up); a file that
+    cannot serve is refused at the start, in one line."""
+    from ..storage.files import SecretFileError, read_secret
+
+    if webhook_token_file is not None:
+        try:
+            read_secret(webhook_token_file, "the webhook token file")
+        except SecretFileError as exc:
+            raise CliError(str(exc)) from None
+
+
+def stop_when_writer_fails(writer: Any, stop: threading.Event,
+                           every_s: float = 0.2) -> threading.Thread:
+    """Set `stop` once the writer has failed. A source idle on a quiet input never calls the
+    dead writer, so without this the command would run on, storing nothing; stopped, it ends
+    with the writer's error (`error: writer failed: ...`, exit 2)."""
+    import logging
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            if writer.error is not None:
+                logging.getLogger("tractatus_watch.collect").error(
+                    "the writer failed: stopping the sources",
+                    extra={"fields": {"error": str(writer.error).strip().split("\n")[0]}})
+                stop.set()
+                return
+
+    thread = threading.Thread(target=watch, name="tw-writer-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def collect_sources(agl: list[str], spool: list[Path], gateway: bool, host: str, port: int,
@@ -126,6 +160,19 @@ def start_serving(store: Any, plan: ServePlan | None) -> Any:
     return server
 
 
+def log_notifications(summaries: list[dict[str, Any]]) -> None:
+    """The end-of-run line of the notifiers: sent, failed and dropped per notifier (a warning
+    when any notification was lost)."""
+    import logging
+
+    if not summaries:
+        return
+    lost = any(s.get("failed") or s.get("dropped") for s in summaries)
+    logging.getLogger("tractatus_watch.collect").log(
+        logging.WARNING if lost else logging.INFO, "collect finished: alert notifications",
+        extra={"fields": {"notifiers": summaries}})
+
+
 def _flush_interval(store: Any) -> float:
     # Each lake commit writes a Parquet file per table: commit about once a second, not 20x.
     return 1.0 if store.is_lake else 0.05
@@ -174,6 +221,7 @@ def collect(
     if not (agl or spool or gateway):
         raise CliError("nothing to collect from: give --agl URL, --spool DIR or --gateway")
     ruleset = load_ruleset(rules)
+    _check_webhook_token(webhook_token_file)
     key = _key(key_file)
     target = resolve_store(db, data_path)
     plan = serve_plan(serve, serve_public, token_file, target)
@@ -188,11 +236,15 @@ def collect(
         server = None
         try:
             server = start_serving(store, plan)
-            result = run_sources(sources, writer, run_id=run_id, get_cursor=store.get_cursor)
+            stop = threading.Event()
+            stop_when_writer_fails(writer, stop)
+            result = run_sources(sources, writer, run_id=run_id, stop=stop,
+                                 get_cursor=store.get_cursor)
         finally:
             if server is not None:
                 server.stop()
             alerts.stop()
+            log_notifications(alerts.summaries())
             writer.close()
     if not result.ok:
         for source, error in result.errors.items():
@@ -222,7 +274,10 @@ def gateway_command(
         writer = Writer(store, flush_interval_s=_flush_interval(store))
         try:
             tap = GatewayTap(lambda records: None, host=host, port=port, key=key, run_id=run_id)
-            result = run_sources([tap], writer, run_id=run_id, get_cursor=store.get_cursor)
+            stop = threading.Event()
+            stop_when_writer_fails(writer, stop)
+            result = run_sources([tap], writer, run_id=run_id, stop=stop,
+                                 get_cursor=store.get_cursor)
         finally:
             writer.close()
     if not result.ok:

@@ -97,6 +97,8 @@ def demo(
     base = SCENARIOS[scenario]
     pace = parse_speed(speed) if speed is not None else (None if headless else base.speed)
     key = _agl_key(key_file) if agl else None
+    if agl:
+        check_gateway(agl, key)
     target = resolve_store(db, data_path)
     if scenario == "scale":
         _run_scale(base.with_overrides(agents=agents, rounds=rounds), seed, pace, agl, key, target,
@@ -110,14 +112,39 @@ def demo(
 
 
 def _agl_key(key_file: Path | None) -> str | None:
-    import os
+    from ..collectors.runner import KeyFileError, load_key
 
-    if key_file is not None:
-        try:
-            return key_file.read_text(encoding="utf-8").strip() or None
-        except OSError as exc:
-            raise CliError(f"cannot read --key-file {key_file}: {exc.strerror}") from None
-    return os.environ.get("AGL_KEY") or None
+    try:
+        return load_key(key_file)
+    except KeyFileError as exc:
+        raise CliError(str(exc)) from None
+
+
+def check_gateway(url: str, key: str | None, timeout_s: float = 10.0) -> None:
+    """One authenticated read of the gateway before training, so that a dead address or a
+    wrong key is a one-line error instead of a failure deep in the training job."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        resp = httpx.get(url.rstrip("/") + "/api/rollouts", headers=headers,
+                         params={"state_in": "running", "limit": 1}, timeout=timeout_s)
+    except httpx.InvalidURL as exc:
+        raise CliError(f"--agl {url}: not a gateway URL ({exc})") from None
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach Agent Lightning at {url}: "
+                       f"{_reason(exc)}") from None
+    if resp.status_code == 401:
+        raise CliError(f"Agent Lightning at {url} refused the key (HTTP 401): --key-file or "
+                       "AGL_KEY must hold the key the gateway was started with")
+    if resp.status_code != 200:
+        raise CliError(f"Agent Lightning at {url} answered HTTP {resp.status_code} to "
+                       "GET /api/rollouts; is it an Agent Lightning 1.0 gateway?")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _run_id(name: str, seed: int) -> str:

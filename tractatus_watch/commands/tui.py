@@ -169,6 +169,9 @@ class LiveSession:
             self._alerts = AlertLoop(store, load_default_rules(),
                                      interval_s=alert_every_s).start()
             self.silence_writer = self._alerts.alert_store.add_silence
+        from .collect import stop_when_writer_fails
+
+        stop_when_writer_fails(self.writer, self.stop)
         watched = [self.monitor.wrap(s) for s in sources]
         self._collector = threading.Thread(target=self._collect, args=(watched, run_id),
                                            name="tw-live-collect", daemon=True)
@@ -176,19 +179,26 @@ class LiveSession:
 
     def _collect(self, sources: list[Any], run_id: str) -> None:
         from ..collectors.runner import run_sources
+        from ..storage.writer import WriterError
 
-        result = run_sources(sources, self.writer, run_id=run_id, stop=self.stop,
-                             get_cursor=self.store.get_cursor, handle_signals=False,
-                             stop_on_error=False)
+        try:
+            result = run_sources(sources, self.writer, run_id=run_id, stop=self.stop,
+                                 get_cursor=self.store.get_cursor, handle_signals=False,
+                                 stop_on_error=False)
+        except WriterError:
+            return  # raised again by close(), as the command's one-line error
         self.errors.update(result.errors)
 
     def close(self) -> None:
-        """Stop the sources (each finishes its pass), then flush and close the writer."""
+        """Stop the sources (each finishes its pass), then flush and close the writer (which
+        raises WriterError if it failed)."""
         self.stop.set()
         self._collector.join(60)
-        self.writer.close()
-        if self._alerts is not None:
-            self._alerts.stop()
+        try:
+            self.writer.close()
+        finally:
+            if self._alerts is not None:
+                self._alerts.stop()
 
 
 def _check_view(view: str) -> None:

@@ -129,7 +129,7 @@ class SpoolWriter:
         self._rename_lock.acquire()
         return out
 
-    def _seal(self, f: IO[bytes], tmp: Path, final: Path) -> None:
+    def _seal(self, f: IO[bytes], tmp: Path, final: Path) -> Path:
         """Flush, fsync and rename one detached segment (outside `_lock`: writers go on)."""
         try:
             f.flush()
@@ -140,6 +140,7 @@ class SpoolWriter:
             if self.fsync:
                 self._fsync_dir()
             self.segments_written += 1
+            return final
         finally:
             self._rename_lock.release()
 
@@ -155,14 +156,30 @@ class SpoolWriter:
         finally:
             os.close(fd)
 
-    def rotate(self) -> None:
-        """Seal the open segment now (if any)."""
+    def rotate(self) -> Path | None:
+        """Seal the open segment now; returns its published path (None: nothing was open)."""
         with self._lock:
             detached = self._detach()
-        if detached is not None:
-            self._seal(*detached)
+        return self._seal(*detached) if detached is not None else None
 
     flush = rotate
+
+    def discard(self) -> None:
+        """Drop the open segment unpublished (after a failed write: its content is unknown)."""
+        with self._lock:
+            detached = self._detach()
+        if detached is None:
+            return
+        f, tmp, _final = detached
+        try:
+            # The buffered tail may not be writable (that is why we discard), nor the folder.
+            for drop in (f.close, tmp.unlink):
+                try:
+                    drop()
+                except OSError:
+                    pass
+        finally:
+            self._rename_lock.release()
 
     def _age_loop(self) -> None:
         # Without writes a segment would stay hidden forever: age is also checked on a timer.

@@ -60,7 +60,8 @@ def _notifiers(alert_log: Path | None, webhook: str | None,
 
 
 def collect_sources(agl: list[str], spool: list[Path], gateway: bool, host: str, port: int,
-                    key: str | None, writer_run: str) -> list[Any]:
+                    key: str | None, writer_run: str,
+                    gateway_wal: Path | None = None) -> list[Any]:
     from ..collectors.gateway_tap import GatewayTap
     from ..collectors.poller import Poller
     from ..collectors.spool import SpoolReader
@@ -70,7 +71,7 @@ def collect_sources(agl: list[str], spool: list[Path], gateway: bool, host: str,
     if gateway:
         # The sink is handed over by run_sources.
         sources.append(GatewayTap(lambda records: None, host=host, port=port, key=key,
-                                  run_id=writer_run))
+                                  run_id=writer_run, wal_dir=gateway_wal))
     return sources
 
 
@@ -161,6 +162,7 @@ def collect(
 
     With --serve, dashboards in other processes watch the database live
     (`open --remote quack:HOST:PORT --token-file <database>.quack-token`)."""
+    from ..collectors.gateway_wal import wal_folder
     from ..collectors.runner import run_sources, setup_logging
     from ..governance.alerts.loop import AlertLoop
     from ..storage.writer import Writer
@@ -181,7 +183,7 @@ def collect(
         try:
             server = start_serving(store, plan)
             result = run_sources(collect_sources(agl or [], spool or [], gateway, host, port,
-                                                 key, run_id),
+                                                 key, run_id, wal_folder(target, host, port)),
                                  writer, run_id=run_id, get_cursor=store.get_cursor)
         finally:
             if server is not None:
@@ -206,16 +208,19 @@ def gateway_command(
 
     Trainers, controllers and agents use it exactly as `agl-server`."""
     from ..collectors.gateway_tap import GatewayTap
+    from ..collectors.gateway_wal import wal_folder
     from ..collectors.runner import run_sources, setup_logging
     from ..storage.writer import Writer
 
     key = _key(key_file)
+    target = resolve_store(db, data_path)
     run_id = run or f"gateway-{time.strftime('%Y%m%d-%H%M%S')}"
     setup_logging()
-    with open_store(db, data_path, read_only=False) as store:
+    with open_store(target, read_only=False) as store:
         writer = Writer(store, flush_interval_s=_flush_interval(store))
         try:
-            tap = GatewayTap(lambda records: None, host=host, port=port, key=key, run_id=run_id)
+            tap = GatewayTap(lambda records: None, host=host, port=port, key=key, run_id=run_id,
+                             wal_dir=wal_folder(target, host, port))
             result = run_sources([tap], writer, run_id=run_id, get_cursor=store.get_cursor)
         finally:
             writer.close()

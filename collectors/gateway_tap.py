@@ -13,9 +13,9 @@ The tee only enqueues references (a few microseconds on the event loop). A drain
 normalises them and calls the sink every `batch_interval_s`, so a slow sink never slows the
 gateway; `stop()` drains everything before it returns: zero loss.
 
-Durable before acknowledged (with a write-ahead log, `wal_dir`): the drain thread writes each
-group it takes from the queue as one fsynced log segment (`gateway_wal`) before it hands the
-records on, and an ASGI middleware around Agent Lightning's app holds back the `2xx` of every
+Durable before acknowledged (with a write-ahead log, `wal_dir`): the drain thread appends each
+group it takes from the queue to the log and syncs it (`gateway_wal`: one fdatasync per group)
+before it hands the records on, and an ASGI middleware around Agent Lightning's app holds back the `2xx` of every
 request that changed the store until everything that request emitted is in the log. Which
 emissions belong to a request is known exactly: the middleware puts a ticket in a context
 variable, Agent Lightning's handlers (all `async`, run in the request's task or its children)
@@ -524,12 +524,12 @@ class GatewayTap:
                         "replays them", extra={"fields": {"folder": str(wal.folder),
                                                           "segments": wal.undropped}})
 
-    def _make_durable(self, out: Records, lo: int, hi: int) -> str | None:
+    def _make_durable(self, out: Records, lo: int, hi: int) -> None:
         """Append one drained group to the log, then release the requests that wait for it."""
         if self._wal is None or self._gate is None:
-            return None
+            return
         try:
-            segment = self._wal.append(out)
+            self._wal.append(out)
         except OSError as exc:
             self.stats.not_durable += len(out)
             if not self._wal_failing:  # one line per outage, not one per batch
@@ -538,13 +538,20 @@ class GatewayTap:
                           "requests whose events are not durable", extra={"fields": {
                               "folder": str(self._wal.folder), "error": str(exc)}})
             self._gate.settle(lo, hi, durable=False)
-            return None
+            return
         if self._wal_failing:
             self._wal_failing = False
             log.warning("gateway: the write-ahead log is writable again",
                         extra={"fields": {"folder": str(self._wal.folder)}})
         self._gate.settle(lo, hi, durable=True)
-        return segment
+
+    def _seal(self) -> str | None:
+        """Seal the log's open segment before a delivery; the newest sealed segment, which
+        the delivery's cursor names (everything in it is in this delivery or an earlier one)."""
+        if self._wal is None:
+            return None
+        self._wal.seal()
+        return self._wal.newest()
 
     # --- drain thread -------------------------------------------------------------------------
 
@@ -621,11 +628,10 @@ class GatewayTap:
 
     def _drain(self) -> None:
         # Each group taken from the queue is made durable at once (group commit: the longer
-        # an fsync takes, the more the next group holds); records reach the sink every
-        # batch_interval_s, as one delivery.
+        # a sync takes, the more the next group holds); records reach the sink every
+        # batch_interval_s, as one delivery, which seals the log's segment.
         pending = Records()
         pending_since: float | None = None
-        segment: str | None = None
         stopping = False
         try:
             while not (stopping and self._queue.empty() and pending_since is None):
@@ -637,7 +643,7 @@ class GatewayTap:
                     out = Records()
                     for _, item in taken:
                         self._handle_safely(item, out)
-                    segment = self._make_durable(out, taken[0][0], taken[-1][0]) or segment
+                    self._make_durable(out, taken[0][0], taken[-1][0])
                     self.stats.queue_max = max(self.stats.queue_max, len(taken))
                     if len(out):
                         pending.extend(out)
@@ -645,7 +651,7 @@ class GatewayTap:
                 if pending_since is not None and (
                         stopping or len(pending) >= self.batch_max
                         or time.monotonic() - pending_since >= self.batch_interval_s):
-                    self._deliver(pending, segment)
+                    self._deliver(pending, self._seal())
                     pending, pending_since = Records(), None
         finally:
             if self._wal is not None:

@@ -1,16 +1,19 @@
 """The gateway's write-ahead log: what the gateway acknowledges is on disk before it says so.
 
 The log is a spool folder (`governance.spool` format, read back by `collectors.spool`), private
-to one gateway: the drain thread writes each drained group of normalised records as one segment
-(one write, one fsync, one rename: group commit), and only then may the requests that carried
-them be answered. Once the store has committed a segment's records (the gateway's cursor names
-the newest segment it covers, and commits with those rows) the segment is dropped. Whatever
-the folder still holds at the next start is replayed into the store first; the writer drops
-what it already had by natural key, so a replay of committed records stores nothing twice.
+to one gateway. The drain thread appends each group it takes from the tee to the open segment
+and syncs it (one write, one fdatasync per group: group commit) before the requests that
+carried the group may be answered; it seals the segment (rename) each time it hands records to
+the store, and the cursor committed with those records names the newest sealed segment, so
+once the store has that cursor, every segment up to it is dropped. At the next start, whatever
+the folder holds is replayed into the store first: a segment a crash left under its temporary
+name is cut after its last complete line (a torn group was never acknowledged) and published.
+The writer drops what it already had by natural key, so replaying committed records stores
+nothing twice.
 
-A record that cannot be written as UTF-8 JSON (a lone surrogate in a string) cannot be stored
-either: it is turned into a quarantine record here, with its ids, so it never reaches the
-writer and the rest of its group lands.
+A record that cannot be stored as UTF-8 (a lone surrogate in a string) is turned into a
+quarantine record here, with its ids, so it never reaches the writer and the rest of its group
+lands.
 """
 
 from __future__ import annotations
@@ -71,26 +74,47 @@ def _raw(value: Any) -> str:
 
 
 class WriteAheadLog:
-    """One gateway's log folder. `append` from the drain thread; `drop_through` from any."""
+    """One gateway's log folder. `append` and `seal` from the drain thread; `drop_through`
+    from any thread."""
 
     def __init__(self, folder: str | os.PathLike[str], *, source: str = "gateway") -> None:
         self.folder = Path(folder).expanduser()
         self.source = source
         self.folder.mkdir(parents=True, exist_ok=True, mode=FOLDER_MODE)
         os.chmod(self.folder, FOLDER_MODE)  # mkdir's mode is filtered by the umask
-        self._discard_partial()
-        self._spool = SpoolWriter(self.folder, max_bytes=_NEVER_BYTES, max_age_s=_NEVER_S, fsync=True)
+        self._publish_partial()
+        self._spool = SpoolWriter(self.folder, max_bytes=_NEVER_BYTES, max_age_s=_NEVER_S,
+                                  fsync=True)
         self._lock = threading.Lock()
-        self._segments: deque[str] = deque()  # appended or replayed, not yet committed
+        self._segments: deque[str] = deque()  # sealed or replayed, not yet committed
+        self.abandoned = 0  # segments left unsealed after a failed write (next start reads them)
 
     def __repr__(self) -> str:
         return f"WriteAheadLog({str(self.folder)!r})"
 
     def pending(self) -> list[str]:
-        """Names of the segments on disk, in name order."""
+        """Names of the published segments on disk, in name order."""
         return sorted(p.name for p in self.folder.glob(SEGMENT_GLOB) if p.is_file())
 
-    # --- start: replay ---------------------------------------------------------------------
+    # --- start: recovery and replay ----------------------------------------------------------
+
+    def _publish_partial(self) -> None:
+        """Publish what a crash left under a temporary name, cut after its last complete line:
+        every group that was synced (and so acknowledged) ends with one."""
+        found = False
+        for tmp in self.folder.glob(".seg-*.ndjson.tmp"):
+            found = True
+            with open(tmp, "rb+") as fh:
+                data = fh.read()
+                fh.truncate(data.rfind(b"\n") + 1)
+                os.fsync(fh.fileno())
+            if data.rfind(b"\n") < 0:
+                tmp.unlink()
+                continue
+            os.chmod(tmp, FILE_MODE)
+            tmp.rename(self.folder / tmp.name[1:-len(".tmp")])
+        if found:
+            _fsync_folder(self.folder)
 
     def replay(self, sink: Sink) -> tuple[str | None, int]:
         """Hand every segment left by an earlier run to `sink` (records only, no cursor: the
@@ -115,73 +139,84 @@ class WriteAheadLog:
             "folder": str(self.folder), "segments": len(names), "records": count}})
         return names[-1], count
 
-    # --- drain thread: append ----------------------------------------------------------------
+    # --- drain thread: append, seal ----------------------------------------------------------
 
-    def append(self, records: Records) -> str | None:
-        """Write `records` as one fsynced segment; returns its name (None if `records` is
-        empty). Records that cannot be written move to `records.quarantined`. Raises OSError
-        when the folder cannot be written (nothing is then durable)."""
+    def append(self, records: Records) -> None:
+        """Write `records` to the open segment and sync it. Records that cannot be stored
+        move to `records.quarantined`. Raises OSError when the folder cannot be written:
+        nothing of this group is then durable (the segment is abandoned, as a crash would
+        leave it, and the next start reads what it holds)."""
         if not len(records):
+            return
+        try:
+            self._write(records)
+            self._spool.sync()
+        except OSError:
+            if self._spool.abandon() is not None:
+                self.abandoned += 1
+            raise
+
+    def seal(self) -> str | None:
+        """Publish the open segment; returns its name (None: nothing open, or the rename
+        failed, and then the segment stays for the next start)."""
+        try:
+            path = self._spool.rotate()
+        except OSError as exc:
+            if self._spool.abandon() is not None:
+                self.abandoned += 1
+            log.warning("gateway: cannot seal a write-ahead log segment; the next start "
+                        "replays it", extra={"fields": {"folder": str(self.folder),
+                                                        "error": str(exc)}})
+            return None
+        if path is None:
             return None
         try:
-            path = self._write(records)
+            os.chmod(path, FILE_MODE)  # the folder is private already; the file is too
         except OSError:
-            self._spool.discard()
-            self._discard_partial()
-            raise
-        os.chmod(path, FILE_MODE)  # the folder is private already; the file is too
+            pass
         with self._lock:
             self._segments.append(path.name)
         return path.name
 
-    def _write(self, records: Records) -> Path:
+    def _write(self, records: Records) -> None:
         bad: list[Quarantined] = []
-        spool = self._spool
         records.decisions = self._each(records.decisions, bad, lambda d: (
-            spool.write("decision", d.to_payload())), lambda d: (
-            f"decision {d.decision_id} of rollout {d.rollout_id}", d.to_payload()))
+            "decision", d.to_payload(), f"decision {d.decision_id} of rollout {d.rollout_id}"))
         records.rewards = self._each(records.rewards, bad, lambda r: (
-            spool.write("reward", asdict(r))), lambda r: (f"reward {r.reward_id}", asdict(r)))
+            "reward", asdict(r), f"reward {r.reward_id}"))
         records.rollouts = self._each(records.rollouts, bad, lambda t: (
-            spool.write("rollout", asdict(t))), lambda t: (
-            f"rollout {t.rollout_id} ({t.status})", asdict(t)))
-        records.events = self._each(records.events, bad, lambda e: spool.write_event(
-            e.event_id, e.event_type, _payload_text(e.payload), ts=e.ts,
-            rollout_id=e.rollout_id, run_id=e.run_id), lambda e: (
-            f"event {e.event_id}", e.payload))
+            "rollout", asdict(t), f"rollout {t.rollout_id} ({t.status})"))
+        records.events = self._each(records.events, bad, lambda e: ("event", {
+            "event_id": e.event_id, "event_type": e.event_type, "ts": e.ts,
+            "rollout_id": e.rollout_id, "payload": _payload_text(e.payload),
+            "run_id": e.run_id}, f"event {e.event_id}"))
         records.quarantined.extend(bad)
         for q in records.quarantined:  # made writable in place: the store gets the same text
             q.source, q.reason, q.raw = _safe_text(q.source), _safe_text(q.reason), \
                 _safe_text(q.raw)
-            spool.write_event("", QUARANTINE_EVENT, {"source": q.source, "reason": q.reason,
-                                                     "raw": q.raw}, ts=q.ts)
-        path = spool.rotate()
-        assert path is not None  # at least one line was written
-        return path
+            self._spool.write("event", {
+                "event_id": "", "event_type": QUARANTINE_EVENT, "ts": q.ts, "rollout_id": "",
+                "payload": {"source": q.source, "reason": q.reason, "raw": q.raw},
+                "run_id": ""})
 
-    def _each(self, items: list[T], bad: list[Quarantined], write: Callable[[T], None],
-              describe: Callable[[T], tuple[str, Any]]) -> list[T]:
+    def _each(self, items: list[T], bad: list[Quarantined],
+              line: Callable[[T], tuple[str, Any, str]]) -> list[T]:
         kept: list[T] = []
         for item in items:
+            what, data = "record", item
             try:
-                write(item)
+                kind, data, what = line(item)
+                # Checked here, not left to the line encoder: the store cannot hold a string
+                # UTF-8 cannot encode, whatever escape the log could write it with.
+                json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")
             except _UNWRITABLE as exc:
-                what, raw = describe(item)
                 bad.append(Quarantined(
-                    source=self.source, ts=time.time(), raw=_raw(raw),
+                    source=self.source, ts=time.time(), raw=_raw(data),
                     reason=_safe_text(f"{what}: cannot be stored as UTF-8 JSON: {exc}")))
-            else:
-                kept.append(item)
+                continue
+            self._spool.write(kind, data)
+            kept.append(item)
         return kept
-
-    def _discard_partial(self) -> None:
-        # A segment still under its temporary name was never acknowledged (the rename is the
-        # commit point): left by a crash or a failed write, it is dropped.
-        for tmp in self.folder.glob(".seg-*.tmp"):
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
 
     # --- after the store committed -----------------------------------------------------------
 
@@ -209,11 +244,24 @@ class WriteAheadLog:
             return len(self._segments)
 
     def newest(self) -> str | None:
+        """The newest sealed segment not dropped yet."""
         with self._lock:
             return self._segments[-1] if self._segments else None
 
     def close(self) -> None:
+        """Seal what is open (a clean stop seals before its last delivery: nothing is)."""
+        self.seal()
         self._spool.close()
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories
+    finally:
+        os.close(fd)
 
 
 def _payload_text(payload: Any) -> Any:

@@ -57,6 +57,7 @@ class SpoolWriter:
         self._final: Path | None = None
         self._opened = 0.0
         self._size = 0
+        self._dir_synced = False
         self._seq = 0
         self._closed = False
         self.segments_written = 0
@@ -116,6 +117,7 @@ class SpoolWriter:
         self._file = open(self._tmp, "xb")
         self._opened = time.monotonic()
         self._size = 0
+        self._dir_synced = False
 
     def _detach(self) -> tuple[IO[bytes], Path, Path] | None:
         """Take the open segment away from writers (call with `_lock` held). The rename lock
@@ -164,22 +166,34 @@ class SpoolWriter:
 
     flush = rotate
 
-    def discard(self) -> None:
-        """Drop the open segment unpublished (after a failed write: its content is unknown)."""
+    def sync(self) -> None:
+        """Make the lines written so far durable without publishing the segment (a
+        write-ahead log's commit): one fdatasync, and the folder's fsync once per segment,
+        which makes its temporary name durable too. A crash then leaves them in the `.tmp`."""
+        with self._lock:
+            if self._file is None:
+                return
+            self._file.flush()
+            os.fdatasync(self._file.fileno())
+            if not self._dir_synced:
+                self._fsync_dir()
+                self._dir_synced = True
+
+    def abandon(self) -> Path | None:
+        """Stop writing the open segment and leave it unpublished, as a crash would (after a
+        failed write its tail is unknown); returns its temporary path, if one was open."""
         with self._lock:
             detached = self._detach()
         if detached is None:
-            return
+            return None
         f, tmp, _final = detached
         try:
-            # The buffered tail may not be writable (that is why we discard), nor the folder.
-            for drop in (f.close, tmp.unlink):
-                try:
-                    drop()
-                except OSError:
-                    pass
+            f.close()
+        except OSError:
+            pass  # the buffered tail cannot be written: that is why we abandon it
         finally:
             self._rename_lock.release()
+        return tmp
 
     def _age_loop(self) -> None:
         # Without writes a segment would stay hidden forever: age is also checked on a timer.

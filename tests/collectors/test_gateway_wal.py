@@ -8,6 +8,8 @@ import logging
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -61,7 +63,8 @@ def test_what_the_log_replays_is_what_was_logged(tmp_path: Path) -> None:
     folder = tmp_path / "wal"
     original = records()
     wal = WriteAheadLog(folder, source="gateway:x")
-    name = wal.append(original)
+    wal.append(original)
+    name = wal.seal()
     wal.close()
     assert name is not None and [p.name for p in folder.iterdir()] == [name]
     got = replayed(folder)
@@ -98,7 +101,8 @@ def test_the_log_is_private_whatever_the_umask(tmp_path: Path) -> None:
     old = os.umask(0)
     try:
         wal = WriteAheadLog(folder)
-        name = wal.append(records())
+        wal.append(records())
+        name = wal.seal()
         wal.close()
     finally:
         os.umask(old)
@@ -106,19 +110,48 @@ def test_the_log_is_private_whatever_the_umask(tmp_path: Path) -> None:
     assert name is not None and stat.S_IMODE((folder / name).stat().st_mode) == 0o600
 
 
-def test_committed_segments_are_dropped_in_order_and_partial_ones_at_start(
-        tmp_path: Path) -> None:
-    folder = tmp_path / "wal"
-    wal = WriteAheadLog(folder)
-    names = [wal.append(records()) for _ in range(3)]
+def test_committed_segments_are_dropped_in_order(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path / "wal")
+    names = []
+    for _ in range(3):
+        wal.append(records())
+        names.append(wal.seal())
+    assert wal.seal() is None  # nothing open
     assert wal.drop_through("seg-unknown.ndjson") == 0
     assert wal.drop_through(str(names[1])) == 2
-    assert wal.pending() == [names[2]]
+    assert wal.pending() == [names[2]] and wal.newest() == names[2]
     wal.close()
-    (folder / ".seg-00000000000000000001-1-000001.ndjson.tmp").write_text('{"type": "deci')
-    again = WriteAheadLog(folder)  # a crash mid-write left a temporary file: never acknowledged
-    assert [p.name for p in folder.iterdir()] == [names[2]]
-    again.close()
+
+
+def test_what_a_crash_left_unsealed_is_replayed_up_to_its_last_synced_group(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "wal"
+    # A gateway process that syncs two groups, starts a third and dies (no seal, no atexit).
+    subprocess.run([sys.executable, "-c", f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).parent.parent.parent)!r})
+from tests.collectors.test_gateway_wal import records
+from tractatus_watch.collectors.gateway_wal import WriteAheadLog
+wal = WriteAheadLog({str(folder)!r})
+first, second = records(), records()
+second.decisions[0].decision_id = "d-2"
+wal.append(first)
+wal.append(second)
+(tmp,) = wal.folder.glob(".seg-*.tmp")
+with open(tmp, "ab") as fh:
+    fh.write(b'{{"type":"decision","data":{{"decision_id":"d-3","agen')
+os._exit(0)
+"""], check=True, timeout=60)
+    (tmp,) = folder.glob(".seg-*.tmp")
+    got = replayed(folder)
+    assert [d.decision_id for d in got.decisions] == ["d-1", "d-2"]
+    assert len(got.quarantined) == 2  # the two logged quarantine records, not the torn line
+    (published,) = folder.glob("seg-*.ndjson")
+    assert published.name == tmp.name[1:-4] and not list(folder.glob(".seg-*"))
+    assert published.read_bytes().endswith(b"\n")
+    (folder / ".seg-00000000000000000001-1-000001.ndjson.tmp").write_bytes(b'{"type": "d')
+    WriteAheadLog(folder).close()  # a segment torn in its first line holds nothing: dropped
+    assert sorted(p.name for p in folder.iterdir()) == [published.name]
 
 
 def test_where_the_log_lives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,15 +181,20 @@ def tap_with_log(tmp_path: Path, agl_key: str, fresh_agl_store: None) -> Iterato
         tap.stop()
 
 
-def logged_ids(folder: Path) -> set[str]:
+def durable_ids(folder: Path, sink: ListSink) -> set[str]:
+    """Decision ids in the log or delivered. A record moves from the open segment to a sealed
+    one to the sink (and only then is its segment dropped): looking in that order, a record
+    that moves while we look is still seen."""
     ids = set()
-    for seg in folder.glob("seg-*.ndjson"):
-        try:
-            text = seg.read_text()
-        except FileNotFoundError:  # dropped meanwhile: then the sink has it
-            continue
-        ids |= {json.loads(line)["data"].get("decision_id") for line in text.splitlines()}
-    return ids
+    for pattern in (".seg-*.ndjson.tmp", "seg-*.ndjson"):
+        for seg in folder.glob(pattern):
+            try:
+                lines = seg.read_bytes().split(b"\n")
+            except FileNotFoundError:  # sealed or dropped meanwhile: seen further on
+                continue
+            for line in lines[:-1]:  # what follows the last newline is being written
+                ids.add(json.loads(line)["data"].get("decision_id"))
+    return ids | {d.decision_id for d in sink.all.decisions}
 
 
 def test_every_acknowledged_decision_is_durable_when_the_answer_arrives(
@@ -168,9 +206,7 @@ def test_every_acknowledged_decision_is_durable_when_the_answer_arrives(
             resp = c.post(f"/api/rollouts/{r['rollout_id']}/attempt/0/events",
                           json={"event_type": "tractatus.decision", "data": decision(i)})
             assert resp.status_code == 200
-            # The sink takes records before their segment is dropped: one of them has it.
-            delivered = {d.decision_id for d in sink.all.decisions}
-            assert f"d-{i}" in delivered | logged_ids(folder), f"d-{i} not durable"
+            assert f"d-{i}" in durable_ids(folder, sink), f"d-{i} not durable"
 
 
 def test_reads_never_wait_and_an_unwritable_log_answers_503(
@@ -187,8 +223,9 @@ def test_reads_never_wait_and_an_unwritable_log_answers_503(
             url = f"/api/rollouts/{r['rollout_id']}/attempt/0/events"
             assert c.post(url, json={"event_type": "tractatus.decision",
                                      "data": decision(0)}).status_code == 200
-            # Disk trouble, for real: the log folder is replaced by a file.
-            wait_until(lambda: not list(folder.glob("seg-*")))
+            # Disk trouble, for real: the log folder is replaced by a file, once its segment
+            # is sealed and dropped (an open one would take writes on its deleted inode).
+            wait_until(lambda: not list(folder.iterdir()))
             shutil.rmtree(folder)
             folder.write_text("not a folder")
             refused = [c.post(url, json={"event_type": "tractatus.decision",

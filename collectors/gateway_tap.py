@@ -530,7 +530,7 @@ class GatewayTap:
             return
         try:
             self._wal.append(out)
-        except OSError as exc:
+        except Exception as exc:  # OSError (disk full...), or a bug: never acknowledge it
             self.stats.not_durable += len(out)
             if not self._wal_failing:  # one line per outage, not one per batch
                 self._wal_failing = True

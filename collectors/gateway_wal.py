@@ -66,11 +66,13 @@ def _safe_text(text: str) -> str:
 
 
 def _raw(value: Any) -> str:
-    try:
-        text = json.dumps(value, default=str)  # ASCII: any surrogate becomes an escape
-    except _UNWRITABLE:
-        text = ascii(value)
-    return text[:MAX_QUARANTINE_RAW]
+    """The quarantined record as ASCII JSON (a surrogate becomes an escape); whatever it is."""
+    for show in (lambda v: json.dumps(v, default=str), ascii):
+        try:
+            return show(value)[:MAX_QUARANTINE_RAW]
+        except _UNWRITABLE:  # nested deeper than the encoder goes, say
+            continue
+    return f"<{type(value).__name__} that cannot be shown>"
 
 
 class WriteAheadLog:
@@ -104,11 +106,11 @@ class WriteAheadLog:
         found = False
         for tmp in self.folder.glob(".seg-*.ndjson.tmp"):
             found = True
-            with open(tmp, "rb+") as fh:
-                data = fh.read()
-                fh.truncate(data.rfind(b"\n") + 1)
+            with open(tmp, "rb+") as fh:  # one delivery's worth: small
+                end = fh.read().rfind(b"\n") + 1
+                fh.truncate(end)
                 os.fsync(fh.fileno())
-            if data.rfind(b"\n") < 0:
+            if end == 0:
                 tmp.unlink()
                 continue
             os.chmod(tmp, FILE_MODE)

@@ -8,9 +8,17 @@
    Target: drain >= 10 x accept.
 3. latency: through the gateway tap, a separate process POSTs decisions at 300 events/s; a reader
    sees each row appear in the database. Target: p99 <= 500 ms.
+4. durability: the gateway tap as `tractatus-watch gateway` runs it (its own process, a writer on
+   a DuckDB file), with its write-ahead log and durability wait and without them, in the same
+   run: 1 and `--clients` client threads (another process) POST decision events as fast as
+   they can for `--durable-seconds`; request latency p50/p99 and accepted POSTs/s of each, and
+   the ratio with/without.
 The gateways run in their own processes (as in production), so client and server do not share a
 GIL. Last line: {"accept_events_per_s", "drain_events_per_s", "ratio", "latency_p50_ms",
-"latency_p99_ms"}. Usage: bench/collector.py [--preload N] [--rate R] [--seconds S] [--dir D]
+"latency_p99_ms", and per client count C: "durable_cC_p50_ms", "durable_cC_p99_ms",
+"durable_cC_posts_per_s", "nowait_cC_…", "durable_cC_posts_ratio"}.
+Usage: bench/collector.py [--preload N] [--rate R] [--seconds S] [--clients C]
+[--durable-seconds S] [--only-durability] [--dir D]
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import last_line  # noqa: E402
 
 from tractatus_watch.collectors.gateway_tap import GatewayTap  # noqa: E402
+from tractatus_watch.collectors.runner import run_sources  # noqa: E402
 from tractatus_watch.collectors.poller import Poller, poll_until_idle  # noqa: E402
 from tractatus_watch.collectors.sink import writer_sink  # noqa: E402
 from tractatus_watch.storage.store import Store  # noqa: E402
@@ -114,6 +123,55 @@ def post_paced(port: int, rate: float, seconds: float, rollout_id: str) -> None:
         body = json.dumps({"event_type": "tractatus.decision", "data": decision(i)})
         conn.request("POST", f"/api/rollouts/{rollout_id}/attempt/0/events", body, headers)
         conn.getresponse().read()
+
+
+def serve_tap(port: int, db: str, wal: str) -> None:
+    """A gateway process as `tractatus-watch gateway` runs it (writer, cursor, signals), with its
+    write-ahead log in `wal` or, with "none", without the log and the durability wait."""
+    with Store.open(Path(db)) as store:
+        writer = Writer(store, flush_interval_s=0.05)
+        tap = GatewayTap(lambda records: None, port=port, key=os.environ[KEY_ENV],
+                         run_id="bench", wal_dir=None if wal == "none" else wal)
+        try:
+            run_sources([tap], writer, run_id="bench", get_cursor=store.get_cursor)
+        finally:
+            writer.close()
+
+
+def post_flat_out(port: int, seconds: float, clients: int) -> None:
+    """A client process: `clients` threads, each on its own keep-alive connection and rollout,
+    POST one decision after another for `seconds`; prints each request's latency (JSON)."""
+    headers = {"Content-Type": "application/json", "x-api-key": os.environ[KEY_ENV]}
+    results: list[list[float]] = [[] for _ in range(clients)]
+    refused = [0] * clients
+    start = threading.Barrier(clients)
+
+    def client(k: int) -> None:
+        (r,) = request(port, "POST", "/api/rollouts", [{"input": {"client": k}}])
+        path = f"/api/rollouts/{r['rollout_id']}/attempt/0/events"
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        start.wait()
+        end = time.monotonic() + seconds
+        i = k * 10_000_000
+        while time.monotonic() < end:
+            body = json.dumps({"event_type": "tractatus.decision", "data": decision(i)})
+            t0 = time.perf_counter()
+            conn.request("POST", path, body, headers)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 200:
+                results[k].append(time.perf_counter() - t0)
+            else:
+                refused[k] += 1
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(json.dumps({"latencies": [x for r in results for x in r], "refused": sum(refused),
+                      "seconds": seconds}))
 
 
 def spawn(*args: str) -> subprocess.Popen[bytes]:
@@ -251,9 +309,67 @@ def measure_latency(rate: float, seconds: float, workdir: Path) -> tuple[float, 
     return p50, p99, len(latencies)
 
 
+def quantile_ms(sorted_s: list[float], q: float) -> float:
+    return sorted_s[min(len(sorted_s) - 1, int(len(sorted_s) * q))] * 1000
+
+
+def measure_durability(workdir: Path, clients: int, seconds: float, durable: bool
+                       ) -> dict[str, float]:
+    """One gateway process (fresh database), one client process: p50/p99 latency and
+    accepted POSTs/s."""
+    port = free_port()
+    tag = "durable" if durable else "nowait"
+    db = workdir / f"{tag}-c{clients}.duckdb"
+    proc = spawn("--tap", str(port), str(db),
+                 str(workdir / f"{tag}-c{clients}.wal") if durable else "none")
+    try:
+        wait_up(port)
+        poster = subprocess.run([sys.executable, __file__, "--flat-out", str(port), str(seconds),
+                                 str(clients)], env=os.environ.copy(), capture_output=True,
+                                text=True, check=True)
+        out = json.loads(poster.stdout.strip().splitlines()[-1])
+    finally:
+        proc.terminate()
+        proc.wait()
+    lat = sorted(out["latencies"])
+    if out["refused"] or not lat:
+        raise RuntimeError(f"{tag}: {out['refused']} POSTs refused, {len(lat)} accepted")
+    with Store.open(db, read_only=True) as store:
+        stored = store.cursor().execute("SELECT count(*) FROM decisions").fetchall()[0][0]
+    if stored < len(lat):
+        raise RuntimeError(f"{tag}: {len(lat)} POSTs accepted but {stored} decisions stored")
+    return {"p50_ms": quantile_ms(lat, 0.5), "p99_ms": quantile_ms(lat, 0.99),
+            "posts_per_s": len(lat) / seconds}
+
+
+def durability_figures(workdir: Path, clients: list[int], seconds: float) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    for c in clients:
+        runs = {tag: measure_durability(workdir, c, seconds, tag == "durable")
+                for tag in ("nowait", "durable")}
+        for tag, got in runs.items():
+            for name, value in got.items():
+                figures[f"{tag}_c{c}_{name}"] = value
+        ratio = runs["durable"]["posts_per_s"] / runs["nowait"]["posts_per_s"]
+        figures[f"durable_c{c}_posts_ratio"] = ratio
+        print(f"durability, {c} client(s): with the log and the wait p50 "
+              f"{runs['durable']['p50_ms']:.2f} ms, p99 {runs['durable']['p99_ms']:.2f} ms, "
+              f"{runs['durable']['posts_per_s']:.0f} POSTs/s; without p50 "
+              f"{runs['nowait']['p50_ms']:.2f} ms, p99 {runs['nowait']['p99_ms']:.2f} ms, "
+              f"{runs['nowait']['posts_per_s']:.0f} POSTs/s; ratio {ratio:.2f}",
+              file=sys.stderr)
+    return figures
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
         serve(int(sys.argv[2]), int(sys.argv[3]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--tap":
+        serve_tap(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--flat-out":
+        post_flat_out(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--post":
         post_paced(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
@@ -263,11 +379,20 @@ def main() -> None:
     ap.add_argument("--accept-events", type=int, default=3_000)
     ap.add_argument("--rate", type=float, default=300.0, help="events/s for the latency run")
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--clients", type=int, default=4,
+                    help="client threads for the durability run (besides 1)")
+    ap.add_argument("--durable-seconds", type=float, default=5.0)
+    ap.add_argument("--only-durability", action="store_true")
     ap.add_argument("--dir", type=Path, default=None)
     args = ap.parse_args()
     os.environ.setdefault(KEY_ENV, secrets.token_hex(16))  # a throwaway key, never printed
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         workdir = Path(tmp)
+        durability = durability_figures(workdir, sorted({1, args.clients}),
+                                        args.durable_seconds)
+        if args.only_durability:
+            last_line(durability)
+            return
         accept, bare = measure_accept(args.accept_events)
         print(f"accept: {accept:.0f} events/s POSTed by one Agent Lightning client "
               f"(gateway ceiling with a bare keep-alive connection: {bare:.0f}/s)",
@@ -279,7 +404,8 @@ def main() -> None:
         print(f"latency at {args.rate:.0f} events/s through the gateway tap: p50 {p50:.1f} ms, "
               f"p99 {p99:.1f} ms ({n} events)", file=sys.stderr)
     last_line({"accept_events_per_s": accept, "drain_events_per_s": drain,
-               "ratio": drain / accept, "latency_p50_ms": p50, "latency_p99_ms": p99})
+               "ratio": drain / accept, "latency_p50_ms": p50, "latency_p99_ms": p99,
+               **durability})
 
 
 if __name__ == "__main__":

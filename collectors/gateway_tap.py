@@ -13,23 +13,42 @@ The tee only enqueues references (a few microseconds on the event loop). A drain
 normalises them and calls the sink every `batch_interval_s`, so a slow sink never slows the
 gateway; `stop()` drains everything before it returns: zero loss.
 
+Durable before acknowledged (with a write-ahead log, `wal_dir`): the drain thread appends each
+group it takes from the queue to the log and syncs it (`gateway_wal`: one fdatasync per group)
+before it hands the records on, and an ASGI middleware around Agent Lightning's app holds back the `2xx` of every
+request that changed the store until everything that request emitted is in the log. Which
+emissions belong to a request is known exactly: the middleware puts a ticket in a context
+variable, Agent Lightning's handlers (all `async`, run in the request's task or its children)
+mutate the store in that context, and the tee stamps the ticket. Requests that changed nothing
+(reads, /healthz) never wait. If the log cannot be written, those requests get 503 instead.
+Once the store commits a segment's records (the cursor names the segment), it is dropped; what
+is left at the next start is replayed into the store before the gateway listens.
+
 The store is process-global in Agent Lightning, so one tap can be installed per process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import json
 import logging
+import os
 import queue
 import socket
 import threading
 import time
 from collections import Counter
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Final
 
-from .agl import EventNormaliser, RolloutContext
+from ..governance.events import Quarantined
+from .agl import EventNormaliser, RolloutContext, _raw, event_id
+from .gateway_wal import WriteAheadLog
 from .sink import Records, Sink
 
 log = logging.getLogger(__name__)
@@ -39,16 +58,38 @@ _STOP: Final = object()
 
 # --- the tee ------------------------------------------------------------------------------------
 
+@dataclass
+class _Ticket:
+    """The emissions of one HTTP request: the first and last sequence numbers (0: none)."""
+
+    first: int = 0
+    last: int = 0
+
+
+_REQUEST: ContextVar[_Ticket | None] = ContextVar("tw_gateway_request", default=None)
+
+
 class _Tee:
-    """Where the recording containers send their observations (None: uninstalled, inert)."""
+    """Where the recording containers send their observations (None: uninstalled, inert).
+    Each observation is numbered; the queue holds them in number order."""
 
     queue: queue.SimpleQueue[Any] | None = None
+    seq: int = 0
+    lock: Final = threading.Lock()
 
     @classmethod
     def emit(cls, item: tuple[Any, ...]) -> None:
         q = cls.queue
-        if q is not None:
-            q.put_nowait(item)
+        if q is None:
+            return
+        with cls.lock:  # numbering and enqueueing together keep the queue in number order
+            cls.seq += 1
+            seq = cls.seq
+            q.put_nowait((seq, item))
+        ticket = _REQUEST.get()
+        if ticket is not None:
+            ticket.first = ticket.first or seq
+            ticket.last = seq
 
 
 class _TeeList(list):  # type: ignore[type-arg]
@@ -126,7 +167,9 @@ def _install(q: queue.SimpleQueue[Any]) -> None:
         for name in _CONTAINERS:
             if getattr(module, name, None) is originals[name]:
                 setattr(module, name, tees[name])
-    _Tee.queue = q
+    with _Tee.lock:
+        _Tee.seq = 0
+        _Tee.queue = q
 
 
 def _uninstall() -> None:
@@ -146,6 +189,116 @@ def _uninstall() -> None:
     _Tee.queue = None
 
 
+# --- durable before acknowledged ----------------------------------------------------------------
+
+class DurabilityGate:
+    """Numbers up to which the drain thread has settled the tee's observations (durable, or
+    not: the log could not be written), and the requests waiting for them.
+
+    `settle` is called by the drain thread; `wait` runs on the event loop and never blocks it.
+    """
+
+    def __init__(self, timeout_s: float = 30.0) -> None:
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._settled = 0
+        self._failed: list[tuple[int, int]] = []  # merged ranges [lo, hi] that are not durable
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # heap by number
+        self._order = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def settle(self, lo: int, hi: int, *, durable: bool) -> None:
+        """Observations lo..hi are settled (durable or not); wake whoever waited for them."""
+        with self._lock:
+            if not durable:
+                if self._failed and self._failed[-1][1] >= lo - 1:
+                    self._failed[-1] = (self._failed[-1][0], hi)
+                else:
+                    self._failed.append((lo, hi))
+                    del self._failed[:-256]  # a long outage merges into one range anyway
+            self._settled = max(self._settled, hi)
+            loop = self._loop if self._waiters else None
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop has closed: nobody is waiting any more
+                pass
+
+    def _wake(self) -> None:
+        ready = []
+        with self._lock:
+            while self._waiters and self._waiters[0][0] <= self._settled:
+                ready.append(heapq.heappop(self._waiters)[2])
+        for fut in ready:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _durable(self, first: int, last: int) -> bool:
+        with self._lock:
+            return not any(lo <= last and first <= hi for lo, hi in self._failed)
+
+    async def wait(self, first: int, last: int) -> bool:
+        """True once observations first..last are durable; False if one of them could not be
+        made durable, or they did not settle within `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] | None = None
+        with self._lock:
+            self._loop = loop
+            if self._settled < last:
+                fut = loop.create_future()
+                heapq.heappush(self._waiters, (last, next(self._order), fut))
+        if fut is not None:
+            try:
+                await asyncio.wait_for(fut, self.timeout_s)
+            except TimeoutError:
+                return False
+        return self._durable(first, last)
+
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+_UNAVAILABLE: Final = json.dumps({
+    "detail": "not stored: the gateway's write-ahead log cannot be written; retry later"}).encode()
+
+
+class DurableResponses:
+    """ASGI middleware around Agent Lightning's app: a 2xx answer to a request that changed
+    the store goes out only once what it changed is durable; 503 if that cannot be done.
+    Agent Lightning answers after it has recorded (it never streams), so holding back the
+    response start is enough."""
+
+    def __init__(self, app: Any, gate: DurabilityGate) -> None:
+        self.app = app
+        self.gate = gate
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ticket = _Ticket()
+        token = _REQUEST.set(ticket)
+        refused = False
+
+        async def send_when_durable(message: dict[str, Any]) -> None:
+            nonlocal refused
+            if refused:
+                return  # the app's body for an answer we replaced
+            if (message["type"] == "http.response.start" and ticket.last
+                    and 200 <= message["status"] < 300
+                    and not await self.gate.wait(ticket.first, ticket.last)):
+                refused = True
+                await send({"type": "http.response.start", "status": 503, "headers": [
+                    (b"content-type", b"application/json"), (b"retry-after", b"1"),
+                    (b"content-length", str(len(_UNAVAILABLE)).encode())]})
+                await send({"type": "http.response.body", "body": _UNAVAILABLE})
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_when_durable)
+        finally:
+            _REQUEST.reset(token)
+
+
 # --- the tap ------------------------------------------------------------------------------------
 
 @dataclass
@@ -158,6 +311,8 @@ class TapStats:
     deliveries: int = 0
     queue_max: int = 0
     lost: int = 0  # records a failing sink could not take
+    replayed: int = 0  # records replayed from the write-ahead log at start
+    not_durable: int = 0  # records the write-ahead log could not take (their requests got 503)
 
 
 def server_config(*, host: str, port: int, key: str | None) -> dict[str, Any]:
@@ -172,12 +327,22 @@ def server_config(*, host: str, port: int, key: str | None) -> dict[str, Any]:
     return cfg
 
 
+GetCursor = Callable[[str], str | None]
+
+
 class GatewayTap:
-    """Start/stop the gateway in a thread; normalised records go to `sink`."""
+    """Start/stop the gateway in a thread; normalised records go to `sink`.
+
+    With `wal_dir`, every acknowledged change is in a write-ahead log there first (see the
+    module docstring). Segments are dropped once `get_cursor` (the store's committed cursor;
+    `run` gets it from `collect`) shows them committed, or, without one, once `sink` returned.
+    """
 
     def __init__(self, sink: Sink, *, host: str = "127.0.0.1", port: int = 8080,
                  key: str | None = None, run_id: str = "", batch_interval_s: float = 0.05,
-                 batch_max: int = 20_000, log_level: str = "warning") -> None:
+                 batch_max: int = 20_000, log_level: str = "warning",
+                 wal_dir: str | os.PathLike[str] | None = None,
+                 get_cursor: GetCursor | None = None) -> None:
         self._sink = sink
         self.host = host
         self.port = port
@@ -186,6 +351,8 @@ class GatewayTap:
         self.batch_interval_s = batch_interval_s
         self.batch_max = batch_max
         self.log_level = log_level
+        self.wal_dir = Path(wal_dir) if wal_dir is not None else None
+        self._get_cursor = get_cursor
         self.stats = TapStats()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._contexts: dict[str, EventNormaliser] = {}
@@ -193,6 +360,9 @@ class GatewayTap:
         self._server_thread: threading.Thread | None = None
         self._drain_thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._wal: WriteAheadLog | None = None
+        self._gate: DurabilityGate | None = None
+        self._wal_failing = False
 
     @property
     def source(self) -> str:
@@ -206,7 +376,7 @@ class GatewayTap:
         import uvicorn
         from agentlightning.server.app import create_app
 
-        app = create_app(server_config(host=self.host, port=self.port, key=self._key))
+        app: Any = create_app(server_config(host=self.host, port=self.port, key=self._key))
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Accepted connections inherit this: without it, Nagle's algorithm and the client's
@@ -218,13 +388,19 @@ class GatewayTap:
             sock.close()
             raise RuntimeError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level=self.log_level, timeout_keep_alive=120,
-                                lifespan="on")
-        self._server = uvicorn.Server(config)
         try:
+            if self.wal_dir is not None:
+                self._open_wal()
+                self._gate = DurabilityGate()
+                app = DurableResponses(app, self._gate)
+            config = uvicorn.Config(app, log_level=self.log_level, timeout_keep_alive=120,
+                                    lifespan="on")
+            self._server = uvicorn.Server(config)
             _install(self._queue)
         except BaseException:
             sock.close()
+            if self._wal is not None:
+                self._wal.close()
             raise
         self._drain_thread = threading.Thread(target=self._drain, name="tw-gateway-drain",
                                               daemon=True)
@@ -249,6 +425,27 @@ class GatewayTap:
             time.sleep(0.01)
         log.info("gateway: listening", extra={"fields": {"url": self.url}})
 
+    def _open_wal(self) -> None:
+        """Open the log and replay what an earlier run left, before anything new arrives."""
+        assert self.wal_dir is not None
+        try:
+            self._wal = WriteAheadLog(self.wal_dir, source=self.source)
+        except OSError as exc:
+            raise RuntimeError(f"cannot use the write-ahead log folder {self.wal_dir}: "
+                               f"{exc.strerror or exc}") from None
+        try:
+            newest, n = self._wal.replay(self._sink)
+            if newest is not None:
+                self.stats.replayed = n
+                # The cursor commits after the replayed rows: then the segments can go.
+                self._sink(Records(cursor=(self.source, self._cursor_value(newest)),
+                                   stats=asdict(self.stats)))
+        except Exception as exc:
+            raise RuntimeError(f"cannot replay the write-ahead log {self.wal_dir} (kept for "
+                               f"the next start): {exc}") from None
+        if self._get_cursor is None:
+            self._trim(newest)
+
     def stop(self, timeout_s: float = 20.0) -> None:
         if self._server is not None:
             self._server.should_exit = True
@@ -263,17 +460,20 @@ class GatewayTap:
             self._queue.put(_STOP)
             self._drain_thread.join(timeout_s)
 
-    def run(self, sink: Sink, stop: threading.Event, get_cursor: Any = None) -> None:
+    def run(self, sink: Sink, stop: threading.Event, get_cursor: GetCursor | None = None) -> None:
         """As a `collect` source: serve until `stop` is set, then drain."""
         self._sink = sink
+        self._get_cursor = get_cursor or self._get_cursor
         self.start()
         try:
             while not stop.wait(0.5):
                 if self._error is not None or (self._server_thread is not None
                                                and not self._server_thread.is_alive()):
                     raise RuntimeError(f"gateway stopped: {self._error or 'server exited'}")
+                self._trim_committed()
         finally:
             self.stop()
+            self._trim_committed(wait_s=0.0 if self._error is not None else 10.0)
         if self._error is not None:  # the final drain failed to store something
             raise RuntimeError(f"gateway tap could not store every record: {self._error}")
 
@@ -283,6 +483,75 @@ class GatewayTap:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # --- the write-ahead log ------------------------------------------------------------------
+
+    def _cursor_value(self, segment: str | None) -> str:
+        value: dict[str, Any] = asdict(self.stats)
+        if segment is not None:
+            value["wal"] = segment  # every segment up to this one is in this commit
+        return json.dumps(value, sort_keys=True)
+
+    def _committed_segment(self) -> str | None:
+        if self._get_cursor is None:
+            return None
+        try:
+            value = json.loads(self._get_cursor(self.source) or "{}")
+        except Exception as exc:  # the store is busy or closing: try again later
+            log.debug("gateway: cannot read the committed cursor: %s", exc)
+            return None
+        wal = value.get("wal") if isinstance(value, dict) else None
+        return wal if isinstance(wal, str) else None
+
+    def _trim(self, segment: str | None) -> None:
+        if self._wal is not None and segment is not None:
+            self._wal.drop_through(segment)
+
+    def _trim_committed(self, wait_s: float = 0.0) -> None:
+        """Drop the segments the store has committed; with `wait_s`, wait (bounded) for the
+        last ones to commit (a clean stop leaves nothing to replay)."""
+        wal = self._wal
+        if wal is None or self._get_cursor is None:
+            return
+        deadline = time.monotonic() + wait_s
+        while True:
+            self._trim(self._committed_segment())
+            if not wal.undropped or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        if wait_s and wal.undropped:
+            log.warning("gateway: write-ahead log segments not yet committed; the next start "
+                        "replays them", extra={"fields": {"folder": str(wal.folder),
+                                                          "segments": wal.undropped}})
+
+    def _make_durable(self, out: Records, lo: int, hi: int) -> None:
+        """Append one drained group to the log, then release the requests that wait for it."""
+        if self._wal is None or self._gate is None:
+            return
+        try:
+            self._wal.append(out)
+        except Exception as exc:  # OSError (disk full...), or a bug: never acknowledge it
+            self.stats.not_durable += len(out)
+            if not self._wal_failing:  # one line per outage, not one per batch
+                self._wal_failing = True
+                log.error("gateway: cannot write the write-ahead log; answering 503 to "
+                          "requests whose events are not durable", extra={"fields": {
+                              "folder": str(self._wal.folder), "error": str(exc)}})
+            self._gate.settle(lo, hi, durable=False)
+            return
+        if self._wal_failing:
+            self._wal_failing = False
+            log.warning("gateway: the write-ahead log is writable again",
+                        extra={"fields": {"folder": str(self._wal.folder)}})
+        self._gate.settle(lo, hi, durable=True)
+
+    def _seal(self) -> str | None:
+        """Seal the log's open segment before a delivery; the newest sealed segment, which
+        the delivery's cursor names (everything in it is in this delivery or an earlier one)."""
+        if self._wal is None:
+            return None
+        self._wal.seal()
+        return self._wal.newest()
 
     # --- drain thread -------------------------------------------------------------------------
 
@@ -317,51 +586,95 @@ class GatewayTap:
         elif kind == "deleted":
             self._contexts.pop(item[1], None)
 
-    def _drain(self) -> None:
-        stopping = False
-        while not (stopping and self._queue.empty()):
+    def _handle_safely(self, item: tuple[Any, ...], out: Records) -> None:
+        """One odd object must not stop the tee: what cannot be normalised is quarantined,
+        named by its event (or rollout) id."""
+        try:
+            self._handle(item, out)
+        except Exception as exc:
+            if item[0] == "event":
+                _, rid, aid, position, event = item
+                where = event_id(rid, aid, str(getattr(event, "event_type", "?")), position)
+                raw = _raw(getattr(event, "data", None))
+            else:
+                where = f"rollout {getattr(item[1], 'rollout_id', item[1])}"
+                raw = _raw(repr(item[1]))
+            reason = f"{where}: cannot normalise: {type(exc).__name__}: {exc}"
+            out.quarantined.append(Quarantined(source=self.source, reason=reason, raw=raw,
+                                               ts=time.time()))
+            log.warning("gateway: record quarantined", extra={"fields": {"reason": reason}})
+
+    def _take(self, timeout: float, stopping: bool) -> tuple[list[tuple[int, Any]], bool]:
+        """Whatever the queue holds now (waiting up to `timeout` for the first), and whether
+        the stop marker was among it."""
+        taken: list[tuple[int, Any]] = []
+        stop = False
+        try:
+            entry = self._queue.get_nowait() if stopping else self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return taken, stop
+        while True:
+            if entry is _STOP:
+                stop = True
+            else:
+                taken.append(entry)
+            if len(taken) >= self.batch_max:
+                break
             try:
-                item: Any = self._queue.get_nowait() if stopping else self._queue.get(timeout=0.5)
+                entry = self._queue.get_nowait()
             except queue.Empty:
-                continue
-            out = Records()
-            deadline = time.monotonic() + self.batch_interval_s
-            n = 0
-            while True:
-                if item is _STOP:
-                    stopping = True
-                else:
-                    try:
-                        self._handle(item, out)
-                    except Exception as exc:  # one odd object must not stop the tee
-                        log.error("gateway: cannot normalise %s: %s", item[0], exc)
-                    n += 1
-                if n >= self.batch_max:
-                    break
-                remaining = deadline - time.monotonic()
-                try:
-                    item = (self._queue.get_nowait() if stopping or remaining <= 0
-                            else self._queue.get(timeout=remaining))
-                except queue.Empty:
-                    break
-            self.stats.queue_max = max(self.stats.queue_max, n)
-            if n:
-                self._deliver(out)
+                break
+        return taken, stop
+
+    def _drain(self) -> None:
+        # Each group taken from the queue is made durable at once (group commit: the longer
+        # a sync takes, the more the next group holds); records reach the sink every
+        # batch_interval_s, as one delivery, which seals the log's segment.
+        pending = Records()
+        pending_since: float | None = None
+        stopping = False
+        try:
+            while not (stopping and self._queue.empty() and pending_since is None):
+                wait = 0.5 if pending_since is None else max(
+                    0.0, pending_since + self.batch_interval_s - time.monotonic())
+                taken, saw_stop = self._take(wait, stopping)
+                stopping = stopping or saw_stop
+                if taken:
+                    out = Records()
+                    for _, item in taken:
+                        self._handle_safely(item, out)
+                    self._make_durable(out, taken[0][0], taken[-1][0])
+                    self.stats.queue_max = max(self.stats.queue_max, len(taken))
+                    if len(out):
+                        pending.extend(out)
+                        pending_since = pending_since or time.monotonic()
+                if pending_since is not None and (
+                        stopping or len(pending) >= self.batch_max
+                        or time.monotonic() - pending_since >= self.batch_interval_s):
+                    self._deliver(pending, self._seal())
+                    pending, pending_since = Records(), None
+        finally:
+            if self._wal is not None:
+                self._wal.close()
         log.info("gateway: tee drained", extra={"fields": asdict(self.stats)})
 
-    def _deliver(self, out: Records) -> None:
+    def _deliver(self, out: Records, segment: str | None) -> None:
         self.stats.decisions += len(out.decisions)
         self.stats.rewards += len(out.rewards)
         self.stats.quarantined += len(out.quarantined)
         self.stats.deliveries += 1
-        out.cursor = (self.source, json.dumps(asdict(self.stats), sort_keys=True))
+        out.cursor = (self.source, self._cursor_value(segment))
         out.stats = asdict(self.stats)
         try:
             self._sink(out)
         except Exception as exc:
             # Keep draining (the gateway must not block), but `run` stops the gateway: a tap
-            # that cannot store must not go on accepting events as if it could.
+            # that cannot store must not go on accepting events as if it could. What the log
+            # holds stays there for the next start.
             self.stats.lost += len(out)
             self._error = self._error or exc
             log.error("gateway: sink failed, records not stored",
                       extra={"fields": {"records": len(out), "error": str(exc)}})
+            return
+        if self._get_cursor is None:  # no store to ask: the sink is where records are kept
+            self._trim(segment)

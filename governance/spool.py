@@ -104,6 +104,7 @@ class SpoolWriter:
         self._final: Path | None = None
         self._opened = 0.0
         self._size = 0
+        self._dir_synced = False
         self._seq = 0
         self._closed = False
         self.segments_written = 0
@@ -168,6 +169,7 @@ class SpoolWriter:
             raise
         self._opened = time.monotonic()
         self._size = 0
+        self._dir_synced = False
 
     def _detach(self) -> tuple[IO[bytes], Path, Path] | None:
         """Take the open segment away from writers (call with `_lock` held). The rename lock
@@ -181,7 +183,7 @@ class SpoolWriter:
         self._rename_lock.acquire()
         return out
 
-    def _seal(self, f: IO[bytes], tmp: Path, final: Path) -> None:
+    def _seal(self, f: IO[bytes], tmp: Path, final: Path) -> Path:
         """Flush, fsync and rename one detached segment (outside `_lock`: writers go on)."""
         try:
             f.flush()
@@ -192,6 +194,7 @@ class SpoolWriter:
             if self.fsync:
                 self._fsync_dir()
             self.segments_written += 1
+            return final
         finally:
             self._rename_lock.release()
 
@@ -207,14 +210,42 @@ class SpoolWriter:
         finally:
             os.close(fd)
 
-    def rotate(self) -> None:
-        """Seal the open segment now (if any)."""
+    def rotate(self) -> Path | None:
+        """Seal the open segment now; returns its published path (None: nothing was open)."""
         with self._lock:
             detached = self._detach()
-        if detached is not None:
-            self._seal(*detached)
+        return self._seal(*detached) if detached is not None else None
 
     flush = rotate
+
+    def sync(self) -> None:
+        """Make the lines written so far durable without publishing the segment (a
+        write-ahead log's commit): one fdatasync, and the folder's fsync once per segment,
+        which makes its temporary name durable too. A crash then leaves them in the `.tmp`."""
+        with self._lock:
+            if self._file is None:
+                return
+            self._file.flush()
+            os.fdatasync(self._file.fileno())
+            if not self._dir_synced:
+                self._fsync_dir()
+                self._dir_synced = True
+
+    def abandon(self) -> Path | None:
+        """Stop writing the open segment and leave it unpublished, as a crash would (after a
+        failed write its tail is unknown); returns its temporary path, if one was open."""
+        with self._lock:
+            detached = self._detach()
+        if detached is None:
+            return None
+        f, tmp, _final = detached
+        try:
+            f.close()
+        except OSError:
+            pass  # the buffered tail cannot be written: that is why we abandon it
+        finally:
+            self._rename_lock.release()
+        return tmp
 
     def _age_loop(self) -> None:
         # Without writes a segment would stay hidden forever: age is also checked on a timer.

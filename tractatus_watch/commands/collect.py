@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -20,14 +19,12 @@ KeyFileOption = Annotated[Optional[Path], typer.Option(
     "--key-file", dir_okay=False,
     help="File holding the Agent Lightning key [default: $AGL_KEY]. Never pass the key itself "
          "as an argument: it would show in `ps`.")]
-RunOption = Annotated[Optional[str], typer.Option(
-    "--run", help="Run id for records that carry none [default: collect-<time>].")]
 # For commands that resume their run (collectors.runner.resume_run_id).
 ResumeRunOption = Annotated[Optional[str], typer.Option(
     # No square brackets: the help renderer would take them for markup and drop them.
     "--run", help="Run id for records that carry none. Default: the run these sources were "
                   "last collected into, stored with their cursors, so a restarted collect "
-                  "continues it; on a first start collect-<YYYYmmdd-HHMMSS>.")]
+                  "continues it; on a first start <command>-<YYYYmmdd-HHMMSS>.")]
 ServeOption = Annotated[Optional[str], typer.Option(
     "--serve", metavar="[HOST:]PORT",
     help="Serve the live database read-only over Quack, for `tractatus-watch open --remote "
@@ -100,7 +97,8 @@ def stop_when_writer_fails(writer: Any, stop: threading.Event,
 
 
 def collect_sources(agl: list[str], spool: list[Path], gateway: bool, host: str, port: int,
-                    key: str | None, writer_run: str = "") -> list[Any]:
+                    key: str | None, writer_run: str = "",
+                    gateway_wal: Path | None = None) -> list[Any]:
     from ..collectors.gateway_tap import GatewayTap
     from ..collectors.poller import Poller
     from ..collectors.spool import SpoolReader
@@ -110,7 +108,7 @@ def collect_sources(agl: list[str], spool: list[Path], gateway: bool, host: str,
     if gateway:
         # The sink is handed over by run_sources.
         sources.append(GatewayTap(lambda records: None, host=host, port=port, key=key,
-                                  run_id=writer_run))
+                                  run_id=writer_run, wal_dir=gateway_wal))
     return sources
 
 
@@ -214,6 +212,7 @@ def collect(
 
     With --serve, dashboards in other processes watch the database live
     (`open --remote quack:HOST:PORT --token-file <database>.quack-token`)."""
+    from ..collectors.gateway_wal import wal_folder
     from ..collectors.runner import adopt_run_id, resume_run_id, run_sources, setup_logging
     from ..governance.alerts.loop import AlertLoop
     from ..storage.writer import Writer
@@ -227,7 +226,8 @@ def collect(
     plan = serve_plan(serve, serve_public, token_file, target)
     setup_logging()
     with open_store(target, read_only=False) as store:
-        sources = collect_sources(agl or [], spool or [], gateway, host, port, key)
+        sources = collect_sources(agl or [], spool or [], gateway, host, port, key,
+                                  gateway_wal=wal_folder(target, host, port))
         run_id = resume_run_id(store, [s.source for s in sources], run, "collect")
         adopt_run_id(sources, run_id)
         writer = Writer(store, flush_interval_s=_flush_interval(store))
@@ -257,23 +257,27 @@ def gateway_command(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
     key_file: KeyFileOption = None,
-    run: RunOption = None,
+    run: ResumeRunOption = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Run the real Agent Lightning gateway and capture every event it records (zero loss).
 
     Trainers, controllers and agents use it exactly as `agl-server`."""
     from ..collectors.gateway_tap import GatewayTap
-    from ..collectors.runner import run_sources, setup_logging
+    from ..collectors.gateway_wal import wal_folder
+    from ..collectors.runner import adopt_run_id, resume_run_id, run_sources, setup_logging
     from ..storage.writer import Writer
 
     key = _key(key_file)
-    run_id = run or f"gateway-{time.strftime('%Y%m%d-%H%M%S')}"
+    target = resolve_store(db, data_path)
     setup_logging()
-    with open_store(db, data_path, read_only=False) as store:
+    with open_store(target, read_only=False) as store:
+        tap = GatewayTap(lambda records: None, host=host, port=port, key=key,
+                         wal_dir=wal_folder(target, host, port))
+        run_id = resume_run_id(store, [tap.source], run, "gateway")
+        adopt_run_id([tap], run_id)
         writer = Writer(store, flush_interval_s=_flush_interval(store))
         try:
-            tap = GatewayTap(lambda records: None, host=host, port=port, key=key, run_id=run_id)
             stop = threading.Event()
             stop_when_writer_fails(writer, stop)
             result = run_sources([tap], writer, run_id=run_id, stop=stop,

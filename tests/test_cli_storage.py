@@ -103,7 +103,7 @@ def test_export_since_filters_by_time(db: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["query", "SELEC 1"], "error: query failed: Parser Error"),
-    (["query", "SELECT * FROM nope"], "error: query failed: Catalog Error"),
+    (["query", "SELECT * FROM nope"], "error: query refused: 'nope' is not a stored table"),
     (["export", "--table", "nope", "--out", "x.csv"], "error: no table 'nope'"),
     (["export", "--table", "runs", "--since", "yesterday", "--out", "x.csv"], "error: --since"),
 ])

@@ -205,6 +205,10 @@ class _Watchdog:
         with self._lock:
             self._running.pop(id(run), None)
 
+    def count(self) -> int:
+        with self._lock:
+            return len(self._running)
+
     def stop_all(self, reason: str) -> None:
         with self._lock:
             running = list(self._running.values())
@@ -402,6 +406,10 @@ class Server:
     _con: duckdb.DuckDBPyConnection | None = field(default=None, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
+    def queries_running(self) -> int:
+        """How many client queries are being computed here right now."""
+        return self._guard.watchdog.count() if self._guard is not None else 0
+
     def stop(self) -> None:
         if self._stopped:
             return
@@ -457,12 +465,13 @@ def _remove_function(cur: duckdb.DuckDBPyConnection, name: str) -> None:
         pass  # never registered (serve failed before)
 
 
-def _load_missing(cur: duckdb.DuckDBPyConnection, *names: str) -> None:
-    """Load the extensions not loaded yet: once the instance is sealed (an earlier server),
-    installing from the package's files is refused, and not needed."""
-    loaded = {r[0] for r in cur.execute(
-        "SELECT extension_name FROM duckdb_extensions() WHERE loaded").fetchall()}
-    extensions.load(cur, *(n for n in names if n not in loaded))
+def _load(cur: duckdb.DuckDBPyConnection, *names: str) -> None:
+    """Load the extensions, unless an earlier server sealed the instance (then they are
+    loaded, and installing from the package's files would be refused)."""
+    sealed = cur.execute("SELECT current_setting('enable_external_access')").fetchall()
+    if sealed and sealed[0][0] is False:
+        return
+    extensions.load(cur, *names)
 
 
 def serve(store: Store, host: str, port: int, token: str, *, public: bool = False,
@@ -481,7 +490,7 @@ def serve(store: Store, host: str, port: int, token: str, *, public: bool = Fals
     cur = store.cursor()
     guard: _Guard | None = None
     try:
-        _load_missing(cur, "quack", "httpfs")  # without httpfs clients get HTTP 500
+        _load(cur, "quack", "httpfs")  # without httpfs clients get HTTP 500
         # READ_ONLY false: a store opened read-only opens everything read-only by default.
         cur.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {_GUARD_CATALOG} (READ_ONLY false)")
         guard = _Guard(store, port, timeout_s, max_rows)

@@ -61,8 +61,9 @@ _PLAIN_OPERATORS: Final = frozenset({"OPERATOR_NOT", "OPERATOR_IS_NULL", "OPERAT
 class ReadOnlyError(StoreError):
     """A query the read-only rule refuses; the message names what was refused."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, statement: str = "SELECT") -> None:
         super().__init__(f"query refused: {what} ({RULE})")
+        self.statement = statement  # the statement type refused, e.g. "INSERT"
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,13 @@ def check(sql: str, relations: Relations) -> Verdict:
             raise ReadOnlyError(f"{len(statements)} statements" if statements
                                 else "no statement")
         statement = statements[0]
-        keyword = first_keyword(statement.query)
+        # The text as given: DuckDB hands some statements back rewritten (PRAGMA x as a
+        # SELECT from pragma_x).
+        keyword = first_keyword(sql)
         if statement.type != duckdb.StatementType.SELECT:
             name = statement.type.name if keyword in READ_KEYWORDS else keyword.upper()
-            raise ReadOnlyError(f"{name or statement.type.name} is not allowed")
+            raise ReadOnlyError(f"{name or statement.type.name} is not allowed",
+                                statement.type.name)
         if keyword not in READ_KEYWORDS and keyword != "":
             raise ReadOnlyError(f"{keyword.upper()} is not allowed")
         text = cur.execute("SELECT json_serialize_sql(?::VARCHAR)", [statement.query]).fetchall()

@@ -166,6 +166,7 @@ class _Running:
     """A query we run for a client, and why it was stopped (None while it may go on)."""
 
     cursor: duckdb.DuckDBPyConnection
+    sql: str
     started: float
     deadline: float
     reason: str | None = None
@@ -194,9 +195,9 @@ class _Watchdog:
     def start(self) -> None:
         self._thread.start()
 
-    def begin(self, cursor: duckdb.DuckDBPyConnection) -> _Running:
+    def begin(self, cursor: duckdb.DuckDBPyConnection, sql: str) -> _Running:
         now = time.monotonic()
-        run = _Running(cursor, now, now + self._timeout_s)
+        run = _Running(cursor, sql, now, now + self._timeout_s)
         with self._lock:
             self._running[id(run)] = run
         return run
@@ -205,9 +206,9 @@ class _Watchdog:
         with self._lock:
             self._running.pop(id(run), None)
 
-    def count(self) -> int:
+    def running(self) -> list[str]:
         with self._lock:
-            return len(self._running)
+            return [run.sql for run in self._running.values()]
 
     def stop_all(self, reason: str) -> None:
         with self._lock:
@@ -313,8 +314,9 @@ class _Results:
 
 class _Guard:
     """The authorization function Quack calls before every query: (connection id, SQL) ->
-    the SQL the server runs instead (see the module docstring). Called from Quack's threads,
-    several at once; it never raises (Quack would answer "Authorization failed")."""
+    the SQL the server runs instead (see the module docstring), or NULL to refuse with
+    Quack's own "Authorization failed". Called from Quack's threads, several at once; it
+    never raises."""
 
     def __init__(self, store: Store, port: int, timeout_s: float, max_rows: int) -> None:
         self.name = f"tw_quack_authorize_{next(_names)}"
@@ -328,11 +330,17 @@ class _Guard:
         self.results = _Results(store)
         self.watchdog = _Watchdog(port, timeout_s, self.results)
 
-    def authorize(self, connection_id: str, sql: str) -> str:
+    def authorize(self, connection_id: str, sql: str) -> str | None:
         try:
             verdict = readonly.check(sql, self._relations)
-        except (readonly.ReadOnlyError, duckdb.Error) as exc:
-            return _refusal(str(exc) if isinstance(exc, StoreError) else _first_line(exc))
+        except readonly.ReadOnlyError as exc:
+            if exc.statement == "INSERT":
+                # Quack also asks before appending rows a client sends (as the text `INSERT
+                # INTO t VALUES (NULL)`), and there it only heeds false or NULL, not SQL.
+                return None
+            return _refusal(str(exc))
+        except duckdb.Error as exc:
+            return _refusal(_first_line(exc))
         try:
             self.results.release(connection_id)
             if verdict.plain_scan:
@@ -344,7 +352,7 @@ class _Guard:
     def _computed(self, connection_id: str, sql: str) -> str:
         """Run `sql` here under the watchdog; the SQL that reads its result back in order."""
         cur = self._store.cursor()
-        run = self.watchdog.begin(cur)
+        run = self.watchdog.begin(cur, sql)
         table: str | None = None
         try:
             rel = cur.sql(sql)
@@ -406,9 +414,9 @@ class Server:
     _con: duckdb.DuckDBPyConnection | None = field(default=None, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
-    def queries_running(self) -> int:
-        """How many client queries are being computed here right now."""
-        return self._guard.watchdog.count() if self._guard is not None else 0
+    def queries_running(self) -> list[str]:
+        """The SQL of the client queries being computed here right now."""
+        return self._guard.watchdog.running() if self._guard is not None else []
 
     def stop(self) -> None:
         if self._stopped:

@@ -106,6 +106,15 @@ def _parser_cursor() -> duckdb.DuckDBPyConnection:
         return _parser.cursor()
 
 
+def statement_types(sql: str) -> list[str]:
+    """The type of each statement DuckDB parses from `sql` (e.g. ["SELECT"])."""
+    cur = _parser_cursor()
+    try:
+        return [s.type.name for s in cur.extract_statements(sql)]
+    finally:
+        cur.close()
+
+
 def check(sql: str, relations: Relations) -> Verdict:
     """The verdict on `sql`, or ReadOnlyError naming what is refused. A text DuckDB cannot
     parse raises duckdb.ParserException, as running it would."""
@@ -125,7 +134,9 @@ def check(sql: str, relations: Relations) -> Verdict:
                                 statement.type.name)
         if keyword not in READ_KEYWORDS and keyword != "":
             raise ReadOnlyError(f"{keyword.upper()} is not allowed")
-        text = cur.execute("SELECT json_serialize_sql(?::VARCHAR)", [statement.query]).fetchall()
+        # Inlined, not a parameter: converting Python parameters costs failed imports.
+        literal = "'" + statement.query.replace("'", "''") + "'"
+        text = cur.execute(f"SELECT json_serialize_sql({literal})").fetchall()
     finally:
         cur.close()
     tree = json.loads(text[0][0])

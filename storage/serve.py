@@ -42,7 +42,6 @@ from typing import Final
 
 import duckdb
 import psutil
-import pyarrow as pa
 
 from . import extensions, readonly
 from .errors import StoreError
@@ -62,12 +61,13 @@ MAX_RESULT_ROWS: Final = 200_000
 # queries on (a TEMP table is not) and never stored in the user's file.
 _GUARD_CATALOG = "tw_quack_guard"
 _ORDER = "__tw_o"  # the row number of a computed result: read back in the order it came
-_BATCH_ROWS = 50_000
 _TICK_S = 0.1  # how often the watchdog looks at deadlines and sockets
 # A server socket its client closed while the server is busy on it stays in CLOSE_WAIT; an
 # idle one the server reads is closed within milliseconds.
 _DEAD_SOCKET_S = 0.3
-_RESULT_TTL_S = 120.0  # a result nobody released (its client vanished) is dropped after this
+_WATCH_SOCKETS_AFTER_S = 0.5
+# A result nobody released (its client vanished) is dropped after this (or twice the timeout).
+_RESULT_TTL_S = 120.0
 _names = itertools.count(1)
 
 
@@ -174,8 +174,11 @@ class _Running:
     def stop(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
-        # Again on every tick: an interrupt that arrives before DuckDB starts executing is lost.
-        self.cursor.interrupt()
+        try:
+            # Again on every tick: an interrupt that comes before DuckDB executes is lost.
+            self.cursor.interrupt()
+        except duckdb.Error:
+            pass  # the query ended and its cursor closed meanwhile
 
 
 class _Watchdog:
@@ -186,6 +189,8 @@ class _Watchdog:
         self._port = port
         self._timeout_s = timeout_s
         self._results = results
+        # Never drop a result its query may still be writing or the server be about to read.
+        self._ttl_s = max(_RESULT_TTL_S, 2 * timeout_s)
         self._lock = threading.Lock()
         self._running: dict[int, _Running] = {}
         self._closed_seen: dict[tuple[object, object], float] = {}
@@ -222,26 +227,41 @@ class _Watchdog:
             self._thread.join(timeout=5)
 
     def _loop(self) -> None:
-        next_sweep = time.monotonic() + _RESULT_TTL_S / 4
+        next_sweep = time.monotonic() + self._ttl_s / 4
         while not self._halt.wait(_TICK_S):
-            now = time.monotonic()
-            with self._lock:
-                running = list(self._running.values())
-            if running:
-                gone = self._client_gone_since(now)
-                for run in running:
-                    if now >= run.deadline:
-                        run.stop(f"query stopped after {self._timeout_s:g} s (the collector's "
-                                 "--serve-timeout)")
-                    elif gone is not None and run.started <= gone + _TICK_S:
-                        run.stop("query stopped: its client disconnected")
-                    elif run.reason is not None:
-                        run.stop(run.reason)
-            else:
-                self._closed_seen.clear()
-            if now >= next_sweep:
-                next_sweep = now + _RESULT_TTL_S / 4
-                self._results.sweep(_RESULT_TTL_S)
+            try:
+                next_sweep = self._tick(next_sweep)
+            except Exception as exc:  # noqa: BLE001 - a watchdog that dies enforces nothing
+                log.warning("the Quack query watchdog failed a round",
+                            extra={"fields": {"error": _first_line(exc)}})
+
+    def _tick(self, next_sweep: float) -> float:
+        """One look at the running queries and the result tables; the next sweep's time."""
+        now = time.monotonic()
+        with self._lock:
+            running = list(self._running.values())
+        # Only a query that has run a while is worth the socket scan (milliseconds, holding
+        # the GIL): the others end before a vanished client would matter.
+        if any(now - run.started >= _WATCH_SOCKETS_AFTER_S for run in running):
+            gone = self._client_gone_since(now)
+        else:
+            gone = None
+        if running:
+            for run in running:
+                if now >= run.deadline:
+                    run.stop(f"query stopped after {self._timeout_s:g} s (the collector's "
+                             "--serve-timeout)")
+                elif gone is not None and run.started <= gone + _TICK_S:
+                    run.stop("query stopped: its client disconnected")
+                elif run.reason is not None:
+                    run.stop(run.reason)
+        else:
+            self._closed_seen.clear()
+        self._results.drop_released()
+        if now >= next_sweep:
+            next_sweep = now + self._ttl_s / 4
+            self._results.sweep(self._ttl_s)
+        return next_sweep
 
     def _client_gone_since(self, now: float) -> float | None:
         """When the first server socket still in CLOSE_WAIT after _DEAD_SOCKET_S was seen so:
@@ -266,20 +286,29 @@ class _Results:
         self._store = store
         self._lock = threading.Lock()
         self._tables: dict[str, tuple[str, float]] = {}  # name -> (connection id, created)
+        self._released: list[str] = []
 
-    def create(self, connection_id: str, types: list[str]) -> str:
+    def create_name(self, connection_id: str) -> str:
+        """A new result table's name, registered before the table exists (so a failed or
+        interrupted CREATE is dropped like any other)."""
         name = f"{_GUARD_CATALOG}.main.r{next(_names)}"
-        columns = ", ".join([f"{_ORDER} BIGINT"] + [f"c{i} {t}" for i, t in enumerate(types)])
-        self._execute(f"CREATE TABLE {name} ({columns})")
         with self._lock:
             self._tables[name] = (connection_id, time.monotonic())
         return name
 
     def release(self, connection_id: str) -> None:
-        """Drop the earlier results of a connection: it asks for a new one, so it is done
-        with them (Quack runs one query at a time per connection)."""
+        """Mark the earlier results of a connection for dropping: it asks for a new one, so
+        it is done with them (Quack runs one query at a time per connection). The watchdog
+        drops them, off the query's path."""
         with self._lock:
-            names = [n for n, (cid, _) in self._tables.items() if cid == connection_id]
+            for name, (cid, _) in list(self._tables.items()):
+                if cid == connection_id:
+                    del self._tables[name]
+                    self._released.append(name)
+
+    def drop_released(self) -> None:
+        with self._lock:
+            names, self._released = self._released, []
         self.drop(names)
 
     def sweep(self, ttl_s: float) -> None:
@@ -290,7 +319,8 @@ class _Results:
 
     def drop_all(self) -> None:
         with self._lock:
-            names = list(self._tables)
+            names = list(self._tables) + self._released
+            self._released = []
         self.drop(names)
 
     def drop(self, names: list[str]) -> None:
@@ -350,48 +380,41 @@ class _Guard:
             return _refusal(f"query failed on the collector: {_first_line(exc)}")
 
     def _computed(self, connection_id: str, sql: str) -> str:
-        """Run `sql` here under the watchdog; the SQL that reads its result back in order."""
+        """Run `sql` here under the watchdog into a result table; the SQL that reads it back.
+
+        One statement, in DuckDB alone: `row_number() OVER ()` numbers the rows in the order
+        the query yields them (a streaming window keeps its input's order, ORDER BY included,
+        whatever preserve_insertion_order says), and the LIMIT bounds what is kept."""
         cur = self._store.cursor()
+        cur.execute("SET enable_progress_bar = false")  # never on the collector's terminal
         run = self.watchdog.begin(cur, sql)
         table: str | None = None
         try:
             rel = cur.sql(sql)
             if rel is None:
                 return _refusal("the query returns no rows")
-            table = self.results.create(connection_id, [str(t) for t in rel.types])
-            self._fill(rel.to_arrow_reader(_BATCH_ROWS), table, run)
-            columns = ", ".join(f"c{i} AS {_ident(name)}" for i, name in enumerate(rel.columns))
+            names = rel.columns
+            table = self.results.create_name(connection_id)
+            positions = ", ".join(f"c{i}" for i in range(len(names)))
+            # On lines of its own: a trailing `-- comment` in the query ends with its line.
+            ctas = (f"CREATE TABLE {table} AS SELECT row_number() OVER () AS {_ORDER}, * "
+                    f"FROM (\n{sql}\n) AS q({positions}) LIMIT {self._max_rows + 1}")
+            if readonly.statement_types(ctas) != ["CREATE"]:
+                return _refusal("the query cannot be computed on the collector")
+            rows = cur.execute(ctas).fetchall()[0][0]
+            if rows > self._max_rows:
+                raise _Stopped(
+                    f"the result has more than {self._max_rows:,} rows: add a LIMIT (a plain "
+                    "SELECT of one table's columns streams without this bound)")
+            columns = ", ".join(f"c{i} AS {_ident(name)}" for i, name in enumerate(names))
             return f"SELECT {columns} FROM {table} ORDER BY {_ORDER}"
-        except (duckdb.Error, pa.ArrowException, _Stopped) as exc:
+        except (duckdb.Error, _Stopped) as exc:
             if table is not None:
                 self.results.drop([table])
-            return _refusal(run.reason or _first_line(exc))
+            return _refusal(run.reason or (str(exc) if isinstance(exc, _Stopped)
+                                           else _first_line(exc)))
         finally:
             self.watchdog.end(run)
-            cur.close()
-
-    def _fill(self, reader: pa.RecordBatchReader, table: str, run: _Running) -> None:
-        cur = self._store.cursor()
-        try:
-            rows = 0
-            for batch in reader:
-                if run.reason is not None:
-                    raise _Stopped(run.reason)
-                if rows + batch.num_rows > self._max_rows:
-                    raise _Stopped(
-                        f"the result has more than {self._max_rows:,} rows: add a LIMIT (a "
-                        "plain SELECT of one table's columns streams without this bound)")
-                order = pa.array(range(rows, rows + batch.num_rows), pa.int64())
-                staged = pa.Table.from_arrays(  # noqa: F841 - read by the INSERT below
-                    [order, *batch.columns],
-                    names=[_ORDER, *(f"c{i}" for i in range(batch.num_columns))])
-                cur.register("tw_staged", staged)
-                try:
-                    cur.execute(f"INSERT INTO {table} SELECT * FROM tw_staged")
-                finally:
-                    cur.unregister("tw_staged")
-                rows += batch.num_rows
-        finally:
             cur.close()
 
     def close(self) -> None:

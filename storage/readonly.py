@@ -68,18 +68,23 @@ class ReadOnlyError(StoreError):
 
 @dataclass(frozen=True)
 class Relations:
-    """What a query may read: the stored tables of one catalog (lower-cased names)."""
+    """What a query may read: the stored tables and views of one catalog (lower-cased
+    names); `base_tables` are the tables among them (a view may cost anything to scan)."""
 
     catalog: str
     tables: frozenset[str]
+    base_tables: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, con: duckdb.DuckDBPyConnection) -> Relations:
         rows = con.execute(
-            "SELECT current_database(), list(lower(table_name)) FROM information_schema.tables "
+            "SELECT current_database(), list(lower(table_name)), "
+            "list(lower(table_name)) FILTER (table_type = 'BASE TABLE') "
+            "FROM information_schema.tables "
             "WHERE table_catalog = current_database() AND table_schema = 'main'").fetchall()
-        catalog, names = rows[0]
-        return cls(catalog=str(catalog).lower(), tables=frozenset(names or []))
+        catalog, names, base = rows[0]
+        return cls(catalog=str(catalog).lower(), tables=frozenset(names or []),
+                   base_tables=frozenset(base or []))
 
 
 @dataclass(frozen=True)
@@ -250,7 +255,7 @@ def _is_plain_scan(node: dict[str, Any], relations: Relations) -> bool:
     source = node.get("from_table") or {}
     if source.get("type") != "BASE_TABLE" or source.get("sample") or source.get("at_clause") \
             or str(source.get("schema_name") or "").lower() not in ("", "main") \
-            or str(source.get("table_name") or "").lower() not in relations.tables:
+            or str(source.get("table_name") or "").lower() not in relations.base_tables:
         return False
     if node.get("group_expressions") or node.get("group_sets") or node.get("having") \
             or node.get("qualify") or node.get("sample"):

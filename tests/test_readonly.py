@@ -51,6 +51,11 @@ ATTEMPTS: list[tuple[str, str]] = [
     # A recursive CTE names itself only in its recursive part: the anchor would read the file.
     ('WITH RECURSIVE "/etc/passwd" AS (FROM "/etc/passwd" UNION ALL FROM "/etc/passwd") '
      'FROM "/etc/passwd"', "'/etc/passwd' is not a stored table"),
+    # A CTE is not visible before it is defined, nor outside its own query.
+    ('WITH a AS (FROM "/etc/passwd"), "/etc/passwd" AS (SELECT 1) FROM a',
+     "'/etc/passwd' is not a stored table"),
+    ('SELECT * FROM (WITH "/etc/passwd" AS (SELECT 1) SELECT 2), "/etc/passwd"',
+     "'/etc/passwd' is not a stored table"),
     ("SELECT (SELECT count(*) FROM '/etc/passwd') AS n", "'/etc/passwd' is not a stored table"),
     ("DESCRIBE '/etc/passwd'", "'/etc/passwd' is not a stored table"),
     ("SELECT * FROM read_text('/etc/hostname')", "table function read_text is not allowed"),

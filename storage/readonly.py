@@ -139,8 +139,9 @@ def check(sql: str, relations: Relations) -> Verdict:
                                 statement.type.name)
         if keyword not in READ_KEYWORDS and keyword != "":
             raise ReadOnlyError(f"{keyword.upper()} is not allowed")
-        # Inlined, not a parameter: converting Python parameters costs failed imports.
-        literal = "'" + statement.query.replace("'", "''") + "'"
+        # The tree of the text that will run, not of DuckDB's rendering of it. Inlined, not
+        # a parameter: converting Python parameters costs failed imports.
+        literal = "'" + sql.replace("'", "''") + "'"
         text = cur.execute(f"SELECT json_serialize_sql({literal})").fetchall()
     finally:
         cur.close()

@@ -43,14 +43,19 @@ def _skip_space_and_comments(sql: str, i: int) -> int:
     return i
 
 
+def first_keyword(sql: str) -> str:
+    """The first word of `sql` (lower-cased), past spaces, comments and opening parentheses;
+    "" if it starts with anything else."""
+    i = _skip_space_and_comments(sql, 0)
+    start = i
+    while i < len(sql) and (sql[i].isalpha() or sql[i] == "_"):
+        i += 1
+    return sql[start:i].lower()
+
+
 def is_read_query(sql: str) -> bool:
     """Whether `sql` starts like a query that only reads (its first keyword)."""
-    i = _skip_space_and_comments(sql, 0)
-    word = ""
-    while i < len(sql) and (sql[i].isalpha() or sql[i] == "_"):
-        word += sql[i]
-        i += 1
-    return word.lower() in _READ_KEYWORDS
+    return first_keyword(sql) in _READ_KEYWORDS
 
 
 def placeholders(sql: str) -> list[int]:

@@ -103,7 +103,7 @@ def test_export_since_filters_by_time(db: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["query", "SELEC 1"], "error: query failed: Parser Error"),
-    (["query", "SELECT * FROM nope"], "error: query failed: Catalog Error"),
+    (["query", "SELECT * FROM nope"], "error: query refused: 'nope' is not a stored table"),
     (["export", "--table", "nope", "--out", "x.csv"], "error: no table 'nope'"),
     (["export", "--table", "runs", "--since", "yesterday", "--out", "x.csv"], "error: --since"),
 ])
@@ -135,3 +135,72 @@ def test_locked_database_names_file_and_holder(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def _sys_or_readonly(tmp_path: Path) -> Path:
+    """A folder nobody can create files in: a 0500 folder, or (root ignores modes) sysfs."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder
+
+
+def test_export_and_query_files_are_0600_whatever_the_umask(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    old = os.umask(0)  # inherited by the subprocesses: files would come out 0666
+    try:
+        runs = [tw("export", "--table", "runs", "--format", fmt, "--out",
+                   str(out / f"runs.{fmt}"), db=db) for fmt in ("parquet", "csv", "ndjson")]
+        runs += [tw("query", "SELECT * FROM runs", "--format", fmt, "--out",
+                    str(out / f"q.{fmt}"), db=db) for fmt in ("csv", "json", "parquet")]
+        stale = out / "runs.csv"
+        stale.chmod(0o644)  # --force replaces it: the new file is 0600 too
+        runs.append(tw("export", "--table", "decisions", "--format", "csv", "--force",
+                       "--out", str(stale), db=db))
+    finally:
+        os.umask(old)
+    assert [r.returncode for r in runs] == [0] * 7, [r.stderr for r in runs]
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}
+    assert modes == {name: "0o600" for name in ("runs.parquet", "runs.csv", "runs.ndjson",
+                                                "q.csv", "q.json", "q.parquet")}
+    assert pl.read_csv(stale).height == 4_000  # replaced: the decisions of both runs
+
+
+def test_export_destination_errors_are_one_line_and_leave_nothing(db: Path,
+                                                                  tmp_path: Path) -> None:
+    existing = tmp_path / "existing.csv"
+    existing.write_text("keep me\n")
+    locked = _sys_or_readonly(tmp_path)
+    cases = [
+        (existing, f"error: {existing} exists; pass --force to overwrite it"),
+        (tmp_path, f"error: {tmp_path} is a folder: give the name of a file to write"),
+        (tmp_path / "missing" / "x.csv",
+         f"error: cannot write {tmp_path}/missing/x.csv: no folder {tmp_path}/missing"),
+        (existing / "x.csv", f"error: cannot write {existing}/x.csv: {existing} is not a folder"),
+        (locked / "x.csv", f"error: cannot write {locked}/x.csv: Permission denied"),
+    ]
+    for out, message in cases:
+        for args in (("export", "--table", "runs", "--format", "csv"),
+                     ("query", "SELECT * FROM runs", "--format", "csv")):
+            result = tw(*args, "--out", str(out), db=db)
+            assert result.returncode == 2, (args, out, result.stderr)
+            assert result.stderr.startswith(message), (args, result.stderr)
+            assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert existing.read_text() == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.csv"] + (
+        [] if locked == Path("/sys") else ["locked"])
+    assert not list(locked.glob("*x.csv*"))
+
+
+def test_a_failed_write_leaves_no_file(tmp_path: Path) -> None:
+    from tractatus_watch.storage.export import atomic_file
+
+    out = tmp_path / "x.parquet"
+    with pytest.raises(RuntimeError):
+        with atomic_file(out, force=False) as fh:
+            fh.write(b"half a file")
+            raise RuntimeError("the export broke off")
+    assert list(tmp_path.iterdir()) == []

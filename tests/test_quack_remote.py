@@ -192,6 +192,12 @@ def test_serve_refuses_what_it_should(tmp_path: Path) -> None:
             (("9555", False, short), "at least 16 characters")):
         with pytest.raises((CliError, StoreError), match=says):
             serve_plan(*args, file_store)
+    for serve, timeout in (("9555", 0.0), ("9555", -1.0), ("9555", float("nan")),
+                           ("9555", 1e9), (None, 5.0)):
+        with pytest.raises(CliError, match="--serve-timeout"):
+            serve_plan(serve, False, None, file_store, timeout_s=timeout)
+    timed = serve_plan("9555", False, None, file_store, timeout_s=2.5)
+    assert timed is not None and timed.timeout_s == 2.5
     plan = serve_plan("[::1]:9555", False, None, file_store)
     assert plan is not None and (plan.host, plan.port, plan.token) == ("::1", 9555, None)
     plan = serve_plan("0.0.0.0:9555", True, None, file_store)
@@ -226,14 +232,20 @@ def test_the_server_answers_reads_only(tmp_path: Path) -> None:
                                             "autoload_known_extensions": False})
             extensions.load(client, "quack", "httpfs")
             client.execute(f"ATTACH '{server.uri}' AS r (TOKEN 'guard-token-0123456789')")
-            for sql in ("DELETE FROM decisions", "CREATE TABLE x (i INT)",
-                        "SELECT * FROM read_text('/etc/hostname')",
-                        "SELECT * FROM 'elsewhere.csv'", f"CALL quack_stop('{server.uri}')",
-                        "SELECT 1; DROP TABLE runs"):
-                with pytest.raises(duckdb.Error, match="Authorization failed"):
+            for sql, what in (("DELETE FROM decisions", "DELETE is not allowed"),
+                              ("CREATE TABLE x (i INT)", "CREATE is not allowed"),
+                              ("SELECT * FROM read_text('/etc/hostname')",
+                               "table function read_text is not allowed"),
+                              ("SELECT * FROM 'elsewhere.csv'",
+                               "'elsewhere.csv' is not a stored table"),
+                              (f"CALL quack_stop('{server.uri}')", "CALL is not allowed"),
+                              ("SELECT 1; DROP TABLE runs", "2 statements")):
+                with pytest.raises(duckdb.Error, match=f"query refused: {what}"):
                     client.execute("FROM r.query(?)", [sql]).fetchall()
-            with pytest.raises(duckdb.Error):
-                client.execute("INSERT INTO r.runs SELECT * FROM r.runs")
+            # Rows a client appends are refused too (Quack says only "Authorization failed").
+            with pytest.raises(duckdb.Error, match="Authorization failed"):
+                client.execute("INSERT INTO r.runs VALUES ('x', NULL, TIMESTAMP '2026-01-01', "
+                               "NULL, NULL)")
             client.close()
             assert local.execute("SELECT count(*) FROM decisions").fetchall() == [(2_000,)]
             assert local.execute("SELECT count(*) FROM runs").fetchall() == [(1,)]

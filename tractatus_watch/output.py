@@ -66,9 +66,12 @@ def flat(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def emit_frame(df: pl.DataFrame, fmt: str, out: Path | None, force: bool = False) -> None:
-    """Print or write a result in table, csv, json or parquet form."""
-    if out is not None and out.exists() and not force:
-        raise CliError(f"{out} exists; pass --force to overwrite it")
+    """Print or write a result in table, csv, json or parquet form; a file is written 0600
+    and atomically (storage/export.atomic_file)."""
+    from .storage.export import atomic_file, check_destination
+
+    if out is not None:
+        check_destination(out, force=force)
     if fmt == "table":
         if out is not None:
             raise CliError("--format table prints to the terminal; use csv, json or parquet "
@@ -81,7 +84,8 @@ def emit_frame(df: pl.DataFrame, fmt: str, out: Path | None, force: bool = False
     if fmt == "parquet":
         if out is None:
             raise CliError("--format parquet needs --out FILE")
-        df.write_parquet(out, compression="zstd")
+        with atomic_file(out, force=force) as fh:
+            df.write_parquet(fh, compression="zstd")
         return
     if fmt == "csv":
         buf = io.StringIO()
@@ -94,4 +98,5 @@ def emit_frame(df: pl.DataFrame, fmt: str, out: Path | None, force: bool = False
     if out is None:
         sys.stdout.write(text)
     else:
-        out.write_text(text)
+        with atomic_file(out, force=force) as fh:
+            fh.write(text.encode("utf-8"))

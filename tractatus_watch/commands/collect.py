@@ -34,6 +34,10 @@ ServeTokenFileOption = Annotated[Optional[Path], typer.Option(
     "--token-file", dir_okay=False, metavar="FILE",
     help="With --serve: the token viewers must present, the first line of FILE (at least 16 "
          "characters); without it a new one is written to <database>.quack-token.")]
+ServeTimeoutOption = Annotated[Optional[float], typer.Option(
+    "--serve-timeout", metavar="SECONDS",
+    help="With --serve: stop a viewer's query that runs longer than this on the collector "
+         "(default 30).")]
 ServePublicOption = Annotated[bool, typer.Option(
     "--serve-public", help="Allow --serve on an address other than loopback. Quack speaks "
                            "plain HTTP: put a TLS reverse proxy in front.")]
@@ -120,23 +124,29 @@ class ServePlan:
     port: int
     public: bool
     token: str | None  # None: generate one into the token file
+    timeout_s: float = 30.0  # storage.serve.DEFAULT_TIMEOUT_S
 
 
 def serve_plan(serve: str | None, serve_public: bool, token_file: Path | None,
-               target: StoreTarget) -> ServePlan | None:
-    """Check --serve, --serve-public and --token-file (one-line errors, before any work)."""
-    from ..storage.serve import check_servable, check_token, parse_address
+               target: StoreTarget, *, timeout_s: float | None = None) -> ServePlan | None:
+    """Check --serve, --serve-public, --token-file and --serve-timeout (one-line errors,
+    before any work)."""
+    from ..storage.serve import DEFAULT_TIMEOUT_S, check_servable, check_token, parse_address
 
     if serve is None:
-        if serve_public or token_file is not None:
-            raise CliError("--serve-public and --token-file go with --serve [HOST:]PORT")
+        if serve_public or token_file is not None or timeout_s is not None:
+            raise CliError("--serve-public, --serve-timeout and --token-file go with --serve "
+                           "[HOST:]PORT")
         return None
+    if timeout_s is not None and not 0 < timeout_s <= 86_400:
+        raise CliError(f"--serve-timeout: expected seconds between 0 and 86400, got {timeout_s:g}")
     host, port = parse_address(serve)
     check_servable(target, host, port, public=serve_public)
     token = read_token(token_file) if token_file is not None else None
     if token is not None:
         check_token(token)
-    return ServePlan(host, port, serve_public, token)
+    return ServePlan(host, port, serve_public, token,
+                     DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
 
 
 def start_serving(store: Any, plan: ServePlan | None) -> Any:
@@ -147,11 +157,13 @@ def start_serving(store: Any, plan: ServePlan | None) -> Any:
 
     if plan is None:
         return None
-    server = serve_with_token_file(store, plan.host, plan.port, plan.token, public=plan.public)
+    server = serve_with_token_file(store, plan.host, plan.port, plan.token, public=plan.public,
+                                   timeout_s=plan.timeout_s)
     log = logging.getLogger("tractatus_watch.collect")
     log.info("serving the database read-only over Quack", extra={"fields": {
         "address": server.uri, "database": str(store.path),
-        "token_file": str(server.token_file) if server.token_file else "(--token-file)"}})
+        "token_file": str(server.token_file) if server.token_file else "(--token-file)",
+        "query_timeout_s": plan.timeout_s}})
     if plan.public:
         log.warning("serving on a non-loopback address over plain HTTP; put a TLS reverse "
                     "proxy in front", extra={"fields": {"address": server.uri}})
@@ -204,7 +216,7 @@ def collect(
     webhook_token_file: Annotated[Optional[Path], typer.Option(
         "--webhook-token-file", dir_okay=False)] = None,
     serve: ServeOption = None, serve_public: ServePublicOption = False,
-    token_file: ServeTokenFileOption = None,
+    token_file: ServeTokenFileOption = None, serve_timeout: ServeTimeoutOption = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Collect headless from Agent Lightning (poller, gateway) and spools, with alert
@@ -223,7 +235,7 @@ def collect(
     _check_webhook_token(webhook_token_file)
     key = _key(key_file)
     target = resolve_store(db, data_path)
-    plan = serve_plan(serve, serve_public, token_file, target)
+    plan = serve_plan(serve, serve_public, token_file, target, timeout_s=serve_timeout)
     setup_logging()
     with open_store(target, read_only=False) as store:
         sources = collect_sources(agl or [], spool or [], gateway, host, port, key,

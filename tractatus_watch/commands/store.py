@@ -51,10 +51,20 @@ def query(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write to this file.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out.")] = False,
 ) -> None:
-    """Run a read-only SQL query, e.g. `tractatus-watch query "SELECT * FROM runs"`."""
+    """Run one read-only SELECT over the stored tables, e.g. `tractatus-watch query "SELECT *
+    FROM runs"` (no files, other databases, settings or writes)."""
+    from ..storage import readonly
+    from ..storage.export import check_destination
+
+    if out is not None:
+        check_destination(out, force=force)
     with open_store(db, data_path, read_only=True, token_file=token_file) as store:
+        # Whatever the check below might miss, the engine refuses too: no file, URL, ATTACH
+        # or extension, no setting changed (a lake reads its data files: only the lock).
+        readonly.seal(store.con, lock=True, keep_external_access=store.is_lake)
         cur = store.cursor()
         try:
+            readonly.check(sql, readonly.Relations.of(cur))
             rel = cur.sql(sql)
             if rel is None:
                 raise CliError("query returned no rows (only SELECT-like statements are useful "
@@ -79,9 +89,10 @@ def export(
     """Export a table to Parquet (zstd), CSV or NDJSON."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from ..storage.export import export_table
+    from ..storage.export import check_destination, export_table
 
     since_at = parse_since(since) if since else None
+    check_destination(out, force=force)  # before any work
     started = time.monotonic()
     with open_store(db, data_path, read_only=True, token_file=token_file) as store, Progress(
             "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),

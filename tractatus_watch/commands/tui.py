@@ -11,7 +11,7 @@ import typer
 
 from ..cli import DataPathOption, DbOption, TokenFileOption, app, open_store, pick_run
 from ..config import CliError, default_db_path, resolve_store
-from .collect import ServeOption, ServePublicOption, ServeTokenFileOption
+from .collect import ServeOption, ServePublicOption, ServeTimeoutOption, ServeTokenFileOption
 
 RunOption = Annotated[Optional[str], typer.Option(
     "--run", help="Run to show [default: the latest, following new runs].")]
@@ -86,7 +86,7 @@ def live(
     no_alerts: Annotated[bool, typer.Option(
         "--no-alerts", help="Do not evaluate the alert rules while collecting.")] = False,
     serve: ServeOption = None, serve_public: ServePublicOption = False,
-    token_file: ServeTokenFileOption = None,
+    token_file: ServeTokenFileOption = None, serve_timeout: ServeTimeoutOption = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Collect from the given sources and watch them in one process.
@@ -101,7 +101,7 @@ def live(
         raise CliError("live needs at least one source: --agl URL, --spool DIR or --gateway")
     _check_view(view)
     target = resolve_store(db, data_path)
-    plan = serve_plan(serve, serve_public, token_file, target)
+    plan = serve_plan(serve, serve_public, token_file, target, timeout_s=serve_timeout)
     try:
         key = load_key(key_file)
     except KeyFileError as exc:

@@ -14,6 +14,7 @@ from textual.strip import Strip
 from textual.widgets import Static
 from textual_hires_canvas import Canvas
 from textual_plot import HiResMode, PlotWidget
+from textual_plot.axis_formatter import NumericAxisFormatter
 from textual_plot.plot_widget import Legend
 
 from .table import Table
@@ -28,6 +29,23 @@ class _Canvas(Canvas):
         if not strip.cell_length:
             return Strip.blank(0, self.rich_style)
         return strip
+
+
+class _SafeAxis(NumericAxisFormatter):
+    """textual-plot's numeric axis, minus its crash on a range too narrow for float spacing:
+    a series of one x value widens to +-1e-6, ticks that far apart can round to the same float
+    and the label code takes log10(0) ("math domain error")."""
+
+    def get_ticks(self, min_: float, max_: float, max_ticks: int = 8) -> list[float]:
+        if not max_ - min_ > 1e-9 * max(1.0, abs(min_), abs(max_)):
+            return [(min_ + max_) / 2]
+        ticks = super().get_ticks(min_, max_, max_ticks)
+        return sorted(set(ticks))
+
+    def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
+        if len(ticks) >= 2 and not ticks[1] - ticks[0] > 0:
+            return [f"{t:g}" for t in ticks]
+        return super().get_labels_for_ticks(ticks)
 
 
 class Chart(PlotWidget, can_focus=False):
@@ -45,6 +63,8 @@ class Chart(PlotWidget, can_focus=False):
         self.set_reactive(PlotWidget.margin_top, 0)
         self.set_reactive(PlotWidget.margin_bottom, 2)
         self.set_reactive(PlotWidget.margin_left, 7)
+        self.set_x_formatter(_SafeAxis())
+        self.set_y_formatter(_SafeAxis())
 
     def compose(self) -> ComposeResult:
         # PlotWidget's own layout, with canvases that survive NO_COLOR.

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tractatus_watch.storage.store import Store
-from tractatus_watch.storage.synthetic import decisions_batch
-from tractatus_watch.storage.writer import Writer
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # test support: synthetic data
+
+from tractatus_watch.storage.store import Store  # noqa: E402
+from tractatus_watch.storage.writer import Writer  # noqa: E402
+
+from support.synthetic import decisions_batch  # noqa: E402
 
 BATCH = 40_960
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import duckdb
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # test support
 from _common import last_line, peak_rss_mb  # noqa: E402
 
 from tractatus_watch.storage.schema import migrate  # noqa: E402
 from tractatus_watch.storage.store import Store  # noqa: E402
-from tractatus_watch.storage.synthetic import decisions_batch  # noqa: E402
+from support.synthetic import decisions_batch  # noqa: E402
 from tractatus_watch.storage.writer import Cursor, Writer  # noqa: E402
 
 

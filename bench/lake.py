@@ -1,6 +1,6 @@
 """DuckLake (PostgreSQL catalog, local Parquet data) against a DuckDB file: ingest and queries.
 
-Everything runs on a throwaway PostgreSQL on 127.0.0.1 (tractatus_watch.pgtemp) and temp
+Everything runs on a throwaway PostgreSQL on 127.0.0.1 (tests/support/pgtemp.py) and temp
 folders, removed at the end (also on an error or Ctrl-C).
 
 Ingest. Each writer is its own process (multiprocessing, spawn) writing its own run through
@@ -55,13 +55,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # test support
 from _common import last_line  # noqa: E402
 from queries import dashboard_queries  # noqa: E402
 
-from tractatus_watch.pgtemp import TempPostgres  # noqa: E402
+from support.pgtemp import TempPostgres  # noqa: E402
 from tractatus_watch.storage.maintain import live_files, maintain  # noqa: E402
 from tractatus_watch.storage.store import LAKE_CATALOG, Store  # noqa: E402
-from tractatus_watch.storage.synthetic import decisions_batch  # noqa: E402
+from support.synthetic import decisions_batch  # noqa: E402
 from tractatus_watch.storage.transfer import data_tables  # noqa: E402
 from tractatus_watch.storage.writer import ROW_GROUP, Cursor, Writer  # noqa: E402
 

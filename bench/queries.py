@@ -14,12 +14,13 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # test support
 from _common import checks_db, last_line, median_ms  # noqa: E402
 
 from tractatus_watch.storage import queries as Q  # noqa: E402
 from tractatus_watch.storage.schema import compact_rollups  # noqa: E402
 from tractatus_watch.storage.store import Store  # noqa: E402
-from tractatus_watch.storage.synthetic import BASE_TS_US  # noqa: E402
+from support.synthetic import BASE_TS_US  # noqa: E402
 
 def dashboard_queries(con) -> dict[str, object]:
     mid = datetime.fromtimestamp(BASE_TS_US / 1e6 + 1800)

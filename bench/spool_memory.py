@@ -31,7 +31,7 @@ CASES = ("baseline", "random", "noline", "valid", "audit_array")
 
 
 def segment(folder: Path) -> Path:
-    from tractatus_watch.governance.spool import segment_name
+    from tractatus_watch.records.spool_format import segment_name
 
     folder.mkdir(parents=True, exist_ok=True)
     return folder / segment_name(time.time_ns() - 60 * 10**9, 1, 1)
@@ -90,7 +90,7 @@ def read_case(folder: str, db: str | None) -> None:
     """Child process: read the folder once (into a real store with `db`), print the peak RSS
     and what the sink saw."""
     from tractatus_watch.collectors.sink import writer_sink
-    from tractatus_watch.collectors.spool import SpoolReader
+    from tractatus_watch.collectors.spool_reader import SpoolReader
     from tractatus_watch.storage.store import Store
     from tractatus_watch.storage.writer import Writer
 

@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # test support
 from _common import checks_db, last_line  # noqa: E402
 
 from tractatus_watch.storage.store import Store  # noqa: E402
-from tractatus_watch.storage.synthetic import BASE_TS_US  # noqa: E402
+from support.synthetic import BASE_TS_US  # noqa: E402
 from tractatus_watch.tui.app import Dashboard  # noqa: E402
 from tractatus_watch.tui.views import VIEWS  # noqa: E402
 

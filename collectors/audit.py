@@ -42,12 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Final, Iterator, Mapping
 
-from ..governance.events import (
+from ..records.events import (
     MODES, Action, Check, Decision, Mode, Quarantined, parse_ts,
 )
-from ..governance.verdicts import UnknownVerdict, Verdict, normalise
+from ..records.verdicts import UnknownVerdict, Verdict, normalise
 from .lines import HEAD_BYTES, MAX_LINE_BYTES, LineReader, decode
-from .sink import Records, Sink
+from ..records.delivery import Records, Sink
 
 SERVICE_BY_ACTION: Final[dict[str, str]] = {
     "boundary_enforcement": "BoundaryEnforcer",

@@ -46,10 +46,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Final
 
-from ..governance.events import Quarantined
-from .agl import EventNormaliser, RolloutContext, _raw, event_id
+from ..records.events import Quarantined
+from ..records.agl import EventNormaliser, RolloutContext, _raw, event_id
 from .gateway_wal import WriteAheadLog
-from .sink import Records, Sink
+from ..records.delivery import Records, Sink
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The gateway's write-ahead log: what the gateway acknowledges is on disk before it says so.
 
-The log is a spool folder (`governance.spool` format, read back by `collectors.spool`), private
+The log is a spool folder (`records/spool_format.py`, written by `governance.spool_writer`, read back by `collectors.spool_reader`), private
 to one gateway. The drain thread appends each group it takes from the tee to the open segment
 and syncs it (one write, one fdatasync per group: group commit) before the requests that
 carried the group may be answered; it seals the segment (rename) each time it hands records to
@@ -29,11 +29,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Final, TypeVar
 
-from ..governance.events import Quarantined
-from ..governance.spool import SEGMENT_GLOB, SpoolWriter
-from .agl import MAX_QUARANTINE_RAW
-from .sink import Records, Sink
-from .spool import QUARANTINE_EVENT, SpoolReader
+from ..records.events import Quarantined
+from ..governance.spool_writer import SpoolWriter
+from ..records.files import PRIVATE_FILE
+from ..records.spool_format import QUARANTINE_EVENT, SEGMENT_GLOB
+from ..records.agl import MAX_QUARANTINE_RAW
+from ..records.delivery import Records, Sink
+from .spool_reader import SpoolReader
 
 if TYPE_CHECKING:
     from ..storage.target import StoreTarget
@@ -41,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FOLDER_MODE: Final = 0o700
-FILE_MODE: Final = 0o600
 # Segments are sealed by us, one per drained group: never by size or age.
 _NEVER_BYTES: Final = 1 << 40
 _NEVER_S: Final = 10_000_000.0  # a timer wait must stay below threading.TIMEOUT_MAX
@@ -113,7 +114,7 @@ class WriteAheadLog:
             if end == 0:
                 tmp.unlink()
                 continue
-            os.chmod(tmp, FILE_MODE)
+            os.chmod(tmp, PRIVATE_FILE)
             tmp.rename(self.folder / tmp.name[1:-len(".tmp")])
         if found:
             _fsync_folder(self.folder)
@@ -173,7 +174,7 @@ class WriteAheadLog:
         if path is None:
             return None
         try:
-            os.chmod(path, FILE_MODE)  # the folder is private already; the file is too
+            os.chmod(path, PRIVATE_FILE)  # the folder is private already; the file is too
         except OSError:
             pass
         with self._lock:

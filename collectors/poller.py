@@ -47,10 +47,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Final
 from urllib.parse import quote
 
-from ..governance.events import REWARD_EVENT, Quarantined
+from ..records.events import REWARD_EVENT, Quarantined
 from .httpget import AsyncGetClient, Unreachable
-from .agl import CAPTURE_TYPES, TERMINAL, EventNormaliser, RolloutContext
-from .sink import Records, Sink
+from ..records.agl import CAPTURE_TYPES, TERMINAL, EventNormaliser, RolloutContext
+from ..records.delivery import Records, Sink
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Final, Iterable, Protocol, TextIO
 
 from .audit import AuditDefaults, ingest_audit
-from .sink import Records, Sink, writer_sink
+from ..records.delivery import Records, Sink
+from .sink import writer_sink
 
 log = logging.getLogger("tractatus_watch.collectors.runner")
 
@@ -54,7 +55,7 @@ def load_key(key_file: str | os.PathLike[str] | None = None, *,
              env: str = "AGL_KEY") -> str | None:
     """The gateway key from a key file (first line) or the environment; None if neither."""
     if key_file is not None:
-        from ..storage.files import SecretFileError, read_secret
+        from ..records.files import SecretFileError, read_secret
 
         path = Path(key_file).expanduser()
         try:

@@ -1,47 +1,12 @@
-"""What every tap hands downstream: normalised records, optionally with the cursor and stats that
-must commit in the same transaction as those records.
-
-Taps never talk to storage directly; they call a `Sink`. `writer_sink` adapts the storage writer,
-so the taps can be tested against a plain list and the writer can change without touching them.
-"""
+"""Sinks for the records taps deliver (records/delivery.py): `writer_sink` adapts the storage
+writer, so the taps can be tested against a plain list and the writer can change without
+touching them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
-from ..governance.events import Decision, Event, Quarantined, Reward, RolloutTransition
-
-
-@dataclass(slots=True)
-class Records:
-    decisions: list[Decision] = field(default_factory=list)
-    rewards: list[Reward] = field(default_factory=list)
-    rollouts: list[RolloutTransition] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    quarantined: list[Quarantined] = field(default_factory=list)
-    # (source, value): committed together with the rows, so a restart resumes exactly here.
-    cursor: tuple[str, str] | None = None
-    # Cumulative per-source figures (capture completeness); they commit with the cursor.
-    stats: dict[str, Any] | None = None
-
-    def __len__(self) -> int:
-        return (len(self.decisions) + len(self.rewards) + len(self.rollouts) + len(self.events)
-                + len(self.quarantined))
-
-    def extend(self, other: Records) -> None:
-        self.decisions.extend(other.decisions)
-        self.rewards.extend(other.rewards)
-        self.rollouts.extend(other.rollouts)
-        self.events.extend(other.events)
-        self.quarantined.extend(other.quarantined)
-        if other.cursor is not None:
-            self.cursor = other.cursor
-        if other.stats is not None:
-            self.stats = other.stats
-
-
-Sink = Callable[[Records], None]
+from ..records.delivery import Records, Sink
 
 
 class _WriterLike(Protocol):

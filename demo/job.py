@@ -30,7 +30,7 @@ import httpx
 import numpy as np
 from agentlightning.verl.agl_rollout_manager import AglRolloutManagerBase
 
-from ..governance.events import DECISION_EVENT, DECISIONS_EVENT
+from ..records.events import DECISION_EVENT, DECISIONS_EVENT
 from ..governance.governor import Governor
 from ..governance.sender import Sender
 from .auditor import ClickbaitAuditor

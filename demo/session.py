@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..collectors.sink import writer_sink
-from ..governance.alerts.engine import AlertEngine, Transition
-from ..governance.alerts.notify import CallbackNotifier
-from ..governance.alerts.rules import RuleSet, load_default_rules
-from ..governance.alerts.store_evaluator import evaluate_once
+from ..analysis.alerts.engine import AlertEngine, Transition
+from ..analysis.alerts.notify import CallbackNotifier
+from ..analysis.alerts.alert_rules import RuleSet, load_default_rules
+from ..monitor.store_evaluator import evaluate_once
 from ..storage.alert_store import DuckDBAlertStore
 from ..storage.store import Store
 from ..storage.writer import Writer
@@ -161,7 +161,7 @@ def _load_hooks(run_id: str, spool: str) -> Any:
     the gateway)."""
     from agentlightning.hooks import load_hooks
 
-    from ..collectors import hooks_path
+    from ..governance import hooks_path
 
     saved = {k: os.environ.get(k) for k in ("TRACTATUS_WATCH_RUN_ID", "TRACTATUS_WATCH_SPOOL")}
     os.environ["TRACTATUS_WATCH_RUN_ID"] = run_id

@@ -50,11 +50,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Final, Iterable, Iterator, Mapping, Protocol, TypeVar
 
-from .events import MODES, Action, Check, Decision, Mode, Reward
+from ..records.events import MODES, Action, Check, Decision, Mode, Reward
 from .sender import Sender, parse_event_url
 from .services import ActionInput, CustomRule, Service, default_services
-from .spool import SpoolWriter
-from .verdicts import strongest
+from .spool_writer import SpoolWriter
+from ..records.verdicts import strongest
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from typing import Any, Final, Literal
 
 import httpx
 
-from .events import DECISION_EVENT, DECISIONS_EVENT, REWARD_EVENT, Decision, Reward
+from ..records.events import DECISION_EVENT, DECISIONS_EVENT, REWARD_EVENT, Decision, Reward
 
 DECISIONS_SCHEMA: Final = "tractatus.decisions/1"
 EVENT_URL_RE: Final = re.compile(

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import duckdb
 
-from ..governance.alerts.engine import AlertState, Silence, Transition
+from ..analysis.alerts.engine import AlertState, Silence, Transition
 from .coordination import retry_conflicts
 from .store import Store
 from .transaction import transaction

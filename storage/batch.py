@@ -12,7 +12,7 @@ from typing import Any, Final, Iterable
 
 import pyarrow as pa
 
-from ..governance.events import Decision, Event, Quarantined, Reward, RolloutTransition
+from ..records.events import Decision, Event, Quarantined, Reward, RolloutTransition
 
 TS = pa.timestamp("us")
 MAX_EVENT_PAYLOAD_BYTES: Final = 16_384  # model_request bodies run ~100 KB; keep a head only

@@ -1,20 +1,15 @@
 """Exports of stored tables to Parquet (zstd), CSV and NDJSON, streamed in Arrow batches so a
 10M-row table never sits in memory.
 
-Every file we export (`export`, `query --out`) goes through `atomic_file`: mode 0600 whatever the
-umask, written under a temporary name next to the target and renamed onto it only when complete,
-so a failed or interrupted export leaves nothing behind and never a half-written file."""
+Every file we export (`export`, `query --out`) goes through `records.files.atomic_file`: mode
+0600 whatever the umask, written under a temporary name next to the target and renamed onto it
+only when complete, so a failed or interrupted export leaves nothing behind."""
 
 from __future__ import annotations
 
-import errno
-import os
-import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Callable, Final, Literal
+from typing import Any, Callable, Final, Literal
 
 import duckdb
 import polars as pl
@@ -22,6 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ..records.files import atomic_file, check_destination
 from .errors import StoreError
 from .schema import table_columns
 
@@ -34,74 +30,6 @@ TIME_COLUMNS: Final = ("ts", "updated_at", "created_at", "starts_at")
 
 class ExportError(StoreError):
     pass
-
-
-FILE_MODE: Final = 0o600
-
-
-def check_destination(out: Path, *, force: bool) -> None:
-    """Refuse, in one line, an output path we cannot or should not write (before any work)."""
-    parent = out.parent
-    if out.is_dir():
-        raise ExportError(f"{out} is a folder: give the name of a file to write")
-    if not parent.exists():
-        raise ExportError(f"cannot write {out}: no folder {parent} (create it first)")
-    if not parent.is_dir():
-        raise ExportError(f"cannot write {out}: {parent} is not a folder")
-    if (out.exists() or out.is_symlink()) and not force:
-        raise ExportError(f"{out} exists; pass --force to overwrite it")
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
-
-
-@contextmanager
-def atomic_file(out: Path, *, force: bool) -> Iterator[IO[bytes]]:
-    """A binary file to write `out` through: created 0600 under a temporary name in the same
-    folder, renamed onto `out` when the block ends without error (onto an existing file only
-    with `force`), removed otherwise. OS errors become one-line ExportErrors."""
-    check_destination(out, force=force)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) \
-        | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(tmp, flags, FILE_MODE)
-    except OSError as exc:
-        raise ExportError(f"cannot write {out}: {_reason(exc)}") from None
-    try:
-        os.fchmod(fd, FILE_MODE)  # the umask may have taken bits away; never adds any
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        _publish(tmp, out, force=force)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"cannot write {out}: {_reason(exc)}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _publish(tmp: Path, out: Path, *, force: bool) -> None:
-    """Put the finished `tmp` in place of `out`; without `force` never over a file that
-    appeared meanwhile (a hard link fails if the name exists, a rename would not)."""
-    if force:
-        os.replace(tmp, out)
-        return
-    try:
-        os.link(tmp, out)
-    except FileExistsError:
-        raise ExportError(f"{out} exists; pass --force to overwrite it") from None
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-            raise
-        if out.exists():  # no hard links on this file system: check, then rename
-            raise ExportError(f"{out} exists; pass --force to overwrite it") from None
-        os.replace(tmp, out)
-        return
-    tmp.unlink()
 
 
 def exportable_tables(con: duckdb.DuckDBPyConnection) -> list[str]:

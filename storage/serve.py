@@ -43,6 +43,7 @@ from typing import Final
 import duckdb
 import psutil
 
+from ..records.files import FileWriteError, atomic_file
 from . import extensions, readonly
 from .errors import StoreError
 from .store import Store
@@ -122,17 +123,8 @@ def write_new_token(path: Path) -> str:
     """A fresh random token in `path`, mode 0600 from its creation (never readable by others,
     not even for a moment), replacing any earlier file atomically."""
     token = secrets.token_urlsafe(32)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
-                 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(token + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path, force=True) as fh:
+        fh.write((token + "\n").encode("ascii"))
     return token
 
 
@@ -558,9 +550,8 @@ def serve_with_token_file(store: Store, host: str, port: int, token: str | None 
     path = token_path(store.path)
     try:
         token = write_new_token(path)
-    except OSError as exc:
-        raise StoreError(f"cannot write the Quack token file {path}: "
-                         f"{exc.strerror or exc}") from None
+    except FileWriteError as exc:
+        raise StoreError(f"cannot write the Quack token file: {exc}") from None
     try:
         server = serve(store, host, port, token, public=public, timeout_s=timeout_s)
     except BaseException:

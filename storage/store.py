@@ -12,7 +12,8 @@ from typing import cast
 
 import duckdb
 
-from . import extensions, files
+from . import extensions
+from ..records import files
 from .coordination import Coordinator, LocalCoordinator, PostgresCoordinator
 from .errors import SchemaTooNew, StoreError, StoreLocked, StoreMissing
 from .schema import LATEST_VERSION, current_version, migrate
@@ -103,7 +104,7 @@ class Store:
 
         Opening a file or lake for writing sets the process umask to keep group and other bits
         out of what DuckDB creates later (its .wal; files 0600, folders 0700), unless
-        $TRACTATUS_WATCH_UMASK names another (storage/files.py)."""
+        $TRACTATUS_WATCH_UMASK names another (records/files.py)."""
         if isinstance(location, StoreTarget):
             target = location
         elif isinstance(location, str):
@@ -128,7 +129,7 @@ class Store:
                                "first, or pass --store / set TRACTATUS_WATCH_STORE)")
         if not read_only:
             # DuckDB creates the .wal (plain rows) with the process umask, at the first commit
-            # after every checkpoint: only the umask keeps it private (storage/files.py).
+            # after every checkpoint: only the umask keeps it private (records/files.py).
             files.apply_umask()
         if not exists:
             files.make_dirs(p.parent)

@@ -23,8 +23,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..governance.events import MODES
-from ..governance.verdicts import VERDICTS
+from ..records.events import MODES
+from ..records.verdicts import VERDICTS
 from .batch import ARROW_SCHEMAS, EVENT_TABLES, Batch
 from .coordination import is_conflict, retry_conflicts
 from .schema import NATURAL_KEYS
@@ -58,7 +58,7 @@ VOCAB: Final[dict[tuple[str, str], tuple[str, ...]]] = {
 }
 
 # Rollup partial aggregates of the rows a commit adds (registered as `_b`). blocked/escaped follow the definitions
-# in governance/events.py (Decision.blocked / Decision.escaped).
+# in records/events.py (Decision.blocked / Decision.escaped).
 ROLLUP_AGENT_FROM_DECISIONS: Final = """
 INSERT INTO rollup_agent BY NAME
 SELECT run_id, arm, round, agent_id, count(*) AS actions, count_if(covered) AS covered,

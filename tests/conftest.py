@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+# Test support (synthetic data, a throwaway PostgreSQL) lives in tests/support, importable as
+# `support.*` from tests, worker scripts and benchmarks alike.
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 # --- agl_gateway: the real Agent Lightning gateway on 127.0.0.1 --------------------------------
@@ -91,7 +97,7 @@ def agl_gateway() -> Iterator[AglGateway]:
 def postgres():
     """One throwaway server for the session; each test makes its own database with
     `postgres.create_database(name)`."""
-    from tractatus_watch.pgtemp import PostgresUnavailable, TempPostgres
+    from support.pgtemp import PostgresUnavailable, TempPostgres
 
     try:
         pg = TempPostgres.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tractatus_watch.governance.events import Decision, Reward
+from tractatus_watch.records.events import Decision, Reward
 from tractatus_watch.storage.batch import Batch
 from tractatus_watch.storage.store import Store
 from tractatus_watch.storage.writer import Writer

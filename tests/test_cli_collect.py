@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from tractatus_watch.governance.governor import Governor
-from tractatus_watch.governance.spool import SpoolWriter
+from tractatus_watch.governance.spool_writer import SpoolWriter
 from tractatus_watch.storage.store import Store
 
 from .test_cli_storage import tw

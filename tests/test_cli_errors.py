@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tractatus_watch.governance.governor import Governor
-from tractatus_watch.governance.spool import SpoolWriter
+from tractatus_watch.governance.spool_writer import SpoolWriter
 
 from .collectors.conftest import AglServer
 

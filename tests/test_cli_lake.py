@@ -9,14 +9,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tractatus_watch.governance.alerts.loop import AlertLoop
-from tractatus_watch.governance.alerts.engine import Silence
-from tractatus_watch.governance.alerts.rules import parse_rules
+from tractatus_watch.monitor.alert_loop import AlertLoop
+from tractatus_watch.analysis.alerts.engine import Silence
+from tractatus_watch.analysis.alerts.alert_rules import parse_rules
 from tractatus_watch.storage import queries as Q
 from tractatus_watch.storage.batch import ARROW_SCHEMAS, Batch
 from tractatus_watch.storage.maintain import live_files
 from tractatus_watch.storage.store import Store
-from tractatus_watch.storage.synthetic import decisions_batch
+from support.synthetic import decisions_batch
 from tractatus_watch.storage.transfer import checksums, data_tables
 from tractatus_watch.storage.writer import Cursor, Writer
 
@@ -152,7 +152,7 @@ def test_two_collectors_on_one_run_store_once_and_alert_once(tmp_path: Path, lak
     import time
 
     from tractatus_watch.governance.governor import Governor
-    from tractatus_watch.governance.spool import SpoolWriter
+    from tractatus_watch.governance.spool_writer import SpoolWriter
 
     spec, data = lake
     spool = tmp_path / "spool"

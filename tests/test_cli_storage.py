@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from tractatus_watch.storage.store import Store
-from tractatus_watch.storage.synthetic import decisions_batch
+from support.synthetic import decisions_batch
 from tractatus_watch.storage.writer import Writer
 
 
@@ -196,7 +196,7 @@ def test_export_destination_errors_are_one_line_and_leave_nothing(db: Path,
 
 
 def test_a_failed_write_leaves_no_file(tmp_path: Path) -> None:
-    from tractatus_watch.storage.export import atomic_file
+    from tractatus_watch.records.files import atomic_file
 
     out = tmp_path / "x.parquet"
     with pytest.raises(RuntimeError):

@@ -23,16 +23,16 @@ import duckdb
 import pytest
 from textual.widgets import Static
 
-from tractatus_watch.cli import open_store
-from tractatus_watch.commands.collect import ServePlan, serve_plan
-from tractatus_watch.config import CliError
+from tractatus_watch.cli.app import open_store
+from tractatus_watch.cli.commands.collect import ServePlan, serve_plan
+from tractatus_watch.cli.config import CliError
 from tractatus_watch.storage import extensions, queries
 from tractatus_watch.storage.errors import StoreError
 from tractatus_watch.storage.remote import inline
 from tractatus_watch.storage.serve import serve, serve_with_token_file, token_path
 from tractatus_watch.storage.store import Store
 from tractatus_watch.storage.target import StoreTarget
-from tractatus_watch.storage.synthetic import decisions_batch
+from support.synthetic import decisions_batch
 from tractatus_watch.storage.writer import Writer
 from tractatus_watch.tui.app import Dashboard
 

@@ -25,7 +25,7 @@ from tractatus_watch.cli import main
 from tractatus_watch.storage import extensions, readonly
 from tractatus_watch.storage.serve import Server, serve
 from tractatus_watch.storage.store import Store
-from tractatus_watch.storage.synthetic import decisions_batch
+from support.synthetic import decisions_batch
 from tractatus_watch.storage.writer import Writer
 
 from .collectors.conftest import free_port

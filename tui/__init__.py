@@ -1,7 +1,7 @@
 """The Textual dashboard (`tractatus-watch open`, `live`, `demo`)."""
 
 from .app import Dashboard, SilenceWriter, run_dashboard
-from .health import HealthProvider, SourceHealth, SourceMonitor
+from ..monitor.health import HealthProvider, SourceHealth, SourceMonitor
 from .scope import Scope
 
 __all__ = ["Dashboard", "HealthProvider", "Scope", "SilenceWriter", "SourceHealth",

@@ -27,11 +27,12 @@ from textual.binding import Binding, BindingType
 from textual.reactive import var
 from textual.widgets import ContentSwitcher, Footer, Input
 
+from ..records.files import atomic_file
 from ..storage.store import Store
 from . import commands
 from . import data as D
 from . import fmt
-from .health import HealthProvider, SourceHealth, as_health
+from ..monitor.health import HealthProvider, SourceHealth, as_health
 from .messages import (BaselineChosen, CommandLineRequested, Fetched, Loaded, LoadRequested,
                        RefreshRequested, RunChosen, ShowEvents, SilenceRequested, SlowFetched)
 from .refresh import UNCHANGED, RefreshLoop
@@ -558,8 +559,8 @@ class Dashboard(App[None]):
 
     def silence(self, alert: Mapping[str, Any], seconds: float, comment: str) -> None:
         """Mute the alert's exact label set for `seconds`, through the silence writer."""
-        from ..governance.alerts.engine import Silence
-        from ..governance.alerts.rules import Matcher
+        from ..analysis.alerts.engine import Silence
+        from ..analysis.alerts.alert_rules import Matcher
 
         if self.silence_writer is None:
             self.notify("silences cannot be saved here: this database is open read-only. "
@@ -629,21 +630,15 @@ def _user() -> str:
 
 
 def write_frame(frame: pl.DataFrame, out: Path, file_format: str) -> None:
-    """CSV (lists joined with commas) or Parquet (zstd), written to a temp name and renamed."""
+    """CSV (lists joined with commas) or Parquet (zstd), written whole, 0600, or not at all."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    try:
+    with atomic_file(out, force=True) as fh:
         if file_format == "parquet":
-            frame.write_parquet(tmp, compression="zstd")
+            frame.write_parquet(fh, compression="zstd")
         else:
-            flat = frame.with_columns(
+            frame.with_columns(
                 [pl.col(n).cast(pl.List(pl.String)).list.join(",")
-                 for n, t in frame.schema.items() if isinstance(t, pl.List)])
-            flat.write_csv(tmp)
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+                 for n, t in frame.schema.items() if isinstance(t, pl.List)]).write_csv(fh)
 
 
 def run_dashboard(store_or_path: Store | str | Path, *, run_id: str | None = None,

@@ -16,8 +16,8 @@ from typing import Any, Final
 import duckdb
 import polars as pl
 
-from ..governance.metrics import GOVERNED, UNGOVERNED, Report, build_report
-from ..governance.stats import Gap
+from ..monitor.report import GOVERNED, UNGOVERNED, Report, build_report
+from ..analysis.stats import Gap
 from ..storage import queries as Q
 
 Con = duckdb.DuckDBPyConnection
@@ -70,7 +70,7 @@ def fetch_common(con: Con, run_id: str | None, *, follow_latest: bool,
     return Common(rid, version, last_ts, alerts)
 
 
-# --- KPIs: governance/metrics.build_report is the one implementation of the metrics ------------
+# --- KPIs: monitor/report.build_report is the one implementation of the metrics ------------
 
 @dataclass(frozen=True)
 class Kpis:
@@ -218,7 +218,7 @@ class AlertsData:
 
 def fetch_alerts(con: Con, run_id: str | None, now: datetime, text_filter: str = "",
                  history_limit: int = 200) -> AlertsData:
-    from ..governance.alerts.engine import Silence
+    from ..analysis.alerts.engine import Silence
 
     current = Q.alert_state(con, run_id) if run_id else Q.alert_state(con)
     active = Q.silences(con, active_at=now)

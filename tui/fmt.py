@@ -6,7 +6,8 @@ import math
 from datetime import datetime, timezone
 from typing import Sequence
 
-from ..governance.alerts.engine import to_epoch
+from ..analysis.alerts.engine import to_epoch
+from ..records.durations import parse_positive_seconds
 
 BARS = "▁▂▃▄▅▆▇█"
 
@@ -74,19 +75,8 @@ def ago(seconds: float | None) -> str:
 
 
 def duration(text: str) -> float:
-    """`90s`, `30m`, `2h`, `1d` or a bare number of minutes, as seconds (silences)."""
-    text = text.strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    try:
-        if text and text[-1] in units:
-            value = float(text[:-1]) * units[text[-1]]
-        else:
-            value = float(text) * 60
-    except ValueError:
-        raise ValueError(f"expected a duration like 30m, 2h or 1d, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"a duration must be positive, got {text!r}")
-    return value
+    """A positive duration (records/durations.py: `90s`, `30m`, `1h30m`, `1d`) as seconds."""
+    return parse_positive_seconds(text)
 
 
 def spark(values: Sequence[float | None], width: int | None = None) -> str:

@@ -10,7 +10,7 @@ from datetime import datetime
 from rich.text import Text
 
 from . import fmt
-from .health import SourceHealth
+from ..monitor.health import SourceHealth
 from .widgets import TextLine
 
 ICONS = {"connected": ("●", "green"), "reconnecting": ("◐", "yellow"),

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Final, Iterable, Mapping, Protocol, runtime_checkable
 
-from ..events import Check
-from ..verdicts import RAW_TO_VERDICT, normalise
+from ...records.events import Check
+from ...records.verdicts import RAW_TO_VERDICT, normalise
 
 Context = Mapping[str, Any]
 

@@ -45,8 +45,8 @@ import re
 import time
 from typing import Callable, Final, Iterable
 
-from ..events import Check
-from ..verdicts import SEVERITY_ORDER, normalise
+from ...records.events import Check
+from ...records.verdicts import SEVERITY_ORDER, normalise
 from .base import ActionInput, Context, PhraseSet, make_check, words_of
 from .rules import BOUNDARY_OF_SECTION, Rule, RuleSet, default_rules
 

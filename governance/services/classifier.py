@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final, Iterable, Protocol
 
-from ..events import Check
+from ...records.events import Check
 from .base import ActionInput, Context, make_check
 from .rules import Rule, RuleSet
 

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final, Iterable, Mapping
 
-from ..events import Check
+from ...records.events import Check
 from .base import ActionInput, Context, make_check, tokens_of, words_of
 from .classifier import classify
 from .rules import Rule, RuleSet

@@ -30,7 +30,7 @@ import re
 import time
 from typing import Final, Iterable
 
-from ..events import Check
+from ...records.events import Check
 from .base import ActionInput, Context, make_check, words_of
 from .pressure import level_of, pressure_score
 from .rules import Rule, RuleSet

@@ -28,7 +28,7 @@ import re
 import time
 from typing import Any, Final, Iterable, Mapping
 
-from ..events import Check
+from ...records.events import Check
 from .base import ActionInput, Context, make_check
 from .rules import Rule, RuleSet
 

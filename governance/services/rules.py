@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Iterable, Iterator, Mapping
 
-from ..events import ValidationError, parse_ts
+from ...records.events import ValidationError, parse_ts
 
 BOUNDARY_OF_SECTION: Final[dict[str, str]] = {
     "12.1": "VALUES", "12.2": "INNOVATION", "12.3": "WISDOM", "12.4": "PURPOSE",

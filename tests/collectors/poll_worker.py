@@ -9,7 +9,8 @@ import sys
 
 from tractatus_watch.collectors.poller import Poller
 from tractatus_watch.collectors.runner import load_key, run_sources, setup_logging
-from tractatus_watch.collectors.sink import Records, writer_sink
+from tractatus_watch.collectors.sink import writer_sink
+from tractatus_watch.records.delivery import Records
 from tractatus_watch.storage.store import Store
 from tractatus_watch.storage.writer import Writer
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import sys
 
 from tractatus_watch.collectors.runner import run_sources, setup_logging
-from tractatus_watch.collectors.sink import Records, writer_sink
-from tractatus_watch.collectors.spool import SpoolReader
+from tractatus_watch.collectors.sink import writer_sink
+from tractatus_watch.records.delivery import Records
+from tractatus_watch.collectors.spool_reader import SpoolReader
 from tractatus_watch.storage.store import Store
 from tractatus_watch.storage.writer import Writer
 

@@ -22,9 +22,9 @@ import duckdb
 import httpx
 import pytest
 
-from tractatus_watch.cli import open_store
+from tractatus_watch.cli.app import open_store
 from tractatus_watch.governance.governor import Governor
-from tractatus_watch.governance.spool import SpoolWriter
+from tractatus_watch.governance.spool_writer import SpoolWriter
 from tractatus_watch.storage.errors import StoreError
 from tractatus_watch.storage.serve import token_path
 from tractatus_watch.storage.store import Store

@@ -21,8 +21,9 @@ import pytest
 
 from tractatus_watch.collectors.gateway_tap import GatewayTap, _Tee
 from tractatus_watch.collectors.gateway_wal import WriteAheadLog, wal_folder
-from tractatus_watch.collectors.sink import ListSink, Records, writer_sink
-from tractatus_watch.governance.events import (
+from tractatus_watch.collectors.sink import ListSink, writer_sink
+from tractatus_watch.records.delivery import Records
+from tractatus_watch.records.events import (
     Decision, Event, Quarantined, Reward, RolloutTransition,
 )
 from tractatus_watch.storage.target import parse_target

@@ -14,9 +14,9 @@ import pytest
 
 from agentlightning.hooks import load_hooks
 from agentlightning.verl.agl_rollout_manager import AglRolloutManager
-from tractatus_watch.collectors import hooks_path
+from tractatus_watch.governance import hooks_path
 from tractatus_watch.collectors.sink import writer_sink
-from tractatus_watch.collectors.spool import SpoolReader
+from tractatus_watch.collectors.spool_reader import SpoolReader
 
 USER_HOOKS = '''
 import json, os

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tractatus_watch.collectors import hooks_path
+from tractatus_watch.governance import hooks_path
 from tractatus_watch.collectors.runner import (
     AuditSource, KeyFileError, load_key, run_sources, setup_logging,
 )
-from tractatus_watch.collectors.spool import SpoolReader
-from tractatus_watch.governance.spool import SpoolWriter
+from tractatus_watch.collectors.spool_reader import SpoolReader
+from tractatus_watch.governance.spool_writer import SpoolWriter
 
 
 class Failing:

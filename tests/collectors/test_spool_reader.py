@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from tractatus_watch.collectors.sink import ListSink, writer_sink
-from tractatus_watch.collectors.spool import SpoolCursor, SpoolReader
-from tractatus_watch.governance.spool import SpoolWriter, segment_name
+from tractatus_watch.collectors.spool_reader import SpoolCursor, SpoolReader
+from tractatus_watch.governance.spool_writer import SpoolWriter
+from tractatus_watch.records.spool_format import segment_name
 from tractatus_watch.storage.store import Store
 
 WORKER = Path(__file__).with_name("spool_worker.py")
@@ -187,7 +188,7 @@ class Captured(logging.Handler):
 @pytest.fixture
 def spool_log() -> Iterator[Captured]:
     handler = Captured()
-    logger = logging.getLogger("tractatus_watch.collectors.spool")
+    logger = logging.getLogger("tractatus_watch.collectors.spool_reader")
     logger.addHandler(handler)
     try:
         yield handler

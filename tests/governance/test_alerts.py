@@ -14,14 +14,14 @@ import duckdb
 import numpy as np
 import pytest
 
-from tractatus_watch.governance.alerts import (AlertEngine, AlertState, CallbackNotifier,
+from tractatus_watch.analysis.alerts import (AlertEngine, AlertState, CallbackNotifier,
                                                InMemoryAlertStore, JsonlNotifier, Matcher, NoData,
                                                Rule, RulesError, Sample, Silence, Transition,
                                                WebhookNotifier, evaluate_detector, evaluate_rules,
                                                exit_code, fingerprint, load_default_rules,
                                                load_rules, parse_duration, parse_rules,
                                                webhook_bodies)
-from tractatus_watch.governance.alerts.rules import render_template
+from tractatus_watch.analysis.alerts.alert_rules import render_template
 from tractatus_watch.storage.schema import migrate, table_columns
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from tractatus_watch.governance.drift import (DEFAULT_ARL0_ROUNDS, BernoulliCusum, BinomialCusum,
+from tractatus_watch.analysis.drift import (DEFAULT_ARL0_ROUNDS, BernoulliCusum, BinomialCusum,
                                               CoverageDrop, GapTrend, TrendDetector,
                                               block_bootstrap_mean_ci, block_length, cusum_arl,
                                               design_bernoulli_cusum, design_binomial_cusum,
                                               mann_kendall, theil_sen)
-from tractatus_watch.governance.stats import (betainc, binom_pmf, binom_sf, gap_ci, mean_ci,
+from tractatus_watch.analysis.stats import (betainc, binom_pmf, binom_sf, gap_ci, mean_ci,
                                               norm_cdf, norm_ppf, percentile, percentiles, t_cdf,
                                               t_ppf)
 

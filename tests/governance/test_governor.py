@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from tractatus_watch.governance.events import Decision, Reward
+from tractatus_watch.records.events import Decision, Reward
 from tractatus_watch.governance.governor import Blocked, Governor
 from tractatus_watch.governance.sender import Sender
 from tractatus_watch.governance.services import (
     ActionInput, BoundaryEnforcer, default_services, load_rules,
 )
-from tractatus_watch.governance.spool import SpoolWriter
+from tractatus_watch.governance.spool_writer import SpoolWriter
 
 SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "sample-governance-rules.json"
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from tractatus_watch.collectors.runner import setup_logging
-from tractatus_watch.governance.alerts.engine import Transition
-from tractatus_watch.governance.alerts.notify import JsonlNotifier, WebhookNotifier, redact_url
+from tractatus_watch.analysis.alerts.engine import Transition
+from tractatus_watch.analysis.alerts.notify import JsonlNotifier, WebhookNotifier, redact_url
 
 TOKEN = "tok-SECRET-4f1d9c"
 T0 = 1_800_000_000.0
@@ -103,7 +103,7 @@ def logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
 
     def lines() -> list[dict[str, Any]]:
         return [json.loads(line) for line in buf.getvalue().splitlines()
-                if json.loads(line)["logger"] == "tractatus_watch.governance.alerts.notify"]
+                if json.loads(line)["logger"] == "tractatus_watch.analysis.alerts.notify"]
 
     yield lines
     root.removeHandler(handler)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tractatus_watch.governance.events import Action, Check, Decision, Reward
+from tractatus_watch.records.events import Action, Check, Decision, Reward
 from tractatus_watch.governance.sender import Sender, parse_event_url
 
 

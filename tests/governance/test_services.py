@@ -15,7 +15,7 @@ from tractatus_watch.governance.services import (
 from tractatus_watch.governance.services.boundary import BOUNDARY_KEYWORDS
 from tractatus_watch.governance.services.pressure import thresholds_from_rule
 from tractatus_watch.governance.services.rules import parse_toml_rules
-from tractatus_watch.governance.verdicts import UnknownVerdict, normalise, strongest
+from tractatus_watch.records.verdicts import UnknownVerdict, normalise, strongest
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
 SAMPLE = REFERENCE / "sample-governance-rules.json"

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tractatus_watch.governance.events import Action, Check, Decision, Reward
+from tractatus_watch.records.events import Action, Check, Decision, Reward
 from tractatus_watch.governance.governor import Governor
-from tractatus_watch.governance.spool import SEGMENT_GLOB, SpoolWriter
+from tractatus_watch.governance.spool_writer import SpoolWriter
+from tractatus_watch.records.spool_format import SEGMENT_GLOB
 
 NAME = re.compile(r"^seg-(\d{20})-(\d+)-(\d{6})\.ndjson$")
 

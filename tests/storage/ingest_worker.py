@@ -4,10 +4,13 @@ database, resuming from the cursor it committed, and prints each committed curso
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from tractatus_watch.storage.store import Store
-from tractatus_watch.storage.synthetic import decisions_batch
 from tractatus_watch.storage.writer import Cursor, Writer
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # run as a script: tests/ for support.*
+from support.synthetic import decisions_batch  # noqa: E402
 
 SOURCE = "crash-test"
 

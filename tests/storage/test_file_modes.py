@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tractatus_watch.storage.files import UMASK_ENV
+from tractatus_watch.records.files import UMASK_ENV
 from tractatus_watch.storage.store import Store
-from tractatus_watch.storage.synthetic import decisions_batch
+from support.synthetic import decisions_batch
 from tractatus_watch.storage.writer import Writer
 
 
@@ -67,7 +67,7 @@ def test_the_user_can_ask_for_group_readable_files(tmp_path: Path, umask_022: No
 
 def test_a_collect_run_writes_private_files_and_folders(tmp_path: Path) -> None:
     from tractatus_watch.governance.governor import Governor
-    from tractatus_watch.governance.spool import SpoolWriter
+    from tractatus_watch.governance.spool_writer import SpoolWriter
 
     spool = tmp_path / "spool"
     sw = SpoolWriter(spool)

@@ -9,7 +9,7 @@ import pytest
 from tractatus_watch.storage import queries as Q
 from tractatus_watch.storage.errors import StoreError
 from tractatus_watch.storage.store import Store
-from tractatus_watch.storage.synthetic import decisions_batch
+from support.synthetic import decisions_batch
 from tractatus_watch.storage.target import parse_target, redact
 from tractatus_watch.storage.writer import Cursor, Writer
 
@@ -112,9 +112,9 @@ labels = { severity = "warning" }
 
 def test_one_collector_leads_alerts_and_a_standby_takes_over_without_renotifying(
         lake, tmp_path) -> None:
-    from tractatus_watch.governance.alerts.loop import AlertLoop
-    from tractatus_watch.governance.alerts.notify import JsonlNotifier
-    from tractatus_watch.governance.alerts.rules import parse_rules
+    from tractatus_watch.monitor.alert_loop import AlertLoop
+    from tractatus_watch.analysis.alerts.notify import JsonlNotifier
+    from tractatus_watch.analysis.alerts.alert_rules import parse_rules
 
     spec, data = lake
     rules = parse_rules(RULES)

@@ -10,13 +10,13 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tractatus_watch.governance.events import Decision, Quarantined, Reward, RolloutTransition
+from tractatus_watch.records.events import Decision, Quarantined, Reward, RolloutTransition
 from tractatus_watch.storage import queries as Q
 from tractatus_watch.storage.batch import Batch
 from tractatus_watch.storage.errors import SchemaTooNew
 from tractatus_watch.storage.schema import compact_rollups
 from tractatus_watch.storage.store import Store
-from tractatus_watch.storage.synthetic import decisions_batch
+from support.synthetic import decisions_batch
 from tractatus_watch.storage.writer import Cursor, Writer
 
 

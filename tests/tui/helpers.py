@@ -14,7 +14,7 @@ from rich.console import Console
 
 from tractatus_watch.storage.batch import ARROW_SCHEMAS, Batch
 from tractatus_watch.storage.store import Store
-from tractatus_watch.storage.synthetic import BASE_TS_US, decisions_batch
+from support.synthetic import BASE_TS_US, decisions_batch
 from tractatus_watch.storage.writer import Writer
 
 # A fixed "now" for the app clock: a little after the synthetic data ends, so ages are stable.
@@ -118,7 +118,7 @@ def command() -> list[str]:
     probe = subprocess.run([exe, "open", "--help"], capture_output=True, timeout=60)
     if probe.returncode == 0:
         return [exe]
-    return [sys.executable, "-c", "import sys; import tractatus_watch.commands.tui; "
+    return [sys.executable, "-c", "import sys; import tractatus_watch.cli.commands.tui; "
             "from tractatus_watch.cli import main; sys.argv[0] = 'tractatus-watch'; main()"]
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tractatus_watch.cli import app
-from tractatus_watch.config import CliError
+from tractatus_watch.cli.app import app
+from tractatus_watch.cli.config import CliError
 from tractatus_watch.storage.store import Store
 
-import tractatus_watch.commands.tui  # noqa: F401  (registers open and live)
+import tractatus_watch.cli.commands.tui  # noqa: F401  (registers open and live)
 
 from .helpers import command
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from textual.widgets import Static
 
-from tractatus_watch.commands.tui import LiveSession
-from tractatus_watch.collectors.spool import SpoolReader
-from tractatus_watch.governance.alerts.engine import AlertState, Transition
-from tractatus_watch.governance.spool import SpoolWriter
+from tractatus_watch.cli.commands.tui import LiveSession
+from tractatus_watch.collectors.spool_reader import SpoolReader
+from tractatus_watch.analysis.alerts.engine import AlertState, Transition
+from tractatus_watch.governance.spool_writer import SpoolWriter
 from tractatus_watch.storage.alert_store import DuckDBAlertStore
 from tractatus_watch.storage.store import Store
 from tractatus_watch.tui.table import Table

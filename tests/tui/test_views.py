@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from textual.widgets import Static
 
-from tractatus_watch.governance.metrics import build_report
+from tractatus_watch.monitor.report import build_report
 from tractatus_watch.storage.store import Store
 from tractatus_watch.tui.table import Table
 from tractatus_watch.tui import fmt
@@ -44,7 +44,7 @@ async def test_overview_kpis_and_rule_trends(make_app, ro_store: Store) -> None:
         FROM decisions WHERE run_id = 'alpha' AND arm = 'governed'""")[0]
     escaped_base = sql(ro_store, """SELECT count_if(attempted AND executed) FROM decisions
                                   WHERE run_id = 'alpha' AND arm = 'ungoverned'""")[0][0]
-    # The gap's definition (which rounds, which interval) belongs to governance/metrics.py: the
+    # The gap's definition (which rounds, which interval) belongs to monitor/report.py: the
     # strip must show exactly what build_report computes.
     con = ro_store.cursor()
     gap = build_report(con, "alpha").gap

@@ -52,7 +52,7 @@ class Alerts(View):
         now = self.context.clock()
         cur = data.current
         self.note("alerts-empty", None if cur.height else
-                  "no alerts: rules come from governance/alerts/default_rules.toml and are "
+                  "no alerts: rules come from analysis/alerts/default_rules.toml and are "
                   "evaluated by `tractatus-watch live`/`check`; nothing is pending or firing")
         rows, keys = [], []
         for r in cur.iter_rows(named=True):

@@ -1,0 +1,266 @@
+"""The hooks tap: a `RolloutHooks` file for the trainer's `agentlightning.hooks` setting.
+
+    agentlightning.hooks: $(tractatus-watch hooks-path)   # this file (governance.hooks_path())
+    TRACTATUS_WATCH_SPOOL=/path/to/spool          # where the records go (a spool folder)
+    TRACTATUS_WATCH_USER_HOOKS=/path/to/mine.py   # optional: your own hooks, still run
+    TRACTATUS_WATCH_RUN_ID=exp-42                 # optional: run id (default: one per start)
+    TRACTATUS_WATCH_ARM=governed                  # optional: arm of rewards with no decisions
+
+How Agent Lightning 1.0.2 uses this file (agentlightning/hooks.py, verl/agl_rollout_manager.py):
+- `load_hooks(path)` executes the file as a fresh module and instantiates *the one* subclass of
+  `RolloutHooks` it finds among the module's classes (imported ones included), with no
+  arguments. So this file defines exactly one subclass, imports no other, and wraps a user's
+  hooks file by loading it itself (Agent Lightning cannot load two).
+- `on_startup()` is called once, with no store.
+- `on_enqueue(request)` runs per rollout inside `AglRolloutManagerBase._create_rollouts`, before
+  the rollout id exists. The training step is not passed to hooks; it is the manager's `_step`,
+  and the group key is that loop's `data_id` (the n rollouts of one sample). We read both from
+  the calling frame, because nothing else carries them.
+- `on_succeeded(rollout, events_by_attempt, trace_writer)` gets the last attempt's raw events.
+- `on_failed(rollout, trace_writer)` gets no events, and the manager deletes the rollout on its
+  next poll, so we fetch them at once through the manager's own client (same URL, same key).
+
+Nothing here raises into the trainer: every failure is printed on stderr and counted. A user's
+hooks are called exactly as Agent Lightning would call them (their exceptions reach the manager
+as before). The file runs without being registered in `sys.modules`, so it defines no dataclass
+(dataclasses look their module up there).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from agentlightning.hooks import RolloutHooks, load_hooks
+
+from tractatus_watch.records.agl import EventNormaliser, RolloutContext, stamp
+from tractatus_watch.records.delivery import Records
+from tractatus_watch.records.spool_format import QUARANTINE_EVENT
+
+SPOOL_ENV = "TRACTATUS_WATCH_SPOOL"
+USER_HOOKS_ENV = "TRACTATUS_WATCH_USER_HOOKS"
+RUN_ID_ENV = "TRACTATUS_WATCH_RUN_ID"
+ARM_ENV = "TRACTATUS_WATCH_ARM"
+ROUND_ENV = "TRACTATUS_WATCH_ROUND"  # only when no rollout manager is on the stack
+DEFAULT_SPOOL = "tractatus-watch-spool"
+AGL_URL_ENVS = ("TRACTATUS_WATCH_AGL_URL", "AGL_BASE_URL", "AGL_SERVER_URL")
+
+
+class _ManagerFrame:
+    def __init__(self, manager: Any, step: int | None, data_id: str | None,
+                 is_train: bool | None) -> None:
+        self.manager = manager
+        self.step = step
+        self.data_id = data_id
+        self.is_train = is_train
+
+
+def _find_manager(max_depth: int = 12) -> _ManagerFrame | None:
+    """The rollout manager (and its loop variables) among our callers, if any."""
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if owner is not None and hasattr(owner, "_step") and hasattr(owner, "_get_events"):
+            step = getattr(owner, "_step", None)
+            data_id = frame.f_locals.get("data_id")
+            is_train = frame.f_locals.get("is_train")
+            return _ManagerFrame(
+                manager=owner, step=step if isinstance(step, int) else None,
+                data_id=str(data_id) if data_id is not None else None,
+                is_train=is_train if isinstance(is_train, bool) else None)
+        frame = frame.f_back
+    return None
+
+
+def _dump(obj: Any) -> dict[str, Any]:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json", exclude={"input", "config"})
+    return dict(obj)
+
+
+class TractatusWatchHooks(RolloutHooks):
+    def __init__(self) -> None:
+        # One id per trainer start unless set; the uuid keeps two starts in one second apart.
+        self.run_id = (os.environ.get(RUN_ID_ENV)
+                       or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
+        self.arm = os.environ.get(ARM_ENV, "")
+        self.spool_dir = Path(os.environ.get(SPOOL_ENV) or DEFAULT_SPOOL).expanduser().resolve()
+        self.counts = {"rollouts": 0, "decisions": 0, "rewards": 0, "events": 0,
+                       "quarantined": 0, "errors": 0}
+        self._lock = threading.Lock()
+        self._spool: Any = None
+        user_path = os.environ.get(USER_HOOKS_ENV)
+        if user_path and Path(user_path).resolve() == Path(__file__).resolve():
+            user_path = None  # pointing at ourselves would load us forever
+        # A broken user hooks file is a configuration error: fail at load, as Agent Lightning
+        # would have without us, rather than train without the user's hooks.
+        self.user: RolloutHooks | None = load_hooks(user_path) if user_path else None
+
+    # --- Agent Lightning's hooks ----------------------------------------------------------------
+
+    def on_startup(self, store: Any | None = None) -> None:
+        try:
+            self._open_spool()
+            print(f"tractatus-watch hooks: run {self.run_id}, spool {self.spool_dir}",
+                  file=sys.stderr)
+        except Exception as exc:
+            self._failed("startup", exc)
+        if self.user is not None:
+            self.user.on_startup(store)
+
+    def on_enqueue(self, request: Any) -> Any:
+        if self.user is not None:
+            request = self.user.on_enqueue(request)
+        try:
+            found = _find_manager()
+            step = found.step if found is not None else _env_int(ROUND_ENV)
+            metadata = request.metadata
+            if hasattr(metadata, "model_dump"):
+                metadata = metadata.model_dump(exclude_none=True)
+            new = stamp(metadata, run_id=self.run_id, round=step,
+                        group=found.data_id if found is not None else None,
+                        arm=self.arm or None,
+                        is_train=found.is_train if found is not None else None)
+            return request.model_copy(update={"metadata": new})
+        except Exception as exc:
+            self._failed("on_enqueue", exc)
+            return request
+
+    def on_succeeded(self, rollout: Any, events: dict[str, list[Any]], store: Any) -> None:
+        try:
+            self._capture(rollout, events)
+        except Exception as exc:
+            self._failed("on_succeeded", exc)
+        if self.user is not None:
+            self.user.on_succeeded(rollout, events, store)
+
+    def on_failed(self, rollout: Any, store: Any) -> None:
+        try:
+            self._capture(rollout, self._fetch_events(rollout))
+        except Exception as exc:
+            self._failed("on_failed", exc)
+        if self.user is not None:
+            self.user.on_failed(rollout, store)
+
+    # --- ours -----------------------------------------------------------------------------------
+
+    def _fetch_events(self, rollout: Any) -> dict[str, list[Any]]:
+        """The last attempt's events, read now: the manager deletes the rollout next poll."""
+        rid = rollout.rollout_id
+        attempt = rollout.status.last_attempt_id or "0"
+        found = _find_manager()
+        if found is not None:
+            events = found.manager._get_events(rid, include_routed_experts=False)
+        else:
+            events = self._fetch_over_http(rid)
+        grouped: dict[str, list[Any]] = {}
+        for ev in events:
+            grouped.setdefault(str(_attr(ev, "attempt_id") or attempt), []).append(ev)
+        return grouped
+
+    def _fetch_over_http(self, rollout_id: str) -> list[Any]:
+        import httpx
+
+        url = next((os.environ[k] for k in AGL_URL_ENVS if os.environ.get(k)), None)
+        if url is None:
+            raise RuntimeError("no rollout manager on the stack and no TRACTATUS_WATCH_AGL_URL: "
+                               "cannot read the failed rollout's events")
+        key = os.environ.get("AGL_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        resp = httpx.get(f"{url.rstrip('/')}/api/rollouts/{rollout_id}/events",
+                         params={"include_routed_experts": False}, headers=headers, timeout=30)
+        resp.raise_for_status()
+        return list(resp.json())
+
+    def _capture(self, rollout: Any, events: dict[str, list[Any]]) -> None:
+        ctx = RolloutContext.from_rollout(_dump(rollout), run_id=self.run_id)
+        norm = EventNormaliser(ctx, f"hooks:{self.run_id}", default_arm=self.arm or "unknown")
+        out = Records()
+        for attempt_id, attempt_events in events.items():
+            norm.add_mixed_list(out, list(attempt_events), attempt_id)
+        out.rollouts.append(norm.transition("queuing"))
+        out.rollouts.append(norm.transition())
+        self._write(out)
+
+    def _open_spool(self) -> Any:
+        if self._spool is None:
+            from tractatus_watch.governance.spool_writer import SpoolWriter
+
+            # SpoolWriter creates the folder (0700) and its segments (0600) itself.
+            # No flush per rollout (an fsync and a segment each, on the trainer's thread): the
+            # writer seals a segment every second and at exit, so a hard kill of the trainer
+            # loses at most its last second.
+            self._spool = SpoolWriter(self.spool_dir, max_age_s=1.0)
+            atexit.register(self.close)
+        return self._spool
+
+    def _write(self, out: Records) -> None:
+        lines = records_to_lines(out)
+        with self._lock:
+            spool = self._open_spool()
+            for kind, data in lines:
+                spool.write(kind, data)
+            self.counts["rollouts"] += 1
+            self.counts["decisions"] += len(out.decisions)
+            self.counts["rewards"] += len(out.rewards)
+            self.counts["events"] += len(out.events)
+            self.counts["quarantined"] += len(out.quarantined)
+
+    def close(self) -> None:
+        """Publish what is buffered (also registered with atexit)."""
+        with self._lock:
+            if self._spool is not None:
+                try:
+                    self._spool.close()
+                except Exception as exc:
+                    self._failed("close", exc)
+                self._spool = None
+
+    def _failed(self, where: str, exc: BaseException) -> None:
+        self.counts["errors"] += 1
+        print(f"tractatus-watch hooks: {where} failed (training continues): "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def records_to_lines(out: Records) -> list[tuple[str, dict[str, Any]]]:
+    """Spool lines (type, data) for records, in the format the spool reader parses."""
+    lines: list[tuple[str, dict[str, Any]]] = []
+    for tr in out.rollouts:
+        lines.append(("rollout", {
+            "rollout_id": tr.rollout_id, "status": tr.status, "ts": tr.ts,
+            "agent_id": tr.agent_id, "round": tr.round, "arm": tr.arm,
+            "duration_s": tr.duration_s, "run_id": tr.run_id, "metadata": tr.metadata}))
+    for dec in out.decisions:
+        lines.append(("decision", dec.to_payload()))
+    for r in out.rewards:
+        lines.append(("reward", {
+            "reward_id": r.reward_id, "rollout_id": r.rollout_id, "agent_id": r.agent_id,
+            "round": r.round, "arm": r.arm, "value": r.value, "ts": r.ts, "run_id": r.run_id}))
+    for ev in out.events:
+        lines.append(("event", {
+            "event_id": ev.event_id, "event_type": ev.event_type, "ts": ev.ts,
+            "rollout_id": ev.rollout_id, "payload": ev.payload, "run_id": ev.run_id}))
+    for i, q in enumerate(out.quarantined):
+        # The spool has no quarantine record type; the reader turns this event back into one.
+        lines.append(("event", {
+            "event_id": f"quarantine:{q.ts}:{i}", "event_type": QUARANTINE_EVENT, "ts": q.ts,
+            "rollout_id": "", "payload": {"source": q.source, "reason": q.reason, "raw": q.raw},
+            "run_id": ""}))
+    return lines
+
+
+def _attr(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else None

@@ -1,0 +1,162 @@
+"""The metrics of DESIGN.md computed from stored data: one implementation for the report, the
+TUI and `check`. Counts come from the rollups (already summed per arm and round); this module
+turns them into coverage, violations, performance with its interval, the gap, stability and
+overhead."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from ..storage import queries as Q
+from ..analysis.stats import Gap, gap_ci, mean_ci
+
+GOVERNED, UNGOVERNED = "governed", "ungoverned"
+# Performance is judged on the trained policy: the mean reward of the last fifth of the rounds
+# (at least one). The whole-run mean mixes in the exploration of the first rounds.
+FINAL_SHARE = 0.2
+
+
+def final_rounds(rounds: int) -> int:
+    return max(1, math.ceil(FINAL_SHARE * rounds)) if rounds else 0
+
+
+@dataclass(frozen=True)
+class ArmMetrics:
+    arm: str
+    run_id: str
+    performance: float | None      # mean reward per rollout over the final rounds
+    performance_lo: float | None   # its 95% t interval
+    performance_hi: float | None
+    performance_rounds: int        # how many final rounds that is
+    performance_all: float | None  # mean reward per rollout over the whole run
+    coverage: float | None         # covered / actions
+    actions: int
+    attempted: int
+    blocked: int
+    escaped_violations: int
+    evasions: int
+    strategy: str | None           # the most executed action kind
+    stability: float | None        # std of the per-round mean reward (lower = steadier)
+    rounds: int
+    latency_p50_us: float | None
+    latency_p99_us: float | None
+    overhead_share: float | None   # governance latency / rollout time
+
+
+@dataclass(frozen=True)
+class Report:
+    run_id: str
+    baseline_run: str | None
+    arms: dict[str, ArmMetrics]
+    gap: Gap | None
+
+    def difference(self) -> dict[str, Any]:
+        g, u = self.arms.get(GOVERNED), self.arms.get(UNGOVERNED)
+        if g is None or u is None:
+            return {}
+
+        def sub(a: float | int | None, b: float | int | None) -> float | int | None:
+            return None if a is None or b is None else a - b
+
+        return {
+            "performance": sub(g.performance, u.performance),
+            "performance_all": sub(g.performance_all, u.performance_all),
+            "performance_relative": self.gap.relative if self.gap else None,
+            "performance_ci": ([_finite(self.gap.lo), _finite(self.gap.hi)]
+                               if self.gap else None),
+            "coverage": sub(g.coverage, u.coverage),
+            "escaped_violations": sub(g.escaped_violations, u.escaped_violations),
+            "blocked": sub(g.blocked, u.blocked),
+            "strategy": f"{u.strategy} -> {g.strategy}",
+            "stability": sub(g.stability, u.stability),
+            "rounds": sub(g.rounds, u.rounds),
+            "actions": sub(g.actions, u.actions),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        arms = {}
+        for name, m in self.arms.items():
+            d = asdict(m)
+            d.pop("arm")
+            arms[name] = {k: _finite(v) for k, v in d.items()}
+        return {"run_id": self.run_id, "baseline_run": self.baseline_run, "arms": arms,
+                "difference": self.difference()}
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _arm(con: duckdb.DuckDBPyConnection, run_id: str, arm: str) -> ArmMetrics | None:
+    totals = Q.totals(con, run_id).filter(pl.col("arm") == arm)
+    if totals.is_empty():
+        return None
+    t = totals.to_dicts()[0]
+    rounds = Q.per_round(con, run_id, arm)
+    per_round_reward = rounds["reward_mean"].drop_nulls()
+    stability = float(per_round_reward.std()) if per_round_reward.len() > 1 else None
+    rewarded = rounds.filter(pl.col("reward_n") > 0)
+    final = rewarded.tail(final_rounds(rewarded.height))
+    n, total, sq = (float(final[c].sum()) for c in ("reward_n", "reward_sum", "reward_sq_sum"))
+    ci = mean_ci(n, total, sq)
+    kinds = Q.action_kinds(con, run_id).filter((pl.col("arm") == arm) & (pl.col("executed") > 0))
+    lat = Q.latency(con, run_id).filter(pl.col("arm") == arm).to_dicts()
+    return ArmMetrics(
+        arm=arm, run_id=run_id,
+        performance=total / n if n else None,
+        performance_lo=ci.lo if n else None,
+        performance_hi=ci.hi if n else None,
+        performance_rounds=final.height,
+        performance_all=t["reward_mean"],
+        coverage=t["coverage"], actions=t["actions"], attempted=t["attempted"],
+        blocked=t["blocked"], escaped_violations=t["escaped"], evasions=t["evasions"],
+        strategy=str(kinds["action_kind"][0]) if not kinds.is_empty() else None,
+        stability=stability, rounds=t["rounds"],
+        latency_p50_us=lat[0]["p50_us"] if lat else None,
+        latency_p99_us=lat[0]["p99_us"] if lat else None,
+        overhead_share=lat[0]["share_of_rollout_time"] if lat else None,
+    )
+
+
+def _final_sums(con: duckdb.DuckDBPyConnection, run_id: str, arm: str
+                ) -> tuple[float, float, float]:
+    rounds = Q.per_round(con, run_id, arm).filter(pl.col("reward_n") > 0)
+    final = rounds.tail(final_rounds(rounds.height))
+    return (float(final["reward_n"].sum()), float(final["reward_sum"].sum()),
+            float(final["reward_sq_sum"].sum()))
+
+
+def build_report(con: duckdb.DuckDBPyConnection, run_id: str, baseline_run: str | None = None
+                 ) -> Report:
+    """The governed arm of `run_id` against the ungoverned arm of `baseline_run` (default: the
+    same run). A baseline run without an ungoverned arm lends its only arm."""
+    arms: dict[str, ArmMetrics] = {}
+    governed = _arm(con, run_id, GOVERNED)
+    if governed:
+        arms[GOVERNED] = governed
+    base_run = baseline_run or run_id
+    baseline = _arm(con, base_run, UNGOVERNED)
+    if baseline is None and baseline_run:
+        others = Q.totals(con, baseline_run)["arm"].to_list()
+        if len(others) == 1:
+            baseline = _arm(con, baseline_run, others[0])
+    if baseline:
+        arms[UNGOVERNED] = baseline
+    if not arms:  # a run with other arm names: report them as they are
+        for name in Q.totals(con, run_id)["arm"].to_list():
+            m = _arm(con, run_id, name)
+            if m:
+                arms[name] = m
+    gap = None
+    if governed and baseline:
+        g, b = _final_sums(con, run_id, GOVERNED), _final_sums(con, base_run, baseline.arm)
+        if g[0] and b[0]:
+            gap = gap_ci(*g, *b)
+    return Report(run_id=run_id, baseline_run=baseline_run, arms=arms, gap=gap)

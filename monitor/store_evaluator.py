@@ -1,0 +1,111 @@
+"""The Evaluator the engine runs against stored data: SQL for `expr` rules, the per-round rollup
+series of each run and arm for `detector` rules."""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from ..storage import queries as Q
+from ..analysis.alerts.detectors import evaluate_detector
+from ..analysis.alerts.engine import AlertEngine, Transition, evaluate_rules
+from ..analysis.alerts.alert_rules import NoData, Rule, Sample
+
+SERIES_COLUMNS = ("round", "actions", "covered", "enforce_mode", "attempted", "blocked",
+                  "escaped", "evasions", "executed", "latency_us_sum", "reward_n", "reward_sum",
+                  "reward_sq_sum")
+GAP_DETECTORS = frozenset({"gap_widening", "gap_closed"})
+BASELINE_ARM = "ungoverned"
+
+
+def _series(frame: pl.DataFrame) -> dict[str, np.ndarray]:
+    out = {c: frame[c].fill_null(0).to_numpy().astype(float) for c in SERIES_COLUMNS}
+    out["ts_max"] = np.array([t.timestamp() if t is not None else np.nan for t in
+                              frame["ts_max"].dt.replace_time_zone("UTC").to_list()])
+    return out
+
+
+class StoreEvaluator:
+    """Evaluates rules over one database cursor; `runs` limits the runs judged (default all)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, runs: Sequence[str] | None = None,
+                 now: float | None = None) -> None:
+        self.con = con
+        self.runs = list(runs) if runs is not None else None
+        self.now = now
+        self._per_round: dict[str, pl.DataFrame] = {}  # one read per run per evaluation
+
+    def _runs(self) -> list[str]:
+        if self.runs is not None:
+            return self.runs
+        return Q.runs(self.con)["run_id"].to_list()
+
+    def evaluate(self, rule: Rule) -> list[Sample]:
+        if rule.expr is not None:
+            return self._expr(rule.expr)
+        return self._detector(rule)
+
+    def _expr(self, sql: str) -> list[Sample]:
+        cur = self.con.execute(sql)
+        names = [d[0] for d in cur.description]
+        samples = []
+        for row in cur.fetchall():
+            rec = dict(zip(names, row))
+            rnd = rec.pop("round", None)
+            value = rec.pop("value", None)
+            labels = {k: str(v) for k, v in rec.items() if v is not None}
+            if self.runs is not None and labels.get("run_id") not in self.runs:
+                continue
+            samples.append(Sample(labels, None if value is None else float(value),
+                                  None if rnd is None else int(rnd)))
+        return samples
+
+    def _detector(self, rule: Rule) -> list[Sample]:
+        name = rule.detector or ""
+        samples: list[Sample] = []
+        judged = False
+        for run_id in self._runs():
+            frame = self._per_round.get(run_id)
+            if frame is None:
+                frame = self._per_round[run_id] = Q.per_round(self.con, run_id)
+            for arm in frame["arm"].unique().sort().to_list():
+                per_arm = frame.filter(pl.col("arm") == arm)
+                series = _series(per_arm)
+                if name in GAP_DETECTORS:
+                    if arm == BASELINE_ARM:
+                        continue
+                    base = frame.filter(pl.col("arm") == BASELINE_ARM)
+                    if base.is_empty():
+                        continue  # no baseline: nothing to compare, not "no data"
+                    aligned = per_arm.select("round").join(base, on="round", how="left")
+                    for c, values in _series(aligned).items():
+                        if c != "round":
+                            series["base_" + c] = np.nan_to_num(values)
+                try:
+                    samples += evaluate_detector(name, rule.params, series,
+                                                 labels={"run_id": run_id, "arm": arm},
+                                                 now=self.now or time.time())
+                    judged = True
+                except NoData:
+                    continue
+        if not judged and not samples:
+            raise NoData(f"no run with data for {name}")
+        return samples
+
+
+def latest_rounds(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    rows = con.execute("SELECT run_id, max(round) FROM rollup_agent GROUP BY run_id").fetchall()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def evaluate_once(engine: AlertEngine, con: duckdb.DuckDBPyConnection, *,
+                  runs: Sequence[str] | None = None, now: float | None = None
+                  ) -> list[Transition]:
+    """One evaluation of every rule against the stored data; returns the transitions."""
+    now = now or time.time()
+    evaluator = StoreEvaluator(con, runs, now)
+    return engine.evaluate(now, latest_rounds(con), evaluate_rules(engine.rules, evaluator))

@@ -1,0 +1,344 @@
+"""Collector commands: collect, gateway, ingest, hooks-path."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..app import DataPathOption, DbOption, app, open_store, read_token
+from ..config import CliError, resolve_store
+from ...storage.target import StoreTarget
+from .alerts import RulesOption, load_ruleset
+
+KeyFileOption = Annotated[Optional[Path], typer.Option(
+    "--key-file", dir_okay=False,
+    help="File holding the Agent Lightning key [default: $AGL_KEY]. Never pass the key itself "
+         "as an argument: it would show in `ps`.")]
+# For commands that resume their run (collectors.runner.resume_run_id).
+ResumeRunOption = Annotated[Optional[str], typer.Option(
+    # No square brackets: the help renderer would take them for markup and drop them.
+    "--run", help="Run id for records that carry none. Default: the run these sources were "
+                  "last collected into, stored with their cursors, so a restarted collect "
+                  "continues it; on a first start <command>-<YYYYmmdd-HHMMSS>.")]
+ServeOption = Annotated[Optional[str], typer.Option(
+    "--serve", metavar="[HOST:]PORT",
+    help="Serve the live database read-only over Quack, for `tractatus-watch open --remote "
+         "quack:HOST:PORT` (host 127.0.0.1 unless given). The token is read from --token-file, "
+         "or generated into <database>.quack-token (mode 0600, removed on exit).")]
+ServeTokenFileOption = Annotated[Optional[Path], typer.Option(
+    "--token-file", dir_okay=False, metavar="FILE",
+    help="With --serve: the token viewers must present, the first line of FILE (at least 16 "
+         "characters); without it a new one is written to <database>.quack-token.")]
+ServeTimeoutOption = Annotated[Optional[float], typer.Option(
+    "--serve-timeout", metavar="SECONDS",
+    help="With --serve: stop a viewer's query that runs longer than this on the collector "
+         "(default 30).")]
+ServePublicOption = Annotated[bool, typer.Option(
+    "--serve-public", help="Allow --serve on an address other than loopback. Quack speaks "
+                           "plain HTTP: put a TLS reverse proxy in front.")]
+
+
+def _key(key_file: Path | None) -> str | None:
+    from ...collectors.runner import KeyFileError, load_key
+
+    try:
+        return load_key(key_file)
+    except KeyFileError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _notifiers(alert_log: Path | None, webhook: str | None,
+               webhook_token_file: Path | None) -> list[Any]:
+    from ...analysis.alerts.notify import JsonlNotifier, WebhookNotifier
+
+    out: list[Any] = []
+    if alert_log:
+        out.append(JsonlNotifier(alert_log))
+    if webhook:
+        out.append(WebhookNotifier(
+            webhook, group_by=("alertname", "run_id"),
+            bearer_token_file=webhook_token_file,
+            bearer_token_env=None if webhook_token_file else "TRACTATUS_WATCH_WEBHOOK_TOKEN"))
+    return out
+
+
+def _check_webhook_token(webhook_token_file: Path | None) -> None:
+    """The notifier reads the token at each send (a rotated one is picked up); a file that
+    cannot serve is refused at the start, in one line."""
+    from ...records.files import SecretFileError, read_secret
+
+    if webhook_token_file is not None:
+        try:
+            read_secret(webhook_token_file, "the webhook token file")
+        except SecretFileError as exc:
+            raise CliError(str(exc)) from None
+
+
+def stop_when_writer_fails(writer: Any, stop: threading.Event,
+                           every_s: float = 0.2) -> threading.Thread:
+    """Set `stop` once the writer has failed. A source idle on a quiet input never calls the
+    dead writer, so without this the command would run on, storing nothing; stopped, it ends
+    with the writer's error (`error: writer failed: ...`, exit 2)."""
+    import logging
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            if writer.error is not None:
+                logging.getLogger("tractatus_watch.collect").error(
+                    "the writer failed: stopping the sources",
+                    extra={"fields": {"error": str(writer.error).strip().split("\n")[0]}})
+                stop.set()
+                return
+
+    thread = threading.Thread(target=watch, name="tw-writer-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def collect_sources(agl: list[str], spool: list[Path], gateway: bool, host: str, port: int,
+                    key: str | None, writer_run: str = "",
+                    gateway_wal: Path | None = None) -> list[Any]:
+    from ...collectors.gateway_tap import GatewayTap
+    from ...collectors.poller import Poller
+    from ...collectors.spool_reader import SpoolReader
+
+    sources: list[Any] = [Poller(url, key=key, run_id=writer_run) for url in agl]
+    sources += [SpoolReader(folder) for folder in spool]
+    if gateway:
+        # The sink is handed over by run_sources.
+        sources.append(GatewayTap(lambda records: None, host=host, port=port, key=key,
+                                  run_id=writer_run, wal_dir=gateway_wal))
+    return sources
+
+
+@dataclass(frozen=True)
+class ServePlan:
+    """What --serve asked for, checked before the store is opened."""
+
+    host: str
+    port: int
+    public: bool
+    token: str | None  # None: generate one into the token file
+    timeout_s: float = 30.0  # storage.serve.DEFAULT_TIMEOUT_S
+
+
+def serve_plan(serve: str | None, serve_public: bool, token_file: Path | None,
+               target: StoreTarget, *, timeout_s: float | None = None) -> ServePlan | None:
+    """Check --serve, --serve-public, --token-file and --serve-timeout (one-line errors,
+    before any work)."""
+    from ...storage.serve import DEFAULT_TIMEOUT_S, check_servable, check_token, parse_address
+
+    if serve is None:
+        if serve_public or token_file is not None or timeout_s is not None:
+            raise CliError("--serve-public, --serve-timeout and --token-file go with --serve "
+                           "[HOST:]PORT")
+        return None
+    if timeout_s is not None and not 0 < timeout_s <= 86_400:
+        raise CliError(f"--serve-timeout: expected seconds between 0 and 86400, got {timeout_s:g}")
+    host, port = parse_address(serve)
+    check_servable(target, host, port, public=serve_public)
+    token = read_token(token_file) if token_file is not None else None
+    if token is not None:
+        check_token(token)
+    return ServePlan(host, port, serve_public, token,
+                     DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
+
+
+def start_serving(store: Any, plan: ServePlan | None) -> Any:
+    """Start the Quack server of a plan (None: nothing to do); logs where, never the token."""
+    import logging
+
+    from ...storage.serve import serve_with_token_file
+
+    if plan is None:
+        return None
+    server = serve_with_token_file(store, plan.host, plan.port, plan.token, public=plan.public,
+                                   timeout_s=plan.timeout_s)
+    log = logging.getLogger("tractatus_watch.collect")
+    log.info("serving the database read-only over Quack", extra={"fields": {
+        "address": server.uri, "database": str(store.path),
+        "token_file": str(server.token_file) if server.token_file else "(--token-file)",
+        "query_timeout_s": plan.timeout_s}})
+    if plan.public:
+        log.warning("serving on a non-loopback address over plain HTTP; put a TLS reverse "
+                    "proxy in front", extra={"fields": {"address": server.uri}})
+    return server
+
+
+def log_notifications(summaries: list[dict[str, Any]]) -> None:
+    """The end-of-run line of the notifiers: sent, failed and dropped per notifier (a warning
+    when any notification was lost)."""
+    import logging
+
+    if not summaries:
+        return
+    lost = any(s.get("failed") or s.get("dropped") for s in summaries)
+    logging.getLogger("tractatus_watch.collect").log(
+        logging.WARNING if lost else logging.INFO, "collect finished: alert notifications",
+        extra={"fields": {"notifiers": summaries}})
+
+
+def _flush_interval(store: Any) -> float:
+    # Each lake commit writes a Parquet file per table: commit about once a second, not 20x.
+    return 1.0 if store.is_lake else 0.05
+
+
+@app.command()
+def collect(
+    agl: Annotated[Optional[list[str]], typer.Option(
+        "--agl", help="Attach read-only to a running Agent Lightning gateway (repeatable).")]
+    = None,
+    spool: Annotated[Optional[list[Path]], typer.Option(
+        "--spool", file_okay=False, help="Ingest a spool folder written by the hooks file or "
+                                         "the Governor (repeatable).")] = None,
+    gateway: Annotated[bool, typer.Option(
+        "--gateway", help="Run the Agent Lightning gateway here and capture everything.")]
+    = False,
+    host: Annotated[str, typer.Option("--host", help="Gateway address (with --gateway).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Gateway port (with --gateway).")] = 8080,
+    key_file: KeyFileOption = None,
+    run: ResumeRunOption = None,
+    rules: RulesOption = None,
+    alert_interval: Annotated[float, typer.Option(
+        "--alert-interval", min=0.5, help="Seconds between alert evaluations.")] = 5.0,
+    alert_log: Annotated[Optional[Path], typer.Option(
+        "--alert-log", dir_okay=False, help="Append alert transitions to this JSONL file.")]
+    = None,
+    webhook: Annotated[Optional[str], typer.Option(
+        "--webhook", help="POST Alertmanager v4 JSON to this URL (bearer token from "
+                          "$TRACTATUS_WATCH_WEBHOOK_TOKEN or --webhook-token-file).")] = None,
+    webhook_token_file: Annotated[Optional[Path], typer.Option(
+        "--webhook-token-file", dir_okay=False)] = None,
+    serve: ServeOption = None, serve_public: ServePublicOption = False,
+    token_file: ServeTokenFileOption = None, serve_timeout: ServeTimeoutOption = None,
+    db: DbOption = None, data_path: DataPathOption = None,
+) -> None:
+    """Collect headless from Agent Lightning (poller, gateway) and spools, with alert
+    evaluation. Structured log lines on stderr; SIGINT/SIGTERM flush and exit 0.
+
+    With --serve, dashboards in other processes watch the database live
+    (`open --remote quack:HOST:PORT --token-file <database>.quack-token`)."""
+    from ...collectors.gateway_wal import wal_folder
+    from ...collectors.runner import adopt_run_id, resume_run_id, run_sources, setup_logging
+    from ...monitor.alert_loop import AlertLoop
+    from ...storage.writer import Writer
+
+    if not (agl or spool or gateway):
+        raise CliError("nothing to collect from: give --agl URL, --spool DIR or --gateway")
+    ruleset = load_ruleset(rules)
+    _check_webhook_token(webhook_token_file)
+    key = _key(key_file)
+    target = resolve_store(db, data_path)
+    plan = serve_plan(serve, serve_public, token_file, target, timeout_s=serve_timeout)
+    setup_logging()
+    with open_store(target, read_only=False) as store:
+        sources = collect_sources(agl or [], spool or [], gateway, host, port, key,
+                                  gateway_wal=wal_folder(target, host, port))
+        run_id = resume_run_id(store, [s.source for s in sources], run, "collect")
+        adopt_run_id(sources, run_id)
+        writer = Writer(store, flush_interval_s=_flush_interval(store))
+        alerts = AlertLoop(store, ruleset, _notifiers(alert_log, webhook, webhook_token_file),
+                           interval_s=alert_interval).start()
+        server = None
+        try:
+            server = start_serving(store, plan)
+            stop = threading.Event()
+            stop_when_writer_fails(writer, stop)
+            result = run_sources(sources, writer, run_id=run_id, stop=stop,
+                                 get_cursor=store.get_cursor)
+        finally:
+            if server is not None:
+                server.stop()
+            alerts.stop()
+            log_notifications(alerts.summaries())
+            writer.close()
+    if not result.ok:
+        for source, error in result.errors.items():
+            print(f"error: {source}: {error}", file=sys.stderr)
+        raise typer.Exit(2)
+
+
+@app.command(name="gateway")
+def gateway_command(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
+    key_file: KeyFileOption = None,
+    run: ResumeRunOption = None,
+    db: DbOption = None, data_path: DataPathOption = None,
+) -> None:
+    """Run the real Agent Lightning gateway and capture every event it records (zero loss).
+
+    Trainers, controllers and agents use it exactly as `agl-server`."""
+    from ...collectors.gateway_tap import GatewayTap
+    from ...collectors.gateway_wal import wal_folder
+    from ...collectors.runner import adopt_run_id, resume_run_id, run_sources, setup_logging
+    from ...storage.writer import Writer
+
+    key = _key(key_file)
+    target = resolve_store(db, data_path)
+    setup_logging()
+    with open_store(target, read_only=False) as store:
+        tap = GatewayTap(lambda records: None, host=host, port=port, key=key,
+                         wal_dir=wal_folder(target, host, port))
+        run_id = resume_run_id(store, [tap.source], run, "gateway")
+        adopt_run_id([tap], run_id)
+        writer = Writer(store, flush_interval_s=_flush_interval(store))
+        try:
+            stop = threading.Event()
+            stop_when_writer_fails(writer, stop)
+            result = run_sources([tap], writer, run_id=run_id, stop=stop,
+                                 get_cursor=store.get_cursor)
+        finally:
+            writer.close()
+    if not result.ok:
+        for source, error in result.errors.items():
+            print(f"error: {source}: {error}", file=sys.stderr)
+        raise typer.Exit(2)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(
+        help="Tractatus audit logs: mongoexport JSON/JSONL of auditLogs, decisions-*.jsonl, "
+             "generic audit JSONL; folders are searched.")],
+    run: Annotated[Optional[str], typer.Option("--run", help="Run id [default: audit].")]
+    = None,
+    arm: Annotated[str, typer.Option("--arm", help="Arm the decisions belong to.")]
+    = "governed",
+    db: DbOption = None, data_path: DataPathOption = None,
+) -> None:
+    """Ingest Tractatus audit logs. Re-ingesting a file stores nothing new."""
+    from ...collectors.audit import AuditDefaults, ingest_audit
+    from ...collectors.sink import writer_sink
+    from ...storage.writer import Writer
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise CliError(f"no such file: {', '.join(missing)}")
+    run_id = run or "audit"
+    with open_store(db, data_path, read_only=False) as store:
+        writer = Writer(store)
+        try:
+            summary = ingest_audit(list(paths), writer_sink(writer, run_id),
+                                   defaults=AuditDefaults(run_id=run_id, arm=arm),
+                                   get_cursor=store.get_cursor)
+        finally:
+            writer.close()
+        stored = writer.stats.committed_rows.get("decisions", 0)
+    for line in summary.lines():  # plain print: these lines are for grep as much as for eyes
+        print(line)
+    print(f"stored: {stored} new decisions in run {run_id}")
+
+
+@app.command(name="hooks-path")
+def hooks_path_command() -> None:
+    """Print the path of the hooks file for the trainer's `agentlightning.hooks` setting."""
+    from ...governance import hooks_path
+
+    print(hooks_path())

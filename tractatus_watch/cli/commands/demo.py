@@ -1,0 +1,281 @@
+"""The demo command: a governed training job through the real Agent Lightning gateway."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..app import DataPathOption, DbOption, app, open_store
+from ..config import CliError, resolve_store
+from ...storage.target import StoreTarget
+from ..output import console
+
+# Timing-dependent figures are left out of --format json so that a seed fully determines it.
+TIMING_KEYS = ("latency_p50_us", "latency_p99_us", "overhead_share", "run_id")
+
+
+class DemoFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def parse_speed(text: str | None) -> float | None:
+    if text is None or text == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise CliError(f"--speed: expected rounds per second or 'max', got {text!r}") from None
+    if value <= 0:
+        raise CliError("--speed must be above 0")
+    return value
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def demo_json(report: Any, session: Any, scenario: Any, seed: int) -> dict[str, Any]:
+    out = report.to_json()
+    arms = {arm: {k: v for k, v in values.items() if k not in TIMING_KEYS}
+            for arm, values in out["arms"].items()}
+    alerts = sorted(({"alertname": f.alertname, "arm": f.labels.get("arm", ""),
+                      "round": f.round, "severity": f.severity} for f in session.fired),
+                    key=lambda a: (a["round"], a["alertname"], a["arm"]))
+    return _rounded({"scenario": scenario.name, "seed": seed, "agents": scenario.agents,
+                     "rounds": scenario.rounds, "arms": arms,
+                     "difference": out["difference"], "alerts": alerts})
+
+
+@app.command()
+def demo(
+    scenario: Annotated[str, typer.Option(
+        "--scenario", help="demo2, scale, persistence, adversarial, gap, multiagent, showcase.")]
+    = "showcase",
+    agents: Annotated[Optional[int], typer.Option("--agents", min=1, help="Agents per arm.")]
+    = None,
+    rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Training rounds.")]
+    = None,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same results.")] = 1,
+    speed: Annotated[Optional[str], typer.Option(
+        "--speed", help="Rounds per second, or 'max' [default: the scenario's pace].")] = None,
+    headless: Annotated[bool, typer.Option(
+        "--headless", help="No dashboard: run to the end, print the report and alerts.")]
+    = False,
+    fmt: Annotated[DemoFormat, typer.Option("--format", help="Headless output format.")]
+    = DemoFormat.table,
+    agl: Annotated[Optional[str], typer.Option(
+        "--agl", help="Train through this running Agent Lightning gateway (captured by the "
+                      "poller) instead of an in-process one.")] = None,
+    key_file: Annotated[Optional[Path], typer.Option(
+        "--key-file", dir_okay=False, help="Agent Lightning key for --agl (else $AGL_KEY).")]
+    = None,
+    db: DbOption = None, data_path: DataPathOption = None,
+) -> None:
+    """Governed vs ungoverned RL training through a real Agent Lightning gateway.
+
+    Reproduces Demo 2 of the Tractatus + Agent Lightning integration and the five research
+    questions as scenarios. Opens the live dashboard unless --headless."""
+    from ...demo.scenarios import SCENARIOS
+
+    if scenario not in SCENARIOS:
+        raise CliError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+    base = SCENARIOS[scenario]
+    pace = parse_speed(speed) if speed is not None else (None if headless else base.speed)
+    key = _agl_key(key_file) if agl else None
+    if agl:
+        check_gateway(agl, key)
+    target = resolve_store(db, data_path)
+    if scenario == "scale":
+        _run_scale(base.with_overrides(agents=agents, rounds=rounds), seed, pace, agl, key, target,
+                   fmt)
+        return
+    sc = base.with_overrides(agents=agents, rounds=rounds)
+    if headless:
+        _run_headless(sc, seed, pace, agl, key, target, fmt)
+    else:
+        _run_live(sc, seed, pace, agl, key, target)
+
+
+def _agl_key(key_file: Path | None) -> str | None:
+    from ...collectors.runner import KeyFileError, load_key
+
+    try:
+        return load_key(key_file)
+    except KeyFileError as exc:
+        raise CliError(str(exc)) from None
+
+
+def check_gateway(url: str, key: str | None, timeout_s: float = 10.0) -> None:
+    """One authenticated read of the gateway before training, so that a dead address or a
+    wrong key is a one-line error instead of a failure deep in the training job."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        resp = httpx.get(url.rstrip("/") + "/api/rollouts", headers=headers,
+                         params={"state_in": "running", "limit": 1}, timeout=timeout_s)
+    except httpx.InvalidURL as exc:
+        raise CliError(f"--agl {url}: not a gateway URL ({exc})") from None
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach Agent Lightning at {url}: "
+                       f"{_reason(exc)}") from None
+    if resp.status_code == 401:
+        raise CliError(f"Agent Lightning at {url} refused the key (HTTP 401): --key-file or "
+                       "AGL_KEY must hold the key the gateway was started with")
+    if resp.status_code != 200:
+        raise CliError(f"Agent Lightning at {url} answered HTTP {resp.status_code} to "
+                       "GET /api/rollouts; is it an Agent Lightning 1.0 gateway?")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _run_id(name: str, seed: int) -> str:
+    return f"{name}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _session(store: Any, sc: Any, seed: int, pace: float | None, agl: str | None,
+             key: str | None, **kw: Any) -> Any:
+    from ...demo.session import DemoSession
+
+    return DemoSession(store, sc, seed, _run_id(sc.name, seed), speed=pace, agl_url=agl,
+                       agl_key=key, **kw)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _run_headless(sc: Any, seed: int, pace: float | None, agl: str | None, key: str | None,
+                  target: StoreTarget, fmt: DemoFormat) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from ...demo.job import DemoStopped
+    from ...monitor.report import build_report
+    from ..report_render import rich_table
+
+    err = console(stderr=True)
+    with open_store(target, read_only=False) as store:
+        with Progress("[progress.description]{task.description}", BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                      transient=True, disable=not sys.stderr.isatty()) as progress:
+            task = progress.add_task(f"{sc.name}: training", total=sc.rounds)
+            session = _session(store, sc, seed, pace, agl, key,
+                               on_round=lambda r: progress.update(task, completed=r.round + 1))
+            _stop_on_signals(session.stop)
+            try:
+                session.run()
+            except DemoStopped:
+                err.print(f"stopped after {len(session.rounds)} rounds; what was captured is "
+                          f"stored as run {session.run_id}")
+        report = build_report(store.cursor(), session.run_id)
+    if fmt == DemoFormat.json:
+        print(json.dumps(demo_json(report, session, sc, seed), indent=2))
+        return
+    out = console()
+    out.print(rich_table(report))
+    if session.fired:
+        out.print("alerts fired:")
+        for f in session.fired:
+            out.print(f"  round {f.round}: {f.alertname} ({f.severity}) "
+                      f"arm={f.labels.get('arm', '')}")
+    else:
+        out.print("alerts fired: none")
+    out.print(f"run {session.run_id} stored in {store.label}")
+
+
+def _run_live(sc: Any, seed: int, pace: float | None, agl: str | None, key: str | None,
+              target: StoreTarget) -> None:
+    """Train in a background thread while the dashboard shows the run; when training ends the
+    dashboard stays on the final state until the user quits (quitting early stops training)."""
+    from ...demo.job import DemoStopped
+    from ...storage.alert_store import DuckDBAlertStore
+    from ...tui import run_dashboard
+
+    with open_store(target, read_only=False) as store:
+        session = _session(store, sc, seed, pace, agl, key)
+        failure: list[BaseException] = []
+
+        def train() -> None:
+            try:
+                session.run()
+            except DemoStopped:
+                pass
+            except BaseException as exc:  # shown after the dashboard closes
+                failure.append(exc)
+
+        thread = threading.Thread(target=train, name="demo-training", daemon=True)
+        thread.start()
+        try:
+            run_dashboard(store, run_id=session.run_id, source_health=session.health,
+                          silence_writer=DuckDBAlertStore(store).add_silence, interval=1.0,
+                          title=f"tractatus-watch demo: {sc.name} (seed {seed})")
+        finally:
+            session.stop.set()
+            thread.join(60)
+    console(stderr=True).print(f"run {session.run_id} stored in {store.label}")
+    if failure:
+        raise CliError(f"training failed: {failure[0]}")
+
+
+def _run_scale(sc: Any, seed: int, pace: float | None, agl: str | None, key: str | None,
+               target: StoreTarget, fmt: DemoFormat) -> None:
+    """Research question 1: one run per size; governance overhead as agents grow."""
+    from rich.table import Table
+
+    from ...storage import queries as Q
+
+    sizes: dict[str, dict[str, Any]] = {}
+    err = console(stderr=True)
+    with open_store(target, read_only=False) as store:
+        for n in sc.sizes:
+            run_sc = sc.with_overrides(agents=n)
+            err.print(f"scale: {n} agent(s) per arm ...")
+            session = _session(store, run_sc, seed, pace, agl, key)
+            _stop_on_signals(session.stop)
+            started = time.monotonic()
+            session.run()
+            seconds = time.monotonic() - started
+            lat = Q.latency(store.cursor(), session.run_id)
+            actions = sum(r.decisions for r in session.rounds)
+            sizes[str(n)] = {
+                "run_id": session.run_id, "agents": n, "rounds": len(session.rounds),
+                "actions": actions, "rounds_per_s": len(session.rounds) / seconds,
+                "actions_per_s": actions / seconds,
+                "overhead_p50_us": float(lat["p50_us"].median() or 0),
+                "overhead_p99_us": float(lat["p99_us"].max() or 0),
+                "round_s": seconds / max(1, len(session.rounds)),
+            }
+    if fmt == DemoFormat.json:
+        print(json.dumps({"scenario": "scale", "seed": seed, "sizes": _rounded(sizes)}, indent=2))
+        return
+    table = Table(title="Q1: governance overhead as agents grow", header_style="bold")
+    for col in ("agents/arm", "actions", "rounds/s", "actions/s", "overhead p50 us",
+                "overhead p99 us"):
+        table.add_column(col, justify="right")
+    for s in sizes.values():
+        table.add_row(str(s["agents"]), str(s["actions"]), f"{s['rounds_per_s']:.2f}",
+                      f"{s['actions_per_s']:.0f}", f"{s['overhead_p50_us']:.0f}",
+                      f"{s['overhead_p99_us']:.0f}")
+    console().print(table)

@@ -1,0 +1,99 @@
+"""The Demo 2 table, rendered from a metrics Report as a rich table or Markdown."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from rich.table import Table
+
+from ..monitor.report import GOVERNED, UNGOVERNED, ArmMetrics, Report
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 100:.1f}%"
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _signed(v: float | int | None, fmt: Callable[[Any], str]) -> str:
+    if v is None:
+        return ""
+    return ("+" if v > 0 else "") + fmt(v)
+
+
+def _stability(m: ArmMetrics) -> str:
+    if m.stability is None:
+        return "n/a"
+    # Steadiness relative to the reward level: a std under 5% of the mean reads as consistent.
+    word = ("consistent" if m.performance and m.stability <= 0.05 * abs(m.performance)
+            else "variable")
+    return f"{word} (sd {m.stability:.3f})"
+
+
+def rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: Metric | <arm>... | Difference."""
+    order = [a for a in (UNGOVERNED, GOVERNED) if a in report.arms] or list(report.arms)
+    arms = [report.arms[a] for a in order]
+    diff = report.difference()
+    gap = report.gap
+
+    def perf(m: ArmMetrics) -> str:
+        if m.performance is None:
+            return "n/a"
+        ci = (f" [{m.performance_lo:.3f}, {m.performance_hi:.3f}]"
+              if m.performance_lo is not None and m.performance_hi is not None
+              and abs(m.performance_hi) != float("inf") else "")
+        return f"{m.performance:.3f}{ci}"
+
+    perf_diff = ""
+    if gap is not None and diff:
+        rel = f" ({gap.relative * 100:+.1f}%)" if gap.relative is not None else ""
+        ci = (f" [{gap.lo:+.3f}, {gap.hi:+.3f}]" if abs(gap.lo) != float("inf") else "")
+        perf_diff = f"{gap.absolute:+.3f}{rel}{ci}"
+    table: list[list[str]] = [
+        [f"Performance (mean reward, last {max(m.performance_rounds for m in arms)} rounds)",
+         *[perf(m) for m in arms], perf_diff],
+        ["Performance (whole run)", *[_num(m.performance_all) for m in arms],
+         _signed(diff.get("performance_all"), lambda v: f"{v:.3f}")],
+        ["Governance coverage", *[_pct(m.coverage) for m in arms],
+         _signed(diff.get("coverage"), lambda v: f"{v * 100:.1f} pts")],
+        ["Constraint violations (escaped)", *[str(m.escaped_violations) for m in arms],
+         _signed(diff.get("escaped_violations"), str)],
+        ["Blocked", *[str(m.blocked) for m in arms], _signed(diff.get("blocked"), str)],
+        ["Attempted violations", *[str(m.attempted) for m in arms], ""],
+        ["Evasions (shadow auditor)", *[str(m.evasions) for m in arms], ""],
+        ["Strategy (most executed)", *[m.strategy or "n/a" for m in arms], ""],
+        ["Training stability", *[_stability(m) for m in arms],
+         _signed(diff.get("stability"), lambda v: f"{v:.3f}")],
+        ["Governance latency p50 / p99 (us)",
+         *[f"{_num(m.latency_p50_us, 0)} / {_num(m.latency_p99_us, 0)}" for m in arms], ""],
+        ["Rounds", *[str(m.rounds) for m in arms], ""],
+        ["Actions", *[str(m.actions) for m in arms], ""],
+    ]
+    header = ["Metric", *[m.arm.capitalize() for m in arms]]
+    if diff:
+        header.append("Difference")
+    else:
+        table = [r[:-1] for r in table]
+    return header, table
+
+
+def rich_table(report: Report) -> Table:
+    header, body = rows(report)
+    title = f"run {report.run_id}" + (f" vs baseline {report.baseline_run}"
+                                       if report.baseline_run else "")
+    table = Table(title=title, header_style="bold")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for r in body:
+        table.add_row(*r)
+    return table
+
+
+def markdown(report: Report) -> str:
+    header, body = rows(report)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines) + "\n"

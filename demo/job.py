@@ -23,7 +23,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from queue import Empty, SimpleQueue
+from queue import SimpleQueue
 from typing import Any, Callable
 
 import httpx

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ..collectors.sink import writer_sink
 from ..analysis.alerts.engine import AlertEngine, Transition
 from ..analysis.alerts.notify import CallbackNotifier
-from ..analysis.alerts.alert_rules import RuleSet, load_default_rules
+from ..analysis.alerts.alert_rules import AlertRuleSet, load_default_alert_rules
 from ..monitor.store_evaluator import evaluate_once
 from ..storage.alert_store import DuckDBAlertStore
 from ..storage.store import Store
@@ -44,7 +44,7 @@ class DemoSession:
     speed: float | None = None
     agl_url: str | None = None        # an external gateway (captured by the poller)
     agl_key: str | None = None
-    rules: RuleSet | None = None
+    rules: AlertRuleSet | None = None
     on_round: Callable[[RoundResult], None] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     fired: list[FiredAlert] = field(default_factory=list)
@@ -67,7 +67,7 @@ class DemoSession:
         capture: Any = None
         poll_thread: threading.Thread | None = None
         poll_stop = threading.Event()
-        self._engine = AlertEngine(self.rules or load_default_rules(), DuckDBAlertStore(self.store),
+        self._engine = AlertEngine(self.rules or load_default_alert_rules(), DuckDBAlertStore(self.store),
                                    notifiers=[CallbackNotifier(self._alerted)])
         try:
             if self.agl_url is None:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from ..storage.alert_store import DuckDBAlertStore
 from ..storage.store import Store
 from ..analysis.alerts.engine import AlertEngine, Notifier, Transition
-from ..analysis.alerts.alert_rules import RuleSet
+from ..analysis.alerts.alert_rules import AlertRuleSet
 from .store_evaluator import evaluate_once
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class AlertLoop:
     LEAD = "alerts"
 
-    def __init__(self, store: Store, rules: RuleSet, notifiers: Sequence[Notifier] = (), *,
+    def __init__(self, store: Store, rules: AlertRuleSet, notifiers: Sequence[Notifier] = (), *,
                  interval_s: float = 5.0, runs: Sequence[str] | None = None) -> None:
         self.alert_store = DuckDBAlertStore(store)
         self._rules = rules

@@ -13,7 +13,7 @@ import polars as pl
 from ..storage import queries as Q
 from ..analysis.alerts.detectors import evaluate_detector
 from ..analysis.alerts.engine import AlertEngine, Transition, evaluate_rules
-from ..analysis.alerts.alert_rules import NoData, Rule, Sample
+from ..analysis.alerts.alert_rules import NoData, AlertRule, Sample
 
 SERIES_COLUMNS = ("round", "actions", "covered", "enforce_mode", "attempted", "blocked",
                   "escaped", "evasions", "executed", "latency_us_sum", "reward_n", "reward_sum",
@@ -44,7 +44,7 @@ class StoreEvaluator:
             return self.runs
         return Q.runs(self.con)["run_id"].to_list()
 
-    def evaluate(self, rule: Rule) -> list[Sample]:
+    def evaluate(self, rule: AlertRule) -> list[Sample]:
         if rule.expr is not None:
             return self._expr(rule.expr)
         return self._detector(rule)
@@ -64,7 +64,7 @@ class StoreEvaluator:
                                   None if rnd is None else int(rnd)))
         return samples
 
-    def _detector(self, rule: Rule) -> list[Sample]:
+    def _detector(self, rule: AlertRule) -> list[Sample]:
         name = rule.detector or ""
         samples: list[Sample] = []
         judged = False

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from tractatus_watch.monitor.alert_loop import AlertLoop
 from tractatus_watch.analysis.alerts.engine import Silence
-from tractatus_watch.analysis.alerts.alert_rules import parse_rules
+from tractatus_watch.analysis.alerts.alert_rules import parse_alert_rules
 from tractatus_watch.storage import queries as Q
 from tractatus_watch.storage.batch import ARROW_SCHEMAS, Batch
 from tractatus_watch.storage.maintain import live_files
@@ -41,7 +41,7 @@ def _fill_every_table(path: Path) -> None:
             "agent_id": "a", "round": 0, "arm": "governed", "duration_s": 1.5, "metadata": "{}"}],
             schema=ARROW_SCHEMAS["rollouts"])}))
         w.close()
-        loop = AlertLoop(store, parse_rules(RULES))
+        loop = AlertLoop(store, parse_alert_rules(RULES))
         assert loop.evaluate()
         loop.alert_store.add_silence(Silence.from_row({
             "silence_id": "s1", "matchers": '["run_id=\\"r9\\""]', "comment": "c",

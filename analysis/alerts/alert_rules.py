@@ -67,7 +67,7 @@ class NoData(Exception):
 # --- errors --------------------------------------------------------------------------------------
 
 
-class RulesError(ValueError):
+class AlertRulesError(ValueError):
     """A rules file that cannot be used; the message is `<file>: <key>: <reason>`."""
 
     def __init__(self, source: str, key: str, reason: str) -> None:
@@ -116,7 +116,7 @@ def parse_duration(text: str) -> Duration:
     try:
         return Duration(parse_seconds(s))
     except DurationError:
-        raise ValueError(f"invalid duration {text!r} (expected e.g. \"5m\", \"1h30m\" or "
+        raise ValueError(f"invalid duration {text!r} (expected e.g. \"5m\", \"30s\" or "
                          f"\"3 rounds\")") from None
 
 
@@ -299,7 +299,7 @@ def _check_param(name: str, kind: ParamType, value: Any) -> str | None:
 
 
 @dataclass(frozen=True, eq=False, slots=True)
-class Rule:
+class AlertRule:
     """One alerting rule; hashed by identity so it can key a results dict."""
 
     name: str
@@ -323,7 +323,7 @@ class Rule:
 @dataclass(frozen=True, slots=True)
 class RuleGroup:
     name: str
-    rules: tuple[Rule, ...]
+    rules: tuple[AlertRule, ...]
     interval: Duration | None = None
 
 
@@ -341,14 +341,14 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
-class RuleSet:
+class AlertRuleSet:
     groups: tuple[RuleGroup, ...]
     inhibit_rules: tuple[InhibitRule, ...] = ()
     route: Route = Route()
     source: str = "<rules>"
 
     @property
-    def rules(self) -> list[Rule]:
+    def rules(self) -> list[AlertRule]:
         return [r for g in self.groups for r in g.rules]
 
 
@@ -367,8 +367,8 @@ class _Parser:
     def __init__(self, source: str) -> None:
         self.source = source
 
-    def fail(self, key: str, reason: str) -> RulesError:
-        return RulesError(self.source, key, reason)
+    def fail(self, key: str, reason: str) -> AlertRulesError:
+        return AlertRulesError(self.source, key, reason)
 
     def table(self, value: Any, key: str) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -449,7 +449,7 @@ class _Parser:
                 raise self.fail(f"{key}.{k}[{i}]", "expected a label name")
         return tuple(v)
 
-    def rule(self, d: Any, key: str, group: str) -> Rule:
+    def rule(self, d: Any, key: str, group: str) -> AlertRule:
         d = self.table(d, key)
         self.unknown(d, _RULE_KEYS, key)
         name = self.string(d, "alert", key)
@@ -474,7 +474,7 @@ class _Parser:
                 why = _check_param(pname, kind, pval)
                 if why:
                     raise self.fail(f"{key}.params.{pname}", why)
-        return Rule(
+        return AlertRule(
             name=name, group=group, key=key, expr=expr, detector=detector, params=dict(params),
             for_=self.duration(d, "for", key),
             keep_firing_for=self.duration(d, "keep_firing_for", key),
@@ -483,7 +483,7 @@ class _Parser:
             source=self.source,
         )
 
-    def ruleset(self, doc: Mapping[str, Any]) -> RuleSet:
+    def ruleset(self, doc: Mapping[str, Any]) -> AlertRuleSet:
         self.unknown(doc, _TOP_KEYS, "")
         raw_groups = doc.get("groups", [])
         if not isinstance(raw_groups, list):
@@ -527,39 +527,39 @@ class _Parser:
             group_by = (self.label_list(r, "group_by", "route", allow_all=True)
                         if "group_by" in r else route.group_by)
             route = Route(receiver, group_by)
-        return RuleSet(tuple(groups), tuple(inhibit), route, self.source)
+        return AlertRuleSet(tuple(groups), tuple(inhibit), route, self.source)
 
 
-def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
+def parse_alert_rules(text: str, source: str = "<rules>") -> AlertRuleSet:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise RulesError(source, "", f"invalid TOML: {exc}") from None
+        raise AlertRulesError(source, "", f"invalid TOML: {exc}") from None
     return _Parser(source).ruleset(doc)
 
 
-def load_rules(path: str | Path) -> RuleSet:
+def load_alert_rules(path: str | Path) -> AlertRuleSet:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise RulesError(str(p), "", f"cannot read: {exc.strerror or exc}") from None
+        raise AlertRulesError(str(p), "", f"cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise RulesError(str(p), "", "not UTF-8 text") from None
-    return parse_rules(text, str(p))
+        raise AlertRulesError(str(p), "", "not UTF-8 text") from None
+    return parse_alert_rules(text, str(p))
 
 
 DEFAULT_RULES_FILE: Final = "default_rules.toml"
 
 
-def load_default_rules() -> RuleSet:
+def load_default_alert_rules() -> AlertRuleSet:
     """The rule set shipped with the package (analysis/alerts/default_rules.toml)."""
     res = resources.files(__package__).joinpath(DEFAULT_RULES_FILE)
-    return parse_rules(res.read_text(encoding="utf-8"), f"<package>/{DEFAULT_RULES_FILE}")
+    return parse_alert_rules(res.read_text(encoding="utf-8"), f"<package>/{DEFAULT_RULES_FILE}")
 
 
 __all__ = [
-    "DETECTOR_PARAMS", "Duration", "InhibitRule", "Matcher", "NoData", "Route", "Rule",
-    "RuleGroup", "RuleSet", "RulesError", "Sample", "ZERO", "load_default_rules", "load_rules",
-    "matches_all", "parse_duration", "parse_rules", "render_template",
+    "DETECTOR_PARAMS", "Duration", "InhibitRule", "Matcher", "NoData", "Route", "AlertRule",
+    "RuleGroup", "AlertRuleSet", "AlertRulesError", "Sample", "ZERO", "load_default_alert_rules", "load_alert_rules",
+    "matches_all", "parse_duration", "parse_alert_rules", "render_template",
 ]

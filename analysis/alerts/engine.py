@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
 
-from .alert_rules import (InhibitRule, Matcher, NoData, Rule, RuleSet, Sample, matches_all,
+from .alert_rules import (InhibitRule, Matcher, NoData, AlertRule, AlertRuleSet, Sample, matches_all,
                     render_template)
 
 State = Literal["inactive", "pending", "firing", "resolved", "nodata"]
@@ -217,7 +217,7 @@ class Evaluator(Protocol):
     """Evaluates one rule now: its active samples, or raises NoData. Implemented by the caller
     (SQL against storage for `expr` rules, `detectors.evaluate_detector` for `detector` rules)."""
 
-    def evaluate(self, rule: Rule) -> list[Sample]: ...
+    def evaluate(self, rule: AlertRule) -> list[Sample]: ...
 
 
 class AlertStateStore(Protocol):
@@ -277,9 +277,9 @@ class InMemoryAlertStore:
 EvalResult = list[Sample] | NoData | Exception
 
 
-def evaluate_rules(rules: Sequence[Rule], evaluator: Evaluator) -> dict[Rule, EvalResult]:
+def evaluate_rules(rules: Sequence[AlertRule], evaluator: Evaluator) -> dict[AlertRule, EvalResult]:
     """Run the evaluator on every rule; NoData and errors are results, never raised."""
-    out: dict[Rule, EvalResult] = {}
+    out: dict[AlertRule, EvalResult] = {}
     for rule in rules:
         try:
             out[rule] = list(evaluator.evaluate(rule))
@@ -300,10 +300,10 @@ def exit_code(states: Sequence[AlertState] | Mapping[str, AlertState]) -> int:
 
 
 class AlertEngine:
-    def __init__(self, rules: RuleSet | Sequence[Rule], store: AlertStateStore | None = None,
+    def __init__(self, rules: AlertRuleSet | Sequence[AlertRule], store: AlertStateStore | None = None,
                  notifiers: Sequence[Notifier] = (),
                  inhibit_rules: Sequence[InhibitRule] | None = None) -> None:
-        if isinstance(rules, RuleSet):
+        if isinstance(rules, AlertRuleSet):
             self.rules = rules.rules
             self.inhibit_rules = list(rules.inhibit_rules if inhibit_rules is None
                                       else inhibit_rules)
@@ -374,7 +374,7 @@ class AlertEngine:
         return self._evals - start_eval
 
     def evaluate(self, now: float, now_round: int | Mapping[str, int] | None,
-                 results: Mapping[Rule, EvalResult]) -> list[Transition]:
+                 results: Mapping[AlertRule, EvalResult]) -> list[Transition]:
         """Advance every instance of the rules in `results`; rules absent from it are untouched."""
         self._evals += 1
         for res in results.values():
@@ -451,7 +451,7 @@ class AlertEngine:
                 self.notify_failures += 1
         return transitions
 
-    def _new_state(self, rule: Rule, labels: dict[str, str], value: float | None, now: float,
+    def _new_state(self, rule: AlertRule, labels: dict[str, str], value: float | None, now: float,
                    rnd: int | None, info: Mapping[str, str]) -> AlertState:
         return AlertState(
             fingerprint=fingerprint(labels), alertname=rule.name, state="inactive",
@@ -462,7 +462,7 @@ class AlertEngine:
             severity=labels.get("severity"), rule_uid=rule.uid, last_round=rnd, info=dict(info),
         )
 
-    def _for_elapsed(self, rule: Rule, st: AlertState, now: float, rnd: int | None) -> bool:
+    def _for_elapsed(self, rule: AlertRule, st: AlertState, now: float, rnd: int | None) -> bool:
         if rule.for_.zero:
             return True
         if rule.for_.in_rounds:
@@ -470,7 +470,7 @@ class AlertEngine:
                 rule.for_.amount)
         return st.active_since is not None and now - st.active_since >= rule.for_.amount
 
-    def _start_pending(self, rule: Rule, st: AlertState, now: float, rnd: int | None,
+    def _start_pending(self, rule: AlertRule, st: AlertState, now: float, rnd: int | None,
                        move: Callable[[AlertState, State, int | None], None]) -> None:
         st.active_since = now
         st.pending_round = rnd
@@ -484,7 +484,7 @@ class AlertEngine:
             st.fired_at = None
             move(st, "pending", rnd)
 
-    def _present(self, rule: Rule, st: AlertState, now: float, rnd: int | None,
+    def _present(self, rule: AlertRule, st: AlertState, now: float, rnd: int | None,
                  move: Callable[[AlertState, State, int | None], None]) -> None:
         st.false_since, st.false_round = None, None
         if st.state in ("inactive", "resolved"):
@@ -500,7 +500,7 @@ class AlertEngine:
             else:
                 self._start_pending(rule, st, now, rnd, move)
 
-    def _absent(self, rule: Rule, st: AlertState, now: float, rnd: int | None,
+    def _absent(self, rule: AlertRule, st: AlertState, now: float, rnd: int | None,
                 move: Callable[[AlertState, State, int | None], None]) -> None:
         if st.state in ("pending", "resolved"):
             move(st, "inactive", rnd)

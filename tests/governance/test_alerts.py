@@ -16,10 +16,10 @@ import pytest
 
 from tractatus_watch.analysis.alerts import (AlertEngine, AlertState, CallbackNotifier,
                                                InMemoryAlertStore, JsonlNotifier, Matcher, NoData,
-                                               Rule, RulesError, Sample, Silence, Transition,
+                                               AlertRule, AlertRulesError, Sample, Silence, Transition,
                                                WebhookNotifier, evaluate_detector, evaluate_rules,
-                                               exit_code, fingerprint, load_default_rules,
-                                               load_rules, parse_duration, parse_rules,
+                                               exit_code, fingerprint, load_default_alert_rules,
+                                               load_alert_rules, parse_duration, parse_alert_rules,
                                                webhook_bodies)
 from tractatus_watch.analysis.alerts.alert_rules import render_template
 from tractatus_watch.storage.schema import migrate, table_columns
@@ -59,17 +59,17 @@ equal = ["run_id"]
 
 
 @pytest.fixture()
-def rules() -> dict[str, Rule]:
-    rs = parse_rules(RULES, "test.toml")
+def rules() -> dict[str, AlertRule]:
+    rs = parse_alert_rules(RULES, "test.toml")
     return {r.name: r for r in rs.rules}
 
 
 def make_engine(**kw: Any) -> tuple[AlertEngine, InMemoryAlertStore]:
     store = InMemoryAlertStore()
-    return AlertEngine(parse_rules(RULES, "test.toml"), store, **kw), store
+    return AlertEngine(parse_alert_rules(RULES, "test.toml"), store, **kw), store
 
 
-def rule_of(engine: AlertEngine, name: str) -> Rule:
+def rule_of(engine: AlertEngine, name: str) -> AlertRule:
     return next(r for r in engine.rules if r.name == name)
 
 
@@ -200,7 +200,7 @@ def test_errors_leave_state_alone_and_rules_not_evaluated_are_untouched() -> Non
     assert engine.states()[0].state == "pending"
 
     class Broken:
-        def evaluate(self, rule: Rule) -> list[Sample]:
+        def evaluate(self, rule: AlertRule) -> list[Sample]:
             if rule.name == "Timed":
                 raise NoData()
             if rule.name == "Now":
@@ -226,7 +226,7 @@ def test_state_survives_a_restart_through_the_store() -> None:
     rule = rule_of(engine, "Rounds")
     engine.evaluate(T0, None, {rule: [Sample(RUN, 1.0, round=1)]})
     engine.evaluate(T0 + 1, None, {rule: [Sample(RUN, 1.0, round=2)]})
-    restarted = AlertEngine(parse_rules(RULES, "test.toml"), store)
+    restarted = AlertEngine(parse_alert_rules(RULES, "test.toml"), store)
     rule2 = rule_of(restarted, "Rounds")
     assert moves(restarted.evaluate(T0 + 2, None, {rule2: [Sample(RUN, 1.0, round=3)]})) == [
         ("Rounds", "pending", "firing")]
@@ -339,8 +339,8 @@ def test_rules_file_errors_name_file_key_and_reason(tmp_path: Path, text: str, k
                                                     reason: str) -> None:
     path = tmp_path / "rules.toml"
     path.write_text(text)
-    with pytest.raises(RulesError) as info:
-        load_rules(path)
+    with pytest.raises(AlertRulesError) as info:
+        load_alert_rules(path)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"{path}: {key}: ")
@@ -349,12 +349,12 @@ def test_rules_file_errors_name_file_key_and_reason(tmp_path: Path, text: str, k
 
 
 def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
-    with pytest.raises(RulesError, match=r"missing\.toml: cannot read"):
-        load_rules(tmp_path / "missing.toml")
+    with pytest.raises(AlertRulesError, match=r"missing\.toml: cannot read"):
+        load_alert_rules(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[[groups]\n")
-    with pytest.raises(RulesError, match=r"bad\.toml: invalid TOML"):
-        load_rules(bad)
+    with pytest.raises(AlertRulesError, match=r"bad\.toml: invalid TOML"):
+        load_alert_rules(bad)
 
 
 def test_durations() -> None:
@@ -376,7 +376,7 @@ def test_templates() -> None:
 
 
 def test_default_rules_load_and_their_sql_runs_on_the_real_schema() -> None:
-    rs = load_default_rules()
+    rs = load_default_alert_rules()
     names = {r.name for r in rs.rules}
     assert {"GovernanceCoverageBelow100", "GovernanceEscapedViolations", "GovernanceNoData",
             "AdherenceDrift", "EvasionDrift", "PerformanceGapWidening",
@@ -685,7 +685,7 @@ class _DuckEvaluator:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
 
-    def evaluate(self, rule: Rule) -> list[Sample]:
+    def evaluate(self, rule: AlertRule) -> list[Sample]:
         if rule.expr is not None:
             cur = self.con.execute(rule.expr)
             names = [d[0] for d in cur.description]
@@ -718,7 +718,7 @@ def test_default_rules_end_to_end_on_duckdb(tmp_path: Path) -> None:
     con = duckdb.connect(str(tmp_path / "tw.duckdb"))
     migrate(con)
     rng = np.random.default_rng(12)
-    ruleset = load_default_rules()
+    ruleset = load_default_alert_rules()
     fired: list[Transition] = []
     engine = AlertEngine(ruleset, InMemoryAlertStore(),
                          notifiers=[CallbackNotifier(fired.extend, only_notifiable=True)])

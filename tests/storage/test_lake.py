@@ -114,10 +114,10 @@ def test_one_collector_leads_alerts_and_a_standby_takes_over_without_renotifying
         lake, tmp_path) -> None:
     from tractatus_watch.monitor.alert_loop import AlertLoop
     from tractatus_watch.analysis.alerts.notify import JsonlNotifier
-    from tractatus_watch.analysis.alerts.alert_rules import parse_rules
+    from tractatus_watch.analysis.alerts.alert_rules import parse_alert_rules
 
     spec, data = lake
-    rules = parse_rules(RULES)
+    rules = parse_alert_rules(RULES)
     with Store.open(spec, data_path=data) as a, Store.open(spec, data_path=data) as b:
         w = Writer(a)
         w.submit(decisions_batch(0, 500, run_id="shared", total=500))

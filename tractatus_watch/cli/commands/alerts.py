@@ -27,11 +27,11 @@ class CheckFormat(str, Enum):
 
 
 def load_ruleset(path: Path | None):
-    from ...analysis.alerts.alert_rules import RulesError, load_default_rules, load_rules
+    from ...analysis.alerts.alert_rules import AlertRulesError, load_default_alert_rules, load_alert_rules
 
     try:
-        return load_rules(path) if path else load_default_rules()
-    except RulesError as exc:
+        return load_alert_rules(path) if path else load_default_alert_rules()
+    except AlertRulesError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot read rules {path}: {exc.strerror}") from None

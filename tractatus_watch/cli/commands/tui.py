@@ -164,9 +164,9 @@ class LiveSession:
         self._alerts: Any = None
         if alerts:
             from ...monitor.alert_loop import AlertLoop
-            from ...analysis.alerts.alert_rules import load_default_rules
+            from ...analysis.alerts.alert_rules import load_default_alert_rules
 
-            self._alerts = AlertLoop(store, load_default_rules(),
+            self._alerts = AlertLoop(store, load_default_alert_rules(),
                                      interval_s=alert_every_s).start()
             self.silence_writer = self._alerts.alert_store.add_silence
         from .collect import stop_when_writer_fails

@@ -360,6 +360,8 @@ class GatewayTap:
         self._server_thread: threading.Thread | None = None
         self._drain_thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        # Set once the gateway accepts connections (its url is final: port 0 picks a free one).
+        self.listening = threading.Event()
         self._wal: WriteAheadLog | None = None
         self._gate: DurabilityGate | None = None
         self._wal_failing = False
@@ -423,6 +425,7 @@ class GatewayTap:
                 self.stop()
                 raise RuntimeError("gateway did not start in time")
             time.sleep(0.01)
+        self.listening.set()
         log.info("gateway: listening", extra={"fields": {"url": self.url}})
 
     def _open_wal(self) -> None:

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..collectors.sink import writer_sink
 from ..analysis.alerts.engine import AlertEngine, Transition
 from ..analysis.alerts.notify import CallbackNotifier
 from ..analysis.alerts.alert_rules import AlertRuleSet, load_default_alert_rules
+from ..monitor.session import CollectionSession
 from ..monitor.store_evaluator import evaluate_once
 from ..storage.alert_store import DuckDBAlertStore
 from ..storage.store import Store
@@ -61,50 +61,46 @@ class DemoSession:
     def run(self) -> list[RoundResult]:
         """Train every round, capturing as we go; returns the rounds' results."""
         self._started = time.monotonic()
-        writer = Writer(self.store, flush_interval_s=0.2)
-        sink = writer_sink(writer, self.run_id)
         spool = tempfile.mkdtemp(prefix="tw-demo-hooks-")
-        capture: Any = None
-        poll_thread: threading.Thread | None = None
-        poll_stop = threading.Event()
-        self._engine = AlertEngine(self.rules or load_default_alert_rules(), DuckDBAlertStore(self.store),
+        self._engine = AlertEngine(self.rules or load_default_alert_rules(),
+                                   DuckDBAlertStore(self.store),
                                    notifiers=[CallbackNotifier(self._alerted)])
+        if self.agl_url is None:
+            from ..collectors.gateway_tap import GatewayTap
+
+            key: str | None = secrets.token_urlsafe(24)  # the in-process gateway's, never shown
+            capture: Any = GatewayTap(lambda _records: None, host="127.0.0.1", port=0, key=key,
+                                      run_id=self.run_id, batch_interval_s=0.01)
+            self._tap = capture
+        else:
+            from ..collectors.poller import Poller
+
+            key = self.agl_key
+            capture = Poller(self.agl_url, key=self.agl_key, run_id=self.run_id,
+                             interval_s=0.1)
+        # Alerts are judged here, after each complete round, so the session runs none.
+        session = CollectionSession(self.store, [capture], run_id=self.run_id).start()
         try:
-            if self.agl_url is None:
-                from ..collectors.gateway_tap import GatewayTap
-
-                key = secrets.token_urlsafe(24)  # the in-process gateway's own, never shown
-                capture = GatewayTap(sink, host="127.0.0.1", port=0, key=key, run_id=self.run_id,
-                                     batch_interval_s=0.01)
-                capture.start()
-                self._tap = capture
-                base_url = capture.url
-            else:
-                from ..collectors.poller import Poller
-
-                key = self.agl_key or ""
-                capture = Poller(self.agl_url, key=self.agl_key, run_id=self.run_id,
-                                 interval_s=0.1)
-                poll_thread = threading.Thread(target=capture.run, args=(sink, poll_stop),
-                                               daemon=True, name="demo-poller")
-                poll_thread.start()
-                base_url = self.agl_url
+            base_url = self.agl_url or self._wait_listening(capture, session)
             self.source_health = {"name": capture.source, "state": "connected"}
             hooks = _load_hooks(self.run_id, spool)
             job = DemoJob(self.scenario, self.run_id, self.seed, base_url, key or None,
-                          hooks=hooks, on_round=lambda r: self._after_round(r, writer),
+                          hooks=hooks, on_round=lambda r: self._after_round(r, session.writer),
                           stop=self.stop, speed=self.speed)
             return job.run()
         finally:
-            if self.agl_url is None and capture is not None:
-                capture.stop()
-            else:
-                poll_stop.set()
-                if poll_thread is not None:
-                    poll_thread.join(30)
-            writer.close()
+            session.close()
             shutil.rmtree(spool, ignore_errors=True)
             self.source_health["state"] = "stopped"
+
+    @staticmethod
+    def _wait_listening(tap: Any, session: CollectionSession, timeout_s: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while not tap.listening.wait(0.05):
+            if session.errors or time.monotonic() > deadline:
+                why = "; ".join(session.errors.values()) or f"not listening after {timeout_s:g} s"
+                raise RuntimeError(f"the demo's gateway did not start: {why}")
+        return str(tap.url)
 
     def _after_round(self, result: RoundResult, writer: Writer) -> None:
         """Wait until the round is in the store, then judge it: alerts are evaluated on

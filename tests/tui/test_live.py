@@ -1,4 +1,4 @@
-"""Live mode: a real spool source collected by the `live` wiring (LiveSession: runner, writer,
+"""Live mode: a real spool source collected by the `live` wiring (CollectionSession: runner, writer,
 source health) into a database the dashboard reads in the same process."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 from textual.widgets import Static
 
-from tractatus_watch.cli.commands.tui import LiveSession
+from tractatus_watch.monitor.session import CollectionSession
 from tractatus_watch.collectors.spool_reader import SpoolReader
 from tractatus_watch.analysis.alerts.engine import AlertState, Transition
 from tractatus_watch.governance.spool_writer import SpoolWriter
@@ -59,9 +59,9 @@ async def test_live_dashboard_follows_a_spool_and_alerts(tmp_path: Path) -> None
     folder = tmp_path / "spool"
     spool = SpoolWriter(folder, max_age_s=60, fsync=False)
     store = Store.open(tmp_path / "live.duckdb")
-    session = LiveSession(store, [SpoolReader(folder, settle_s=0.2, poll_s=0.05)],
-                          run_id="live-run", alerts=False, flush_interval_s=0.1)
-    app = Dashboard(store, live_writer=session.writer, source_health=session.monitor,
+    session = CollectionSession(store, [SpoolReader(folder, settle_s=0.2, poll_s=0.05)],
+                                run_id="live-run").start()
+    app = Dashboard(store, live_writer=session.writer, source_health=session.health,
                     silence_writer=DuckDBAlertStore(store).add_silence, interval=0.25,
                     export_dir=tmp_path)
     try:

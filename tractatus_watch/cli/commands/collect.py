@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -12,6 +10,7 @@ import typer
 
 from ..app import DataPathOption, DbOption, app, open_store, read_token
 from ..config import CliError, resolve_store
+from ...monitor.session import ServePlan
 from ...storage.target import StoreTarget
 from .alerts import RulesOption, load_ruleset
 
@@ -79,27 +78,6 @@ def _check_webhook_token(webhook_token_file: Path | None) -> None:
             raise CliError(str(exc)) from None
 
 
-def stop_when_writer_fails(writer: Any, stop: threading.Event,
-                           every_s: float = 0.2) -> threading.Thread:
-    """Set `stop` once the writer has failed. A source idle on a quiet input never calls the
-    dead writer, so without this the command would run on, storing nothing; stopped, it ends
-    with the writer's error (`error: writer failed: ...`, exit 2)."""
-    import logging
-
-    def watch() -> None:
-        while not stop.wait(every_s):
-            if writer.error is not None:
-                logging.getLogger("tractatus_watch.collect").error(
-                    "the writer failed: stopping the sources",
-                    extra={"fields": {"error": str(writer.error).strip().split("\n")[0]}})
-                stop.set()
-                return
-
-    thread = threading.Thread(target=watch, name="tw-writer-watch", daemon=True)
-    thread.start()
-    return thread
-
-
 def collect_sources(agl: list[str], spool: list[Path], gateway: bool, host: str, port: int,
                     key: str | None, writer_run: str = "",
                     gateway_wal: Path | None = None) -> list[Any]:
@@ -114,17 +92,6 @@ def collect_sources(agl: list[str], spool: list[Path], gateway: bool, host: str,
         sources.append(GatewayTap(lambda records: None, host=host, port=port, key=key,
                                   run_id=writer_run, wal_dir=gateway_wal))
     return sources
-
-
-@dataclass(frozen=True)
-class ServePlan:
-    """What --serve asked for, checked before the store is opened."""
-
-    host: str
-    port: int
-    public: bool
-    token: str | None  # None: generate one into the token file
-    timeout_s: float = 30.0  # storage.serve.DEFAULT_TIMEOUT_S
 
 
 def serve_plan(serve: str | None, serve_public: bool, token_file: Path | None,
@@ -147,45 +114,6 @@ def serve_plan(serve: str | None, serve_public: bool, token_file: Path | None,
         check_token(token)
     return ServePlan(host, port, serve_public, token,
                      DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
-
-
-def start_serving(store: Any, plan: ServePlan | None) -> Any:
-    """Start the Quack server of a plan (None: nothing to do); logs where, never the token."""
-    import logging
-
-    from ...storage.serve import serve_with_token_file
-
-    if plan is None:
-        return None
-    server = serve_with_token_file(store, plan.host, plan.port, plan.token, public=plan.public,
-                                   timeout_s=plan.timeout_s)
-    log = logging.getLogger("tractatus_watch.collect")
-    log.info("serving the database read-only over Quack", extra={"fields": {
-        "address": server.uri, "database": str(store.path),
-        "token_file": str(server.token_file) if server.token_file else "(--token-file)",
-        "query_timeout_s": plan.timeout_s}})
-    if plan.public:
-        log.warning("serving on a non-loopback address over plain HTTP; put a TLS reverse "
-                    "proxy in front", extra={"fields": {"address": server.uri}})
-    return server
-
-
-def log_notifications(summaries: list[dict[str, Any]]) -> None:
-    """The end-of-run line of the notifiers: sent, failed and dropped per notifier (a warning
-    when any notification was lost)."""
-    import logging
-
-    if not summaries:
-        return
-    lost = any(s.get("failed") or s.get("dropped") for s in summaries)
-    logging.getLogger("tractatus_watch.collect").log(
-        logging.WARNING if lost else logging.INFO, "collect finished: alert notifications",
-        extra={"fields": {"notifiers": summaries}})
-
-
-def _flush_interval(store: Any) -> float:
-    # Each lake commit writes a Parquet file per table: commit about once a second, not 20x.
-    return 1.0 if store.is_lake else 0.05
 
 
 @app.command()
@@ -225,9 +153,8 @@ def collect(
     With --serve, dashboards in other processes watch the database live
     (`open --remote quack:HOST:PORT --token-file <database>.quack-token`)."""
     from ...collectors.gateway_wal import wal_folder
-    from ...collectors.runner import adopt_run_id, resume_run_id, run_sources, setup_logging
-    from ...monitor.alert_loop import AlertLoop
-    from ...storage.writer import Writer
+    from ...collectors.runner import adopt_run_id, resume_run_id, setup_logging
+    from ...monitor.session import CollectionSession
 
     if not (agl or spool or gateway):
         raise CliError("nothing to collect from: give --agl URL, --spool DIR or --gateway")
@@ -242,24 +169,16 @@ def collect(
                                   gateway_wal=wal_folder(target, host, port))
         run_id = resume_run_id(store, [s.source for s in sources], run, "collect")
         adopt_run_id(sources, run_id)
-        writer = Writer(store, flush_interval_s=_flush_interval(store))
-        alerts = AlertLoop(store, ruleset, _notifiers(alert_log, webhook, webhook_token_file),
-                           interval_s=alert_interval).start()
-        server = None
-        try:
-            server = start_serving(store, plan)
-            stop = threading.Event()
-            stop_when_writer_fails(writer, stop)
-            result = run_sources(sources, writer, run_id=run_id, stop=stop,
-                                 get_cursor=store.get_cursor)
-        finally:
-            if server is not None:
-                server.stop()
-            alerts.stop()
-            log_notifications(alerts.summaries())
-            writer.close()
-    if not result.ok:
-        for source, error in result.errors.items():
+        result = CollectionSession(
+            store, sources, run_id=run_id, alert_rules=ruleset,
+            notifiers=_notifiers(alert_log, webhook, webhook_token_file),
+            alert_interval_s=alert_interval, serve=plan).run()
+    _exit_on_source_errors(result.errors)
+
+
+def _exit_on_source_errors(errors: dict[str, str]) -> None:
+    if errors:
+        for source, error in errors.items():
             print(f"error: {source}: {error}", file=sys.stderr)
         raise typer.Exit(2)
 
@@ -277,8 +196,8 @@ def gateway_command(
     Trainers, controllers and agents use it exactly as `agl-server`."""
     from ...collectors.gateway_tap import GatewayTap
     from ...collectors.gateway_wal import wal_folder
-    from ...collectors.runner import adopt_run_id, resume_run_id, run_sources, setup_logging
-    from ...storage.writer import Writer
+    from ...collectors.runner import adopt_run_id, resume_run_id, setup_logging
+    from ...monitor.session import CollectionSession
 
     key = _key(key_file)
     target = resolve_store(db, data_path)
@@ -288,18 +207,8 @@ def gateway_command(
                          wal_dir=wal_folder(target, host, port))
         run_id = resume_run_id(store, [tap.source], run, "gateway")
         adopt_run_id([tap], run_id)
-        writer = Writer(store, flush_interval_s=_flush_interval(store))
-        try:
-            stop = threading.Event()
-            stop_when_writer_fails(writer, stop)
-            result = run_sources([tap], writer, run_id=run_id, stop=stop,
-                                 get_cursor=store.get_cursor)
-        finally:
-            writer.close()
-    if not result.ok:
-        for source, error in result.errors.items():
-            print(f"error: {source}: {error}", file=sys.stderr)
-        raise typer.Exit(2)
+        result = CollectionSession(store, [tap], run_id=run_id).run()
+    _exit_on_source_errors(result.errors)
 
 
 @app.command()

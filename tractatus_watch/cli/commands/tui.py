@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -95,7 +94,9 @@ def live(
     dashboard reads through the writer's own store. Quitting the dashboard stops collecting."""
     from ...collectors.runner import KeyFileError, load_key
     from ...tui import run_dashboard
-    from .collect import serve_plan, start_serving
+    from ...analysis.alerts.alert_rules import load_default_alert_rules
+    from ...monitor.session import CollectionSession
+    from .collect import serve_plan
 
     if not (agl or spool or gateway):
         raise CliError("live needs at least one source: --agl URL, --spool DIR or --gateway")
@@ -117,88 +118,32 @@ def live(
         sources.append(SpoolReader(spool))
     if gateway:
         from ...collectors.gateway_tap import GatewayTap
+        from ...collectors.gateway_wal import wal_folder
 
         # The runner hands the tap its sink when it starts it.
         sources.append(GatewayTap(lambda _records: None, host=host, port=port, key=key,
-                                  run_id=run or ""))
+                                  run_id=run or "", wal_dir=wal_folder(target, host, port)))
     store = open_store(target, read_only=False)
     log_path = _log_to_file(store.path or default_db_path())
-    session = LiveSession(store, sources, run_id=run or "default", alerts=not no_alerts)
-    server = None
+    session = CollectionSession(
+        store, sources, run_id=run or "default",
+        alert_rules=None if no_alerts else load_default_alert_rules(),
+        alert_interval_s=ALERT_EVERY_S, serve=plan)
     try:
-        server = start_serving(store, plan)
+        session.start()
         run_dashboard(store, run_id=run, live_writer=session.writer,
-                      source_health=session.monitor, silence_writer=session.silence_writer,
+                      source_health=session.health, silence_writer=session.silence_writer,
                       interval=interval, title="tractatus-watch live", view=view)
     finally:
-        if server is not None:
-            server.stop()
-        session.close()
-        store.close()
+        try:
+            session.close()
+        finally:
+            store.close()
     for name, error in session.errors.items():
         typer.echo(f"error: source {name}: {error}", err=True)
     typer.echo(f"collector log: {log_path}", err=True)
     if session.errors:
         raise typer.Exit(1)
-
-
-class LiveSession:
-    """Sources collected into a store by one writer, with source health for the dashboard and
-    the alert rules evaluated every few seconds (the wiring of `live`; `demo` can reuse it).
-
-    Everything shares the one Store: DuckDB allows a single process per file, so the dashboard
-    reads through `store.cursor()` in this same process."""
-
-    def __init__(self, store: Any, sources: list[Any], *, run_id: str = "default",
-                 alerts: bool = True, alert_every_s: float = ALERT_EVERY_S,
-                 flush_interval_s: float = 1.0) -> None:
-        from ...storage.writer import Writer
-        from ...tui import SourceMonitor
-
-        self.store = store
-        self.writer = Writer(store, flush_interval_s=flush_interval_s)
-        self.monitor = SourceMonitor()
-        self.stop = threading.Event()
-        self.errors: dict[str, str] = {}
-        self.silence_writer: Any = None
-        self._alerts: Any = None
-        if alerts:
-            from ...monitor.alert_loop import AlertLoop
-            from ...analysis.alerts.alert_rules import load_default_alert_rules
-
-            self._alerts = AlertLoop(store, load_default_alert_rules(),
-                                     interval_s=alert_every_s).start()
-            self.silence_writer = self._alerts.alert_store.add_silence
-        from .collect import stop_when_writer_fails
-
-        stop_when_writer_fails(self.writer, self.stop)
-        watched = [self.monitor.wrap(s) for s in sources]
-        self._collector = threading.Thread(target=self._collect, args=(watched, run_id),
-                                           name="tw-live-collect", daemon=True)
-        self._collector.start()
-
-    def _collect(self, sources: list[Any], run_id: str) -> None:
-        from ...collectors.runner import run_sources
-        from ...storage.writer import WriterError
-
-        try:
-            result = run_sources(sources, self.writer, run_id=run_id, stop=self.stop,
-                                 get_cursor=self.store.get_cursor, handle_signals=False,
-                                 stop_on_error=False)
-        except WriterError:
-            return  # raised again by close(), as the command's one-line error
-        self.errors.update(result.errors)
-
-    def close(self) -> None:
-        """Stop the sources (each finishes its pass), then flush and close the writer (which
-        raises WriterError if it failed)."""
-        self.stop.set()
-        self._collector.join(60)
-        try:
-            self.writer.close()
-        finally:
-            if self._alerts is not None:
-                self._alerts.stop()
 
 
 def _check_view(view: str) -> None:

@@ -4,8 +4,9 @@ Starts `agentlightning.server.app.create_app` in this process (uvicorn in a thre
 a free port), creates rollouts the way the controllers do (POST /api/rollouts, then PATCH the
 status to running with attempt "0"), and governs the same list of actions twice:
 
-1. the SDK way: all five services in enforce mode over the 10 sample Tractatus rules (plus the
-   packaged content rules), decisions handed to the background sender;
+1. the SDK way: all five services in enforce mode over the 10 Tractatus rules of the test
+   fixtures (`tests/fixtures/rules/governance-rules.json`, or `--rules`) plus the packaged
+   content rules, decisions handed to the background sender;
 2. the naive way: the same checks, then one synchronous POST of each decision to
    `AGL_EVENT_URL` before the agent may go on.
 
@@ -37,7 +38,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_RULES = ROOT.parent / "shared" / "reference" / "sample-governance-rules.json"
+FIXTURE_RULES = ROOT / "tests" / "fixtures" / "rules" / "governance-rules.json"
 
 # The demo's publishing styles, plus a few non-content actions so every service has work.
 STYLES: list[dict[str, Any]] = [
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--actions", type=int, default=5000, help="actions per run (default 5000)")
     ap.add_argument("--warmup", type=int, default=200, help="unmeasured actions first")
-    ap.add_argument("--rules", type=Path, default=SAMPLE_RULES, help="Tractatus rule JSON")
+    ap.add_argument("--rules", type=Path, default=FIXTURE_RULES,
+                    help="Tractatus rule JSON (default: the test fixtures' rules)")
     ap.add_argument("--max-per-event", type=int, default=100,
                     help="decisions packed into one tractatus.decisions event (default 100)")
     ap.add_argument("--gateway", choices=("thread", "process"), default="thread",
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p50, p99 = pct(sdk, 0.50), pct(sdk, 0.99)
     n50, n99 = pct(naive, 0.50), pct(naive, 0.99)
     print(f"Governor.check overhead per action, {args.actions} actions (+{args.warmup} warm-up), "
-          f"{len(rules)} sample rules, 5 services, enforce mode, gateway in a {args.gateway}")
+          f"{len(rules)} Tractatus rules, 5 services, enforce mode, gateway in a {args.gateway}")
     print(f"{'':32}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}   (microseconds)")
     for name, v in (("background sender (SDK)", sdk), ("synchronous POST (naive)", naive)):
         print(f"{name:32}{pct(v, .5):>10.0f}{pct(v, .9):>10.0f}{pct(v, .99):>10.0f}"

@@ -18,7 +18,8 @@ from tractatus_watch.governance.services import (
 )
 from tractatus_watch.governance.spool_writer import SpoolWriter
 
-SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "sample-governance-rules.json"
+# Tractatus rules written for the tests (see tests/fixtures/rules/README.md).
+SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "rules" / "governance-rules.json"
 
 CLICKBAIT = {"kind": "publish", "params": {"headline": "You won't believe this!!!"},
              "text": "The council met on Tuesday."}
@@ -48,8 +49,7 @@ def allow_all(action: ActionInput, context: Any) -> None:
 
 @pytest.fixture(scope="module")
 def services() -> list[Any]:
-    rules = load_rules(SAMPLE) if SAMPLE.is_file() else None
-    return default_services(rules)
+    return default_services(load_rules(SAMPLE))
 
 
 def test_enforce_blocks_and_records(services: list[Any]) -> None:

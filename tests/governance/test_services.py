@@ -1,4 +1,8 @@
-"""The governance services against the sample Tractatus rules and the packaged content rules."""
+"""The governance services against the fixture Tractatus rules and the packaged content rules.
+
+The fixtures (`tests/fixtures/rules/`) are rules and instruction records in the Tractatus rule
+schema, written for these tests; `test_rule_fixtures.py` checks them against the schema.
+"""
 
 from __future__ import annotations
 
@@ -17,17 +21,13 @@ from tractatus_watch.governance.services.pressure import thresholds_from_rule
 from tractatus_watch.governance.services.rules import parse_toml_rules
 from tractatus_watch.records.verdicts import UnknownVerdict, normalise, strongest
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
-SAMPLE = REFERENCE / "sample-governance-rules.json"
-SCHEMA = REFERENCE / "rule-database-schema.json"
-needs_shared = pytest.mark.skipif(
-    not SAMPLE.is_file(), reason=f"shared reference files not found beside the repo ({REFERENCE})")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
+SAMPLE = FIXTURES / "governance-rules.json"
+INSTRUCTIONS = FIXTURES / "instructions.json"
 
 
 @pytest.fixture(scope="module")
 def sample() -> RuleSet:
-    if not SAMPLE.is_file():
-        pytest.skip(f"shared reference files not found beside the repo ({REFERENCE})")
     return load_rules(SAMPLE)
 
 
@@ -42,7 +42,6 @@ def act(**kw) -> ActionInput:
 
 # --- rules ----------------------------------------------------------------------------------------
 
-@needs_shared
 def test_sample_rules_load_with_their_services(sample: RuleSet) -> None:
     assert [r.rule_id for r in sample] == ["STR-001", "STR-002", "OPS-001", "OPS-002", "TAC-001",
                                            "SYS-001", "SYS-002", "SEC-001", "VAL-001", "QUAL-001"]
@@ -62,9 +61,8 @@ def test_sample_rules_load_with_their_services(sample: RuleSet) -> None:
     assert sample.get("SEC-001").detector == "csp"  # type: ignore[union-attr]
 
 
-@needs_shared
 def test_instruction_records_of_the_schema_load(tmp_path: Path) -> None:
-    examples = json.loads(SCHEMA.read_text())["examples"]
+    examples = json.loads(INSTRUCTIONS.read_text())
     path = tmp_path / "instructions.json"
     path.write_text(json.dumps(examples))
     loaded = load_rules(path)
@@ -189,7 +187,6 @@ STYLES = {
 }
 
 
-@needs_shared
 @pytest.mark.parametrize("style", list(STYLES))
 def test_demo_styles_are_classified(rules: RuleSet, style: str) -> None:
     action, verdict, rule_id = STYLES[style]
@@ -248,7 +245,6 @@ def _naive_boundary(text: str) -> bool:
     return any(kw in lower for kws in BOUNDARY_KEYWORDS.values() for kw in kws)
 
 
-@needs_shared
 def test_values_boundary_does_not_over_trigger_like_the_naive_matcher(rules: RuleSet) -> None:
     be = BoundaryEnforcer(rules)
     over = [
@@ -276,7 +272,6 @@ def test_values_boundary_does_not_over_trigger_like_the_naive_matcher(rules: Rul
     assert (maori.verdict, maori.rule_id) == ("block", "VAL-001")
 
 
-@needs_shared
 def test_sample_boundary_rules_csp_and_project_isolation(rules: RuleSet) -> None:
     be = BoundaryEnforcer(rules)
     csp = be.check(act(kind="write_file", text="<button onclick='go()'>Go</button>",
@@ -307,7 +302,6 @@ def test_several_matches_are_listed() -> None:
 
 # --- CrossReferenceValidator ----------------------------------------------------------------------
 
-@needs_shared
 def test_27027_incident_is_rejected(rules: RuleSet) -> None:
     crv = CrossReferenceValidator(rules, instructions=["Use MongoDB port 27027"])
     wrong = crv.check(act(kind="configure", text="connect the app to MongoDB", params={"port": 27017}), {})
@@ -322,7 +316,6 @@ def test_27027_incident_is_rejected(rules: RuleSet) -> None:
     assert text.raw_verdict == "REJECTED"
 
 
-@needs_shared
 def test_sample_rule_port_and_engine_scope(rules: RuleSet) -> None:
     crv = CrossReferenceValidator(rules)
     assert crv.check(act(kind="configure", text="MongoDB", params={"port": 27027}), {}).rule_id == "SYS-001"
@@ -405,7 +398,6 @@ def test_pressure_is_the_weighted_sum() -> None:
                          "error_frequency": 1, "instruction_density": 1}).verdict == "block"
 
 
-@needs_shared
 def test_pressure_thresholds_are_configurable(sample: RuleSet) -> None:
     custom = ContextPressureMonitor(thresholds={"ELEVATED": 0.1, "HIGH": 0.2, "CRITICAL": 0.3,
                                                 "DANGEROUS": 0.4})
@@ -424,7 +416,6 @@ def test_pressure_thresholds_are_configurable(sample: RuleSet) -> None:
 
 # --- MetacognitiveVerifier ------------------------------------------------------------------------
 
-@needs_shared
 def test_metacognitive_verdicts(sample: RuleSet) -> None:
     mv = MetacognitiveVerifier(sample)
     assert mv.threshold == 0.85
@@ -498,7 +489,6 @@ def test_custom_rule_callables() -> None:
     assert weird.verdict == "escalate" and "unknown verdict" in weird.reason
 
 
-@needs_shared
 def test_default_services_cover_all_five(sample: RuleSet) -> None:
     names = [s.name for s in default_services(sample)]
     assert names == ["BoundaryEnforcer", "CrossReferenceValidator", "ContextPressureMonitor",

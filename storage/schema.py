@@ -5,6 +5,15 @@ primary keys, unique constraints or indexes, so none are declared here: idempote
 anti-join on each table's natural key (`NATURAL_KEYS`), and rollups are appended partial
 aggregates that queries sum and `compact_rollups` folds. JSON columns are VARCHAR holding JSON text
 so both backends read them the same way.
+
+Decisions carry two 64-bit keys (v3) so that de-duplication by `decision_id` stays cheap however
+large the table grows: probing one UBIGINT column costs a fraction of an anti-join on VARCHAR ids
+(no ts window: the same id with another ts is the same decision).
+- `id_key`: the first 64 bits of MD5 over (run_id, decision_id); MD5 is the same in every DuckDB
+  version, so a key stored years ago still finds its re-delivery. A hit is verified on the ids.
+- `content_key`: DuckDB's `hash()` over every column of the decision and its checks. It is fast
+  but may change with the DuckDB version, so a differing content_key is re-checked by hashing the
+  stored rows again (`decision_content_sql` on the stored tables) before a conflict is declared.
 """
 
 from __future__ import annotations
@@ -84,6 +93,52 @@ MIGRATIONS: Final[list[tuple[int, str, list[str]]]] = [
         "ALTER TABLE alerts ADD COLUMN meta VARCHAR",
     ]),
 ]
+
+# The content of a decision (for duplicate vs conflict): every column but its identity and keys,
+# and every column of its checks. Must list the DDL's columns (tests/storage check it does).
+DECISION_CONTENT: Final = (
+    "rollout_id", "agent_id", "round", "arm", "mode", "action_kind", "action_summary",
+    "action_digest", "verdict", "executed", "covered", "attempted", "evasion", "n_checks",
+    "latency_us", "ts", "extra")
+CHECK_CONTENT: Final = (
+    "idx", "round", "arm", "agent_id", "service", "rule_id", "verdict", "raw_verdict", "boundary",
+    "severity", "enforced", "latency_us", "reason", "ts", "extra")
+KEY_COLUMNS: Final = ("id_key", "content_key")
+
+
+def id_key_sql(alias: str) -> str:
+    """The UBIGINT identity key of the decision row `alias` (length-prefixed: unambiguous)."""
+    text = f"strlen({alias}.run_id)::VARCHAR || ':' || {alias}.run_id || {alias}.decision_id"
+    return f"('0x' || left(md5({text}), 16))::UBIGINT"
+
+
+def check_hash_sql(alias: str) -> str:
+    return f"hash({', '.join(f'{alias}.{c}' for c in CHECK_CONTENT)})"
+
+
+def checks_agg_sql(source: str, group: str = "run_id, decision_id", where: str = "") -> str:
+    """Per decision of `source` (a table of checks): rows, distinct idx, idx range, and the
+    order-independent sum of the check hashes (each includes its idx, so order still counts)."""
+    return (f"SELECT {group}, count(*) AS n, count(DISTINCT idx) AS nd, min(idx) AS lo, "
+            f"max(idx) AS hi, sum({check_hash_sql('c')})::HUGEINT AS h "
+            f"FROM {source} c {where} GROUP BY ALL")
+
+
+def decision_content_sql(alias: str, n: str, h: str) -> str:
+    """The content key of decision row `alias` whose checks number `n` and hash-sum to `h`."""
+    cols = ", ".join(f"{alias}.{c}" for c in DECISION_CONTENT)
+    return f"hash({cols}, ({n})::BIGINT, ({h})::HUGEINT)"
+
+
+MIGRATIONS.append((3, "decision keys: de-duplication by decision_id alone", [
+    "ALTER TABLE decisions ADD COLUMN id_key UBIGINT",
+    "ALTER TABLE decisions ADD COLUMN content_key UBIGINT",
+    f"UPDATE decisions SET id_key = {id_key_sql('decisions')}, "
+    f"content_key = {decision_content_sql('decisions', '0', 'NULL')}",
+    f"UPDATE decisions SET content_key = {decision_content_sql('decisions', 'ck.n', 'ck.h')} "
+    f"FROM ({checks_agg_sql('checks')}) ck "
+    "WHERE decisions.run_id = ck.run_id AND decisions.decision_id = ck.decision_id",
+]))
 
 LATEST_VERSION: Final = MIGRATIONS[-1][0]
 

@@ -49,7 +49,8 @@ from .batch import (
 from .coordination import is_conflict, retry_conflicts
 from .errors import StoreError
 from .schema import (
-    KEY_COLUMNS, NATURAL_KEYS, checks_agg_sql, decision_content_sql, id_key_sql,
+    KEY_COLUMNS, NATURAL_KEYS, check_hash_sql, checks_agg_sql, decision_content_sql, ensure_keys,
+    id_key_sql,
 )
 from .store import Store
 from .transaction import transaction
@@ -99,26 +100,27 @@ ROLLUPS: Final[dict[str, str]] = {
     "checks": ROLLUP_RULE_FROM_CHECKS,
 }
 
-# Keys of every decision of a commit (`_d`) with what its part holds of its checks (`_c`); the
-# rows after the decisions (no `_pos`) are check units without a decision.
+# Keys of a commit's decisions (`_d`), with their checks (`_c`) found by `_unit`: the decision
+# row each check belongs to, when the checks come in their decisions' order (as batches built
+# from records and the synthetic ones do). An integer join, no grouping by VARCHAR ids.
+KEYS_BY_UNIT_SQL: Final = f"""
+WITH ck AS (SELECT _unit, count(*) AS n, sum({check_hash_sql('c')})::HUGEINT AS h
+            FROM _c c GROUP BY _unit)
+SELECT d._pos, {id_key_sql('d')} AS id_key,
+       {decision_content_sql('d', 'coalesce(ck.n, 0)', 'ck.h')} AS content_key
+FROM _d d LEFT JOIN ck ON ck._unit = d._pos"""
+# The same for checks in any order: grouped by their decision (within one part, `_item`); the
+# check units without a decision come last (no `_pos`).
 KEYS_SQL: Final = f"""
 WITH ck AS ({checks_agg_sql('_c', group=', '.join(UNIT))})
 SELECT d._pos, {id_key_sql('d')} AS id_key,
        {decision_content_sql('d', 'coalesce(ck.n, 0)', 'ck.h')} AS content_key,
-       coalesce(ck.n, 0) AS n, coalesce(ck.nd, 0) AS nd, ck.lo, ck.hi,
+       coalesce(ck.n, 0) AS n, ck.lo, ck.hi,
        CASE WHEN d._pos IS NULL THEN ck._item END AS o_item,
        CASE WHEN d._pos IS NULL THEN ck.run_id END AS o_run,
        CASE WHEN d._pos IS NULL THEN ck.decision_id END AS o_did
 FROM _d d FULL JOIN ck ON d._item = ck._item AND d.run_id = ck.run_id
-                       AND d.decision_id = ck.decision_id
-ORDER BY d._pos NULLS LAST"""
-# The content key of stored decisions (`_r`: the ids to look at), hashed now: a stored key made
-# by another DuckDB version may differ for the same content.
-STORED_CONTENT_SQL: Final = f"""
-WITH ck AS ({checks_agg_sql('checks', where='SEMI JOIN _r USING (run_id, decision_id)')})
-SELECT d.run_id, d.decision_id, {decision_content_sql('d', 'coalesce(ck.n, 0)', 'ck.h')} AS now
-FROM decisions d SEMI JOIN _r USING (run_id, decision_id)
-LEFT JOIN ck USING (run_id, decision_id)"""
+                       AND d.decision_id = ck.decision_id"""
 
 # Errors that a row can cause (bisected, then quarantined); anything else is fatal.
 _DATA_ERRORS: Final = (
@@ -478,6 +480,15 @@ class Writer:
         self._known_runs: set[str] = set()  # runs already in `runs`: no lookup per commit
         self._con = store.cursor()
         self._coord = store.coordinator()
+        try:
+            with self._coord.locked(["schema"]):
+                if ensure_keys(self._con):
+                    log.warning("writer: DuckDB hashes differently from the version that made "
+                                "the stored decision keys; made them again")
+        except BaseException:
+            self._con.close()
+            self._coord.close()
+            raise
         self._thread = threading.Thread(target=self._run, name="tw-writer", daemon=True)
         self._thread.start()
 
@@ -708,7 +719,6 @@ class Writer:
         """Store the decisions not stored yet and the checks of exactly those; quarantine
         conflicts, inconsistent units and checks without a decision. Returns (decisions,
         checks, duplicates)."""
-        con = self._con
         now = time.time()
         if dec is None:
             dec = _with_item(ARROW_SCHEMAS["decisions"].empty_table(), 0)
@@ -716,40 +726,35 @@ class Writer:
             chk = _with_item(ARROW_SCHEMAS["checks"].empty_table(), 0)
         dec = dec.append_column("_pos", pa.array(np.arange(dec.num_rows, dtype=np.int64)))
         duplicates = 0
-        keys = self._keys(dec, chk)
-        if pc.any(pc.less(keys.column("nd"), keys.column("n"))).as_py():
-            # A check (decision, idx) repeated within one part: the first copy is the check.
-            frame = pl.from_arrow(chk)
-            assert isinstance(frame, pl.DataFrame)
-            unique = frame.unique(subset=UNIT + ["idx"], keep="first", maintain_order=True)
-            duplicates += frame.height - unique.height
-            chk = unique.to_arrow().cast(chk.schema)
-            keys = self._keys(dec, chk)
         n = dec.num_rows
-        orphans = keys.slice(n)
-        keys = keys.slice(0, n)
-        if orphans.num_rows:
-            self._quarantine_orphans(orphans, chk, sources, qrows, now)
-        dec = dec.append_column("id_key", keys.column("id_key")).append_column(
-            "content_key", keys.column("content_key"))
         n_checks = pc.cast(dec.column("n_checks"), pa.int64())
-        ok = pc.and_(pc.and_(pc.equal(keys.column("n"), n_checks),
-                             pc.equal(keys.column("nd"), n_checks)),
-                     pc.or_(pc.equal(n_checks, 0), pc.and_(
-                         pc.equal(pc.fill_null(keys.column("lo"), -1), 0),
-                         pc.equal(pc.fill_null(keys.column("hi"), -1),
-                                  pc.subtract(n_checks, 1)))))
-        if not pc.all(ok).as_py():
-            bad = pc.invert(ok)
-            self._quarantine_units(
-                dec.filter(bad), chk, sources, qrows, now,
-                [f"decisions.n_checks: {m} but the batch holds {k} checks for it "
-                 f"(idx {lo}..{hi}) (decision {show_id(did)})" for m, k, lo, hi, did in zip(
-                     n_checks.filter(bad).to_pylist(), keys.column("n").filter(bad).to_pylist(),
-                     keys.column("lo").filter(bad).to_pylist(),
-                     keys.column("hi").filter(bad).to_pylist(),
-                     _column_pylist(dec.filter(bad), "decision_id"))])
-            dec = dec.filter(ok)
+        unit = _aligned(dec, chk)
+        if unit is not None:  # the common case: consistent by construction, no orphans
+            keys = self._keys(KEYS_BY_UNIT_SQL, dec, chk.append_column("_unit", unit), n)
+            orphans = 0
+        else:
+            keys, orphans, chk, duplicates = self._keys_any_order(dec, chk, n_checks, sources,
+                                                                  qrows, now)
+        dec = dec.append_column("id_key", pa.array(keys["id_key"])).append_column(
+            "content_key", pa.array(keys["content_key"]))
+        if unit is None:
+            # As many checks as the decision says, numbered 0..n-1: what the checks table holds.
+            found = pa.array(keys["n"])
+            lo = pa.array(keys["lo"], mask=keys["lo_null"])
+            hi = pa.array(keys["hi"], mask=keys["hi_null"])
+            ok = pc.and_(pc.equal(found, n_checks), pc.or_(pc.equal(n_checks, 0), pc.and_(
+                pc.equal(pc.fill_null(lo, -1), 0),
+                pc.equal(pc.fill_null(hi, -1), pc.subtract(n_checks, 1)))))
+            if not pc.all(ok).as_py():
+                bad = pc.invert(ok)
+                self._quarantine_units(
+                    dec.filter(bad), chk, sources, qrows, now,
+                    [f"decisions.n_checks: {m} but the batch holds {k} checks for it "
+                     f"(idx {a}..{b}) (decision {show_id(did)})" for m, k, a, b, did in zip(
+                         n_checks.filter(bad).to_pylist(), found.filter(bad).to_pylist(),
+                         lo.filter(bad).to_pylist(), hi.filter(bad).to_pylist(),
+                         _column_pylist(dec.filter(bad), "decision_id"))])
+                dec = dec.filter(ok)
         inserted: list[pa.Table] = []
         for round_rows in _rounds(dec):
             new, dups = self._store_round(round_rows, chk, sources, qrows, now)
@@ -759,7 +764,7 @@ class Writer:
         n_dec = sum(t.num_rows for t in inserted)
         if n_dec == 0:
             return 0, 0, duplicates
-        if n_dec == n and not orphans.num_rows:
+        if n_dec == n and not orphans:
             mine = chk  # the common case: every decision is new, every check is theirs
         else:
             units = pl.from_arrow(pa.concat_tables([t.select(UNIT) for t in inserted]))
@@ -769,15 +774,61 @@ class Writer:
         n_chk = self._insert_rows("checks", mine.drop_columns(["_item"])) if mine.num_rows else 0
         return n_dec, n_chk, duplicates
 
-    def _keys(self, dec: pa.Table, chk: pa.Table) -> pa.Table:
+    def _keys(self, sql: str, dec: pa.Table, chk: pa.Table, n: int) -> dict[str, np.ndarray]:
+        """The columns `sql` gives per decision row, as arrays in row order (the database
+        returns them in any order: placed by `_pos`, cheaper than sorting)."""
         con = self._con
         con.register("_d", dec)
         con.register("_c", chk)
         try:
-            return con.execute(KEYS_SQL).to_arrow_table()
+            result = con.execute(sql).to_arrow_table()
         finally:
             con.unregister("_d")
             con.unregister("_c")
+        pos = result.column("_pos")
+        rows = result.filter(pc.is_valid(pos)) if pos.null_count else result
+        where = rows.column("_pos").to_numpy()
+        out: dict[str, Any] = {"_rest": result.filter(pc.is_null(pos)) if pos.null_count
+                               else None}
+        for name in rows.column_names:
+            if name == "_pos" or name.startswith("o_"):
+                continue
+            column = rows.column(name)
+            values = np.zeros(n, dtype=column.type.to_pandas_dtype())
+            values[where] = column.fill_null(0).to_numpy()
+            out[name] = values
+            if column.null_count:
+                nulls = np.zeros(n, dtype=bool)
+                nulls[where] = column.is_null().to_numpy(zero_copy_only=False)
+                out[f"{name}_null"] = nulls
+            elif name in ("lo", "hi"):
+                out[f"{name}_null"] = np.zeros(n, dtype=bool)
+        return out
+
+    def _keys_any_order(self, dec: pa.Table, chk: pa.Table, n_checks: Any, sources: list[str],
+                        qrows: list[QRow], now: float
+                        ) -> tuple[dict[str, np.ndarray], int, pa.Table, int]:
+        """Keys when checks come in another order (Arrow tables handed in directly): grouped
+        by decision id. Quarantines checks without a decision. Returns (keys, orphan units,
+        checks, duplicate check rows dropped)."""
+        n = dec.num_rows
+        duplicates = 0
+        keys = self._keys(KEYS_SQL, dec, chk, n)
+        if np.any(keys["n"] > n_checks.to_numpy(zero_copy_only=False)):
+            # More checks than the decision says: if (decision, idx) repeats within one part
+            # (the same decision twice in one table), the first copy is the check.
+            frame = pl.from_arrow(chk)
+            assert isinstance(frame, pl.DataFrame)
+            unique = frame.unique(subset=UNIT + ["idx"], keep="first", maintain_order=True)
+            if unique.height < frame.height:
+                duplicates += frame.height - unique.height
+                chk = unique.to_arrow().cast(chk.schema)
+                keys = self._keys(KEYS_SQL, dec, chk, n)
+        rest = keys.pop("_rest")
+        orphans = 0 if rest is None else rest.num_rows
+        if orphans:
+            self._quarantine_orphans(rest, chk, sources, qrows, now)
+        return keys, orphans, chk, duplicates
 
     def _store_round(self, cand: pa.Table, chk: pa.Table, sources: list[str], qrows: list[QRow],
                      now: float) -> tuple[pa.Table, int]:
@@ -828,26 +879,8 @@ class Writer:
         if matched.height == 0:
             return None
         same = set(matched.filter(pl.col("stored") == pl.col("content_key"))["_pos"].to_list())
-        maybe = matched.filter(~pl.col("_pos").is_in(list(same)))
-        if maybe.height:
-            same |= self._same_content_now(maybe)
         every = set(matched["_pos"].to_list())
         return same, every - same
-
-    def _same_content_now(self, maybe: pl.DataFrame) -> set[int]:
-        """Of candidates whose stored content key differs, those whose stored rows hash to the
-        same content now (a key stored by another DuckDB version)."""
-        con = self._con
-        ids = maybe.select(["run_id", "decision_id"]).unique().to_arrow()
-        con.register("_r", ids)
-        try:
-            now = pl.from_arrow(con.execute(STORED_CONTENT_SQL).to_arrow_table())
-        finally:
-            con.unregister("_r")
-        assert isinstance(now, pl.DataFrame)
-        hit = maybe.join(now, on=["run_id", "decision_id"], how="inner").filter(
-            pl.col("now") == pl.col("content_key"))
-        return set(hit["_pos"].to_list())
 
     def _quarantine_units(self, rows: pa.Table, chk: pa.Table, sources: list[str],
                           qrows: list[QRow], now: float, reasons: list[str]) -> None:
@@ -958,3 +991,22 @@ def _rounds(dec: pa.Table) -> Iterator[pa.Table]:
     ranks = pa.array(rank.to_numpy())
     for r in range(int(rank.max() or 0) + 1):
         yield dec.filter(pc.equal(ranks, r))
+
+
+def _aligned(dec: pa.Table, chk: pa.Table) -> pa.Array | None:
+    """For checks that come as their decisions' checks in order (decision 0's idx 0..n-1, then
+    decision 1's, ...), the decision row of each check; else None."""
+    counts = dec.column("n_checks").to_numpy(zero_copy_only=False).astype(np.int64)
+    total = int(counts.sum())
+    if total != chk.num_rows:
+        return None
+    unit = np.repeat(np.arange(dec.num_rows, dtype=np.int64), counts)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    idx = chk.column("idx").to_numpy(zero_copy_only=False)
+    if not np.array_equal(idx, np.arange(total, dtype=np.int64) - starts):
+        return None
+    take = pa.array(unit)
+    for col in UNIT:
+        if not pc.all(pc.equal(chk.column(col), dec.column(col).take(take))).as_py():
+            return None
+    return take

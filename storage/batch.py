@@ -35,7 +35,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Final, Iterable
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..governance.events import MODES, Decision, Event, Quarantined, Reward, RolloutTransition
 from ..governance.verdicts import VERDICTS
@@ -159,39 +161,69 @@ class Batch:
         """Arrow tables from records; a record with an empty run_id takes `run_id`. Records that
         cannot be stored become `rejected` entries; the rest always builds."""
         rejected: list[Rejected] = []
-        # copies[k]: (decision rows, check rows) of the (k+1)-th copy of each decision id.
-        copies: list[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]] = []
-        seen: dict[tuple[str, str], int] = {}
+        kept: list[Decision] = []
+        drows: list[tuple[Any, ...]] = []
+        crows: list[tuple[Any, ...]] = []
+        owner: list[int] = []  # the decision row of each check row
         for dec in decisions:
             try:
-                drow, crows = _decision_rows(dec, run_id)
+                drow, mine = _decision_rows(dec, run_id)
             except Exception as exc:  # whatever a record holds, it costs only that record
                 rejected.append(_reject(exc, "decision", getattr(dec, "decision_id", None),
                                         _decision_raw(dec)))
                 continue
-            key = (drow[0], drow[1])
-            k = seen.get(key, 0)
-            seen[key] = k + 1
-            if k == len(copies):
-                copies.append(([], []))
-            copies[k][0].append(drow)
-            copies[k][1].extend(crows)
-        tables: dict[str, pa.Table] = {}
-        if copies:
-            tables.update(_decision_tables(*copies[0], rejected))
+            owner.extend([len(drows)] * len(mine))
+            drows.append(drow)
+            kept.append(dec)
+            crows.extend(mine)
+        dtable, bad = _vet("decisions", drows)
+        ctable, cbad = _vet("checks", crows)
+        for j, reason in cbad.items():
+            bad.setdefault(owner[j], f"{reason} (check {crows[j][2]})")  # a unit
+        # copies[k]: (decision rows, check rows) of the (k+1)-th copy of each decision id.
+        copies: list[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]] = []
+        if dtable is not None and ctable is not None and not bad and _unique_ids(dtable):
+            first = {"decisions": dtable, "checks": ctable}  # the common case
+        else:
+            seen: dict[tuple[str, str], int] = {}
+            j = 0
+            for i, drow in enumerate(drows):
+                start, j = j, j + drow[15]  # n_checks: this decision's check rows
+                if i in bad:
+                    rejected.append(Rejected(f"{bad[i]} (decision {show_id(drow[1])})",
+                                             _decision_raw(kept[i])))
+                    continue
+                key = (drow[0], drow[1])
+                k = seen.get(key, 0)
+                seen[key] = k + 1
+                if k == len(copies):
+                    copies.append(([], []))
+                copies[k][0].append(drow)
+                copies[k][1].extend(crows[start:j])
+            first = _decision_tables(*copies[0], rejected) if copies else {}
+        tables: dict[str, pa.Table] = {k: t for k, t in first.items() if t.num_rows}
         for name, build, records, what, ident in (
                 ("rewards", _reward_row, rewards, "reward", "reward_id"),
                 ("rollouts", _rollout_row, rollouts, "rollout", "rollout_id"),
                 ("events", _event_row, events, "event", "event_id")):
-            rows = []
+            recs, rows = [], []
             for rec in records:
                 try:
                     rows.append(build(rec, run_id))
+                    recs.append(rec)
                 except Exception as exc:
                     rejected.append(_reject(exc, what, getattr(rec, ident, None),
                                             _raw_text(_fields(rec))))
+            table, wrong = _vet(name, rows)
+            if table is not None:
+                tables[name] = table
+                continue
+            for i, reason in wrong.items():
+                rejected.append(Rejected(f"{reason} ({what} {show_id(getattr(recs[i], ident))})",
+                                         _raw_text(_fields(recs[i]))))
+            rows = [r for i, r in enumerate(rows) if i not in wrong]
             if rows:
-                tables[name] = _safe_table(name, rows, rejected, what, ident)
+                tables[name] = _safe_table(name, _transpose(name, rows), rejected, what, ident)
         qrows = [quarantine_row(q.source, q.reason, q.raw, q.ts) for q in quarantined]
         if qrows:
             tables["quarantine"] = rows_table("quarantine", qrows)
@@ -297,17 +329,203 @@ def _surrogate_at(text: str) -> int | None:
     return None
 
 
+def _fast_checker(table: str, f: pa.Field) -> Callable[[tuple[Any, ...]], bool]:
+    """A whole-column version of `_checker`: True when every value is fine, at C speed (sets,
+    min/max, one join); when it says False, `_checker` finds the rows and says why."""
+    col = f.name
+    nullable = col not in NOT_NULL.get(table, ())
+    required = col in REQUIRED.get(table, ())
+    allowed = frozenset(VOCAB.get((table, col), ()))
+    t = f.type
+    none = {type(None)} if nullable else set()
+
+    def present(values: tuple[Any, ...], types: set[type]) -> Any:
+        return values if type(None) not in types else [v for v in values if v is not None]
+
+    if pa.types.is_integer(t) or pa.types.is_timestamp(t):
+        if pa.types.is_timestamp(t):
+            lo, hi = MIN_TS_US, MAX_TS_US
+        else:
+            width = t.bit_width
+            lo, hi = INT_CAPS.get((table, col), (-(1 << (width - 1)), (1 << (width - 1)) - 1))
+        ok_types = {int} | none
+
+        def fast_int(values: tuple[Any, ...]) -> bool:
+            types = set(map(type, values))
+            if not types <= ok_types:
+                return False
+            vals = present(values, types)
+            return not vals or (min(vals) >= lo and max(vals) <= hi)
+        return fast_int
+    if pa.types.is_boolean(t):
+        ok_bool = {bool} | none
+        return lambda values: set(map(type, values)) <= ok_bool
+    if pa.types.is_floating(t):
+        ok_num = {float, int} | none
+
+        def fast_float(values: tuple[Any, ...]) -> bool:
+            types = set(map(type, values))
+            if not types <= ok_num:
+                return False
+            vals = present(values, types)
+            try:
+                return not vals or (all(map(math.isfinite, vals))
+                                    and max(map(abs, vals)) <= MAX_ABS_FLOAT)
+            except OverflowError:
+                return False
+        return fast_float
+    cap = (MAX_TEXT_CHARS if (table, col) in TEXT_COLUMNS
+           else MAX_JSON_CHARS if (table, col) in JSON_COLUMNS else MAX_NAME_CHARS)
+    ok_str = {str} | none
+
+    def fast_str(values: tuple[Any, ...]) -> bool:
+        types = set(map(type, values))
+        if not types <= ok_str:
+            return False
+        vals = present(values, types)
+        if not vals:
+            return True
+        if required and "" in vals:
+            return False
+        if max(map(len, vals)) > cap or (allowed and not set(vals) <= allowed):
+            return False
+        return "".join(vals).isascii() or all(
+            v.isascii() or _surrogate_at(v) is None for v in vals)
+    return fast_str
+
+
 CHECKERS: Final[dict[str, list[tuple[str, Callable[[Any], str | None]]]]] = {
     name: [(f.name, _checker(name, f)) for f in schema]
     for name, schema in ARROW_SCHEMAS.items() if name != "quarantine"}
+FAST_CHECKERS: Final[dict[str, list[Callable[[tuple[Any, ...]], bool]]]] = {
+    name: [_fast_checker(name, f) for f in schema]
+    for name, schema in ARROW_SCHEMAS.items() if name != "quarantine"}
 
 
-def validate_row(table: str, row: tuple[Any, ...]) -> None:
-    """Raise RowError naming the first column of `row` (in schema order) that cannot be stored."""
+def _transpose(table: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return list(zip(*rows)) if rows else [() for _ in ARROW_SCHEMAS[table]]
+
+
+def column_problems(table: str, columns: list[tuple[Any, ...]]) -> dict[int, str]:
+    """Why each row that cannot be stored cannot (`table.column: why`, the first failing column
+    in schema order), by row index. Checked a column at a time: cheap when all rows are fine."""
+    bad: dict[int, str] = {}
+    if not columns or not columns[0]:
+        return bad
+    for (col, check), fast, values in zip(CHECKERS[table], FAST_CHECKERS[table], columns):
+        if fast(values):
+            continue
+        for i, value in enumerate(values):
+            if i not in bad:
+                problem = check(value)
+                if problem is not None:
+                    bad[i] = f"{table}.{col}: {problem}"
+    return bad
+
+
+def _vet(name: str, rows: list[tuple[Any, ...]]) -> tuple[pa.Table | None, dict[int, str]]:
+    """The table of `rows` when every row can be stored (else None), and why the others cannot,
+    by row index. Arrow's conversion refuses wrong types, widths and unpaired surrogates, and
+    vectorised checks find the rest; only then are rows looked at one by one, to say why."""
+    if not rows:
+        return ARROW_SCHEMAS[name].empty_table(), {}
+    columns = _transpose(name, rows)
+    try:
+        table = columns_table(name, columns)
+    except Exception:
+        return None, column_problems(name, columns)
+    reasons = arrow_invalid(name, table)
+    if reasons is None:
+        return table, {}
+    return None, {i: explain(name, rows[i]) or reason
+                  for i, reason in enumerate(reasons) if reason is not None}
+
+
+def _unique_ids(decisions: pa.Table) -> bool:
+    if pc.count_distinct(decisions.column("decision_id")).as_py() == decisions.num_rows:
+        return True
+    pairs = zip(decisions.column("run_id").to_pylist(), decisions.column("decision_id").to_pylist())
+    return len(set(pairs)) == decisions.num_rows
+
+
+def explain(table: str, row: tuple[Any, ...]) -> str | None:
+    """`table.column: why` for the first column of `row` that cannot be stored, or None."""
     for (col, check), value in zip(CHECKERS[table], row):
         problem = check(value)
         if problem is not None:
-            raise RowError(f"{table}.{col}: {problem}")
+            return f"{table}.{col}: {problem}"
+    return None
+
+
+# --- the same checks on Arrow columns (vectorised) -----------------------------------
+
+def _outside(values: Any, lo: float, hi: float) -> Any | None:
+    """Mask of values outside [lo, hi], or None when there are none (one min/max pass)."""
+    bounds = pc.min_max(values)
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    if low is None or (low >= lo and high <= hi):
+        return None
+    return pc.fill_null(pc.or_(pc.less(values, lo), pc.greater(values, hi)), False)
+
+
+def arrow_problems(name: str, table: pa.Table) -> list[tuple[str, Any]]:
+    """(reason, row mask) for every check that some row fails; cheap when all rows are fine."""
+    found = []
+    for col in NOT_NULL[name]:
+        column = table.column(col)
+        missing = pc.is_null(column) if column.null_count else None
+        if (col in REQUIRED[name] and pa.types.is_string(column.type)
+                and pc.any(pc.equal(column, "")).as_py()):
+            empty = pc.fill_null(pc.equal(column, ""), False)
+            missing = empty if missing is None else pc.or_(missing, empty)
+        if missing is not None:
+            found.append((f"{name}.{col}: missing", missing))
+    for (tbl, col), allowed in VOCAB.items():
+        if tbl == name:
+            outside = pc.fill_null(pc.invert(pc.is_in(table.column(col),
+                                                      value_set=pa.array(allowed))), False)
+            if pc.any(outside).as_py():
+                found.append((f"{name}.{col}: not one of {', '.join(allowed)}", outside))
+    for f in ARROW_SCHEMAS[name]:
+        column = table.column(f.name)
+        if pa.types.is_timestamp(f.type):
+            mask = _outside(pc.cast(column, pa.int64()), MIN_TS_US, MAX_TS_US)
+            what = "outside 1970-01-01 .. 9999-12-31"
+        elif (name, f.name) in INT_CAPS:
+            lo, hi = INT_CAPS[(name, f.name)]
+            mask, what = _outside(column, lo, hi), f"out of range ({lo}..{hi})"
+        elif pa.types.is_floating(f.type):
+            bad = pc.or_(pc.invert(pc.is_finite(column)),
+                         pc.greater(pc.abs(column), MAX_ABS_FLOAT))
+            mask = pc.fill_null(bad, False) if pc.any(bad).as_py() else None
+            what = f"out of range (finite, at most {MAX_ABS_FLOAT:g} in magnitude)"
+        elif pa.types.is_string(f.type):
+            cap = (MAX_TEXT_CHARS if (name, f.name) in TEXT_COLUMNS
+                   else MAX_JSON_CHARS if (name, f.name) in JSON_COLUMNS else MAX_NAME_CHARS)
+            longest = pc.max(pc.binary_length(column)).as_py()  # bytes >= characters
+            mask = (pc.fill_null(pc.greater(pc.utf8_length(column), cap), False)
+                    if longest is not None and longest > cap else None)
+            if mask is not None and not pc.any(mask).as_py():
+                mask = None
+            what = f"more than {cap} characters"
+        else:
+            continue
+        if mask is not None:
+            found.append((f"{name}.{f.name}: {what}", mask))
+    return found
+
+
+def arrow_invalid(name: str, table: pa.Table) -> list[str | None] | None:
+    """The first failed check's reason per row (None: fine), or None when every row is fine."""
+    problems = arrow_problems(name, table)
+    if not problems:
+        return None
+    reasons: list[str | None] = [None] * table.num_rows
+    for reason, mask in problems:
+        for i in np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)):
+            if reasons[i] is None:
+                reasons[i] = reason
+    return reasons
 
 
 def _ts_us(table: str, ts: Any) -> int:
@@ -363,56 +581,54 @@ def _decision_rows(dec: Decision, run_id: str) -> tuple[tuple[Any, ...], list[tu
            action.kind, action.summary, action.digest, dec.verdict, dec.executed, dec.covered,
            dec.attempted, dec.evasion, len(checks), dec.latency_us, ts,
            _json_or_none("decisions", "extra", extra))
-    validate_row("decisions", row)
     crows = []
     for idx, chk in enumerate(checks):
         try:
-            crow = (run, dec.decision_id, idx, dec.round, dec.arm, dec.agent_id, chk.service,
-                    chk.rule_id, chk.verdict, chk.raw_verdict, chk.boundary, chk.severity,
-                    chk.enforced, chk.latency_us, chk.reason, ts,
-                    _json_or_none("checks", "extra", chk.extra))
-            validate_row("checks", crow)
+            crows.append((run, dec.decision_id, idx, dec.round, dec.arm, dec.agent_id,
+                          chk.service, chk.rule_id, chk.verdict, chk.raw_verdict, chk.boundary,
+                          chk.severity, chk.enforced, chk.latency_us, chk.reason, ts,
+                          _json_or_none("checks", "extra", chk.extra)))
         except RowError as exc:
             raise RowError(f"{exc} (check {idx})") from None
-        crows.append(crow)
     return row, crows
 
 
 def _reward_row(r: Reward, run_id: str) -> tuple[Any, ...]:
     row = (r.run_id or run_id, r.reward_id, r.rollout_id, r.agent_id, r.round, r.arm, r.value,
            _ts_us("rewards", r.ts))
-    validate_row("rewards", row)
     return row
 
 
 def _rollout_row(r: RolloutTransition, run_id: str) -> tuple[Any, ...]:
     row = (r.run_id or run_id, r.rollout_id, r.status, _ts_us("rollouts", r.ts), r.agent_id,
            r.round, r.arm, r.duration_s, _json_or_none("rollouts", "metadata", r.metadata))
-    validate_row("rollouts", row)
     return row
 
 
 def _event_row(e: Event, run_id: str) -> tuple[Any, ...]:
     row = (e.run_id or run_id, e.event_id, e.rollout_id, e.event_type, _ts_us("events", e.ts),
            trim_payload(e.payload))
-    validate_row("events", row)
     return row
 
 
-def rows_table(name: str, rows: list[tuple[Any, ...]]) -> pa.Table:
+def columns_table(name: str, columns: list[tuple[Any, ...]]) -> pa.Table:
     schema = ARROW_SCHEMAS[name]
-    columns = list(zip(*rows))
     return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, schema)],
                                 schema=schema)
 
 
-def _safe_table(name: str, rows: list[tuple[Any, ...]], rejected: list[Rejected], what: str,
-                ident: str) -> pa.Table:
+def rows_table(name: str, rows: list[tuple[Any, ...]]) -> pa.Table:
+    return columns_table(name, _transpose(name, rows))
+
+
+def _safe_table(name: str, columns: list[tuple[Any, ...]], rejected: list[Rejected],
+                what: str, ident: str) -> pa.Table:
     """The table of validated rows; should Arrow still refuse one, only that row is rejected."""
     try:
-        return rows_table(name, rows)
+        return columns_table(name, columns)
     except Exception:
         pass
+    rows = list(zip(*columns))
     kept = []
     for row in rows:
         try:

@@ -42,9 +42,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .batch import (
-    ARROW_SCHEMAS, EVENT_TABLES, INT_CAPS, JSON_COLUMNS, MAX_ABS_FLOAT, MAX_JSON_CHARS,
-    MAX_NAME_CHARS, MAX_TEXT_CHARS, MAX_TS_US, MIN_TS_US, NOT_NULL, REQUIRED, TEXT_COLUMNS, VOCAB,
-    Batch, Rejected, clean_text, quarantine_row, rows_table, show_id,
+    ARROW_SCHEMAS, EVENT_TABLES, REQUIRED, VOCAB, Batch, Rejected, arrow_invalid, clean_text,
+    quarantine_row, rows_table, show_id,
 )
 from .coordination import is_conflict, retry_conflicts
 from .errors import StoreError
@@ -200,75 +199,6 @@ def _conform(name: str, table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _outside(values: Any, lo: float, hi: float) -> Any | None:
-    """Mask of values outside [lo, hi], or None when there are none (one min/max pass)."""
-    bounds = pc.min_max(values)
-    low, high = bounds["min"].as_py(), bounds["max"].as_py()
-    if low is None or (low >= lo and high <= hi):
-        return None
-    return pc.fill_null(pc.or_(pc.less(values, lo), pc.greater(values, hi)), False)
-
-
-def _problems(name: str, table: pa.Table) -> list[tuple[str, Any]]:
-    """(reason, row mask) for every check that some row fails; cheap when all rows are fine."""
-    found = []
-    for col in NOT_NULL[name]:
-        column = table.column(col)
-        missing = pc.is_null(column) if column.null_count else None
-        if (col in REQUIRED[name] and pa.types.is_string(column.type)
-                and pc.any(pc.equal(column, "")).as_py()):
-            empty = pc.fill_null(pc.equal(column, ""), False)
-            missing = empty if missing is None else pc.or_(missing, empty)
-        if missing is not None:
-            found.append((f"{name}.{col}: missing", missing))
-    for (tbl, col), allowed in VOCAB.items():
-        if tbl == name:
-            outside = pc.fill_null(pc.invert(pc.is_in(table.column(col),
-                                                      value_set=pa.array(allowed))), False)
-            if pc.any(outside).as_py():
-                found.append((f"{name}.{col}: not one of {', '.join(allowed)}", outside))
-    for f in ARROW_SCHEMAS[name]:
-        column = table.column(f.name)
-        if pa.types.is_timestamp(f.type):
-            mask = _outside(pc.cast(column, pa.int64()), MIN_TS_US, MAX_TS_US)
-            what = "outside 1970-01-01 .. 9999-12-31"
-        elif (name, f.name) in INT_CAPS:
-            lo, hi = INT_CAPS[(name, f.name)]
-            mask, what = _outside(column, lo, hi), f"out of range ({lo}..{hi})"
-        elif pa.types.is_floating(f.type):
-            bad = pc.or_(pc.invert(pc.is_finite(column)),
-                         pc.greater(pc.abs(column), MAX_ABS_FLOAT))
-            mask = pc.fill_null(bad, False) if pc.any(bad).as_py() else None
-            what = f"out of range (finite, at most {MAX_ABS_FLOAT:g} in magnitude)"
-        elif pa.types.is_string(f.type):
-            cap = (MAX_TEXT_CHARS if (name, f.name) in TEXT_COLUMNS
-                   else MAX_JSON_CHARS if (name, f.name) in JSON_COLUMNS else MAX_NAME_CHARS)
-            longest = pc.max(pc.binary_length(column)).as_py()  # bytes >= characters
-            mask = (pc.fill_null(pc.greater(pc.utf8_length(column), cap), False)
-                    if longest is not None and longest > cap else None)
-            if mask is not None and not pc.any(mask).as_py():
-                mask = None
-            what = f"more than {cap} characters"
-        else:
-            continue
-        if mask is not None:
-            found.append((f"{name}.{f.name}: {what}", mask))
-    return found
-
-
-def _invalid(name: str, table: pa.Table) -> list[str | None] | None:
-    """The first failed check's reason per row (None: fine), or None when every row is fine."""
-    problems = _problems(name, table)
-    if not problems:
-        return None
-    reasons: list[str | None] = [None] * table.num_rows
-    for reason, mask in problems:
-        for i in np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)):
-            if reasons[i] is None:
-                reasons[i] = reason
-    return reasons
-
-
 def _pylist(table: pa.Table) -> list[dict[str, Any]]:
     """Rows as dicts, even when a value cannot become a Python object (a timestamp beyond year
     9999, bytes that are not UTF-8): those come as integers and escaped text."""
@@ -318,7 +248,7 @@ def _check_others(tables: dict[str, pa.Table], source: str, qrows: list[QRow],
         table = tables.get(name)
         if table is None:
             continue
-        reasons = _invalid(name, table)
+        reasons = arrow_invalid(name, table)
         if reasons is None:
             continue
         bad = pa.array([r is not None for r in reasons])
@@ -344,8 +274,8 @@ def _check_units(tables: dict[str, pa.Table], source: str, qrows: list[QRow],
                  now: float) -> None:
     """Quarantine decisions that fail a column check, or whose checks do (a unit)."""
     dec, chk = tables.get("decisions"), tables.get("checks")
-    d_reasons = _invalid("decisions", dec) if dec is not None else None
-    c_reasons = _invalid("checks", chk) if chk is not None else None
+    d_reasons = arrow_invalid("decisions", dec) if dec is not None else None
+    c_reasons = arrow_invalid("checks", chk) if chk is not None else None
     if d_reasons is None and c_reasons is None:
         return
     dkeys = _keys_of(dec) if dec is not None else []

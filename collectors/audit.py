@@ -339,6 +339,8 @@ def _items(text: str, start_line: int = 1) -> Iterator[tuple[int, str | None, An
             yield lineno, None, json.loads(line), line
         except json.JSONDecodeError as exc:
             yield lineno, f"invalid JSON: {exc.msg} (column {exc.colno})", None, line
+        except RecursionError:
+            yield lineno, "invalid JSON: nested too deeply", None, line
 
 
 def _array_items(text: str) -> Iterator[tuple[int, str | None, Any, str]]:
@@ -366,9 +368,10 @@ def _array_items(text: str) -> Iterator[tuple[int, str | None, Any, str]]:
             return
         try:
             value, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             # An array cannot be resynchronised after a syntax error: the rest is one bad item.
-            yield line_at(pos), f"invalid JSON: {exc.msg}", None, text[pos:pos + MAX_RAW]
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            yield line_at(pos), f"invalid JSON: {why}", None, text[pos:pos + MAX_RAW]
             return
         yield line_at(pos), None, value, text[pos:end]
         pos = skip(end)
@@ -452,6 +455,8 @@ def read_audit_file(path: str | os.PathLike[str], sink: Sink,
                 decision = decision_from_audit(value, defaults)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 error = str(exc)  # AuditRecordError, ValidationError, or odd input
+            except RecursionError:
+                error = "nested too deeply to read"
             else:
                 if decision.decision_id in seen:
                     summary.duplicates += 1

@@ -174,6 +174,11 @@ class _Item:
     batch: Batch
     cursor: Cursor | None
     stats: dict[str, Any] | None
+    source: str | None = None  # a bisected half without the cursor still names its source
+
+    @property
+    def source_name(self) -> str:
+        return self.cursor.source if self.cursor else self.source or "writer"
 
 
 @dataclass
@@ -537,12 +542,13 @@ class Writer:
         halves = _halves(item.batch)
         if halves is None:
             log.warning("writer: quarantined a record the database refused: %s", line)
-            self._commit([_Item(_refused(item.batch, line), item.cursor, item.stats)])
+            self._commit([_Item(_refused(item.batch, line), item.cursor, item.stats,
+                                item.source_name)])
             return
         # The cursor goes with the second half: a crash in between re-delivers both halves,
         # and the first is then all duplicates.
-        self._commit_or_quarantine([_Item(halves[0], None, None)])
-        self._commit_or_quarantine([_Item(halves[1], item.cursor, item.stats)])
+        self._commit_or_quarantine([_Item(halves[0], None, None, item.source_name)])
+        self._commit_or_quarantine([_Item(halves[1], item.cursor, item.stats, item.source_name)])
 
     def _commit(self, items: list[_Item]) -> None:
         t0 = time.perf_counter()
@@ -551,7 +557,7 @@ class Writer:
         parts: list[dict[str, pa.Table]] = []
         sources: list[str] = []
         for item in items:
-            source = item.cursor.source if item.cursor else "writer"
+            source = item.source_name
             for batch in _flatten(item.batch):
                 qrows.extend(quarantine_row(source, r.reason, r.raw, now) for r in batch.rejected)
                 parts.append(self._checked(batch.tables, source, qrows, now))

@@ -707,14 +707,21 @@ _REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother = 
 
 
 def _raw_text(obj: Any) -> str:
-    """JSON of a record for quarantine (ASCII, so always storable), or a bounded repr of it when
-    it cannot be serialised (nested too deeply, circular)."""
+    """JSON of a record for quarantine (ASCII, so always storable); what cannot be serialised
+    (nested too deeply, circular) comes as a bounded repr, the rest still as JSON."""
+    return _to_json(obj)[:MAX_QUARANTINE_RAW]
+
+
+def _to_json(obj: Any, level: int = 0) -> str:
     try:
-        return json.dumps(obj, default=_jsonable)[:MAX_QUARANTINE_RAW]
+        return json.dumps(obj, default=_jsonable)
     except (RecursionError, TypeError, ValueError) as exc:
+        if isinstance(obj, dict) and level < 3:  # keep the fields that serialise (the ids)
+            return json.dumps({str(k): json.loads(_to_json(_fields(v), level + 1))
+                               for k, v in obj.items()})
         try:
             shown = _REPR.repr(obj)
-        except (RecursionError, Exception):
+        except Exception:
             shown = f"<{type(obj).__name__}>"
         return json.dumps({"unserialisable": type(exc).__name__, "repr": shown})
 

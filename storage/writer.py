@@ -232,8 +232,18 @@ def _raw(row: dict[str, Any]) -> str:
     return json.dumps(_plain(row), default=str)
 
 
-def _unit_raws(dec: pa.Table, checks: pa.Table | None) -> list[str]:
-    """Raw JSON per decision row: the row, with its part's checks under "checks"."""
+def _unit_raws(dec: pa.Table, checks: pa.Table | None, unit: pa.Array | None = None
+               ) -> list[str]:
+    """Raw JSON per decision row: the row, with its checks under "checks" (those `unit` gives
+    its `_pos`, or else those of its part with its id)."""
+    if unit is not None and checks is not None:
+        mine = checks.filter(pc.is_in(unit, value_set=dec.column("_pos").combine_chunks()))
+        owners = unit.filter(pc.is_in(unit, value_set=dec.column("_pos").combine_chunks()))
+        by_pos: dict[int, list[dict[str, Any]]] = {}
+        for pos, row in zip(owners.to_pylist(), _pylist(mine)):
+            by_pos.setdefault(pos, []).append(_plain(row))
+        return [json.dumps({**_plain(row), "checks": by_pos.get(row["_pos"], [])}, default=str)
+                for row in _pylist(dec)]
     by_unit: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     if checks is not None and checks.num_rows:
         wanted = pl.from_arrow(dec.select(UNIT)).unique()
@@ -684,7 +694,7 @@ class Writer:
             if not pc.all(ok).as_py():
                 bad = pc.invert(ok)
                 self._quarantine_units(
-                    dec.filter(bad), chk, sources, qrows, now,
+                    dec.filter(bad), chk, None, sources, qrows, now,
                     [f"decisions.n_checks: {m} but the batch holds {k} checks for it "
                      f"(idx {a}..{b}) (decision {show_id(did)})" for m, k, a, b, did in zip(
                          n_checks.filter(bad).to_pylist(), found.filter(bad).to_pylist(),
@@ -693,7 +703,7 @@ class Writer:
                 dec = dec.filter(ok)
         inserted: list[pa.Table] = []
         for round_rows in _rounds(dec):
-            new, dups = self._store_round(round_rows, chk, sources, qrows, now)
+            new, dups = self._store_round(round_rows, chk, unit, sources, qrows, now)
             duplicates += dups
             if new.num_rows:
                 inserted.append(new)
@@ -702,6 +712,9 @@ class Writer:
             return 0, 0, duplicates
         if n_dec == n and not orphans:
             mine = chk  # the common case: every decision is new, every check is theirs
+        elif unit is not None:  # checks in order: each belongs to one decision row
+            stored = pa.concat_tables([t.select(["_pos"]) for t in inserted]).column("_pos")
+            mine = chk.filter(pc.is_in(unit, value_set=stored.combine_chunks()))
         else:
             units = pl.from_arrow(pa.concat_tables([t.select(UNIT) for t in inserted]))
             frame = pl.from_arrow(chk)
@@ -766,8 +779,8 @@ class Writer:
             self._quarantine_orphans(rest, chk, sources, qrows, now)
         return keys, orphans, chk, duplicates
 
-    def _store_round(self, cand: pa.Table, chk: pa.Table, sources: list[str], qrows: list[QRow],
-                     now: float) -> tuple[pa.Table, int]:
+    def _store_round(self, cand: pa.Table, chk: pa.Table, unit: pa.Array | None,
+                     sources: list[str], qrows: list[QRow], now: float) -> tuple[pa.Table, int]:
         """Insert the candidates (one copy per id) that are not stored yet; the others are
         duplicates (with their checks) or conflicts. Returns (inserted rows, duplicates)."""
         stored = self._stored_matches(cand)
@@ -780,7 +793,7 @@ class Writer:
         if conflicting:
             rows = cand.filter(pc.is_in(cand.column("_pos"),
                                         value_set=pa.array(sorted(conflicting), pa.int64())))
-            self._quarantine_units(rows, chk, sources, qrows, now, [
+            self._quarantine_units(rows, chk, unit, sources, qrows, now, [
                 f"decisions.decision_id: {show_id(did)} conflicts with the stored decision of "
                 f"that id in run {show_id(run)} (other content); the stored one is kept"
                 for run, did in _keys_of(rows)])
@@ -818,10 +831,11 @@ class Writer:
         every = set(matched["_pos"].to_list())
         return same, every - same
 
-    def _quarantine_units(self, rows: pa.Table, chk: pa.Table, sources: list[str],
-                          qrows: list[QRow], now: float, reasons: list[str]) -> None:
+    def _quarantine_units(self, rows: pa.Table, chk: pa.Table, unit: pa.Array | None,
+                          sources: list[str], qrows: list[QRow], now: float,
+                          reasons: list[str]) -> None:
         items = rows.column("_item").to_pylist()
-        for item, reason, raw in zip(items, reasons, _unit_raws(rows, chk)):
+        for item, reason, raw in zip(items, reasons, _unit_raws(rows, chk, unit)):
             qrows.append(quarantine_row(sources[item], reason, raw, now))
 
     def _quarantine_orphans(self, orphans: pa.Table, chk: pa.Table, sources: list[str],

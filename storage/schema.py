@@ -20,12 +20,15 @@ All writers of one store therefore run the same DuckDB version (a lake requires 
 
 from __future__ import annotations
 
+import logging
 from typing import Final
 
 import duckdb
 
 from .errors import SchemaTooNew
 from .transaction import transaction
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION_TABLE: Final = "schema_version"
 
@@ -155,7 +158,9 @@ MIGRATIONS.append((3, "decision keys: de-duplication by decision_id alone", [
     "ALTER TABLE decisions ADD COLUMN content_key UBIGINT",
     *REKEY,
     f"CREATE TABLE {META_TABLE} (name VARCHAR NOT NULL, value VARCHAR NOT NULL)",
-    f"INSERT INTO {META_TABLE} SELECT '{KEY_CANARY}', ({KEY_CANARY_SQL})",
+    # Only with keys to vouch for: an empty store stays empty (a copy target must be).
+    f"INSERT INTO {META_TABLE} SELECT '{KEY_CANARY}', ({KEY_CANARY_SQL}) "
+    "WHERE EXISTS (SELECT 1 FROM decisions)",
 ]))
 
 LATEST_VERSION: Final = MIGRATIONS[-1][0]
@@ -235,14 +240,25 @@ def compact_rollups(con: duckdb.DuckDBPyConnection) -> None:
 
 def ensure_keys(con: duckdb.DuckDBPyConnection) -> bool:
     """Make every decision's keys again if this DuckDB hashes differently from the one that
-    made them (see the module docstring); True if it did."""
+    made them (see the module docstring). Returns True when the store has no decisions and no
+    record of the hash yet: the caller records it (`record_key_hash`) with its first ones."""
     now = con.execute(KEY_CANARY_SQL).fetchall()[0][0]
-    rows = con.execute(f"SELECT value FROM {META_TABLE} WHERE name = ?", [KEY_CANARY]).fetchall()
-    if rows and rows[0][0] == now:
+    values = {r[0] for r in con.execute(f"SELECT value FROM {META_TABLE} WHERE name = ?",
+                                        [KEY_CANARY]).fetchall()}
+    if values == {now}:
         return False
+    if not values and not con.execute("SELECT count(*) FROM (SELECT 1 FROM decisions LIMIT 1)"
+                                      ).fetchall()[0][0]:
+        return True
+    log.warning("storage: this DuckDB hashes differently from the one that made the stored "
+                "decision keys; making them again")
     with transaction(con):
         for statement in REKEY:
             con.execute(statement)
         con.execute(f"DELETE FROM {META_TABLE} WHERE name = ?", [KEY_CANARY])
-        con.execute(f"INSERT INTO {META_TABLE} VALUES (?, ?)", [KEY_CANARY, now])
-    return True
+        record_key_hash(con)
+    return False
+
+
+def record_key_hash(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"INSERT INTO {META_TABLE} SELECT ?, ({KEY_CANARY_SQL})", [KEY_CANARY])

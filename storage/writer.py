@@ -49,7 +49,7 @@ from .coordination import is_conflict, retry_conflicts
 from .errors import StoreError
 from .schema import (
     KEY_COLUMNS, NATURAL_KEYS, check_hash_sql, checks_agg_sql, decision_content_sql, ensure_keys,
-    id_key_sql,
+    id_key_sql, record_key_hash,
 )
 from .store import Store
 from .transaction import transaction
@@ -427,9 +427,8 @@ class Writer:
         self._coord = store.coordinator()
         try:
             with self._coord.locked(["schema"]):
-                if ensure_keys(self._con):
-                    log.warning("writer: DuckDB hashes differently from the version that made "
-                                "the stored decision keys; made them again")
+                # True: the hash this DuckDB gives is recorded with the first decisions.
+                self._record_hash = ensure_keys(self._con)
         except BaseException:
             self._con.close()
             self._coord.close()
@@ -585,6 +584,8 @@ class Writer:
             added, duplicates = retry_conflicts(
                 lambda: self._transaction(tables, run_ids, qrows, cursors, sources))
         self._known_runs.update(run_ids)
+        if added.get("decisions"):
+            self._record_hash = False
         st = self.stats
         for name, n in added.items():
             st.committed_rows[name] = st.committed_rows.get(name, 0) + n
@@ -630,6 +631,8 @@ class Writer:
                     tables.get("decisions"), tables.get("checks"), sources, qrows)
                 added.update({k: v for k, v in (("decisions", n_dec), ("checks", n_chk)) if v})
                 duplicates += dups
+                if n_dec and self._record_hash:
+                    record_key_hash(con)
             for name in OTHER_TABLES:
                 table = tables.get(name)
                 if table is None or table.num_rows == 0:

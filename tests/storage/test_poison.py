@@ -441,7 +441,9 @@ def test_v2_store_is_migrated_with_its_keys_and_redelivery_stays_a_duplicate(
 
 
 def test_keys_are_made_again_when_duckdb_hashes_differently(store: Store) -> None:
+    assert rows(store, "SELECT count(*) FROM store_meta") == [(0,)]  # a new store is empty
     commit(store, decisions_batch(0, 200, run_id="r", total=200))
+    assert rows(store, "SELECT value FROM store_meta") == rows(store, schema.KEY_CANARY_SQL)
     before = rows(store, "SELECT decision_id, id_key, content_key FROM decisions ORDER BY 1")
     store.con.execute("UPDATE decisions SET id_key = 0, content_key = 0")
     store.con.execute("UPDATE store_meta SET value = 'another duckdb' WHERE name = 'key_hash'")

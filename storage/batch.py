@@ -537,10 +537,11 @@ def _ts_us(table: str, ts: Any) -> int:
         raise RowError(f"{table}.ts: {ts} is not a finite time") from None
 
 
-def _json_text(table: str, col: str, value: Any) -> str:
-    """The column's JSON text (the stored format: ASCII, escaped), or RowError."""
+def _json_text(table: str, col: str, value: Any, compact: bool = True) -> str:
+    """The column's JSON text (the stored format: ASCII, escaped; event payloads keep json's
+    default separators, as they always had), or RowError."""
     try:
-        text = json.dumps(value, separators=(",", ":"), default=str)
+        text = json.dumps(value, separators=(",", ":") if compact else None, default=str)
     except RecursionError:
         raise RowError(f"{table}.{col}: nested too deeply to serialise") from None
     except (TypeError, ValueError) as exc:
@@ -561,7 +562,8 @@ def _json_or_none(table: str, col: str, value: dict[str, Any]) -> str | None:
 def trim_payload(payload: Any) -> str | None:
     if payload is None:
         return None
-    text = payload if isinstance(payload, str) else _json_text("events", "payload", payload)
+    text = payload if isinstance(payload, str) else _json_text("events", "payload", payload,
+                                                               compact=False)
     if len(text) <= MAX_EVENT_PAYLOAD_BYTES:
         return text
     return json.dumps({"_trimmed": True, "bytes": len(text), "head": text[:1024]})

@@ -210,6 +210,8 @@ def migrate(con: duckdb.DuckDBPyConnection, *, path: str = "database") -> int:
             f"({LATEST_VERSION}); upgrade tractatus-watch to open it")
     if version == LATEST_VERSION:
         return version
+    # A backfill over millions of rows takes a while: no progress bar on a collector's stdout.
+    con.execute("SET enable_progress_bar = false")
     with transaction(con):
         if version == 0:
             con.execute(f"CREATE TABLE {SCHEMA_VERSION_TABLE} (version INTEGER NOT NULL, "
@@ -252,6 +254,7 @@ def ensure_keys(con: duckdb.DuckDBPyConnection) -> bool:
         return True
     log.warning("storage: this DuckDB hashes differently from the one that made the stored "
                 "decision keys; making them again")
+    con.execute("SET enable_progress_bar = false")
     with transaction(con):
         for statement in REKEY:
             con.execute(statement)

@@ -129,11 +129,17 @@ _DATA_ERRORS: Final = (
     UnicodeError, OverflowError, RecursionError,
 )
 _DATA_MARKERS: Final = ("Invalid Input Error", "Conversion Error", "Constraint Error",
-                        "Out of Range Error")
+                        "Out of Range Error", "Invalid unicode", "out of range", "NOT NULL")
+
+
+class _Refused(Exception):
+    """A commit the database failed because of a row, not a race: bisect it, do not retry it."""
 
 
 def is_data_error(exc: BaseException) -> bool:
     """Caused by what a row holds (so another row would commit), not by the store's state."""
+    if isinstance(exc, _Refused):
+        return True
     if isinstance(exc, duckdb.Error) and is_conflict(exc):
         # A commit can fail on a row (e.g. a lake writing its Parquet at commit): only then is a
         # "Failed to commit" a data error. A real conflict that persisted stays fatal.
@@ -143,8 +149,9 @@ def is_data_error(exc: BaseException) -> bool:
 
 
 def one_line(exc: BaseException) -> str:
+    """The error on one line (a lake's commit error gives its cause on the lines after)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return clean_text(lines[0] if lines else type(exc).__name__, 500)
+    return clean_text(" ".join(lines) if lines else type(exc).__name__, 500)
 
 
 @dataclass(frozen=True)
@@ -580,9 +587,16 @@ class Writer:
                 run_ids.update(pc.unique(tables[name].column("run_id")).to_pylist())
         # Writers of the same run (other processes on a lake) take turns: each one's probe then
         # sees what the previous one committed.
+        def attempt() -> tuple[dict[str, int], int]:
+            try:
+                return self._transaction(tables, run_ids, qrows, cursors, sources)
+            except duckdb.Error as exc:
+                if is_conflict(exc) and is_data_error(exc):
+                    raise _Refused(one_line(exc)) from exc
+                raise
+
         with self._coord.locked(run_ids):
-            added, duplicates = retry_conflicts(
-                lambda: self._transaction(tables, run_ids, qrows, cursors, sources))
+            added, duplicates = retry_conflicts(attempt)
         self._known_runs.update(run_ids)
         if added.get("decisions"):
             self._record_hash = False

@@ -238,6 +238,17 @@ def test_content_columns_cover_the_ddl(store: Store) -> None:
         schema.CHECK_CONTENT + schema.CHECK_COPIES)
 
 
+@pytest.fixture(params=["file", "lake"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "file":
+        s = Store.open(tmp_path / "d.duckdb")
+    else:
+        spec, data = request.getfixturevalue("lake")
+        s = Store.open(spec, data_path=data)
+    yield s
+    s.close()
+
+
 # --- bisect -----------------------------------------------------------------------------------
 
 def invalid_utf8(table: pa.Table, column: str, row: int) -> pa.Table:
@@ -254,7 +265,8 @@ def invalid_utf8(table: pa.Table, column: str, row: int) -> pa.Table:
 
 
 def test_rows_the_database_refuses_are_bisected_out_and_the_cursor_commits(
-        store: Store) -> None:
+        any_store: Store) -> None:
+    store = any_store
     tables = dict(decisions_batch(0, 1000, run_id="r", total=1000).tables)
     tables["decisions"] = invalid_utf8(tables["decisions"], "agent_id", 417)
     tables["rewards"] = invalid_utf8(tables["rewards"], "rollout_id", 3)
@@ -265,8 +277,13 @@ def test_rows_the_database_refuses_are_bisected_out_and_the_cursor_commits(
     writer.submit(after, Cursor("other", "b"))
     writer.close()
     assert writer.error is None
-    refused = "refused by the database: Invalid Input Error: Invalid unicode (byte sequence " \
-              "mismatch) detected in segment statistics update"
+    # A file refuses the row at insert; a lake when it writes its Parquet, at commit.
+    refused = "refused by the database: " + (
+        "TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction. "
+        "Invalid unicode (byte sequence mismatch) detected in value construction"
+        if store.is_lake else
+        "Invalid Input Error: Invalid unicode (byte sequence mismatch) detected in segment "
+        "statistics update")
     assert quarantine(store) == [("src", f"decisions: {refused}"), ("src", f"rewards: {refused}")]
     raws = [json.loads(r[0]) for r in rows(store, "SELECT raw FROM quarantine ORDER BY reason")]
     assert raws[0]["decision_id"] == "d000000000417" and raws[0]["agent_id"] == "bad\\xff"
@@ -317,17 +334,6 @@ except WriterError as exc:
 
 
 # --- de-duplication by decision_id -------------------------------------------------------------
-
-@pytest.fixture(params=["file", "lake"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path):
-    if request.param == "file":
-        s = Store.open(tmp_path / "d.duckdb")
-    else:
-        spec, data = request.getfixturevalue("lake")
-        s = Store.open(spec, data_path=data)
-    yield s
-    s.close()
-
 
 def test_the_same_id_with_another_ts_is_stored_once(any_store: Store) -> None:
     store = any_store

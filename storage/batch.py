@@ -161,46 +161,7 @@ class Batch:
         """Arrow tables from records; a record with an empty run_id takes `run_id`. Records that
         cannot be stored become `rejected` entries; the rest always builds."""
         rejected: list[Rejected] = []
-        kept: list[Decision] = []
-        drows: list[tuple[Any, ...]] = []
-        crows: list[tuple[Any, ...]] = []
-        owner: list[int] = []  # the decision row of each check row
-        for dec in decisions:
-            try:
-                drow, mine = _decision_rows(dec, run_id)
-            except Exception as exc:  # whatever a record holds, it costs only that record
-                rejected.append(_reject(exc, "decision", getattr(dec, "decision_id", None),
-                                        _decision_raw(dec)))
-                continue
-            owner.extend([len(drows)] * len(mine))
-            drows.append(drow)
-            kept.append(dec)
-            crows.extend(mine)
-        dtable, bad = _vet("decisions", drows)
-        ctable, cbad = _vet("checks", crows)
-        for j, reason in cbad.items():
-            bad.setdefault(owner[j], f"{reason} (check {crows[j][2]})")  # a unit
-        # copies[k]: (decision rows, check rows) of the (k+1)-th copy of each decision id.
-        copies: list[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]] = []
-        if dtable is not None and ctable is not None and not bad and _unique_ids(dtable):
-            first = {"decisions": dtable, "checks": ctable}  # the common case
-        else:
-            seen: dict[tuple[str, str], int] = {}
-            j = 0
-            for i, drow in enumerate(drows):
-                start, j = j, j + drow[15]  # n_checks: this decision's check rows
-                if i in bad:
-                    rejected.append(Rejected(f"{bad[i]} (decision {show_id(drow[1])})",
-                                             _decision_raw(kept[i])))
-                    continue
-                key = (drow[0], drow[1])
-                k = seen.get(key, 0)
-                seen[key] = k + 1
-                if k == len(copies):
-                    copies.append(([], []))
-                copies[k][0].append(drow)
-                copies[k][1].extend(crows[start:j])
-            first = _decision_tables(*copies[0], rejected) if copies else {}
+        first, copies = _decision_part(decisions, run_id, rejected)
         tables: dict[str, pa.Table] = {k: t for k, t in first.items() if t.num_rows}
         for name, build, records, what, ident in (
                 ("rewards", _reward_row, rewards, "reward", "reward_id"),
@@ -216,7 +177,8 @@ class Batch:
                                             _raw_text(_fields(rec))))
             table, wrong = _vet(name, rows)
             if table is not None:
-                tables[name] = table
+                if table.num_rows:
+                    tables[name] = table
                 continue
             for i, reason in wrong.items():
                 rejected.append(Rejected(f"{reason} ({what} {show_id(getattr(recs[i], ident))})",
@@ -227,8 +189,54 @@ class Batch:
         qrows = [quarantine_row(q.source, q.reason, q.raw, q.ts) for q in quarantined]
         if qrows:
             tables["quarantine"] = rows_table("quarantine", qrows)
-        later = [cls(_decision_tables(*c, rejected)) for c in copies[1:]]
+        later = [cls(_decision_tables(*c, rejected)) for c in copies]
         return cls(tables, rejected, later)
+
+
+def _decision_part(decisions: Iterable[Decision], run_id: str, rejected: list[Rejected]
+                   ) -> tuple[dict[str, pa.Table], list[tuple[list[Any], list[Any]]]]:
+    """The decisions' and checks' tables (first copy of each id), and the rows of the later
+    copies; records that cannot be stored go to `rejected`, with their checks (a unit)."""
+    kept: list[Decision] = []
+    drows: list[tuple[Any, ...]] = []
+    crows: list[tuple[Any, ...]] = []
+    owner: list[int] = []  # the decision row of each check row
+    for dec in decisions:
+        try:
+            drow, mine = _decision_rows(dec, run_id)
+        except Exception as exc:  # whatever a record holds, it costs only that record
+            rejected.append(_reject(exc, "decision", getattr(dec, "decision_id", None),
+                                    _decision_raw(dec)))
+            continue
+        owner.extend([len(drows)] * len(mine))
+        drows.append(drow)
+        kept.append(dec)
+        crows.extend(mine)
+    dtable, bad = _vet("decisions", drows)
+    ctable, cbad = _vet("checks", crows)
+    for j, reason in cbad.items():
+        bad.setdefault(owner[j], f"{reason} (check {crows[j][2]})")  # a unit
+    # copies[k]: (decision rows, check rows) of the (k+1)-th copy of each decision id.
+    copies: list[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]] = []
+    if dtable is not None and ctable is not None and not bad and _unique_ids(dtable):
+        return {"decisions": dtable, "checks": ctable}, []  # the common case
+    seen: dict[tuple[str, str], int] = {}
+    j = 0
+    for i, drow in enumerate(drows):
+        start, j = j, j + drow[15]  # n_checks: this decision's check rows
+        if i in bad:
+            rejected.append(Rejected(f"{bad[i]} (decision {show_id(drow[1])})",
+                                     _decision_raw(kept[i])))
+            continue
+        key = (drow[0], drow[1])
+        k = seen.get(key, 0)
+        seen[key] = k + 1
+        if k == len(copies):
+            copies.append(([], []))
+        copies[k][0].append(drow)
+        copies[k][1].extend(crows[start:j])
+    first = _decision_tables(*copies[0], rejected) if copies else {}
+    return first, copies[1:]
 
 
 # --- validation -----------------------------------------------------------------------------

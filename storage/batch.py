@@ -145,6 +145,9 @@ class Batch:
     # the writer stores each after the one before, so the first copy wins and a later one is a
     # duplicate or a conflict, exactly as if it came in a later commit.
     later: list[Batch] = field(default_factory=list)
+    # Built by `from_records`: every row already passed the column checks, the writer does not
+    # check them again.
+    checked: bool = False
 
     @property
     def rows(self) -> int:
@@ -189,8 +192,8 @@ class Batch:
         qrows = [quarantine_row(q.source, q.reason, q.raw, q.ts) for q in quarantined]
         if qrows:
             tables["quarantine"] = rows_table("quarantine", qrows)
-        later = [cls(_decision_tables(*c, rejected)) for c in copies]
-        return cls(tables, rejected, later)
+        later = [cls(_decision_tables(*c, rejected), checked=True) for c in copies]
+        return cls(tables, rejected, later, checked=True)
 
 
 def _decision_part(decisions: Iterable[Decision], run_id: str, rejected: list[Rejected]

@@ -108,6 +108,15 @@ WITH ck AS (SELECT _unit, count(*) AS n, sum({check_hash_sql('c')})::HUGEINT AS 
 SELECT d._pos, {id_key_sql('d')} AS id_key,
        {decision_content_sql('d', 'coalesce(ck.n, 0)', 'ck.h')} AS content_key
 FROM _d d LEFT JOIN ck ON ck._unit = d._pos"""
+# Insert the decisions of `_b` with their keys, when none is stored (the common case: one query
+# makes the keys and stores the rows).
+INSERT_WITH_KEYS_SQL: Final = f"""
+INSERT INTO decisions BY NAME
+WITH ck AS (SELECT _unit, count(*) AS n, sum({check_hash_sql('c')})::HUGEINT AS h
+            FROM _c c GROUP BY _unit)
+SELECT d.* EXCLUDE (_item, _pos), {id_key_sql('d')} AS id_key,
+       {decision_content_sql('d', 'coalesce(ck.n, 0)', 'ck.h')} AS content_key
+FROM _b d LEFT JOIN ck ON ck._unit = d._pos"""
 # The same for checks in any order: grouped by their decision (within one part, `_item`); the
 # check units without a decision come last (no `_pos`).
 KEYS_SQL: Final = f"""
@@ -576,7 +585,8 @@ class Writer:
             source = item.source_name
             for batch in _flatten(item.batch):
                 qrows.extend(quarantine_row(source, r.reason, r.raw, now) for r in batch.rejected)
-                parts.append(self._checked(batch.tables, source, qrows, now))
+                parts.append({n: t for n, t in batch.tables.items() if t.num_rows}
+                             if batch.checked else self._checked(batch.tables, source, qrows, now))
                 sources.append(source)
         tables = _concat(parts)
         cursors: dict[str, tuple[str, dict[str, Any] | None]] = {
@@ -692,7 +702,11 @@ class Writer:
         n = dec.num_rows
         n_checks = pc.cast(dec.column("n_checks"), pa.int64())
         unit = _aligned(dec, chk)
-        if unit is not None:  # the common case: consistent by construction, no orphans
+        if unit is not None and pc.count_distinct(dec.column("decision_id")).as_py() == n:
+            stored = self._insert_if_none_stored(dec, chk, unit)
+            if stored is not None:
+                return stored
+        if unit is not None:  # checks in order: consistent by construction, no orphans
             keys = self._keys(KEYS_BY_UNIT_SQL, dec, chk.append_column("_unit", unit), n)
             orphans = 0
         else:
@@ -739,6 +753,26 @@ class Writer:
             mine = frame.join(units, on=UNIT, how="semi").to_arrow().cast(chk.schema)
         n_chk = self._insert_rows("checks", mine.drop_columns(["_item"])) if mine.num_rows else 0
         return n_dec, n_chk, duplicates
+
+    def _insert_if_none_stored(self, dec: pa.Table, chk: pa.Table, unit: pa.Array
+                               ) -> tuple[int, int, int] | None:
+        """Store decisions (ids unique, checks in order) and their checks if none is stored
+        yet, in as few statements as the old unkeyed insert; None (nothing done) otherwise."""
+        con = self._con
+        con.register("_b", dec)
+        con.register("_c", chk.append_column("_unit", unit))
+        try:
+            # One UBIGINT column is all this reads, however large the table.
+            if con.execute("SELECT count(*) FROM decisions WHERE id_key IN "
+                           f"(SELECT {id_key_sql('d')} FROM _b d)").fetchall()[0][0]:
+                return None
+            con.execute(INSERT_WITH_KEYS_SQL)
+            con.execute(ROLLUPS["decisions"])
+        finally:
+            con.unregister("_b")
+            con.unregister("_c")
+        n_chk = self._insert_rows("checks", chk.drop_columns(["_item"])) if chk.num_rows else 0
+        return dec.num_rows, n_chk, 0
 
     def _keys(self, sql: str, dec: pa.Table, chk: pa.Table, n: int) -> dict[str, np.ndarray]:
         """The columns `sql` gives per decision row, as arrays in row order (the database

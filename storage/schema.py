@@ -5,16 +5,30 @@ primary keys, unique constraints or indexes, so none are declared here: idempote
 anti-join on each table's natural key (`NATURAL_KEYS`), and rollups are appended partial
 aggregates that queries sum and `compact_rollups` folds. JSON columns are VARCHAR holding JSON text
 so both backends read them the same way.
+
+Decisions carry two 64-bit keys (v3) so that de-duplication by `decision_id` stays cheap however
+large the table grows: probing one UBIGINT column costs a fraction of an anti-join on VARCHAR ids
+(no ts window: the same id with another ts is the same decision).
+- `id_key`: DuckDB's `hash()` of (run_id, decision_id); a hit is verified on the ids.
+- `content_key`: `hash()` over the decision's columns and its checks' (`DECISION_CONTENT`,
+  `CHECK_CONTENT`): equal for a re-delivery, different for another version of the decision.
+`hash()` is fast (MD5 over the same text cost ten times more) but DuckDB does not promise it
+across versions, so `store_meta` keeps what it gave for fixed values when the keys were made;
+a writer that finds another value (a DuckDB upgrade) makes every key again (`ensure_keys`).
+All writers of one store therefore run the same DuckDB version (a lake requires that anyway).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Final
 
 import duckdb
 
 from .errors import SchemaTooNew
 from .transaction import transaction
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION_TABLE: Final = "schema_version"
 
@@ -85,6 +99,70 @@ MIGRATIONS: Final[list[tuple[int, str, list[str]]]] = [
     ]),
 ]
 
+# The content of a decision (for duplicate vs conflict): every column but its identity and keys,
+# and every column of its checks but the copies of the decision's own (round, arm, agent, ts).
+# Must list the DDL's columns (tests/storage checks it does).
+DECISION_CONTENT: Final = (
+    "rollout_id", "agent_id", "round", "arm", "mode", "action_kind", "action_summary",
+    "action_digest", "verdict", "executed", "covered", "attempted", "evasion", "n_checks",
+    "latency_us", "ts", "extra")
+CHECK_CONTENT: Final = (
+    "idx", "service", "rule_id", "verdict", "raw_verdict", "boundary", "severity", "enforced",
+    "latency_us", "reason", "extra")
+CHECK_COPIES: Final = ("run_id", "decision_id", "round", "arm", "agent_id", "ts")
+KEY_COLUMNS: Final = ("id_key", "content_key")
+META_TABLE: Final = "store_meta"
+# The value of `KEY_CANARY_SQL` when the stored keys were made: another DuckDB may hash
+# differently, and then the keys are made again (`ensure_keys`). One value of every type the
+# keys hash, NULL included.
+KEY_CANARY: Final = "key_hash"
+KEY_CANARY_SQL: Final = (
+    "SELECT hash('tractatus-watch', 'ü', 7::SMALLINT, 11::INTEGER, 13::BIGINT, 17::HUGEINT, "
+    "true, TIMESTAMP '2026-01-02 03:04:05.678901', NULL::VARCHAR)::VARCHAR")
+
+
+def id_key_sql(alias: str) -> str:
+    """The UBIGINT identity key of the decision row `alias`."""
+    return f"hash({alias}.run_id, {alias}.decision_id)"
+
+
+def check_hash_sql(alias: str) -> str:
+    return f"hash({', '.join(f'{alias}.{c}' for c in CHECK_CONTENT)})"
+
+
+def checks_agg_sql(source: str, group: str = "run_id, decision_id", where: str = "") -> str:
+    """Per decision of `source` (a table of checks): rows, idx range, and the order-independent
+    sum of the check hashes (each includes its idx, so order still counts)."""
+    return (f"SELECT {group}, count(*) AS n, min(idx) AS lo, max(idx) AS hi, "
+            f"sum({check_hash_sql('c')})::HUGEINT AS h FROM {source} c {where} GROUP BY ALL")
+
+
+def decision_content_sql(alias: str, n: str, h: str) -> str:
+    """The content key of decision row `alias` whose checks number `n` and hash-sum to `h`."""
+    cols = ", ".join(f"{alias}.{c}" for c in DECISION_CONTENT)
+    return f"hash({cols}, ({n})::BIGINT, ({h})::HUGEINT)"
+
+
+# Every stored decision's keys, made from the stored rows (the migration's backfill, and again
+# when DuckDB's hash changed).
+REKEY: Final = [
+    f"UPDATE decisions SET id_key = {id_key_sql('decisions')}, "
+    f"content_key = {decision_content_sql('decisions', '0', 'NULL')}",
+    f"UPDATE decisions SET content_key = {decision_content_sql('decisions', 'ck.n', 'ck.h')} "
+    f"FROM ({checks_agg_sql('checks')}) ck "
+    "WHERE decisions.run_id = ck.run_id AND decisions.decision_id = ck.decision_id",
+]
+
+MIGRATIONS.append((3, "decision keys: de-duplication by decision_id alone", [
+    "ALTER TABLE decisions ADD COLUMN id_key UBIGINT",
+    "ALTER TABLE decisions ADD COLUMN content_key UBIGINT",
+    *REKEY,
+    f"CREATE TABLE {META_TABLE} (name VARCHAR NOT NULL, value VARCHAR NOT NULL)",
+    # Only with keys to vouch for: an empty store stays empty (a copy target must be).
+    f"INSERT INTO {META_TABLE} SELECT '{KEY_CANARY}', ({KEY_CANARY_SQL}) "
+    "WHERE EXISTS (SELECT 1 FROM decisions)",
+]))
+
 LATEST_VERSION: Final = MIGRATIONS[-1][0]
 
 # The identity of a record in each event table: re-delivery of the same key changes nothing.
@@ -132,6 +210,8 @@ def migrate(con: duckdb.DuckDBPyConnection, *, path: str = "database") -> int:
             f"({LATEST_VERSION}); upgrade tractatus-watch to open it")
     if version == LATEST_VERSION:
         return version
+    # A backfill over millions of rows takes a while: no progress bar on a collector's stdout.
+    con.execute("SET enable_progress_bar = false")
     with transaction(con):
         if version == 0:
             con.execute(f"CREATE TABLE {SCHEMA_VERSION_TABLE} (version INTEGER NOT NULL, "
@@ -158,3 +238,30 @@ def compact_rollups(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"DELETE FROM {table}")
             con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _folded")
             con.execute("DROP TABLE _folded")
+
+
+def ensure_keys(con: duckdb.DuckDBPyConnection) -> bool:
+    """Make every decision's keys again if this DuckDB hashes differently from the one that
+    made them (see the module docstring). Returns True when the store has no decisions and no
+    record of the hash yet: the caller records it (`record_key_hash`) with its first ones."""
+    now = con.execute(KEY_CANARY_SQL).fetchall()[0][0]
+    values = {r[0] for r in con.execute(f"SELECT value FROM {META_TABLE} WHERE name = ?",
+                                        [KEY_CANARY]).fetchall()}
+    if values == {now}:
+        return False
+    if not values and not con.execute("SELECT count(*) FROM (SELECT 1 FROM decisions LIMIT 1)"
+                                      ).fetchall()[0][0]:
+        return True
+    log.warning("storage: this DuckDB hashes differently from the one that made the stored "
+                "decision keys; making them again")
+    con.execute("SET enable_progress_bar = false")
+    with transaction(con):
+        for statement in REKEY:
+            con.execute(statement)
+        con.execute(f"DELETE FROM {META_TABLE} WHERE name = ?", [KEY_CANARY])
+        record_key_hash(con)
+    return False
+
+
+def record_key_hash(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"INSERT INTO {META_TABLE} SELECT ?, ({KEY_CANARY_SQL})", [KEY_CANARY])

@@ -32,7 +32,6 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
-import os
 import secrets
 import threading
 import time

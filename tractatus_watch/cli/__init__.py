@@ -37,20 +37,9 @@ def main() -> None:
     except KeyboardInterrupt:
         code = 130
     except (CliError, StoreError, FileError) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        code = 2
-    except Exception as exc:
-        if not _is_writer_error(exc):
-            raise  # a bug: its traceback is what a report needs
-        # The writer died (disk full, file size limit, database invalidated): what was
-        # committed before is stored; say why in one line.
+        # StoreError includes the writer's death (disk full, a file size limit): what was
+        # committed before is stored; say why in one line. Anything else is a bug, and its
+        # traceback is what a report needs.
         print(f"error: {one_line(exc)}", file=sys.stderr)
         code = 2
     sys.exit(code if isinstance(code, int) else 0)
-
-
-def _is_writer_error(exc: BaseException) -> bool:
-    # Imported only on this path: the writer brings polars and pyarrow.
-    from ..storage.writer import WriterError
-
-    return isinstance(exc, WriterError)

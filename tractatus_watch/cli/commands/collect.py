@@ -240,9 +240,12 @@ def ingest(
         finally:
             writer.close()
         stored = writer.stats.committed_rows.get("decisions", 0)
+        # Records the writer refused (out-of-range values, ...), beyond the file's own count.
+        refused = writer.stats.quarantined - summary.quarantined
     for line in summary.lines():  # plain print: these lines are for grep as much as for eyes
         print(line)
-    print(f"stored: {stored} new decisions in run {run_id}")
+    print(f"stored: {stored} new decisions in run {run_id}"
+          + (f"; {refused} more quarantined while storing" if refused > 0 else ""))
 
 
 @app.command(name="hooks-path")

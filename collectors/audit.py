@@ -405,8 +405,10 @@ def _parse(data: bytes, length: int, too_long: bool) -> tuple[str | None, Any, s
         return None, json.loads(text), text
     except json.JSONDecodeError as exc:
         return f"invalid JSON: {exc.msg} (column {exc.colno})", None, text
-    except (ValueError, RecursionError) as exc:  # too deep, too many digits
-        return f"invalid JSON: {str(exc) or 'nested too deep'}", None, text
+    except RecursionError:
+        return "invalid JSON: nested too deeply", None, text
+    except ValueError as exc:  # too many digits
+        return f"invalid JSON: {exc}", None, text
 
 
 def _line_items(fh: BinaryIO, start: int, start_line: int, size: int,

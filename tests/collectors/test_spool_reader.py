@@ -470,8 +470,7 @@ def poison_round() -> dict[str, object]:
 
 @pytest.mark.parametrize("poison", [
     pytest.param(poison_verdict, id="unknown-verdict"),
-    pytest.param(poison_round, id="round-out-of-range", marks=pytest.mark.xfail(
-        reason="needs per-record validation in the writer (wip/writer)", strict=False)),
+    pytest.param(poison_round, id="round-out-of-range"),
 ])
 def test_collect_spool_quarantines_a_poison_record_keeps_running_and_restarts_cleanly(
         tmp_path: Path, poison) -> None:  # type: ignore[no-untyped-def]

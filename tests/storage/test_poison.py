@@ -302,6 +302,7 @@ def test_a_fatal_error_stops_the_writer_in_one_line_for_every_producer(tmp_path:
     """A real disk limit (RLIMIT_FSIZE), in a process of its own."""
     script = f"""
 import logging, resource, signal, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})  # tests/: support.*
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 from tractatus_watch.storage.store import Store

@@ -41,8 +41,8 @@ import pyarrow.compute as pc
 
 from ..records.events import MODES, Decision, Event, Quarantined, Reward, RolloutTransition
 from ..records.verdicts import VERDICTS
+from .tables import BATCH_TABLES, EVENT_TABLES, arrow_schema, not_null, required
 
-TS = pa.timestamp("us")
 MAX_EVENT_PAYLOAD_BYTES: Final = 16_384  # model_request bodies run ~100 KB; keep a head only
 MAX_NAME_CHARS: Final = 1_024
 MAX_TEXT_CHARS: Final = 65_536
@@ -56,58 +56,11 @@ MAX_QUARANTINE_RAW: Final = 1_048_576
 MAX_QUARANTINE_REASON: Final = 4_096
 MAX_QUARANTINE_SOURCE: Final = 1_024
 
-ARROW_SCHEMAS: Final[dict[str, pa.Schema]] = {
-    "rollouts": pa.schema([
-        ("run_id", pa.string()), ("rollout_id", pa.string()), ("status", pa.string()),
-        ("ts", TS), ("agent_id", pa.string()), ("round", pa.int32()), ("arm", pa.string()),
-        ("duration_s", pa.float64()), ("metadata", pa.string()),
-    ]),
-    "decisions": pa.schema([
-        ("run_id", pa.string()), ("decision_id", pa.string()), ("rollout_id", pa.string()),
-        ("agent_id", pa.string()), ("round", pa.int32()), ("arm", pa.string()),
-        ("mode", pa.string()), ("action_kind", pa.string()), ("action_summary", pa.string()),
-        ("action_digest", pa.string()), ("verdict", pa.string()), ("executed", pa.bool_()),
-        ("covered", pa.bool_()), ("attempted", pa.bool_()), ("evasion", pa.bool_()),
-        ("n_checks", pa.int16()), ("latency_us", pa.int64()), ("ts", TS), ("extra", pa.string()),
-    ]),
-    "checks": pa.schema([
-        ("run_id", pa.string()), ("decision_id", pa.string()), ("idx", pa.int16()),
-        ("round", pa.int32()), ("arm", pa.string()), ("agent_id", pa.string()),
-        ("service", pa.string()), ("rule_id", pa.string()), ("verdict", pa.string()),
-        ("raw_verdict", pa.string()), ("boundary", pa.string()), ("severity", pa.string()),
-        ("enforced", pa.bool_()), ("latency_us", pa.int64()), ("reason", pa.string()),
-        ("ts", TS), ("extra", pa.string()),
-    ]),
-    "rewards": pa.schema([
-        ("run_id", pa.string()), ("reward_id", pa.string()), ("rollout_id", pa.string()),
-        ("agent_id", pa.string()), ("round", pa.int32()), ("arm", pa.string()),
-        ("value", pa.float64()), ("ts", TS),
-    ]),
-    "events": pa.schema([
-        ("run_id", pa.string()), ("event_id", pa.string()), ("rollout_id", pa.string()),
-        ("event_type", pa.string()), ("ts", TS), ("payload", pa.string()),
-    ]),
-    "quarantine": pa.schema([
-        ("source", pa.string()), ("ts", TS), ("reason", pa.string()), ("raw", pa.string()),
-    ]),
-}
-EVENT_TABLES: Final = ("rollouts", "decisions", "checks", "rewards", "events")
-
-# Columns that must be non-empty for a row to be stored, per table.
-REQUIRED: Final[dict[str, tuple[str, ...]]] = {
-    "rollouts": ("run_id", "rollout_id", "status", "ts"),
-    "decisions": ("run_id", "decision_id", "agent_id", "round", "arm", "mode", "action_kind",
-                  "verdict", "executed", "covered", "attempted", "evasion", "n_checks",
-                  "latency_us", "ts"),
-    # rule_id may be "" (a service verdict that no single rule produced), never NULL.
-    "checks": ("run_id", "decision_id", "idx", "round", "arm", "agent_id", "service",
-               "verdict", "enforced", "latency_us", "ts"),
-    "rewards": ("run_id", "reward_id", "round", "arm", "value", "ts"),
-    "events": ("run_id", "event_id", "event_type", "ts"),
-}
-# NOT NULL in the DDL: the required columns, and these.
-NOT_NULL: Final[dict[str, tuple[str, ...]]] = {
-    name: cols + (("rule_id",) if name == "checks" else ()) for name, cols in REQUIRED.items()}
+# Derived from the table spec (storage/tables.py), the one description of the columns.
+ARROW_SCHEMAS: Final[dict[str, pa.Schema]] = {t: arrow_schema(t) for t in BATCH_TABLES}
+# Columns that must be non-empty for a row to be stored, and the NOT NULL ones, per table.
+REQUIRED: Final[dict[str, tuple[str, ...]]] = {t: required(t) for t in EVENT_TABLES}
+NOT_NULL: Final[dict[str, tuple[str, ...]]] = {t: not_null(t) for t in EVENT_TABLES}
 VOCAB: Final[dict[tuple[str, str], tuple[str, ...]]] = {
     ("decisions", "verdict"): VERDICTS, ("decisions", "mode"): MODES,
     ("checks", "verdict"): VERDICTS,

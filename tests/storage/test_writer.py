@@ -169,3 +169,23 @@ def test_read_only_store_refuses_a_writer(tmp_path: Path) -> None:
     with Store.open(path, read_only=True) as ro:
         with pytest.raises(RuntimeError, match="read-only"):
             Writer(ro)
+
+
+def test_a_fresh_store_matches_the_table_spec(tmp_path: Path) -> None:
+    """The migrations (history) produce exactly the table spec (storage/tables.py) from which
+    the batches' Arrow schemas and required fields derive."""
+    from tractatus_watch.storage.batch import ARROW_SCHEMAS, REQUIRED
+    from tractatus_watch.storage.tables import TABLES, arrow_schema, required
+
+    with Store.open(tmp_path / "spec.duckdb") as store:
+        cur = store.cursor()
+        stored = {t: [(name, type_, null) for name, type_, null, *_ in
+                      cur.execute(f"DESCRIBE {t}").fetchall()] for t in TABLES}
+        tables = {r[0] for r in cur.execute(
+            "SELECT table_name FROM information_schema.tables").fetchall()}
+    assert tables == set(TABLES)
+    for table, columns in TABLES.items():
+        assert stored[table] == [(c.name, c.sql_type, "NO" if c.not_null else "YES")
+                                 for c in columns], table
+    assert all(ARROW_SCHEMAS[t].equals(arrow_schema(t)) for t in ARROW_SCHEMAS)
+    assert REQUIRED["checks"] == required("checks") and "rule_id" not in REQUIRED["checks"]

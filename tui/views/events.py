@@ -25,7 +25,8 @@ class Events(View):
     BINDINGS = [
         Binding("n", "older", "Older", id="events.older"),
         Binding("p", "newer", "Newer", id="events.newer"),
-        Binding("g", "newest", "Newest", id="events.newest"),
+        # Before the table's g (first row): here the top is the newest page.
+        Binding("g", "newest", "Newest", id="events.newest", priority=True),
     ]
     PAGE = 50
 

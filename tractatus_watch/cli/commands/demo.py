@@ -212,8 +212,11 @@ def _run_live(sc: Any, seed: int, pace: float | None, agl: str | None, key: str 
     from ...demo.job import DemoStopped
     from ...storage.alert_store import DuckDBAlertStore
     from ...tui import run_dashboard
+    from ..config import default_db_path
+    from .tui import logs_to_file, reroute_stream_handlers
 
-    with open_store(target, read_only=False) as store:
+    with open_store(target, read_only=False) as store, \
+            logs_to_file(store.path or default_db_path(), "demo") as log_path:
         session = _session(store, sc, seed, pace, agl, key)
         failure: list[BaseException] = []
 
@@ -225,16 +228,25 @@ def _run_live(sc: Any, seed: int, pace: float | None, agl: str | None, key: str 
             except BaseException as exc:  # shown after the dashboard closes
                 failure.append(exc)
 
+        def starting() -> str:
+            # Until the first decisions are stored (the gateway takes a few seconds to start).
+            return f"starting the demo: round {len(session.rounds)} of {sc.rounds}"
+
         thread = threading.Thread(target=train, name="demo-training", daemon=True)
         thread.start()
+        alerts = DuckDBAlertStore(store)
         try:
+            reroute_stream_handlers()
             run_dashboard(store, run_id=session.run_id, source_health=session.health,
-                          silence_writer=DuckDBAlertStore(store).add_silence, interval=1.0,
-                          title=f"tractatus-watch demo: {sc.name} (seed {seed})")
+                          silence_writer=alerts.add_silence,
+                          silence_expirer=alerts.expire_silence, interval=1.0,
+                          title=f"tractatus-watch demo: {sc.name} (seed {seed})",
+                          empty_state=starting, log_prints=True)
         finally:
             session.stop.set()
             thread.join(60)
-    console(stderr=True).print(f"run {session.run_id} stored in {store.label}")
+    console(stderr=True).print(f"run {session.run_id} stored in {store.label}; "
+                               f"log: {log_path}")
     if failure:
         raise CliError(f"training failed: {failure[0]}")
 

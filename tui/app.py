@@ -781,6 +781,8 @@ class Dashboard(App[None]):
             self._silence_list = [s for s in self._silence_list
                                   if s.get("silence_id") != silence_id]
             self.notify(f"expired silence {silence_id}", timeout=4)
+            # The store's version counts silence rows; an ended one is the same row.
+            self.refresher.forget_shown()
             self.refresh_view()
 
         self.load(lambda _con: expirer(silence_id, now), saved, group="silence")

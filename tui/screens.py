@@ -49,6 +49,7 @@ class HelpScreen(ModalScreen[None]):
                 # Text, not markup: help lines hold [optional] arguments.
                 table.add_row(key_label(key), Text(text), binding_id)
             table.add_row("", "", "")
+        self.keys_table = table
         with VerticalScroll(id="help-box"):
             yield Static(table, id="help-keys")
             yield Label("esc, q or ? closes this help · j/k scroll · ctrl+p: the command "

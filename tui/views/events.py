@@ -131,6 +131,7 @@ class Events(View):
 
     def action_newest(self) -> None:
         self.anchors = [(None, 0)]
+        self.query_one("#events-table", Table).cursor_row = 0  # g: the top, as in tables
         self.request_refresh()
 
     def set_filter(self, text: str) -> None:

@@ -198,17 +198,22 @@ def logs_to_file(db_path: Path, kind: str) -> Iterator[Path]:
     Yields the log's path; the terminal is given back when the block ends."""
     from ...records.files import make_dirs, open_append
 
+    import structlog
+
     path = db_path.with_name(f"{db_path.name}.{kind}.log")
     make_dirs(path.parent)
     stream = open(open_append(path), "a", encoding="utf-8", buffering=1)
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    watch = logging.getLogger("tractatus_watch")
+    # Put back when the block ends (the process may go on: tests, the demo's report).
+    saved = (list(root.handlers), list(watch.handlers), watch.propagate,
+             structlog.get_config())
+    for h in saved[0]:
+        root.removeHandler(h)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    watch = logging.getLogger("tractatus_watch")
-    for h in list(watch.handlers):  # the collectors' own JSON handler writes to stderr too
+    for h in saved[1]:  # the collectors' own JSON handler writes to stderr too
         watch.removeHandler(h)
     watch.propagate = True
     _structlog_to_logging()
@@ -218,8 +223,15 @@ def logs_to_file(db_path: Path, kind: str) -> Iterator[Path]:
             yield path
     finally:
         logging.captureWarnings(False)
+        # Handlers made meanwhile on the log's stream (uvicorn's) would write to a closed file.
         reroute_stream_handlers(stream, to=sys.stderr)
         root.removeHandler(handler)
+        for h in saved[0]:
+            root.addHandler(h)
+        for h in saved[1]:
+            watch.addHandler(h)
+        watch.propagate = saved[2]
+        structlog.configure(**saved[3])
         stream.close()
 
 

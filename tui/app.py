@@ -95,7 +95,7 @@ class Dashboard(App[None]):
         Binding("s", "screenshot", "SVG", id="dashboard.screenshot"),
         Binding("t", "theme", "Theme", show=False, id="dashboard.theme"),
         Binding("r", "refresh", "Refresh", show=False, id="dashboard.refresh"),
-        Binding("escape", "back", "Back", show=False, id="dashboard.back"),
+        Binding("escape", "go_back", "Back", show=False, id="dashboard.back"),
         Binding("ctrl+p", "command_palette", "Palette", show=False, priority=True,
                 id="dashboard.palette"),
         Binding("q", "quit", "Quit", id="dashboard.quit"),
@@ -108,7 +108,7 @@ class Dashboard(App[None]):
         "faster": "refresh more often", "export": "export the current view (CSV; Parquet "
         "with :export parquet)", "screenshot": "save an SVG screenshot", "theme": "next theme",
         "refresh": "refresh now", "quit": "quit",
-        "back": "back: close the prompt; from a drill-down, the view it came from (the drill "
+        "go_back": "back: close the prompt; from a drill-down, the view it came from (the drill "
                 "filter cleared); else clear the view's filter",
         "command_palette": "command palette: every command and view",
     }
@@ -139,9 +139,7 @@ class Dashboard(App[None]):
         self.source_health = source_health
         self.silence_writer = silence_writer
         self.silence_expirer = silence_expirer
-        self.empty_state: EmptyState = (
-            (lambda text=empty_state: text) if isinstance(empty_state, str)
-            else empty_state or (lambda: NO_DATA))
+        self.empty_state: EmptyState = _as_empty_state(empty_state)
         self.user_keymap = keymap or K.Keymap()
         self.history = history or History()
         self.log_prints = log_prints
@@ -606,7 +604,7 @@ class Dashboard(App[None]):
             prompt.display = False
             self.current_view.focus_target().focus()
 
-    def action_back(self) -> None:
+    def action_go_back(self) -> None:
         """esc: close the prompt; else leave a drill-down for the view it came from (its
         filter cleared); else clear the current view's filter."""
         if self._prompt.display:
@@ -820,6 +818,13 @@ def freeze_heap() -> None:
     sight. A full collection walks every tracked object and stalled the UI for 40-140 ms each
     time it ran; the long-lived app state never becomes garbage anyway."""
     gc.freeze()
+
+
+def _as_empty_state(given: EmptyState | str | None) -> EmptyState:
+    if callable(given):
+        return given
+    text = given or NO_DATA
+    return lambda: text
 
 
 def _matchers_text(raw: Any) -> str:

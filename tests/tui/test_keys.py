@@ -19,7 +19,7 @@ from tractatus_watch.storage.alert_store import DuckDBAlertStore
 from tractatus_watch.storage.store import Store
 from tractatus_watch.tui import keymap as K
 from tractatus_watch.tui.table import Table
-from tractatus_watch.tui.app import Dashboard, binding_ids, binding_sections, load_keymap
+from tractatus_watch.tui.app import Dashboard, binding_ids, load_keymap
 from tractatus_watch.tui.prompt import History, default_history_path
 from tractatus_watch.tui.screens import ConfirmScreen, HelpScreen, SilenceScreen
 from tractatus_watch.tui.tab_bar import TabBar

@@ -126,7 +126,7 @@ def test_every_binding_has_a_stable_unique_id() -> None:
         f"dashboard.view.{v.TITLE.lower()}" for v in VIEWS}
     ids_of = {b.id: b.action for _, b in bindings}
     assert ids_of["dashboard.pause"] == "pause" and ids_of["events.older"] == "older"
-    assert ids_of["dashboard.interrupt"] == "quit" and ids_of["dashboard.back"] == "back"
+    assert ids_of["dashboard.interrupt"] == "quit" and ids_of["dashboard.back"] == "go_back"
     assert ids_of["alerts.expire"] == "expire" and ids_of["table.down"] == "move(1)"
 
 

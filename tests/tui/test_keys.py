@@ -67,7 +67,7 @@ async def test_number_keys_switch_views(make_app) -> None:
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        for i, view in enumerate(VIEWS):
+        for view in VIEWS:
             await pilot.press(view.KEY)
             await settle(pilot)
             assert app.query_one("#views", ContentSwitcher).current == f"view-{view.TITLE.lower()}"
@@ -226,11 +226,12 @@ async def test_quit_key(make_app) -> None:
     assert app.return_code == 0
 
 
-@pytest.mark.parametrize("where", ["view", "prompt", "help"])
+@pytest.mark.parametrize("where", ["view", "prompt", "help", "palette", "silence"])
 async def test_ctrl_c_quits_with_exit_code_0(make_app, where: str) -> None:
-    """ctrl+c quits (k9s, btop), from a view, from the command line (where Textual would copy)
-    and from a modal screen; no "press ctrl+q" hint."""
-    app = make_app(view="rules")
+    """ctrl+c quits (k9s, btop), from a view, from the command line and the palette's and
+    silence form's inputs (where Textual would copy) and from modal screens; no "press
+    ctrl+q" hint."""
+    app = make_app(view="alerts" if where == "silence" else "rules")
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         await settle(pilot)
         if where == "prompt":
@@ -239,6 +240,14 @@ async def test_ctrl_c_quits_with_exit_code_0(make_app, where: str) -> None:
         elif where == "help":
             await pilot.press("question_mark")
             assert isinstance(app.screen, HelpScreen)
+        elif where == "palette":
+            await pilot.press("ctrl+p")
+            await until(pilot, lambda: isinstance(app.screen, CommandPalette))
+            await pilot.press("r", "u")
+        elif where == "silence":
+            await pilot.press("x")
+            assert isinstance(app.screen, SilenceScreen)
+            assert isinstance(app.screen.focused, Input)
         await pilot.press("ctrl+c")
         await pilot.pause()
         assert "Press" not in screen_text(app)

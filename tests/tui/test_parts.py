@@ -223,6 +223,21 @@ async def test_empty_states_say_the_situation(tmp_path: Path) -> None:
         store.close()
 
 
+def test_demo_empty_state_follows_the_demo() -> None:
+    """`demo`'s empty views say where the demo is: starting, running, finished or failed;
+    never the general "no data yet" hint."""
+    from tractatus_watch.cli.commands.demo import demo_situation
+
+    said = [demo_situation(0, 5, True), demo_situation(2, 5, True), demo_situation(5, 5, False),
+            demo_situation(3, 5, False, RuntimeError("gateway gone\ntraceback..."))]
+    assert said == [
+        "starting the demo: round 1 of 5 (the gateway takes a few seconds)",
+        "the demo is running: round 3 of 5, nothing for this view so far",
+        "the demo finished (5 of 5 rounds): nothing for this view in the run",
+        "the demo failed after 3 of 5 rounds: gateway gone (see the log)"]
+    assert not any("no data yet" in text for text in said)
+
+
 def test_live_empty_state_names_each_source(tmp_path: Path) -> None:
     from tractatus_watch.cli.commands.tui import waiting_for
     from tractatus_watch.collectors.gateway_tap import GatewayTap

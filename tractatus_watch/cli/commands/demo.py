@@ -229,8 +229,8 @@ def _run_live(sc: Any, seed: int, pace: float | None, agl: str | None, key: str 
                 failure.append(exc)
 
         def starting() -> str:
-            # Until the first decisions are stored (the gateway takes a few seconds to start).
-            return f"starting the demo: round {len(session.rounds)} of {sc.rounds}"
+            return demo_situation(len(session.rounds), sc.rounds, thread.is_alive(),
+                                  failure[0] if failure else None)
 
         thread = threading.Thread(target=train, name="demo-training", daemon=True)
         thread.start()
@@ -249,6 +249,19 @@ def _run_live(sc: Any, seed: int, pace: float | None, agl: str | None, key: str 
                                f"log: {log_path}")
     if failure:
         raise CliError(f"training failed: {failure[0]}")
+
+
+def demo_situation(done: int, total: int, running: bool,
+                   failure: BaseException | None = None) -> str:
+    """What an empty dashboard view says in `demo`: the demo's state, never the general "no
+    data yet" hint (the gateway takes a few seconds to start before the first decisions)."""
+    if failure is not None:
+        return f"the demo failed after {done} of {total} rounds: {_reason(failure)} (see the log)"
+    if not running:
+        return f"the demo finished ({done} of {total} rounds): nothing for this view in the run"
+    if done == 0:
+        return f"starting the demo: round 1 of {total} (the gateway takes a few seconds)"
+    return f"the demo is running: round {done + 1} of {total}, nothing for this view so far"
 
 
 def _run_scale(sc: Any, seed: int, pace: float | None, agl: str | None, key: str | None,

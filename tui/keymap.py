@@ -5,10 +5,10 @@
     "table.down" = "down,ctrl+n"
 
 The ids are those of the dashboard's bindings (listed in the `?` help and the README); the
-keys are Textual key names, several separated by commas. The map is applied with Textual's
-own keymap (`App.set_keymap`). A file that cannot be read or parsed, an unknown id or a value
-that is not a key list is a one-line warning, never a crash: what is valid is applied, the
-rest is ignored.
+keys are Textual key names, several separated by commas (a single character such as "?" may
+be given as itself). The map is applied with Textual's own keymap (`App.set_keymap`). A file
+that cannot be read or parsed, an unknown id or a value that is not a key list is a one-line
+warning, never a crash: what is valid is applied, the rest is ignored.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+
+from textual.keys import _character_to_key
 
 FILE_NAME: Final = "keymap.toml"
 # A key as Textual names it: "q", "ctrl+q", "question_mark", "?", "f5", "shift+tab".
@@ -93,4 +95,6 @@ def _key_list(value: object) -> str | None:
     keys = [k.strip() for k in value.split(",")]
     if not keys or not all(k and _KEY.match(k) for k in keys):
         return None
-    return ",".join(keys)
+    # A single character ("?", "/") as Textual names its key ("question_mark", "slash"):
+    # Textual converts the bindings' own keys so, but not a keymap's, which would never fire.
+    return ",".join(_character_to_key(k) if len(k) == 1 else k for k in keys)

@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.keys import key_to_character
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
@@ -19,7 +20,13 @@ from . import fmt
 def key_label(key: str) -> str:
     names = {"question_mark": "?", "slash": "/", "colon": ":", "space": "space",
              "plus": "+", "minus": "-", "equals_sign": "=", "escape": "esc", "enter": "enter"}
-    return ",".join(names.get(k.strip(), k.strip()) for k in key.split(","))
+    return ",".join(names.get(k.strip()) or _printable(k.strip()) for k in key.split(","))
+
+
+def _printable(key: str) -> str:
+    """A key named after its character (a keymap's "#": number_sign) shown as that character."""
+    char = key_to_character(key)
+    return char if char is not None and char.isprintable() and not char.isspace() else key
 
 
 class HelpScreen(ModalScreen[None]):

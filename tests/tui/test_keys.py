@@ -401,9 +401,11 @@ async def test_a_keymap_file_remaps_bindings(make_app, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     keymap = write_keymap(tmp_path, '[keymap]\n"dashboard.view.rules" = "f2"\n'
                                     '"table.down" = "ctrl+n, down"\n'
-                                    '"dashboard.quit" = "ctrl+q,x"\n', monkeypatch)
+                                    '"dashboard.quit" = "ctrl+q,x"\n'
+                                    '"dashboard.view.events" = "#"\n', monkeypatch)
     assert keymap.keys == {"dashboard.view.rules": "f2", "table.down": "ctrl+n,down",
-                           "dashboard.quit": "ctrl+q,x"} and not keymap.warnings
+                           "dashboard.quit": "ctrl+q,x",
+                           "dashboard.view.events": "number_sign"} and not keymap.warnings
     app = make_app(keymap=keymap)
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
         await settle(pilot)
@@ -418,6 +420,10 @@ async def test_a_keymap_file_remaps_bindings(make_app, tmp_path: Path,
         table = app.query_one("#rules-table", Table)
         await pilot.press("ctrl+n", "ctrl+n", "down")
         assert table.cursor_row == 3
+        await pilot.press("number_sign")  # a character given as itself: "#"
+        await settle(pilot)
+        assert app.current_view.TITLE == "Events"
+        assert " # Events" in app.query_one("#topbar", TabBar).render().plain
         await pilot.press("question_mark")
         row = next(ln for ln in help_text(app).splitlines()
                    if ln.rstrip().endswith(" dashboard.view.rules"))

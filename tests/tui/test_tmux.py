@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -40,14 +41,19 @@ class Tmux:
         return self.run("capture-pane", "-p", "-t", "tw")
 
     def wait_for(self, *texts: str, timeout: float = 45.0) -> str:
+        return self.wait_until(lambda screen: all(t in screen for t in texts), str(texts),
+                               timeout)
+
+    def wait_until(self, check: Callable[[str], bool], what: str,
+                   timeout: float = 45.0) -> str:
         deadline = time.monotonic() + timeout
         screen = ""
         while time.monotonic() < deadline:
             screen = self.pane()
-            if all(t in screen for t in texts):
+            if check(screen):
                 return screen
             time.sleep(0.2)
-        raise AssertionError(f"{texts} not on screen after {timeout}s:\n{screen}")
+        raise AssertionError(f"{what} not on screen after {timeout}s:\n{screen}")
 
     def keys(self, *keys: str) -> None:
         for key in keys:
@@ -150,11 +156,14 @@ def test_live_gateway_keeps_third_party_logs_off_the_screen(tmp_path: Path) -> N
         while "Invalid HTTP request" not in (log.read_text() if log.exists() else ""):
             assert time.monotonic() < deadline, tmux.pane()
             time.sleep(0.2)
-        screen = tmux.wait_for("tmux-agent")
-        lines = screen.splitlines()
-        assert lines[0].startswith(" 1 Overview 2 Rules 3 Alerts"), screen
-        rows = [ln for ln in lines if "tmux-agent" in ln and "tmux-d" not in ln]
-        assert len(rows) == 3, screen  # the table's rows (the detail pane names the id)
+        def rows(screen: str) -> list[str]:
+            # The table's rows (the detail pane names the decision id).
+            return [ln for ln in screen.splitlines() if "tmux-agent" in ln and "tmux-d" not in ln]
+
+        # The decisions reach the screen over a refresh or two: wait for all three.
+        screen = tmux.wait_until(lambda screen: len(rows(screen)) >= 3, "3 decisions")
+        assert screen.splitlines()[0].startswith(" 1 Overview 2 Rules 3 Alerts"), screen
+        assert len(rows(screen)) == 3, screen
         for line in ("AGL_KEY not set", "authentication disabled", "Invalid HTTP request",
                      "WARNING", "INFO", "uvicorn", "Traceback", "event="):
             assert line not in screen, (line, screen)

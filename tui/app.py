@@ -2,17 +2,23 @@
 
 The parts: the refresh loop (tui/refresh.py: the fetch lanes, timers and "nothing changed"
 shortcut), the views (tui/views/: one module each; they post requests, tui/messages.py), the
-status bar (tui/status_bar.py) and the `:` command table (tui/commands.py). The app holds the
-scope, pause and interval (reactives whose watchers tell the loop), shows what the loop
-fetched, and does the work views ask for: choosing runs, silences, one-off loads, export. It
-reads through storage queries only; in `live` it shares the writer's Store (DuckDB allows one
-process per file) and reads through `store.cursor()`.
+tab bar and status bar (tui/tab_bar.py, tui/status_bar.py), the prompt with its history and
+completion (tui/prompt.py) and the `:` command table (tui/commands.py, also behind the
+command palette). The app holds the scope, pause and interval (reactives whose watchers tell
+the loop), shows what the loop fetched, and does the work views ask for: choosing runs,
+silences, one-off loads, export. It reads through storage queries only; in `live` it shares
+the writer's Store (DuckDB allows one process per file) and reads through `store.cursor()`.
+
+Keys follow k9s, lazygit and btop: ctrl+c and q quit, esc goes back, j/k move in tables,
+ctrl+p opens the palette; users remap any binding by its id (tui/keymap.py).
 """
 
 from __future__ import annotations
 
 import gc
 import getpass
+import logging
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -21,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, cast
 
 import polars as pl
-from rich.text import Text
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.reactive import var
@@ -32,17 +38,24 @@ from ..storage.store import Store
 from . import commands
 from . import data as D
 from . import fmt
+from . import keymap as K
 from ..monitor.health import HealthProvider, SourceHealth, as_health
-from .messages import (BaselineChosen, CommandLineRequested, Fetched, Loaded, LoadRequested,
-                       RefreshRequested, RunChosen, ShowEvents, SilenceRequested, SlowFetched)
+from .messages import (BaselineChosen, CommandLineRequested, CommandRequested, ExpireRequested,
+                       Fetched, Loaded, LoadRequested, RefreshRequested, RunChosen, ShowEvents,
+                       SilenceRequested, SlowFetched, ViewChosen)
+from .prompt import History, Prompt, default_history_path
 from .refresh import UNCHANGED, RefreshLoop
 from .scope import Scope
-from .screens import HelpScreen, SilenceScreen
+from .screens import ConfirmScreen, HelpScreen, SilenceScreen, key_label
 from .status_bar import Status, StatusBar
-from .views import NO_DATA, VIEWS, Overview, Runs, View, ViewContext, view_index
-from .widgets import TextLine
+from .tab_bar import TabBar
+from .table import Table
+from .views import NO_DATA, VIEWS, Alerts, Overview, Runs, View, ViewContext, view_index
 
-__all__ = ["Dashboard", "Scope", "SilenceWriter", "run_dashboard", "view_index", "write_frame"]
+__all__ = ["Dashboard", "Scope", "SilenceExpirer", "SilenceWriter", "binding_ids",
+           "run_dashboard", "view_index", "write_frame"]
+
+log = logging.getLogger("tractatus_watch.tui")
 
 INTERVALS: Final = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 THEMES: Final = ("textual-dark", "textual-light", "nord", "gruvbox", "tokyo-night", "dracula",
@@ -50,6 +63,11 @@ THEMES: Final = ("textual-dark", "textual-light", "nord", "gruvbox", "tokyo-nigh
 
 # Called with the silence to store; raises with a one-line message when it cannot.
 SilenceWriter = Callable[[Any], None]
+# Called with a silence id and the time: ends the silence then (ends_at = now); False when no
+# active silence has that id. The same store as the writer (DuckDBAlertStore.expire_silence).
+SilenceExpirer = Callable[[str, float], bool]
+# What an empty view says: the situation ("gateway listening on ..."), asked at each showing.
+EmptyState = Callable[[], str]
 
 COMMANDS_HELP: Final = commands.usage_line()
 
@@ -57,12 +75,13 @@ COMMANDS_HELP: Final = commands.usage_line()
 class Dashboard(App[None]):
     CSS_PATH = "dashboard.tcss"
     TITLE = "tractatus-watch"
-    ENABLE_COMMAND_PALETTE = False
+    ENABLE_COMMAND_PALETTE = True
     COMMANDS = App.COMMANDS | {commands.CommandLineProvider}
-    # Binding ids are stable (user keymaps refer to them): "dashboard.<action>" for the keys
-    # that work everywhere, "dashboard.view.<name>" for the number keys, "<view>.<action>" for
-    # a view's own keys (tui/views/), "table.<action>" in tables, "help.close" and
-    # "silence.cancel" in the modal screens. action_help lists them all.
+    # Binding ids are stable (user keymaps refer to them, tui/keymap.py): "dashboard.<action>"
+    # for the keys that work everywhere, "dashboard.view.<name>" for the number keys,
+    # "<view>.<action>" for a view's own keys (tui/views/), "table.<action>" in tables,
+    # "prompt.<action>" in the prompt, "help.*", "silence.*" and "confirm.*" in the modal
+    # screens. action_help lists them all with their keys.
     BINDINGS: ClassVar[list[BindingType]] = [
         *[Binding(v.KEY, f"view({i})", v.TITLE, show=False,
                   id=f"dashboard.view.{v.TITLE.lower()}") for i, v in enumerate(VIEWS)],
@@ -76,16 +95,22 @@ class Dashboard(App[None]):
         Binding("s", "screenshot", "SVG", id="dashboard.screenshot"),
         Binding("t", "theme", "Theme", show=False, id="dashboard.theme"),
         Binding("r", "refresh", "Refresh", show=False, id="dashboard.refresh"),
-        Binding("escape", "close_prompt", "Close", show=False, id="dashboard.close_prompt"),
+        Binding("escape", "go_back", "Back", show=False, id="dashboard.back"),
+        Binding("ctrl+p", "command_palette", "Palette", show=False, priority=True,
+                id="dashboard.palette"),
         Binding("q", "quit", "Quit", id="dashboard.quit"),
+        # Priority: before the prompt's copy and Textual's "press ctrl+q" hint.
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="dashboard.interrupt"),
     ]
     HELP: ClassVar[dict[str, str]] = {
         "help": "this help", "filter": "filter the current view", "pause": "pause/resume refresh",
         "command": f"command line: {COMMANDS_HELP}", "slower": "refresh less often",
         "faster": "refresh more often", "export": "export the current view (CSV; Parquet "
         "with :export parquet)", "screenshot": "save an SVG screenshot", "theme": "next theme",
-        "refresh": "refresh now", "close_prompt": "close the filter/command line",
-        "quit": "quit",
+        "refresh": "refresh now", "quit": "quit",
+        "go_back": "back: close the prompt; from a drill-down, the view it came from (the drill "
+                "filter cleared); else clear the view's filter",
+        "command_palette": "command palette: every command and view",
     }
 
     # Set without watchers in __init__; afterwards every assignment runs its watcher (always,
@@ -97,9 +122,15 @@ class Dashboard(App[None]):
     def __init__(self, store: Store, *, run_id: str | None = None,
                  baseline_run: str | None = None, live_writer: Any = None,
                  source_health: HealthProvider | None = None,
-                 silence_writer: SilenceWriter | None = None, interval: float | None = None,
+                 silence_writer: SilenceWriter | None = None,
+                 silence_expirer: SilenceExpirer | None = None, interval: float | None = None,
                  clock: Callable[[], float] = time.time, export_dir: Path | None = None,
-                 title: str = "tractatus-watch", view: str = "overview") -> None:
+                 title: str = "tractatus-watch", view: str = "overview",
+                 empty_state: EmptyState | str | None = None, keymap: K.Keymap | None = None,
+                 history: History | None = None, log_prints: bool = False) -> None:
+        """`keymap`: the user's (run_dashboard loads it; warnings are shown as toasts).
+        `history`: the `:` history (in memory when None). `log_prints`: what other code
+        prints while the dashboard runs goes to the log (live/demo, whose log is a file)."""
         super().__init__()
         self.store = store
         self.title = title
@@ -107,6 +138,11 @@ class Dashboard(App[None]):
         self.live_writer = live_writer
         self.source_health = source_health
         self.silence_writer = silence_writer
+        self.silence_expirer = silence_expirer
+        self.empty_state: EmptyState = _as_empty_state(empty_state)
+        self.user_keymap = keymap or K.Keymap()
+        self.history = history or History()
+        self.log_prints = log_prints
         self.clock = clock
         self.export_dir = export_dir or Path.cwd()
         scope = Scope(run_id, baseline_run, follow_latest=run_id is None)
@@ -114,7 +150,7 @@ class Dashboard(App[None]):
         self.set_reactive(Dashboard.scope, scope)
         self.set_reactive(Dashboard.interval, seconds)
         self.refresher = RefreshLoop(self, store, self._next_fetch, seconds)
-        self.context = ViewContext(clock=clock, scope=scope)
+        self.context = ViewContext(clock=clock, scope=scope, empty_state=self.empty_state)
         self.bells = 0              # counted so tests can see the bell of critical alerts
         self.refreshes = 0          # completed refreshes (tests wait on this)
         self.slow_done = 0          # completed slow-lane fetches
@@ -131,28 +167,57 @@ class Dashboard(App[None]):
                                         for v in VIEWS}
         self._current_id = f"view-{VIEWS[view_index(view)].TITLE.lower()}"
         self._mounting = 0
+        # A drill-down in progress: (the view it came from, the view it went to). Esc goes
+        # back; leaving the target any other way clears its filter too.
+        self._drill: tuple[str, str] | None = None
+        self._run_ids: list[str] = []           # for completion, looked up when `:` opens
+        self._silence_list: list[dict[str, Any]] = []  # active silences, likewise
+        self._clashes: set[str] = set()
 
     # --- layout ------------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield TextLine(id="topbar")
+        yield TabBar(id="topbar")
         with ContentSwitcher(initial=self._current_id, id="views"):
             yield self._views[self._current_id]
         yield StatusBar(id="status")
-        yield Input(id="prompt")
+        yield Prompt(self.history, self.complete, id="prompt")
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         # Kept by reference: while a modal screen is up, queries would search that screen.
         self._switcher = self.query_one("#views", ContentSwitcher)
         self._status = self.query_one("#status", StatusBar)
-        self._topbar = self.query_one("#topbar", TextLine)
-        self._prompt = self.query_one("#prompt", Input)
+        self._topbar = self.query_one("#topbar", TabBar)
+        self._prompt = self.query_one("#prompt", Prompt)
         self._prompt.display = False
+        if self.user_keymap.keys:
+            self.set_keymap(self.user_keymap.keys)
+        for warning in (*self.user_keymap.warnings, self.history.error):
+            if warning:
+                self.notify(warning, title="keymap" if "keymap" in warning else "history",
+                            severity="warning", timeout=12)
+        if self.log_prints:
+            self.begin_capture_print(self)
         self._update_tabs()
         self.update_status()
         self.current_view.focus_target().focus()
         self.refresh_view()
+
+    def on_print(self, event: events.Print) -> None:
+        # Another part printed while the screen is drawn (log_prints): to the log, not lost.
+        if event.text.strip():
+            log.warning("printed on %s: %s", "stderr" if event.stderr else "stdout",
+                        event.text.rstrip())
+
+    def handle_bindings_clash(self, clashed_bindings: set[Binding], node: Any) -> None:
+        """A user's key took the key of another binding: say so once per binding."""
+        lost = sorted(b.id or b.action for b in clashed_bindings) if clashed_bindings else []
+        new = [i for i in lost if i not in self._clashes]
+        if new:
+            self._clashes.update(new)
+            self.notify(f"keymap: {', '.join(new)} lost its key to a remapped binding",
+                        title="keymap", severity="warning", timeout=12)
 
     @property
     def current_view(self) -> View:
@@ -167,17 +232,16 @@ class Dashboard(App[None]):
 
     def _update_tabs(self) -> None:
         """The view tabs, and the run shown at the right end of the same line."""
-        text = Text()
-        for view in VIEWS:
-            style = "reverse bold" if self._current_id == f"view-{view.TITLE.lower()}" else ""
-            text.append(" ")
-            text.append(f"{view.KEY} {view.TITLE}", style=style)
+        current = next(i for i, v in enumerate(VIEWS)
+                       if self._current_id == f"view-{v.TITLE.lower()}")
         s = self.scope
         label = f"run {s.run_id or '–'}" + (f" vs {s.baseline_run}" if s.baseline_run else "")
-        gap = self.size.width - text.cell_len - len(label) - 1
-        text.append(" " * max(gap, 2))
-        text.append(label + " ", style="bold")
-        self._topbar.set(text)
+        self._topbar.show([f"{self._key_of(v.KEY, f'dashboard.view.{v.TITLE.lower()}')} "
+                           f"{v.TITLE}" for v in VIEWS], current, label, self.size.width)
+
+    def _key_of(self, default: str, binding_id: str) -> str:
+        """The key a binding has now (the user's keymap may have moved it), as shown."""
+        return key_label(self._keymap.get(binding_id, default)).split(",")[0]
 
     def on_resize(self) -> None:
         if self._switcher is not None:
@@ -211,7 +275,7 @@ class Dashboard(App[None]):
             if not view.is_mounted:
                 pass  # cannot happen today: views are only fetched once mounted
             elif msg.common.run_id is None:
-                view.show_no_run(NO_DATA)
+                view.show_no_run(self.empty_state())
             elif msg.data is not UNCHANGED:
                 started = time.perf_counter()
                 view.show(msg.data)
@@ -341,7 +405,21 @@ class Dashboard(App[None]):
         self.load(msg.fn, msg.done, group=msg.group)
 
     def on_command_line_requested(self, msg: CommandLineRequested) -> None:
-        self._open_prompt(":", f": {COMMANDS_HELP}", msg.text)
+        self.action_command(msg.text)
+
+    def on_command_requested(self, msg: CommandRequested) -> None:
+        """A palette hit: run the command; an error is a toast (the palette is gone)."""
+        self.history.add(msg.text)
+        try:
+            self.run_command(msg.text)
+        except ValueError as exc:
+            self.notify(str(exc), title=f":{msg.text}", severity="error")
+
+    def on_view_chosen(self, msg: ViewChosen) -> None:
+        self.switch_view(msg.index)
+
+    def on_expire_requested(self, msg: ExpireRequested) -> None:
+        self.ask_expire(msg.silence)
 
     # --- scope, pause and interval -----------------------------------------------------------------
 
@@ -380,13 +458,19 @@ class Dashboard(App[None]):
         cast(Runs, self.view("view-runs")).compare(run_id)
 
     def show_events(self, **filters: str | None) -> None:
+        """A drill-down: Events filtered on these fields; esc comes back here."""
         events = self.view("view-events")
         text = " ".join(f"{'rule' if k == 'rule_id' else k}={v}" for k, v in filters.items() if v)
-        self.switch_view(len(VIEWS) - 1)
+        origin = self._current_id
+        self.switch_view(view_index("events"))
         events.set_filter(text)
+        if origin != events.id:
+            self._drill = (origin, events.id or "")
 
     def switch_view(self, index: int) -> None:
         view = self._views[f"view-{VIEWS[index].TITLE.lower()}"]
+        if self._drill is not None and view.id != self._drill[1]:
+            self._end_drill()  # the drill filter belongs to the drill-down only
         self._current_id = view.id or ""
         self._update_tabs()
         if view.is_attached:
@@ -394,6 +478,15 @@ class Dashboard(App[None]):
         else:
             self._mounting += 1
             self.run_worker(self._mount_view(view), group="mount")
+
+    def _end_drill(self) -> str | None:
+        """Clear the drill-down's filter; returns the view it came from."""
+        if self._drill is None:
+            return None
+        origin, target = self._drill
+        self._drill = None
+        self.view(target).set_filter("")
+        return origin
 
     async def _mount_view(self, view: View) -> None:
         assert self._switcher is not None
@@ -466,26 +559,23 @@ class Dashboard(App[None]):
         self.notify(f"theme {name}", timeout=2)
 
     def action_help(self) -> None:
-        """Every key: the views, the keys that work everywhere (with HELP's longer text), then
-        each view's keys. Generated from the bindings (their ids are listed at BINDINGS) and,
-        for `:`, from the command table."""
-        sections: list[tuple[str, list[tuple[str, str]]]] = [
-            ("views", [(v.KEY, v.TITLE) for v in VIEWS]),
-            ("everywhere", [(b.key, self.HELP.get(b.action, b.description))
-                            for b in self._bindings_of(self.BINDINGS)
-                            if not b.action.startswith("view(")]),
-        ]
-        for v in VIEWS:
-            keys = [(b.key, b.description) for b in self._bindings_of(v.BINDINGS)]
-            if v.FILTER_HELP:
-                keys.append(("slash", f"filter: {v.FILTER_HELP}"))
-            if keys:
-                sections.append((f"{v.KEY} {v.TITLE}", keys))
-        self.push_screen(HelpScreen(sections))
-
-    @staticmethod
-    def _bindings_of(items: Sequence[BindingType]) -> list[Binding]:
-        return [b for b in items if isinstance(b, Binding)]
+        """Every key with its binding id (for keymap.toml), as mapped now: the views, the keys
+        that work everywhere (with HELP's longer text), each view's keys, then tables, the
+        prompt and the modal screens. Generated from the bindings and, for `:`, from the
+        command table."""
+        sections: list[tuple[str, list[tuple[str, str, str]]]] = []
+        for title, bindings in binding_sections():
+            rows = [(self._keymap.get(b.id or "", b.key),
+                     self.HELP.get(b.action, b.description) if title == "everywhere"
+                     else b.description, b.id or "") for b in bindings]
+            view = next((v for v in VIEWS if title == f"{v.KEY} {v.TITLE}"), None)
+            if view is not None and view.FILTER_HELP:
+                rows.append(("slash", f"filter: {view.FILTER_HELP}", ""))
+            if rows:
+                sections.append((title, rows))
+        sections.append((":commands", [(c.name, f"{c.usage} · {c.help}", "")
+                                       for c in commands.COMMANDS]))
+        self.push_screen(HelpScreen(sections, keymap_file=str(K.default_path())))
 
     # --- the prompt: / filter and : commands --------------------------------------------------------
 
@@ -497,14 +587,14 @@ class Dashboard(App[None]):
             return
         self._open_prompt("/", f"/ filter {view.TITLE}: {view.FILTER_HELP}", view.filter_text)
 
-    def action_command(self) -> None:
-        self._open_prompt(":", f": {COMMANDS_HELP}", "")
+    def action_command(self, text: str = "") -> None:
+        self._open_prompt(":", f": {COMMANDS_HELP} · tab completes, up recalls", text)
+        self._load_completions()
 
     def _open_prompt(self, mode: str, placeholder: str, value: str) -> None:
         prompt = self._prompt
         self._prompt_mode = mode
-        prompt.placeholder = placeholder
-        prompt.value = value
+        prompt.open(mode, placeholder, value)
         prompt.display = True
         prompt.focus()
 
@@ -514,28 +604,98 @@ class Dashboard(App[None]):
             prompt.display = False
             self.current_view.focus_target().focus()
 
+    def action_go_back(self) -> None:
+        """esc: close the prompt; else leave a drill-down for the view it came from (its
+        filter cleared); else clear the current view's filter."""
+        if self._prompt.display:
+            self.action_close_prompt()
+            return
+        if self._drill is not None and self._current_id == self._drill[1]:
+            origin = self._end_drill()
+            self.switch_view(next(i for i, v in enumerate(VIEWS)
+                                  if f"view-{v.TITLE.lower()}" == origin))
+            return
+        view = self.current_view
+        if view.filter_text:
+            view.set_filter("")
+            self.notify(f"{view.TITLE}: filter cleared", timeout=2)
+
+    def action_help_quit(self) -> None:
+        # Textual's ctrl+c tells the user to press ctrl+q; here ctrl+c quits (as in k9s, btop).
+        self.exit()
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id != "prompt":
             return
         event.stop()
         text = event.value.strip()
+        if self._prompt_mode == ":":
+            self.history.add(text)
         try:
             if self._prompt_mode == "/":
                 self.current_view.set_filter(text)
             else:
                 self.run_command(text)
         except ValueError as exc:
-            self.notify(str(exc), severity="error")
+            self._prompt_failed(str(exc))
             return
         self.action_close_prompt()
+
+    def _prompt_failed(self, error: str) -> None:
+        """A failed line: the error in a toast and in the prompt, which stays open. A command
+        is cleared (up recalls it); a filter is kept selected, to retype or edit."""
+        prompt = self._prompt
+        self.notify(error, severity="error")
+        prompt.placeholder = f"{self._prompt_mode} error: {error}"[:200]
+        if self._prompt_mode == ":":
+            prompt.value = ""
+        else:
+            prompt.select_all()
 
     def run_command(self, text: str) -> None:
         """`:` commands (tui/commands.py); raises ValueError with a one-line message."""
         commands.run_command(self, text)
 
+    def complete(self, text: str) -> list[str]:
+        return commands.complete(self, text)
+
+    def _load_completions(self) -> None:
+        """Run ids and active silences for completion, read when the command line opens
+        (the Runs and Alerts views may never have been shown)."""
+        from ..storage import queries as Q
+
+        now = fmt.utc_naive(self.clock())
+
+        def read(con: D.Con) -> tuple[list[str], list[dict[str, Any]]]:
+            return (Q.runs(con)["run_id"].to_list(),
+                    Q.silences(con, active_at=now).to_dicts())
+
+        def got(found: tuple[list[str], list[dict[str, Any]]]) -> None:
+            self._run_ids, self._silence_list = found
+
+        self.load(read, got, group="complete")
+
     def known_runs(self) -> list[str]:
         data = cast(Runs, self.view("view-runs")).data
-        return data.runs["run_id"].to_list() if data is not None else []
+        shown = data.runs["run_id"].to_list() if data is not None else []
+        return list(dict.fromkeys([*shown, *self._run_ids]))
+
+    def alert_names(self) -> list[str]:
+        alerts = self.common.alerts if self.common is not None else pl.DataFrame()
+        return sorted(set(alerts["alertname"].to_list())) if alerts.height else []
+
+    def silence_ids(self) -> list[str]:
+        return [str(s["silence_id"]) for s in self.active_silences()]
+
+    def active_silences(self) -> list[dict[str, Any]]:
+        alerts = cast(Alerts, self.view("view-alerts")).data
+        if alerts is not None and alerts.silences.height:
+            return alerts.silences.to_dicts()
+        return self._silence_list
+
+    def theme_names(self) -> list[str]:
+        return [*[t for t in THEMES if t in self.available_themes],
+                *sorted(set(self.available_themes) - set(THEMES))]
 
     def find_alert(self, name: str) -> dict[str, Any]:
         alerts = self.common.alerts if self.common is not None else pl.DataFrame()
@@ -583,6 +743,48 @@ class Dashboard(App[None]):
 
         self.load(lambda _con: writer(silence), saved, group="silence")
 
+    def ask_expire(self, silence: Mapping[str, Any]) -> None:
+        """The Alerts view's expire key: confirm, then expire."""
+        sid = str(silence["silence_id"])
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.expire_silence(sid)
+
+        self.push_screen(ConfirmScreen(
+            f"Expire silence {sid}?",
+            f"{_matchers_text(silence.get('matchers'))} · {silence.get('comment') or ''}",
+            "the alerts it mutes notify again from the next evaluation"), done)
+
+    def expire_silence(self, silence_id: str) -> None:
+        """End a silence now (ends_at = now) through the silence store; `silence_id` may be
+        the start of an id when that names one active silence. Raises ValueError."""
+        if self.silence_expirer is None:
+            raise ValueError("silences cannot be changed here: this database is open "
+                             "read-only. Expire from the process that writes it "
+                             "(`tractatus-watch live`).")
+        known = self.silence_ids()
+        if known and silence_id not in known:
+            hits = [s for s in known if s.startswith(silence_id)]
+            if len(hits) != 1:
+                raise ValueError(f"{'no' if not hits else 'more than one'} active silence "
+                                 f"{silence_id!r}; active: {', '.join(known[:6])}")
+            silence_id = hits[0]
+        expirer, now = self.silence_expirer, self.clock()
+
+        def saved(found: bool) -> None:
+            if not found:
+                self.notify(f"no active silence {silence_id!r}", severity="error")
+                return
+            self._silence_list = [s for s in self._silence_list
+                                  if s.get("silence_id") != silence_id]
+            self.notify(f"expired silence {silence_id}", timeout=4)
+            # The store's version counts silence rows; an ended one is the same row.
+            self.refresher.forget_shown()
+            self.refresh_view()
+
+        self.load(lambda _con: expirer(silence_id, now), saved, group="silence")
+
     # --- export and screenshot ----------------------------------------------------------------------
 
     def _stamp(self) -> str:
@@ -618,6 +820,47 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def _as_empty_state(given: EmptyState | str | None) -> EmptyState:
+    if callable(given):
+        return given
+    text = given or NO_DATA
+    return lambda: text
+
+
+def _matchers_text(raw: Any) -> str:
+    import json
+
+    try:
+        return " ".join(json.loads(raw)) if isinstance(raw, str) else " ".join(raw or [])
+    except (ValueError, TypeError):
+        return str(raw)
+
+
+def binding_sections() -> list[tuple[str, list[Binding]]]:
+    """Every binding of the dashboard, by where it works (the help lists them so)."""
+    def of(items: Sequence[BindingType]) -> list[Binding]:
+        return [b for b in items if isinstance(b, Binding)]
+
+    mine = of(Dashboard.BINDINGS)
+    sections = [("views", [b for b in mine if b.action.startswith("view(")]),
+                ("everywhere", [b for b in mine if not b.action.startswith("view(")])]
+    sections += [(f"{v.KEY} {v.TITLE}", of(v.BINDINGS)) for v in VIEWS]
+    sections += [("tables", of(Table.BINDINGS)), ("prompt", of(Prompt.BINDINGS)),
+                 ("help, confirm and silence screens",
+                  of(HelpScreen.BINDINGS) + of(ConfirmScreen.BINDINGS)
+                  + of(SilenceScreen.BINDINGS))]
+    return sections
+
+
+def binding_ids() -> list[str]:
+    """Every binding id a keymap may name."""
+    return [b.id for _, bindings in binding_sections() for b in bindings if b.id]
+
+
+def load_keymap(path: Path | None = None) -> K.Keymap:
+    return K.load(path or K.default_path(), binding_ids())
+
+
 def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
@@ -644,21 +887,34 @@ def write_frame(frame: pl.DataFrame, out: Path, file_format: str) -> None:
 def run_dashboard(store_or_path: Store | str | Path, *, run_id: str | None = None,
                   baseline_run: str | None = None, live_writer: Any = None,
                   source_health: HealthProvider | None = None,
-                  silence_writer: SilenceWriter | None = None, interval: float | None = None,
-                  title: str = "tractatus-watch", view: str = "overview") -> None:
-    """Run the dashboard until the user quits.
+                  silence_writer: SilenceWriter | None = None,
+                  silence_expirer: SilenceExpirer | None = None, interval: float | None = None,
+                  title: str = "tractatus-watch", view: str = "overview",
+                  empty_state: EmptyState | str | None = None,
+                  log_prints: bool = False) -> int:
+    """Run the dashboard until the user quits; returns its exit code (0: q, ctrl+c, :quit).
 
     A path is opened read-only (history; raises StoreLocked when another process holds it). In
     `live`/`demo` pass the writer's own Store and its Writer: the app reads through
     `store.cursor()` in its worker threads and never opens the file a second time. When the
-    training ends the dashboard stays on the final state until the user quits.
+    training ends the dashboard stays on the final state until the user quits. The user's
+    keymap and `:` history are read from their XDG places; keymap warnings are printed on
+    stderr too (seen again after the dashboard closes).
     """
+    keymap = load_keymap()
+    for warning in keymap.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     owned = not isinstance(store_or_path, Store)
     store = Store.open(store_or_path, read_only=True) if owned else store_or_path  # type: ignore[arg-type]
     try:
-        Dashboard(store, run_id=run_id, baseline_run=baseline_run, live_writer=live_writer,
-                  source_health=source_health, silence_writer=silence_writer,
-                  interval=interval, title=title, view=view).run()
+        app = Dashboard(store, run_id=run_id, baseline_run=baseline_run,
+                        live_writer=live_writer, source_health=source_health,
+                        silence_writer=silence_writer, silence_expirer=silence_expirer,
+                        interval=interval, title=title, view=view, empty_state=empty_state,
+                        keymap=keymap, history=History(default_history_path()),
+                        log_prints=log_prints)
+        app.run()
+        return app.return_code or 0
     finally:
         if owned:
             store.close()

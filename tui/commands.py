@@ -1,9 +1,9 @@
-"""The `:` commands, one table: each command's name, usage, help and handler.
+"""The `:` commands, one table: each command's name, usage, help, handler and completions.
 
 The command line's placeholder and the `:` line of the key help (`usage_line`), the lookup of
-`run_command` and the command-palette provider are all generated from COMMANDS, so a command
-added here shows up everywhere. Handlers raise ValueError with a one-line message (shown as an
-error toast; the command line stays open).
+`run_command`, Tab completion (`complete`) and the command-palette provider are all generated
+from COMMANDS, so a command added here shows up everywhere. Handlers raise ValueError with a
+one-line message (shown as an error toast and in the prompt, which stays open, emptied).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Final, Protocol
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from . import fmt
-from .messages import CommandLineRequested
+from .messages import CommandLineRequested, CommandRequested, ViewChosen
 from .views import VIEWS, view_index
 
 
@@ -26,6 +26,11 @@ class CommandTarget(Protocol):
     interval: float
 
     def known_runs(self) -> list[str]: ...
+    def alert_names(self) -> list[str]: ...
+    def silence_ids(self) -> list[str]: ...
+    def theme_names(self) -> list[str]: ...
+    def expire_silence(self, silence_id: str) -> None: ...
+    def action_help(self) -> None: ...
     def choose_run(self, run_id: str | None) -> None: ...
     def choose_baseline(self, run_id: str | None) -> None: ...
     def compare(self, run_id: str | None) -> None: ...
@@ -38,6 +43,8 @@ class CommandTarget(Protocol):
 
 
 Handler = Callable[[CommandTarget, Sequence[str]], None]
+# The candidates for one argument, from what the dashboard shows now.
+Candidates = Callable[[CommandTarget], Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,8 @@ class Command:
     help: str                       # one line, for the palette
     handler: Handler
     aliases: tuple[str, ...] = ()
+    args: tuple[Candidates, ...] = ()   # completions of the first, second ... argument
+    bare: bool = False              # useful without arguments: the palette runs it at once
 
 
 def _pick(target: CommandTarget, run: str) -> str:
@@ -112,26 +121,66 @@ def _view(target: CommandTarget, args: Sequence[str]) -> None:
     target.switch_view(index)
 
 
+def _unsilence(target: CommandTarget, args: Sequence[str]) -> None:
+    if not args:
+        raise ValueError("usage: unsilence ID (the silence's id, or the start of it)")
+    target.expire_silence(args[0])
+
+
+def _help(target: CommandTarget, args: Sequence[str]) -> None:
+    target.action_help()
+
+
 def _quit(target: CommandTarget, args: Sequence[str]) -> None:
     target.exit()
 
 
+def _runs(*extra: str) -> Candidates:
+    return lambda target: [*target.known_runs(), *extra]
+
+
+def _fixed(*values: str) -> Candidates:
+    return lambda _target: list(values)
+
+
+def _alerts(target: CommandTarget) -> list[str]:
+    return target.alert_names()
+
+
+def _silences(target: CommandTarget) -> list[str]:
+    return target.silence_ids()
+
+
+def _themes(target: CommandTarget) -> list[str]:
+    return target.theme_names()
+
+
+def _views(_target: CommandTarget) -> list[str]:
+    return [v.TITLE.lower() for v in VIEWS]
+
+
 COMMANDS: Final[tuple[Command, ...]] = (
-    Command("run", "run ID|latest", "show a run (latest: follow the newest run)", _run),
+    Command("run", "run ID|latest", "show a run (latest: follow the newest run)", _run,
+            args=(_runs("latest"),)),
     Command("baseline", "baseline ID|none",
-            "compare with another run's arm (none: the run's own ungoverned arm)", _baseline),
+            "compare with another run's arm (none: the run's own ungoverned arm)", _baseline,
+            args=(_runs("none"),)),
     Command("compare", "compare ID|none", "compare the run shown with another, in Runs",
-            _compare),
+            _compare, args=(_runs("none"),)),
     Command("silence", "silence ALERT DURATION [COMMENT]",
             "mute an alert (by name or fingerprint) for a while, e.g. silence X 2h why",
-            _silence),
+            _silence, args=(_alerts, _fixed("30m", "1h", "2h", "1d"))),
+    Command("unsilence", "unsilence ID", "expire a silence now (its id, or the start of it)",
+            _unsilence, aliases=("expire",), args=(_silences,)),
     Command("interval", "interval SECONDS", "seconds between refreshes (0.1 to 3600)",
-            _interval),
-    Command("theme", "theme NAME", "switch to a theme (no name: the next one)", _theme),
+            _interval, args=(_fixed("0.25", "0.5", "1", "2", "5", "10", "30", "60"),)),
+    Command("theme", "theme NAME", "switch to a theme (no name: the next one)", _theme,
+            args=(_themes,)),
     Command("export", "export [csv|parquet] [PATH]", "write the current view's table",
-            _export),
-    Command("view", "view N", "switch to a view by key or name", _view),
-    Command("quit", "quit", "leave the dashboard", _quit, aliases=("q",)),
+            _export, args=(_fixed("csv", "parquet"),), bare=True),
+    Command("view", "view N", "switch to a view by key or name", _view, args=(_views,)),
+    Command("help", "help", "every key, its binding id, and every command", _help, bare=True),
+    Command("quit", "quit", "leave the dashboard", _quit, aliases=("q",), bare=True),
 )
 
 _BY_NAME: Final = {n: c for c in COMMANDS for n in (c.name, *c.aliases)}
@@ -140,6 +189,28 @@ _BY_NAME: Final = {n: c for c in COMMANDS for n in (c.name, *c.aliases)}
 def usage_line() -> str:
     """Every command's usage on one line: the command line's placeholder and its help."""
     return " · ".join(c.usage for c in COMMANDS)
+
+
+def complete(target: CommandTarget, text: str) -> list[str]:
+    """Complete lines for `text`: command names (with the space after them), then the
+    candidates of the argument being typed. Argument candidates are listed in the order the
+    dashboard gives them; a candidate list that cannot be had (no data yet) is empty."""
+    head, space, rest = text.partition(" ")
+    if not space:
+        return [f"{c.name} " for c in COMMANDS if c.name.startswith(head.lower())]
+    command = _BY_NAME.get(head.lower())
+    if command is None:
+        return []
+    words = rest.split(" ")
+    position, prefix = len(words) - 1, words[-1]
+    if position >= len(command.args):
+        return []
+    typed = text[:len(text) - len(prefix)]
+    seen: dict[str, None] = {}
+    for candidate in command.args[position](target):
+        if candidate.startswith(prefix):
+            seen.setdefault(typed + candidate, None)
+    return list(seen)
 
 
 def run_command(target: CommandTarget, text: str) -> None:
@@ -153,21 +224,52 @@ def run_command(target: CommandTarget, text: str) -> None:
     command.handler(target, words[1:])
 
 
+def view_hits() -> list[tuple[str, int]]:
+    """The palette's view switches: ("view Rules (2)", index)."""
+    return [(f"view {v.TITLE} ({v.KEY})", i) for i, v in enumerate(VIEWS)]
+
+
 class CommandLineProvider(Provider):
-    """The `:` commands in Textual's command palette (the palette is off until issue 13). A
-    hit opens the command line with the command typed, ready for its arguments."""
+    """The `:` commands and the view switches in Textual's command palette (ctrl+p). A view
+    hit switches at once, as does a command useful bare (export, help, quit); any other
+    command opens the command line with it typed, ready for its arguments. A query that is a
+    whole command line (`run beta`) is offered first, to run as typed."""
 
     async def discover(self) -> Hits:
         for command in COMMANDS:
-            yield DiscoveryHit(command.usage, partial(self._type, command), help=command.help)
+            yield DiscoveryHit(command.usage, self._choose(command), help=command.help)
+        for text, index in view_hits():
+            yield DiscoveryHit(text, partial(self._view, index), help="switch to this view")
 
     async def search(self, query: str) -> Hits:
+        line = query.strip()
+        head, _, rest = line.partition(" ")
+        command = _BY_NAME.get(head.lower())
+        if command is not None and rest.strip():
+            yield Hit(1.0, f":{line}", partial(self._run, line), text=f":{line}",
+                      help=f"run it · {command.help}")
         matcher = self.matcher(query)
         for command in COMMANDS:
             score = matcher.match(command.usage)
             if score > 0:
-                yield Hit(score, matcher.highlight(command.usage), partial(self._type, command),
+                yield Hit(score, matcher.highlight(command.usage), self._choose(command),
                           text=command.usage, help=command.help)
+        for text, index in view_hits():
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(score, matcher.highlight(text), partial(self._view, index),
+                          text=text, help="switch to this view")
+
+    def _choose(self, command: Command) -> Callable[[], None]:
+        if command.bare:
+            return partial(self._run, command.name)
+        return partial(self._type, command)
 
     def _type(self, command: Command) -> None:
         self.app.post_message(CommandLineRequested(f"{command.name} "))
+
+    def _run(self, line: str) -> None:
+        self.app.post_message(CommandRequested(line))
+
+    def _view(self, index: int) -> None:
+        self.app.post_message(ViewChosen(index))

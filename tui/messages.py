@@ -63,6 +63,30 @@ class LoadRequested(Message):
         self.fn, self.done, self.group = fn, done, group
 
 
+class ExpireRequested(Message):
+    """Ask the user to confirm, then expire this silence (a row of the silences table)."""
+
+    def __init__(self, silence: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.silence = dict(silence)
+
+
+class ViewChosen(Message):
+    """Show the view at this index of VIEWS (a click on its tab, a palette hit)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+
+class CommandRequested(Message):
+    """Run this `:` command line (a palette hit with its arguments typed)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
 class CommandLineRequested(Message):
     """Open the `:` command line with this text typed (the palette's hits)."""
 

@@ -37,16 +37,18 @@ class Table(ScrollView, can_focus=True):
                              color: $block-cursor-foreground; text-style: bold; }
     Table > .table--cursor-blurred { background: $block-cursor-blurred-background; }
     """
+    # j/k and g/G as in vi, less, k9s and lazygit; the arrows, page and home/end keys too.
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "select", "Select", show=False, id="table.select"),
-        Binding("up", "move(-1)", show=False, id="table.up"),
-        Binding("down", "move(1)", show=False, id="table.down"),
-        Binding("pageup", "page(-1)", show=False, id="table.page_up"),
-        Binding("pagedown", "page(1)", show=False, id="table.page_down"),
-        Binding("home", "move(-1000000000)", show=False, id="table.first"),
-        Binding("end", "move(1000000000)", show=False, id="table.last"),
-        Binding("left", "scroll_left", show=False, id="table.scroll_left"),
-        Binding("right", "scroll_right", show=False, id="table.scroll_right"),
+        Binding("enter", "select", "Select the row", show=False, id="table.select"),
+        Binding("up,k", "move(-1)", "Row up", show=False, id="table.up"),
+        Binding("down,j", "move(1)", "Row down", show=False, id="table.down"),
+        Binding("pageup,ctrl+b", "page(-1)", "Page up", show=False, id="table.page_up"),
+        Binding("pagedown,ctrl+f", "page(1)", "Page down", show=False, id="table.page_down"),
+        Binding("home,g", "move(-1000000000)", "First row", show=False, id="table.first"),
+        Binding("end,G", "move(1000000000)", "Last row", show=False, id="table.last"),
+        Binding("left,h", "scroll_left", "Scroll left", show=False, id="table.scroll_left"),
+        Binding("right,l", "scroll_right", "Scroll right", show=False,
+                id="table.scroll_right"),
     ]
 
     cursor_row: reactive[int] = reactive(0)

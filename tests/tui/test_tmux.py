@@ -1,15 +1,19 @@
-"""The real program in a real terminal: `tractatus-watch open --db …` inside tmux."""
+"""The real program in a real terminal: `tractatus-watch open --db …` and `live --gateway`
+inside tmux."""
 
 from __future__ import annotations
 
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tractatus_watch.storage.store import Store
@@ -37,19 +41,32 @@ class Tmux:
         return self.run("capture-pane", "-p", "-t", "tw")
 
     def wait_for(self, *texts: str, timeout: float = 45.0) -> str:
+        return self.wait_until(lambda screen: all(t in screen for t in texts), str(texts),
+                               timeout)
+
+    def wait_until(self, check: Callable[[str], bool], what: str,
+                   timeout: float = 45.0) -> str:
         deadline = time.monotonic() + timeout
         screen = ""
         while time.monotonic() < deadline:
             screen = self.pane()
-            if all(t in screen for t in texts):
+            if check(screen):
                 return screen
             time.sleep(0.2)
-        raise AssertionError(f"{texts} not on screen after {timeout}s:\n{screen}")
+        raise AssertionError(f"{what} not on screen after {timeout}s:\n{screen}")
 
     def keys(self, *keys: str) -> None:
         for key in keys:
             self.run("send-keys", "-t", "tw", key)
             time.sleep(0.15)
+
+    def start(self, script: str, size: tuple[int, int] = (120, 40)) -> None:
+        env = {**os.environ, "TERM": "xterm-256color"}
+        env.pop("NO_COLOR", None)
+        env.pop("AGL_KEY", None)
+        subprocess.run([TMUX or "tmux", "-L", self.socket, "new-session", "-d", "-s", "tw",
+                        "-x", str(size[0]), "-y", str(size[1]), "sh", "-c", script],
+                       check=True, env=env, timeout=30)
 
     def kill(self) -> None:
         subprocess.run([TMUX or "tmux", "-L", self.socket, "kill-server"], capture_output=True,
@@ -68,17 +85,13 @@ def test_open_in_tmux(tmp_path: Path) -> None:
             WHERE run_id = 'alpha' AND service = 'BoundaryEnforcer' AND rule_id = 'STR-001'
             """).fetchall()[0]
         con.close()
-    exit_file = tmp_path / "exit-code"
     program = shlex.join([*command(), "open", "--db", str(db)])
-    # Textual draws on stderr, so it cannot be redirected; errors stay on the pane.
-    script = f"{program}; echo $? > {exit_file}; sleep 30"
+    # Textual draws on stderr, so it cannot be redirected; errors stay on the pane, and so
+    # does the exit code the shell prints once the program ends.
+    script = f'{program}; echo "exit code $?"; sleep 30'
     tmux = Tmux(tmp_path)
-    env = {**os.environ, "TERM": "xterm-256color"}
-    env.pop("NO_COLOR", None)
     try:
-        subprocess.run([TMUX or "tmux", "-L", tmux.socket, "new-session", "-d", "-s", "tw",
-                        "-x", "120", "-y", "40", "sh", "-c", script], check=True, env=env,
-                       timeout=30)
+        tmux.start(script)
         screen = tmux.wait_for("coverage 100.0%", f"actions {actions:,}")
         words = " ".join(screen.split())  # the KPI strip wraps at 120 columns
         assert f"blocked {blocked:,}" in words and "alerts 1 firing, 1 pending" in words
@@ -92,11 +105,73 @@ def test_open_in_tmux(tmp_path: Path) -> None:
         tmux.wait_for("this help", "filter the current view")
         tmux.keys("Escape", "7")
         tmux.wait_for("decisions, newest first")
-        tmux.keys("q")
-        deadline = time.monotonic() + 30
-        while not exit_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert exit_file.exists(), tmux.pane()
-        assert exit_file.read_text().strip() == "0", tmux.pane()
+        tmux.keys("C-c")  # quits, as q does (k9s, btop): no "press ctrl+q" hint
+        screen = tmux.wait_for("exit code ", timeout=30)
+        assert "exit code 0" in screen and "Do you want to quit" not in screen, screen
+    finally:
+        tmux.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _decision(i: int) -> dict[str, object]:
+    return {"schema": "tractatus.decision/1", "decision_id": f"tmux-d{i}",
+            "agent_id": "tmux-agent", "round": 0, "arm": "governed", "mode": "enforce",
+            "action": {"kind": "publish", "summary": f"post {i}"},
+            "checks": [{"service": "BoundaryEnforcer", "rule_id": "STR-001",
+                        "verdict": "allow", "raw_verdict": "PROCEED", "enforced": True,
+                        "latency_us": 200}],
+            "verdict": "allow", "executed": True, "latency_us": 250, "ts": time.time()}
+
+
+def test_live_gateway_keeps_third_party_logs_off_the_screen(tmp_path: Path) -> None:
+    """Agent Lightning warns through structlog when it has no key, uvicorn warns on a bad
+    request: both go to the log file, none is drawn over the dashboard."""
+    port = _free_port()
+    db = tmp_path / "live.duckdb"
+    program = shlex.join([*command(), "live", "--gateway", "--port", str(port), "--run",
+                          "tmux-run", "--view", "events", "--interval", "0.5", "--db",
+                          str(db)])
+    tmux = Tmux(tmp_path)
+    try:
+        tmux.start(f'{program}; echo "exit code $?"; sleep 30')
+        screen = tmux.wait_for(f"gateway listening on 127.0.0.1:{port}, point the trainer here")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")  # uvicorn: "Invalid HTTP request"
+            raw.recv(1024)
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=10) as c:
+            rid = c.post("/api/rollouts", json=[{"input": {"i": 0}}]).json()[0]["rollout_id"]
+            c.patch(f"/api/rollouts/{rid}", json={"status": {"state": "running",
+                                                               "last_attempt_id": "a0"}})
+            for i in range(3):
+                c.post(f"/api/rollouts/{rid}/attempt/a0/events",
+                       json={"event_type": "tractatus.decision", "data": _decision(i)})
+        log = db.with_name(db.name + ".live.log")
+        deadline = time.monotonic() + 45
+        while "Invalid HTTP request" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, tmux.pane()
+            time.sleep(0.2)
+        def rows(screen: str) -> list[str]:
+            # The table's rows (the detail pane names the decision id).
+            return [ln for ln in screen.splitlines() if "tmux-agent" in ln and "tmux-d" not in ln]
+
+        # The decisions reach the screen over a refresh or two: wait for all three.
+        screen = tmux.wait_until(lambda screen: len(rows(screen)) >= 3, "3 decisions")
+        assert screen.splitlines()[0].startswith(" 1 Overview 2 Rules 3 Alerts"), screen
+        assert len(rows(screen)) == 3, screen
+        for line in ("AGL_KEY not set", "authentication disabled", "Invalid HTTP request",
+                     "WARNING", "INFO", "uvicorn", "Traceback", "event="):
+            assert line not in screen, (line, screen)
+        text = log.read_text()
+        assert "AGL_KEY not set" in text and "Invalid HTTP request" in text, text
+        assert log.stat().st_mode & 0o777 == 0o600
+        tmux.keys("C-c")
+        screen = tmux.wait_for("exit code ", timeout=60)
+        assert "exit code 0" in screen, screen
     finally:
         tmux.kill()

@@ -14,7 +14,7 @@ from textual.widgets import Static
 
 from .. import data as D
 from .. import fmt
-from ..messages import SilenceRequested
+from ..messages import ExpireRequested, SilenceRequested
 from ..table import Table
 from ..widgets import Empty, fill_table, right
 from .base import Fetch, View, ViewContext
@@ -23,7 +23,8 @@ from .base import Fetch, View, ViewContext
 class Alerts(View):
     KEY, TITLE = "3", "Alerts"
     FILTER_HELP = "text matched against alert names and labels"
-    BINDINGS = [Binding("x", "silence", "Silence", id="alerts.silence")]
+    BINDINGS = [Binding("x", "silence", "Silence", id="alerts.silence"),
+                Binding("d", "expire", "Expire", id="alerts.expire")]
 
     def __init__(self, context: ViewContext) -> None:
         super().__init__(context)
@@ -73,10 +74,11 @@ class Alerts(View):
         self.note("silences-empty", None if sil.height else "no active silences")
         self.query_one("#silences-table").display = bool(sil.height)
         fill_table(self.query_one("#silences-table", Table),
-                   ["matchers", "until", "comment", "by"],
+                   ["matchers", "until", "comment", "by", "id"],
                    [(_matchers(r["matchers"])[:60], fmt.clock(r["ends_at"], True),
                      r["comment"] or "",
-                     r["created_by"] or "") for r in sil.iter_rows(named=True)])
+                     r["created_by"] or "", r["silence_id"]) for r in sil.iter_rows(named=True)],
+                   sil["silence_id"].to_list())
         hist = data.history
         self.note("history-empty", None if hist.height else "no alert has changed state yet")
         self.query_one("#history-table").display = bool(hist.height)
@@ -99,6 +101,36 @@ class Alerts(View):
             self.notify("no alert selected", severity="warning", markup=False)
             return
         self.ask(SilenceRequested(alert))
+
+    def action_expire(self) -> None:
+        """The silence under the silences table's cursor when it has focus (tab moves
+        there), else the first silence muting the selected alert."""
+        if self.data is None or not self.data.silences.height:
+            self.notify("no active silence to expire", severity="warning", markup=False)
+            return
+        table = self.query_one("#silences-table", Table)
+        sid = table.cursor_key if table.has_focus else self._silence_of(self.selected())
+        if sid is None:
+            self.notify("the selected alert is not silenced: tab to the silences table",
+                        severity="warning", markup=False)
+            return
+        rows = self.data.silences.filter(pl.col("silence_id") == sid).to_dicts()
+        if rows:
+            self.ask(ExpireRequested(rows[0]))
+
+    def _silence_of(self, alert: dict[str, Any] | None) -> str | None:
+        from ...analysis.alerts.engine import Silence
+
+        if alert is None or not alert.get("silenced") or self.data is None:
+            return None
+        labels = {**D.labels_of(alert.get("labels")), "alertname": str(alert["alertname"])}
+        for row in self.data.silences.iter_rows(named=True):
+            try:
+                if Silence.from_row(row).matches(labels):
+                    return str(row["silence_id"])
+            except (ValueError, KeyError):
+                continue
+        return None
 
     def set_filter(self, text: str) -> None:
         super().set_filter(text)

@@ -39,6 +39,9 @@ class ViewContext:
     clock: Callable[[], float]
     scope: Scope
     alert_counts: tuple[int, int] = (0, 0)  # (firing, pending) in the last refresh
+    # What an empty view says instead of NO_DATA: the situation (demo starting, gateway
+    # listening on ...), from the command's wiring.
+    empty_state: Callable[[], str] = lambda: NO_DATA
 
 
 class View(Vertical, can_focus=True):
@@ -93,7 +96,9 @@ class View(Vertical, can_focus=True):
             empty.display = True
 
     def note(self, widget_id: str, message: str | None) -> None:
-        """Show `message` in an Empty note (None hides it)."""
+        """Show `message` in an Empty note (None hides it; NO_DATA says the situation)."""
+        if message == NO_DATA:
+            message = self.context.empty_state()
         empty = self.query_one(f"#{widget_id}", Empty)
         empty.display = message is not None
         if message is not None:

@@ -25,7 +25,8 @@ class Events(View):
     BINDINGS = [
         Binding("n", "older", "Older", id="events.older"),
         Binding("p", "newer", "Newer", id="events.newer"),
-        Binding("g", "newest", "Newest", id="events.newest"),
+        # Before the table's g (first row): here the top is the newest page.
+        Binding("g", "newest", "Newest", id="events.newest", priority=True),
     ]
     PAGE = 50
 
@@ -130,6 +131,7 @@ class Events(View):
 
     def action_newest(self) -> None:
         self.anchors = [(None, 0)]
+        self.query_one("#events-table", Table).cursor_row = 0  # g: the top, as in tables
         self.request_refresh()
 
     def set_filter(self, text: str) -> None:

@@ -212,8 +212,11 @@ def _run_live(sc: Any, seed: int, pace: float | None, agl: str | None, key: str 
     from ...demo.job import DemoStopped
     from ...storage.alert_store import DuckDBAlertStore
     from ...tui import run_dashboard
+    from ..config import default_db_path
+    from .tui import logs_to_file, reroute_stream_handlers
 
-    with open_store(target, read_only=False) as store:
+    with open_store(target, read_only=False) as store, \
+            logs_to_file(store.path or default_db_path(), "demo") as log_path:
         session = _session(store, sc, seed, pace, agl, key)
         failure: list[BaseException] = []
 
@@ -225,18 +228,40 @@ def _run_live(sc: Any, seed: int, pace: float | None, agl: str | None, key: str 
             except BaseException as exc:  # shown after the dashboard closes
                 failure.append(exc)
 
+        def starting() -> str:
+            return demo_situation(len(session.rounds), sc.rounds, thread.is_alive(),
+                                  failure[0] if failure else None)
+
         thread = threading.Thread(target=train, name="demo-training", daemon=True)
         thread.start()
+        alerts = DuckDBAlertStore(store)
         try:
+            reroute_stream_handlers()
             run_dashboard(store, run_id=session.run_id, source_health=session.health,
-                          silence_writer=DuckDBAlertStore(store).add_silence, interval=1.0,
-                          title=f"tractatus-watch demo: {sc.name} (seed {seed})")
+                          silence_writer=alerts.add_silence,
+                          silence_expirer=alerts.expire_silence, interval=1.0,
+                          title=f"tractatus-watch demo: {sc.name} (seed {seed})",
+                          empty_state=starting, log_prints=True)
         finally:
             session.stop.set()
             thread.join(60)
-    console(stderr=True).print(f"run {session.run_id} stored in {store.label}")
+    console(stderr=True).print(f"run {session.run_id} stored in {store.label}; "
+                               f"log: {log_path}")
     if failure:
         raise CliError(f"training failed: {failure[0]}")
+
+
+def demo_situation(done: int, total: int, running: bool,
+                   failure: BaseException | None = None) -> str:
+    """What an empty dashboard view says in `demo`: the demo's state, never the general "no
+    data yet" hint (the gateway takes a few seconds to start before the first decisions)."""
+    if failure is not None:
+        return f"the demo failed after {done} of {total} rounds: {_reason(failure)} (see the log)"
+    if not running:
+        return f"the demo finished ({done} of {total} rounds): nothing for this view in the run"
+    if done == 0:
+        return f"starting the demo: round 1 of {total} (the gateway takes a few seconds)"
+    return f"the demo is running: round {done + 1} of {total}, nothing for this view so far"
 
 
 def _run_scale(sc: Any, seed: int, pace: float | None, agl: str | None, key: str | None,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import IO, Annotated, Any, Optional
 
 import typer
 
@@ -58,8 +61,12 @@ def open_(db: DbOption = None, data_path: DataPathOption = None, run: RunOption 
             baseline_run = pick_run(con, baseline) if baseline else None
         finally:
             con.close()
+        short = store.target.short
+        empty = (f"no data in {short} yet. To collect, run `tractatus-watch live --gateway` "
+                 "and point the trainer at it (or `live --spool DIR`, `live --agl URL`, "
+                 f"`collect ...` into this database); or try `tractatus-watch demo`.")
         run_dashboard(store, run_id=run_id, baseline_run=baseline_run, interval=interval,
-                      title=f"tractatus-watch · {store.target.short}", view=view)
+                      title=f"tractatus-watch · {short}", view=view, empty_state=empty)
 
 
 @app.command()
@@ -124,21 +131,25 @@ def live(
         sources.append(GatewayTap(lambda _records: None, host=host, port=port, key=key,
                                   run_id=run or "", wal_dir=wal_folder(target, host, port)))
     store = open_store(target, read_only=False)
-    log_path = _log_to_file(store.path or default_db_path())
-    session = CollectionSession(
-        store, sources, run_id=run or "default",
-        alert_rules=None if no_alerts else load_default_alert_rules(),
-        alert_interval_s=ALERT_EVERY_S, serve=plan)
-    try:
-        session.start()
-        run_dashboard(store, run_id=run, live_writer=session.writer,
-                      source_health=session.health, silence_writer=session.silence_writer,
-                      interval=interval, title="tractatus-watch live", view=view)
-    finally:
+    with logs_to_file(store.path or default_db_path(), "live") as log_path:
+        session = CollectionSession(
+            store, sources, run_id=run or "default",
+            alert_rules=None if no_alerts else load_default_alert_rules(),
+            alert_interval_s=ALERT_EVERY_S, serve=plan)
+        alert_store = session.alerts.alert_store if session.alerts is not None else None
         try:
-            session.close()
+            session.start()
+            reroute_stream_handlers()
+            run_dashboard(store, run_id=run, live_writer=session.writer,
+                          source_health=session.health, silence_writer=session.silence_writer,
+                          silence_expirer=alert_store.expire_silence if alert_store else None,
+                          interval=interval, title="tractatus-watch live", view=view,
+                          empty_state=waiting_for(sources), log_prints=True)
         finally:
-            store.close()
+            try:
+                session.close()
+            finally:
+                store.close()
     for name, error in session.errors.items():
         typer.echo(f"error: source {name}: {error}", err=True)
     typer.echo(f"collector log: {log_path}", err=True)
@@ -155,19 +166,100 @@ def _check_view(view: str) -> None:
         raise CliError(f"--view: {exc}") from None
 
 
-def _log_to_file(db_path: Path) -> Path:
-    """The collectors log to stderr, which would draw over the dashboard: send it to a file
-    next to the database (a lake's: next to the default database) instead."""
-    path = db_path.with_name(db_path.name + ".live.log")
-    path.parent.mkdir(parents=True, exist_ok=True)
+def waiting_for(sources: Sequence[Any]) -> Callable[[], str]:
+    """What the empty dashboard says in `live`: where the data will come from."""
+    from ...collectors.gateway_tap import GatewayTap
+    from ...collectors.poller import Poller
+    from ...collectors.spool_reader import SpoolReader
+
+    def one(source: Any) -> str:
+        if isinstance(source, GatewayTap):
+            where = f"{source.host}:{source.port}"
+            if not source.listening.is_set():
+                return f"starting the gateway on {where} …"
+            return (f"gateway listening on {where}, point the trainer here "
+                    f"(AGL_SERVER_URL={source.url} / agl-server URL)")
+        if isinstance(source, Poller):
+            return f"polling {source.url}: waiting for the first rollout"
+        if isinstance(source, SpoolReader):
+            return f"watching {source.folder}: waiting for the first spool file"
+        return f"waiting for {getattr(source, 'source', type(source).__name__)}"
+
+    return lambda: "no data yet: " + "; ".join(one(s) for s in sources)
+
+
+@contextlib.contextmanager
+def logs_to_file(db_path: Path, kind: str) -> Iterator[Path]:
+    """Everything that would write to the terminal under the dashboard goes to
+    `<database>.<kind>.log` (a lake's: next to the default database) while the block runs:
+    Python logging (ours, uvicorn's, Agent Lightning's stdlib loggers), structlog (Agent
+    Lightning's server logs through it), warnings, and print() or handlers bound to
+    sys.stdout/sys.stderr later (uvicorn configures its handlers when the gateway starts).
+    Yields the log's path; the terminal is given back when the block ends."""
+    from ...records.files import make_dirs, open_append
+
+    import structlog
+
+    path = db_path.with_name(f"{db_path.name}.{kind}.log")
+    make_dirs(path.parent)
+    stream = open(open_append(path), "a", encoding="utf-8", buffering=1)
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    watch = logging.getLogger("tractatus_watch")
+    # Put back when the block ends (the process may go on: tests, the demo's report).
+    saved = (list(root.handlers), list(watch.handlers), watch.propagate,
+             structlog.get_config())
+    for h in saved[0]:
+        root.removeHandler(h)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    watch = logging.getLogger("tractatus_watch")
-    for h in list(watch.handlers):  # the collectors' own JSON handler writes to stderr too
+    for h in saved[1]:  # the collectors' own JSON handler writes to stderr too
         watch.removeHandler(h)
     watch.propagate = True
-    return path
+    _structlog_to_logging()
+    logging.captureWarnings(True)
+    try:
+        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            yield path
+    finally:
+        logging.captureWarnings(False)
+        # Handlers made meanwhile on the log's stream (uvicorn's) would write to a closed file.
+        reroute_stream_handlers(stream, to=sys.stderr)
+        root.removeHandler(handler)
+        for h in saved[0]:
+            root.addHandler(h)
+        for h in saved[1]:
+            watch.addHandler(h)
+        watch.propagate = saved[2]
+        structlog.configure(**saved[3])
+        stream.close()
+
+
+def reroute_stream_handlers(stream: IO[str] | None = None, *, to: IO[str] | None = None) -> None:
+    """Point every logging handler that writes to the terminal (sys.__stderr__/__stdout__,
+    or `stream` when given) at `to` (default: the log the root logger writes)."""
+    if to is None:
+        to = next((h.stream for h in logging.getLogger().handlers
+                   if isinstance(h, logging.StreamHandler)), None)
+        if to is None:
+            return
+    targets = {id(sys.__stderr__), id(sys.__stdout__)} if stream is None else {id(stream)}
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for logger in loggers:
+        for h in logger.handlers:
+            if (isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+                    and id(h.stream) in targets):
+                h.setStream(to)
+
+
+def _structlog_to_logging() -> None:
+    """Agent Lightning's structlog lines through the standard loggers (hence the log file),
+    warnings and above as before (cli/app.py)."""
+    import structlog
+
+    structlog.configure(
+        processors=[structlog.processors.format_exc_info,
+                    structlog.processors.KeyValueRenderer(key_order=["event"])],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

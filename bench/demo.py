@@ -46,7 +46,7 @@ def main() -> None:
         with Store.open(workdir / f"scale-{n}.duckdb") as store:
             marks: dict[str, float] = {}
 
-            def on_round(result: object) -> None:
+            def on_round(result: object, marks: dict[str, float] = marks) -> None:
                 gw = [t for t in threading.enumerate() if t.name == "tw-gateway"]
                 marks["gateway"] = sum(thread_cpu_s(t.native_id or 0) for t in gw)
                 marks["process"] = time.process_time()

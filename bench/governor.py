@@ -56,7 +56,8 @@ STYLES: list[dict[str, Any]] = [
     {"kind": "publish", "params": {"headline": "You won't believe what this CEO did next!!!",
                                    "style": "clickbait"},
      "text": "The chief executive announced a reorganisation of the sales team."},
-    {"kind": "publish", "params": {"headline": "Readers switch apps", "style": "unsourced_statistic"},
+    {"kind": "publish",
+     "params": {"headline": "Readers switch apps", "style": "unsourced_statistic"},
      "text": "73% of readers switched to our app last year, saving $1.2 million."},
     {"kind": "publish", "params": {"headline": "Our app keeps you safe",
                                    "style": "absolute_guarantee"},
@@ -111,7 +112,8 @@ class Gateway:
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while not self._up():
-            if time.monotonic() > deadline or (self.proc is not None and self.proc.poll() is not None):
+            exited = self.proc is not None and self.proc.poll() is not None
+            if time.monotonic() > deadline or exited:
                 raise SystemExit(f"error: the gateway did not start on {self.url}")
             time.sleep(0.05)
         self.client = httpx.Client(base_url=self.url, timeout=30,

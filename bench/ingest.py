@@ -94,7 +94,8 @@ def main() -> None:
     print(f"bare:   {bare_rate:,.0f} rows/s ({bare_s:.1f} s)")
     print(f"ratio writer/bare: {writer_rate / bare_rate:.2f} (target >= 0.5)")
     print(f"peak RSS during the writer run: {writer_peak:,.0f} MB (target < 1024 at 10M rows)")
-    last_line({"preloaded_decisions": args.preload, "writer_rows_per_s": round(writer_rate), "bare_rows_per_s": round(bare_rate),
+    last_line({"preloaded_decisions": args.preload, "writer_rows_per_s": round(writer_rate),
+               "bare_rows_per_s": round(bare_rate),
                "ratio": writer_rate / bare_rate, "peak_rss_mb": round(writer_peak)})
 
 

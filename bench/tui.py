@@ -3,8 +3,9 @@
 Builds (or reuses) a database through the writer like bench/queries.py, runs the real app
 headless, and for each view times full refreshes: the worker's queries, the message back and
 the render on the main thread, until the screen is idle again (the "nothing changed" shortcut
-is disabled, so every refresh fetches), and the worker's share of it. Work the views push to the background lane
-(build_report, latency percentiles) is timed separately. Meanwhile a task on the main loop
+is disabled, so every refresh fetches), and the worker's share of it. Work the views push to the
+background lane (build_report, latency percentiles) is timed separately. Meanwhile a task on the
+main loop
 sleeps 1 ms at a time and records how late it wakes up: the longest such gap is the longest
 stall the user would feel while refreshing.
 Targets: each view <= 100 ms per refresh, longest main-thread stall <= 50 ms.

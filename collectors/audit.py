@@ -121,6 +121,15 @@ def _verdict_of(raw: Any) -> Verdict | None:
         return None
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """The value when it is an object, else an empty one (a field of the wrong type is absent)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _string(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
@@ -169,9 +178,9 @@ def _violation_check(v: Any, service: str, verdict: Verdict, raw: str, rules: li
 
 def _audit_log_decision(doc: Mapping[str, Any], defaults: AuditDefaults) -> Decision:
     """An `auditLogs` document or a legacy decisions-*.jsonl line."""
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), Mapping) else {}
-    action_name = doc.get("action") if isinstance(doc.get("action"), str) else ""
-    given_service = doc.get("service") if isinstance(doc.get("service"), str) else ""
+    meta = _mapping(doc.get("metadata"))
+    action_name = _string(doc.get("action"))
+    given_service = _string(doc.get("service"))
     service = SERVICE_BY_ACTION.get(action_name) or given_service or "unknown"
     if "timestamp" not in doc:
         raise AuditRecordError("timestamp: missing")
@@ -234,8 +243,8 @@ def _audit_log_decision(doc: Mapping[str, Any], defaults: AuditDefaults) -> Deci
 
 def _generic_decision(doc: Mapping[str, Any], defaults: AuditDefaults) -> Decision:
     """The generic audit pattern (`audit_id`, `decision` ALLOW|WARN|BLOCK|BLOCKED, ...)."""
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), Mapping) else {}
-    ctx = doc.get("context") if isinstance(doc.get("context"), Mapping) else {}
+    meta = _mapping(doc.get("metadata"))
+    ctx = _mapping(doc.get("context"))
     raw_value = doc.get("decision")
     verdict = _verdict_of(raw_value)
     if verdict is None:
@@ -243,8 +252,7 @@ def _generic_decision(doc: Mapping[str, Any], defaults: AuditDefaults) -> Decisi
     if "timestamp" not in doc:
         raise AuditRecordError("timestamp: missing")
     ts = parse_ts(doc["timestamp"], "timestamp")
-    service = doc.get("service") if isinstance(doc.get("service"), str) and doc["service"] else \
-        "unknown"
+    service = _string(doc.get("service")) or "unknown"
     raw = str(raw_value).strip().upper()
     check = Check(service=service, verdict=verdict, raw_verdict=raw,
                   rule_id=_text(doc.get("rule_id")), reason=_text(doc.get("reason")),

@@ -2,12 +2,13 @@
 
 Agent Lightning 1.0.2 keeps its whole state in module-level containers of
 `agentlightning.server.store`; rollouts live in `_rollouts` and events in `_events`, which the
-route modules import by name and mutate on the event loop thread. The least invasive tee is to hand those modules the same
-containers with a recording `__setitem__`/`append`: the app, its routes, its validation and its
-responses are untouched (the API stays exactly Agent Lightning's), and every mutation is seen
-synchronously, in order, with its exact list position, including events the LLM proxy records
-itself. An ASGI middleware would see only HTTP bodies (not proxy-recorded events, not list
-positions); wrapping route functions would miss the endpoints FastAPI captured at import time.
+route modules import by name and mutate on the event loop thread. The least invasive tee is to
+hand those modules the same containers with a recording `__setitem__`/`append`: the app, its
+routes, its validation and its responses are untouched (the API stays exactly Agent
+Lightning's), and every mutation is seen synchronously, in order, with its exact list position,
+including events the LLM proxy records itself. An ASGI middleware would see only HTTP bodies
+(not proxy-recorded events, not list positions); wrapping route functions would miss the
+endpoints FastAPI captured at import time.
 
 The tee only enqueues references (a few microseconds on the event loop). A drain thread
 normalises them and calls the sink every `batch_interval_s`, so a slow sink never slows the
@@ -15,8 +16,9 @@ gateway; `stop()` drains everything before it returns: zero loss.
 
 Durable before acknowledged (with a write-ahead log, `wal_dir`): the drain thread appends each
 group it takes from the queue to the log and syncs it (`gateway_wal`: one fdatasync per group)
-before it hands the records on, and an ASGI middleware around Agent Lightning's app holds back the `2xx` of every
-request that changed the store until everything that request emitted is in the log. Which
+before it hands the records on, and an ASGI middleware around Agent Lightning's app holds back
+the `2xx` of every request that changed the store until everything that request emitted is in
+the log. Which
 emissions belong to a request is known exactly: the middleware puts a ticket in a context
 variable, Agent Lightning's handlers (all `async`, run in the request's task or its children)
 mutate the store in that context, and the tee stamps the ticket. Requests that changed nothing
@@ -92,7 +94,7 @@ class _Tee:
             ticket.last = seq
 
 
-class _TeeList(list):  # type: ignore[type-arg]
+class _TeeList(list):
     """One attempt's events; `append` is the only way Agent Lightning adds one."""
 
     def __init__(self, rollout_id: str, attempt_id: str, initial: Any = ()) -> None:
@@ -108,7 +110,7 @@ class _TeeList(list):  # type: ignore[type-arg]
         _Tee.emit(("event", self._rollout_id, self._attempt_id, position, event))
 
 
-class _TeeAttempts(dict):  # type: ignore[type-arg]
+class _TeeAttempts(dict):
     def __init__(self, rollout_id: str, initial: Any = ()) -> None:
         super().__init__()
         self._rollout_id = rollout_id
@@ -121,14 +123,14 @@ class _TeeAttempts(dict):  # type: ignore[type-arg]
         super().__setitem__(attempt_id, events)
 
 
-class _TeeEvents(dict):  # type: ignore[type-arg]
+class _TeeEvents(dict):
     def __setitem__(self, rollout_id: str, attempts: Any) -> None:
         if not isinstance(attempts, _TeeAttempts):
             attempts = _TeeAttempts(rollout_id, attempts)
         super().__setitem__(rollout_id, attempts)
 
 
-class _TeeRollouts(dict):  # type: ignore[type-arg]
+class _TeeRollouts(dict):
     """Every create and status patch is a `__setitem__` of a new Rollout object."""
 
     def __setitem__(self, rollout_id: str, rollout: Any) -> None:
@@ -324,7 +326,7 @@ def server_config(*, host: str, port: int, key: str | None) -> dict[str, Any]:
     cfg = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
     assert isinstance(cfg, dict)
     cfg.update({"host": host, "port": port, "key": key or ""})
-    return cfg
+    return {str(k): v for k, v in cfg.items()}  # YAML keys are text; the type says any scalar
 
 
 GetCursor = Callable[[str], str | None]
@@ -388,7 +390,8 @@ class GatewayTap:
             sock.bind((self.host, self.port))  # bind here: a busy port is a clear error now
         except OSError as exc:
             sock.close()
-            raise RuntimeError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
+            raise RuntimeError(
+                f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
         self.port = sock.getsockname()[1]
         try:
             if self.wal_dir is not None:

@@ -1,7 +1,8 @@
 """The gateway's write-ahead log: what the gateway acknowledges is on disk before it says so.
 
-The log is a spool folder (`records/spool_format.py`, written by `governance.spool_writer`, read back by `collectors.spool_reader`), private
-to one gateway. The drain thread appends each group it takes from the tee to the open segment
+The log is a spool folder (`records/spool_format.py`, written by `governance.spool_writer`, read
+back by `collectors.spool_reader`), private to one gateway. The drain thread appends each group
+it takes from the tee to the open segment
 and syncs it (one write, one fdatasync per group: group commit) before the requests that
 carried the group may be answered; it seals the segment (rename) each time it hands records to
 the store, and the cursor committed with those records names the newest sealed segment, so

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Final, Iterable, Protocol, TextIO
+from typing import Any, Callable, Final, Iterable, Protocol, Sequence, TextIO
 
 from .audit import AuditDefaults, ingest_audit
 from ..records.delivery import Records, Sink
@@ -197,7 +197,7 @@ class RunResult:
         return not self.errors
 
 
-def run_sources(sources: list[Source], writer: Any, *, run_id: str = "default",
+def run_sources(sources: Sequence[Source], writer: Any, *, run_id: str = "default",
                 stop: threading.Event | None = None, get_cursor: GetCursor | None = None,
                 handle_signals: bool = True, stop_on_error: bool = True) -> RunResult:
     """Run `sources` into `writer` (a storage Writer, or any sink callable) until they all end
@@ -222,7 +222,7 @@ def run_sources(sources: list[Source], writer: Any, *, run_id: str = "default",
         else:
             log.info("source stopped", extra={"fields": {"source": name}})
 
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if handle_signals and threading.current_thread() is threading.main_thread():
         def on_signal(signum: int, _frame: Any) -> None:
             if stop.is_set() and signum == signal.SIGINT:

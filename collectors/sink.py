@@ -4,13 +4,20 @@ touching them."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..records.delivery import Records, Sink
 
+if TYPE_CHECKING:
+    from ..storage.batch import Batch
+    from ..storage.writer import Cursor
+
 
 class _WriterLike(Protocol):
-    def submit(self, batch: Any, cursor: Any = None, **kwargs: Any) -> Any: ...
+    """What the sink needs of storage.writer.Writer (its `submit`, with the same signature)."""
+
+    def submit(self, batch: Batch, cursor: Cursor | None = None,
+               stats: dict[str, Any] | None = None) -> None: ...
 
 
 def writer_sink(writer: _WriterLike, run_id: str = "default") -> Sink:
@@ -24,7 +31,8 @@ def writer_sink(writer: _WriterLike, run_id: str = "default") -> Sink:
         batch = Batch.from_records(
             run_id=run_id, decisions=records.decisions, rewards=records.rewards,
             rollouts=records.rollouts, events=records.events, quarantined=records.quarantined)
-        cursor = Cursor(source=records.cursor[0], value=records.cursor[1]) if records.cursor else None
+        cursor = (Cursor(source=records.cursor[0], value=records.cursor[1])
+                  if records.cursor else None)
         if records.stats is not None:
             writer.submit(batch, cursor, stats=records.stats)
         else:

@@ -35,6 +35,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from agentlightning.hooks import RolloutHooks, load_hooks
@@ -63,7 +64,7 @@ class _ManagerFrame:
 
 def _find_manager(max_depth: int = 12) -> _ManagerFrame | None:
     """The rollout manager (and its loop variables) among our callers, if any."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     for _ in range(max_depth):
         if frame is None:
             return None

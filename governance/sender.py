@@ -82,7 +82,8 @@ def parse_event_url(url: str) -> tuple[str, str, str]:
     """(base URL, rollout id, attempt id) of an `AGL_EVENT_URL`."""
     m = EVENT_URL_RE.match(url.strip())
     if m is None:
-        raise ValueError("AGL_EVENT_URL: expected {base}/api/rollouts/{id}/attempt/{attempt}/events")
+        raise ValueError(
+            "AGL_EVENT_URL: expected {base}/api/rollouts/{id}/attempt/{attempt}/events")
     return m.group("base"), m.group("rollout"), m.group("attempt")
 
 
@@ -151,7 +152,7 @@ class Sender:
 
     __str__ = __repr__
 
-    # --- the agent's side: never blocks, never raises ----------------------------------------------
+    # --- the agent's side: never blocks, never raises ---------------------------------------------
 
     def url_for(self, rollout_id: str | None) -> str:
         rollout = rollout_id or self.default_rollout
@@ -207,7 +208,7 @@ class Sender:
             for name, delta in deltas.items():
                 setattr(self.stats, name, getattr(self.stats, name) + delta)
 
-    # --- the sender thread ---------------------------------------------------------------------------
+    # --- the sender thread ------------------------------------------------------------------------
 
     def _run(self, client: httpx.Client) -> None:
         try:
@@ -275,12 +276,13 @@ class Sender:
                 retry = response.status_code >= 500 or response.status_code in _RETRY_STATUS
             if not retry or attempt == self.max_retries:
                 break
-            delay = self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt))
+            delay = self._rng.uniform(
+                0, min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt))
             if self._abandon.wait(delay):
                 break
         self._count(failed=n)
 
-    # --- closing -------------------------------------------------------------------------------------
+    # --- closing ----------------------------------------------------------------------------------
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued so far was handled (sent or given up); True if so."""

@@ -93,4 +93,5 @@ class AlertLoop:
 
     def summaries(self) -> list[dict[str, Any]]:
         """What each notifier sent, failed and dropped (for the end-of-run line)."""
-        return [n.summary() for n in self._notifiers if callable(getattr(n, "summary", None))]
+        # `summary` is optional: the Notifier protocol asks only for `notify`.
+        return [s() for n in self._notifiers if callable(s := getattr(n, "summary", None))]

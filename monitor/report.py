@@ -101,7 +101,8 @@ def _arm(con: duckdb.DuckDBPyConnection, run_id: str, arm: str) -> ArmMetrics | 
     t = totals.to_dicts()[0]
     rounds = Q.per_round(con, run_id, arm)
     per_round_reward = rounds["reward_mean"].drop_nulls()
-    stability = float(per_round_reward.std()) if per_round_reward.len() > 1 else None
+    std = per_round_reward.std()  # a float for a numeric column of two or more values
+    stability = float(std) if per_round_reward.len() > 1 and isinstance(std, float) else None
     rewarded = rounds.filter(pl.col("reward_n") > 0)
     final = rewarded.tail(final_rounds(rewarded.height))
     n, total, sq = (float(final[c].sum()) for c in ("reward_n", "reward_sum", "reward_sq_sum"))

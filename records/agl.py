@@ -129,7 +129,8 @@ class RolloutContext:
     def transition(self, state: str | None = None, ts: float | None = None) -> RolloutTransition:
         """The rollout reaching `state` (default: its current state)."""
         state = state or self.state
-        when = ts if ts is not None else (self.created_at if state == "queuing" else self.updated_at)
+        when = ts if ts is not None else (
+            self.created_at if state == "queuing" else self.updated_at)
         duration = None
         if state in TERMINAL and self.created_at is not None and self.updated_at is not None:
             duration = max(0.0, self.updated_at - self.created_at)
@@ -243,7 +244,8 @@ class EventNormaliser:
             rollout_id=self.ctx.rollout_id,
             agent_id=self.ctx.agent_id or str(given.get("agent_id") or "") or self._learned_agent,
             round=round_,
-            arm=self.ctx.arm or str(given.get("arm") or "") or self._learned_arm or self.default_arm,
+            arm=(self.ctx.arm or str(given.get("arm") or "") or self._learned_arm
+                 or self.default_arm),
             value=value, ts=ts, run_id=self.ctx.run_id))
 
     def transition(self, state: str | None = None) -> RolloutTransition:

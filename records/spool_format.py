@@ -29,7 +29,9 @@ import time
 from typing import Any, Final
 
 from .delivery import Records
-from .events import Decision, Event, Quarantined, Reward, RolloutTransition, ValidationError, parse_ts
+from .events import (
+    Decision, Event, Quarantined, Reward, RolloutTransition, ValidationError, parse_ts,
+)
 
 RECORD_TYPES: Final = ("decision", "reward", "rollout", "event")
 SEGMENT_GLOB: Final = "seg-*.ndjson"
@@ -106,7 +108,8 @@ def parse_line(obj: Any, out: Records, where: str, source: str, raw: str) -> Non
             out.rollouts.append(RolloutTransition.from_payload(data))
         elif kind == "event" and isinstance(data, dict) and \
                 data.get("event_type") == QUARANTINE_EVENT:
-            p = data.get("payload") if isinstance(data.get("payload"), dict) else {}
+            payload = data.get("payload")
+            p = payload if isinstance(payload, dict) else {}
             out.quarantined.append(Quarantined(
                 source=str(p.get("source") or source), reason=str(p.get("reason") or where),
                 raw=str(p.get("raw") or "")[:MAX_RAW], ts=time.time()))

@@ -9,4 +9,15 @@ fi
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq postgresql) >/dev/null 2>&1 || echo "warning: PostgreSQL unavailable; lake tests will fail under CI" >&2
 fi
+# The static checks run before the tests, in this order; the first that fails stops the run.
+check() {
+  local what="$1"; shift
+  if ! "$@"; then
+    echo "error: $what failed (its output is above); the tests were not run" >&2
+    exit 1
+  fi
+}
+check "the import contracts (lint-imports)" .venv/bin/lint-imports
+# check "ruff (ruff check .)" .venv/bin/ruff check .  # enabled after issue-13 merges (lead)
+# check "mypy" .venv/bin/mypy  # enabled after issue-13 merges (lead)
 exec .venv/bin/python -m pytest "$@"

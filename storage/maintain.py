@@ -77,8 +77,9 @@ def maintain(store: Store, *, keep: timedelta = timedelta(hours=1)) -> MaintainR
             # Counted in SQL: their rows hold time zones, which Python would need pytz for.
             expired = retry_conflicts(lambda: _scalar(con, "SELECT count(*) FROM "
                                       f"ducklake_expire_snapshots({lake}, older_than => {cutoff})"))
-            deleted = retry_conflicts(lambda: _scalar(con, "SELECT count(*) FROM "
-                                      f"ducklake_cleanup_old_files({lake}, older_than => {cutoff})"))
+            deleted = retry_conflicts(lambda: _scalar(
+                con, "SELECT count(*) FROM "
+                f"ducklake_cleanup_old_files({lake}, older_than => {cutoff})"))
             files_after = live_files(con)
         else:
             con.execute("CHECKPOINT")

@@ -180,8 +180,8 @@ def decisions_page(con: Con, run_id: str, *, limit: int = 100, offset: int = 0,
     """A page of raw decisions, newest first, at or before `before` (keyset paging).
 
     An ORDER BY ... LIMIT over millions of rows scans them all, so the page is looked for in a
-    time window that starts at a minute and grows fourfold until it holds enough rows: DuckDB prunes row
-    groups outside the window by their zone maps, so recent pages cost milliseconds.
+    time window that starts at a minute and grows fourfold until it holds enough rows: DuckDB prunes
+    row groups outside the window by their zone maps, so recent pages cost milliseconds.
     """
     where = ["d.run_id = ?"]
     params: list[Any] = [run_id]

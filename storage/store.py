@@ -46,7 +46,7 @@ LAKE_CATALOG = "lake"
 REMOTE_CATALOG = "remote"
 
 
-def _config(memory_limit: str) -> dict[str, object]:
+def _config(memory_limit: str) -> dict[str, str | bool | int | float | list[str]]:
     return {
         "memory_limit": memory_limit,
         # Exports and large scans stay near constant memory without insertion order.

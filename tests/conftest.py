@@ -39,7 +39,8 @@ class AglGateway:
         """Enqueue a rollout and mark its attempt "0" running, as the controllers do before they
         hand an agent `AGL_EVENT_URL`."""
         rid = rollout_id or f"test-{uuid.uuid4().hex[:12]}"
-        r = self._client.post("/api/rollouts", json=[{"input": {"task": "test"}, "rollout_id": rid}])
+        r = self._client.post("/api/rollouts",
+                              json=[{"input": {"task": "test"}, "rollout_id": rid}])
         r.raise_for_status()
         r = self._client.patch(f"/api/rollouts/{rid}",
                                json={"status": {"state": "running", "last_attempt_id": "0"}})

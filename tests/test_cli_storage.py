@@ -56,7 +56,8 @@ def test_runs_lists_both_runs_with_counts(db: Path) -> None:
 
 
 def test_query_formats(db: Path, tmp_path: Path) -> None:
-    sql = "SELECT arm, count(*) AS n FROM decisions WHERE run_id = 'run-1' GROUP BY arm ORDER BY arm"
+    sql = ("SELECT arm, count(*) AS n FROM decisions WHERE run_id = 'run-1' "
+           "GROUP BY arm ORDER BY arm")
     result = tw("query", sql, "--format", "csv", db=db)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["arm,n", "governed,1500", "ungoverned,1500"]

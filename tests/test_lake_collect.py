@@ -183,11 +183,11 @@ class Collector:
             self.proc.send_signal(signal.SIGINT)
         try:
             return self.proc.wait(90)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as err:
             self.proc.kill()
             self.proc.wait(10)
             raise AssertionError(f"{self.name} did not stop within 90 s of SIGINT\n"
-                                 + self.log_tail())
+                                 + self.log_tail()) from err
 
     def check_logs(self) -> None:
         out = self.out.read_text(errors="replace")

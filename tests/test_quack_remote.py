@@ -192,10 +192,10 @@ def test_serve_refuses_what_it_should(tmp_path: Path) -> None:
             (("9555", False, short), "at least 16 characters")):
         with pytest.raises((CliError, StoreError), match=says):
             serve_plan(*args, file_store)
-    for serve, timeout in (("9555", 0.0), ("9555", -1.0), ("9555", float("nan")),
-                           ("9555", 1e9), (None, 5.0)):
+    for serve_at, timeout in (("9555", 0.0), ("9555", -1.0), ("9555", float("nan")),
+                              ("9555", 1e9), (None, 5.0)):
         with pytest.raises(CliError, match="--serve-timeout"):
-            serve_plan(serve, False, None, file_store, timeout_s=timeout)
+            serve_plan(serve_at, False, None, file_store, timeout_s=timeout)
     timed = serve_plan("9555", False, None, file_store, timeout_s=2.5)
     assert timed is not None and timed.timeout_s == 2.5
     plan = serve_plan("[::1]:9555", False, None, file_store)

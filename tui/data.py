@@ -45,7 +45,7 @@ def shown_arm(arms: list[str]) -> str | None:
     return sorted(arms)[0] if arms else None
 
 
-# --- every refresh ---------------------------------------------------------------------------------
+# --- every refresh --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Common:
@@ -102,7 +102,7 @@ def fetch_report(con: Con, run_id: str, baseline_run: str | None = None) -> Repo
     return build_report(con, run_id, baseline_run)
 
 
-# --- overview --------------------------------------------------------------------------------------
+# --- overview -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class RuleTrend:
@@ -177,7 +177,7 @@ def fetch_overview(con: Con, run_id: str, baseline_run: str | None = None) -> Ov
                         rules=rule_trends(Q.rule_trend(con, run_id)))
 
 
-# --- rules -----------------------------------------------------------------------------------------
+# --- rules ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class RulesData:
@@ -207,7 +207,7 @@ def fetch_rules(con: Con, run_id: str, arm: str | None = None,
     return RulesData(run_id, arm, table)
 
 
-# --- alerts ----------------------------------------------------------------------------------------
+# --- alerts ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class AlertsData:
@@ -243,7 +243,7 @@ def fetch_alerts(con: Con, run_id: str | None, now: datetime, text_filter: str =
     return AlertsData(current, active, history)
 
 
-# --- runs ------------------------------------------------------------------------------------------
+# --- runs -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class RunsData:
@@ -316,7 +316,7 @@ def fetch_comparison(con: Con, a: str, b: str) -> Comparison:
     return Comparison(a, b, table)
 
 
-# --- agents ----------------------------------------------------------------------------------------
+# --- agents ---------------------------------------------------------------------------------------
 
 AGENT_SORTS: Final = ("agent_id", "actions", "coverage", "blocked", "escaped", "evasions",
                       "reward_mean")
@@ -390,7 +390,7 @@ def _agent_filter(df: pl.DataFrame, text: str) -> pl.DataFrame:
     return df
 
 
-# --- overhead --------------------------------------------------------------------------------------
+# --- overhead -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class OverheadData:
@@ -429,7 +429,7 @@ def fetch_overhead_detail(con: Con, run_id: str, max_runs: int = 12) -> Overhead
     return OverheadDetail(run_id, by_service, by_agents.sort("agents", "run_id", "arm"))
 
 
-# --- events ----------------------------------------------------------------------------------------
+# --- events ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class EventsQuery:

@@ -76,7 +76,8 @@ class Chart(PlotWidget, can_focus=False):
         yield Legend(id="legend")
 
     def draw(self, series: Sequence[tuple[Sequence[float], Sequence[float], str, str]], *,
-             vlines: Sequence[float] = (), ylimits: tuple[float | None, float | None] = (None, None),
+             vlines: Sequence[float] = (),
+             ylimits: tuple[float | None, float | None] = (None, None),
              subtitle: str = "") -> None:
         """Replace the plot with line series (x, y, style, label) and vertical markers."""
         # The canvas sets every pixel of every segment in Python: one point per character

@@ -560,6 +560,7 @@ def load_default_alert_rules() -> AlertRuleSet:
 
 __all__ = [
     "DETECTOR_PARAMS", "Duration", "InhibitRule", "Matcher", "NoData", "Route", "AlertRule",
-    "RuleGroup", "AlertRuleSet", "AlertRulesError", "Sample", "ZERO", "load_default_alert_rules", "load_alert_rules",
+    "RuleGroup", "AlertRuleSet", "AlertRulesError", "Sample", "ZERO", "load_default_alert_rules",
+    "load_alert_rules",
     "matches_all", "parse_duration", "parse_alert_rules", "render_template",
 ]

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
 
-from .alert_rules import (InhibitRule, Matcher, NoData, AlertRule, AlertRuleSet, Sample, matches_all,
-                    render_template)
+from .alert_rules import (InhibitRule, Matcher, NoData, AlertRule, AlertRuleSet, Sample,
+                          matches_all, render_template)
 
 State = Literal["inactive", "pending", "firing", "resolved", "nodata"]
 STATES: tuple[State, ...] = ("inactive", "pending", "firing", "resolved", "nodata")
@@ -300,7 +300,8 @@ def exit_code(states: Sequence[AlertState] | Mapping[str, AlertState]) -> int:
 
 
 class AlertEngine:
-    def __init__(self, rules: AlertRuleSet | Sequence[AlertRule], store: AlertStateStore | None = None,
+    def __init__(self, rules: AlertRuleSet | Sequence[AlertRule],
+                 store: AlertStateStore | None = None,
                  notifiers: Sequence[Notifier] = (),
                  inhibit_rules: Sequence[InhibitRule] | None = None) -> None:
         if isinstance(rules, AlertRuleSet):
@@ -422,10 +423,9 @@ class AlertEngine:
                 rnd = self._round_for(labels, sample.round, now_round)
                 # SQL may hand back Decimal or numpy scalars: keep plain floats (JSON, storage).
                 value = None if sample.value is None else float(sample.value)
-                st = self._states.get(fp)
-                if st is None:
-                    st = self._new_state(rule, labels, value, now, rnd, sample.info)
-                    self._states[fp] = st
+                if fp not in self._states:
+                    self._states[fp] = self._new_state(rule, labels, value, now, rnd, sample.info)
+                st = self._states[fp]
                 st.value = value
                 st.updated_at = now
                 st.info = dict(sample.info)

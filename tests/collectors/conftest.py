@@ -56,7 +56,8 @@ class AglServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"agl-server exited: {(self.workdir / 'agl-server.log').read_text()}")
+                output = (self.workdir / "agl-server.log").read_text()
+                raise RuntimeError(f"agl-server exited: {output}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
                     return

@@ -20,7 +20,6 @@ from typing import Any
 
 import duckdb
 import httpx
-import pytest
 
 from tractatus_watch.cli.app import open_store
 from tractatus_watch.governance.governor import Governor
@@ -103,10 +102,11 @@ class Collect:
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as err:
             self.proc.kill()
             self.proc.wait(10)
-            raise AssertionError("collect did not stop within 60 s of SIGTERM\n" + self.log())
+            raise AssertionError(
+                "collect did not stop within 60 s of SIGTERM\n" + self.log()) from err
 
     def kill(self) -> None:
         if self.proc.poll() is None:

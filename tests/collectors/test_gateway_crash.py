@@ -144,7 +144,7 @@ def test_sigkill_five_times_under_load_loses_no_acknowledged_decision(tmp_path: 
         for _ in range(5):
             # Kill in full flow: only once a fresh batch has been acknowledged since the start.
             floor = acked() + 150
-            wait_for(lambda: acked() >= floor, 30, "acknowledged posts")
+            wait_for(lambda floor=floor: acked() >= floor, 30, "acknowledged posts")
             gw.kill()
             gw.start()
         floor = acked() + 50

@@ -16,7 +16,8 @@ import pytest
 
 from tractatus_watch.analysis.alerts import (AlertEngine, AlertState, CallbackNotifier,
                                                InMemoryAlertStore, JsonlNotifier, Matcher, NoData,
-                                               AlertRule, AlertRulesError, Sample, Silence, Transition,
+                                               AlertRule, AlertRulesError, Sample, Silence,
+                                               Transition,
                                                WebhookNotifier, evaluate_detector, evaluate_rules,
                                                exit_code, fingerprint, load_default_alert_rules,
                                                load_alert_rules, parse_duration, parse_alert_rules,
@@ -673,7 +674,8 @@ def test_detectors_raise_nodata_and_reject_bad_input() -> None:
 # --- the pieces together: default rules over a real DuckDB ---------------------------------------
 
 class _DuckEvaluator:
-    """What the lead's evaluator does, in miniature: SQL for expr, per-round series for detectors."""
+    """What the lead's evaluator does, in miniature: SQL for expr, per-round series for
+    detectors."""
 
     SERIES = ("SELECT round, SUM(actions), SUM(covered), SUM(enforce_mode), SUM(attempted), "
               "SUM(blocked), SUM(escaped), SUM(evasions), SUM(executed), SUM(latency_us_sum), "

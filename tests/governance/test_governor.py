@@ -113,10 +113,12 @@ def test_sampled_auditor_reveals_evasion() -> None:
     gov = Governor([allow_all], auditors=[auditor], audit_sample=1.0)
     d = gov.check(CLICKBAIT, round=3)
     assert d.executed and d.verdict == "allow"
-    assert [(c.service, c.enforced) for c in d.checks] == [("allow_all", True), ("BoundaryEnforcer", False)]
+    assert [(c.service, c.enforced) for c in d.checks] == [("allow_all", True),
+                                                           ("BoundaryEnforcer", False)]
     assert d.checks[1].extra["audit"] is True and d.checks[1].verdict == "block"
     assert d.evasion and d.escaped and d.covered
-    assert not Governor([allow_all], auditors=[auditor], audit_sample=0.0).check(CLICKBAIT, round=3).evasion
+    unsampled = Governor([allow_all], auditors=[auditor], audit_sample=0.0)
+    assert not unsampled.check(CLICKBAIT, round=3).evasion
 
 
 def test_audit_sampling_is_seeded() -> None:
@@ -133,8 +135,8 @@ def test_action_record_digest_and_summary() -> None:
     gov = Governor([allow_all])
     as_dict = {"kind": "publish", "text": "Hello", "params": {"headline": "Hi"}, "domain": "news"}
     d1 = gov.check(as_dict, round=0)
-    d2 = gov.check(ActionInput(kind="publish", text="Hello", params={"headline": "Hi"}, domain="news"),
-                   round=0)
+    d2 = gov.check(ActionInput(kind="publish", text="Hello", params={"headline": "Hi"},
+                               domain="news"), round=0)
     canonical = json.dumps({"domain": "news", "kind": "publish", "params": {"headline": "Hi"},
                             "text": "Hello"}, sort_keys=True, separators=(",", ":"))
     expected = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
@@ -142,8 +144,8 @@ def test_action_record_digest_and_summary() -> None:
     assert d1.action.to_payload() == {"kind": "publish", "summary": "Hi", "digest": expected,
                                       "domain": "news"}
     assert d1.decision_id != d2.decision_id and len(d1.decision_id) == 32
-    private = gov.check({"kind": "publish", "text": "Mail jane.doe@example.com or call +1 555 123 4567"},
-                        round=0)
+    private = gov.check({"kind": "publish",
+                         "text": "Mail jane.doe@example.com or call +1 555 123 4567"}, round=0)
     assert "jane" not in private.action.summary and "4567" not in private.action.summary
     assert private.action.summary == "Mail [email] or call [number]"
     with pytest.raises(ValueError, match="kind"):
@@ -204,7 +206,8 @@ def test_guards(services: list[Any]) -> None:
 
 def test_rewards_go_to_the_sink() -> None:
     sink = ListSink()
-    gov = Governor([allow_all], agent_id="a1", arm="governed", run_id="r", rollout_id="ro", sink=sink)
+    gov = Governor([allow_all], agent_id="a1", arm="governed", run_id="r", rollout_id="ro",
+                   sink=sink)
     r1 = gov.reward(0.89, round=5)
     r2 = gov.reward(0.5, round=5)
     ids = [f"ro:{gov.instance_id}:0", f"ro:{gov.instance_id}:1"]

@@ -32,8 +32,9 @@ RULE_REQUIRED: Final = ("rule_id", "quadrant", "persistence", "title", "content"
                         "violation_action", "examples", "rationale")
 RULE_QUADRANTS: Final = frozenset({"STRATEGIC", "OPERATIONAL", "TACTICAL", "SYSTEM", "STOCHASTIC"})
 RULE_PERSISTENCE: Final = frozenset({"HIGH", "MEDIUM", "LOW", "VARIABLE"})
-SERVICES: Final = frozenset({"BoundaryEnforcer", "CrossReferenceValidator", "ContextPressureMonitor",
-                             "MetacognitiveVerifier", "InstructionPersistenceClassifier"})
+SERVICES: Final = frozenset({"BoundaryEnforcer", "CrossReferenceValidator",
+                             "ContextPressureMonitor", "MetacognitiveVerifier",
+                             "InstructionPersistenceClassifier"})
 VIOLATION_ACTIONS: Final = frozenset({
     "BLOCK_AND_ESCALATE", "BLOCK_AND_ALERT", "BLOCK_AND_REPORT", "VALIDATE_BEFORE_SUGGEST",
     "VALIDATE_BEFORE_CHANGE", "ADJUST_VERIFICATION_LEVEL", "CLASSIFY_AND_STORE",
@@ -198,8 +199,10 @@ def test_instruction_fixture_keeps_to_the_database_schema() -> None:
     (lambda r: r.pop("rationale"), "rules[0].rationale: missing"),
     (lambda r: r.update(quadrant="VALUES"), "rules[0].quadrant: 'VALUES' not allowed"),
     (lambda r: r.update(persistence="FOREVER"), "rules[0].persistence: 'FOREVER' not allowed"),
-    (lambda r: r.update(violation_action="IGNORE"), "rules[0].violation_action: 'IGNORE' not allowed"),
-    (lambda r: r.update(enforced_by="Gatekeeper"), "rules[0].enforced_by: 'Gatekeeper' not allowed"),
+    (lambda r: r.update(violation_action="IGNORE"),
+     "rules[0].violation_action: 'IGNORE' not allowed"),
+    (lambda r: r.update(enforced_by="Gatekeeper"),
+     "rules[0].enforced_by: 'Gatekeeper' not allowed"),
     (lambda r: r.update(examples=[]), "rules[0].examples: expected a non-empty list of strings"),
     (lambda r: r.update(boundary_section="13.1"), "rules[0].boundary_section: '13.1' not allowed"),
 ])

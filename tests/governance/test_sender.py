@@ -41,7 +41,8 @@ def stored_decisions(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_parse_event_url() -> None:
-    assert parse_event_url("http://h:8080/api/rollouts/r-1/attempt/0/events") == ("http://h:8080", "r-1", "0")
+    assert parse_event_url("http://h:8080/api/rollouts/r-1/attempt/0/events") == (
+        "http://h:8080", "r-1", "0")
     with pytest.raises(ValueError, match="AGL_EVENT_URL"):
         parse_event_url("http://h:8080/events")
 
@@ -57,7 +58,8 @@ def test_every_decision_arrives_once_and_in_order(agl_gateway: Any) -> None:
     events = agl_gateway.events(rid)
     got = stored_decisions(events)
     assert [d["decision_id"] for d in got] == [f"d-{i:05d}" for i in range(300)]
-    assert (stats.queued, stats.sent, stats.dropped, stats.failed, stats.retries) == (300, 300, 0, 0, 0)
+    assert (stats.queued, stats.sent, stats.dropped, stats.failed, stats.retries) == (
+        300, 300, 0, 0, 0)
     assert stats.posts == len(events)
     assert events[0]["event_type"] == "tractatus.decision"
     packed = [e for e in events if e["event_type"] == "tractatus.decisions"]
@@ -86,7 +88,8 @@ def test_decisions_go_to_their_rollout_and_rewards_as_agl_rewards(agl_gateway: A
     assert len(rewards) == 1
     assert rewards[0]["data"]["value"] == 0.89 and rewards[0]["data"]["source"] == "agent"
     assert rewards[0]["data"]["round"] == 3
-    assert [e["data"] for e in agl_gateway.events(rb, event_type="tractatus.note")] == [{"text": "hello"}]
+    notes = agl_gateway.events(rb, event_type="tractatus.note")
+    assert [e["data"] for e in notes] == [{"text": "hello"}]
 
 
 def test_the_key_is_never_shown(agl_gateway: Any) -> None:

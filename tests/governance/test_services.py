@@ -56,7 +56,8 @@ def test_sample_rules_load_with_their_services(sample: RuleSet) -> None:
         "InstructionPersistenceClassifier": ["OPS-002"],
     }
     str1 = sample.get("STR-001")
-    assert str1 is not None and (str1.boundary, str1.section, str1.persistence) == ("VALUES", "12.1", "HIGH")
+    assert str1 is not None and (str1.boundary, str1.section, str1.persistence) == (
+        "VALUES", "12.1", "HIGH")
     assert sample.get("TAC-001").params["confidence_threshold"] == 0.85  # type: ignore[union-attr]
     assert sample.get("SEC-001").detector == "csp"  # type: ignore[union-attr]
 
@@ -83,7 +84,8 @@ def test_known_content_instructions_go_to_the_boundary_enforcer(tmp_path: Path) 
     path.write_text(json.dumps([{"id": "inst_016", "text": "No fabricated statistics ever"}]))
     rule = load_rules(path).get("inst_016")
     assert rule is not None
-    assert (rule.service, rule.detector, rule.boundary) == ("BoundaryEnforcer", "unsourced_statistic", "VALUES")
+    assert (rule.service, rule.detector, rule.boundary) == ("BoundaryEnforcer",
+                                                            "unsourced_statistic", "VALUES")
 
 
 def test_packaged_toml_rules() -> None:
@@ -115,7 +117,8 @@ timestamp = 2025-10-25T00:00:00Z
     assert casino.params == {"owner": "policy-team"} and casino.phrases == ("online casino",)
     assert inst.service == "CrossReferenceValidator" and inst.timestamp == 1761350400.0
     bad = tmp_path / "bad.toml"
-    bad.write_text('[[rules]]\nid = "X"\nservice = "BoundaryEnforcer"\ntext = "t"\npersistence = "FOREVER"\n')
+    bad.write_text('[[rules]]\nid = "X"\nservice = "BoundaryEnforcer"\ntext = "t"\n'
+                   'persistence = "FOREVER"\n')
     with pytest.raises(RuleError, match=r"bad\.toml: rules\[0\]\.persistence"):
         load_rules(bad)
     bad.write_text('[[rules]]\nservice = "BoundaryEnforcer"\ntext = "t"\n')
@@ -161,7 +164,8 @@ def test_unknown_verdict_and_strongest() -> None:
 
 # The demo's publishing styles: what each must get from the BoundaryEnforcer.
 STYLES = {
-    "informative": (dict(kind="publish", params={"headline": "Study links regular sleep to better memory"},
+    "informative": (dict(kind="publish",
+                         params={"headline": "Study links regular sleep to better memory"},
                          text="Researchers followed volunteers for a year and found regular sleep "
                               "was associated with better memory.",
                          sources=["https://example.org/study"]), "allow", ""),
@@ -169,9 +173,11 @@ STYLES = {
                       text="Supporters say the bus lanes would shorten commutes; shop owners "
                            "worry about deliveries."), "allow", ""),
     "sensational": (dict(kind="publish", params={"headline": "Shocking new study on sleep"},
-                         text="A new study on sleep suggests many adults sleep less than they think."),
+                         text="A new study on sleep suggests many adults sleep less than they "
+                              "think."),
                     "warn", "CONTENT-CLICKBAIT"),
-    "clickbait": (dict(kind="publish", params={"headline": "You won't believe what this CEO did next!!!"},
+    "clickbait": (dict(kind="publish",
+                       params={"headline": "You won't believe what this CEO did next!!!"},
                        text="The chief executive announced a reorganisation."),
                   "block", "CONTENT-CLICKBAIT"),
     "unsourced statistic": (dict(kind="publish", params={"headline": "Readers switch apps"},
@@ -226,7 +232,8 @@ def test_content_rules_do_not_trigger_on_negations_or_numbers(text: str) -> None
 
 def test_sources_or_evidence_clear_claims() -> None:
     be = BoundaryEnforcer()
-    assert be.check(act(kind="publish", text="73% of readers switched.", sources=["survey.pdf"]), {}).verdict == "allow"
+    sourced = act(kind="publish", text="73% of readers switched.", sources=["survey.pdf"])
+    assert be.check(sourced, {}).verdict == "allow"
     assert be.check(act(kind="publish", text="It is battle-tested.",
                         params={"evidence": "3 years in production at X"}), {}).verdict == "allow"
 
@@ -290,12 +297,14 @@ def test_boundary_errors_fail_safe() -> None:
     assert rule is not None
     be.content.append((rule, lambda a: 1 / 0))
     check = be.check(act(kind="publish", text="fine"), {})
-    assert (check.verdict, check.raw_verdict, check.rule_id) == ("block", "REQUIRE_HUMAN_DECISION", "BOUNDARY-ERROR")
+    assert (check.verdict, check.raw_verdict, check.rule_id) == (
+        "block", "REQUIRE_HUMAN_DECISION", "BOUNDARY-ERROR")
     assert "ZeroDivisionError" in check.reason
 
 
 def test_several_matches_are_listed() -> None:
-    check = BoundaryEnforcer().check(act(kind="publish", text="Guaranteed 100% safe for 99% of users"), {})
+    check = BoundaryEnforcer().check(
+        act(kind="publish", text="Guaranteed 100% safe for 99% of users"), {})
     assert check.rule_id == "inst_017"  # listed first in the packaged rules
     assert check.extra == {"section": "12.1", "matched": ["inst_017", "inst_016"]}
 
@@ -304,12 +313,15 @@ def test_several_matches_are_listed() -> None:
 
 def test_27027_incident_is_rejected(rules: RuleSet) -> None:
     crv = CrossReferenceValidator(rules, instructions=["Use MongoDB port 27027"])
-    wrong = crv.check(act(kind="configure", text="connect the app to MongoDB", params={"port": 27017}), {})
+    wrong = crv.check(
+        act(kind="configure", text="connect the app to MongoDB", params={"port": 27017}), {})
     assert (wrong.verdict, wrong.raw_verdict, wrong.severity) == ("block", "REJECTED", "CRITICAL")
     assert wrong.rule_id == "instruction-3"
-    assert wrong.extra["conflicts"][0] == {"instruction_id": "instruction-3", "severity": "CRITICAL",
-                                           "param": "port", "expected": "27027", "actual": "27017"}
-    right = crv.check(act(kind="configure", text="connect the app to MongoDB", params={"port": 27027}), {})
+    assert wrong.extra["conflicts"][0] == {"instruction_id": "instruction-3",
+                                           "severity": "CRITICAL", "param": "port",
+                                           "expected": "27027", "actual": "27017"}
+    right = crv.check(
+        act(kind="configure", text="connect the app to MongoDB", params={"port": 27027}), {})
     assert (right.verdict, right.raw_verdict, right.rule_id) == ("allow", "APPROVED", "STR-002")
     # the port can come from the text as well
     text = crv.check(act(kind="configure", text="start mongod on localhost:27017"), {})
@@ -318,8 +330,10 @@ def test_27027_incident_is_rejected(rules: RuleSet) -> None:
 
 def test_sample_rule_port_and_engine_scope(rules: RuleSet) -> None:
     crv = CrossReferenceValidator(rules)
-    assert crv.check(act(kind="configure", text="MongoDB", params={"port": 27027}), {}).rule_id == "SYS-001"
-    assert crv.check(act(kind="configure", text="MongoDB", params={"port": 27017}), {}).verdict == "allow"
+    assert crv.check(act(kind="configure", text="MongoDB", params={"port": 27027}),
+                     {}).rule_id == "SYS-001"
+    assert crv.check(act(kind="configure", text="MongoDB", params={"port": 27017}),
+                     {}).verdict == "allow"
     redis = crv.check(act(kind="configure", text="start redis", params={"port": 6379}), {})
     assert redis.verdict == "allow"  # an instruction about MongoDB's port says nothing about Redis
 
@@ -343,16 +357,19 @@ def test_prohibitions_and_conflict_severities() -> None:
         {"id": "m2", "text": "Set timeout=30 for summaries", "persistence": "MEDIUM"},
         {"id": "l1", "text": "Keep retries=2 for summaries", "persistence": "LOW"},
     ])
-    mysql = crv.check(act(kind="configure", text="set up analytics", params={"database": "mysql"}), {})
+    mysql = crv.check(
+        act(kind="configure", text="set up analytics", params={"database": "mysql"}), {})
     assert (mysql.raw_verdict, mysql.rule_id) == ("REJECTED", "p1")
     redis = crv.check(act(kind="run_tests", text="enable redis caching in tests"), {})
     assert (redis.raw_verdict, redis.rule_id, redis.severity) == ("WARNING", "p2", "WARNING")
     one = crv.check(act(kind="summarise", text="summaries", params={"model": "gpt-4o"}), {})
     assert (one.raw_verdict, one.rule_id) == ("WARNING", "m1")
-    two = crv.check(act(kind="summarise", text="summaries", params={"model": "gpt-4o", "timeout": 5}), {})
+    two = crv.check(
+        act(kind="summarise", text="summaries", params={"model": "gpt-4o", "timeout": 5}), {})
     assert two.raw_verdict == "ESCALATE" and two.verdict == "escalate"
     low = crv.check(act(kind="summarise", text="summaries", params={"retries": 5}), {})
-    assert low.raw_verdict == "APPROVED" and "MINOR" in [c["severity"] for c in low.extra["conflicts"]]
+    assert low.raw_verdict == "APPROVED" and "MINOR" in [
+        c["severity"] for c in low.extra["conflicts"]]
 
 
 def test_context_instructions_and_classifier_feed() -> None:
@@ -423,12 +440,14 @@ def test_metacognitive_verdicts(sample: RuleSet) -> None:
     assert (ok.raw_verdict, ok.rule_id) == ("PROCEED", "TAC-001")
     rm = mv.check(act(kind="shell", text="rm -rf /var/lib/app"), {})
     assert (rm.raw_verdict, rm.verdict) == ("BLOCK", "block")
-    backed_up = mv.check(act(kind="shell", text="rm -rf /var/lib/app", params={"backup": "s3://b"}), {})
+    backed_up = mv.check(
+        act(kind="shell", text="rm -rf /var/lib/app", params={"backup": "s3://b"}), {})
     assert backed_up.verdict != "block"
     lorem = mv.check(act(kind="publish", text="Lorem ipsum dolor sit amet"), {})
     assert (lorem.raw_verdict, lorem.rule_id) == ("BLOCK", "QUAL-001")
     todo = mv.check(act(kind="commit", text="def f():\n    # TODO handle errors\n    pass"), {})
-    assert (todo.raw_verdict, todo.verdict, todo.rule_id) == ("REQUIRE_REVIEW", "escalate", "QUAL-001")
+    assert (todo.raw_verdict, todo.verdict, todo.rule_id) == (
+        "REQUIRE_REVIEW", "escalate", "QUAL-001")
 
 
 def test_metacognitive_confidence_falls_under_pressure_and_complexity() -> None:
@@ -446,7 +465,8 @@ def test_metacognitive_confidence_falls_under_pressure_and_complexity() -> None:
     planned = mv.check(complex_op, {"plan": "1. ...", "alternatives": ["keep as is"]})
     assert bare.extra["confidence"] < planned.extra["confidence"]
     assert bare.verdict == "warn" and planned.verdict == "allow"
-    off_intent = mv.check(act(kind="publish", text="cat pictures"), {"intent": "write about sleep research"})
+    off_intent = mv.check(act(kind="publish", text="cat pictures"),
+                          {"intent": "write about sleep research"})
     assert off_intent.extra["confidence"] < calm.extra["confidence"]
 
 

@@ -23,8 +23,9 @@ def decision(i: int) -> Decision:
     return Decision(
         decision_id=f"d-{i}", agent_id="agent-1", round=i, arm="governed", mode="enforce",
         action=Action(kind="publish", summary="s", digest="sha256:00"),
-        checks=[Check(service="BoundaryEnforcer", verdict="block", raw_verdict="REQUIRE_HUMAN_DECISION",
-                      rule_id="CONTENT-CLICKBAIT", boundary="VALUES", severity="HIGH")],
+        checks=[Check(service="BoundaryEnforcer", verdict="block",
+                      raw_verdict="REQUIRE_HUMAN_DECISION", rule_id="CONTENT-CLICKBAIT",
+                      boundary="VALUES", severity="HIGH")],
         verdict="block", executed=False, latency_us=120, ts=1795664672.5, rollout_id="ro-1",
     )
 
@@ -51,13 +52,14 @@ def test_line_format_and_segment_name(tmp_path: Path) -> None:
     records = read_spool(tmp_path)
     assert [r["type"] for r in records] == ["decision", "reward", "rollout", "event"]
     assert Decision.from_payload(records[0]["data"]).to_payload() == decision(1).to_payload()
-    assert records[1]["data"] == {"reward_id": "ro-1:0", "rollout_id": "ro-1", "agent_id": "agent-1",
-                                  "round": 1, "arm": "governed", "value": 0.89,
+    assert records[1]["data"] == {"reward_id": "ro-1:0", "rollout_id": "ro-1",
+                                  "agent_id": "agent-1", "round": 1, "arm": "governed",
+                                  "value": 0.89,
                                   "ts": 1795664673.0, "run_id": "run-1"}
     assert records[2]["data"]["status"] == "succeeded"
     assert records[3]["data"] == {"event_id": "ro-1:7", "event_type": "tractatus.note",
-                                  "ts": 1795664675.0, "rollout_id": "ro-1", "payload": {"text": "é"},
-                                  "run_id": "run-1"}
+                                  "ts": 1795664675.0, "rollout_id": "ro-1",
+                                  "payload": {"text": "é"}, "run_id": "run-1"}
     assert files[0].read_bytes().endswith(b"\n")
     with pytest.raises(RuntimeError):
         w.write("decision", {})
@@ -144,7 +146,8 @@ def test_governor_spool_sink(tmp_path: Path) -> None:
     gov.close()
     records = read_spool(tmp_path)
     assert [r["type"] for r in records] == ["decision", "decision", "reward"]
-    assert [r["data"]["executed"] for r in records[:2]] == [d1.executed, d2.executed] == [False, True]
+    assert [r["data"]["executed"] for r in records[:2]] == [d1.executed, d2.executed] == [
+        False, True]
     assert records[2]["data"]["reward_id"] == f"ro:{gov.instance_id}:0"
 
 

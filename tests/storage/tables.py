@@ -21,7 +21,8 @@ def fingerprint(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, int]]:
     for table, keys in ROLLUP_KEYS.items():
         measures = [c for c in table_columns(con, table) if c not in keys]
         folds = ", ".join(f"{ROLLUP_FOLDS.get(m, 'sum')}({m}) AS {m}" for m in measures)
-        row = con.execute(f"SELECT count(*), coalesce(sum(hash({', '.join(keys + tuple(measures))}))"
+        columns = ", ".join(keys + tuple(measures))
+        row = con.execute(f"SELECT count(*), coalesce(sum(hash({columns}))"
                           f"::HUGEINT, 0) FROM "
                           f"(SELECT {', '.join(keys)}, {folds} FROM {table} GROUP BY ALL) f"
                           ).fetchall()[0]

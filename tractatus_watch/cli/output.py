@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import polars as pl
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -65,14 +66,14 @@ def choose_format(fmt: str | None, out: Path | None, formats: Sequence[str]) -> 
     elif out is None:
         name = TABLE if TABLE in formats else formats[0]
     else:
-        known = [f for f in formats if f != TABLE]
-        extensions = sorted(e for e, f in EXTENSIONS.items() if f in known)
         guessed = EXTENSIONS.get(out.suffix.lower())
         if guessed is None or guessed not in formats:
-            what = f"a {guessed} file" if guessed else f"the extension {out.suffix!r}" \
-                if out.suffix else "no extension"
+            known = [f for f in formats if f != TABLE]
+            names = ["/".join(e for e, f in EXTENSIONS.items() if f == fmt_) for fmt_ in known]
+            what = (f"a {guessed} file" if guessed else
+                    f"the extension {out.suffix!r}" if out.suffix else "no extension")
             raise CliError(f"cannot tell the format of {out} ({what}): name it "
-                           f"{', '.join(extensions)} or give --format {_alternatives(known)}")
+                           f"{_alternatives(names)}, or give --format {_alternatives(known)}")
         name = guessed
     if name == TABLE and out is not None:
         raise CliError(f"--format table prints to the terminal; to write {out} use "
@@ -82,33 +83,63 @@ def choose_format(fmt: str | None, out: Path | None, formats: Sequence[str]) -> 
     return name
 
 
-def _cell(value: Any) -> Text:
-    # Text, not str: a str cell would be parsed for markup by whatever console prints it.
+def _text(value: Any) -> str:
     if value is None:
-        return Text("")
+        return ""
     if isinstance(value, float):
-        return Text(f"{value:.4g}")
+        return f"{value:.4g}"
     if isinstance(value, datetime):
-        return Text(value.strftime("%Y-%m-%d %H:%M:%S"))
+        return value.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, list):
-        return Text(",".join(map(str, value)))
-    return Text(str(value))
+        # ", " so that a narrow column wraps between items rather than inside one.
+        return ", ".join(map(_text, value))
+    return str(value)
+
+
+# Each column costs its padding and a separator; a folded column keeps at least a few
+# characters. Used to decide whether the key columns fit a table at all.
+_COLUMN_COST: Final = 3
+_FOLDED_MIN: Final = 4
 
 
 def frame_table(df: pl.DataFrame, title: str | None = None,
                 keys: Sequence[str] = ()) -> Table:
-    """A rich table of a frame, verbatim. The `keys` columns are never cut or wrapped (the
-    others fold, so a narrow terminal makes them taller, not shorter)."""
-    table = Table(title=Text(title) if title else None, header_style="bold", show_lines=False)
-    longest = {k: max([len(k), *(len(_cell(v).plain) for v in df[k].head(MAX_TABLE_ROWS))])
-               for k in keys if k in df.columns}
+    """A rich table of a frame, verbatim (cells are Text: never read as markup or emoji
+    codes). The `keys` columns are never cut or wrapped; the others fold, so a narrow
+    terminal makes rows taller, not shorter."""
+    table = Table(title=Text(title) if title else None, header_style="bold",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    widths = _key_widths(df, keys)
     for name, dtype in df.schema.items():
         table.add_column(Text(name), justify="right" if dtype.is_numeric() else "left",
-                         no_wrap=name in longest, min_width=longest.get(name),
+                         no_wrap=name in widths, min_width=widths.get(name),
                          overflow="fold")
     for row in df.head(MAX_TABLE_ROWS).iter_rows():
-        table.add_row(*(_cell(v) for v in row))
+        table.add_row(*(Text(_text(v)) for v in row))
     return table
+
+
+def _key_widths(df: pl.DataFrame, keys: Sequence[str]) -> dict[str, int]:
+    return {k: max([len(k), *(len(_text(v)) for v in df[k].head(MAX_TABLE_ROWS))])
+            for k in keys if k in df.columns}
+
+
+def fits(df: pl.DataFrame, keys: Sequence[str], width: int) -> bool:
+    """Whether a table of `df` can show its key columns whole in `width` characters."""
+    key_widths = _key_widths(df, keys)
+    others = df.width - len(key_widths)
+    return sum(key_widths.values()) + others * _FOLDED_MIN + df.width * _COLUMN_COST <= width
+
+
+def frame_records(df: pl.DataFrame) -> str:
+    """One `column  value` line per field and a blank line between rows (psql's expanded
+    display): for a terminal too narrow for the key columns of a table. Plain text, never
+    wrapped or cut by us (the terminal wraps a long value)."""
+    pad = max((len(name) for name in df.columns), default=0)
+    blocks = ["\n".join(f"{name.ljust(pad)}  {_text(value)}".rstrip()
+                        for name, value in row.items())
+              for row in df.head(MAX_TABLE_ROWS).iter_rows(named=True)]
+    return "\n\n".join(blocks) + ("\n" if blocks else "")
 
 
 def emit_frame(df: pl.DataFrame, fmt: str, out: Path | None, force: bool = False,
@@ -122,7 +153,11 @@ def emit_frame(df: pl.DataFrame, fmt: str, out: Path | None, force: bool = False
         if out is not None:
             raise CliError("--format table prints to the terminal; use csv, json, ndjson or "
                            "parquet with --out")
-        console().print(frame_table(df, keys=keys))
+        term = console()
+        if fits(df, keys, term.width):
+            term.print(frame_table(df, keys=keys))
+        else:
+            sys.stdout.write(frame_records(df))
         if df.height > MAX_TABLE_ROWS:
             console(stderr=True).print(f"({df.height - MAX_TABLE_ROWS} more rows: use --format "
                                        "csv or --out)")

@@ -26,7 +26,8 @@ CHECK_FORMATS = ("table", "json")
 
 
 def load_ruleset(path: Path | None):
-    from ...analysis.alerts.alert_rules import AlertRulesError, load_default_alert_rules, load_alert_rules
+    from ...analysis.alerts.alert_rules import (AlertRulesError, load_alert_rules,
+                                                load_default_alert_rules)
 
     try:
         return load_alert_rules(path) if path else load_default_alert_rules()

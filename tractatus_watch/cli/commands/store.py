@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import duckdb
+import polars as pl
 import typer
 
 from ..app import DataPathOption, DbOption, TokenFileOption, app, open_store, pick_run
@@ -24,6 +25,8 @@ OutOption = Annotated[Optional[Path], typer.Option(
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite --out.")]
 # The columns of the `runs` table a reader copies from: shown whole at any width.
 RUN_KEYS = ("run_id",)
+# What the `runs` table shows (csv, json, ndjson and parquet hold every column).
+RUN_TABLE_COLUMNS = ("run_id", "name", "arms", "rounds", "actions", "escaped", "last_ts")
 
 
 def checked_output(fmt: str | None, out: Path | None, force: bool,
@@ -50,7 +53,23 @@ def runs(db: DbOption = None, data_path: DataPathOption = None,
     if df.is_empty() and chosen == "table":
         console().print("no runs stored yet: run `tractatus-watch demo` or a collector")
         return
-    emit_frame(df, chosen, out, force, keys=RUN_KEYS)
+    emit_frame(runs_table(df) if chosen == "table" else df, chosen, out, force, keys=RUN_KEYS)
+
+
+def runs_table(df: pl.DataFrame) -> pl.DataFrame:
+    """The columns of `runs` a person scans, narrow enough for 80 columns: the name only
+    where it says something the run id does not, arms by name (per-arm figures are in
+    `--format json`)."""
+    keep = [c for c in RUN_TABLE_COLUMNS if c in df.columns]
+    if "name" in keep and df.filter(pl.col("name").is_not_null()
+                                    & (pl.col("name") != pl.col("run_id"))).is_empty():
+        keep.remove("name")
+    view = df.select(keep)
+    arms = view.schema.get("arms")
+    if isinstance(arms, pl.List) and isinstance(arms.inner, pl.Struct) \
+            and "arm" in [f.name for f in arms.inner.fields]:
+        view = view.with_columns(pl.col("arms").list.eval(pl.element().struct.field("arm")))
+    return view.rename({"last_ts": "last data"}) if "last_ts" in keep else view
 
 
 @app.command()

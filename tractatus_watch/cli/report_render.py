@@ -1,10 +1,12 @@
-"""The Demo 2 table, rendered from a metrics Report as a rich table or Markdown."""
+"""The Demo 2 table, rendered from a metrics Report as a rich table, Markdown or rows per arm."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import polars as pl
 from rich.table import Table
+from rich.text import Text
 
 from ..monitor.report import GOVERNED, UNGOVERNED, ArmMetrics, Report
 
@@ -81,19 +83,34 @@ def rows(report: Report) -> tuple[list[str], list[list[str]]]:
 
 
 def rich_table(report: Report) -> Table:
+    """The table for the terminal; every text is Text, so a run id or a strategy that looks
+    like markup (`[bold]`, `:x:`) is shown as it is."""
     header, body = rows(report)
     title = f"run {report.run_id}" + (f" vs baseline {report.baseline_run}"
                                        if report.baseline_run else "")
-    table = Table(title=title, header_style="bold")
+    table = Table(title=Text(title), header_style="bold")
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right")
+        table.add_column(Text(name), justify="left" if i == 0 else "right", overflow="fold")
     for r in body:
-        table.add_row(*r)
+        table.add_row(*(Text(cell) for cell in r))
     return table
+
+
+def _md_cell(text: str) -> str:
+    # A pipe would end the cell; a newline would end the row.
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
 def markdown(report: Report) -> str:
     header, body = rows(report)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in body]
+    lines = ["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in body]
     return "\n".join(lines) + "\n"
+
+
+def arm_rows(report: Report) -> pl.DataFrame:
+    """One row per arm, with the keys of `report --format json`'s arms (and `arm`), for csv,
+    ndjson and parquet."""
+    arms = report.to_json()["arms"]
+    records = [{"arm": name, **figures} for name, figures in arms.items()]
+    return pl.DataFrame(records, infer_schema_length=None)

@@ -2,46 +2,45 @@
 
 from __future__ import annotations
 
-import sys
-from enum import Enum
+import json
 from typing import Annotated, Optional
 
 import typer
 
 from ..app import DataPathOption, DbOption, TokenFileOption, app, open_store, pick_run
-from ..output import console
+from ..output import MARKDOWN, REPORT_FORMATS, TABLE, console, emit_frame, emit_text, format_help
+from .store import ForceOption, OutOption, checked_output
 
 
-class ReportFormat(str, Enum):
-    table = "table"
-    markdown = "markdown"
-    json = "json"
-
-
-@app.command()
+@app.command(help=(
+    "The governed-vs-ungoverned table (Demo 2) of a run, computed from stored data.\n\n"
+    "json is one document (run_id, baseline_run, arms, difference); csv, ndjson and parquet "
+    "hold one row per arm (arm and the keys of the document's arms)."))
 def report(
-    run: Annotated[Optional[str], typer.Option("--run", help="Run to report [default: latest].")]
-    = None,
+    run: Annotated[Optional[str], typer.Option(
+        "--run", help="Run to report \\[default: the latest].")] = None,
     baseline: Annotated[Optional[str], typer.Option(
-        "--baseline", help="Run whose ungoverned arm is the baseline [default: the same run].")]
+        "--baseline", help="Run whose ungoverned arm is the baseline \\[default: the same run].")]
     = None,
-    fmt: Annotated[ReportFormat, typer.Option("--format", help="Output format.")]
-    = ReportFormat.table,
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", metavar="FORMAT", help=format_help(REPORT_FORMATS))] = None,
+    out: OutOption = None, force: ForceOption = False,
     db: DbOption = None, data_path: DataPathOption = None, token_file: TokenFileOption = None,
 ) -> None:
-    """The governed-vs-ungoverned table (Demo 2) of a run, computed from stored data."""
-    import json
-
+    """The Demo 2 table of a run (help above)."""
     from ...monitor.report import build_report
-    from ..report_render import markdown, rich_table
+    from ..report_render import arm_rows, markdown, rich_table
 
+    chosen = checked_output(fmt, out, force, REPORT_FORMATS)
     with open_store(db, data_path, read_only=True, token_file=token_file) as store:
         con = store.cursor()
         run_id = pick_run(con, run)
         result = build_report(con, run_id, pick_run(con, baseline) if baseline else None)
-    if fmt == ReportFormat.json:
-        print(json.dumps(result.to_json(), indent=2))
-    elif fmt == ReportFormat.markdown:
-        sys.stdout.write(markdown(result))
-    else:
+    if chosen == "json":
+        emit_text(json.dumps(result.to_json(), indent=2) + "\n", out, force)
+    elif chosen == MARKDOWN:
+        emit_text(markdown(result), out, force)
+    elif chosen == TABLE:
         console().print(rich_table(result))
+    else:
+        emit_frame(arm_rows(result), chosen, out, force)

@@ -4,60 +4,85 @@ from __future__ import annotations
 
 import sys
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import duckdb
+import polars as pl
 import typer
 
-from ..app import DataPathOption, DbOption, TokenFileOption, app, open_store
+from ..app import DataPathOption, DbOption, TokenFileOption, app, open_store, pick_run
 from ..config import CliError, parse_since
-from ..output import console, emit_frame
+from ..output import (FILE_FORMATS, FRAME_FORMATS, choose_format, console, emit_frame,
+                      format_help)
 
 
-class QueryFormat(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-    parquet = "parquet"
+FrameFormatOption = Annotated[Optional[str], typer.Option(
+    "--format", metavar="FORMAT", help=format_help(FRAME_FORMATS))]
+OutOption = Annotated[Optional[Path], typer.Option(
+    "--out", metavar="FILE",
+    help="Write to this file (0600, atomically) instead of the terminal.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite --out.")]
+# The columns of the `runs` table a reader copies from: shown whole at any width.
+RUN_KEYS = ("run_id",)
+# What the `runs` table shows (csv, json, ndjson and parquet hold every column).
+RUN_TABLE_COLUMNS = ("run_id", "name", "arms", "rounds", "actions", "escaped", "last_ts")
 
-class ExportFormat(str, Enum):
-    parquet = "parquet"
-    csv = "csv"
-    ndjson = "ndjson"
+
+def checked_output(fmt: str | None, out: Path | None, force: bool,
+                   formats: tuple[str, ...] = FRAME_FORMATS) -> str:
+    """The format to produce, with `--out` checked before any work."""
+    from ...records.files import check_destination
+
+    chosen = choose_format(fmt, out, formats)
+    if out is not None:
+        check_destination(out, force=force)
+    return chosen
+
 
 @app.command()
 def runs(db: DbOption = None, data_path: DataPathOption = None,
-         token_file: TokenFileOption = None,
-         fmt: Annotated[QueryFormat, typer.Option("--format", help="Output format.")]
-         = QueryFormat.table) -> None:
+         token_file: TokenFileOption = None, fmt: FrameFormatOption = None,
+         out: OutOption = None, force: ForceOption = False) -> None:
     """List the stored runs, newest first."""
     from ...storage import queries
 
+    chosen = checked_output(fmt, out, force)
     with open_store(db, data_path, read_only=True, token_file=token_file) as store:
         df = queries.runs(store.cursor())
-    if df.is_empty() and fmt == QueryFormat.table:
+    if df.is_empty() and chosen == "table":
         console().print("no runs stored yet: run `tractatus-watch demo` or a collector")
         return
-    emit_frame(df, fmt.value, None)
+    emit_frame(runs_table(df) if chosen == "table" else df, chosen, out, force, keys=RUN_KEYS)
+
+
+def runs_table(df: pl.DataFrame) -> pl.DataFrame:
+    """The columns of `runs` a person scans, narrow enough for 80 columns: the name only
+    where it says something the run id does not, arms by name (per-arm figures are in
+    `--format json`)."""
+    keep = [c for c in RUN_TABLE_COLUMNS if c in df.columns]
+    if "name" in keep and df.filter(pl.col("name").is_not_null()
+                                    & (pl.col("name") != pl.col("run_id"))).is_empty():
+        keep.remove("name")
+    view = df.select(keep)
+    arms = view.schema.get("arms")
+    if isinstance(arms, pl.List) and isinstance(arms.inner, pl.Struct) \
+            and "arm" in [f.name for f in arms.inner.fields]:
+        view = view.with_columns(pl.col("arms").list.eval(pl.element().struct.field("arm")))
+    return view.rename({"last_ts": "last data"}) if "last_ts" in keep else view
+
 
 @app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="A SQL query over the stored tables.")],
     db: DbOption = None, data_path: DataPathOption = None, token_file: TokenFileOption = None,
-    fmt: Annotated[QueryFormat, typer.Option("--format", help="Output format.")]
-    = QueryFormat.table,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write to this file.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite --out.")] = False,
+    fmt: FrameFormatOption = None, out: OutOption = None, force: ForceOption = False,
 ) -> None:
     """Run one read-only SELECT over the stored tables, e.g. `tractatus-watch query "SELECT *
     FROM runs"` (no files, other databases, settings or writes)."""
     from ...storage import readonly
-    from ...records.files import check_destination
 
-    if out is not None:
-        check_destination(out, force=force)
+    chosen = checked_output(fmt, out, force)
     with open_store(db, data_path, read_only=True, token_file=token_file) as store:
         # Whatever the check below might miss, the engine refuses too: no file, URL, ATTACH
         # or extension, no setting changed (a lake reads its data files: only the lock).
@@ -72,40 +97,49 @@ def query(
             df = rel.pl()
         except duckdb.Error as exc:
             raise CliError(f"query failed: {str(exc).splitlines()[0]}") from None
-    emit_frame(df, fmt.value, out, force)
+    emit_frame(df, chosen, out, force)
+
 
 @app.command()
 def export(
     table: Annotated[str, typer.Option("--table", help="Table to export (see `query`).")],
-    out: Annotated[Path, typer.Option("--out", help="Output file.")],
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="File format.")]
-    = ExportFormat.parquet,
+    out: Annotated[Path, typer.Option("--out", metavar="FILE",
+                                      help="Output file (0600, written atomically).")],
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", metavar="FORMAT",
+        help="File format: csv, json, ndjson or parquet (zstd) \\[default: from the "
+             "extension of --out: .csv, .json, .ndjson/.jsonl, .parquet].")] = None,
     run: Annotated[Optional[str], typer.Option("--run", help="Only this run.")] = None,
     since: Annotated[Optional[str], typer.Option(
         "--since", help="Only rows since a time: 30m, 2h, 7d or ISO-8601.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite --out.")] = False,
+    force: ForceOption = False,
     db: DbOption = None, data_path: DataPathOption = None, token_file: TokenFileOption = None,
 ) -> None:
-    """Export a table to Parquet (zstd), CSV or NDJSON."""
+    """Export a table (all of it, one run, rows since a time) to CSV, JSON, NDJSON or Parquet,
+    streamed: the format comes from the file's extension unless --format says otherwise."""
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from ...records.files import check_destination
     from ...storage.export import export_table
 
+    chosen = checked_output(fmt, out, force, FILE_FORMATS)  # before any work
     since_at = parse_since(since) if since else None
-    check_destination(out, force=force)  # before any work
     started = time.monotonic()
     with open_store(db, data_path, read_only=True, token_file=token_file) as store, Progress(
             "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
             TimeRemainingColumn(), console=console(stderr=True), transient=True,
             disable=not sys.stderr.isatty()) as progress:
-        task = progress.add_task(f"exporting {table}", visible=False)
+        con = store.cursor()
+        if run is not None:
+            pick_run(con, run)  # an unknown run is an error, not an empty file
+        # The description is read as markup: the table name is the user's text.
+        task = progress.add_task(f"exporting {escape(table)}", visible=False)
 
         def on_progress(done: int, total: int) -> None:
             # Only show a bar once the export has taken about a second.
             progress.update(task, completed=done, total=total,
                             visible=time.monotonic() - started > 1.0)
 
-        rows = export_table(store.cursor(), table, out, fmt.value, run_id=run,  # type: ignore[arg-type]
+        rows = export_table(con, table, out, chosen, run_id=run,  # type: ignore[arg-type]
                             since=since_at, force=force, on_progress=on_progress)
-    console(stderr=True).print(f"exported {rows} rows of {table} to {out}")
+    console(stderr=True).print(f"exported {rows} rows of {table} to {out} ({chosen})")

@@ -264,6 +264,11 @@ def demo_situation(done: int, total: int, running: bool,
     return f"the demo is running: round {done + 1} of {total}, nothing for this view so far"
 
 
+def _number(value: object) -> float:
+    """A polars aggregate as a float: None (an empty column) is 0."""
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
 def _run_scale(sc: Any, seed: int, pace: float | None, agl: str | None, key: str | None,
                target: StoreTarget, fmt: DemoFormat) -> None:
     """Research question 1: one run per size; governance overhead as agents grow."""
@@ -288,8 +293,8 @@ def _run_scale(sc: Any, seed: int, pace: float | None, agl: str | None, key: str
                 "run_id": session.run_id, "agents": n, "rounds": len(session.rounds),
                 "actions": actions, "rounds_per_s": len(session.rounds) / seconds,
                 "actions_per_s": actions / seconds,
-                "overhead_p50_us": float(lat["p50_us"].median() or 0),
-                "overhead_p99_us": float(lat["p99_us"].max() or 0),
+                "overhead_p50_us": _number(lat["p50_us"].median()),
+                "overhead_p99_us": _number(lat["p99_us"].max()),
                 "round_s": seconds / max(1, len(session.rounds)),
             }
     if fmt == DemoFormat.json:

@@ -64,6 +64,7 @@ def decisions_batch(start: int, n: int, *, run_id: str = "bench", rounds: int = 
         "reason": pa.array(np.where(c_blocked, "clickbait headline", "")),
         "ts": pa.array(np.repeat(ts, k), type=pa.timestamp("us")),
         "extra": pa.nulls(n * k, pa.string()),
+        "ruleset": pa.nulls(n * k, pa.string()),  # the rule sets are unknown (no rate)
     }, schema=ARROW_SCHEMAS["checks"])
     rewards_mask = idx % 8 < 2  # one reward per rollout of 8 decisions, in both arms
     m = int(rewards_mask.sum())

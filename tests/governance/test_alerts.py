@@ -728,7 +728,7 @@ def test_default_rules_end_to_end_on_duckdb(tmp_path: Path) -> None:
         attempted = int(rng.binomial(500, rate))
         for arm, covered in (("governed", 500), ("ungoverned", 0)):
             con.execute("INSERT INTO rollup_agent VALUES (?, ?, ?, 'a', 500, ?, ?, ?, ?, 0, 0, ?, "
-                        "150000, 50, ?, ?, now()::TIMESTAMP, now()::TIMESTAMP)",
+                        "150000, 50, ?, ?, now()::TIMESTAMP, now()::TIMESTAMP, 0)",
                         ["r1", arm, rnd, covered, covered, attempted,
                          attempted if covered else 0, 500 - attempted,
                          50 * 0.89 if covered else 50 * 0.94, 50 * 0.8])

@@ -18,6 +18,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widget import Widget
 
+from ...analysis.metrics import AlertCounts
 from .. import data as D
 from ..messages import RefreshRequested
 from ..scope import Scope
@@ -38,7 +39,8 @@ class ViewContext:
 
     clock: Callable[[], float]
     scope: Scope
-    alert_counts: tuple[int, int] = (0, 0)  # (firing, pending) in the last refresh
+    # firing (not silenced), silenced and pending in the last refresh
+    alert_counts: AlertCounts = AlertCounts(0, 0, 0)
 
 
 class View(Vertical, can_focus=True):

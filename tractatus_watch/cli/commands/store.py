@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import duckdb
+import polars as pl
 import typer
 
 from ..app import DataPathOption, DbOption, TokenFileOption, app, open_store
@@ -40,6 +41,8 @@ def runs(db: DbOption = None, data_path: DataPathOption = None,
     if df.is_empty() and fmt == QueryFormat.table:
         console().print("no runs stored yet: run `tractatus-watch demo` or a collector")
         return
+    if fmt == QueryFormat.table:  # arms by name; their figures are in --format json
+        df = df.with_columns(pl.col("arms").list.eval(pl.element().struct.field("arm")))
     emit_frame(df, fmt.value, None)
 
 @app.command()

@@ -42,8 +42,8 @@ def runs(con: Con) -> pl.DataFrame:
                    max(round) AS max_round, min(ts_min) AS ts_min, max(ts_max) AS ts_max
             FROM rollup_agent GROUP BY run_id, arm),
         life AS (
-            SELECT run_id, arg_max(event, ts) AS event, max(ts) AS ts
-            FROM run_events GROUP BY run_id)
+            SELECT run_id, max(ts) AS ended FROM run_events WHERE event = 'ended'
+            GROUP BY run_id)
         SELECT r.run_id, r.name, r.created_at,
                coalesce(list({'arm': a.arm, 'actions': a.actions, 'covered': a.covered,
                               'coverage': CASE WHEN a.actions > 0
@@ -57,10 +57,26 @@ def runs(con: Con) -> pl.DataFrame:
                coalesce(sum(a.actions), 0)::BIGINT AS actions,
                coalesce(sum(a.escaped), 0)::BIGINT AS escaped,
                min(a.ts_min) AS first_ts, max(a.ts_max) AS last_ts,
-               CASE WHEN any_value(l.event) = 'ended' THEN any_value(l.ts) END AS ended_at
+               -- Ended: an end recorded at or after its last data (ENDED_RUNS says the same).
+               CASE WHEN any_value(l.ended) >= coalesce(max(a.ts_max), any_value(l.ended))
+                    THEN any_value(l.ended) END AS ended_at
         FROM runs r LEFT JOIN per_arm a USING (run_id) LEFT JOIN life l USING (run_id)
         GROUP BY r.run_id, r.name, r.created_at
         ORDER BY coalesce(max(a.ts_max), r.created_at) DESC, r.run_id""")
+
+
+# The runs that ended: an `ended` event at or after the run's last data (a restarted collector's
+# new data makes the run live again). Alert rules use the same text.
+ENDED_RUNS = """
+    SELECT e.run_id, max(e.ts) AS ended_at FROM run_events e
+    JOIN (SELECT run_id, max(ts_max) AS ts_max FROM rollup_agent GROUP BY run_id) d
+      USING (run_id)
+    WHERE e.event = 'ended' AND e.ts >= d.ts_max GROUP BY e.run_id"""
+
+
+def ended_runs(con: Con) -> dict[str, datetime]:
+    """Run id -> when it ended, for the runs that ended."""
+    return {str(r[0]): r[1] for r in con.execute(ENDED_RUNS).fetchall()}
 
 
 def latest_run(con: Con) -> str | None:

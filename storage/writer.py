@@ -462,6 +462,11 @@ class Writer:
 
     # --- producer side -------------------------------------------------------------------------
 
+    @property
+    def runs_written(self) -> frozenset[str]:
+        """The runs this writer committed event rows into (the runs a collector collected)."""
+        return frozenset(self._known_runs)
+
     def submit(self, batch: Batch, cursor: Cursor | None = None,
                stats: dict[str, Any] | None = None) -> None:
         """Queue a batch (blocks while the queue is full: backpressure)."""

@@ -43,6 +43,20 @@ def _since(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _at(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"--at: expected an ISO-8601 time or epoch seconds, got {text!r}") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
 @app.command()
 def check(
     rules: RulesOption = None,
@@ -50,6 +64,9 @@ def check(
     = None,
     fmt: Annotated[CheckFormat, typer.Option("--format", help="Output format.")]
     = CheckFormat.table,
+    at: Annotated[Optional[str], typer.Option(
+        "--at", metavar="TIME", help="Judge the data as of this time (ISO-8601, or epoch "
+        "seconds) instead of now: e.g. a gate re-run long after training.")] = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Evaluate the alert rules on the database: exit 0 nothing firing, 1 firing, 2 error.
@@ -65,7 +82,7 @@ def check(
         con = store.cursor()
         runs = [pick_run(con, run)] if run else None
         engine = AlertEngine(ruleset, DuckDBAlertStore(store))
-        evaluate_once(engine, con, runs=runs)
+        evaluate_once(engine, con, runs=runs, now=_at(at))
         states = [s for s in engine.states() if runs is None or s.run_id in runs]
     if engine.rule_errors:
         names = {r.uid: r.name for r in engine.rules}

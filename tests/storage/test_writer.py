@@ -52,7 +52,8 @@ def test_new_database_is_private_and_versioned(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "new.duckdb"
     with Store.open(path) as s:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-        assert s.cursor().execute("SELECT max(version) FROM schema_version").fetchall()[0][0] == LATEST_VERSION
+        version = s.cursor().execute("SELECT max(version) FROM schema_version").fetchall()
+        assert version[0][0] == LATEST_VERSION
 
 
 def test_database_newer_than_code_is_refused(tmp_path: Path) -> None:

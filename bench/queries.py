@@ -30,7 +30,7 @@ def dashboard_queries(con) -> dict[str, object]:
         "totals": lambda: Q.totals(con, "bench"),
         "per_rule_rounds": lambda: Q.per_rule(con, "bench", rounds=(100, 200)),
         "per_rule_time": lambda: Q.per_rule(con, "bench", since=mid),
-        "rule_trend": lambda: Q.rule_trend(con, "bench"),
+        "rule_trend": lambda: Q.rule_counts(con, "bench", by_round=True),
         "reward_gap": lambda: Q.reward_gap(con, "bench"),
         "per_agent": lambda: Q.per_agent(con, "bench"),
         "alert_state": lambda: Q.alert_state(con, "bench"),

@@ -26,3 +26,7 @@ def ClickbaitAuditor(action: Any, context: Any) -> tuple[str, str, str] | None: 
     if match:
         return "BLOCK", f"curiosity-gap hook '{match.group(0)}'", "AUDIT-CLICKBAIT"
     return None
+
+
+# Its rule, on every check it makes (the denominator of that rule's rate).
+ClickbaitAuditor.rule_id = "AUDIT-CLICKBAIT"  # type: ignore[attr-defined]

@@ -79,7 +79,8 @@ class DemoSession:
             capture = Poller(self.agl_url, key=self.agl_key, run_id=self.run_id,
                              interval_s=0.1)
         # Alerts are judged here, after each complete round, so the session runs none.
-        session = CollectionSession(self.store, [capture], run_id=self.run_id).start()
+        session = CollectionSession(self.store, [capture], run_id=self.run_id,
+                                    ended_by="demo finished").start()
         try:
             base_url = self.agl_url or self._wait_listening(capture, session)
             self.source_health = {"name": capture.source, "state": "connected"}

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Callable, Final, Iterable, Iterator, Mapping, Protocol, TypeVar
 
 from ..records.events import MODES, Action, Check, Decision, Mode, Reward
+from ..records.rulesets import NO_RULES, RuleSetInfo
 from .sender import Sender, parse_event_url
 from .services import ActionInput, CustomRule, Service, default_services
 from .spool_writer import SpoolWriter
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 _MODE_RANK: Final = {"off": 0, "shadow": 1, "enforce": 2}
 _STOPPING: Final = frozenset({"block", "escalate"})
 _SUMMARY_CHARS: Final = 160
+# Rule sets are announced with the first decision of every rollout and at least once every this
+# many decisions (a job without rollout ids), so a collector that starts late still learns them.
+_ANNOUNCE_EVERY: Final = 500
 _EMAIL: Final = re.compile(r"[\w.%+-]+@[\w.-]+\.[a-z]{2,}", re.I)
 _LONG_NUMBER: Final = re.compile(r"\+?\d[\d ().-]{6,}\d")
 
@@ -141,6 +145,12 @@ class Governor:
         # In default reward ids: a new Governor (a restarted agent reusing a rollout id, two
         # agents in one rollout) never repeats the id of another one's reward.
         self.instance_id = secrets.token_hex(6)
+        # Rule-set versions by service, cached on the identity of its `rule_ids` tuple.
+        self._sets: dict[str, tuple[tuple[str, ...], RuleSetInfo]] = {}
+        self._known_sets: dict[tuple[str, str], RuleSetInfo] = {}  # (service, version)
+        self._announced_rollout: str | None = None
+        self._sent: set[tuple[str, str]] = set()
+        self._since_announce = 0
         # (service, enforced) for every service that runs, fixed once: modes do not change.
         self._plan: list[tuple[Service, bool]] = []
         for service in self.services:
@@ -193,7 +203,45 @@ class Governor:
     def _failed(service: Service, exc: Exception) -> Check:
         return Check(service=getattr(service, "name", type(service).__name__), verdict="escalate",
                      raw_verdict="ESCALATE", rule_id="SERVICE-ERROR", severity="HIGH",
-                     reason=f"service error: {type(exc).__name__}: {exc}")
+                     reason=f"service error: {type(exc).__name__}: {exc}", ruleset=NO_RULES)
+
+    def _stamp(self, service: Service, c: Check) -> None:
+        """Give the check its rule-set version: the one the service set (NO_RULES), else the
+        version of the service's `rule_ids`; none when the service does not list its rules."""
+        if c.ruleset == NO_RULES:
+            key = (c.service, NO_RULES)
+            if key not in self._known_sets:
+                self._known_sets[key] = RuleSetInfo(c.service, NO_RULES, ())
+            return
+        ids = getattr(service, "rule_ids", None)
+        if ids is None or c.ruleset:
+            return
+        cached = self._sets.get(c.service)
+        if cached is None or cached[0] is not ids:
+            info = RuleSetInfo.of(c.service, ids)
+            self._sets[c.service] = (ids, info)
+            self._known_sets.setdefault((c.service, info.version), info)
+        else:
+            info = cached[1]
+        c.ruleset = info.version
+
+    def _announcement(self, checks: list[Check], rollout_id: str) -> list[RuleSetInfo]:
+        """The rule sets this decision carries: every set known so far with the first decision
+        of a rollout and every `_ANNOUNCE_EVERY`-th one (a collector that starts late, or a
+        poller that misses rollouts, still learns them); else only sets not sent before."""
+        self._since_announce += 1
+        if rollout_id != self._announced_rollout or self._since_announce >= _ANNOUNCE_EVERY:
+            self._announced_rollout = rollout_id
+            self._since_announce = 0
+            self._sent.update(self._known_sets)
+            return list(self._known_sets.values())
+        out = []
+        for c in checks:
+            key = (c.service, c.ruleset)
+            if c.ruleset and key not in self._sent and key in self._known_sets:
+                self._sent.add(key)
+                out.append(self._known_sets[key])
+        return out
 
     def check(self, action: Any, *, round: int, rollout_id: str | None = None,
               context: Mapping[str, Any] | None = None) -> Decision:
@@ -212,22 +260,26 @@ class Governor:
                 except Exception as exc:
                     c = self._failed(service, exc)
                 c.enforced = enforced
+                self._stamp(service, c)
                 checks.append(c)
             if self.auditors and self._rng.random() < self.audit_sample:
                 for service in self.auditors:
                     c = self._run(service, a, ctx)
                     c.enforced = False
                     c.extra["audit"] = True
+                    self._stamp(service, c)
                     checks.append(c)
         verdict = strongest([c.verdict for c in checks if c.enforced])
         executed = not (self.mode == "enforce" and verdict in _STOPPING)
         extra = {"domain": a.domain} if a.domain else {}
+        rollout = rollout_id or self.rollout_id
         decision = Decision(
             decision_id=secrets.token_hex(16), agent_id=self.agent_id, round=round, arm=self.arm,
             mode=self.mode, action=Action(kind=a.kind, summary=_summary(a), digest=a.digest(),
                                           extra=extra),
             checks=checks, verdict=verdict, executed=executed, latency_us=0, ts=time.time(),
-            run_id=self.run_id, rollout_id=rollout_id or self.rollout_id,
+            run_id=self.run_id, rollout_id=rollout,
+            rulesets=self._announcement(checks, rollout) if checks else [],
         )
         decision.latency_us = (time.perf_counter_ns() - start) // 1000
         self.decisions += 1

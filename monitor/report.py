@@ -1,7 +1,7 @@
 """The metrics of DESIGN.md computed from stored data: one implementation for the report, the
-TUI and `check`. Counts come from the rollups (already summed per arm and round); this module
-turns them into coverage, violations, performance with its interval, the gap, stability and
-overhead."""
+TUI and `check`. Counts come from the rollups (already summed per arm and round) and are turned
+into figures by analysis/metrics.py (coverage, blocked, would have blocked, escaped, per-rule
+rates); this module adds performance with its interval, the gap, stability and overhead."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from ..storage import queries as Q
+from ..analysis import metrics as M
 from ..analysis.stats import Gap, gap_ci, mean_ci
+from ..storage import queries as Q
 
 GOVERNED, UNGOVERNED = "governed", "ungoverned"
 # Performance is judged on the trained policy: the mean reward of the last fifth of the rounds
@@ -37,7 +38,7 @@ class ArmMetrics:
     coverage: float | None         # covered / actions
     actions: int
     attempted: int
-    blocked: int
+    blocked: int                   # stopped: only an enforcing arm stops actions
     escaped_violations: int
     evasions: int
     strategy: str | None           # the most executed action kind
@@ -46,6 +47,12 @@ class ArmMetrics:
     latency_p50_us: float | None
     latency_p99_us: float | None
     overhead_share: float | None   # governance latency / rollout time
+    # Attempted in decisions not made in enforce mode: shadow verdicts, never "blocked".
+    would_have_blocked: int = 0
+    mode: str = "none"             # enforce, shadow, mixed (analysis/metrics.ArmFigures.mode)
+    # Per rule of the arm (analysis/metrics.RuleFigures.to_json): evaluations, fires, blocks,
+    # would_have_blocked, block_rate (None where the rules evaluated are unknown).
+    rules: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class Report:
             "coverage": sub(g.coverage, u.coverage),
             "escaped_violations": sub(g.escaped_violations, u.escaped_violations),
             "blocked": sub(g.blocked, u.blocked),
+            "would_have_blocked": sub(g.would_have_blocked, u.would_have_blocked),
             "strategy": f"{u.strategy} -> {g.strategy}",
             "stability": sub(g.stability, u.stability),
             "rounds": sub(g.rounds, u.rounds),
@@ -83,7 +91,8 @@ class Report:
         for name, m in self.arms.items():
             d = asdict(m)
             d.pop("arm")
-            arms[name] = {k: _finite(v) for k, v in d.items()}
+            d["rules"] = [{k: _finite(v) for k, v in r.items()} for r in m.rules]
+            arms[name] = {k: _finite(v) if k != "rules" else v for k, v in d.items()}
         return {"run_id": self.run_id, "baseline_run": self.baseline_run, "arms": arms,
                 "difference": self.difference()}
 
@@ -99,6 +108,9 @@ def _arm(con: duckdb.DuckDBPyConnection, run_id: str, arm: str) -> ArmMetrics | 
     if totals.is_empty():
         return None
     t = totals.to_dicts()[0]
+    figures = M.arm_figures(t)
+    rules = tuple(M.rule_figures(r).to_json()
+                  for r in Q.rule_counts(con, run_id, arm=arm).iter_rows(named=True))
     rounds = Q.per_round(con, run_id, arm)
     per_round_reward = rounds["reward_mean"].drop_nulls()
     std = per_round_reward.std()  # a float for a numeric column of two or more values
@@ -116,13 +128,14 @@ def _arm(con: duckdb.DuckDBPyConnection, run_id: str, arm: str) -> ArmMetrics | 
         performance_hi=ci.hi if n else None,
         performance_rounds=final.height,
         performance_all=t["reward_mean"],
-        coverage=t["coverage"], actions=t["actions"], attempted=t["attempted"],
-        blocked=t["blocked"], escaped_violations=t["escaped"], evasions=t["evasions"],
+        coverage=figures.coverage, actions=figures.actions, attempted=figures.attempted,
+        blocked=figures.blocked, escaped_violations=figures.escaped, evasions=figures.evasions,
         strategy=str(kinds["action_kind"][0]) if not kinds.is_empty() else None,
         stability=stability, rounds=t["rounds"],
         latency_p50_us=lat[0]["p50_us"] if lat else None,
         latency_p99_us=lat[0]["p99_us"] if lat else None,
         overhead_share=lat[0]["share_of_rollout_time"] if lat else None,
+        would_have_blocked=figures.would_have_blocked, mode=figures.mode, rules=rules,
     )
 
 

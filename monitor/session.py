@@ -49,9 +49,14 @@ class CollectionSession:
 
     def __init__(self, store: Store, sources: Sequence[Source], *, run_id: str,
                  alert_rules: AlertRuleSet | None = None, notifiers: Sequence[Notifier] = (),
-                 alert_interval_s: float = 5.0, serve: ServePlan | None = None) -> None:
+                 alert_interval_s: float = 5.0, serve: ServePlan | None = None,
+                 ended_by: str = "collector stopped") -> None:
         self.store = store
         self.run_id = run_id
+        # Written to run_events for every run collected, when the session closes: an ended
+        # run is judged finished, not stalled (no-data alerts stay quiet). New data after the
+        # end (a restarted collector) makes the run live again.
+        self.ended_by = ended_by
         self.health = SourceMonitor()
         self.sources = [self.health.wrap(s) for s in sources]
         self.stop = threading.Event()
@@ -136,7 +141,15 @@ class CollectionSession:
                     self.alerts.stop()
                     _log_notifications(self.alerts.summaries())
             finally:
+                self._mark_ended()
                 self.writer.close()
+
+    def _mark_ended(self) -> None:
+        from ..storage.batch import run_event_batch
+
+        runs = sorted(self.writer.runs_written)
+        if runs and self.writer.error is None:
+            self.writer.submit(run_event_batch(runs, "ended", source=self.ended_by))
 
 
 def _start_serving(store: Store, plan: ServePlan) -> Any:

@@ -29,6 +29,14 @@ def _series(frame: pl.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
+def define_clock(con: duckdb.DuckDBPyConnection, now: float | None = None) -> None:
+    """Rules read the evaluation's clock as `tw_now()` (now() is the wall clock), so `check
+    --at` and tests judge stored data as of another time. A temporary macro: per connection,
+    nothing stored."""
+    clock = "now()" if now is None else f"to_timestamp({float(now)!r})"
+    con.execute(f"CREATE OR REPLACE TEMP MACRO tw_now() AS {clock}")
+
+
 class StoreEvaluator:
     """Evaluates rules over one database cursor; `runs` limits the runs judged (default all)."""
 
@@ -37,6 +45,7 @@ class StoreEvaluator:
         self.con = con
         self.runs = list(runs) if runs is not None else None
         self.now = now
+        define_clock(con, now)
         self._per_round: dict[str, pl.DataFrame] = {}  # one read per run per evaluation
 
     def _runs(self) -> list[str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal, Mapping
 
+from .rulesets import RuleSetError, RuleSetInfo
 from .verdicts import VERDICTS, UnknownVerdict, Verdict, normalise, strongest
 
 DECISION_SCHEMA: Final = "tractatus.decision/1"
@@ -134,9 +135,11 @@ class Check:
     latency_us: int = 0
     reason: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # The version of the rule set the service evaluated (records/rulesets.py); "" = unknown.
+    ruleset: str = ""
 
     _KNOWN = frozenset({"service", "verdict", "raw_verdict", "rule_id", "boundary", "severity",
-                        "enforced", "latency_us", "reason"})
+                        "enforced", "latency_us", "reason", "ruleset"})
 
     @classmethod
     def from_payload(cls, d: Any, path: str = "checks[0].") -> Check:
@@ -159,6 +162,7 @@ class Check:
             latency_us=_int(d, "latency_us", path, 0),
             reason=_opt_str(d, "reason", path) or "",
             extra={k: v for k, v in d.items() if k not in cls._KNOWN},
+            ruleset=_opt_str(d, "ruleset", path) or "",
         )
 
     def to_payload(self) -> dict[str, Any]:
@@ -167,6 +171,8 @@ class Check:
             "raw_verdict": self.raw_verdict, "boundary": self.boundary, "severity": self.severity,
             "enforced": self.enforced, "latency_us": self.latency_us, "reason": self.reason,
         }
+        if self.ruleset:
+            out["ruleset"] = self.ruleset
         out.update(self.extra)
         return out
 
@@ -210,10 +216,13 @@ class Decision:
     rollout_id: str = ""
     schema: str = DECISION_SCHEMA
     extra: dict[str, Any] = field(default_factory=dict)
+    # Rule sets announced with this decision (optional; see records/rulesets.py): the rule ids
+    # behind the versions its checks (and later decisions' checks) name.
+    rulesets: list[RuleSetInfo] = field(default_factory=list)
 
     _KNOWN = frozenset({"schema", "decision_id", "agent_id", "round", "arm", "mode", "action",
                         "checks", "verdict", "executed", "latency_us", "ts", "run_id",
-                        "rollout_id"})
+                        "rollout_id", "rulesets"})
 
     # The definitions of DESIGN.md, in one place.
     @property
@@ -257,6 +266,14 @@ class Decision:
         checks = [Check.from_payload(c, f"checks[{i}].") for i, c in enumerate(raw_checks)]
         verdict = (_verdict(d["verdict"], "verdict") if d.get("verdict") is not None
                    else strongest([c.verdict for c in checks if c.enforced]))
+        raw_sets = d.get("rulesets") or []
+        if not isinstance(raw_sets, list):
+            raise ValidationError("rulesets", "expected a list")
+        try:
+            rulesets = [RuleSetInfo.from_payload(r, f"rulesets[{i}].")
+                        for i, r in enumerate(raw_sets)]
+        except RuleSetError as exc:
+            raise ValidationError(exc.field, exc.reason) from None
         return cls(
             decision_id=_str(d, "decision_id", ""),
             agent_id=_str(d, "agent_id", ""),
@@ -273,6 +290,7 @@ class Decision:
             rollout_id=_opt_str(d, "rollout_id", "") or "",
             schema=schema,
             extra={k: v for k, v in d.items() if k not in cls._KNOWN},
+            rulesets=rulesets,
         )
 
     def to_payload(self) -> dict[str, Any]:
@@ -287,6 +305,8 @@ class Decision:
             out["run_id"] = self.run_id
         if self.rollout_id:
             out["rollout_id"] = self.rollout_id
+        if self.rulesets:
+            out["rulesets"] = [r.to_payload() for r in self.rulesets]
         out.update(self.extra)
         return out
 

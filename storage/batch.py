@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 
 from ..records.events import MODES, Decision, Event, Quarantined, Reward, RolloutTransition
 from ..records.verdicts import VERDICTS
-from .tables import BATCH_TABLES, EVENT_TABLES, arrow_schema, not_null, required
+from .tables import BATCH_TABLES, EVENT_TABLES, SIDE_TABLES, arrow_schema, not_null, required
 
 MAX_EVENT_PAYLOAD_BYTES: Final = 16_384  # model_request bodies run ~100 KB; keep a head only
 MAX_NAME_CHARS: Final = 1_024
@@ -59,11 +59,13 @@ MAX_QUARANTINE_SOURCE: Final = 1_024
 # Derived from the table spec (storage/tables.py), the one description of the columns.
 ARROW_SCHEMAS: Final[dict[str, pa.Schema]] = {t: arrow_schema(t) for t in BATCH_TABLES}
 # Columns that must be non-empty for a row to be stored, and the NOT NULL ones, per table.
-REQUIRED: Final[dict[str, tuple[str, ...]]] = {t: required(t) for t in EVENT_TABLES}
-NOT_NULL: Final[dict[str, tuple[str, ...]]] = {t: not_null(t) for t in EVENT_TABLES}
+REQUIRED: Final[dict[str, tuple[str, ...]]] = {t: required(t)
+                                               for t in (*EVENT_TABLES, *SIDE_TABLES)}
+NOT_NULL: Final[dict[str, tuple[str, ...]]] = {t: not_null(t)
+                                               for t in (*EVENT_TABLES, *SIDE_TABLES)}
 VOCAB: Final[dict[tuple[str, str], tuple[str, ...]]] = {
     ("decisions", "verdict"): VERDICTS, ("decisions", "mode"): MODES,
-    ("checks", "verdict"): VERDICTS,
+    ("checks", "verdict"): VERDICTS, ("run_events", "event"): ("started", "ended"),
 }
 TEXT_COLUMNS: Final = frozenset({("decisions", "action_summary"), ("checks", "reason")})
 JSON_COLUMNS: Final = frozenset({("decisions", "extra"), ("checks", "extra"),
@@ -117,8 +119,21 @@ class Batch:
         """Arrow tables from records; a record with an empty run_id takes `run_id`. Records that
         cannot be stored become `rejected` entries; the rest always builds."""
         rejected: list[Rejected] = []
-        first, copies = _decision_part(decisions, run_id, rejected)
+        announced: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        first, copies = _decision_part(decisions, run_id, rejected, announced)
         tables: dict[str, pa.Table] = {k: t for k, t in first.items() if t.num_rows}
+        if announced:
+            rows = list(announced.values())
+            sets, wrong = _vet("rulesets", rows)
+            if sets is None:  # e.g. a rule id too long to store: that set stays unknown
+                names = ARROW_SCHEMAS["rulesets"].names
+                rejected.extend(Rejected(f"{why} (rule set {show_id(rows[i][2])})",
+                                         _raw_text(dict(zip(names, rows[i]))))
+                                for i, why in wrong.items())
+                rows = [r for i, r in enumerate(rows) if i not in wrong]
+                sets = rows_table("rulesets", rows) if rows else None
+            if sets is not None and sets.num_rows:
+                tables["rulesets"] = sets
         for name, build, records, what, ident in (
                 ("rewards", _reward_row, rewards, "reward", "reward_id"),
                 ("rollouts", _rollout_row, rollouts, "rollout", "rollout_id"),
@@ -149,15 +164,31 @@ class Batch:
         return cls(tables, rejected, later, checked=True)
 
 
-def _decision_part(decisions: Iterable[Decision], run_id: str, rejected: list[Rejected]
+def run_event_batch(run_ids: Iterable[str], event: str, *, source: str,
+                    detail: str | None = None, ts: float | None = None) -> Batch:
+    """A batch recording that runs started or ended (the `run_events` table)."""
+    if event not in VOCAB[("run_events", "event")]:
+        raise ValueError(f"run event: expected started or ended, got {event!r}")
+    at = _us(time.time() if ts is None else ts)
+    rows = [(run, event, at, clean_text(source, MAX_NAME_CHARS),
+             None if detail is None else clean_text(detail, MAX_TEXT_CHARS))
+            for run in dict.fromkeys(r for r in run_ids if r)]
+    return Batch({"run_events": rows_table("run_events", rows)} if rows else {}, checked=True)
+
+
+def _decision_part(decisions: Iterable[Decision], run_id: str, rejected: list[Rejected],
+                   announced: dict[tuple[Any, ...], tuple[Any, ...]]
                    ) -> tuple[dict[str, pa.Table], list[tuple[list[Any], list[Any]]]]:
     """The decisions' and checks' tables (first copy of each id), and the rows of the later
-    copies; records that cannot be stored go to `rejected`, with their checks (a unit)."""
+    copies; records that cannot be stored go to `rejected`, with their checks (a unit). The rule
+    sets the decisions announce go to `announced` (one row per run, set and rule, first seen)."""
     kept: list[Decision] = []
     drows: list[tuple[Any, ...]] = []
     crows: list[tuple[Any, ...]] = []
     owner: list[int] = []  # the decision row of each check row
     for dec in decisions:
+        if getattr(dec, "rulesets", None):
+            _announced_rows(dec, run_id, announced)
         try:
             drow, mine = _decision_rows(dec, run_id)
         except Exception as exc:  # whatever a record holds, it costs only that record
@@ -553,10 +584,26 @@ def _decision_rows(dec: Decision, run_id: str) -> tuple[tuple[Any, ...], list[tu
             crows.append((run, dec.decision_id, idx, dec.round, dec.arm, dec.agent_id,
                           chk.service, chk.rule_id, chk.verdict, chk.raw_verdict, chk.boundary,
                           chk.severity, chk.enforced, chk.latency_us, chk.reason, ts,
-                          _json_or_none("checks", "extra", chk.extra)))
+                          _json_or_none("checks", "extra", chk.extra),
+                          getattr(chk, "ruleset", "") or None))
         except RowError as exc:
             raise RowError(f"{exc} (check {idx})") from None
     return row, crows
+
+
+def _announced_rows(dec: Decision, run_id: str,
+                    announced: dict[tuple[Any, ...], tuple[Any, ...]]) -> None:
+    """The `rulesets` rows of a decision's announced sets (a set without rules: one row with
+    rule_id ""); a decision that cannot be stored still tells which rules its services hold."""
+    try:
+        ts = _ts_us("decisions", dec.ts)
+    except RowError:
+        return
+    run = dec.run_id or run_id
+    for info in dec.rulesets:
+        for rule_id in info.rules or ("",):
+            announced.setdefault((run, info.service, info.version, rule_id),
+                                 (run, info.service, info.version, rule_id, ts))
 
 
 def _reward_row(r: Reward, run_id: str) -> tuple[Any, ...]:

@@ -29,17 +29,54 @@ def _df(con: Con, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
 
 
 def runs(con: Con) -> pl.DataFrame:
-    """Every run with its arms, rounds, actions and time span, newest first."""
+    """Every run, newest first: its rounds, time span, whether it ended (`ended_at`, from
+    run_events), `actions` and `escaped` summed over its arms, and `arms`, one entry per arm
+    with that arm's own figures (analysis/metrics.py defines them)."""
     return _df(con, """
+        WITH per_arm AS (
+            SELECT run_id, arm, sum(actions)::BIGINT AS actions,
+                   sum(covered)::BIGINT AS covered, sum(enforce_mode)::BIGINT AS enforce_mode,
+                   sum(attempted)::BIGINT AS attempted, sum(blocked)::BIGINT AS blocked,
+                   coalesce(sum(would_have_blocked), 0)::BIGINT AS would_have_blocked,
+                   sum(escaped)::BIGINT AS escaped, sum(evasions)::BIGINT AS evasions,
+                   max(round) AS max_round, min(ts_min) AS ts_min, max(ts_max) AS ts_max
+            FROM rollup_agent GROUP BY run_id, arm),
+        life AS (
+            SELECT run_id, max(ts) AS ended FROM run_events WHERE event = 'ended'
+            GROUP BY run_id)
         SELECT r.run_id, r.name, r.created_at,
-               coalesce(list_sort(list_distinct(list(a.arm))), []) AS arms,
-               coalesce(max(a.round) + 1, 0)::BIGINT AS rounds,
+               coalesce(list({'arm': a.arm, 'actions': a.actions, 'covered': a.covered,
+                              'coverage': CASE WHEN a.actions > 0
+                                               THEN a.covered / a.actions END,
+                              'enforce_mode': a.enforce_mode, 'attempted': a.attempted,
+                              'blocked': a.blocked, 'would_have_blocked': a.would_have_blocked,
+                              'escaped': a.escaped, 'evasions': a.evasions}
+                             ORDER BY a.arm) FILTER (WHERE a.arm IS NOT NULL), [])
+                   AS arms,
+               coalesce(max(a.max_round) + 1, 0)::BIGINT AS rounds,
                coalesce(sum(a.actions), 0)::BIGINT AS actions,
                coalesce(sum(a.escaped), 0)::BIGINT AS escaped,
-               min(a.ts_min) AS first_ts, max(a.ts_max) AS last_ts
-        FROM runs r LEFT JOIN rollup_agent a USING (run_id)
+               min(a.ts_min) AS first_ts, max(a.ts_max) AS last_ts,
+               -- Ended: an end recorded at or after its last data (ENDED_RUNS says the same).
+               CASE WHEN any_value(l.ended) >= coalesce(max(a.ts_max), any_value(l.ended))
+                    THEN any_value(l.ended) END AS ended_at
+        FROM runs r LEFT JOIN per_arm a USING (run_id) LEFT JOIN life l USING (run_id)
         GROUP BY r.run_id, r.name, r.created_at
         ORDER BY coalesce(max(a.ts_max), r.created_at) DESC, r.run_id""")
+
+
+# The runs that ended: an `ended` event at or after the run's last data (a restarted collector's
+# new data makes the run live again). Alert rules use the same text.
+ENDED_RUNS = """
+    SELECT e.run_id, max(e.ts) AS ended_at FROM run_events e
+    JOIN (SELECT run_id, max(ts_max) AS ts_max FROM rollup_agent GROUP BY run_id) d
+      USING (run_id)
+    WHERE e.event = 'ended' AND e.ts >= d.ts_max GROUP BY e.run_id"""
+
+
+def ended_runs(con: Con) -> dict[str, datetime]:
+    """Run id -> when it ended, for the runs that ended."""
+    return {str(r[0]): r[1] for r in con.execute(ENDED_RUNS).fetchall()}
 
 
 def latest_run(con: Con) -> str | None:
@@ -53,6 +90,7 @@ _AGENT_SUMS = """
            sum(actions)::BIGINT AS actions, sum(covered)::BIGINT AS covered,
            sum(enforce_mode)::BIGINT AS enforce_mode, sum(attempted)::BIGINT AS attempted,
            sum(blocked)::BIGINT AS blocked, sum(escaped)::BIGINT AS escaped,
+           coalesce(sum(would_have_blocked), 0)::BIGINT AS would_have_blocked,
            sum(evasions)::BIGINT AS evasions, sum(executed)::BIGINT AS executed,
            sum(latency_us_sum)::BIGINT AS latency_us_sum, sum(reward_n)::BIGINT AS reward_n,
            sum(reward_sum) AS reward_sum, sum(reward_sq_sum) AS reward_sq_sum"""
@@ -85,10 +123,8 @@ def totals(con: Con, run_id: str) -> pl.DataFrame:
         FROM rollup_agent WHERE run_id = ? GROUP BY arm ORDER BY arm""", [run_id])
 
 
-def per_rule(con: Con, run_id: str, *, arm: str | None = None,
-             rounds: tuple[int, int] | None = None,
-             since: datetime | None = None, until: datetime | None = None) -> pl.DataFrame:
-    """Per service and rule within a round window and/or time window (minute resolution)."""
+def _rule_window(run_id: str, arm: str | None, rounds: tuple[int, int] | None,
+                 since: datetime | None, until: datetime | None) -> tuple[str, list[Any]]:
     where = ["run_id = ?"]
     params: list[Any] = [run_id]
     if arm:
@@ -103,25 +139,80 @@ def per_rule(con: Con, run_id: str, *, arm: str | None = None,
     if until:
         where.append("minute <= ?::TIMESTAMP")
         params.append(until)
+    return " AND ".join(where), params
+
+
+def rule_counts(con: Con, run_id: str, *, arm: str | None = None,
+                rounds: tuple[int, int] | None = None, since: datetime | None = None,
+                until: datetime | None = None, by_round: bool = False) -> pl.DataFrame:
+    """Per arm, service and rule (and round with `by_round`): the counts behind each rule's
+    rate, from the rollups and the rule sets the checks name (records/rulesets.py).
+
+    evaluations: checks whose service evaluated the rule (their rule set holds it); NULL when
+    some check of that service in the window has a rule set that is unknown (no version, as in
+    audit logs, or a version never announced) or names the rule outside its own set.
+    fires: checks naming the rule with a warn, escalate or block verdict; blocks: block verdicts
+    of enforced checks; would_have_blocked: block verdicts of checks not enforced (shadow).
+    named: checks naming the rule (any verdict; their latency is the rule's)."""
+    where, params = _rule_window(run_id, arm, rounds, since, until)
+    g = "arm, round, service" if by_round else "arm, service"
+    rg = "r.arm, r.round, r.service" if by_round else "r.arm, r.service"
+    on = "USING (arm, round, service, rule_id)" if by_round else "USING (arm, service, rule_id)"
+    on_u = "USING (arm, round, service)" if by_round else "USING (arm, service)"
+    return _df(con, f"""
+        WITH r AS (
+            SELECT {g}, rule_id, ruleset, sum(checks) AS checks, sum(warns) AS warns,
+                   sum(escalates) AS escalates, sum(blocks) AS blocks,
+                   sum(enforced_blocks) AS enforced_blocks, sum(latency_us_sum) AS lat,
+                   max(latency_us_max) AS lat_max
+            FROM rollup_rule WHERE {where} GROUP BY ALL),
+        sets AS (SELECT DISTINCT service, ruleset, rule_id FROM rulesets WHERE run_id = ?),
+        known AS (SELECT DISTINCT service, ruleset FROM sets),
+        by_set AS (SELECT {g}, ruleset, sum(checks) AS n FROM r GROUP BY ALL),
+        unknown AS (
+            SELECT {g}, sum(n) FILTER (WHERE k.ruleset IS NULL) AS n
+            FROM by_set LEFT JOIN known k USING (service, ruleset) GROUP BY ALL),
+        evals AS (
+            SELECT {g}, s.rule_id, sum(n) AS evaluations
+            FROM by_set JOIN sets s USING (service, ruleset) WHERE s.rule_id <> ''
+            GROUP BY ALL),
+        named AS (
+            SELECT {rg}, r.rule_id, sum(r.checks) AS named,
+                   sum(r.warns + r.escalates + r.blocks) AS fires,
+                   sum(coalesce(r.enforced_blocks, 0)) AS blocks,
+                   sum(r.blocks - coalesce(r.enforced_blocks, 0)) AS would_have_blocked,
+                   sum(r.checks) FILTER (WHERE s.rule_id IS NULL) AS outside,
+                   sum(r.lat) AS lat, max(r.lat_max) AS lat_max
+            FROM r LEFT JOIN sets s ON s.service = r.service AND s.ruleset = r.ruleset
+                                    AND s.rule_id = r.rule_id
+            WHERE r.rule_id <> '' GROUP BY ALL)
+        SELECT {g}, rule_id,
+               CASE WHEN coalesce(u.n, 0) > 0 OR coalesce(named.outside, 0) > 0 THEN NULL
+                    ELSE coalesce(evals.evaluations, 0) END::BIGINT AS evaluations,
+               coalesce(named.fires, 0)::BIGINT AS fires,
+               coalesce(named.blocks, 0)::BIGINT AS blocks,
+               coalesce(named.would_have_blocked, 0)::BIGINT AS would_have_blocked,
+               coalesce(named.named, 0)::BIGINT AS named,
+               CASE WHEN named.named > 0 THEN named.lat / named.named END AS latency_us_mean,
+               named.lat_max::BIGINT AS latency_us_max
+        FROM named FULL JOIN evals {on} LEFT JOIN unknown u {on_u}
+        ORDER BY {g}, rule_id""", params + [run_id])
+
+
+def per_rule(con: Con, run_id: str, *, arm: str | None = None,
+             rounds: tuple[int, int] | None = None,
+             since: datetime | None = None, until: datetime | None = None) -> pl.DataFrame:
+    """Per service and rule within a round window and/or time window (minute resolution): the
+    checks naming each rule, by verdict (every arm summed: for rates see `rule_counts`)."""
+    where, params = _rule_window(run_id, arm, rounds, since, until)
     return _df(con, f"""
         SELECT service, rule_id, sum(checks)::BIGINT AS checks,
                sum(enforced)::BIGINT AS enforced, sum(warns)::BIGINT AS warns,
                sum(escalates)::BIGINT AS escalates, sum(blocks)::BIGINT AS blocks,
-               sum(blocks) / sum(checks) AS block_rate,
                sum(latency_us_sum) / sum(checks) AS latency_us_mean,
                max(latency_us_max)::BIGINT AS latency_us_max
-        FROM rollup_rule WHERE {' AND '.join(where)}
+        FROM rollup_rule WHERE {where}
         GROUP BY service, rule_id ORDER BY blocks DESC, checks DESC, service, rule_id""", params)
-
-
-def rule_trend(con: Con, run_id: str, arm: str | None = None) -> pl.DataFrame:
-    """Per round, service and rule: checks and blocks (the per-rule sparklines)."""
-    params: list[Any] = [run_id] + ([arm] if arm else [])
-    return _df(con, f"""
-        SELECT service, rule_id, round, sum(checks)::BIGINT AS checks,
-               sum(blocks)::BIGINT AS blocks
-        FROM rollup_rule WHERE run_id = ? {'AND arm = ?' if arm else ''}
-        GROUP BY service, rule_id, round ORDER BY service, rule_id, round""", params)
 
 
 def reward_gap(con: Con, run_id: str, *, baseline_run: str | None = None,

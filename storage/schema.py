@@ -106,9 +106,10 @@ DECISION_CONTENT: Final = (
     "rollout_id", "agent_id", "round", "arm", "mode", "action_kind", "action_summary",
     "action_digest", "verdict", "executed", "covered", "attempted", "evasion", "n_checks",
     "latency_us", "ts", "extra")
-CHECK_CONTENT: Final = (
+CHECK_CONTENT_V3: Final = (
     "idx", "service", "rule_id", "verdict", "raw_verdict", "boundary", "severity", "enforced",
     "latency_us", "reason", "extra")
+CHECK_CONTENT: Final = (*CHECK_CONTENT_V3, "ruleset")  # v4
 CHECK_COPIES: Final = ("run_id", "decision_id", "round", "arm", "agent_id", "ts")
 KEY_COLUMNS: Final = ("id_key", "content_key")
 META_TABLE: Final = "store_meta"
@@ -126,15 +127,17 @@ def id_key_sql(alias: str) -> str:
     return f"hash({alias}.run_id, {alias}.decision_id)"
 
 
-def check_hash_sql(alias: str) -> str:
-    return f"hash({', '.join(f'{alias}.{c}' for c in CHECK_CONTENT)})"
+def check_hash_sql(alias: str, columns: tuple[str, ...] = CHECK_CONTENT) -> str:
+    return f"hash({', '.join(f'{alias}.{c}' for c in columns)})"
 
 
-def checks_agg_sql(source: str, group: str = "run_id, decision_id", where: str = "") -> str:
+def checks_agg_sql(source: str, group: str = "run_id, decision_id", where: str = "",
+                   columns: tuple[str, ...] = CHECK_CONTENT) -> str:
     """Per decision of `source` (a table of checks): rows, idx range, and the order-independent
     sum of the check hashes (each includes its idx, so order still counts)."""
     return (f"SELECT {group}, count(*) AS n, min(idx) AS lo, max(idx) AS hi, "
-            f"sum({check_hash_sql('c')})::HUGEINT AS h FROM {source} c {where} GROUP BY ALL")
+            f"sum({check_hash_sql('c', columns)})::HUGEINT AS h FROM {source} c {where} "
+            "GROUP BY ALL")
 
 
 def decision_content_sql(alias: str, n: str, h: str) -> str:
@@ -143,30 +146,72 @@ def decision_content_sql(alias: str, n: str, h: str) -> str:
     return f"hash({cols}, ({n})::BIGINT, ({h})::HUGEINT)"
 
 
-# Every stored decision's keys, made from the stored rows (the migration's backfill, and again
-# when DuckDB's hash changed).
-REKEY: Final = [
-    f"UPDATE decisions SET id_key = {id_key_sql('decisions')}, "
-    f"content_key = {decision_content_sql('decisions', '0', 'NULL')}",
-    f"UPDATE decisions SET content_key = {decision_content_sql('decisions', 'ck.n', 'ck.h')} "
-    f"FROM ({checks_agg_sql('checks')}) ck "
-    "WHERE decisions.run_id = ck.run_id AND decisions.decision_id = ck.decision_id",
-]
+def rekey_sql(check_columns: tuple[str, ...] = CHECK_CONTENT) -> list[str]:
+    """Every stored decision's keys, made from the stored rows (a migration's backfill, and
+    again when DuckDB's hash changed); migrations pass the check columns of their version."""
+    return [
+        f"UPDATE decisions SET id_key = {id_key_sql('decisions')}, "
+        f"content_key = {decision_content_sql('decisions', '0', 'NULL')}",
+        f"UPDATE decisions SET content_key = {decision_content_sql('decisions', 'ck.n', 'ck.h')} "
+        f"FROM ({checks_agg_sql('checks', columns=check_columns)}) ck "
+        "WHERE decisions.run_id = ck.run_id AND decisions.decision_id = ck.decision_id",
+    ]
+
+
+REKEY: Final = rekey_sql()
 
 MIGRATIONS.append((3, "decision keys: de-duplication by decision_id alone", [
     "ALTER TABLE decisions ADD COLUMN id_key UBIGINT",
     "ALTER TABLE decisions ADD COLUMN content_key UBIGINT",
-    *REKEY,
+    *rekey_sql(CHECK_CONTENT_V3),
     f"CREATE TABLE {META_TABLE} (name VARCHAR NOT NULL, value VARCHAR NOT NULL)",
     # Only with keys to vouch for: an empty store stays empty (a copy target must be).
     f"INSERT INTO {META_TABLE} SELECT '{KEY_CANARY}', ({KEY_CANARY_SQL}) "
     "WHERE EXISTS (SELECT 1 FROM decisions)",
 ]))
 
+
+def _counter(table: str, column: str) -> str:
+    # Nullable: neither DuckDB nor DuckLake adds a column with a constraint (and a lake refuses
+    # SET NOT NULL next to the tables it has just created). The writer always fills it.
+    return f"ALTER TABLE {table} ADD COLUMN {column} BIGINT DEFAULT 0"
+
+
+MIGRATIONS.append((4, "one truth for every number: rule-set versions (per-rule denominators), "
+                      "would-have-blocked, enforced blocks per rule, run lifecycle", [
+    # Which rules each check evaluated: its service's rule-set version, and the sets' rules.
+    "ALTER TABLE checks ADD COLUMN ruleset VARCHAR",
+    """CREATE TABLE rulesets (
+        run_id VARCHAR NOT NULL, service VARCHAR NOT NULL, ruleset VARCHAR NOT NULL,
+        rule_id VARCHAR NOT NULL, ts TIMESTAMP NOT NULL)""",
+    "ALTER TABLE rollup_rule ADD COLUMN ruleset VARCHAR",
+    _counter("rollup_rule", "enforced_blocks"),
+    _counter("rollup_agent", "would_have_blocked"),
+    # The new counters of the rows stored so far, as partial aggregates of their own (rollups
+    # are sums of partial rows, so nothing stored is rewritten).
+    """INSERT INTO rollup_rule (run_id, arm, round, service, rule_id, minute, checks, enforced,
+           warns, escalates, blocks, latency_us_sum, latency_us_max, ruleset, enforced_blocks)
+       SELECT run_id, arm, round, service, rule_id, date_trunc('minute', ts), 0, 0, 0, 0, 0, 0,
+              0, NULL, count(*)
+       FROM checks WHERE verdict = 'block' AND enforced GROUP BY ALL""",
+    """INSERT INTO rollup_agent (run_id, arm, round, agent_id, actions, covered, enforce_mode,
+           attempted, blocked, escaped, evasions, executed, latency_us_sum, reward_n,
+           reward_sum, reward_sq_sum, ts_min, ts_max, would_have_blocked)
+       SELECT run_id, arm, round, agent_id, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, NULL, NULL,
+              count(*)
+       FROM decisions WHERE attempted AND mode <> 'enforce' GROUP BY ALL""",
+    """CREATE TABLE run_events (
+        run_id VARCHAR NOT NULL, event VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, source VARCHAR,
+        detail VARCHAR)""",
+    # The checks' content now includes their rule-set version.
+    *rekey_sql(CHECK_CONTENT),
+]))
+
 LATEST_VERSION: Final = MIGRATIONS[-1][0]
 
 # The identity of a record in each event table: re-delivery of the same key changes nothing.
 NATURAL_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "rulesets": ("run_id", "service", "ruleset", "rule_id"),
     "rollouts": ("run_id", "rollout_id", "status"),
     "decisions": ("run_id", "decision_id"),
     "checks": ("run_id", "decision_id", "idx"),
@@ -176,7 +221,7 @@ NATURAL_KEYS: Final[dict[str, tuple[str, ...]]] = {
 
 ROLLUP_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "rollup_agent": ("run_id", "arm", "round", "agent_id"),
-    "rollup_rule": ("run_id", "arm", "round", "service", "rule_id", "minute"),
+    "rollup_rule": ("run_id", "arm", "round", "service", "rule_id", "ruleset", "minute"),
 }
 # How each rollup measure folds: everything sums except these.
 ROLLUP_FOLDS: Final[dict[str, str]] = {

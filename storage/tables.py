@@ -60,7 +60,7 @@ TABLES: Final[dict[str, tuple[Column, ...]]] = {name: _columns(spec) for name, s
               "service VARCHAR required, rule_id VARCHAR not null, verdict VARCHAR required, "
               "raw_verdict VARCHAR, boundary VARCHAR, severity VARCHAR, "
               "enforced BOOLEAN required, latency_us BIGINT required, reason VARCHAR, "
-              "ts TIMESTAMP required, extra VARCHAR",
+              "ts TIMESTAMP required, extra VARCHAR, ruleset VARCHAR",
     "rewards": "run_id VARCHAR required, reward_id VARCHAR required, rollout_id VARCHAR, "
                "agent_id VARCHAR, round INTEGER required, arm VARCHAR required, "
                "value DOUBLE required, ts TIMESTAMP required",
@@ -74,13 +74,22 @@ TABLES: Final[dict[str, tuple[Column, ...]]] = {name: _columns(spec) for name, s
                     "escaped BIGINT not null, evasions BIGINT not null, "
                     "executed BIGINT not null, latency_us_sum BIGINT not null, "
                     "reward_n BIGINT not null, reward_sum DOUBLE not null, "
-                    "reward_sq_sum DOUBLE not null, ts_min TIMESTAMP, ts_max TIMESTAMP",
+                    "reward_sq_sum DOUBLE not null, ts_min TIMESTAMP, ts_max TIMESTAMP, "
+                    "would_have_blocked BIGINT",
     "rollup_rule": "run_id VARCHAR not null, arm VARCHAR not null, round INTEGER not null, "
                    "service VARCHAR not null, rule_id VARCHAR not null, "
                    "minute TIMESTAMP not null, checks BIGINT not null, "
                    "enforced BIGINT not null, warns BIGINT not null, "
                    "escalates BIGINT not null, blocks BIGINT not null, "
-                   "latency_us_sum BIGINT not null, latency_us_max BIGINT not null",
+                   "latency_us_sum BIGINT not null, latency_us_max BIGINT not null, "
+                   "ruleset VARCHAR, enforced_blocks BIGINT",
+    # The rules behind each rule-set version a check names (records/rulesets.py), one row per
+    # rule; a set without rules is one row with rule_id "".
+    "rulesets": "run_id VARCHAR required, service VARCHAR required, ruleset VARCHAR required, "
+                "rule_id VARCHAR not null, ts TIMESTAMP required",
+    # Run lifecycle, appended: the latest event of a run says whether it ended.
+    "run_events": "run_id VARCHAR required, event VARCHAR required, ts TIMESTAMP required, "
+                  "source VARCHAR, detail VARCHAR",
     "alerts": "fingerprint VARCHAR not null, alertname VARCHAR not null, run_id VARCHAR, "
               "state VARCHAR not null, severity VARCHAR, labels VARCHAR, annotations VARCHAR, "
               "value DOUBLE, active_since TIMESTAMP, updated_at TIMESTAMP not null, "
@@ -99,9 +108,11 @@ TABLES: Final[dict[str, tuple[Column, ...]]] = {name: _columns(spec) for name, s
     "store_meta": "name VARCHAR not null, value VARCHAR not null",
 }.items()}
 
-# Tables whose rows arrive in batches (the writer's input), and the event tables among them.
+# Tables whose rows arrive in batches (the writer's input): the event tables (their rows make a
+# run), the side tables that describe runs (rule sets, lifecycle) and quarantine.
 EVENT_TABLES: Final = ("rollouts", "decisions", "checks", "rewards", "events")
-BATCH_TABLES: Final = (*EVENT_TABLES, "quarantine")
+SIDE_TABLES: Final = ("rulesets", "run_events")
+BATCH_TABLES: Final = (*EVENT_TABLES, *SIDE_TABLES, "quarantine")
 
 _ARROW: Final[dict[str, pa.DataType]] = {
     "VARCHAR": pa.string(), "INTEGER": pa.int32(), "SMALLINT": pa.int16(),
@@ -123,5 +134,5 @@ def not_null(table: str) -> tuple[str, ...]:
     return tuple(c.name for c in TABLES[table] if c.not_null)
 
 
-__all__ = ["BATCH_TABLES", "Column", "EVENT_TABLES", "TABLES", "arrow_schema", "not_null",
-           "required"]
+__all__ = ["BATCH_TABLES", "Column", "EVENT_TABLES", "SIDE_TABLES", "TABLES", "arrow_schema",
+           "not_null", "required"]

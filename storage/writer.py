@@ -66,6 +66,9 @@ ROW_GROUP: Final = 122_880
 # Decisions are checked by key (no window), checks follow their decisions.
 WINDOWED: Final = frozenset({"events"})
 OTHER_TABLES: Final = ("rollouts", "rewards", "events")
+# Rule sets are announced again and again (each rollout), so their copies are not counted as
+# duplicates; run lifecycle events are appended as they come.
+SIDE_TABLES: Final = ("rulesets", "run_events")
 UNIT: Final = ["_item", "run_id", "decision_id"]  # a decision and its checks, within one part
 
 # Rollup partial aggregates of the rows a commit adds (registered as `_b`). blocked/escaped follow the definitions
@@ -77,21 +80,24 @@ SELECT run_id, arm, round, agent_id, count(*) AS actions, count_if(covered) AS c
        count_if(attempted AND NOT executed) AS blocked, count_if(attempted AND executed) AS escaped,
        count_if(evasion) AS evasions, count_if(executed) AS executed,
        sum(latency_us)::BIGINT AS latency_us_sum, 0 AS reward_n, 0.0 AS reward_sum,
-       0.0 AS reward_sq_sum, min(ts) AS ts_min, max(ts) AS ts_max
+       0.0 AS reward_sq_sum, min(ts) AS ts_min, max(ts) AS ts_max,
+       count_if(attempted AND mode <> 'enforce') AS would_have_blocked
 FROM _b GROUP BY run_id, arm, round, agent_id"""
 ROLLUP_AGENT_FROM_REWARDS: Final = """
 INSERT INTO rollup_agent BY NAME
 SELECT run_id, arm, round, coalesce(agent_id, '') AS agent_id, 0 AS actions, 0 AS covered,
        0 AS enforce_mode, 0 AS attempted, 0 AS blocked, 0 AS escaped, 0 AS evasions,
        0 AS executed, 0 AS latency_us_sum, count(*) AS reward_n, sum(value) AS reward_sum,
-       sum(value * value) AS reward_sq_sum, min(ts) AS ts_min, max(ts) AS ts_max
+       sum(value * value) AS reward_sq_sum, min(ts) AS ts_min, max(ts) AS ts_max,
+       0 AS would_have_blocked
 FROM _b GROUP BY run_id, arm, round, coalesce(agent_id, '')"""
 ROLLUP_RULE_FROM_CHECKS: Final = """
 INSERT INTO rollup_rule BY NAME
-SELECT run_id, arm, round, service, rule_id, date_trunc('minute', ts) AS minute,
+SELECT run_id, arm, round, service, rule_id, ruleset, date_trunc('minute', ts) AS minute,
        count(*) AS checks, count_if(enforced) AS enforced, count_if(verdict = 'warn') AS warns,
        count_if(verdict = 'escalate') AS escalates, count_if(verdict = 'block') AS blocks,
-       sum(latency_us)::BIGINT AS latency_us_sum, max(latency_us) AS latency_us_max
+       sum(latency_us)::BIGINT AS latency_us_sum, max(latency_us) AS latency_us_max,
+       count_if(verdict = 'block' AND enforced) AS enforced_blocks
 FROM _b GROUP BY ALL"""
 ROLLUPS: Final[dict[str, str]] = {
     "decisions": ROLLUP_AGENT_FROM_DECISIONS,
@@ -275,7 +281,7 @@ def _unit_raws(dec: pa.Table, checks: pa.Table | None, unit: pa.Array | None = N
 
 def _check_others(tables: dict[str, pa.Table], source: str, qrows: list[QRow],
                   now: float) -> None:
-    for name in OTHER_TABLES:
+    for name in (*OTHER_TABLES, *SIDE_TABLES):
         table = tables.get(name)
         if table is None:
             continue
@@ -439,6 +445,8 @@ class Writer:
         self._closed = False
         self.stats = WriterStats()
         self._known_runs: set[str] = set()  # runs already in `runs`: no lookup per commit
+        # Rule-set rows this writer stored or found stored: announcements of them cost nothing.
+        self._known_sets: set[tuple[Any, ...]] = set()
         self._con = store.cursor()
         self._coord = store.coordinator()
         try:
@@ -453,6 +461,11 @@ class Writer:
         self._thread.start()
 
     # --- producer side -------------------------------------------------------------------------
+
+    @property
+    def runs_written(self) -> frozenset[str]:
+        """The runs this writer committed event rows into (the runs a collector collected)."""
+        return frozenset(self._known_runs)
 
     def submit(self, batch: Batch, cursor: Cursor | None = None,
                stats: dict[str, Any] | None = None) -> None:
@@ -605,9 +618,16 @@ class Writer:
                     raise _Refused(one_line(exc)) from exc
                 raise
 
+        announced = tables.get("rulesets")
+        if announced is not None and self._known_sets:
+            keys = _set_keys(announced)
+            tables["rulesets"] = announced.filter(pa.array([k not in self._known_sets
+                                                            for k in keys]))
         with self._coord.locked(run_ids):
             added, duplicates = retry_conflicts(attempt)
         self._known_runs.update(run_ids)
+        if announced is not None:
+            self._known_sets.update(_set_keys(announced))
         if added.get("decisions"):
             self._record_hash = False
         st = self.stats
@@ -664,6 +684,10 @@ class Writer:
                 n_new = self._insert_new(name, table)
                 added[name] = n_new
                 duplicates += table.num_rows - n_new
+            if tables.get("rulesets") is not None and tables["rulesets"].num_rows:
+                added["rulesets"] = self._insert_new("rulesets", tables["rulesets"])
+            if tables.get("run_events") is not None and tables["run_events"].num_rows:
+                added["run_events"] = self._insert_rows("run_events", tables["run_events"])
             new_runs = sorted(run_ids - self._known_runs)
             if new_runs:
                 self._register_runs(new_runs)
@@ -962,6 +986,10 @@ class Writer:
             if run_id not in known:
                 con.execute("INSERT INTO runs VALUES (?, ?, now()::TIMESTAMP, NULL, NULL)",
                             [run_id, run_id])
+
+
+def _set_keys(table: pa.Table) -> list[tuple[Any, ...]]:
+    return list(zip(*(table.column(c).to_pylist() for c in NATURAL_KEYS["rulesets"])))
 
 
 def _with_item(table: pa.Table, item: int) -> pa.Table:

@@ -33,6 +33,7 @@ from textual.binding import Binding, BindingType
 from textual.reactive import var
 from textual.widgets import ContentSwitcher, Footer, Input
 
+from ..analysis.metrics import AlertCounts
 from ..records.files import atomic_file
 from ..storage.store import Store
 from . import commands
@@ -157,6 +158,7 @@ class Dashboard(App[None]):
         self.last_show_s = 0.0      # main-thread time of the last view render (bench)
         self.common: D.Common | None = None
         self._alert_states: dict[str, tuple[str, str, str | None, float | None]] | None = None
+        self._alert_counts = AlertCounts(0, 0, 0)
         self._prompt_mode = ""
         self._last_error = ""
         self._loads = 0             # one-off loads in flight
@@ -311,6 +313,7 @@ class Dashboard(App[None]):
         self.common = c
         states = {r["fingerprint"]: (r["state"], r["alertname"], r["severity"], r["value"])
                   for r in c.alerts.iter_rows(named=True)}
+        self._alert_counts = c.alert_counts
         if self._alert_states is not None:
             for fp, (state, name, severity, value) in states.items():
                 old = self._alert_states.get(fp, ("inactive", name, severity, None))[0]
@@ -351,9 +354,9 @@ class Dashboard(App[None]):
         return self.refresher.idle and not (self._loads or self._mounting
                                             or self.overview.drawing)
 
-    def alert_counts(self) -> tuple[int, int]:
-        states = [s[0] for s in (self._alert_states or {}).values()]
-        return states.count("firing"), states.count("pending")
+    def alert_counts(self) -> AlertCounts:
+        """Firing (not silenced), silenced and pending, as `check` counts them."""
+        return self._alert_counts
 
     # --- one-off loads (detail panes, exports, silences) -------------------------------------------
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Final
 
 import duckdb
 import polars as pl
 
-from ..monitor.report import GOVERNED, UNGOVERNED, Report, build_report
+from ..analysis import metrics as M
 from ..analysis.stats import Gap
+from ..monitor.report import GOVERNED, UNGOVERNED, Report, build_report
 from ..storage import queries as Q
 
 Con = duckdb.DuckDBPyConnection
@@ -52,12 +53,31 @@ class Common:
     run_id: str | None          # the run shown (the latest one while following)
     version: int                # changes whenever anything is committed
     last_ts: datetime | None    # newest data of the run (lag)
-    alerts: pl.DataFrame        # alert_state of the run
+    alerts: pl.DataFrame        # alert_state of the run, with `silenced`
+
+    @property
+    def alert_counts(self) -> M.AlertCounts:
+        return M.alert_counts(zip(self.alerts["state"], self.alerts["silenced"]))
+
+
+def with_silenced(con: Con, alerts: pl.DataFrame, now: datetime) -> pl.DataFrame:
+    """`alerts` with a `silenced` column: an active silence matches the alert's labels."""
+    from ..analysis.alerts.engine import Silence
+
+    silences = []
+    for row in Q.silences(con, active_at=now).iter_rows(named=True):
+        try:
+            silences.append(Silence.from_row(row))
+        except (ValueError, KeyError):
+            continue  # a malformed silence mutes nothing; it still shows in the list
+    silenced = [any(s.matches({**labels_of(lab), "alertname": name}) for s in silences)
+                for lab, name in zip(alerts["labels"], alerts["alertname"])]
+    return alerts.with_columns(pl.Series("silenced", silenced, dtype=pl.Boolean))
 
 
 def fetch_common(con: Con, run_id: str | None, *, follow_latest: bool,
                  known_version: int | None = None, known_run: str | None = None,
-                 lake: bool = False) -> Common:
+                 lake: bool = False, now: datetime | None = None) -> Common:
     rid = run_id if not follow_latest else known_run
     version, last_ts = Q.freshness(con, rid, lake=lake)
     if follow_latest and (version != known_version or rid is None):
@@ -67,10 +87,24 @@ def fetch_common(con: Con, run_id: str | None, *, follow_latest: bool,
             rid = latest
             version, last_ts = Q.freshness(con, rid, lake=lake)
     alerts = Q.alert_state(con, rid) if rid else Q.alert_state(con)
-    return Common(rid, version, last_ts, alerts)
+    at = now if now is not None else datetime.now(timezone.utc).replace(tzinfo=None)
+    return Common(rid, version, last_ts, with_silenced(con, alerts, at))
 
 
 # --- KPIs: monitor/report.build_report is the one implementation of the metrics ------------
+
+@dataclass(frozen=True)
+class ArmKpis:
+    """One arm in the header, labelled with its arm and mode (analysis/metrics.py)."""
+
+    arm: str
+    mode: str
+    coverage: float | None
+    actions: int
+    blocked: int
+    would_have_blocked: int
+    escaped: int
+
 
 @dataclass(frozen=True)
 class Kpis:
@@ -83,6 +117,7 @@ class Kpis:
     performance: float | None
     baseline_performance: float | None
     gap: Gap | None
+    arms: tuple[ArmKpis, ...] = ()  # the watched arm first, then the others of the report
 
 
 def kpis(report: Report) -> Kpis | None:
@@ -91,11 +126,16 @@ def kpis(report: Report) -> Kpis | None:
         return None
     m = report.arms[arm]
     base = report.arms.get(UNGOVERNED) if arm == GOVERNED else None
+    order = [arm] + [a for a in report.arms if a != arm]
+    arms = tuple(ArmKpis(a, report.arms[a].mode, report.arms[a].coverage, report.arms[a].actions,
+                         report.arms[a].blocked, report.arms[a].would_have_blocked,
+                         report.arms[a].escaped_violations) for a in order)
     return Kpis(arm=arm, coverage=m.coverage, actions=m.actions, blocked=m.blocked,
                 escaped=m.escaped_violations,
                 baseline_escaped=base.escaped_violations if base else None,
                 performance=m.performance,
-                baseline_performance=base.performance if base else None, gap=report.gap)
+                baseline_performance=base.performance if base else None, gap=report.gap,
+                arms=arms)
 
 
 def fetch_report(con: Con, run_id: str, baseline_run: str | None = None) -> Report:
@@ -108,9 +148,13 @@ def fetch_report(con: Con, run_id: str, baseline_run: str | None = None) -> Repo
 class RuleTrend:
     service: str
     rule_id: str
-    checks: int
-    blocks: int
-    rates: tuple[float, ...]    # block rate per round, oldest first
+    evaluations: int | None     # None: the rules evaluated are unknown
+    blocks: int                 # block verdicts, enforced or not (the rule's rate: per arm)
+    rates: tuple[float, ...]    # the rule's rate per round, oldest first (unknown rounds left out)
+
+    @property
+    def rate(self) -> float | None:
+        return M.rate(self.blocks, self.evaluations)
 
 
 @dataclass(frozen=True)
@@ -123,18 +167,21 @@ class OverviewData:
     rules: tuple[RuleTrend, ...]
 
 
-def rule_trends(trend: pl.DataFrame) -> tuple[RuleTrend, ...]:
-    if trend.is_empty():
+def rule_trends(by_round: pl.DataFrame, arm: str | None) -> tuple[RuleTrend, ...]:
+    """Per rule of one arm (`rule_counts(by_round=True)`): totals and the rate per round."""
+    if by_round.is_empty() or arm is None:
         return ()
-    grouped = (trend.sort("service", "rule_id", "round")
-               .group_by("service", "rule_id", maintain_order=True)
-               .agg(pl.col("checks").sum().alias("total_checks"),
-                    pl.col("blocks").sum().alias("total_blocks"),
-                    (pl.col("blocks") / pl.col("checks")).alias("rates")))
-    return tuple(RuleTrend(r["service"], r["rule_id"], int(r["total_checks"]),
-                           int(r["total_blocks"]),
-                           tuple(float(x) for x in r["rates"] if x is not None))
-                 for r in grouped.iter_rows(named=True))
+    rows = list(by_round.filter(pl.col("arm") == arm).iter_rows(named=True))
+    totals: dict[tuple[str, str], tuple[int | None, int]] = {}
+    for r in rows:
+        f = M.rule_figures(r)
+        n, k = totals.get((f.service, f.rule_id), (0, 0))
+        totals[(f.service, f.rule_id)] = (
+            None if n is None or f.evaluations is None else n + f.evaluations,
+            k + f.blocks + f.would_have_blocked)
+    return tuple(RuleTrend(service, rule_id, *totals[(service, rule_id)],
+                           tuple(x for _, x in points if x is not None))
+                 for (_arm, service, rule_id), points in M.rule_trend(rows).items())
 
 
 def rounds_of(times: list[datetime], rounds: pl.DataFrame) -> tuple[int, ...]:
@@ -174,7 +221,8 @@ def fetch_overview(con: Con, run_id: str, baseline_run: str | None = None) -> Ov
     return OverviewData(run_id=run_id, arm=arm, rounds=rounds,
                         reward=reward_rounds(rounds, baseline),
                         alert_rounds=rounds_of(fired, rounds),
-                        rules=rule_trends(Q.rule_trend(con, run_id)))
+                        rules=rule_trends(Q.rule_counts(con, run_id, arm=arm, by_round=True),
+                                          arm))
 
 
 # --- rules ----------------------------------------------------------------------------------------
@@ -188,17 +236,35 @@ class RulesData:
 
 def fetch_rules(con: Con, run_id: str, arm: str | None = None,
                 text_filter: str = "") -> RulesData:
-    rules = Q.per_rule(con, run_id, arm=arm)
-    trends = {(t.service, t.rule_id): list(t.rates)
-              for t in rule_trends(Q.rule_trend(con, run_id, arm))}
+    """One row per arm and rule (rates are per arm: with every arm shown, each keeps its own):
+    evaluations, fires, blocks, would_have_blocked, their rates (analysis/metrics.py), the
+    trend of the rule's rate per round and its latest reason."""
+    counts = Q.rule_counts(con, run_id, arm=arm)
+    trends = M.rule_trend(Q.rule_counts(con, run_id, arm=arm, by_round=True)
+                          .iter_rows(named=True))
     reasons = Q.rule_reasons(con, run_id, arm).rename(
         {"ts": "last_ts", "verdict": "last_verdict", "reason": "last_reason"})
-    table = rules.select("service", "rule_id", "checks", "warns", "escalates", "blocks",
-                         "block_rate", "latency_us_mean")
-    table = table.with_columns(pl.Series(
-        "trend", [trends.get((s, r), []) for s, r in zip(table["service"], table["rule_id"])],
-        dtype=pl.List(pl.Float64)))
-    table = table.join(reasons, on=["service", "rule_id"], how="left")
+    figures = [M.rule_figures(r) for r in counts.iter_rows(named=True)]
+    table = pl.DataFrame({
+        "arm": [f.arm for f in figures], "service": [f.service for f in figures],
+        "rule_id": [f.rule_id for f in figures],
+        "evaluations": [f.evaluations for f in figures], "fires": [f.fires for f in figures],
+        "blocks": [f.blocks for f in figures],
+        "would_have_blocked": [f.would_have_blocked for f in figures],
+        "block_rate": [f.block_rate for f in figures],
+        "would_block_rate": [f.would_block_rate for f in figures],
+        "rule_rate": [f.rule_rate for f in figures],
+        "latency_us_mean": counts["latency_us_mean"].to_list(),
+        "trend": [[r for _, r in trends.get((f.arm, f.service, f.rule_id), []) if r is not None]
+                  for f in figures],
+    }, schema={"arm": pl.String, "service": pl.String, "rule_id": pl.String,
+               "evaluations": pl.Int64, "fires": pl.Int64, "blocks": pl.Int64,
+               "would_have_blocked": pl.Int64, "block_rate": pl.Float64,
+               "would_block_rate": pl.Float64, "rule_rate": pl.Float64,
+               "latency_us_mean": pl.Float64, "trend": pl.List(pl.Float64)})
+    table = (table.sort(["blocks", "would_have_blocked", "fires", "arm", "service", "rule_id"],
+                        descending=[True, True, True, False, False, False])
+             .join(reasons, on=["service", "rule_id"], how="left", maintain_order="left"))
     if text_filter:
         needle = text_filter.lower()
         table = table.filter(
@@ -218,19 +284,9 @@ class AlertsData:
 
 def fetch_alerts(con: Con, run_id: str | None, now: datetime, text_filter: str = "",
                  history_limit: int = 200) -> AlertsData:
-    from ..analysis.alerts.engine import Silence
-
     current = Q.alert_state(con, run_id) if run_id else Q.alert_state(con)
     active = Q.silences(con, active_at=now)
-    silences = []
-    for row in active.iter_rows(named=True):
-        try:
-            silences.append(Silence.from_row(row))
-        except (ValueError, KeyError):
-            continue  # a malformed silence mutes nothing; it still shows in the list
-    silenced = [any(s.matches({**labels_of(lab), "alertname": name}) for s in silences)
-                for lab, name in zip(current["labels"], current["alertname"])]
-    current = current.with_columns(pl.Series("silenced", silenced, dtype=pl.Boolean))
+    current = with_silenced(con, current, now)
     history = Q.alert_history(con, run_id, limit=history_limit)
     if text_filter:
         needle = text_filter.lower()

@@ -274,6 +274,14 @@ class InMemoryAlertStore:
         return True
 
 
+def _no_data_summary(labels: Mapping[str, str], why: NoData) -> str:
+    where = ", ".join(f"{word} {labels[k]}" for k, word in (("run_id", "run"), ("arm", "arm"))
+                      if labels.get(k))
+    reason = str(why).strip()
+    return (f"{labels.get('alertname', 'alert')}: no data" + (f" ({where})" if where else "")
+            + (f": {reason}" if reason else ""))
+
+
 EvalResult = list[Sample] | NoData | Exception
 
 
@@ -406,6 +414,9 @@ class AlertEngine:
                 for st in mine.values():
                     if st.state != "nodata":
                         st.value = None
+                        # The rule's templates speak of a value and labels a no-data state
+                        # does not have: say what is missing instead.
+                        st.annotations = {"summary": _no_data_summary(st.labels, res)}
                         move(st, "nodata", self._round_for(st.labels, None, now_round))
                 continue
             if isinstance(res, Exception):

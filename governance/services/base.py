@@ -183,6 +183,12 @@ class Service(Protocol):
     def check(self, action: ActionInput, context: Context) -> Check: ...
 
 
+# A service may also list the rules it evaluates on every check, `rule_ids: tuple[str, ...]`
+# (kept as the same tuple object while the set is unchanged): the Governor stamps each of its
+# checks with that set's version (records/rulesets.py). A check that evaluated no rule sets
+# `ruleset = NO_RULES` itself; a service without `rule_ids` leaves the set unknown.
+
+
 def make_check(service: str, raw: str, start_ns: int, *, rule_id: str = "",
                boundary: str | None = None, severity: str | None = None, reason: str = "",
                extra: dict[str, Any] | None = None) -> Check:
@@ -213,7 +219,9 @@ class CustomRule:
     def __init__(self, fn: RuleFn, name: str | None = None, rule_id: str | None = None) -> None:
         self.fn = fn
         self.name: str = name or str(getattr(fn, "__name__", "CustomRule"))
-        self.rule_id: str = rule_id or self.name
+        # A callable may name its rule itself (`fn.rule_id = "X-001"`).
+        self.rule_id: str = rule_id or str(getattr(fn, "rule_id", "") or self.name)
+        self.rule_ids: tuple[str, ...] = (self.rule_id,)
 
     def check(self, action: ActionInput, context: Context) -> Check:
         start = time.perf_counter_ns()

@@ -46,6 +46,7 @@ import time
 from typing import Callable, Final, Iterable
 
 from ...records.events import Check
+from ...records.rulesets import NO_RULES
 from ...records.verdicts import SEVERITY_ORDER, normalise
 from .base import ActionInput, Context, PhraseSet, make_check, words_of
 from .rules import BOUNDARY_OF_SECTION, Rule, RuleSet, default_rules
@@ -462,10 +463,12 @@ class BoundaryEnforcer:
             else:
                 boundary_rules.append(rule)
         self.values = ValuesBoundary(boundary_rules) if boundaries else None
-
-    @property
-    def rule_ids(self) -> list[str]:
-        return [r.rule_id for r, _ in self.content]
+        # Every rule evaluated on every action that is not pre-approved or in a pass domain:
+        # the denominator of each rule's rate (records/rulesets.py).
+        values_ids = ([r.rule_id for rules in self.values.by_section.values() for r, _ in rules]
+                      if self.values is not None else [])
+        self.rule_ids: tuple[str, ...] = tuple(
+            dict.fromkeys([r.rule_id for r, _ in self.content] + values_ids))
 
     def check(self, action: ActionInput, context: Context) -> Check:
         start = time.perf_counter_ns()
@@ -476,10 +479,15 @@ class BoundaryEnforcer:
                               reason=f"error, failing safe: {type(exc).__name__}: {exc}")
 
     def _check(self, a: ActionInput, start: int) -> Check:
+        # Neither case evaluates a rule: the check says so (no denominator for any rule).
         if a.pre_approved:
-            return make_check(NAME, PROCEED, start, reason="pre-approved by a human")
+            c = make_check(NAME, PROCEED, start, reason="pre-approved by a human")
+            c.ruleset = NO_RULES
+            return c
         if a.domain.lower() in self.pass_domains:
-            return make_check(NAME, PROCEED, start, reason=f"{a.domain} domain: no values at stake")
+            c = make_check(NAME, PROCEED, start, reason=f"{a.domain} domain: no values at stake")
+            c.ruleset = NO_RULES
+            return c
         best: tuple[str, str, Rule | None, str] | None = None  # raw, rule_id, rule, reason
         matched: list[str] = []
         for rule, detect in self.content:

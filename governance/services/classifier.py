@@ -101,6 +101,7 @@ class InstructionPersistenceClassifier:
                  store: InstructionStore | None = None) -> None:
         mine = [r for r in (rules or ()) if r.service == NAME]
         self.rule_id = mine[0].rule_id if mine else ""
+        self.rule_ids: tuple[str, ...] = (self.rule_id,) if self.rule_id else ()
         self.store = store
 
     def check(self, action: ActionInput, context: Context) -> Check:

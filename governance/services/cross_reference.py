@@ -201,6 +201,7 @@ class CrossReferenceValidator:
         # Without a rule of its own, conflicts name the 27027 rule if it was loaded.
         self.governing_rule = mine[0].rule_id if mine else ""
         self._instructions: tuple[Instruction, ...] = tuple(built)
+        self._rule_ids: tuple[str, ...] | None = None
         for item in instructions:
             self._append(self._coerce(item, timestamp=None))
         self._context_cache: dict[str, Instruction] = {}
@@ -230,6 +231,18 @@ class CrossReferenceValidator:
     def _append(self, instruction: Instruction) -> None:
         # Copy-on-write: a check running on another thread keeps a consistent tuple.
         self._instructions = (*self._instructions, instruction)
+        self._rule_ids = None
+
+    @property
+    def rule_ids(self) -> tuple[str, ...]:
+        """The rule and the stored instructions every check is compared with (instructions
+        given in a call's context are not in it: they name no stored rule)."""
+        ids = self._rule_ids
+        if ids is None:
+            ids = self._rule_ids = tuple(dict.fromkeys(
+                ([self.governing_rule] if self.governing_rule else [])
+                + [i.instruction_id for i in self._instructions]))
+        return ids
 
     def add_instruction(self, text: str, *, persistence: str | None = None,
                         explicitness: float | None = None, quadrant: str | None = None,

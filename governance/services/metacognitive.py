@@ -81,6 +81,7 @@ class MetacognitiveVerifier:
         quality = next((r for r in mine if r.rule_id == "QUAL-001"), None)
         self.verify_rule = verify.rule_id if verify else "TAC-001"
         self.quality_rule = quality.rule_id if quality else "QUAL-001"
+        self.rule_ids: tuple[str, ...] = (self.verify_rule, self.quality_rule)
         if threshold is None:
             threshold = float(verify.params["confidence_threshold"]) if verify else 0.85
         self.threshold = threshold

@@ -160,6 +160,7 @@ class ContextPressureMonitor:
                  use_rule_thresholds: bool = False) -> None:
         mine = [r for r in (rules or ()) if r.service == NAME and r.active]
         self.rule_id = mine[0].rule_id if mine else ""
+        self.rule_ids: tuple[str, ...] = (self.rule_id,) if self.rule_id else ()
         if thresholds is not None:
             self.thresholds = validate_thresholds(thresholds)
         elif use_rule_thresholds and mine:

@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tractatus_watch.analysis.alerts import (AlertEngine, AlertState, CallbackNo
                                                load_alert_rules, parse_duration, parse_alert_rules,
                                                webhook_bodies)
 from tractatus_watch.analysis.alerts.alert_rules import render_template
+from tractatus_watch.monitor.store_evaluator import define_clock
 from tractatus_watch.storage.schema import migrate, table_columns
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -172,6 +174,8 @@ def test_nodata_from_firing_and_back() -> None:
     engine.evaluate(T0, None, {rule: [Sample(RUN, 1.0, round=1)]})
     t = engine.evaluate(T0 + 1, None, {rule: NoData("db gone")})
     assert moves(t) == [("Now", "firing", "nodata")] and t[0].value is None
+    # The summary says what is missing, not the rule's template with an empty value.
+    assert t[0].annotations == {"summary": "Now: no data (run r1, arm governed): db gone"}
     assert engine.evaluate(T0 + 2, None, {rule: NoData()}) == []
     # The condition never demonstrably stopped: straight back to firing.
     assert moves(engine.evaluate(T0 + 3, None, {rule: [Sample(RUN, 1.0, round=2)]})) == [
@@ -187,6 +191,8 @@ def test_nodata_without_instances_creates_a_rule_level_one() -> None:
     t = engine.evaluate(T0, None, {rule: NoData()})
     assert moves(t) == [("Rounds", "inactive", "nodata")]
     assert t[0].labels == {"alertname": "Rounds", "severity": "warning"}
+    # No labels to fill the rule's template ("... in run , arm :"): a plain no-data line.
+    assert t[0].annotations == {"summary": "Rounds: no data"}
     assert moves(engine.evaluate(T0 + 1, None, {rule: [Sample(RUN, 1.0, round=1)]})) == [
         ("Rounds", "inactive", "pending"), ("Rounds", "nodata", "inactive")]
 
@@ -385,6 +391,7 @@ def test_default_rules_load_and_their_sql_runs_on_the_real_schema() -> None:
     assert rs.route.group_by == ("alertname", "run_id") and rs.inhibit_rules
     con = duckdb.connect()
     migrate(con)
+    define_clock(con)
     cols = ("run_id, arm, round, agent_id, actions, covered, enforce_mode, attempted, blocked, "
             "escaped, evasions, executed, latency_us_sum, reward_n, reward_sum, reward_sq_sum, "
             "ts_min, ts_max")
@@ -415,6 +422,18 @@ def test_default_rules_load_and_their_sql_runs_on_the_real_schema() -> None:
         {"run_id": "r1", "arm": "governed", "round": 2, "value": 1.0}]
     nodata = run("GovernanceNoData")
     assert [r["run_id"] for r in nodata] == ["r2"] and 590 < nodata[0]["value"] < 700
+    # A run that ended (its end recorded after its last data) is finished, not stalled...
+    con.execute("INSERT INTO run_events VALUES ('r2', 'ended', now()::TIMESTAMP - INTERVAL 599 "
+                "SECOND, 'collector stopped', NULL)")
+    assert run("GovernanceNoData") == []
+    # ... also judged long after it ended (the rules' clock, tw_now(), a week later) ...
+    define_clock(con, time.time() + 7 * 86400)
+    assert run("GovernanceNoData") == []
+    # ... until data arrives after the end (a restarted collector): live, then silent again.
+    con.execute("UPDATE rollup_agent SET ts_max = now()::TIMESTAMP - INTERVAL 400 SECOND "
+                "WHERE run_id = 'r2'")
+    define_clock(con)
+    assert [r["run_id"] for r in run("GovernanceNoData")] == ["r2"]
 
 
 # --- notifiers ----------------------------------------------------------------------------------
@@ -686,6 +705,7 @@ class _DuckEvaluator:
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
+        define_clock(con)  # the rules' clock, tw_now()
 
     def evaluate(self, rule: AlertRule) -> list[Sample]:
         if rule.expr is not None:
@@ -730,7 +750,7 @@ def test_default_rules_end_to_end_on_duckdb(tmp_path: Path) -> None:
         attempted = int(rng.binomial(500, rate))
         for arm, covered in (("governed", 500), ("ungoverned", 0)):
             con.execute("INSERT INTO rollup_agent VALUES (?, ?, ?, 'a', 500, ?, ?, ?, ?, 0, 0, ?, "
-                        "150000, 50, ?, ?, now()::TIMESTAMP, now()::TIMESTAMP)",
+                        "150000, 50, ?, ?, now()::TIMESTAMP, now()::TIMESTAMP, 0)",
                         ["r1", arm, rnd, covered, covered, attempted,
                          attempted if covered else 0, 500 - attempted,
                          50 * 0.89 if covered else 50 * 0.94, 50 * 0.8])

@@ -8,6 +8,7 @@ import pytest
 
 from tractatus_watch.storage import queries as Q
 from tractatus_watch.storage.errors import StoreError
+from tractatus_watch.storage.schema import LATEST_VERSION
 from tractatus_watch.storage.store import Store
 from support.synthetic import decisions_batch
 from tractatus_watch.storage.target import parse_target, redact
@@ -87,7 +88,8 @@ def test_concurrent_writers_on_a_new_lake_store_each_row_once(lake) -> None:
         assert cur.execute("SELECT count(*) FROM runs").fetchall() == [(4,)]
         assert cur.execute("SELECT sum(actions) FROM rollup_agent WHERE run_id = 'shared'"
                            ).fetchall() == [(6000,)]
-        assert cur.execute("SELECT max(version), count(*) FROM schema_version").fetchall() == [(3, 3)]
+        assert cur.execute("SELECT max(version), count(*) FROM schema_version").fetchall() == [
+            (LATEST_VERSION, LATEST_VERSION)]
 
 
 def test_a_missing_lake_needs_a_data_path_and_bad_catalogs_fail_in_one_line(postgres) -> None:

@@ -435,13 +435,29 @@ def test_v2_store_is_migrated_with_its_keys_and_redelivery_stays_a_duplicate(
                     [number, description])
     old = decisions_batch(0, 300, run_id="r", total=300)
     for name in ("decisions", "checks", "rewards"):
-        con.register("_t", old.tables[name])
+        con.register("_t", old.tables[name].drop_columns(
+            [c for c in ("ruleset",) if c in old.tables[name].column_names]))  # a v2 table
         con.execute(f"INSERT INTO {name} SELECT * FROM _t")
+    # The v2 writer's rollups of those rows.
+    con.execute("""INSERT INTO rollup_agent SELECT run_id, arm, round, agent_id, count(*),
+        count_if(covered), count_if(mode = 'enforce'), count_if(attempted),
+        count_if(attempted AND NOT executed), count_if(attempted AND executed), 0,
+        count_if(executed), sum(latency_us), 0, 0, 0, min(ts), max(ts)
+        FROM decisions GROUP BY ALL""")
+    con.execute("""INSERT INTO rollup_rule SELECT run_id, arm, round, service, rule_id,
+        date_trunc('minute', ts), count(*), count_if(enforced), 0, 0,
+        count_if(verdict = 'block'), sum(latency_us), max(latency_us) FROM checks GROUP BY ALL""")
     con.close()
     with Store.open(path) as store:
-        assert rows(store, "SELECT max(version) FROM schema_version") == [(3,)]
+        assert rows(store, "SELECT max(version) FROM schema_version") == [(schema.LATEST_VERSION,)]
         assert rows(store, "SELECT count(*) FROM decisions WHERE id_key IS NULL OR "
                            "content_key IS NULL") == [(0,)]
+        # v4: the new counters of what was stored before, from the stored rows.
+        assert rows(store, "SELECT sum(would_have_blocked) FROM rollup_agent") == rows(
+            store, "SELECT count_if(attempted AND mode <> 'enforce') FROM decisions")
+        assert rows(store, "SELECT sum(enforced_blocks) FROM rollup_rule") == rows(
+            store, "SELECT count_if(verdict = 'block' AND enforced) FROM checks")
+        assert rows(store, "SELECT sum(actions) FROM rollup_agent") == [(300,)]
         writer = commit(store, decisions_batch(0, 300, run_id="r", total=300))
         assert writer.stats.duplicates == 300 + 600 + old.tables["rewards"].num_rows
         assert quarantine(store) == []

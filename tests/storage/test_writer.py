@@ -14,7 +14,7 @@ from tractatus_watch.records.events import Decision, Quarantined, Reward, Rollou
 from tractatus_watch.storage import queries as Q
 from tractatus_watch.storage.batch import Batch
 from tractatus_watch.storage.errors import SchemaTooNew
-from tractatus_watch.storage.schema import compact_rollups
+from tractatus_watch.storage.schema import LATEST_VERSION, compact_rollups
 from tractatus_watch.storage.store import Store
 from support.synthetic import decisions_batch
 from tractatus_watch.storage.writer import Cursor, Writer
@@ -52,7 +52,8 @@ def test_new_database_is_private_and_versioned(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "new.duckdb"
     with Store.open(path) as s:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-        assert s.cursor().execute("SELECT max(version) FROM schema_version").fetchall()[0][0] == 3
+        version = s.cursor().execute("SELECT max(version) FROM schema_version").fetchall()
+        assert version[0][0] == LATEST_VERSION
 
 
 def test_database_newer_than_code_is_refused(tmp_path: Path) -> None:

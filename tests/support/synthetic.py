@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from tractatus_watch.records.rulesets import ruleset_version
 from tractatus_watch.storage.batch import ARROW_SCHEMAS, Batch
 
 BASE_TS_US = 1_795_000_000_000_000  # a fixed epoch (2026-11) so runs are reproducible
@@ -17,10 +18,12 @@ RULES = ("STR-001", "CONTENT-CLICKBAIT", "SYS-001", "STR-002")
 
 def decisions_batch(start: int, n: int, *, run_id: str = "bench", rounds: int = 100,
                     agents: int = 10, block_rate: float = 0.05, checks_per_decision: int = 2,
-                    seed: int = 0, total: int | None = None) -> Batch:
+                    seed: int = 0, total: int | None = None, rulesets: bool = False) -> Batch:
     """Decisions `start`..`start+n-1` (each with `checks_per_decision` checks), spread evenly
     over rounds and agents of a stream of `total` decisions, with two arms; the same arguments
-    always give the same rows."""
+    always give the same rows. With `rulesets`, every service evaluates every rule of RULES
+    on every check (the rule set is recorded: rates have their denominators); without, the
+    rules evaluated are unknown."""
     rng = np.random.default_rng(seed * 1_000_003 + start)
     idx = np.arange(start, start + n, dtype=np.int64)
     rnd = (idx * max(rounds, 1) // max(total or start + n, 1)).astype(np.int32)
@@ -64,6 +67,8 @@ def decisions_batch(start: int, n: int, *, run_id: str = "bench", rounds: int = 
         "reason": pa.array(np.where(c_blocked, "clickbait headline", "")),
         "ts": pa.array(np.repeat(ts, k), type=pa.timestamp("us")),
         "extra": pa.nulls(n * k, pa.string()),
+        "ruleset": (pa.array(np.full(n * k, ruleset_version(RULES))) if rulesets
+                    else pa.nulls(n * k, pa.string())),
     }, schema=ARROW_SCHEMAS["checks"])
     rewards_mask = idx % 8 < 2  # one reward per rollout of 8 decisions, in both arms
     m = int(rewards_mask.sum())
@@ -77,4 +82,14 @@ def decisions_batch(start: int, n: int, *, run_id: str = "bench", rounds: int = 
                                                                    0.6, 0.65), 6)),
         "ts": pa.array(ts[rewards_mask], type=pa.timestamp("us")),
     }, schema=ARROW_SCHEMAS["rewards"])
-    return Batch({"decisions": decisions, "checks": checks, "rewards": rewards})
+    tables = {"decisions": decisions, "checks": checks, "rewards": rewards}
+    if rulesets:
+        pairs = [(svc, rule) for svc in SERVICES for rule in RULES]
+        tables["rulesets"] = pa.Table.from_pydict({
+            "run_id": pa.array([run_id] * len(pairs)),
+            "service": pa.array([p[0] for p in pairs]),
+            "ruleset": pa.array([ruleset_version(RULES)] * len(pairs)),
+            "rule_id": pa.array([p[1] for p in pairs]),
+            "ts": pa.array([int(ts[0])] * len(pairs), type=pa.timestamp("us")),
+        }, schema=ARROW_SCHEMAS["rulesets"])
+    return Batch(tables)

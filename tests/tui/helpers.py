@@ -46,7 +46,7 @@ def build_db(path: Path, *, runs: tuple[tuple[str, int, int], ...] = (("alpha", 
     writer = Writer(store)
     for seed, (run_id, n, rounds) in enumerate(runs):
         batch = decisions_batch(0, n, run_id=run_id, rounds=rounds, agents=agents,
-                                block_rate=0.08, seed=seed, total=n)
+                                block_rate=0.08, seed=seed, total=n, rulesets=True)
         writer.submit(batch)
         writer.submit(Batch({"rewards": pa.concat_tables([
             rewards(run_id, n // 10, rounds, arm="ungoverned", mean=0.80, seed=seed + 10),

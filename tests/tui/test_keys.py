@@ -110,7 +110,7 @@ async def test_filter_key_per_view(make_app) -> None:
         assert "has no filter" in screen_text(app)
         await pilot.press("2")
         await type_prompt(pilot, "slash", "STR-001")
-        assert {r[1] for r in rows_of(app, "rules-table")} == {"STR-001"}
+        assert {r[2] for r in rows_of(app, "rules-table")} == {"STR-001"}  # after the arm
         await pilot.press("5")
         await type_prompt(pilot, "slash", "escaped>0")
         rows = rows_of(app, "agents-table")
@@ -195,8 +195,8 @@ async def test_export_and_screenshot_keys(make_app, tmp_path: Path) -> None:
         exported = pl.read_csv(csv[0])
         shown = rows_of(app, "rules-table")
         assert exported.height == len(shown)
-        assert sorted(exported["rule_id"].to_list()) == sorted(r[1] for r in shown)
-        assert "exported 8 rows" in screen_text(app)
+        assert sorted(exported["rule_id"].to_list()) == sorted(r[2] for r in shown)
+        assert "exported 16 rows" in screen_text(app)  # a row per arm and rule
         await pilot.press("5")
         await settle(pilot)
         await type_prompt(pilot, "colon", f"export parquet {tmp_path / 'agents.parquet'}")

@@ -12,7 +12,9 @@ from textual.widgets import Static
 
 from tractatus_watch.monitor.session import CollectionSession
 from tractatus_watch.collectors.spool_reader import SpoolReader
-from tractatus_watch.analysis.alerts.engine import AlertState, Transition
+from tractatus_watch.analysis.alerts.alert_rules import Matcher
+from tractatus_watch.analysis.alerts.engine import AlertState, Silence, Transition
+from tractatus_watch.storage import queries as Q
 from tractatus_watch.governance.spool_writer import SpoolWriter
 from tractatus_watch.storage.alert_store import DuckDBAlertStore
 from tractatus_watch.storage.store import Store
@@ -74,7 +76,9 @@ async def test_live_dashboard_follows_a_spool_and_alerts(tmp_path: Path) -> None
                 return str(app.query_one("#kpis", Static).render())
 
             await wait_for(pilot, lambda: "actions 10 " in kpis())
-            assert "blocked 2 " in kpis() and "escaped 0 (baseline 2)" in kpis()
+            # Each arm labelled with its mode: the shadow arm would have blocked, never blocked.
+            assert "governed enforce  coverage 100.0%  actions 10  blocked 2  escaped 0  │  " \
+                   "ungoverned shadow  actions 10  would have blocked 2  escaped 2" in kpis()
             assert app.scope.run_id == "live-run"
             status = str(app.query_one("#status").render())
             # Long source names keep their end (the folder) on the status line.
@@ -102,7 +106,16 @@ async def test_live_dashboard_follows_a_spool_and_alerts(tmp_path: Path) -> None
             await wait_for(pilot, lambda: app.bells == 1)
             await wait_for(pilot, lambda: "CoverageBelowTarget: inactive → firing"
                            in screen_text(app))
+            await wait_for(pilot, lambda: "alerts 1 firing" in kpis())
+            # A silenced alert is counted apart from the firing ones (as `check` counts).
+            DuckDBAlertStore(store).add_silence(Silence(
+                silence_id="s1", matchers=tuple(Matcher(k, v) for k, v in labels.items()),
+                starts_at=now - 1, ends_at=now + 3600, comment="known", created_by="test"))
+            await wait_for(pilot, lambda: "alerts 0 firing, 1 silenced" in kpis())
             session.close()  # the training ends: the dashboard stays on the final state
+            con = store.cursor()
+            assert list(Q.ended_runs(con)) == ["live-run"]  # the collector stopped: ended
+            con.close()
             await wait_for(pilot, lambda: "stopped" in str(
                 app.query_one("#status").render()))
             await pilot.press("1")

@@ -14,6 +14,8 @@ from tractatus_watch.storage.store import Store
 from tractatus_watch.tui.table import Table
 from tractatus_watch.tui import fmt
 
+from support import truth
+
 from .helpers import screen_text, settle
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -53,15 +55,20 @@ async def test_overview_kpis_and_rule_trends(make_app, ro_store: Store) -> None:
     assert f"coverage {fmt.pct(covered / actions)}" in kpis
     assert f"actions {actions:,}" in kpis
     assert f"blocked {blocked:,}" in kpis
-    assert f"escaped 0 (baseline {escaped_base:,})" in kpis
+    assert f"escaped 0  │  ungoverned shadow  actions 2,000  would have blocked " \
+           f"{escaped_base:,}  escaped {escaped_base:,}" in kpis
     assert f"gap {gap.absolute:+.3f} [{gap.lo:+.3f}, {gap.hi:+.3f}]" in kpis
     assert "alerts 1 firing, 1 pending" in kpis
-    # One sparkline row per rule with its block rate over the whole run (all arms).
-    for service, rule, checks, blocks in sql(ro_store, """
-            SELECT service, rule_id, count(*), count_if(verdict = 'block') FROM checks
-            WHERE run_id = 'alpha' GROUP BY ALL"""):
-        assert f"{rule} · {service}" in screen
-        assert f"{fmt.pct(blocks / checks)} of {checks:,}" in screen
+    # One sparkline row per rule of the watched arm with its rate: block verdicts over
+    # evaluations (every check of the service evaluates every rule of its recorded set).
+    con = ro_store.cursor()
+    rules = truth.rules(con, "alpha")
+    con.close()
+    governed = [r for r in rules.values() if r.arm == "governed"]
+    assert governed and all(r.evaluations for r in governed)
+    for r in governed:
+        assert f"{r.rule_id} · {r.service}" in screen
+        assert f"{fmt.pct(r.rule_rate)} of {r.evaluations:,}" in screen
     assert "1 alert fired" in screen  # the alert marker of the firing alert
     assert "run alpha" in screen
 
@@ -85,21 +92,24 @@ async def test_overview_empty_database_says_what_to_do(tmp_path: Path) -> None:
 
 async def test_rules_view(make_app, ro_store: Store) -> None:
     app = make_app(view="rules")
-    async with app.run_test(size=(160, 40)) as pilot:
+    async with app.run_test(size=(200, 50)) as pilot:
         await settle(pilot)
-        shown = {(r[0], r[1]): r for r in rows_of(app, "rules-table")}
-    expected = sql(ro_store, """
-        SELECT service, rule_id, count(*), count_if(verdict = 'block'),
-               arg_max(reason, ts) FILTER (WHERE verdict <> 'allow')
-        FROM checks WHERE run_id = 'alpha' GROUP BY ALL""")
-    assert len(shown) == len(expected) == 8
-    for service, rule, checks, blocks, reason in expected:
-        row = shown[(service, rule)]
-        assert row[2] == f"{checks:,}" and row[3] == f"{blocks:,}"
-        assert row[4] == fmt.pct(blocks / checks, 2)
-        assert row[7] == (reason or "")
-
-
+        shown = {(r[0], r[1], r[2]): r for r in rows_of(app, "rules-table")}
+    con = ro_store.cursor()
+    expected = truth.rules(con, "alpha")
+    con.close()
+    reasons = dict(((s, r), why) for s, r, why in sql(ro_store, """
+        SELECT service, rule_id, arg_max(reason, ts) FILTER (WHERE verdict <> 'allow')
+        FROM checks WHERE run_id = 'alpha' GROUP BY ALL"""))
+    # arm: all shows one row per arm and rule: rates stay per arm.
+    assert set(shown) == set(expected) and len(shown) == 16
+    for key, r in expected.items():
+        row = shown[key]
+        assert row[3:8] == [f"{r.evaluations:,}", f"{r.fires:,}", f"{r.blocks:,}",
+                            f"{r.would_have_blocked:,}", fmt.pct(r.rule_rate, 2)], key
+        assert row[10] == (reasons.get(key[1:]) or "")
+    # The ungoverned arm is shadow: its verdicts would have blocked, never "blocked".
+    assert all(r[5] == "0" for k, r in shown.items() if k[0] == "ungoverned")
 async def test_alerts_view(make_app, ro_store: Store) -> None:
     app = make_app(view="alerts")
     async with app.run_test(size=(120, 40)) as pilot:

@@ -64,6 +64,7 @@ def rows(report: Report) -> tuple[list[str], list[list[str]]]:
         ["Constraint violations (escaped)", *[str(m.escaped_violations) for m in arms],
          _signed(diff.get("escaped_violations"), str)],
         ["Blocked", *[str(m.blocked) for m in arms], _signed(diff.get("blocked"), str)],
+        ["Would have blocked (shadow verdicts)", *[str(m.would_have_blocked) for m in arms], ""],
         ["Attempted violations", *[str(m.attempted) for m in arms], ""],
         ["Evasions (shadow auditor)", *[str(m.evasions) for m in arms], ""],
         ["Strategy (most executed)", *[m.strategy or "n/a" for m in arms], ""],

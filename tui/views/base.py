@@ -18,6 +18,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widget import Widget
 
+from ...analysis.metrics import AlertCounts
 from .. import data as D
 from ..messages import RefreshRequested
 from ..scope import Scope
@@ -38,7 +39,8 @@ class ViewContext:
 
     clock: Callable[[], float]
     scope: Scope
-    alert_counts: tuple[int, int] = (0, 0)  # (firing, pending) in the last refresh
+    # firing (not silenced), silenced and pending in the last refresh
+    alert_counts: AlertCounts = AlertCounts(0, 0, 0)
     # What an empty view says instead of NO_DATA: the situation (demo starting, gateway
     # listening on ...), from the command's wiring.
     empty_state: Callable[[], str] = lambda: NO_DATA

@@ -163,8 +163,8 @@ class Overview(View):
             if spark:
                 spark.first().data = list(r.rates) or [0.0]
                 row.query_one(".spark-rate", TextLine).set(
-                    f"{fmt.pct(r.blocks / r.checks if r.checks else None)} of "
-                    f"{fmt.num(r.checks)}")
+                    "? (rules evaluated unknown)" if r.evaluations is None else
+                    f"{fmt.pct(r.rate)} of {fmt.num(r.evaluations)}")
 
     def show_slow(self, data: D.Kpis | None) -> None:
         self.report_kpis = data
@@ -192,22 +192,34 @@ class Overview(View):
             item("coverage", "…")
             item("actions", "…")
         else:
-            cov_style = "bold green" if k.coverage == 1.0 else "bold red"
-            item("coverage", fmt.pct(k.coverage), cov_style)
-            item("actions", fmt.num(k.actions))
-            item("blocked", fmt.num(k.blocked))
-            item("escaped", fmt.num(k.escaped), "bold red" if k.escaped else "bold")
-            if k.baseline_escaped is not None:
-                text.append(f" (baseline {fmt.num(k.baseline_escaped)})", style="dim")
+            # Each figure is labelled with its arm and mode: an arm that does not enforce never
+            # "blocks", it would have blocked (analysis/metrics.py).
+            for i, a in enumerate(k.arms or ()):
+                if i:
+                    text.append("  │", style="dim")
+                item(a.arm, a.mode, "bold cyan" if a.mode == "enforce" else "bold yellow")
+                if a.mode != "shadow":
+                    item("coverage", fmt.pct(a.coverage),
+                         "bold green" if a.coverage == 1.0 else "bold red")
+                item("actions", fmt.num(a.actions))
+                if a.mode == "shadow":
+                    item("would have blocked", fmt.num(a.would_have_blocked))
+                else:
+                    item("blocked", fmt.num(a.blocked))
+                item("escaped", fmt.num(a.escaped),
+                     "bold red" if a.escaped and a.mode != "shadow" else "bold")
+            text.append("  │", style="dim")
             if k.gap is not None:
                 rel = f" {fmt.pct(k.gap.relative, 1)}" if k.gap.relative is not None else ""
                 item("gap", f"{fmt.dec(k.gap.absolute, 3, True)} "
                             f"[{fmt.dec(k.gap.lo, 3, True)}, {fmt.dec(k.gap.hi, 3, True)}]{rel}")
             else:
                 item("gap", "– (needs rewards in both arms)", "dim")
-        firing, pending = alerts
-        item("alerts", f"{firing} firing" + (f", {pending} pending" if pending else ""),
-             "bold red" if firing else "bold green")
+        a_counts = alerts
+        item("alerts", f"{a_counts.firing} firing"
+             + (f", {a_counts.silenced} silenced" if a_counts.silenced else "")
+             + (f", {a_counts.pending} pending" if a_counts.pending else ""),
+             "bold red" if a_counts.firing else "bold green")
         return text
 
     def export_frame(self) -> pl.DataFrame | None:

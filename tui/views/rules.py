@@ -1,4 +1,5 @@
-"""The Rules view (2): checks and blocks per service and rule; enter drills into Events."""
+"""The Rules view (2): per arm, service and rule: evaluations, fires, blocks, would-have-
+blocked and the rule's rate; enter drills into Events."""
 
 from __future__ import annotations
 
@@ -46,30 +47,40 @@ class Rules(View):
         self.data = data
         t = data.table
         self.query_one("#rules-head", Static).update(
-            f"per service and rule · arm: {data.arm or 'all'}"
+            f"per service and rule · arm: {data.arm or 'all (one row per arm)'} · rate = block "
+            "verdicts / evaluations (blocks: enforced; would block: shadow)"
             + (f" · filter: {self.filter_text}" if self.filter_text else ""))
         self.note("rules-empty", None if t.height else
                   (f"no rule matches {self.filter_text!r}" if self.filter_text else NO_DATA))
         rows = []
         keys = []
+        every_arm = data.arm is None
         for r in t.iter_rows(named=True):
             reason = r["last_reason"] or ""
-            rows.append((r["service"], r["rule_id"], right(fmt.num(r["checks"])),
-                         right(fmt.num(r["blocks"])), right(fmt.pct(r["block_rate"], 2)),
-                         fmt.spark(r["trend"], 16),
-                         fmt.clock(r["last_ts"]) if r["last_ts"] else "–",
-                         reason[:60]))
-            keys.append(f"{r['service']}\x1f{r['rule_id']}")
+            # A rule's rate is per arm; unknown (the rules evaluated were not recorded, as in
+            # audit logs) is "?", never a rate computed from the rule's own fires.
+            unknown = r["evaluations"] is None
+            rows.append(((r["arm"],) if every_arm else ()) + (
+                r["service"], r["rule_id"],
+                right("?" if unknown else fmt.num(r["evaluations"])),
+                right(fmt.num(r["fires"])), right(fmt.num(r["blocks"])),
+                right(fmt.num(r["would_have_blocked"])),
+                right("?" if unknown else fmt.pct(r["rule_rate"], 2)),
+                fmt.spark(r["trend"], 16),
+                fmt.clock(r["last_ts"]) if r["last_ts"] else "–",
+                reason[:60]))
+            keys.append(f"{r['service']}\x1f{r['rule_id']}\x1f{r['arm']}")
         fill_table(self.query_one("#rules-table", Table),
-                   ["service", "rule", "checks", "blocks", "block rate", "trend", "last",
-                    "last reason"], rows, keys)
+                   (["arm"] if every_arm else []) + [
+                       "service", "rule", "evals", "fires", "blocks", "would block", "rate",
+                       "trend", "last", "last reason"], rows, keys)
 
     def action_drill(self) -> None:
         key = self.query_one("#rules-table", Table).cursor_key
         if not key:
             return
-        _service, rule_id = key.split("\x1f", 1)
-        self.ask(ShowEvents(rule_id=rule_id, arm=self.arm))
+        _service, rule_id, arm = key.split("\x1f", 2)
+        self.ask(ShowEvents(rule_id=rule_id, arm=self.arm or arm))
 
     def on_table_row_selected(self, event: Table.RowSelected) -> None:
         event.stop()

@@ -74,13 +74,15 @@ class Runs(View):
             mark = ("●" if r["run_id"] == scope.run_id else "") + \
                    ("B" if r["run_id"] == scope.baseline_run else "") + \
                    ("C" if r["run_id"] == self.compare_with else "")
-            rows.append((mark, r["run_id"], r["name"] or "", ",".join(r["arms"] or []),
+            arms = ",".join(a["arm"] for a in r["arms"] or [])
+            rows.append((mark, r["run_id"], r["name"] or "", arms,
                          right(fmt.num(r["rounds"])), right(fmt.num(r["actions"])),
                          right(fmt.num(r["escaped"])), fmt.clock(r["first_ts"], True),
                          fmt.clock(r["last_ts"], True)))
             keys.append(r["run_id"])
         fill_table(self.query_one("#runs-table", Table),
-                   ["", "run", "name", "arms", "rounds", "actions", "escaped", "first", "last"],
+                   ["", "run", "name", "arms", "rounds", "actions (all arms)", "escaped (all arms)",
+                    "first", "last"],
                    rows, keys)
 
     def show_slow(self, data: D.Comparison) -> None:

@@ -49,6 +49,20 @@ def _since(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _at(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"--at: expected an ISO-8601 time or epoch seconds, got {text!r}") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def _firing_json(s: AlertState) -> dict[str, Any]:
     return {"alertname": s.alertname, "severity": s.severity, "run_id": s.run_id,
             "labels": s.labels, "value": s.value, "active_since": _iso(s.active_since),
@@ -103,6 +117,9 @@ def check(
         "--run", help="Only this run \\[default: every stored run].")] = None,
     fmt: Annotated[Optional[str], typer.Option(
         "--format", metavar="FORMAT", help="table or json \\[default: table].")] = None,
+    at: Annotated[Optional[str], typer.Option(
+        "--at", metavar="TIME", help="Judge the data as of this time (ISO-8601, or epoch "
+        "seconds) instead of now: e.g. a gate re-run long after training.")] = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Evaluate the alert rules as a CI gate (help: CHECK_HELP)."""
@@ -125,7 +142,7 @@ def check(
         evaluated = runs if runs is not None else \
             [str(r) for r in queries.runs(con)["run_id"].to_list()]
         engine = AlertEngine(ruleset, DuckDBAlertStore(store))
-        evaluate_once(engine, con, runs=runs)
+        evaluate_once(engine, con, runs=runs, now=_at(at))
         states = [s for s in engine.states() if runs is None or s.run_id in runs]
     if engine.rule_errors:
         names = {r.uid: r.name for r in engine.rules}

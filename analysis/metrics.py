@@ -1,0 +1,189 @@
+"""The figures of the definitions (README, DESIGN.md), each computed in one place from counts
+handed to it: per arm, "all arms" only where a sum means something, per-rule rates with their
+real denominators, alert counts with silenced ones apart.
+
+Pure: no store, no SQL. storage/queries.py fetches the counts; monitor/report.py, the TUI, the
+CLI and the alert rules call these functions, so every surface shows the same number.
+
+- blocked: attempted and not executed (only an enforcing arm stops anything);
+- would_have_blocked: attempted in a decision not made in enforce mode (shadow, off): a shadow
+  verdict is never a block;
+- escaped: attempted and executed;
+- coverage: covered / actions, per arm only (a rate: never summed over arms);
+- per rule, per arm: evaluations (checks whose rule set held the rule; None when unknown),
+  fires (non-allow verdicts naming it), blocks (enforced block verdicts), would_have_blocked
+  (block verdicts not enforced); block_rate = blocks / evaluations, would_block_rate =
+  would_have_blocked / evaluations, and the rule's rate = both / evaluations (in one arm a
+  rule's checks are all enforced or all not, so it is one of the two). Unknown stays unknown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal, Mapping
+
+Mode = Literal["enforce", "shadow", "mixed", "none"]
+
+
+def rate(num: int | float | None, den: int | float | None) -> float | None:
+    """num / den; None when either is unknown or nothing was counted."""
+    if num is None or den is None or den <= 0:
+        return None
+    return num / den
+
+
+def _int(row: Mapping[str, Any], key: str) -> int:
+    value = row.get(key)
+    return int(value) if value is not None else 0
+
+
+@dataclass(frozen=True)
+class ArmFigures:
+    """One arm of a run over a span of rounds."""
+
+    arm: str
+    actions: int
+    covered: int
+    enforce_mode: int        # actions decided in enforce mode
+    attempted: int
+    blocked: int
+    would_have_blocked: int
+    escaped: int
+    evasions: int
+    executed: int
+
+    @property
+    def coverage(self) -> float | None:
+        return rate(self.covered, self.actions)
+
+    @property
+    def mode(self) -> Mode:
+        """How the arm decided: every action in enforce mode, none, or some."""
+        if not self.actions:
+            return "none"
+        if self.enforce_mode == self.actions:
+            return "enforce"
+        return "shadow" if self.enforce_mode == 0 else "mixed"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"arm": self.arm, "mode": self.mode, "actions": self.actions,
+                "covered": self.covered, "coverage": self.coverage,
+                "attempted": self.attempted, "blocked": self.blocked,
+                "would_have_blocked": self.would_have_blocked, "escaped": self.escaped,
+                "evasions": self.evasions, "executed": self.executed}
+
+
+def arm_figures(row: Mapping[str, Any]) -> ArmFigures:
+    """From a row of summed rollup counts (storage/queries.totals and the like)."""
+    return ArmFigures(
+        arm=str(row["arm"]), actions=_int(row, "actions"), covered=_int(row, "covered"),
+        enforce_mode=_int(row, "enforce_mode"), attempted=_int(row, "attempted"),
+        blocked=_int(row, "blocked"), would_have_blocked=_int(row, "would_have_blocked"),
+        escaped=_int(row, "escaped"), evasions=_int(row, "evasions"),
+        executed=_int(row, "executed"))
+
+
+@dataclass(frozen=True)
+class AllArms:
+    """What sums over arms: counts of actions and of outcomes. No rate, no coverage."""
+
+    arms: tuple[str, ...]
+    actions: int
+    attempted: int
+    blocked: int
+    would_have_blocked: int
+    escaped: int
+
+
+def all_arms(arms: Iterable[ArmFigures]) -> AllArms:
+    items = list(arms)
+    return AllArms(arms=tuple(a.arm for a in items),
+                   actions=sum(a.actions for a in items),
+                   attempted=sum(a.attempted for a in items),
+                   blocked=sum(a.blocked for a in items),
+                   would_have_blocked=sum(a.would_have_blocked for a in items),
+                   escaped=sum(a.escaped for a in items))
+
+
+@dataclass(frozen=True)
+class RuleFigures:
+    """One rule in one arm."""
+
+    arm: str
+    service: str
+    rule_id: str
+    evaluations: int | None  # None: the rules evaluated are unknown (audit logs)
+    fires: int
+    blocks: int
+    would_have_blocked: int
+
+    @property
+    def block_rate(self) -> float | None:
+        return rate(self.blocks, self.evaluations)
+
+    @property
+    def would_block_rate(self) -> float | None:
+        return rate(self.would_have_blocked, self.evaluations)
+
+    @property
+    def rule_rate(self) -> float | None:
+        """Block verdicts per evaluation, enforced or not: what the Rules view shows as the
+        rule's rate and what its trend (drift) follows."""
+        return rate(self.blocks + self.would_have_blocked, self.evaluations)
+
+    @property
+    def fire_rate(self) -> float | None:
+        return rate(self.fires, self.evaluations)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule_id": self.rule_id, "service": self.service,
+                "evaluations": self.evaluations, "fires": self.fires, "blocks": self.blocks,
+                "would_have_blocked": self.would_have_blocked, "block_rate": self.block_rate,
+                "would_block_rate": self.would_block_rate, "fire_rate": self.fire_rate}
+
+
+def rule_figures(row: Mapping[str, Any], arm: str | None = None) -> RuleFigures:
+    """From a row of storage/queries.rule_counts."""
+    evaluations = row.get("evaluations")
+    return RuleFigures(arm=str(arm if arm is not None else row["arm"]),
+                       service=str(row["service"]), rule_id=str(row["rule_id"]),
+                       evaluations=None if evaluations is None else int(evaluations),
+                       fires=_int(row, "fires"), blocks=_int(row, "blocks"),
+                       would_have_blocked=_int(row, "would_have_blocked"))
+
+
+def rule_trend(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str],
+                                                           list[tuple[int, float | None]]]:
+    """Per (arm, service, rule): (round, rule rate) oldest first, from rule_counts by round; a
+    round whose evaluations are unknown has rate None."""
+    out: dict[tuple[str, str, str], list[tuple[int, float | None]]] = {}
+    for row in sorted(rows, key=lambda r: (r["arm"], r["service"], r["rule_id"], r["round"])):
+        f = rule_figures(row)
+        out.setdefault((f.arm, f.service, f.rule_id), []).append((int(row["round"]),
+                                                                  f.rule_rate))
+    return out
+
+
+@dataclass(frozen=True)
+class AlertCounts:
+    firing: int     # firing and not silenced: what fails `check`
+    silenced: int   # firing but held back by a silence
+    pending: int
+
+
+def alert_counts(states: Iterable[tuple[str, bool]]) -> AlertCounts:
+    """From (state, silenced) pairs."""
+    firing = silenced = pending = 0
+    for state, muted in states:
+        if state == "firing":
+            if muted:
+                silenced += 1
+            else:
+                firing += 1
+        elif state == "pending":
+            pending += 1
+    return AlertCounts(firing, silenced, pending)
+
+
+__all__ = ["AlertCounts", "AllArms", "ArmFigures", "Mode", "RuleFigures", "alert_counts",
+           "all_arms", "arm_figures", "rate", "rule_figures", "rule_trend"]

@@ -305,11 +305,11 @@ async def test_escape_leaves_a_drill_down_and_its_filter(make_app) -> None:
         # With no drill-down, esc clears the view's own filter.
         await pilot.press("2")
         await type_prompt(pilot, "slash", "STR-001")
-        assert {r[1] for r in rows_of(app, "rules-table")} == {"STR-001"}
+        assert {r[2] for r in rows_of(app, "rules-table")} == {"STR-001"}
         await pilot.press("escape")
         await settle(pilot)
         assert app.current_view.TITLE == "Rules" and app.current_view.filter_text == ""
-        assert len(rows_of(app, "rules-table")) == 8
+        assert len(rows_of(app, "rules-table")) == 16  # a row per arm and rule
 
 
 async def test_j_k_g_G_move_the_cursor(make_app) -> None:
@@ -323,7 +323,7 @@ async def test_j_k_g_G_move_the_cursor(make_app) -> None:
         await pilot.press("k")
         assert table.cursor_row == 2
         await pilot.press("G")
-        assert table.cursor_row == table.row_count - 1 == 7
+        assert table.cursor_row == table.row_count - 1 == 15
         await pilot.press("g")
         assert table.cursor_row == 0
         await pilot.press("7")

@@ -82,7 +82,8 @@ class Blocked(Exception):
 
     def __init__(self, decision: Decision) -> None:
         stopping = [c for c in decision.checks if c.enforced and c.verdict in _STOPPING]
-        why = "; ".join(f"{c.service} {c.rule_id}: {c.reason}" for c in stopping) or decision.verdict
+        why = "; ".join(f"{c.service} {c.rule_id}: {c.reason}" for c in stopping) \
+            or decision.verdict
         super().__init__(f"action {decision.action.kind!r} stopped ({decision.verdict}): {why}")
         self.decision = decision
 
@@ -105,7 +106,7 @@ def _summary(a: ActionInput) -> str:
 def _check_mode(mode: str, what: str) -> Mode:
     if mode not in MODES:
         raise ValueError(f"{what}: expected one of {', '.join(MODES)}, got {mode!r}")
-    return mode  # type: ignore[return-value]
+    return mode
 
 
 class Governor:
@@ -162,7 +163,7 @@ class Governor:
     @staticmethod
     def _as_service(s: Service | Callable[..., Any]) -> Service:
         if hasattr(s, "check") and hasattr(s, "name"):
-            return s  # type: ignore[return-value]
+            return s
         if callable(s):
             return CustomRule(s)
         raise TypeError(f"not a service or a rule callable: {s!r}")

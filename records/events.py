@@ -148,7 +148,8 @@ class Check:
         raw = d.get("raw_verdict") or d.get("verdict")
         if raw is None:
             raise ValidationError(path + "verdict", "missing")
-        verdict = _verdict(d["verdict"], path + "verdict") if "verdict" in d else _verdict(raw, path + "raw_verdict")
+        verdict = _verdict(d["verdict"], path + "verdict") if "verdict" in d \
+            else _verdict(raw, path + "raw_verdict")
         if d.get("raw_verdict") is not None:
             _verdict(d["raw_verdict"], path + "raw_verdict")  # reject raw values we cannot read
         return cls(
@@ -279,7 +280,7 @@ class Decision:
             agent_id=_str(d, "agent_id", ""),
             round=_int(d, "round", ""),
             arm=_str(d, "arm", ""),
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,
             action=Action.from_payload(d.get("action"), "action."),
             checks=checks,
             verdict=verdict,

@@ -134,10 +134,11 @@ class Batch:
                 sets = rows_table("rulesets", rows) if rows else None
             if sets is not None and sets.num_rows:
                 tables["rulesets"] = sets
-        for name, build, records, what, ident in (
+        row_builders: tuple[tuple[str, Callable[[Any, str], Any], Iterable[Any], str, str], ...] = (
                 ("rewards", _reward_row, rewards, "reward", "reward_id"),
                 ("rollouts", _rollout_row, rollouts, "rollout", "rollout_id"),
-                ("events", _event_row, events, "event", "event_id")):
+                ("events", _event_row, events, "event", "event_id"))
+        for name, build, records, what, ident in row_builders:
             recs, rows = [], []
             for rec in records:
                 try:
@@ -268,7 +269,8 @@ def _checker(table: str, f: pa.Field) -> Callable[[Any], str | None]:
         def check_bool(v: Any) -> str | None:
             if v is None:
                 return missing(v)
-            return None if isinstance(v, bool) else f"expected true or false, got {type(v).__name__}"
+            return None if isinstance(v, bool) \
+                else f"expected true or false, got {type(v).__name__}"
         return check_bool
     if pa.types.is_floating(t):
         def check_float(v: Any) -> str | None:

@@ -71,8 +71,8 @@ OTHER_TABLES: Final = ("rollouts", "rewards", "events")
 SIDE_TABLES: Final = ("rulesets", "run_events")
 UNIT: Final = ["_item", "run_id", "decision_id"]  # a decision and its checks, within one part
 
-# Rollup partial aggregates of the rows a commit adds (registered as `_b`). blocked/escaped follow the definitions
-# in records/events.py (Decision.blocked / Decision.escaped).
+# Rollup partial aggregates of the rows a commit adds (registered as `_b`). blocked/escaped
+# follow the definitions in records/events.py (Decision.blocked / Decision.escaped).
 ROLLUP_AGENT_FROM_DECISIONS: Final = """
 INSERT INTO rollup_agent BY NAME
 SELECT run_id, arm, round, agent_id, count(*) AS actions, count_if(covered) AS covered,
@@ -798,9 +798,10 @@ class Writer:
         n_chk = self._insert_rows("checks", chk.drop_columns(["_item"])) if chk.num_rows else 0
         return dec.num_rows, n_chk, 0
 
-    def _keys(self, sql: str, dec: pa.Table, chk: pa.Table, n: int) -> dict[str, np.ndarray]:
+    def _keys(self, sql: str, dec: pa.Table, chk: pa.Table, n: int) -> dict[str, Any]:
         """The columns `sql` gives per decision row, as arrays in row order (the database
-        returns them in any order: placed by `_pos`, cheaper than sorting)."""
+        returns them in any order: placed by `_pos`, cheaper than sorting), and under `_rest`
+        the rows it could not place (a table, or None)."""
         con = self._con
         con.register("_d", dec)
         con.register("_c", chk)
@@ -1018,7 +1019,8 @@ def _rounds(dec: pa.Table) -> Iterator[pa.Table]:
     assert isinstance(frame, pl.DataFrame)
     rank = frame.select(pl.int_range(pl.len()).over(["run_id", "decision_id"]).alias("r"))["r"]
     ranks = pa.array(rank.to_numpy())
-    for r in range(int(rank.max() or 0) + 1):
+    top = rank.max()  # None when there are no rows
+    for r in range((top if isinstance(top, int) else 0) + 1):
         yield dec.filter(pc.equal(ranks, r))
 
 

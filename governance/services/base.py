@@ -247,7 +247,8 @@ class CustomRule:
             return make_check(self.name, raw, start, rule_id=rule_id, reason=reason)
         if isinstance(out, Mapping):
             raw = str(out.get("raw_verdict") or out.get("verdict") or "ALLOW").strip().upper()
-            return make_check(self.name, raw, start, rule_id=str(out.get("rule_id") or self.rule_id),
+            rule_id = str(out.get("rule_id") or self.rule_id)
+            return make_check(self.name, raw, start, rule_id=rule_id,
                               reason=str(out.get("reason") or ""), severity=out.get("severity"),
                               boundary=out.get("boundary"))
         raise TypeError(f"rule returned {type(out).__name__}, expected a verdict")

@@ -169,7 +169,8 @@ class ValuesBoundary:
         rule_id, rule = self._rule_for(section, keyword)
         name = BOUNDARY_OF_SECTION[section]
         if decision or len(distinct) >= 2:
-            why = "a decision" if decision else f"{len(distinct)} signals: " + ", ".join(sorted(distinct))
+            why = "a decision" if decision \
+                else f"{len(distinct)} signals: " + ", ".join(sorted(distinct))
             return (BLOCK, rule_id, rule, section,
                     f"{name} boundary ({section}): '{keyword}' in {why}; only a human may decide")
         return (NOTIFY, rule_id, rule, section,
@@ -351,7 +352,8 @@ def clickbait(rule: Rule) -> Detector:
 
 _EMAIL: Final = re.compile(r"[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}")
 _PHONE: Final = re.compile(
-    r"(?<![\w/.:-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]?\d{3,4}(?![\w/.:-])")
+    r"(?<![\w/.:-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])"
+    r"\d{3,4}[ .-]?\d{3,4}(?![\w/.:-])")
 _SSN: Final = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
 _CARD: Final = re.compile(r"\b(?:\d{4}[ -]){3}\d{4}\b")
 _DIGITS7: Final = re.compile(r"(?:\d\D?){7}")
@@ -495,14 +497,16 @@ class BoundaryEnforcer:
             if hit is None:
                 continue
             matched.append(rule.rule_id)
-            if best is None or SEVERITY_ORDER[normalise(hit[0])] > SEVERITY_ORDER[normalise(best[0])]:
+            if best is None \
+                    or SEVERITY_ORDER[normalise(hit[0])] > SEVERITY_ORDER[normalise(best[0])]:
                 best = (hit[0], rule.rule_id, rule, hit[1])
         if self.values is not None:
             vb = self.values(a)
             if vb is not None:
                 raw, rule_id, vrule, section, reason = vb
                 matched.append(rule_id)
-                if best is None or SEVERITY_ORDER[normalise(raw)] > SEVERITY_ORDER[normalise(best[0])]:
+                if best is None \
+                        or SEVERITY_ORDER[normalise(raw)] > SEVERITY_ORDER[normalise(best[0])]:
                     best = (raw, rule_id, vrule, reason)
                     if vrule is None:  # a section without a loaded rule still names its boundary
                         return self._finish(best, matched, start, BOUNDARY_OF_SECTION[section])

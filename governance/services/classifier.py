@@ -44,7 +44,8 @@ _TACTICAL: Final = re.compile(
 _PERMANENT: Final = re.compile(r"\b(?:always|never|must|all|every|permanent\w*|from now on)\b")
 _TEMPORARY: Final = re.compile(r"\b(?:for now|this time|temporar\w*|just once|today|for this)\b")
 _CONCRETE: Final = re.compile(r"\d|\w\s*[=:]\s*\S|[\"'`][^\"'`]+[\"'`]")
-_IMPERATIVE: Final = re.compile(r"^\s*(?:use|set|run|keep|never|always|do not|don't|must)\b|\b(?:must|shall|never|always)\b")
+_IMPERATIVE: Final = re.compile(r"^\s*(?:use|set|run|keep|never|always|do not|don't|must)\b"
+                                r"|\b(?:must|shall|never|always)\b")
 _HEDGE: Final = re.compile(r"\b(?:maybe|perhaps|might|could|consider|possibly|if you like)\b")
 
 

@@ -122,7 +122,8 @@ class Instruction:
     def build(cls, instruction_id: str, text: str, *, persistence: str | None = None,
               explicitness: float | None = None, timestamp: float | None = None,
               quadrant: str | None = None, order: int = 0) -> Instruction:
-        c = classify(text) if persistence is None or explicitness is None or quadrant is None else None
+        known = persistence is not None and explicitness is not None and quadrant is not None
+        c = None if known else classify(text)
         extracted = extract_params(text)
         prohibitions: list[tuple[str, re.Pattern[str]]] = []
         for m in _PROHIBITION.finditer(text.lower()):
@@ -139,7 +140,8 @@ class Instruction:
         return cls(
             instruction_id=instruction_id, text=text,
             persistence=(persistence or (c.persistence if c else "MEDIUM")).upper(),
-            explicitness=explicitness if explicitness is not None else (c.explicitness if c else 1.0),
+            explicitness=explicitness if explicitness is not None
+            else (c.explicitness if c else 1.0),
             timestamp=timestamp, quadrant=quadrant or (c.quadrant if c else ""), order=order,
             words=words_of(text) | frozenset(params), params=params,
             prohibitions=tuple(prohibitions),
@@ -287,7 +289,8 @@ class CrossReferenceValidator:
         now = float(context.get("now") or time.time())
         instructions: Iterable[Instruction] = self._instructions
         if context.get("instructions"):
-            instructions = [*self._instructions, *self._context_instructions(context["instructions"])]
+            instructions = [*self._instructions,
+                            *self._context_instructions(context["instructions"])]
         params = _action_params(action)
         haystack = action.lower
         if action.params:

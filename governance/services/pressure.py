@@ -86,7 +86,8 @@ def components(context: Context, action: ActionInput | None = None,
         tokens = ratio("tokens_used", budget)
     conversation = given("conversation_length")
     if conversation is None:
-        conversation = ratio("messages", _num(context.get("message_limit")) or limits["message_limit"])
+        conversation = ratio("messages",
+                             _num(context.get("message_limit")) or limits["message_limit"])
     complexity = given("task_complexity")
     if complexity is None:
         params = action.params if action is not None else {}

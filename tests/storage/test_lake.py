@@ -66,7 +66,8 @@ def _write(spec: str, data: str, k: int) -> None:
         for i in range(0, 6000, 1500):
             # every process writes the shared run (overlapping) and a run of its own
             w.submit(decisions_batch(i, 1500, run_id="shared", total=6000), Cursor(f"s{k}", str(i)))
-            w.submit(decisions_batch(i, 1500, run_id=f"own{k}", total=6000), Cursor(f"s{k}", str(i)))
+            w.submit(decisions_batch(i, 1500, run_id=f"own{k}", total=6000),
+                     Cursor(f"s{k}", str(i)))
         w.close()
 
 
@@ -153,7 +154,8 @@ def test_extensions_load_offline_and_a_missing_package_names_itself(monkeypatch)
     assert {"quack", "ducklake", "postgres_scanner", "httpfs"} <= loaded
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "duckdb_extension_quack" else real(name, *a))
+                        lambda name, *a: None if name == "duckdb_extension_quack"
+                        else real(name, *a))
     with pytest.raises(StoreError, match=r"pip install duckdb-extension-quack==1\.5\.5"):
         extensions.load(duckdb.connect(), "quack")
 

@@ -20,7 +20,7 @@ from tractatus_watch.storage import schema
 from tractatus_watch.storage.batch import ARROW_SCHEMAS, NOT_NULL, Batch
 from tractatus_watch.storage.store import Store
 from support.synthetic import decisions_batch
-from tractatus_watch.storage.writer import Cursor, Writer, WriterError
+from tractatus_watch.storage.writer import Cursor, Writer
 
 TS = 1_795_000_000.0
 
@@ -63,7 +63,8 @@ def rows(store: Store, sql: str) -> list[tuple[Any, ...]]:
 
 
 def quarantine(store: Store) -> list[tuple[str, str]]:
-    return [(r[0], r[1]) for r in rows(store, "SELECT source, reason FROM quarantine ORDER BY reason")]
+    sql = "SELECT source, reason FROM quarantine ORDER BY reason"
+    return [(r[0], r[1]) for r in rows(store, sql)]
 
 
 def commit(store: Store, *batches: Batch, source: str = "tap") -> Writer:

@@ -27,6 +27,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    """Until `url`/healthz answers 200 (bounded); a server that exits or never answers
+    fails with the end of its log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up: {log.read_text()[-3000:]}")
+
+
 class AglServer:
     """`agl-server` as users run it, keyed through the environment (never on a command line)."""
 
@@ -53,18 +69,7 @@ class AglServer:
             env={**os.environ, "AGL_KEY": self.key}, stdout=log, stderr=log,
             cwd=self.workdir)
         log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                output = (self.workdir / "agl-server.log").read_text()
-                raise RuntimeError(f"agl-server exited: {output}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("agl-server did not start")
+        wait_healthy(self.url, self.proc, self.workdir / "agl-server.log", timeout_s)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

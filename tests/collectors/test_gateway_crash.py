@@ -21,7 +21,7 @@ import httpx
 
 from tractatus_watch.storage.store import Store
 
-from .conftest import decision_payload, free_port
+from .conftest import decision_payload, free_port, wait_healthy
 
 RUN = "crash-run"
 
@@ -47,16 +47,7 @@ class Gateway:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tractatus_watch", "gateway", "--store", str(self.db),
                  "--run", RUN, "--port", str(self.port)], env=env, stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("the gateway did not come up: " + self.log.read_text()[-3000:])
+        wait_healthy(self.url, self.proc, self.log, timeout_s)
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -19,7 +19,7 @@ from tractatus_watch.records.events import (
 from tractatus_watch.storage import schema
 from tractatus_watch.storage.batch import ARROW_SCHEMAS, NOT_NULL, Batch
 from tractatus_watch.storage.store import Store
-from support.synthetic import decisions_batch
+from support.synthetic import decisions_batch, nested
 from tractatus_watch.storage.writer import Cursor, Writer
 
 TS = 1_795_000_000.0
@@ -41,14 +41,6 @@ def decision(i: int | str, *, n_checks: int = 2, blocked: bool = False, ts: floa
     return dec
 
 
-def nested(depth: int) -> list[Any]:
-    root: list[Any] = []
-    node = root
-    for _ in range(depth):
-        child: list[Any] = []
-        node.append(child)
-        node = child
-    return root
 
 
 @pytest.fixture

@@ -18,22 +18,15 @@ from tractatus_watch.records.events import Action, Check, Decision, Event, Rewar
 from tractatus_watch.storage.batch import Batch, show_id
 from tractatus_watch.storage.store import Store
 from tractatus_watch.storage.writer import Cursor, Writer
+from support.synthetic import nested
 
 TS = 1_795_000_000.0
 RUN = "prop"
 
 
-def _deep(depth: int) -> list[Any]:
-    root: list[Any] = []
-    node = root
-    for _ in range(depth):
-        child: list[Any] = []
-        node.append(child)
-        node = child
-    return root
 
 
-DEEP = _deep(50_000)
+DEEP = nested(50_000)
 SEPARATORS = st.sampled_from(["\u2028", "\u2029", "\u0085", "\x00", "\r", "\n", "😀"])
 VALID_TEXT = st.text(st.characters(exclude_categories=["Cs"]) | SEPARATORS, max_size=12)
 ANY_TEXT = st.text(st.characters(exclude_categories=[]) | SEPARATORS, max_size=12)  # surrogates

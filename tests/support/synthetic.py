@@ -5,6 +5,8 @@ Vectorised with numpy so that generating 10M checks costs far less than storing 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 
@@ -93,3 +95,14 @@ def decisions_batch(start: int, n: int, *, run_id: str = "bench", rounds: int = 
             "ts": pa.array([int(ts[0])] * len(pairs), type=pa.timestamp("us")),
         }, schema=ARROW_SCHEMAS["rulesets"])
     return Batch(tables)
+
+
+def nested(depth: int) -> list[Any]:
+    """A list nested `depth` deep: JSON deeper than parsers allow, built without recursion."""
+    root: list[Any] = []
+    node = root
+    for _ in range(depth):
+        child: list[Any] = []
+        node.append(child)
+        node = child
+    return root

@@ -331,6 +331,7 @@ def _metric_rows(report: Report) -> dict[str, float | int | str | None]:
         "coverage": k.coverage if k else None,
         "actions": k.actions if k else None,
         "blocked": k.blocked if k else None,
+        "would have blocked": g.would_have_blocked if g else None,
         "escaped (watched arm)": k.escaped if k else None,
         "escaped (baseline)": k.baseline_escaped if k else None,
         "reward (watched arm)": k.performance if k else None,

@@ -235,9 +235,9 @@ class Dashboard(App[None]):
         current = next(i for i, v in enumerate(VIEWS)
                        if self._current_id == f"view-{v.TITLE.lower()}")
         s = self.scope
-        label = f"run {s.run_id or '–'}" + (f" vs {s.baseline_run}" if s.baseline_run else "")
         self._topbar.show([f"{self._key_of(v.KEY, f'dashboard.view.{v.TITLE.lower()}')} "
-                           f"{v.TITLE}" for v in VIEWS], current, label, self.size.width)
+                           f"{v.TITLE}" for v in VIEWS], current, s.run_id, self.size.width,
+                          s.baseline_run)
 
     def _key_of(self, default: str, binding_id: str) -> str:
         """The key a binding has now (the user's keymap may have moved it), as shown."""

@@ -35,7 +35,8 @@ def rows_of(app: Any, table_id: str) -> list[list[str]]:
 
 async def test_overview_kpis_and_rule_trends(make_app, ro_store: Store) -> None:
     app = make_app()
-    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+    # Wide enough for the strip's full labels (narrower, they shorten: test_parts.py).
+    async with app.run_test(size=(160, 40), notifications=True) as pilot:
         await settle(pilot)
         kpis = str(app.query_one("#kpis", Static).render())
         screen = screen_text(app)

@@ -9,11 +9,11 @@ import polars as pl
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Label, Sparkline, Static
+from textual.widgets import Label, Static
 
 from .. import data as D
 from .. import fmt
-from ..widgets import Chart, Empty, TextLine
+from ..widgets import Chart, Empty, TextLine, Spark, fit_strip
 from .base import LOADING, NO_DATA, Fetch, View, ViewContext
 
 
@@ -66,6 +66,7 @@ class Overview(View):
         self._show_parts(False)
 
     def on_resize(self) -> None:
+        self.refresh_kpis()
         compact = self.app.size.height < self.FULL_HEIGHT
         if compact != self._compact and self.data is not None:
             self._draw_charts(self.data)
@@ -147,7 +148,7 @@ class Overview(View):
             self._rule_keys = keys
             box.remove_children()
             rows = [Horizontal(Label(f"{r.rule_id} · {r.service}", classes="spark-name"),
-                               Sparkline([], classes="spark"),
+                               Spark(classes="spark"),
                                TextLine("", classes="spark-rate"), classes="spark-row")
                     for r in rules]
             if not rows:
@@ -159,9 +160,9 @@ class Overview(View):
 
     def _fill_rules(self, rules: tuple[D.RuleTrend, ...]) -> None:
         for row, r in zip(self.query_one("#rule-sparks").query(".spark-row"), rules):
-            spark = row.query(Sparkline)
+            spark = row.query(Spark)
             if spark:
-                spark.first().data = list(r.rates) or [0.0]
+                spark.first().set(r.rates)
                 row.query_one(".spark-rate", TextLine).set(
                     f"{fmt.pct(r.blocks / r.checks if r.checks else None)} of "
                     f"{fmt.num(r.checks)}")
@@ -180,35 +181,44 @@ class Overview(View):
     def kpi_text(self) -> Text:
         k = self.report_kpis
         alerts = self.context.alert_counts
-        text = Text()
+        items: list[tuple[Text, Text]] = []
 
-        def item(label: str, value: str, style: str = "bold") -> None:
-            if text:
-                text.append("  ")
-            text.append(f"{label} ", style="dim")
-            text.append(value, style=style)
+        def item(label: str, value: str, style: str = "bold", *, short: str | None = None,
+                 short_value: str | None = None, note: str = "",
+                 short_note: str | None = None) -> None:
+            """A figure with its label (and a dim note after it); the `short_*` forms are
+            used when the strip does not fit the width on one line."""
+            def one(lab: str, val: str, nt: str) -> Text:
+                return Text.assemble((f"{lab} ", "dim"), (val, style), (nt, "dim"))
+            items.append((one(label, value, note),
+                          one(short or label, short_value or value,
+                              note if short_note is None else short_note)))
 
         if k is None:
             item("coverage", "…")
             item("actions", "…")
         else:
             cov_style = "bold green" if k.coverage == 1.0 else "bold red"
-            item("coverage", fmt.pct(k.coverage), cov_style)
+            item("coverage", fmt.pct(k.coverage), cov_style, short="cov")
             item("actions", fmt.num(k.actions))
             item("blocked", fmt.num(k.blocked))
-            item("escaped", fmt.num(k.escaped), "bold red" if k.escaped else "bold")
-            if k.baseline_escaped is not None:
-                text.append(f" (baseline {fmt.num(k.baseline_escaped)})", style="dim")
+            base = k.baseline_escaped
+            item("escaped", fmt.num(k.escaped), "bold red" if k.escaped else "bold",
+                 note="" if base is None else f" (baseline {fmt.num(base)})",
+                 short_note="" if base is None else f" (base {fmt.num(base)})")
             if k.gap is not None:
                 rel = f" {fmt.pct(k.gap.relative, 1)}" if k.gap.relative is not None else ""
-                item("gap", f"{fmt.dec(k.gap.absolute, 3, True)} "
-                            f"[{fmt.dec(k.gap.lo, 3, True)}, {fmt.dec(k.gap.hi, 3, True)}]{rel}")
+                ci = f"[{fmt.dec(k.gap.lo, 3, True)}, {fmt.dec(k.gap.hi, 3, True)}]"
+                value = fmt.dec(k.gap.absolute, 3, True)
+                # Short: the relative gap is left out (the absolute one and its CI stay).
+                item("gap", f"{value} {ci}{rel}", short_value=f"{value} {ci.replace(' ', '')}")
             else:
                 item("gap", "– (needs rewards in both arms)", "dim")
         firing, pending = alerts
         item("alerts", f"{firing} firing" + (f", {pending} pending" if pending else ""),
              "bold red" if firing else "bold green")
-        return text
+        width = (self.size.width or self.app.size.width) - 2  # the strip's padding
+        return fit_strip(items, max(width, 20))
 
     def export_frame(self) -> pl.DataFrame | None:
         if self.data is None:

@@ -452,6 +452,15 @@ class Dashboard(App[None]):
         self.scope = replace(self.scope, baseline_run=run_id)
         self.notify(f"baseline: {run_id or 'the ungoverned arm of the same run'}", timeout=3)
 
+    def set_smoothing(self, weight: float) -> None:
+        """The charts' EMA weight (0: off), shown in their subtitles while on."""
+        self.context.smoothing = weight
+        overview = self.overview
+        if overview.data is not None and overview.is_mounted:
+            overview.show(overview.data)
+        self.notify(f"smoothing {weight:g}" if weight else "smoothing off", timeout=3,
+                    markup=False)
+
     def compare(self, run_id: str | None) -> None:
         """Compare the run shown with `run_id` (None: stop comparing), in the Runs view."""
         self.switch_view(view_index("runs"))

@@ -216,8 +216,9 @@ async def test_no_color_at_80x24(make_app, monkeypatch: pytest.MonkeyPatch) -> N
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         screen = screen_text(app)
-        # Without colour the two lines of a chart differ by their dots.
+        # Without colour the lines of a chart (coverage, blocked, evasions) differ by their
+        # dots.
         chart = app.query_one("#chart-a", Chart)
         modes = [d.hires_mode for d in chart._datasets]
     assert "coverage 100.0%" in screen and "alerts 1 firing" in screen
-    assert modes == [HiResMode.BRAILLE, HiResMode.QUADRANT]
+    assert modes == [HiResMode.BRAILLE, HiResMode.QUADRANT, HiResMode.HALFBLOCK]

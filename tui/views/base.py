@@ -39,6 +39,7 @@ class ViewContext:
     clock: Callable[[], float]
     scope: Scope
     alert_counts: tuple[int, int] = (0, 0)  # (firing, pending) in the last refresh
+    smoothing: float = 0.0  # EMA weight of the charts (`:smooth`), 0 = off
     # What an empty view says instead of NO_DATA: the situation (demo starting, gateway
     # listening on ...), from the command's wiring.
     empty_state: Callable[[], str] = lambda: NO_DATA

@@ -12,9 +12,12 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Label, Static
 
 from .. import data as D
-from .. import fmt
+from .. import fmt, widgets
 from ..widgets import Chart, Empty, TextLine, Spark, fit_strip
 from .base import LOADING, NO_DATA, Fetch, View, ViewContext
+
+
+Series = tuple[list[Any], list[float], str, str]
 
 
 class Overview(View):
@@ -85,45 +88,75 @@ class Overview(View):
     def _draw_charts(self, data: D.OverviewData) -> None:
         compact = self._compact = self.app.size.height < self.FULL_HEIGHT
         self.query_one("#charts-bottom").display = not compact
+        weight = self.context.smoothing
         r = data.rounds
-        x = r["round"].to_list()
         marks = [float(v) for v in data.alert_rounds]
         fired = f"{len(marks)} alert{'s' if len(marks) != 1 else ''} fired" if marks else ""
-        coverage = (x, r["coverage"].fill_null(float("nan")).to_list(), "green", "coverage")
-        blocked = (x, r["blocked_rate"].fill_null(float("nan")).to_list(), "red", "blocked")
+        smooth = f"smoothed {weight:g}" if weight else ""
+
+        def line(frame: pl.DataFrame, col: str, style: str, label: str,
+                 smoothed: bool = True) -> Series:
+            """One series, without its missing rounds, smoothed (EMA) when asked."""
+            pts = [(a, b) for a, b in zip(frame["round"].to_list(), frame[col].to_list())
+                   if b is not None]
+            ys = [float(p[1]) for p in pts]
+            if smoothed and weight:
+                ys = widgets.ema(ys, weight)
+            return [p[0] for p in pts], ys, style, label
+
+        evasion_rate = r.with_columns((pl.col("evasions") / pl.col("actions")).alias("ev"))
+        coverage = line(r, "coverage", "green", "coverage")
+        blocked = line(r, "blocked_rate", "red", "blocked")
+        evasions = line(evasion_rate, "ev", "yellow", "evasions")
+        # The baseline run's same arm, dim: how this run compares round by round.
+        other = data.compared if data.compared is not None and data.compared.height else None
+        vs = [line(other, "coverage", "dim green", "coverage (baseline run)")] if other is not None else []
+        vs_blocked = [line(other, "blocked_rate", "dim red", "blocked (baseline run)")] \
+            if other is not None else []
         g = data.reward
-        gx = g["round"].to_list()
-
-        def line(col: str, style: str) -> tuple[list[Any], list[Any], str, str]:
-            pts = [(a, b) for a, b in zip(gx, g[col].to_list()) if b is not None]
-            return [p[0] for p in pts], [p[1] for p in pts], style, col
-
-        gov, base, gap = line("governed_mean", "cyan"), line("baseline_mean", "yellow"), \
-            line("gap", "magenta")
-        last_gap = f"last gap {gap[1][-1]:+.3f}" if gap[1] else "no gap yet"
+        gov, base = line(g, "governed_mean", "cyan", "watched"), \
+            line(g, "baseline_mean", "yellow", "baseline")
+        gap = line(g, "gap", "magenta", "gap")
+        # The 95% interval of each round's gap (Welch, as the report's): two dim lines.
+        band = [line(g, "gap_lo", "dim magenta", "95% CI", smoothed=False),
+                line(g, "gap_hi", "dim magenta", "95% CI", smoothed=False)]
+        band = [s for s in band if s[0]]
+        last_gap = f"last gap {g['gap'].drop_nulls()[-1]:+.3f}" \
+            if g["gap"].drop_nulls().len() else "no gap yet"
         a, b = self.query_one("#chart-a", Chart), self.query_one("#chart-b", Chart)
         c, d = self.query_one("#chart-c", Chart), self.query_one("#chart-d", Chart)
         rewards = [s for s in (gov, base) if s[0]]
         reward_title = "reward [cyan]watched arm[/] · [yellow]baseline[/]"
+        baseline_note = " · [dim]dim: baseline run[/]" if other is not None else ""
+
+        def sub(*parts: str) -> str:
+            return " · ".join(p for p in parts if p)
+
         plan: list[tuple[Chart, str, dict[str, Any]]]
         if compact:
             plan = [
-                (a, "[green]coverage[/] · [red]blocked rate[/] per round",
-                 dict(series=[coverage, blocked], vlines=marks, ylimits=(0.0, 1.0),
-                      subtitle=fired)),
-                (b, reward_title, dict(series=rewards, vlines=marks,
-                                       subtitle=last_gap if g.height else "no rewards yet")),
+                (a, "[green]coverage[/] · [red]blocked[/] · [yellow]evasions[/] per round"
+                    + baseline_note,
+                 dict(series=[*vs, *vs_blocked, coverage, blocked, evasions], vlines=marks,
+                      y="rate", subtitle=sub(fired, smooth))),
+                (b, reward_title, dict(series=rewards, vlines=marks, subtitle=sub(
+                    last_gap if g.height else "no rewards yet", smooth))),
             ]
         else:
             plan = [
-                (a, "[green]coverage[/] per round",
-                 dict(series=[coverage], vlines=marks, ylimits=(0.0, 1.0), subtitle=fired)),
-                (b, "[red]blocked rate[/] per round",
-                 dict(series=[blocked], vlines=marks, ylimits=(0.0, None))),
+                (a, "[green]coverage[/] per round" + baseline_note,
+                 dict(series=[*vs, coverage], vlines=marks, y="rate",
+                      subtitle=sub(fired, smooth))),
+                (b, "[red]blocked[/] · [yellow]evasions[/] per round (rate of actions)"
+                    + baseline_note,
+                 dict(series=[*vs_blocked, blocked, evasions], vlines=marks, y="rate",
+                      subtitle=smooth)),
                 (c, reward_title, dict(series=rewards, vlines=marks,
-                                       subtitle="" if g.height else "no rewards yet")),
-                (d, "[magenta]gap[/] (watched - baseline) per round",
-                 dict(series=[gap] if gap[0] else [], vlines=marks, subtitle=last_gap)),
+                                       subtitle=sub("" if g.height else "no rewards yet",
+                                                    smooth))),
+                (d, "[magenta]gap[/] (watched - baseline) per round · [dim]95% CI[/]",
+                 dict(series=[*band, gap] if gap[0] else [], vlines=marks,
+                      subtitle=sub(last_gap, smooth))),
             ]
         self._draw_gen += 1
         self._draw_next(plan, self._draw_gen)

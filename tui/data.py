@@ -166,13 +166,15 @@ def reward_rounds(watched: pl.DataFrame, baseline: pl.DataFrame,
            .with_columns((pl.col("governed_mean") - pl.col("baseline_mean")).alias("gap"))
            .filter(pl.col("governed_mean").is_not_null() | pl.col("baseline_mean").is_not_null())
            .sort("round"))
-    lo, hi = [], []
+    lo: list[float | None] = []
+    hi: list[float | None] = []
     for r in out.select([f"{a}_{c}" for a in "gb" for c in sums]).iter_rows():
         if None in r or not r[0] or not r[3]:
             lo.append(None)
             hi.append(None)
             continue
-        ci = gap_ci(*(float(v) for v in r), level=level)
+        n_g, sum_g, sq_g, n_u, sum_u, sq_u = (float(v) for v in r)
+        ci = gap_ci(n_g, sum_g, sq_g, n_u, sum_u, sq_u, level=level)
         finite = math.isfinite(ci.lo) and math.isfinite(ci.hi)
         lo.append(ci.lo if finite else None)
         hi.append(ci.hi if finite else None)

@@ -52,7 +52,7 @@ def fit_widths(names: Sequence[str], widths: Sequence[int], room: int,
         # Cut the squeezable columns, the widest first, one cell at a time.
         while excess > 0 and (not fit.drop_first or k == len(fit.drop)):
             cuttable = [i for i, n in enumerate(names)
-                        if out[i] is not None and out[i] > fit.squeeze.get(n, 1 << 30)]
+                        if (w := out[i]) is not None and w > fit.squeeze.get(n, 1 << 30)]
             if not cuttable:
                 break
             i = max(cuttable, key=lambda j: (out[j] or 0) - fit.squeeze[names[j]])
@@ -237,9 +237,8 @@ class Table(ScrollView, can_focus=True):
             width = self._shown[i] if i < len(self._shown) else self._widths[i]
             if width is None:
                 continue
-            text, style = cell, base
+            text, style = cell.plain if isinstance(cell, Text) else cell, base
             if isinstance(cell, Text):
-                text = cell.plain
                 if cell.style and not header:
                     style = base + (Style.parse(cell.style) if isinstance(cell.style, str)
                                     else cell.style)

@@ -163,14 +163,15 @@ class Chart(PlotWidget, can_focus=False):
     def draw(self, series: Sequence[tuple[Sequence[float], Sequence[float], str, str]], *,
              vlines: Sequence[float] = (),
              ylimits: tuple[float | None, float | None] = (None, None),
-             subtitle: str = "", y: Literal["value", "rate", "log"] = "value") -> None:
+             subtitle: str = "", scale: Literal["value", "rate", "log"] = "value") -> None:
         """Replace the plot with line series (x, y, style, label) and vertical markers.
-        `y="rate"`: a 0-1 rate on the fixed 0-100% scale (ylimits ignored); `y="log"`: the
+        `scale="rate"`: a 0-1 rate on the fixed 0-100% scale (ylimits ignored); `"log"`: the
         series' y are log10 of the data, labelled with the data."""
-        if y != self._y_kind:
-            self._y_kind = y
-            self.set_y_formatter({"rate": _PercentAxis(), "log": _LogAxis()}.get(y, _SafeAxis()))
-        if y == "rate":
+        if scale != self._y_kind:
+            self._y_kind = scale
+            self.set_y_formatter({"rate": _PercentAxis(), "log": _LogAxis()}.get(scale,
+                                                                                 _SafeAxis()))
+        if scale == "rate":
             ylimits = (0.0, 1.0)
         # The canvas sets every pixel of every segment in Python: one point per character
         # column keeps a noisy series cheap (each segment may span the whole height) and shows

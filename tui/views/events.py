@@ -28,7 +28,7 @@ def _dates(rows: pl.DataFrame) -> str:
     """The day(s) of a page, once in the head line: the time column has only the clock."""
     if rows.is_empty():
         return ""
-    days = sorted({fmt.clock(t, True)[:10] for t in (rows["ts"].min(), rows["ts"].max())})
+    days = sorted({fmt.clock(t, True)[:10] for t in rows["ts"].to_list()})
     return " · " + " – ".join(days)
 
 

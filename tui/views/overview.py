@@ -110,7 +110,8 @@ class Overview(View):
         evasions = line(evasion_rate, "ev", "yellow", "evasions")
         # The baseline run's same arm, dim: how this run compares round by round.
         other = data.compared if data.compared is not None and data.compared.height else None
-        vs = [line(other, "coverage", "dim green", "coverage (baseline run)")] if other is not None else []
+        vs = [line(other, "coverage", "dim green", "coverage (baseline run)")] \
+            if other is not None else []
         vs_blocked = [line(other, "blocked_rate", "dim red", "blocked (baseline run)")] \
             if other is not None else []
         g = data.reward
@@ -138,18 +139,18 @@ class Overview(View):
                 (a, "[green]coverage[/] · [red]blocked[/] · [yellow]evasions[/] per round"
                     + baseline_note,
                  dict(series=[*vs, *vs_blocked, coverage, blocked, evasions], vlines=marks,
-                      y="rate", subtitle=sub(fired, smooth))),
+                      scale="rate", subtitle=sub(fired, smooth))),
                 (b, reward_title, dict(series=rewards, vlines=marks, subtitle=sub(
                     last_gap if g.height else "no rewards yet", smooth))),
             ]
         else:
             plan = [
                 (a, "[green]coverage[/] per round" + baseline_note,
-                 dict(series=[*vs, coverage], vlines=marks, y="rate",
+                 dict(series=[*vs, coverage], vlines=marks, scale="rate",
                       subtitle=sub(fired, smooth))),
                 (b, "[red]blocked[/] · [yellow]evasions[/] per round (rate of actions)"
                     + baseline_note,
-                 dict(series=[*vs_blocked, blocked, evasions], vlines=marks, y="rate",
+                 dict(series=[*vs_blocked, blocked, evasions], vlines=marks, scale="rate",
                       subtitle=smooth)),
                 (c, reward_title, dict(series=rewards, vlines=marks,
                                        subtitle=sub("" if g.height else "no rewards yet",

@@ -56,3 +56,30 @@ async def test_rates_fixed_scale_overlay_and_smoothing(make_snap_app, snap_db: A
     assert raw["evasions"] == pytest.approx((gov["evasions"] / gov["actions"]).to_list())
     assert raw["blocked (baseline run)"] == pytest.approx(other["blocked_rate"].to_list())
     assert max(raw["evasions"]) > 0  # the data has evasions: the line is not a flat 0
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+async def test_kpi_strip_one_line_at_120_and_whole_items_at_80(make_snap_app,
+                                                              size: tuple[int, int]) -> None:
+    from dataclasses import replace
+
+    from textual.widgets import Static
+
+    from tractatus_watch.tui.views import Overview
+
+    app = make_snap_app(interval=60.0)
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot)
+        view = app.query_one(Overview)
+        assert view.report_kpis is not None
+        # Showcase-sized figures (the issue's: 13,828 actions, 3,857 escaped).
+        view.report_kpis = replace(view.report_kpis, actions=13_828, escaped=3_857,
+                                   baseline_escaped=13_828)
+        view.refresh_kpis()
+        lines = str(app.query_one("#kpis", Static).render()).splitlines()
+    if size[0] == 120:
+        assert len(lines) == 1 and "coverage 100.0%" in lines[0]
+    else:
+        assert len(lines) == 2
+        assert any(line.startswith("gap -0.0") for line in lines)  # label and value together
+    assert all(len(line) <= size[0] - 2 for line in lines)

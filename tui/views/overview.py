@@ -233,11 +233,12 @@ class Overview(View):
             item("actions", "…")
         else:
             cov_style = "bold green" if k.coverage == 1.0 else "bold red"
-            item("coverage", fmt.pct(k.coverage), cov_style, short="cov")
-            item("actions", fmt.num(k.actions))
-            item("blocked", fmt.num(k.blocked))
+            # Coverage is the figure the product is about: never abbreviated.
+            item("coverage", fmt.pct(k.coverage), cov_style)
+            item("actions", fmt.num(k.actions), short="act")
+            item("blocked", fmt.num(k.blocked), short="blk")
             base = k.baseline_escaped
-            item("escaped", fmt.num(k.escaped), "bold red" if k.escaped else "bold",
+            item("escaped", fmt.num(k.escaped), "bold red" if k.escaped else "bold", short="esc",
                  note="" if base is None else f" (baseline {fmt.num(base)})",
                  short_note="" if base is None else f" (base {fmt.num(base)})")
             if k.gap is not None:

@@ -237,9 +237,9 @@ class Dashboard(App[None]):
         current = next(i for i, v in enumerate(VIEWS)
                        if self._current_id == f"view-{v.TITLE.lower()}")
         s = self.scope
-        label = f"run {s.run_id or '–'}" + (f" vs {s.baseline_run}" if s.baseline_run else "")
         self._topbar.show([f"{self._key_of(v.KEY, f'dashboard.view.{v.TITLE.lower()}')} "
-                           f"{v.TITLE}" for v in VIEWS], current, label, self.size.width)
+                           f"{v.TITLE}" for v in VIEWS], current, s.run_id, self.size.width,
+                          s.baseline_run)
 
     def _key_of(self, default: str, binding_id: str) -> str:
         """The key a binding has now (the user's keymap may have moved it), as shown."""
@@ -454,6 +454,15 @@ class Dashboard(App[None]):
     def choose_baseline(self, run_id: str | None) -> None:
         self.scope = replace(self.scope, baseline_run=run_id)
         self.notify(f"baseline: {run_id or 'the ungoverned arm of the same run'}", timeout=3)
+
+    def set_smoothing(self, weight: float) -> None:
+        """The charts' EMA weight (0: off), shown in their subtitles while on."""
+        self.context.smoothing = weight
+        overview = self.overview
+        if overview.data is not None and overview.is_mounted:
+            overview.show(overview.data)
+        self.notify(f"smoothing {weight:g}" if weight else "smoothing off", timeout=3,
+                    markup=False)
 
     def compare(self, run_id: str | None) -> None:
         """Compare the run shown with `run_id` (None: stop comparing), in the Runs view."""

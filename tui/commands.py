@@ -39,6 +39,7 @@ class CommandTarget(Protocol):
     def action_theme(self, name: str | None = None) -> None: ...
     def action_export(self, file_format: str = "csv", path: str | None = None) -> None: ...
     def switch_view(self, index: int) -> None: ...
+    def set_smoothing(self, weight: float) -> None: ...
     def exit(self) -> None: ...
 
 
@@ -98,6 +99,18 @@ def _interval(target: CommandTarget, args: Sequence[str]) -> None:
     if not 0.1 <= seconds <= 3600:
         raise ValueError("interval must be between 0.1 and 3600 seconds")
     target.interval = seconds
+
+
+def _smooth(target: CommandTarget, args: Sequence[str]) -> None:
+    """`smooth 0.6` (the EMA weight, as TensorBoard's slider), `smooth off` or `smooth 0`."""
+    text = args[0] if args else "0.6"
+    try:
+        weight = 0.0 if text in ("off", "none") else float(text)
+    except ValueError:
+        weight = -1.0
+    if not 0 <= weight < 1:
+        raise ValueError("usage: smooth WEIGHT|off (an EMA weight from 0 to 0.99; 0 is off)")
+    target.set_smoothing(weight)
 
 
 def _theme(target: CommandTarget, args: Sequence[str]) -> None:
@@ -174,6 +187,9 @@ COMMANDS: Final[tuple[Command, ...]] = (
             _unsilence, aliases=("expire",), args=(_silences,)),
     Command("interval", "interval SECONDS", "seconds between refreshes (0.1 to 3600)",
             _interval, args=(_fixed("0.25", "0.5", "1", "2", "5", "10", "30", "60"),)),
+    Command("smooth", "smooth [WEIGHT|off]",
+            "smooth the Overview's charts (EMA weight 0-0.99, as TensorBoard; default 0.6)",
+            _smooth, args=(_fixed("0.6", "0.9", "off"),), bare=True),
     Command("theme", "theme NAME", "switch to a theme (no name: the next one)", _theme,
             args=(_themes,)),
     Command("export", "export [csv|parquet] [PATH]", "write the current view's table",

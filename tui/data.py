@@ -17,7 +17,7 @@ import duckdb
 import polars as pl
 
 from ..analysis import metrics as M
-from ..analysis.stats import Gap
+from ..analysis.stats import Gap, gap_ci
 from ..monitor.report import GOVERNED, UNGOVERNED, Report, build_report
 from ..storage import queries as Q
 
@@ -165,6 +165,9 @@ class OverviewData:
     reward: pl.DataFrame        # reward_gap per round
     alert_rounds: tuple[int, ...]
     rules: tuple[RuleTrend, ...]
+    # The baseline run's rounds of the same arm (None without a baseline run): drawn over
+    # the rate charts, dim.
+    compared: pl.DataFrame | None = None
 
 
 def rule_trends(by_round: pl.DataFrame, arm: str | None) -> tuple[RuleTrend, ...]:
@@ -196,15 +199,35 @@ def rounds_of(times: list[datetime], rounds: pl.DataFrame) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def reward_rounds(watched: pl.DataFrame, baseline: pl.DataFrame) -> pl.DataFrame:
-    """Per round: mean reward of the watched arm and of the baseline, and their gap (the
-    per-round means that reward_gap computes, taken from per_round frames already fetched)."""
-    g = watched.select("round", pl.col("reward_mean").alias("governed_mean"))
-    b = baseline.select("round", pl.col("reward_mean").alias("baseline_mean"))
-    return (g.join(b, on="round", how="full", coalesce=True)
-            .with_columns((pl.col("governed_mean") - pl.col("baseline_mean")).alias("gap"))
-            .filter(pl.col("governed_mean").is_not_null() | pl.col("baseline_mean").is_not_null())
-            .sort("round"))
+def reward_rounds(watched: pl.DataFrame, baseline: pl.DataFrame,
+                  level: float = 0.95) -> pl.DataFrame:
+    """Per round: mean reward of the watched arm and of the baseline, their gap, and the
+    gap's Welch interval (analysis/stats.py gap_ci, the one the report's gap uses) from the
+    rounds' reward sums."""
+    sums = ["reward_n", "reward_sum", "reward_sq_sum"]
+    g = watched.select("round", pl.col("reward_mean").alias("governed_mean"),
+                       *[pl.col(c).alias(f"g_{c}") for c in sums])
+    b = baseline.select("round", pl.col("reward_mean").alias("baseline_mean"),
+                        *[pl.col(c).alias(f"b_{c}") for c in sums])
+    out = (g.join(b, on="round", how="full", coalesce=True)
+           .with_columns((pl.col("governed_mean") - pl.col("baseline_mean")).alias("gap"))
+           .filter(pl.col("governed_mean").is_not_null() | pl.col("baseline_mean").is_not_null())
+           .sort("round"))
+    lo: list[float | None] = []
+    hi: list[float | None] = []
+    for r in out.select([f"{a}_{c}" for a in "gb" for c in sums]).iter_rows():
+        if None in r or not r[0] or not r[3]:
+            lo.append(None)
+            hi.append(None)
+            continue
+        n_g, sum_g, sq_g, n_u, sum_u, sq_u = (float(v) for v in r)
+        ci = gap_ci(n_g, sum_g, sq_g, n_u, sum_u, sq_u, level=level)
+        finite = math.isfinite(ci.lo) and math.isfinite(ci.hi)
+        lo.append(ci.lo if finite else None)
+        hi.append(ci.hi if finite else None)
+    return out.with_columns(pl.Series("gap_lo", lo, dtype=pl.Float64),
+                            pl.Series("gap_hi", hi, dtype=pl.Float64)
+                            ).drop([f"{a}_{c}" for a in "gb" for c in sums])
 
 
 def fetch_overview(con: Con, run_id: str, baseline_run: str | None = None) -> OverviewData:
@@ -216,13 +239,16 @@ def fetch_overview(con: Con, run_id: str, baseline_run: str | None = None) -> Ov
             else per_round.clear()
     else:
         baseline = Q.per_round(con, baseline_run, UNGOVERNED)
+    compared = None if baseline_run is None or arm is None else \
+        Q.per_round(con, baseline_run, arm)
     history = Q.alert_history(con, run_id)
     fired = history.filter(pl.col("to_state") == "firing")["ts"].to_list()
     return OverviewData(run_id=run_id, arm=arm, rounds=rounds,
                         reward=reward_rounds(rounds, baseline),
                         alert_rounds=rounds_of(fired, rounds),
                         rules=rule_trends(Q.rule_counts(con, run_id, arm=arm, by_round=True),
-                                          arm))
+                                          arm),
+                        compared=compared)
 
 
 # --- rules ----------------------------------------------------------------------------------------

@@ -79,17 +79,38 @@ def duration(text: str) -> float:
     return parse_positive_seconds(text)
 
 
-def spark(values: Sequence[float | None], width: int | None = None) -> str:
-    """A one-line trend for table cells (widgets use Textual's Sparkline instead)."""
+def spark(values: Sequence[float | None], width: int | None = None, lo: float = 0.0,
+          hi: float = 1.0) -> str:
+    """A one-line trend on a fixed scale (rates: 0-100%), so rows compare with each other and
+    a constant reads as its level: 0 is a blank, anything above it at least the lowest bar,
+    `hi` the full bar. With `width`, the values are averaged into that many buckets (the
+    newest rounds stay at the right edge)."""
     vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
         return ""
     if width and len(vals) > width:
-        # Average into `width` buckets so the newest rounds stay at the right edge.
         n = len(vals)
         buckets = [vals[i * n // width:(i + 1) * n // width] for i in range(width)]
         vals = [sum(b) / len(b) for b in buckets]
-    lo, hi = min(vals), max(vals)
-    if hi - lo < 1e-12:
-        return BARS[0] * len(vals) if hi == 0 else BARS[3] * len(vals)
-    return "".join(BARS[min(7, int((v - lo) / (hi - lo) * 7.999))] for v in vals)
+    return "".join(bar(v, lo, hi) for v in vals)
+
+
+def bar(value: float, lo: float = 0.0, hi: float = 1.0) -> str:
+    """One block of a fixed-scale sparkline (see spark)."""
+    if not hi > lo:
+        raise ValueError(f"empty scale {lo}..{hi}")
+    share = (value - lo) / (hi - lo)
+    if share <= 0:
+        return " "
+    return BARS[min(len(BARS), math.ceil(share * len(BARS) - 1e-9)) - 1]
+
+
+def middle(text: str, width: int) -> str:
+    """`text` in at most `width` cells with "…" in the middle: a run id's prefix (the demo)
+    and its end (the time it started) both stay readable."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return text[:width]
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]

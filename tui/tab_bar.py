@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from rich.text import Text
 from textual import events
 
+from . import fmt
 from .messages import ViewChosen
 from .widgets import TextLine
 
@@ -18,10 +19,21 @@ class TabBar(TextLine):
         super().__init__(id=id)
         self._spans: list[tuple[int, int, int]] = []  # (first cell, end cell, view index)
 
-    def show(self, tabs: Sequence[str], current: int, label: str, width: int) -> None:
+    def show(self, tabs: Sequence[str], current: int, run: str | None, width: int,
+             baseline: str | None = None) -> None:
+        """Tabs ("1 Overview") and the run (and its baseline) at the right end, on one line:
+        when they do not fit, the other tabs keep only their keys, then the run ids lose
+        their middle (never their start or end) down to 8 cells each."""
+        for compact in (False, True):
+            shown = [tab.split(" ")[0] if compact and i != current else tab
+                     for i, tab in enumerate(tabs)]
+            used = sum(len(t) + 1 for t in shown)
+            label = run_label(run, baseline, width - used - 3)
+            if used + len(label) + 3 <= width:
+                break
         text = Text()
         spans = []
-        for i, tab in enumerate(tabs):
+        for i, tab in enumerate(shown):
             text.append(" ")
             start = text.cell_len
             text.append(tab, style="reverse bold" if i == current else "")
@@ -43,3 +55,16 @@ class TabBar(TextLine):
         if index is not None:
             event.stop()
             self.app.post_message(ViewChosen(index))
+
+
+def run_label(run: str | None, baseline: str | None, room: int) -> str:
+    """"run ID" or "run ID vs BASELINE" in `room` cells where possible: the ids lose their
+    middle, each kept to at least 8 cells."""
+    ids = [run or "–"] + ([baseline] if baseline else [])
+    fixed = len("run ") + (len(" vs ") if baseline else 0)
+    share = max(8, (room - fixed) // len(ids))
+    if fixed + sum(len(i) for i in ids) > room:
+        # The baseline gets what the run id does not need.
+        first = fmt.middle(ids[0], max(share, room - fixed - sum(len(i) for i in ids[1:])))
+        ids = [first] + [fmt.middle(i, max(8, room - fixed - len(first))) for i in ids[1:]]
+    return "run " + " vs ".join(ids)

@@ -8,7 +8,8 @@ handful of segments (microseconds), which keeps a refresh far below a frame.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from rich.segment import Segment
@@ -23,6 +24,52 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 Cell = str | Text
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How a table wider than its box keeps its key columns whole: first the secondary
+    columns in `squeeze` are cut (name -> the narrowest it may get; text ends in "…", a
+    column in `keep_end` loses its start instead, for trends whose newest point is last),
+    then the columns in `drop` are hidden, first listed first. Other columns are never cut;
+    if they alone are too wide the table scrolls sideways."""
+
+    squeeze: Mapping[str, int] = field(default_factory=dict)
+    drop: Sequence[str] = ()
+    keep_end: frozenset[str] = frozenset()
+    # Hide every `drop` column before cutting any `squeeze` one (labels that must stay whole
+    # where they fit).
+    drop_first: bool = False
+
+
+def fit_widths(names: Sequence[str], widths: Sequence[int], room: int,
+               fit: Fit) -> list[int | None]:
+    """The width of each column in `room` cells (None: hidden); 2 cells of padding each."""
+    for k in range(len(fit.drop) + 1):
+        hidden = set(fit.drop[:k])
+        out: list[int | None] = [None if n in hidden else w for n, w in zip(names, widths)]
+        excess = sum(w + 2 for w in out if w is not None) - room
+        # Cut the squeezable columns, the widest first, one cell at a time.
+        while excess > 0 and (not fit.drop_first or k == len(fit.drop)):
+            cuttable = [i for i, n in enumerate(names)
+                        if (w := out[i]) is not None and w > fit.squeeze.get(n, 1 << 30)]
+            if not cuttable:
+                break
+            i = max(cuttable, key=lambda j: (out[j] or 0) - fit.squeeze[names[j]])
+            out[i] = (out[i] or 0) - 1
+            excess -= 1
+        if excess <= 0 or k == len(fit.drop):
+            return out
+    raise AssertionError("unreachable")
+
+
+def cut(text: str, width: int, keep_end: bool = False) -> str:
+    """`text` in at most `width` cells: the end kept (no mark), or the start with "…"."""
+    if len(text) <= width:
+        return text
+    if keep_end:
+        return text[len(text) - width:]
+    return text[:max(width - 1, 0)] + "…"
 
 
 class Table(ScrollView, can_focus=True):
@@ -72,6 +119,9 @@ class Table(ScrollView, can_focus=True):
         self._keys: list[str | None] = []
         self._widths: list[int] = []
         self._right: list[bool] = []
+        self.fit = Fit()
+        self._shown: list[int | None] = []  # the widths drawn (None: hidden), for _room
+        self._room = -1
 
     # --- data ----------------------------------------------------------------------------------
 
@@ -80,9 +130,12 @@ class Table(ScrollView, can_focus=True):
         return len(self._rows)
 
     def set_rows(self, columns: Sequence[str], rows: Sequence[Sequence[Cell]],
-                 keys: Sequence[str | None] | None = None) -> None:
+                 keys: Sequence[str | None] | None = None, fit: Fit | None = None) -> None:
         """Replace the content; the cursor stays on the same row index when it still exists.
-        A column whose cells are all right-justified Text is right-aligned, header included."""
+        A column whose cells are all right-justified Text is right-aligned, header included.
+        `fit`: which columns give way when the box is narrower than the rows."""
+        if fit is not None:
+            self.fit = fit
         self.columns = list(columns)
         self._rows = [tuple(r) for r in rows]
         self._keys = list(keys) if keys is not None else [None] * len(self._rows)
@@ -95,14 +148,33 @@ class Table(ScrollView, can_focus=True):
                     self._widths[i] = len(text)
                 if not (isinstance(cell, Text) and cell.justify == "right"):
                     self._right[i] = False
-        width = sum(self._widths) + 2 * len(self._widths)
-        self.virtual_size = Size(width, len(self._rows) + 1)
+        self._room = -1
+        self._layout()
         cursor = min(self.cursor_row, max(len(self._rows) - 1, 0))
         if cursor != self.cursor_row:
             self.cursor_row = cursor
         else:
             self._highlighted()
         self.refresh()
+
+    def _layout(self) -> None:
+        """Fit the columns to the box width (again when it changed)."""
+        room = self.scrollable_content_region.width or self.size.width
+        if room == self._room:
+            return
+        self._room = room
+        self._shown = fit_widths(self.columns, self._widths, room, self.fit) if room > 0 \
+            else list(self._widths)
+        width = sum(w + 2 for w in self._shown if w is not None)
+        self.virtual_size = Size(width, len(self._rows) + 1)
+
+    def on_resize(self) -> None:
+        self._layout()
+
+    @property
+    def shown_columns(self) -> list[str]:
+        """The columns on screen now (a narrow box hides some, see Fit)."""
+        return [c for c, w in zip(self.columns, self._shown) if w is not None]
 
     def get_row_at(self, index: int) -> list[str]:
         return [c.plain if isinstance(c, Text) else c for c in self._rows[index]]
@@ -162,18 +234,21 @@ class Table(ScrollView, can_focus=True):
     def _line(self, cells: Sequence[Cell], base: Style, header: bool = False) -> list[Segment]:
         segments = []
         for i, cell in enumerate(cells):
-            width = self._widths[i]
-            text, style = cell, base
+            width = self._shown[i] if i < len(self._shown) else self._widths[i]
+            if width is None:
+                continue
+            text, style = cell.plain if isinstance(cell, Text) else cell, base
             if isinstance(cell, Text):
-                text = cell.plain
                 if cell.style and not header:
                     style = base + (Style.parse(cell.style) if isinstance(cell.style, str)
                                     else cell.style)
+            text = cut(text, width, self.columns[i] in self.fit.keep_end)
             padded = text.rjust(width) if self._right[i] else text.ljust(width)
             segments.append(Segment(f" {padded} ", style))
         return segments
 
     def render_line(self, y: int) -> Strip:
+        self._layout()  # a scrollbar that came or went changes the room without a resize
         scroll_x, scroll_y = self.scroll_offset
         width = self.size.width
         base = self.rich_style

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from rich.text import Text
@@ -17,7 +18,8 @@ from textual_plot import HiResMode, PlotWidget
 from textual_plot.axis_formatter import NumericAxisFormatter
 from textual_plot.plot_widget import Legend
 
-from .table import Table
+from . import fmt
+from .table import Fit, Table
 
 
 class _Canvas(Canvas):
@@ -48,6 +50,88 @@ class _SafeAxis(NumericAxisFormatter):
         return super().get_labels_for_ticks(ticks)
 
 
+def round_ticks(lo: float, hi: float, max_ticks: int = 8) -> list[float]:
+    """Ticks for an axis of rounds: whole numbers only, 1, 2 or 5 times a power of ten apart
+    (never 0.5 steps over 5 rounds), at most `max_ticks` of them, inside [lo, hi]."""
+    first, last = math.ceil(lo - 1e-9), math.floor(hi + 1e-9)
+    if last < first:
+        return [float(round((lo + hi) / 2))]
+    span = last - first
+    step = 1
+    while span // step + 1 > max(max_ticks, 1):
+        for factor in (2, 5 / 2, 2):  # 1 -> 2 -> 5 -> 10 -> 20 -> 50 ...
+            step = round(step * factor)
+            if span // step + 1 <= max_ticks:
+                break
+    start = math.ceil(first / step) * step
+    return [float(t) for t in range(start, last + 1, step)]
+
+
+def percent_ticks(max_ticks: int = 8) -> list[float]:
+    """A rate axis is always 0-100%: 0, 25, 50, 75, 100% (0, 50, 100 when there is room for
+    fewer than five ticks)."""
+    step = 0.25 if max_ticks >= 5 else 0.5
+    return [i * step for i in range(int(round(1 / step)) + 1)]
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks of a log10 axis (values are log10 of the data): the powers of ten in range, and
+    2 and 5 times them when fewer than three powers fit."""
+    decades = range(math.floor(lo), math.ceil(hi) + 1)
+    ticks = [float(d) for d in decades if lo - 1e-9 <= d <= hi + 1e-9]
+    if len(ticks) < 3:
+        ticks = sorted(t for d in decades for m in (1, 2, 5)
+                       if lo - 1e-9 <= (t := d + math.log10(m)) <= hi + 1e-9)
+    return ticks
+
+
+class _RoundAxis(NumericAxisFormatter):
+    """The x axis of every chart here: rounds, integers."""
+
+    def get_ticks(self, min_: float, max_: float, max_ticks: int = 8) -> list[float]:
+        return round_ticks(min_, max_, max_ticks)
+
+    def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
+        return [str(int(t)) for t in ticks]
+
+
+class _PercentAxis(NumericAxisFormatter):
+    """A rate (0-1) axis labelled in percent, on the fixed 0-100% scale."""
+
+    def get_ticks(self, min_: float, max_: float, max_ticks: int = 8) -> list[float]:
+        return percent_ticks(max_ticks)
+
+    def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
+        return [f"{t * 100:.0f}%" for t in ticks]
+
+
+class _LogAxis(NumericAxisFormatter):
+    """An axis whose values are log10 of the data, labelled with the data (1, 10, 100)."""
+
+    def get_ticks(self, min_: float, max_: float, max_ticks: int = 8) -> list[float]:
+        return log_ticks(min_, max_)
+
+    def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
+        return [f"{10 ** t:g}" for t in ticks]
+
+
+def ema(values: Sequence[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average with `weight` on the past
+    (0 = off), debiased so the first points are not pulled towards 0; NaNs stay gaps and do
+    not reset the average."""
+    if not 0 <= weight < 1:
+        raise ValueError(f"smoothing must be in [0, 1), not {weight}")
+    out, last, n = [], 0.0, 0
+    for v in values:
+        if not math.isfinite(v):
+            out.append(float("nan"))
+            continue
+        last = last * weight + (1 - weight) * v
+        n += 1
+        out.append(last / (1 - weight ** n))
+    return out
+
+
 class Chart(PlotWidget, can_focus=False):
     """A braille plot that never takes focus: a focused plot binds +, - and the arrows itself,
     which would shadow the dashboard's interval keys."""
@@ -63,8 +147,9 @@ class Chart(PlotWidget, can_focus=False):
         self.set_reactive(PlotWidget.margin_top, 0)
         self.set_reactive(PlotWidget.margin_bottom, 2)
         self.set_reactive(PlotWidget.margin_left, 7)
-        self.set_x_formatter(_SafeAxis())
+        self.set_x_formatter(_RoundAxis())
         self.set_y_formatter(_SafeAxis())
+        self._y_kind = "value"
 
     def compose(self) -> ComposeResult:
         # PlotWidget's own layout, with canvases that survive NO_COLOR.
@@ -78,8 +163,16 @@ class Chart(PlotWidget, can_focus=False):
     def draw(self, series: Sequence[tuple[Sequence[float], Sequence[float], str, str]], *,
              vlines: Sequence[float] = (),
              ylimits: tuple[float | None, float | None] = (None, None),
-             subtitle: str = "") -> None:
-        """Replace the plot with line series (x, y, style, label) and vertical markers."""
+             subtitle: str = "", scale: Literal["value", "rate", "log"] = "value") -> None:
+        """Replace the plot with line series (x, y, style, label) and vertical markers.
+        `scale="rate"`: a 0-1 rate on the fixed 0-100% scale (ylimits ignored); `"log"`: the
+        series' y are log10 of the data, labelled with the data."""
+        if scale != self._y_kind:
+            self._y_kind = scale
+            self.set_y_formatter({"rate": _PercentAxis(), "log": _LogAxis()}.get(scale,
+                                                                                 _SafeAxis()))
+        if scale == "rate":
+            ylimits = (0.0, 1.0)
         # The canvas sets every pixel of every segment in Python: one point per character
         # column keeps a noisy series cheap (each segment may span the whole height) and shows
         # all that the cells can.
@@ -145,6 +238,33 @@ class TextLine(Widget):
         return self._text
 
 
+class Spark(Widget):
+    """A one-line trend on a fixed scale (fmt.spark: 0-100% for rates), averaged into the
+    cells it has. Textual's Sparkline scales each row to its own range: a constant 100% drew
+    as the lowest bar and a lone 0% as a full one."""
+
+    DEFAULT_CSS = """
+    Spark { height: 1; color: $error; }
+    """
+
+    def __init__(self, *, lo: float = 0.0, hi: float = 1.0, classes: str | None = None) -> None:
+        super().__init__(classes=classes)
+        self.lo, self.hi = lo, hi
+        self._values: tuple[float, ...] = ()
+
+    def set(self, values: Sequence[float]) -> None:
+        if tuple(values) != self._values:
+            self._values = tuple(values)
+            self.refresh()
+
+    def render(self) -> str:
+        width, n = max(self.size.width, 1), len(self._values)
+        # Fewer rounds than cells: each round gets an equal run of cells.
+        values = [self._values[i * n // width] for i in range(width)] if 0 < n < width \
+            else self._values
+        return fmt.spark(values, width, self.lo, self.hi)
+
+
 class Empty(Static):
     """What to do when a panel has nothing to show: never a blank panel."""
 
@@ -154,8 +274,36 @@ class Empty(Static):
 
 
 def fill_table(table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-               keys: Sequence[str] | None = None) -> None:
-    table.set_rows(columns, rows, keys)
+               keys: Sequence[str] | None = None, fit: Fit | None = None) -> None:
+    table.set_rows(columns, rows, keys, fit)
+
+
+def fit_strip(items: Sequence[tuple[Text, Text]], width: int, sep: str = "  ") -> Text:
+    """A strip of (full, short) items in `width` cells: the full forms where they fit on one
+    line (items switch to their short form, the biggest saving first, until the line fits).
+    If no form fits one line, the full forms are broken into lines between items, never
+    inside one (a figure is never split from its label)."""
+    chosen = [full for full, _ in items]
+    savings = sorted(range(len(items)),
+                     key=lambda i: items[i][1].cell_len - items[i][0].cell_len)
+    for i in [None, *savings]:
+        if i is not None:
+            chosen[i] = items[i][1]
+        if sum(t.cell_len for t in chosen) + len(sep) * (len(chosen) - 1) <= width:
+            return Text(sep).join(chosen)
+    # Two lines either way: the full forms, then.
+    chosen = [full for full, _ in items]
+    out, line = Text(), 0
+    for t in chosen:
+        if line and line + len(sep) + t.cell_len > width:
+            out.append("\n")
+            line = 0
+        elif line:
+            out.append(sep)
+            line += len(sep)
+        out.append_text(t)
+        line += t.cell_len
+    return out
 
 
 def right(text: str) -> Text:

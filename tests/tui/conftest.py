@@ -14,7 +14,7 @@ import pytest
 from tractatus_watch.storage.store import Store
 from tractatus_watch.tui.app import Dashboard
 
-from .helpers import FIXED_NOW, build_db
+from .helpers import FIXED_NOW, SNAP_BASELINE, SNAP_RUN, build_db, build_snapshot_db
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -51,3 +51,27 @@ def make_app(ro_store: Store, tmp_path: Path) -> Callable[..., Dashboard]:
         return Dashboard(kwargs.pop("store", ro_store), **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def snap_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The snapshot database (tests/tui/helpers.py: build_snapshot_db)."""
+    path = tmp_path_factory.mktemp("snap") / "watch.duckdb"
+    build_snapshot_db(path)
+    return path
+
+
+@pytest.fixture()
+def make_snap_app(snap_db: Path, tmp_path: Path) -> Iterator[Callable[..., Dashboard]]:
+    """Apps on the snapshot database: its showcase run against the other one, a fixed clock."""
+    store = Store.open(snap_db, read_only=True)
+
+    def make(**kwargs: Any) -> Dashboard:
+        kwargs.setdefault("clock", lambda: FIXED_NOW)
+        kwargs.setdefault("export_dir", tmp_path)
+        kwargs.setdefault("run_id", SNAP_RUN)
+        kwargs.setdefault("baseline_run", SNAP_BASELINE)
+        return Dashboard(store, **kwargs)
+
+    yield make
+    store.close()

@@ -136,3 +136,50 @@ async def view_screens(make_app: Any, store: Any) -> list[str]:
             out.append("\n".join(screen_text(app).splitlines()[:-2]))
         out.append(str(app.query_one("#status").render()))
     return out
+
+
+# The snapshot database: run ids, counts and alert labels as long as a `demo showcase` run
+# leaves them, so the snapshots show what a user sees at 80x24 and 120x40.
+SNAP_RUN = "showcase-s7-20261118-110640"
+SNAP_BASELINE = "showcase-s3-20261117-093015"
+
+
+def _with_evasions(batch: Batch, every: int) -> Batch:
+    """The synthetic batch with every `every`-th decision marked as an evasion."""
+    decisions = batch.tables["decisions"]
+    evasion = pa.array(np.arange(decisions.num_rows) % every == 0)
+    i = decisions.schema.get_field_index("evasion")
+    return Batch({**batch.tables,
+                  "decisions": decisions.set_column(i, decisions.schema.field(i), evasion)})
+
+
+def build_snapshot_db(path: Path) -> None:
+    """Two showcase-like runs (14,000 and 6,000 decisions over 12 rounds, evasions in both),
+    rewards in both arms, alerts with long labels and their history."""
+    store = Store.open(path)
+    writer = Writer(store)
+    for seed, (run_id, n, every) in enumerate(((SNAP_RUN, 14_000, 61),
+                                                (SNAP_BASELINE, 6_000, 37))):
+        batch = decisions_batch(0, n, run_id=run_id, rounds=12, agents=8, block_rate=0.11,
+                                seed=seed + 3, total=n)
+        writer.submit(_with_evasions(batch, every))
+        writer.submit(Batch({"rewards": pa.concat_tables([
+            rewards(run_id, n // 10, 12, arm="ungoverned", mean=0.81, seed=seed + 30),
+            rewards(run_id, n // 10, 12, arm="governed", mean=0.74, seed=seed + 40)])}))
+    writer.close()
+    con = store.cursor()
+    labels = {"alertname": "GovernanceEscapedViolations", "arm": "governed",
+              "service": "CrossReferenceValidator", "rule_id": "CONTENT-CLICKBAIT"}
+    con.execute(ALERT_SQL, ["fp-esc", labels["alertname"], SNAP_RUN, "firing", "critical",
+                            json.dumps(labels), json.dumps({"summary": "3 escaped"}), 3.0,
+                            ts(1), ts(9)])
+    drift = {"alertname": "GovernanceLatencyGrowth", "arm": "ungoverned",
+             "service": "BoundaryEnforcer"}
+    con.execute(ALERT_SQL, ["fp-lat", drift["alertname"], SNAP_RUN, "pending", "warning",
+                            json.dumps(drift), "{}", 1.27, ts(4), ts(9)])
+    for i, (a, b) in enumerate((("inactive", "pending"), ("pending", "firing"))):
+        con.execute("INSERT INTO alert_events VALUES (?, ?, ?, ?, ?, ?, ?, ?::TIMESTAMP)",
+                    ["fp-esc", labels["alertname"], SNAP_RUN, a, b, 3.0, json.dumps(labels),
+                     ts(5 + 4 * i)])
+    con.close()
+    store.close()

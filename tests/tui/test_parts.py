@@ -132,12 +132,13 @@ def test_every_binding_has_a_stable_unique_id() -> None:
 
 def test_command_table_drives_the_command_line_help() -> None:
     assert [c.name for c in commands.COMMANDS] == [
-        "run", "baseline", "compare", "silence", "unsilence", "interval", "theme", "export",
-        "view", "help", "quit"]
+        "run", "baseline", "compare", "silence", "unsilence", "interval", "smooth", "theme",
+        "export", "view", "help", "quit"]
     line = commands.usage_line()
     assert line == ("run ID|latest · baseline ID|none · compare ID|none · "
                     "silence ALERT DURATION [COMMENT] · unsilence ID · interval SECONDS · "
-                    "theme NAME · export [csv|parquet] [PATH] · view N · help · quit")
+                    "smooth [WEIGHT|off] · theme NAME · export [csv|parquet] [PATH] · view N · "
+                    "help · quit")
     assert Dashboard.HELP["command"] == f"command line: {line}"
 
 

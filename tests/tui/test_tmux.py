@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from support import truth
 from tractatus_watch.storage.store import Store
 
 from .helpers import build_db, command
@@ -81,9 +82,8 @@ def test_open_in_tmux(tmp_path: Path) -> None:
         actions, blocked = con.execute("""
             SELECT count(*), count_if(attempted AND NOT executed) FROM decisions
             WHERE run_id = 'alpha' AND arm = 'governed'""").fetchall()[0]
-        str001 = con.execute("""SELECT count(*), count_if(verdict = 'block') FROM checks
-            WHERE run_id = 'alpha' AND service = 'BoundaryEnforcer' AND rule_id = 'STR-001'
-            """).fetchall()[0]
+        # The governed arm's row of STR-001, by the definitions (from the raw tables).
+        str001 = truth.rules(con, "alpha")[("governed", "BoundaryEnforcer", "STR-001")]
         con.close()
     program = shlex.join([*command(), "open", "--db", str(db)])
     # Textual draws on stderr, so it cannot be redirected; errors stay on the pane, and so
@@ -100,7 +100,9 @@ def test_open_in_tmux(tmp_path: Path) -> None:
         screen = tmux.wait_for("per service and rule")
         line = next(ln for ln in screen.splitlines()
                     if "BoundaryEnforcer" in ln and " STR-001 " in ln)
-        assert f"{str001[0]:,}" in line and f"{str001[1]:,}" in line
+        assert line.split()[:6] == ["governed", "BoundaryEnforcer", "STR-001",
+                                    f"{str001.evaluations:,}", f"{str001.fires:,}",
+                                    f"{str001.blocks:,}"]
         tmux.keys("?")
         tmux.wait_for("this help", "filter the current view")
         tmux.keys("Escape", "7")

@@ -12,9 +12,13 @@ from textual.widgets import Static
 
 from .. import data as D
 from .. import fmt
-from ..table import Table
+from ..table import Fit, Table
 from ..widgets import Empty, fill_table, right
 from .base import LOADING, NO_DATA, Fetch, View, ViewContext
+
+
+# At 80 columns latency gives way first (the Overhead view has it per arm), then reward.
+AGENTS_FIT = Fit(drop=("latency", "reward"))
 
 
 class Agents(View):
@@ -67,7 +71,7 @@ class Agents(View):
                 for r in data.rows.iter_rows(named=True)]
         fill_table(self.query_one("#agents-table", Table),
                    ["arm", "agent", "actions", "coverage", "blocked", "escaped", "evasions",
-                    "reward", "latency"], rows)
+                    "reward", "latency"], rows, fit=AGENTS_FIT)
 
     def action_sort(self) -> None:
         self.sort = D.AGENT_SORTS[(D.AGENT_SORTS.index(self.sort) + 1) % len(D.AGENT_SORTS)]

@@ -15,9 +15,16 @@ from textual.widgets import Static
 from .. import data as D
 from .. import fmt
 from ..messages import ExpireRequested, SilenceRequested
-from ..table import Table
+from ..table import Fit, Table
 from ..widgets import Empty, fill_table, right
 from .base import Fetch, View, ViewContext
+
+
+# The labels say which arm, rule or service an alert is about: the severity, the start and
+# the age give way first; labels still too long are cut in the table and shown whole in the
+# line below it (the highlighted alert's).
+ALERTS_FIT = Fit(drop=("severity", "since", "for"), squeeze={"labels": 16, "alert": 18},
+                 drop_first=True)
 
 
 class Alerts(View):
@@ -34,6 +41,7 @@ class Alerts(View):
         yield Static("alert instances, firing first", id="alerts-head", classes="view-head")
         yield Empty("", id="alerts-empty", classes="empty-note")
         yield Table(id="alerts-table")
+        yield Static("", id="alert-detail")
         yield Static("silences", classes="section")
         yield Empty("", id="silences-empty")
         yield Table(id="silences-table")
@@ -63,13 +71,15 @@ class Alerts(View):
             state = r["state"] + (" (silenced)" if r["silenced"] else "")
             style = {"firing": "bold red", "pending": "yellow"}.get(r["state"], "")
             rows.append((Text(state, style=style), r["alertname"], r["severity"] or "",
-                         " ".join(f"{k}={v}" for k, v in sorted(labels.items()))[:50],
+                         " ".join(f"{k}={v}" for k, v in sorted(labels.items())),
                          fmt.clock(r["active_since"]) if since else "–",
                          fmt.ago(now - since) if since else "–",
                          right(fmt.dec(r["value"], 4) if r["value"] is not None else "–")))
             keys.append(r["fingerprint"])
         fill_table(self.query_one("#alerts-table", Table),
-                   ["state", "alert", "severity", "labels", "since", "for", "value"], rows, keys)
+                   ["state", "alert", "severity", "labels", "since", "for", "value"], rows, keys,
+                   fit=ALERTS_FIT)
+        self._show_detail()
         sil = data.silences
         self.note("silences-empty", None if sil.height else "no active silences")
         self.query_one("#silences-table").display = bool(sil.height)
@@ -87,6 +97,30 @@ class Alerts(View):
                    [(fmt.clock(r["ts"], True), r["alertname"], r["from_state"], r["to_state"],
                      right(fmt.dec(r["value"], 4) if r["value"] is not None else "–"))
                     for r in hist.iter_rows(named=True)])
+
+    def on_table_row_highlighted(self, event: Table.RowHighlighted) -> None:
+        if event.table.id == "alerts-table":
+            event.stop()
+            self._show_detail()
+
+    def _show_detail(self) -> None:
+        """The highlighted alert in full: every label, when it started, its summary."""
+        alert = self.selected()
+        detail = self.query_one("#alert-detail", Static)
+        detail.display = alert is not None
+        if alert is None:
+            return
+        labels = D.labels_of(alert["labels"])
+        labels.pop("alertname", None)
+        text = Text()
+        text.append(str(alert["alertname"]), style="bold")
+        text.append(f"  {alert['severity'] or ''}  since "
+                    f"{fmt.clock(alert['active_since'], True)}\n", style="dim")
+        text.append(" ".join(f"{k}={v}" for k, v in sorted(labels.items())))
+        summary = D.labels_of(alert.get("annotations")).get("summary")
+        if summary:
+            text.append(f"\n{summary}", style="italic")
+        detail.update(text)
 
     def selected(self) -> dict[str, Any] | None:
         fp = self.query_one("#alerts-table", Table).cursor_key

@@ -41,6 +41,7 @@ class ViewContext:
     scope: Scope
     # firing (not silenced), silenced and pending in the last refresh
     alert_counts: AlertCounts = AlertCounts(0, 0, 0)
+    smoothing: float = 0.0  # EMA weight of the charts (`:smooth`), 0 = off
     # What an empty view says instead of NO_DATA: the situation (demo starting, gateway
     # listening on ...), from the command's wiring.
     empty_state: Callable[[], str] = lambda: NO_DATA

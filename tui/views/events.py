@@ -14,9 +14,22 @@ from textual.widgets import Static
 from .. import data as D
 from .. import fmt
 from ..messages import LoadRequested
-from ..table import Table
+from ..table import Fit, Table
 from ..widgets import Empty, fill_table, right
 from .base import LOADING, NO_DATA, Fetch, View, ViewContext
+
+
+# The verdict and whether it executed are what the view is for: the action is cut and the
+# mode (the arm says it for the runs the tools write) hidden first.
+EVENTS_FIT = Fit(squeeze={"action": 7, "agent": 7}, drop=("mode", "action"))
+
+
+def _dates(rows: pl.DataFrame) -> str:
+    """The day(s) of a page, once in the head line: the time column has only the clock."""
+    if rows.is_empty():
+        return ""
+    days = sorted({fmt.clock(t, True)[:10] for t in rows["ts"].to_list()})
+    return " · " + " – ".join(days)
 
 
 class Events(View):
@@ -59,20 +72,20 @@ class Events(View):
         page = len(self.anchors)
         self.query_one("#events-head", Static).update(
             f"decisions, newest first · page {page}"
-            + (" (following new data)" if q.before is None else "")
+            + (" (following new data)" if q.before is None else "") + _dates(data.rows)
             + (f" · filter: {q.filter_text}" if q.filter_text else ""))
         self.note("events-empty", None if data.rows.height else
                   (f"no decision matches {q.filter_text!r}" if q.filter_text else NO_DATA))
         rows, keys = [], []
         for r in data.rows.iter_rows(named=True):
             style = {"block": "red", "escalate": "yellow", "warn": "yellow"}.get(r["verdict"], "")
-            rows.append((fmt.clock(r["ts"], True), right(str(r["round"])), r["agent_id"],
+            rows.append((fmt.clock(r["ts"]), right(str(r["round"])), r["agent_id"],
                          r["arm"], r["mode"], r["action_kind"], Text(r["verdict"], style=style),
                          "yes" if r["executed"] else "no", right(fmt.us(r["latency_us"]))))
             keys.append(r["decision_id"])
         fill_table(self.query_one("#events-table", Table),
                    ["time", "round", "agent", "arm", "mode", "action", "verdict", "executed",
-                    "latency"], rows, keys)
+                    "latency"], rows, keys, fit=EVENTS_FIT)
         if not rows:
             self.query_one("#event-detail", Static).update("")
         else:

@@ -11,9 +11,12 @@ from textual.widgets import Static
 
 from .. import data as D
 from .. import fmt
-from ..table import Table
+from ..table import Fit, Table
 from ..widgets import Chart, Empty, fill_table, right
 from .base import LOADING, NO_DATA, Fetch, View, ViewContext
+
+
+OVERHEAD_FIT = Fit(drop=("share of rollout time",))
 
 
 class Overhead(View):
@@ -89,7 +92,7 @@ class Overhead(View):
                    [(r["run_id"], r["arm"], right(fmt.num(r["agents"])), right(fmt.us(r["p50_us"])),
                      right(fmt.us(r["p99_us"])), right(fmt.us(r["mean_us"])),
                      right(fmt.pct(r["share"], 3)))
-                    for r in data.by_agents.iter_rows(named=True)])
+                    for r in data.by_agents.iter_rows(named=True)], fit=OVERHEAD_FIT)
 
     def export_frame(self) -> pl.DataFrame | None:
         if self.detail is not None:

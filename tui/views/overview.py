@@ -9,12 +9,15 @@ import polars as pl
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Label, Sparkline, Static
+from textual.widgets import Label, Static
 
 from .. import data as D
-from .. import fmt
-from ..widgets import Chart, Empty, TextLine
+from .. import fmt, widgets
+from ..widgets import Chart, Empty, TextLine, Spark, fit_strip
 from .base import LOADING, NO_DATA, Fetch, View, ViewContext
+
+
+Series = tuple[list[Any], list[float], str, str]
 
 
 class Overview(View):
@@ -66,6 +69,7 @@ class Overview(View):
         self._show_parts(False)
 
     def on_resize(self) -> None:
+        self.refresh_kpis()
         compact = self.app.size.height < self.FULL_HEIGHT
         if compact != self._compact and self.data is not None:
             self._draw_charts(self.data)
@@ -84,45 +88,76 @@ class Overview(View):
     def _draw_charts(self, data: D.OverviewData) -> None:
         compact = self._compact = self.app.size.height < self.FULL_HEIGHT
         self.query_one("#charts-bottom").display = not compact
+        weight = self.context.smoothing
         r = data.rounds
-        x = r["round"].to_list()
         marks = [float(v) for v in data.alert_rounds]
         fired = f"{len(marks)} alert{'s' if len(marks) != 1 else ''} fired" if marks else ""
-        coverage = (x, r["coverage"].fill_null(float("nan")).to_list(), "green", "coverage")
-        blocked = (x, r["blocked_rate"].fill_null(float("nan")).to_list(), "red", "blocked")
+        smooth = f"smoothed {weight:g}" if weight else ""
+
+        def line(frame: pl.DataFrame, col: str, style: str, label: str,
+                 smoothed: bool = True) -> Series:
+            """One series, without its missing rounds, smoothed (EMA) when asked."""
+            pts = [(a, b) for a, b in zip(frame["round"].to_list(), frame[col].to_list())
+                   if b is not None]
+            ys = [float(p[1]) for p in pts]
+            if smoothed and weight:
+                ys = widgets.ema(ys, weight)
+            return [p[0] for p in pts], ys, style, label
+
+        evasion_rate = r.with_columns((pl.col("evasions") / pl.col("actions")).alias("ev"))
+        coverage = line(r, "coverage", "green", "coverage")
+        blocked = line(r, "blocked_rate", "red", "blocked")
+        evasions = line(evasion_rate, "ev", "yellow", "evasions")
+        # The baseline run's same arm, dim: how this run compares round by round.
+        other = data.compared if data.compared is not None and data.compared.height else None
+        vs = [line(other, "coverage", "dim green", "coverage (baseline run)")] \
+            if other is not None else []
+        vs_blocked = [line(other, "blocked_rate", "dim red", "blocked (baseline run)")] \
+            if other is not None else []
         g = data.reward
-        gx = g["round"].to_list()
-
-        def line(col: str, style: str) -> tuple[list[Any], list[Any], str, str]:
-            pts = [(a, b) for a, b in zip(gx, g[col].to_list()) if b is not None]
-            return [p[0] for p in pts], [p[1] for p in pts], style, col
-
-        gov, base, gap = line("governed_mean", "cyan"), line("baseline_mean", "yellow"), \
-            line("gap", "magenta")
-        last_gap = f"last gap {gap[1][-1]:+.3f}" if gap[1] else "no gap yet"
+        gov, base = line(g, "governed_mean", "cyan", "watched"), \
+            line(g, "baseline_mean", "yellow", "baseline")
+        gap = line(g, "gap", "magenta", "gap")
+        # The 95% interval of each round's gap (Welch, as the report's): two dim lines.
+        band = [line(g, "gap_lo", "dim magenta", "95% CI", smoothed=False),
+                line(g, "gap_hi", "dim magenta", "95% CI", smoothed=False)]
+        band = [s for s in band if s[0]]
+        last_gap = f"last gap {g['gap'].drop_nulls()[-1]:+.3f}" \
+            if g["gap"].drop_nulls().len() else "no gap yet"
         a, b = self.query_one("#chart-a", Chart), self.query_one("#chart-b", Chart)
         c, d = self.query_one("#chart-c", Chart), self.query_one("#chart-d", Chart)
         rewards = [s for s in (gov, base) if s[0]]
         reward_title = "reward [cyan]watched arm[/] · [yellow]baseline[/]"
+        baseline_note = " · [dim]dim: baseline run[/]" if other is not None else ""
+
+        def sub(*parts: str) -> str:
+            return " · ".join(p for p in parts if p)
+
         plan: list[tuple[Chart, str, dict[str, Any]]]
         if compact:
             plan = [
-                (a, "[green]coverage[/] · [red]blocked rate[/] per round",
-                 dict(series=[coverage, blocked], vlines=marks, ylimits=(0.0, 1.0),
-                      subtitle=fired)),
-                (b, reward_title, dict(series=rewards, vlines=marks,
-                                       subtitle=last_gap if g.height else "no rewards yet")),
+                (a, "[green]coverage[/] · [red]blocked[/] · [yellow]evasions[/] per round"
+                    + baseline_note,
+                 dict(series=[*vs, *vs_blocked, coverage, blocked, evasions], vlines=marks,
+                      scale="rate", subtitle=sub(fired, smooth))),
+                (b, reward_title, dict(series=rewards, vlines=marks, subtitle=sub(
+                    last_gap if g.height else "no rewards yet", smooth))),
             ]
         else:
             plan = [
-                (a, "[green]coverage[/] per round",
-                 dict(series=[coverage], vlines=marks, ylimits=(0.0, 1.0), subtitle=fired)),
-                (b, "[red]blocked rate[/] per round",
-                 dict(series=[blocked], vlines=marks, ylimits=(0.0, None))),
+                (a, "[green]coverage[/] per round" + baseline_note,
+                 dict(series=[*vs, coverage], vlines=marks, scale="rate",
+                      subtitle=sub(fired, smooth))),
+                (b, "[red]blocked[/] · [yellow]evasions[/] per round (rate of actions)"
+                    + baseline_note,
+                 dict(series=[*vs_blocked, blocked, evasions], vlines=marks, scale="rate",
+                      subtitle=smooth)),
                 (c, reward_title, dict(series=rewards, vlines=marks,
-                                       subtitle="" if g.height else "no rewards yet")),
-                (d, "[magenta]gap[/] (watched - baseline) per round",
-                 dict(series=[gap] if gap[0] else [], vlines=marks, subtitle=last_gap)),
+                                       subtitle=sub("" if g.height else "no rewards yet",
+                                                    smooth))),
+                (d, "[magenta]gap[/] (watched - baseline) per round · [dim]95% CI[/]",
+                 dict(series=[*band, gap] if gap[0] else [], vlines=marks,
+                      subtitle=sub(last_gap, smooth))),
             ]
         self._draw_gen += 1
         self._draw_next(plan, self._draw_gen)
@@ -147,7 +182,7 @@ class Overview(View):
             self._rule_keys = keys
             box.remove_children()
             rows = [Horizontal(Label(f"{r.rule_id} · {r.service}", classes="spark-name"),
-                               Sparkline([], classes="spark"),
+                               Spark(classes="spark"),
                                TextLine("", classes="spark-rate"), classes="spark-row")
                     for r in rules]
             if not rows:
@@ -159,9 +194,9 @@ class Overview(View):
 
     def _fill_rules(self, rules: tuple[D.RuleTrend, ...]) -> None:
         for row, r in zip(self.query_one("#rule-sparks").query(".spark-row"), rules):
-            spark = row.query(Sparkline)
+            spark = row.query(Spark)
             if spark:
-                spark.first().data = list(r.rates) or [0.0]
+                spark.first().set(r.rates)
                 row.query_one(".spark-rate", TextLine).set(
                     "? (rules evaluated unknown)" if r.evaluations is None else
                     f"{fmt.pct(r.rate)} of {fmt.num(r.evaluations)}")
@@ -180,47 +215,59 @@ class Overview(View):
     def kpi_text(self) -> Text:
         k = self.report_kpis
         alerts = self.context.alert_counts
-        text = Text()
+        items: list[tuple[Text, Text]] = []
 
-        def item(label: str, value: str, style: str = "bold") -> None:
-            if text:
-                text.append("  ")
-            text.append(f"{label} ", style="dim")
-            text.append(value, style=style)
+        def item(label: str, value: str, style: str = "bold", *, short: str | None = None,
+                 short_value: str | None = None, note: str = "",
+                 short_note: str | None = None) -> None:
+            """A figure with its label (and a dim note after it); the `short_*` forms are
+            used when the strip does not fit the width on one line."""
+            def one(lab: str, val: str, nt: str) -> Text:
+                return Text.assemble((f"{lab} ", "dim"), (val, style), (nt, "dim"))
+            items.append((one(label, value, note),
+                          one(short or label, short_value or value,
+                              note if short_note is None else short_note)))
 
+        alert_text = (f"{alerts.firing} firing"
+                      + (f", {alerts.silenced} silenced" if alerts.silenced else "")
+                      + (f", {alerts.pending} pending" if alerts.pending else ""))
+        alert_style = "bold red" if alerts.firing else "bold green"
+        width = max((self.size.width or self.app.size.width) - 2, 20)  # the strip's padding
         if k is None:
             item("coverage", "…")
             item("actions", "…")
-        else:
-            # Each figure is labelled with its arm and mode: an arm that does not enforce never
-            # "blocks", it would have blocked (analysis/metrics.py).
-            for i, a in enumerate(k.arms or ()):
-                if i:
-                    text.append("  │", style="dim")
-                item(a.arm, a.mode, "bold cyan" if a.mode == "enforce" else "bold yellow")
-                if a.mode != "shadow":
-                    item("coverage", fmt.pct(a.coverage),
-                         "bold green" if a.coverage == 1.0 else "bold red")
-                item("actions", fmt.num(a.actions))
-                if a.mode == "shadow":
-                    item("would have blocked", fmt.num(a.would_have_blocked))
-                else:
-                    item("blocked", fmt.num(a.blocked))
-                item("escaped", fmt.num(a.escaped),
-                     "bold red" if a.escaped and a.mode != "shadow" else "bold")
-            text.append("  │", style="dim")
-            if k.gap is not None:
-                rel = f" {fmt.pct(k.gap.relative, 1)}" if k.gap.relative is not None else ""
-                item("gap", f"{fmt.dec(k.gap.absolute, 3, True)} "
-                            f"[{fmt.dec(k.gap.lo, 3, True)}, {fmt.dec(k.gap.hi, 3, True)}]{rel}")
+            item("alerts", alert_text, alert_style)
+            return fit_strip(items, width)
+        # A line per arm, each figure labelled with its arm and mode: an arm that does not
+        # enforce never "blocks", it would have blocked (analysis/metrics.py). The gap ends the
+        # first line, the alerts the last. Coverage is never abbreviated.
+        lines: list[list[tuple[Text, Text]]] = []
+        for a in k.arms or ():
+            items = []
+            item(a.arm, a.mode, "bold cyan" if a.mode == "enforce" else "bold yellow")
+            if a.mode != "shadow":
+                item("coverage", fmt.pct(a.coverage),
+                     "bold green" if a.coverage == 1.0 else "bold red")
+            item("actions", fmt.num(a.actions), short="act")
+            if a.mode == "shadow":
+                item("would have blocked", fmt.num(a.would_have_blocked), short="would blk")
             else:
-                item("gap", "– (needs rewards in both arms)", "dim")
-        a_counts = alerts
-        item("alerts", f"{a_counts.firing} firing"
-             + (f", {a_counts.silenced} silenced" if a_counts.silenced else "")
-             + (f", {a_counts.pending} pending" if a_counts.pending else ""),
-             "bold red" if a_counts.firing else "bold green")
-        return text
+                item("blocked", fmt.num(a.blocked), short="blk")
+            item("escaped", fmt.num(a.escaped),
+                 "bold red" if a.escaped and a.mode != "shadow" else "bold", short="esc")
+            lines.append(items)
+        items = lines[0] if lines else []
+        if k.gap is not None:
+            rel = f" {fmt.pct(k.gap.relative, 1)}" if k.gap.relative is not None else ""
+            ci = f"[{fmt.dec(k.gap.lo, 3, True)}, {fmt.dec(k.gap.hi, 3, True)}]"
+            value = fmt.dec(k.gap.absolute, 3, True)
+            # Short: the relative gap is left out (the absolute one and its CI stay).
+            item("│ gap", f"{value} {ci}{rel}", short_value=f"{value} {ci.replace(' ', '')}")
+        elif len(lines) > 1:
+            item("│ gap", "– (needs rewards in both arms)", "dim")
+        items = lines[-1] if lines else items
+        item("│ alerts", alert_text, alert_style)
+        return Text("\n").join(fit_strip(line, width) for line in lines or [items])
 
     def export_frame(self) -> pl.DataFrame | None:
         if self.data is None:

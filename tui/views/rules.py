@@ -13,12 +13,18 @@ from textual.widgets import Static
 from .. import data as D
 from .. import fmt
 from ..messages import ShowEvents
-from ..table import Table
+from ..table import Fit, Table
 from ..widgets import Empty, fill_table, right
 from .base import LOADING, NO_DATA, Fetch, View, ViewContext
 
 
 ARMS: tuple[str | None, ...] = (None, "governed", "ungoverned")
+
+
+# Narrow: the reason is cut, then the trend loses its oldest rounds; the time of the last
+# block and then the reason go before the counts and the rate are ever touched.
+RULES_FIT = Fit(squeeze={"last reason": 12, "trend": 8}, drop=("last", "last reason"),
+                keep_end=frozenset({"trend"}))
 
 
 class Rules(View):
@@ -73,7 +79,7 @@ class Rules(View):
         fill_table(self.query_one("#rules-table", Table),
                    (["arm"] if every_arm else []) + [
                        "service", "rule", "evals", "fires", "blocks", "would block", "rate",
-                       "trend", "last", "last reason"], rows, keys)
+                       "trend", "last", "last reason"], rows, keys, fit=RULES_FIT)
 
     def action_drill(self) -> None:
         key = self.query_one("#rules-table", Table).cursor_key

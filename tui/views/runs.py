@@ -12,9 +12,14 @@ from textual.widgets import Static
 from .. import data as D
 from .. import fmt
 from ..messages import BaselineChosen, RunChosen
-from ..table import Table
+from ..table import Fit, Table
 from ..widgets import Empty, fill_table, right
 from .base import LOADING, NO_DATA, Fetch, View, ViewContext
+
+
+# The run id is never cut (it is what `:run`, `--run` and exports take); the times and
+# the arms give way first.
+RUNS_FIT = Fit(squeeze={"name": 12, "arms": 10}, drop=("last", "first", "name", "arms"))
 
 
 class Runs(View):
@@ -63,10 +68,11 @@ class Runs(View):
     def show(self, data: D.RunsData) -> None:
         self.data = data
         scope = self.context.scope
+        # The marks name the runs (long ids would wrap the line at 80 columns).
         self.query_one("#runs-head", Static).update(
-            f"runs · showing {scope.run_id or '–'}"
-            + (f" · baseline {scope.baseline_run}" if scope.baseline_run else
-               " · baseline: its own ungoverned arm"))
+            "runs · ● shown" + (" · B baseline" if scope.baseline_run else
+                                " · baseline: its own ungoverned arm")
+            + (" · C compared" if self.compare_with else ""))
         runs = data.runs
         self.note("runs-empty", None if runs.height else NO_DATA)
         rows, keys = [], []
@@ -74,8 +80,10 @@ class Runs(View):
             mark = ("●" if r["run_id"] == scope.run_id else "") + \
                    ("B" if r["run_id"] == scope.baseline_run else "") + \
                    ("C" if r["run_id"] == self.compare_with else "")
+            # A demo names its run after itself: the name column only says something new.
+            name = r["name"] if r["name"] and r["name"] != r["run_id"] else ""
             arms = ",".join(a["arm"] for a in r["arms"] or [])
-            rows.append((mark, r["run_id"], r["name"] or "", arms,
+            rows.append((mark, r["run_id"], name, arms,
                          right(fmt.num(r["rounds"])), right(fmt.num(r["actions"])),
                          right(fmt.num(r["escaped"])), fmt.clock(r["first_ts"], True),
                          fmt.clock(r["last_ts"], True)))
@@ -83,7 +91,7 @@ class Runs(View):
         fill_table(self.query_one("#runs-table", Table),
                    ["", "run", "name", "arms", "rounds", "actions (all arms)", "escaped (all arms)",
                     "first", "last"],
-                   rows, keys)
+                   rows, keys, fit=RUNS_FIT)
 
     def show_slow(self, data: D.Comparison) -> None:
         self.comparison = data

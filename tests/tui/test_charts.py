@@ -1,0 +1,86 @@
+"""The Overview's charts on the dashboard: rates on the fixed 0-100% scale, evasions and the
+gap's interval drawn, the baseline run overlaid, and `:smooth` (off by default)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from textual.widgets import Input
+
+from tractatus_watch.storage import queries as Q
+from tractatus_watch.tui.widgets import Chart, ema
+
+from .helpers import SNAP_BASELINE, SNAP_RUN, settle
+
+
+def _series(chart: Chart) -> dict[str, list[float]]:
+    return {label: [float(v) for v in ds.y]
+            for label, ds in zip(chart._labels, chart._datasets)}
+
+
+async def _smooth(pilot: Any, text: str) -> None:
+    await pilot.press("colon")
+    pilot.app.query_one("#prompt", Input).value = text
+    await pilot.press("enter")
+    await settle(pilot)
+
+
+async def test_rates_fixed_scale_overlay_and_smoothing(make_snap_app, snap_db: Any) -> None:
+    from tractatus_watch.storage.store import Store
+
+    app = make_snap_app(interval=60.0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        a, b, d = (app.query_one(f"#chart-{k}", Chart) for k in "abd")
+        raw = _series(b)
+        assert a._y_kind == b._y_kind == "rate" and a._y_formatter.get_ticks(0.1, 0.2) == \
+            [0, 0.25, 0.5, 0.75, 1.0]
+        assert {"blocked", "evasions", "blocked (baseline run)"} <= set(raw)
+        assert "95% CI" in _series(d) and "smoothed" not in (b.border_subtitle or "")
+        await _smooth(pilot, "smooth 0.5")
+        smoothed = _series(b)
+        assert "smoothed 0.5" in str(b.border_subtitle)
+        assert smoothed["blocked"] == pytest.approx(ema(raw["blocked"], 0.5))
+        await _smooth(pilot, "smooth off")
+        assert _series(b)["blocked"] == pytest.approx(raw["blocked"])
+    store = Store.open(snap_db, read_only=True)
+    con = store.cursor()
+    try:
+        gov = Q.per_round(con, SNAP_RUN, "governed")
+        other = Q.per_round(con, SNAP_BASELINE, "governed")
+    finally:
+        con.close()
+        store.close()
+    assert raw["blocked"] == pytest.approx(gov["blocked_rate"].to_list())
+    assert raw["evasions"] == pytest.approx((gov["evasions"] / gov["actions"]).to_list())
+    assert raw["blocked (baseline run)"] == pytest.approx(other["blocked_rate"].to_list())
+    assert max(raw["evasions"]) > 0  # the data has evasions: the line is not a flat 0
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+async def test_kpi_strip_a_line_per_arm_at_120_and_whole_items_at_80(make_snap_app,
+                                                              size: tuple[int, int]) -> None:
+    from dataclasses import replace
+
+    from textual.widgets import Static
+
+    from tractatus_watch.tui.views import Overview
+
+    app = make_snap_app(interval=60.0)
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot)
+        view = app.query_one(Overview)
+        assert view.report_kpis is not None
+        # Showcase-sized figures (the issue's: 13,828 actions, 3,857 escaped).
+        view.report_kpis = replace(view.report_kpis, actions=13_828, escaped=3_857,
+                                   baseline_escaped=13_828)
+        view.refresh_kpis()
+        lines = str(app.query_one("#kpis", Static).render()).splitlines()
+    if size[0] == 120:  # a line per arm, whole
+        assert len(lines) == 2 and lines[0].startswith("governed enforce  coverage 100.0%")
+        assert lines[1].startswith("ungoverned shadow")
+    else:  # each arm's line breaks between items, never inside one
+        assert len(lines) == 4
+        assert any(line.startswith("│ gap -0.0") for line in lines)  # label and value together
+    assert all(len(line) <= size[0] - 2 for line in lines)

@@ -20,6 +20,7 @@ CLI and the alert rules call these functions, so every surface shows the same nu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Iterable, Literal, Mapping
 
 Mode = Literal["enforce", "shadow", "mixed", "none"]
@@ -129,7 +130,7 @@ class RuleFigures:
     def rule_rate(self) -> float | None:
         """Block verdicts per evaluation, enforced or not: what the Rules view shows as the
         rule's rate and what its trend (drift) follows."""
-        return rate(self.blocks + self.would_have_blocked, self.evaluations)
+        return rule_rate(self.blocks, self.would_have_blocked, self.evaluations)
 
     @property
     def fire_rate(self) -> float | None:
@@ -152,15 +153,24 @@ def rule_figures(row: Mapping[str, Any], arm: str | None = None) -> RuleFigures:
                        would_have_blocked=_int(row, "would_have_blocked"))
 
 
+def rule_rate(blocks: int, would_have_blocked: int, evaluations: int | None) -> float | None:
+    """RuleFigures.rule_rate, for callers that have the counts without the figures."""
+    return rate(blocks + would_have_blocked, evaluations)
+
+
 def rule_trend(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str],
                                                            list[tuple[int, float | None]]]:
     """Per (arm, service, rule): (round, rule rate) oldest first, from rule_counts by round; a
     round whose evaluations are unknown has rate None."""
     out: dict[tuple[str, str, str], list[tuple[int, float | None]]] = {}
-    for row in sorted(rows, key=lambda r: (r["arm"], r["service"], r["rule_id"], r["round"])):
-        f = rule_figures(row)
-        out.setdefault((f.arm, f.service, f.rule_id), []).append((int(row["round"]),
-                                                                  f.rule_rate))
+    # Rounds x rules rows on every refresh: the rate straight from the counts (no RuleFigures
+    # per row), the same function as RuleFigures.rule_rate.
+    for row in sorted(rows, key=itemgetter("arm", "service", "rule_id", "round")):
+        evaluations = row.get("evaluations")
+        key = (str(row["arm"]), str(row["service"]), str(row["rule_id"]))
+        out.setdefault(key, []).append((int(row["round"]), rule_rate(
+            _int(row, "blocks"), _int(row, "would_have_blocked"),
+            None if evaluations is None else int(evaluations))))
     return out
 
 
@@ -186,4 +196,4 @@ def alert_counts(states: Iterable[tuple[str, bool]]) -> AlertCounts:
 
 
 __all__ = ["AlertCounts", "AllArms", "ArmFigures", "Mode", "RuleFigures", "alert_counts",
-           "all_arms", "arm_figures", "rate", "rule_figures", "rule_trend"]
+           "all_arms", "arm_figures", "rate", "rule_figures", "rule_rate", "rule_trend"]

@@ -101,10 +101,17 @@ SELECT run_id, arm, round, service, rule_id, ruleset, date_trunc('minute', ts) A
        sum(latency_us)::BIGINT AS latency_us_sum, max(latency_us) AS latency_us_max,
        count_if(verdict = 'block' AND enforced) AS enforced_blocks
 FROM _b GROUP BY ALL"""
-ROLLUPS: Final[dict[str, str]] = {
-    "decisions": ROLLUP_AGENT_FROM_DECISIONS,
-    "rewards": ROLLUP_AGENT_FROM_REWARDS,
-    "checks": ROLLUP_RULE_FROM_CHECKS,
+# Per arm, action kind and latency value (v5): the strategy and the exact latency percentiles
+# of the report, from a table whose size grows with distinct latencies, not with decisions.
+ROLLUP_LATENCY_FROM_DECISIONS: Final = """
+INSERT INTO rollup_latency BY NAME
+SELECT run_id, arm, action_kind, latency_us, count(*) AS actions,
+       count_if(executed) AS executed
+FROM _b GROUP BY ALL"""
+ROLLUPS: Final[dict[str, tuple[str, ...]]] = {
+    "decisions": (ROLLUP_AGENT_FROM_DECISIONS, ROLLUP_LATENCY_FROM_DECISIONS),
+    "rewards": (ROLLUP_AGENT_FROM_REWARDS,),
+    "checks": (ROLLUP_RULE_FROM_CHECKS,),
 }
 
 # Keys of a commit's decisions (`_d`), with their checks (`_c`) found by `_unit`: the decision
@@ -806,7 +813,8 @@ class Writer:
                            f"(SELECT {id_key_sql('d')} FROM _b d)").fetchall()[0][0]:
                 return None
             con.execute(INSERT_WITH_KEYS_SQL)
-            con.execute(ROLLUPS["decisions"])
+            for rollup in ROLLUPS["decisions"]:
+                con.execute(rollup)
         finally:
             con.unregister("_b")
             con.unregister("_c")
@@ -951,8 +959,8 @@ class Writer:
         con.register("_b", table)
         try:
             con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _b")
-            if name in ROLLUPS:
-                con.execute(ROLLUPS[name])
+            for rollup in ROLLUPS.get(name, ()):
+                con.execute(rollup)
         finally:
             con.unregister("_b")
         return table.num_rows

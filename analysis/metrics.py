@@ -20,7 +20,6 @@ CLI and the alert rules call these functions, so every surface shows the same nu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any, Iterable, Literal, Mapping
 
 Mode = Literal["enforce", "shadow", "mixed", "none"]
@@ -163,14 +162,10 @@ def rule_trend(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str],
     """Per (arm, service, rule): (round, rule rate) oldest first, from rule_counts by round; a
     round whose evaluations are unknown has rate None."""
     out: dict[tuple[str, str, str], list[tuple[int, float | None]]] = {}
-    # Rounds x rules rows on every refresh: the rate straight from the counts (no RuleFigures
-    # per row), the same function as RuleFigures.rule_rate.
-    for row in sorted(rows, key=itemgetter("arm", "service", "rule_id", "round")):
-        evaluations = row.get("evaluations")
-        key = (str(row["arm"]), str(row["service"]), str(row["rule_id"]))
-        out.setdefault(key, []).append((int(row["round"]), rule_rate(
-            _int(row, "blocks"), _int(row, "would_have_blocked"),
-            None if evaluations is None else int(evaluations))))
+    for row in sorted(rows, key=lambda r: (r["arm"], r["service"], r["rule_id"], r["round"])):
+        f = rule_figures(row)
+        out.setdefault((f.arm, f.service, f.rule_id), []).append((int(row["round"]),
+                                                                  f.rule_rate))
     return out
 
 

@@ -129,7 +129,7 @@ class RuleFigures:
     def rule_rate(self) -> float | None:
         """Block verdicts per evaluation, enforced or not: what the Rules view shows as the
         rule's rate and what its trend (drift) follows."""
-        return rate(self.blocks + self.would_have_blocked, self.evaluations)
+        return rule_rate(self.blocks, self.would_have_blocked, self.evaluations)
 
     @property
     def fire_rate(self) -> float | None:
@@ -150,6 +150,11 @@ def rule_figures(row: Mapping[str, Any], arm: str | None = None) -> RuleFigures:
                        evaluations=None if evaluations is None else int(evaluations),
                        fires=_int(row, "fires"), blocks=_int(row, "blocks"),
                        would_have_blocked=_int(row, "would_have_blocked"))
+
+
+def rule_rate(blocks: int, would_have_blocked: int, evaluations: int | None) -> float | None:
+    """RuleFigures.rule_rate, for callers that have the counts without the figures."""
+    return rate(blocks + would_have_blocked, evaluations)
 
 
 def rule_trend(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str],
@@ -186,4 +191,4 @@ def alert_counts(states: Iterable[tuple[str, bool]]) -> AlertCounts:
 
 
 __all__ = ["AlertCounts", "AllArms", "ArmFigures", "Mode", "RuleFigures", "alert_counts",
-           "all_arms", "arm_figures", "rate", "rule_figures", "rule_trend"]
+           "all_arms", "arm_figures", "rate", "rule_figures", "rule_rate", "rule_trend"]

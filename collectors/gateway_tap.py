@@ -635,14 +635,16 @@ class GatewayTap:
     def _drain(self) -> None:
         # Each group taken from the queue is made durable at once (group commit: the longer
         # a sync takes, the more the next group holds); records reach the sink every
-        # batch_interval_s, as one delivery, which seals the log's segment.
+        # batch_interval_s, as one delivery, which seals the log's segment. Deliveries are
+        # that far apart, no more: after a quiet spell a record is delivered at once.
         pending = Records()
         pending_since: float | None = None
+        delivered = -self.batch_interval_s
         stopping = False
         try:
             while not (stopping and self._queue.empty() and pending_since is None):
                 wait = 0.5 if pending_since is None else max(
-                    0.0, pending_since + self.batch_interval_s - time.monotonic())
+                    0.0, delivered + self.batch_interval_s - time.monotonic())
                 taken, saw_stop = self._take(wait, stopping)
                 stopping = stopping or saw_stop
                 if taken:
@@ -656,9 +658,10 @@ class GatewayTap:
                         pending_since = pending_since or time.monotonic()
                 if pending_since is not None and (
                         stopping or len(pending) >= self.batch_max
-                        or time.monotonic() - pending_since >= self.batch_interval_s):
+                        or time.monotonic() - delivered >= self.batch_interval_s):
                     self._deliver(pending, self._seal())
                     pending, pending_since = Records(), None
+                    delivered = time.monotonic()
         finally:
             if self._wal is not None:
                 self._wal.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
@@ -103,15 +104,47 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _arm(con: duckdb.DuckDBPyConnection, run_id: str, arm: str) -> ArmMetrics | None:
-    totals = Q.totals(con, run_id).filter(pl.col("arm") == arm)
+class _Runs:
+    """The report's queries, each asked once per run (they return every arm; each arm of the
+    report takes its rows), so a report of two arms costs one set of queries, not two."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        self._memo: dict[tuple[str, str], pl.DataFrame] = {}
+
+    def _get(self, name: str, run_id: str, fn: Callable[[], pl.DataFrame]) -> pl.DataFrame:
+        key = (name, run_id)
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+    def totals(self, run_id: str) -> pl.DataFrame:
+        return self._get("totals", run_id, lambda: Q.totals(self.con, run_id))
+
+    def rule_counts(self, run_id: str, arm: str) -> pl.DataFrame:
+        return self._get("rules", run_id, lambda: Q.rule_counts(self.con, run_id)).filter(
+            pl.col("arm") == arm)
+
+    def per_round(self, run_id: str, arm: str) -> pl.DataFrame:
+        return self._get("rounds", run_id, lambda: Q.per_round(self.con, run_id)).filter(
+            pl.col("arm") == arm)
+
+    def action_kinds(self, run_id: str) -> pl.DataFrame:
+        return self._get("kinds", run_id, lambda: Q.action_kinds(self.con, run_id))
+
+    def latency(self, run_id: str) -> pl.DataFrame:
+        return self._get("latency", run_id, lambda: Q.latency(self.con, run_id))
+
+
+def _arm(q: _Runs, run_id: str, arm: str) -> ArmMetrics | None:
+    totals = q.totals(run_id).filter(pl.col("arm") == arm)
     if totals.is_empty():
         return None
     t = totals.to_dicts()[0]
     figures = M.arm_figures(t)
     rules = tuple(M.rule_figures(r).to_json()
-                  for r in Q.rule_counts(con, run_id, arm=arm).iter_rows(named=True))
-    rounds = Q.per_round(con, run_id, arm)
+                  for r in q.rule_counts(run_id, arm).iter_rows(named=True))
+    rounds = q.per_round(run_id, arm)
     per_round_reward = rounds["reward_mean"].drop_nulls()
     std = per_round_reward.std()  # a float for a numeric column of two or more values
     stability = float(std) if per_round_reward.len() > 1 and isinstance(std, float) else None
@@ -119,8 +152,8 @@ def _arm(con: duckdb.DuckDBPyConnection, run_id: str, arm: str) -> ArmMetrics | 
     final = rewarded.tail(final_rounds(rewarded.height))
     n, total, sq = (float(final[c].sum()) for c in ("reward_n", "reward_sum", "reward_sq_sum"))
     ci = mean_ci(n, total, sq)
-    kinds = Q.action_kinds(con, run_id).filter((pl.col("arm") == arm) & (pl.col("executed") > 0))
-    lat = Q.latency(con, run_id).filter(pl.col("arm") == arm).to_dicts()
+    kinds = q.action_kinds(run_id).filter((pl.col("arm") == arm) & (pl.col("executed") > 0))
+    lat = q.latency(run_id).filter(pl.col("arm") == arm).to_dicts()
     return ArmMetrics(
         arm=arm, run_id=run_id,
         performance=total / n if n else None,
@@ -139,9 +172,8 @@ def _arm(con: duckdb.DuckDBPyConnection, run_id: str, arm: str) -> ArmMetrics | 
     )
 
 
-def _final_sums(con: duckdb.DuckDBPyConnection, run_id: str, arm: str
-                ) -> tuple[float, float, float]:
-    rounds = Q.per_round(con, run_id, arm).filter(pl.col("reward_n") > 0)
+def _final_sums(q: _Runs, run_id: str, arm: str) -> tuple[float, float, float]:
+    rounds = q.per_round(run_id, arm).filter(pl.col("reward_n") > 0)
     final = rounds.tail(final_rounds(rounds.height))
     return (float(final["reward_n"].sum()), float(final["reward_sum"].sum()),
             float(final["reward_sq_sum"].sum()))
@@ -152,25 +184,26 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, baseline_run: str 
     """The governed arm of `run_id` against the ungoverned arm of `baseline_run` (default: the
     same run). A baseline run without an ungoverned arm lends its only arm."""
     arms: dict[str, ArmMetrics] = {}
-    governed = _arm(con, run_id, GOVERNED)
+    q = _Runs(con)
+    governed = _arm(q, run_id, GOVERNED)
     if governed:
         arms[GOVERNED] = governed
     base_run = baseline_run or run_id
-    baseline = _arm(con, base_run, UNGOVERNED)
+    baseline = _arm(q, base_run, UNGOVERNED)
     if baseline is None and baseline_run:
-        others = Q.totals(con, baseline_run)["arm"].to_list()
+        others = q.totals(baseline_run)["arm"].to_list()
         if len(others) == 1:
-            baseline = _arm(con, baseline_run, others[0])
+            baseline = _arm(q, baseline_run, others[0])
     if baseline:
         arms[UNGOVERNED] = baseline
     if not arms:  # a run with other arm names: report them as they are
-        for name in Q.totals(con, run_id)["arm"].to_list():
-            m = _arm(con, run_id, name)
+        for name in q.totals(run_id)["arm"].to_list():
+            m = _arm(q, run_id, name)
             if m:
                 arms[name] = m
     gap = None
     if governed and baseline:
-        g, b = _final_sums(con, run_id, GOVERNED), _final_sums(con, base_run, baseline.arm)
+        g, b = _final_sums(q, run_id, GOVERNED), _final_sums(q, base_run, baseline.arm)
         if g[0] and b[0]:
             gap = gap_ci(*g, *b)
     return Report(run_id=run_id, baseline_run=baseline_run, arms=arms, gap=gap)

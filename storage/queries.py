@@ -6,8 +6,9 @@ takes a DuckDB connection or cursor (one per thread) and consumes its result ful
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import duckdb
 import polars as pl
@@ -320,27 +321,61 @@ def decisions_page(con: Con, run_id: str, *, limit: int = 100, offset: int = 0,
 def action_kinds(con: Con, run_id: str) -> pl.DataFrame:
     """Per arm and action kind: proposed and executed (the agents' strategy)."""
     return _df(con, """
-        SELECT arm, action_kind, count(*)::BIGINT AS actions,
-               count_if(executed)::BIGINT AS executed
-        FROM decisions WHERE run_id = ? GROUP BY arm, action_kind
+        SELECT arm, action_kind, sum(actions)::BIGINT AS actions,
+               sum(executed)::BIGINT AS executed
+        FROM rollup_latency WHERE run_id = ? GROUP BY arm, action_kind
         ORDER BY arm, executed DESC, action_kind""", [run_id])
 
 
+def quantile_cont(values: list[int], counts: list[int], q: float) -> float:
+    """DuckDB's `quantile_cont` of the values a histogram holds (`values` ascending, each
+    `counts` times): the same interpolation between the same two values, so the same figure
+    as over the raw rows."""
+    n = sum(counts)
+    rn = (n - 1) * q
+    lo, hi = math.floor(rn), math.ceil(rn)
+
+    def at(index: int) -> int:
+        seen = 0
+        for value, count in zip(values, counts):
+            seen += count
+            if index < seen:
+                return value
+        raise IndexError(index)
+
+    low = float(at(lo))
+    return low if lo == hi else low + (rn - lo) * (float(at(hi)) - low)
+
+
+_LATENCY_SCHEMA: Final = {"arm": pl.String, "p50_us": pl.Float64, "p99_us": pl.Float64,
+                          "mean_us": pl.Float64, "total_us": pl.Int64, "rollout_s": pl.Float64,
+                          "share_of_rollout_time": pl.Float64}
+
+
 def latency(con: Con, run_id: str) -> pl.DataFrame:
-    """Per arm: governance latency per action (p50, p99, mean) and rollout time it is part of."""
-    return _df(con, """
-        WITH lat AS (
-            SELECT arm, quantile_cont(latency_us, 0.5) AS p50_us,
-                   quantile_cont(latency_us, 0.99) AS p99_us, avg(latency_us) AS mean_us,
-                   sum(latency_us)::BIGINT AS total_us
-            FROM decisions WHERE run_id = ? GROUP BY arm),
-        dur AS (
-            SELECT arm, sum(duration_s) AS rollout_s FROM rollouts
-            WHERE run_id = ? AND status IN ('succeeded', 'failed') GROUP BY arm)
-        SELECT lat.*, dur.rollout_s,
-               CASE WHEN dur.rollout_s > 0 THEN lat.total_us / 1e6 / dur.rollout_s END
-                   AS share_of_rollout_time
-        FROM lat LEFT JOIN dur USING (arm) ORDER BY arm""", [run_id, run_id])
+    """Per arm: governance latency per action (p50, p99, mean) and rollout time it is part of.
+    From the latency histogram (rollup_latency): exact, as over the decisions themselves."""
+    hist = con.execute("""
+        SELECT arm, latency_us, sum(actions)::BIGINT FROM rollup_latency WHERE run_id = ?
+        GROUP BY arm, latency_us HAVING sum(actions) > 0 ORDER BY arm, latency_us""",
+                       [run_id]).fetchall()
+    durations = dict(con.execute("""
+        SELECT arm, sum(duration_s) FROM rollouts
+        WHERE run_id = ? AND status IN ('succeeded', 'failed') GROUP BY arm""",
+                                 [run_id]).fetchall())
+    by_arm: dict[str, tuple[list[int], list[int]]] = {}
+    for arm, value, count in hist:
+        values, counts = by_arm.setdefault(arm, ([], []))
+        values.append(int(value))
+        counts.append(int(count))
+    rows = []
+    for arm, (values, counts) in by_arm.items():
+        total = sum(v * c for v, c in zip(values, counts))
+        rollout_s = durations.get(arm)
+        rows.append((arm, quantile_cont(values, counts, 0.5), quantile_cont(values, counts, 0.99),
+                     float(total) / float(sum(counts)), total, rollout_s,
+                     float(total) / 1e6 / rollout_s if rollout_s and rollout_s > 0 else None))
+    return pl.DataFrame(rows, schema=_LATENCY_SCHEMA, orient="row")
 
 
 def latency_by_service(con: Con, run_id: str, arm: str | None = None) -> pl.DataFrame:

@@ -207,6 +207,15 @@ MIGRATIONS.append((4, "one truth for every number: rule-set versions (per-rule d
     *rekey_sql(CHECK_CONTENT),
 ]))
 
+MIGRATIONS.append((5, "latency and action-kind rollup: the report without scanning decisions", [
+    """CREATE TABLE rollup_latency (
+        run_id VARCHAR NOT NULL, arm VARCHAR NOT NULL, action_kind VARCHAR NOT NULL,
+        latency_us BIGINT NOT NULL, actions BIGINT NOT NULL, executed BIGINT NOT NULL)""",
+    """INSERT INTO rollup_latency
+       SELECT run_id, arm, action_kind, latency_us, count(*), count_if(executed)
+       FROM decisions GROUP BY ALL""",
+]))
+
 LATEST_VERSION: Final = MIGRATIONS[-1][0]
 
 # The identity of a record in each event table: re-delivery of the same key changes nothing.
@@ -222,6 +231,7 @@ NATURAL_KEYS: Final[dict[str, tuple[str, ...]]] = {
 ROLLUP_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "rollup_agent": ("run_id", "arm", "round", "agent_id"),
     "rollup_rule": ("run_id", "arm", "round", "service", "rule_id", "ruleset", "minute"),
+    "rollup_latency": ("run_id", "arm", "action_kind", "latency_us"),
 }
 # How each rollup measure folds: everything sums except these.
 ROLLUP_FOLDS: Final[dict[str, str]] = {

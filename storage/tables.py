@@ -83,6 +83,10 @@ TABLES: Final[dict[str, tuple[Column, ...]]] = {name: _columns(spec) for name, s
                    "escalates BIGINT not null, blocks BIGINT not null, "
                    "latency_us_sum BIGINT not null, latency_us_max BIGINT not null, "
                    "ruleset VARCHAR, enforced_blocks BIGINT",
+    # Per arm, action kind and latency value: decisions and executed ones (v5).
+    "rollup_latency": "run_id VARCHAR not null, arm VARCHAR not null, "
+                      "action_kind VARCHAR not null, latency_us BIGINT not null, "
+                      "actions BIGINT not null, executed BIGINT not null",
     # The rules behind each rule-set version a check names (records/rulesets.py), one row per
     # rule; a set without rules is one row with rule_id "".
     "rulesets": "run_id VARCHAR required, service VARCHAR required, ruleset VARCHAR required, "

@@ -3,7 +3,9 @@
 Each commit is one transaction holding the new rows, their rollup partial aggregates, any
 quarantined rows and the source cursors, so a crash either keeps all of it or none of it, and a
 restarted collector resumes from the stored cursor. Small submits are coalesced up to one DuckDB
-row group (122,880 rows) or `flush_interval_s`.
+row group (122,880 rows) or `flush_interval_s`: commits are at least `flush_interval_s` apart, and
+one that is due commits as soon as nothing more is queued (after a quiet spell, at once: a live
+dashboard shows a lone decision without waiting out the interval).
 
 Nothing stops capture but a fatal error:
 - Records are validated one by one when a batch is built (batch.py) and again, column-wise, here
@@ -99,10 +101,17 @@ SELECT run_id, arm, round, service, rule_id, ruleset, date_trunc('minute', ts) A
        sum(latency_us)::BIGINT AS latency_us_sum, max(latency_us) AS latency_us_max,
        count_if(verdict = 'block' AND enforced) AS enforced_blocks
 FROM _b GROUP BY ALL"""
-ROLLUPS: Final[dict[str, str]] = {
-    "decisions": ROLLUP_AGENT_FROM_DECISIONS,
-    "rewards": ROLLUP_AGENT_FROM_REWARDS,
-    "checks": ROLLUP_RULE_FROM_CHECKS,
+# Per arm, action kind and latency value (v5): the strategy and the exact latency percentiles
+# of the report, from a table whose size grows with distinct latencies, not with decisions.
+ROLLUP_LATENCY_FROM_DECISIONS: Final = """
+INSERT INTO rollup_latency BY NAME
+SELECT run_id, arm, action_kind, latency_us, count(*) AS actions,
+       count_if(executed) AS executed
+FROM _b GROUP BY ALL"""
+ROLLUPS: Final[dict[str, tuple[str, ...]]] = {
+    "decisions": (ROLLUP_AGENT_FROM_DECISIONS, ROLLUP_LATENCY_FROM_DECISIONS),
+    "rewards": (ROLLUP_AGENT_FROM_REWARDS,),
+    "checks": (ROLLUP_RULE_FROM_CHECKS,),
 }
 
 # Keys of a commit's decisions (`_d`), with their checks (`_c`) found by `_unit`: the decision
@@ -440,7 +449,8 @@ class Writer:
         self._queue: queue.Queue[_Item | _Control] = queue.Queue(maxsize=max_queue)
         self._flush_rows = flush_rows
         self._flush_interval_s = flush_interval_s
-        self._on_commit = on_commit
+        # Called on the writer thread after each commit (a listener must not block).
+        self._listeners: list[Callable[[WriterStats], None]] = [on_commit] if on_commit else []
         self._error: str | None = None
         self._closed = False
         self.stats = WriterStats()
@@ -494,6 +504,11 @@ class Writer:
         self._thread.join(timeout)
         self._check()
 
+    def listen(self, on_commit: Callable[[WriterStats], None]) -> None:
+        """Also call `on_commit` after every commit, on the writer thread: it must return
+        at once (post a message, set an event), never wait on another thread."""
+        self._listeners.append(on_commit)
+
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize()
@@ -512,28 +527,35 @@ class Writer:
     def _run(self) -> None:
         pending: list[_Item] = []
         rows: dict[str, int] = {}
-        started = 0.0
+        started = 0.0  # when the oldest pending item came
+        committed = -self._flush_interval_s  # when the last commit ended
         while True:
             timeout = None
             if pending:
-                timeout = max(0.0, self._flush_interval_s - (time.monotonic() - started))
+                # Never later than an interval after the oldest item (as ever); sooner once a
+                # commit is due again and the queue has run dry.
+                due = min(started, committed) + self._flush_interval_s
+                timeout = max(0.0, due - time.monotonic())
             try:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
                 item = None
             try:
                 if isinstance(item, _Item):
+                    now = time.monotonic()
                     if not pending:
-                        started = time.monotonic()
+                        started = now
                     pending.append(item)
                     for batch in _flatten(item.batch):
                         for name, table in batch.tables.items():
                             rows[name] = rows.get(name, 0) + table.num_rows
                     # A table that reaches a row group is written straight to it, not the WAL.
-                    if max(rows.values(), default=0) < self._flush_rows:
+                    if max(rows.values(), default=0) < self._flush_rows and not (
+                            now >= committed + self._flush_interval_s and self._queue.empty()):
                         continue
                 if pending and self._error is None:
                     self._commit_or_quarantine(pending)
+                    committed = time.monotonic()
             except BaseException as exc:  # surfaced to producers through _check()
                 self._fail(exc)
             pending, rows = [], {}
@@ -638,9 +660,9 @@ class Writer:
         st.commits += 1
         st.last_commit_at = time.time()
         st.last_commit_ms = (time.perf_counter() - t0) * 1000
-        if self._on_commit is not None:
+        for listener in list(self._listeners):
             try:
-                self._on_commit(st)
+                listener(st)
             except Exception as exc:  # a listener must not break ingestion
                 log.warning("writer: on_commit listener failed: %s", one_line(exc))
 
@@ -791,7 +813,8 @@ class Writer:
                            f"(SELECT {id_key_sql('d')} FROM _b d)").fetchall()[0][0]:
                 return None
             con.execute(INSERT_WITH_KEYS_SQL)
-            con.execute(ROLLUPS["decisions"])
+            for rollup in ROLLUPS["decisions"]:
+                con.execute(rollup)
         finally:
             con.unregister("_b")
             con.unregister("_c")
@@ -937,8 +960,8 @@ class Writer:
         con.register("_b", table)
         try:
             con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _b")
-            if name in ROLLUPS:
-                con.execute(ROLLUPS[name])
+            for rollup in ROLLUPS.get(name, ()):
+                con.execute(rollup)
         finally:
             con.unregister("_b")
         return table.num_rows

@@ -41,9 +41,9 @@ from . import data as D
 from . import fmt
 from . import keymap as K
 from ..monitor.health import HealthProvider, SourceHealth, as_health
-from .messages import (BaselineChosen, CommandLineRequested, CommandRequested, ExpireRequested,
-                       Fetched, Loaded, LoadRequested, RefreshRequested, RunChosen, ShowEvents,
-                       SilenceRequested, SlowFetched, ViewChosen)
+from .messages import (BaselineChosen, CommandLineRequested, CommandRequested, Committed,
+                       ExpireRequested, Fetched, Loaded, LoadRequested, RefreshRequested,
+                       RunChosen, ShowEvents, SilenceRequested, SlowFetched, ViewChosen)
 from .prompt import History, Prompt, default_history_path
 from .refresh import UNCHANGED, RefreshLoop
 from .scope import Scope
@@ -151,6 +151,8 @@ class Dashboard(App[None]):
         self.set_reactive(Dashboard.scope, scope)
         self.set_reactive(Dashboard.interval, seconds)
         self.refresher = RefreshLoop(self, store, self._next_fetch, seconds)
+        if live_writer is not None and hasattr(live_writer, "listen"):
+            self.refresher.follow(live_writer)
         self.context = ViewContext(clock=clock, scope=scope, empty_state=self.empty_state)
         self.bells = 0              # counted so tests can see the bell of critical alerts
         self.refreshes = 0          # completed refreshes (tests wait on this)
@@ -290,6 +292,9 @@ class Dashboard(App[None]):
         self.refreshes += 1
         self.update_status()
         self.refresher.landed()
+
+    def on_committed(self, _: Committed) -> None:
+        self.refresher.committed()
 
     def on_slow_fetched(self, msg: SlowFetched) -> None:
         current = self.refresher.slow_arrived(msg)

@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from collections.abc import Iterator
 from typing import Any, Final
 
 import duckdb
@@ -170,21 +171,41 @@ class OverviewData:
     compared: pl.DataFrame | None = None
 
 
+_TREND_COLUMNS: Final = ("arm", "service", "rule_id", "round", "blocks", "would_have_blocked",
+                         "evaluations")
+
+
+def _trend_rows(by_round: pl.DataFrame) -> Iterator[tuple[Any, ...]]:
+    """The rows of `rule_counts(by_round=True)` as plain tuples (_TREND_COLUMNS), in
+    metrics.rule_trend's order: rounds x rules rows each refresh, so no dict per row."""
+    df = by_round.sort(["arm", "service", "rule_id", "round"])
+    return zip(*(df[c].to_list() for c in _TREND_COLUMNS))
+
+
+def rule_trend(by_round: pl.DataFrame) -> dict[tuple[str, str, str],
+                                               list[tuple[int, float | None]]]:
+    """metrics.rule_trend of a rule_counts(by_round=True) frame (the same rate function)."""
+    out: dict[tuple[str, str, str], list[tuple[int, float | None]]] = {}
+    for arm, service, rule_id, rnd, blocks, whb, evaluations in _trend_rows(by_round):
+        out.setdefault((arm, service, rule_id), []).append(
+            (rnd, M.rule_rate(blocks or 0, whb or 0, evaluations)))
+    return out
+
+
 def rule_trends(by_round: pl.DataFrame, arm: str | None) -> tuple[RuleTrend, ...]:
     """Per rule of one arm (`rule_counts(by_round=True)`): totals and the rate per round."""
     if by_round.is_empty() or arm is None:
         return ()
-    rows = list(by_round.filter(pl.col("arm") == arm).iter_rows(named=True))
+    rows = by_round.filter(pl.col("arm") == arm)
     totals: dict[tuple[str, str], tuple[int | None, int]] = {}
-    for r in rows:
-        f = M.rule_figures(r)
-        n, k = totals.get((f.service, f.rule_id), (0, 0))
-        totals[(f.service, f.rule_id)] = (
-            None if n is None or f.evaluations is None else n + f.evaluations,
-            k + f.blocks + f.would_have_blocked)
+    for _arm, service, rule_id, _round, blocks, whb, evaluations in _trend_rows(rows):
+        n, k = totals.get((service, rule_id), (0, 0))
+        totals[(service, rule_id)] = (
+            None if n is None or evaluations is None else n + evaluations,
+            k + (blocks or 0) + (whb or 0))
     return tuple(RuleTrend(service, rule_id, *totals[(service, rule_id)],
                            tuple(x for _, x in points if x is not None))
-                 for (_arm, service, rule_id), points in M.rule_trend(rows).items())
+                 for (_arm, service, rule_id), points in rule_trend(rows).items())
 
 
 def rounds_of(times: list[datetime], rounds: pl.DataFrame) -> tuple[int, ...]:
@@ -266,8 +287,7 @@ def fetch_rules(con: Con, run_id: str, arm: str | None = None,
     evaluations, fires, blocks, would_have_blocked, their rates (analysis/metrics.py), the
     trend of the rule's rate per round and its latest reason."""
     counts = Q.rule_counts(con, run_id, arm=arm)
-    trends = M.rule_trend(Q.rule_counts(con, run_id, arm=arm, by_round=True)
-                          .iter_rows(named=True))
+    trends = rule_trend(Q.rule_counts(con, run_id, arm=arm, by_round=True))
     reasons = Q.rule_reasons(con, run_id, arm).rename(
         {"ts": "last_ts", "verdict": "last_verdict", "reason": "last_reason"})
     figures = [M.rule_figures(r) for r in counts.iter_rows(named=True)]

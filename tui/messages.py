@@ -110,6 +110,10 @@ class Fetched(Message):
         self.common, self.data, self.error, self.seconds = common, data, error, seconds
 
 
+class Committed(Message):
+    """The live writer committed new rows (posted from its thread): fetch them soon."""
+
+
 class SlowFetched(Message):
     """The slow lane's result for a view (raw-table scans such as the report)."""
 

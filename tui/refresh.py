@@ -6,6 +6,9 @@ main thread and hands it back with `landed()`, and only then is the timer armed 
 refresh, so fetches never overlap and nothing blocks the UI. When neither the view's parameters
 nor the store's version changed since the view last showed them, the worker skips the view's
 query and hands back UNCHANGED ("nothing changed").
+In `live`, the writer's commits wake the loop (`wake`): new data is fetched as soon as it is
+committed, but fetches that find new data start at least `interval` apart; without commits,
+the timer refreshes every `interval` after the last refresh landed, as before.
 Slow lane: work that scans raw tables (build_report, latency percentiles) runs in a second,
 throttled worker that posts `SlowFetched`, so it never delays the charts.
 
@@ -15,6 +18,7 @@ never touches the tokens, timers or lanes itself.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Hashable
 from typing import Any, Final
@@ -24,7 +28,7 @@ from textual.timer import Timer
 
 from ..storage.store import Store
 from . import data as D
-from .messages import Fetched, SlowFetched
+from .messages import Committed, Fetched, SlowFetched
 from .scope import Scope
 from .views.base import Fetch, View
 
@@ -53,6 +57,11 @@ class RefreshLoop:
         self.paused = False
         self.last_refresh_s = 0.0   # worker time of the last refresh (bench)
         self.token = 0              # one per fetch started
+        self._started_at = 0.0      # when the last fetch started (monotonic)
+        self._data_at = -interval   # when the last fetch that found new data started
+        self._woken = False         # data was committed while a fetch was in flight
+        self._wake_posted = threading.Event()  # a Committed message is on its way
+        self._due = 0.0             # when the armed timer fires (monotonic)
         self._scope_token = 0       # results of fetches up to this one were for another scope
         self.busy = False           # a fetch is in flight (or its result not yet shown)
         self._again = False         # refresh as soon as the fetch in flight has been shown
@@ -88,12 +97,41 @@ class RefreshLoop:
             return
         view, scope = request
         self.busy = True
+        self._started_at = time.monotonic()
         self.token += 1
         self._asked = scope
         key, fn = view.fetch()
         view_id = view.id or ""
         self._fetch(self.token, view_id, key, fn, scope, self._version, self._latest,
                     self._shown.get(view_id))
+
+    def wake(self) -> None:
+        """New data was committed (main thread): fetch it now, or while data flows an
+        interval after the last fetch that found new data started (so at most one such fetch
+        per interval), instead of a whole interval after the last fetch landed."""
+        if self.paused:
+            return
+        if self.busy:
+            self._woken = True  # that fetch may have missed it: again when it has landed
+            return
+        if self._timer is not None:
+            self._arm(self._data_at + self.interval - time.monotonic())
+
+    def follow(self, writer: Any) -> None:
+        """Wake on the commits of this writer (live: the dashboard's own process writes).
+        Its listener runs on the writer thread and only posts a message (never waits); one
+        message at a time is in flight."""
+        def committed(_stats: object) -> None:
+            if not self._wake_posted.is_set():
+                self._wake_posted.set()
+                self._host.post_message(Committed())
+
+        writer.listen(committed)
+
+    def committed(self) -> None:
+        """The Committed message arrived (main thread)."""
+        self._wake_posted.clear()
+        self.wake()
 
     def pause(self, paused: bool) -> None:
         self.paused = paused
@@ -105,7 +143,7 @@ class RefreshLoop:
     def set_interval(self, seconds: float) -> None:
         self.interval = seconds
         if self._timer is not None:  # re-arm with the new interval
-            self._timer.stop()
+            self._disarm()
             self._arm()
 
     def new_scope(self) -> None:
@@ -167,6 +205,8 @@ class RefreshLoop:
             self._again = True  # fetched for a run that is no longer shown
             return False
         assert msg.common is not None
+        if msg.common.version != self._version:
+            self._data_at = self._started_at  # timer polls that found nothing do not count
         self._version = msg.common.version
         if scope is not None and scope.follow_latest:
             self._latest = msg.common.run_id
@@ -179,14 +219,27 @@ class RefreshLoop:
     def landed(self) -> None:
         """The result has been shown: refresh again now if asked meanwhile, else arm the
         timer (not while paused)."""
+        woken, self._woken = self._woken, False
         if self._again:
             self._again = False
             self.refresh()
         elif not self.paused:
             self._arm()
+            if woken:
+                self._arm(self._data_at + self.interval - time.monotonic())
 
-    def _arm(self) -> None:
-        self._timer = self._host.set_timer(self.interval, self.refresh)
+    def _arm(self, delay: float | None = None) -> None:
+        """Refresh after `delay` (default: the interval); sooner than a timer armed already,
+        never later."""
+        # Not 0: a Textual timer of interval 0 divides by it and never fires.
+        delay = self.interval if delay is None else max(0.001, delay)
+        due = time.monotonic() + delay
+        if self._timer is not None:
+            if self._due <= due:
+                return
+            self._timer.stop()
+        self._due = due
+        self._timer = self._host.set_timer(delay, self.refresh)
 
     def _disarm(self) -> None:
         if self._timer is not None:

@@ -3,14 +3,9 @@ inside tmux."""
 
 from __future__ import annotations
 
-import os
 import shlex
-import shutil
 import socket
-import subprocess
 import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,59 +14,12 @@ import pytest
 from support import truth
 from tractatus_watch.storage.store import Store
 
+from support.tmux import TMUX, Tmux, free_port
+
 from .helpers import build_db, command
 
-TMUX = shutil.which("tmux") or ("/usr/bin/tmux" if Path("/usr/bin/tmux").exists() else None)
 pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (CI installs it; "
                                                      "apt-get install tmux to run this test)")
-
-
-class Tmux:
-    def __init__(self, tmp: Path) -> None:
-        self.socket = f"tw-test-{uuid.uuid4().hex[:8]}"
-        self.tmp = tmp
-
-    def run(self, *args: str) -> str:
-        out = subprocess.run([TMUX or "tmux", "-L", self.socket, *args], capture_output=True,
-                             text=True, timeout=30)
-        if out.returncode != 0:
-            raise RuntimeError(f"tmux {' '.join(args)}: {out.stderr.strip()}")
-        return out.stdout
-
-    def pane(self) -> str:
-        return self.run("capture-pane", "-p", "-t", "tw")
-
-    def wait_for(self, *texts: str, timeout: float = 45.0) -> str:
-        return self.wait_until(lambda screen: all(t in screen for t in texts), str(texts),
-                               timeout)
-
-    def wait_until(self, check: Callable[[str], bool], what: str,
-                   timeout: float = 45.0) -> str:
-        deadline = time.monotonic() + timeout
-        screen = ""
-        while time.monotonic() < deadline:
-            screen = self.pane()
-            if check(screen):
-                return screen
-            time.sleep(0.2)
-        raise AssertionError(f"{what} not on screen after {timeout}s:\n{screen}")
-
-    def keys(self, *keys: str) -> None:
-        for key in keys:
-            self.run("send-keys", "-t", "tw", key)
-            time.sleep(0.15)
-
-    def start(self, script: str, size: tuple[int, int] = (120, 40)) -> None:
-        env = {**os.environ, "TERM": "xterm-256color"}
-        env.pop("NO_COLOR", None)
-        env.pop("AGL_KEY", None)
-        subprocess.run([TMUX or "tmux", "-L", self.socket, "new-session", "-d", "-s", "tw",
-                        "-x", str(size[0]), "-y", str(size[1]), "sh", "-c", script],
-                       check=True, env=env, timeout=30)
-
-    def kill(self) -> None:
-        subprocess.run([TMUX or "tmux", "-L", self.socket, "kill-server"], capture_output=True,
-                       timeout=30)
 
 
 def test_open_in_tmux(tmp_path: Path) -> None:
@@ -114,12 +62,6 @@ def test_open_in_tmux(tmp_path: Path) -> None:
         tmux.kill()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _decision(i: int) -> dict[str, object]:
     return {"schema": "tractatus.decision/1", "decision_id": f"tmux-d{i}",
             "agent_id": "tmux-agent", "round": 0, "arm": "governed", "mode": "enforce",
@@ -133,7 +75,7 @@ def _decision(i: int) -> dict[str, object]:
 def test_live_gateway_keeps_third_party_logs_off_the_screen(tmp_path: Path) -> None:
     """Agent Lightning warns through structlog when it has no key, uvicorn warns on a bad
     request: both go to the log file, none is drawn over the dashboard."""
-    port = _free_port()
+    port = free_port()
     db = tmp_path / "live.duckdb"
     program = shlex.join([*command(), "live", "--gateway", "--port", str(port), "--run",
                           "tmux-run", "--view", "events", "--interval", "0.5", "--db",

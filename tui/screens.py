@@ -51,7 +51,8 @@ class HelpScreen(ModalScreen[None]):
         table.add_column(ratio=1)
         table.add_column(style="dim", no_wrap=True)
         for title, keys in self.sections:
-            table.add_row(Text(title, style="bold underline"), "", "")
+            # In the description's column: a long title never widens the keys' column.
+            table.add_row("", Text(title, style="bold underline"), "")
             for key, text, binding_id in keys:
                 # Text, not markup: help lines hold [optional] arguments.
                 table.add_row(key_label(key), Text(text), binding_id)

@@ -18,8 +18,8 @@ check() {
   fi
 }
 check "the import contracts (lint-imports)" .venv/bin/lint-imports
-# check "ruff (ruff check .)" .venv/bin/ruff check .  # enabled after issue-13 merges (lead)
-# check "mypy" .venv/bin/mypy  # enabled after issue-13 merges (lead)
+check "ruff (ruff check .)" .venv/bin/ruff check .
+check "mypy" .venv/bin/mypy
 # Two workers, a test file each at a time: most tests wait on subprocesses, gateways and
 # servers, and a file's module fixtures (the demo runs) are then built once.
 # TEST_WORKERS=0 runs them in this process.

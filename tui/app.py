@@ -103,7 +103,8 @@ class Dashboard(App[None]):
         # Priority: before the prompt's copy and Textual's "press ctrl+q" hint.
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="dashboard.interrupt"),
     ]
-    HELP: ClassVar[dict[str, str]] = {
+    # What each action does, for the help (not Textual's HELP: that is a markdown string).
+    KEY_HELP: ClassVar[dict[str, str]] = {
         "help": "this help", "filter": "filter the current view", "pause": "pause/resume refresh",
         "command": f"command line: {COMMANDS_HELP}", "slower": "refresh less often",
         "faster": "refresh more often", "export": "export the current view (CSV; Parquet "
@@ -178,7 +179,7 @@ class Dashboard(App[None]):
         self._silence_list: list[dict[str, Any]] = []  # active silences, likewise
         self._clashes: set[str] = set()
 
-    # --- layout ------------------------------------------------------------------------------------
+    # --- layout -----------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield TabBar(id="topbar")
@@ -251,7 +252,7 @@ class Dashboard(App[None]):
         if self._switcher is not None:
             self._update_tabs()
 
-    # --- the refresh loop: asking it, and showing what it fetched ----------------------------------
+    # --- the refresh loop: asking it, and showing what it fetched ---------------------------------
 
     def refresh_view(self) -> None:
         """Fetch the current view now (or right after the fetch in flight: never two)."""
@@ -340,7 +341,7 @@ class Dashboard(App[None]):
         level = {"firing": "error" if severity == "critical" else "warning"}.get(new,
                                                                                 "information")
         self.notify(shown, title=f"alert{f' [{severity}]' if severity else ''}",
-                    severity=level, timeout=8)  # type: ignore[arg-type]
+                    severity=level, timeout=8)
         if new == "firing" and severity == "critical":
             self.ring()
 
@@ -363,7 +364,7 @@ class Dashboard(App[None]):
         """Firing (not silenced), silenced and pending, as `check` counts them."""
         return self._alert_counts
 
-    # --- one-off loads (detail panes, exports, silences) -------------------------------------------
+    # --- one-off loads (detail panes, exports, silences) ------------------------------------------
 
     def load(self, fn: Callable[[D.Con], Any], callback: Callable[[Any], None],
              group: str = "load") -> None:
@@ -392,7 +393,7 @@ class Dashboard(App[None]):
         else:
             msg.callback(msg.result)
 
-    # --- what the views ask ------------------------------------------------------------------------
+    # --- what the views ask -----------------------------------------------------------------------
 
     def on_refresh_requested(self, _: RefreshRequested) -> None:
         self.refresh_view()
@@ -429,7 +430,7 @@ class Dashboard(App[None]):
     def on_expire_requested(self, msg: ExpireRequested) -> None:
         self.ask_expire(msg.silence)
 
-    # --- scope, pause and interval -----------------------------------------------------------------
+    # --- scope, pause and interval ----------------------------------------------------------------
 
     def watch_scope(self, scope: Scope) -> None:
         """Another run or baseline: everything fetched so far was for the old one."""
@@ -521,7 +522,7 @@ class Dashboard(App[None]):
         view.focus_target().focus()
         self.refresh_view()
 
-    # --- status line --------------------------------------------------------------------------------
+    # --- status line ------------------------------------------------------------------------------
 
     def health(self) -> list[SourceHealth]:
         if self.source_health is None:
@@ -544,7 +545,7 @@ class Dashboard(App[None]):
             refreshed=self.refreshes > 0, sources=sources, ingest_rows=ingest, store=store,
             last_ts=c.last_ts if c is not None else None, error=self._last_error))
 
-    # --- actions ------------------------------------------------------------------------------------
+    # --- actions ----------------------------------------------------------------------------------
 
     def action_view(self, index: int) -> None:
         self.switch_view(index)
@@ -571,19 +572,20 @@ class Dashboard(App[None]):
             name = names[(names.index(self.theme) + 1) % len(names)] if self.theme in names \
                 else names[0]
         if name not in self.available_themes:
-            raise ValueError(f"no theme {name!r}; themes: {', '.join(sorted(self.available_themes))}")
+            themes = ", ".join(sorted(self.available_themes))
+            raise ValueError(f"no theme {name!r}; themes: {themes}")
         self.theme = name
         self.notify(f"theme {name}", timeout=2)
 
     def action_help(self) -> None:
         """Every key with its binding id (for keymap.toml), as mapped now: the views, the keys
-        that work everywhere (with HELP's longer text), each view's keys, then tables, the
+        that work everywhere (with KEY_HELP's longer text), each view's keys, then tables, the
         prompt and the modal screens. Generated from the bindings and, for `:`, from the
         command table."""
         sections: list[tuple[str, list[tuple[str, str, str]]]] = []
         for title, bindings in binding_sections():
             rows = [(self._keymap.get(b.id or "", b.key),
-                     self.HELP.get(b.action, b.description) if title == "everywhere"
+                     self.KEY_HELP.get(b.action, b.description) if title == "everywhere"
                      else b.description, b.id or "") for b in bindings]
             view = next((v for v in VIEWS if title == f"{v.KEY} {v.TITLE}"), None)
             if view is not None and view.FILTER_HELP:
@@ -594,7 +596,7 @@ class Dashboard(App[None]):
                                        for c in commands.COMMANDS]))
         self.push_screen(HelpScreen(sections, keymap_file=str(K.default_path())))
 
-    # --- the prompt: / filter and : commands --------------------------------------------------------
+    # --- the prompt: / filter and : commands ------------------------------------------------------
 
     def action_filter(self) -> None:
         view = self.current_view
@@ -725,7 +727,7 @@ class Dashboard(App[None]):
                              f"{', '.join(sorted(set(alerts['alertname'].to_list())))}")
         return hits[0]
 
-    # --- silences -----------------------------------------------------------------------------------
+    # --- silences ---------------------------------------------------------------------------------
 
     def ask_silence(self, alert: dict[str, Any]) -> None:
         def done(answer: tuple[float, str] | None) -> None:
@@ -802,7 +804,7 @@ class Dashboard(App[None]):
 
         self.load(lambda _con: expirer(silence_id, now), saved, group="silence")
 
-    # --- export and screenshot ----------------------------------------------------------------------
+    # --- export and screenshot --------------------------------------------------------------------
 
     def _stamp(self) -> str:
         return datetime.fromtimestamp(self.clock(), tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -824,9 +826,9 @@ class Dashboard(App[None]):
         self.load(write, lambda p: self.notify(f"exported {frame.height:,} rows to {p}",
                                                timeout=6), group="export")
 
-    def action_screenshot(self) -> None:
-        name = f"tractatus-watch-{self.current_view.TITLE.lower()}-{self._stamp()}.svg"
-        path = self.save_screenshot(name, path=str(self.export_dir))
+    def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
+        name = filename or f"tractatus-watch-{self.current_view.TITLE.lower()}-{self._stamp()}.svg"
+        path = self.save_screenshot(name, path=path or str(self.export_dir))
         self.notify(f"screenshot saved to {path}", timeout=6)
 
 
@@ -922,7 +924,8 @@ def run_dashboard(store_or_path: Store | str | Path, *, run_id: str | None = Non
     for warning in keymap.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     owned = not isinstance(store_or_path, Store)
-    store = Store.open(store_or_path, read_only=True) if owned else store_or_path  # type: ignore[arg-type]
+    store = store_or_path if isinstance(store_or_path, Store) \
+        else Store.open(store_or_path, read_only=True)
     try:
         app = Dashboard(store, run_id=run_id, baseline_run=baseline_run,
                         live_writer=live_writer, source_health=source_health,

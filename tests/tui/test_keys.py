@@ -85,7 +85,7 @@ async def test_help_lists_every_key_with_its_binding_id(make_app) -> None:
         assert isinstance(app.screen, HelpScreen)
         text = help_text(app)
         for binding in Dashboard.BINDINGS:
-            assert Dashboard.HELP.get(binding.action, binding.description)[:30] in text, binding
+            assert Dashboard.KEY_HELP.get(binding.action, binding.description)[:30] in text, binding
         for view in VIEWS:
             for binding in view.BINDINGS:
                 assert binding.description in text, (view.TITLE, binding)

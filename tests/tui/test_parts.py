@@ -139,7 +139,7 @@ def test_command_table_drives_the_command_line_help() -> None:
                     "silence ALERT DURATION [COMMENT] · unsilence ID · interval SECONDS · "
                     "smooth [WEIGHT|off] · theme NAME · export [csv|parquet] [PATH] · view N · "
                     "help · quit")
-    assert Dashboard.HELP["command"] == f"command line: {line}"
+    assert Dashboard.KEY_HELP["command"] == f"command line: {line}"
 
 
 async def test_palette_provider_yields_the_table_and_opens_the_command_line(make_app) -> None:

@@ -619,7 +619,8 @@ def stored_silences(store: Store) -> dict[str, tuple[datetime, datetime]]:
         con.close()
 
 
-async def test_expire_a_silence_by_key_and_by_command(tui_db: Path, tmp_path: Path) -> None:
+def silences_app(tui_db: Path, tmp_path: Path) -> tuple[Store, DuckDBAlertStore, Dashboard]:
+    """The Alerts view on a writable copy of the store, with silences it can add and expire."""
     copy = tmp_path / "writable.duckdb"
     shutil.copy(tui_db, copy)
     store = Store.open(copy)
@@ -627,6 +628,11 @@ async def test_expire_a_silence_by_key_and_by_command(tui_db: Path, tmp_path: Pa
     app = Dashboard(store, silence_writer=alert_store.add_silence,
                     silence_expirer=alert_store.expire_silence, clock=lambda: FIXED_NOW,
                     export_dir=tmp_path, view="alerts")
+    return store, alert_store, app
+
+
+async def test_expire_a_silence_by_key_and_by_command(tui_db: Path, tmp_path: Path) -> None:
+    store, alert_store, app = silences_app(tui_db, tmp_path)
     now = datetime.fromtimestamp(FIXED_NOW, timezone.utc).replace(tzinfo=None)
     try:
         async with app.run_test(size=(120, 40), notifications=True) as pilot:
@@ -671,13 +677,7 @@ async def test_expire_a_silence_by_key_and_by_command(tui_db: Path, tmp_path: Pa
 
 
 async def test_expire_from_the_silences_table(tui_db: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "writable.duckdb"
-    shutil.copy(tui_db, copy)
-    store = Store.open(copy)
-    alert_store = DuckDBAlertStore(store)
-    app = Dashboard(store, silence_writer=alert_store.add_silence,
-                    silence_expirer=alert_store.expire_silence, clock=lambda: FIXED_NOW,
-                    export_dir=tmp_path, view="alerts")
+    store, alert_store, app = silences_app(tui_db, tmp_path)
     try:
         async with app.run_test(size=(120, 40), notifications=True) as pilot:
             await settle(pilot)

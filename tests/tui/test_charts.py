@@ -3,8 +3,10 @@ gap's interval drawn, the baseline run overlaid, and `:smooth` (off by default).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import polars as pl
 import pytest
 from textual.widgets import Input
 
@@ -84,3 +86,77 @@ async def test_kpi_strip_a_line_per_arm_at_120_and_whole_items_at_80(make_snap_a
         assert len(lines) == 4
         assert any(line.startswith("│ gap -0.0") for line in lines)  # label and value together
     assert all(len(line) <= size[0] - 2 for line in lines)
+
+
+def _agents_db(path: Any) -> None:
+    """Three runs of 1, 10 and 100 agents (both arms each), through the real writer."""
+    from support.synthetic import decisions_batch
+
+    from tractatus_watch.storage.store import Store
+    from tractatus_watch.storage.writer import Writer
+
+    store = Store.open(path)
+    writer = Writer(store)
+    for seed, agents in enumerate((1, 10, 100)):
+        writer.submit(decisions_batch(0, 2_000, run_id=f"agents-{agents}", rounds=4,
+                                      agents=agents, seed=seed, total=2_000))
+    writer.close()
+    store.close()
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+async def test_overhead_against_agents_on_a_log_axis(tmp_path: Any,
+                                                     size: tuple[int, int]) -> None:
+    """The x of each point is log10 of the fetched number of agents, the y the fetched
+    p50/p99, and the difference is governed minus ungoverned of the same run."""
+    from tractatus_watch.storage.store import Store
+    from tractatus_watch.tui import data as D
+    from tractatus_watch.tui.app import Dashboard
+
+    path = tmp_path / "agents.duckdb"
+    _agents_db(path)
+    store = Store.open(path, read_only=True)
+    try:
+        con = store.cursor()
+        table = D.fetch_overhead_detail(con, "agents-1").by_agents
+        con.close()
+        app = Dashboard(store, clock=lambda: 0.0, export_dir=tmp_path, view="overhead",
+                        interval=60.0)
+        async with app.run_test(size=size) as pilot:
+            await settle(pilot)
+            compact = size[1] < 34
+            chart = app.query_one("#chart-agents-compact" if compact else "#chart-agents",
+                                  Chart)
+            diff_chart = chart if compact else app.query_one("#chart-agents-diff", Chart)
+            deadline = asyncio.get_running_loop().time() + 20
+            while not diff_chart._datasets:
+                assert asyncio.get_running_loop().time() < deadline, "agents chart not drawn"
+                await pilot.pause(0.02)
+            xs = {label: [float(v) for v in ds.x]
+                  for label, ds in zip(chart._labels, chart._datasets)}
+            got = _series(chart) | _series(diff_chart)
+            x_ticks = chart._x_formatter.get_ticks(0.0, 2.0)
+            x_labels = chart._x_formatter.get_labels_for_ticks(x_ticks)
+            shown = (app.query_one("#chart-service").display,
+                     app.query_one("#overhead-agents").display)
+    finally:
+        store.close()
+    assert table["agents"].unique().sort().to_list() == [1, 10, 100]
+    gov = table.filter(pl.col("arm") == "governed").sort("agents")
+    ung = table.filter(pl.col("arm") == "ungoverned").sort("agents")
+    assert gov["run_id"].to_list() == ung["run_id"].to_list()  # the same runs, in order
+    # Log axis: the x positions are the agent counts, 1, 10 and 100 evenly spaced.
+    assert xs["governed p50"] == pytest.approx([0.0, 1.0, 2.0])
+    assert x_labels == ["1", "10", "100"]
+    assert got["governed p50"] == pytest.approx(gov["p50_us"].to_list())
+    assert got["ungoverned p50"] == pytest.approx(ung["p50_us"].to_list())
+    assert got["governed - ungoverned p50"] == pytest.approx(
+        (gov["p50_us"] - ung["p50_us"]).to_list())
+    assert any(v != 0 for v in got["governed - ungoverned p50"])  # not trivially 0
+    if compact:  # one row: the per-round mean and the agents chart with the difference
+        assert shown == (False, False) and "governed p99" not in got
+    else:
+        assert shown == (True, True)
+        assert got["governed p99"] == pytest.approx(gov["p99_us"].to_list())
+        assert got["governed - ungoverned p99"] == pytest.approx(
+            (gov["p99_us"] - ung["p99_us"]).to_list())

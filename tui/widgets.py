@@ -175,21 +175,24 @@ class Chart(PlotWidget, can_focus=False):
     def draw(self, series: Sequence[tuple[Sequence[float], Sequence[float], str, str]], *,
              vlines: Sequence[float] = (),
              ylimits: tuple[float | None, float | None] = (None, None),
-             subtitle: str = "", scale: Literal["value", "rate", "log"] = "value",
+             subtitle: str = "", scale: Literal["value", "rate", "count", "log"] = "value",
              xlog: tuple[float, float] | None = None) -> None:
         """Replace the plot with line series (x, y, style, label) and vertical markers.
-        `scale="rate"`: a 0-1 rate on the fixed 0-100% scale (ylimits ignored); `"log"`: the
-        series' y are log10 of the data, labelled with the data. `xlog=(lo, hi)`: the x are
+        `scale="rate"`: a 0-1 rate on the fixed 0-100% scale (ylimits ignored); `"count"`: counts
+        from 0, whole-number ticks; `"log"`: the series' y are log10 of the data, labelled with
+        the data. `xlog=(lo, hi)`: the x are
         log10 of the data (not rounds), on that log10 range (see `decades`)."""
         if (xlog is not None) != self._x_log:
             self._x_log = xlog is not None
             self.set_x_formatter(_LogAxis() if self._x_log else _RoundAxis())
         if scale != self._y_kind:
             self._y_kind = scale
-            self.set_y_formatter({"rate": _PercentAxis(), "log": _LogAxis()}.get(scale,
-                                                                                 _SafeAxis()))
+            self.set_y_formatter({"rate": _PercentAxis(), "count": _RoundAxis(),
+                                  "log": _LogAxis()}.get(scale, _SafeAxis()))
         if scale == "rate":
             ylimits = (0.0, 1.0)
+        elif scale == "count":
+            ylimits = (0.0, ylimits[1])
         # The canvas sets every pixel of every segment in Python: one point per character
         # column keeps a noisy series cheap (each segment may span the whole height) and shows
         # all that the cells can.

@@ -34,11 +34,15 @@ async def test_rates_fixed_scale_overlay_and_smoothing(make_snap_app, snap_db: A
     app = make_snap_app(interval=60.0)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        a, b, d = (app.query_one(f"#chart-{k}", Chart) for k in "abd")
+        a, b, d, e = (app.query_one(f"#chart-{k}", Chart) for k in "abde")
         raw = _series(b)
         assert a._y_kind == b._y_kind == "rate" and a._y_formatter.get_ticks(0.1, 0.2) == \
             [0, 0.25, 0.5, 0.75, 1.0]
-        assert {"blocked", "evasions", "blocked (baseline run)"} <= set(raw)
+        assert set(raw) == {"blocked", "blocked (baseline run)"}
+        # Evasions: a chart of their own, counts from 0 with whole-number ticks.
+        evasions = _series(e)
+        assert e.display and e._y_kind == "count" and list(evasions) == ["evasions"]
+        assert e._y_formatter.get_ticks(0.0, 7.6) == [0, 1, 2, 3, 4, 5, 6, 7]
         assert "95% CI" in _series(d) and "smoothed" not in (b.border_subtitle or "")
         await _smooth(pilot, "smooth 0.5")
         smoothed = _series(b)
@@ -55,9 +59,30 @@ async def test_rates_fixed_scale_overlay_and_smoothing(make_snap_app, snap_db: A
         con.close()
         store.close()
     assert raw["blocked"] == pytest.approx(gov["blocked_rate"].to_list())
-    assert raw["evasions"] == pytest.approx((gov["evasions"] / gov["actions"]).to_list())
+    assert evasions["evasions"] == gov["evasions"].cast(float).to_list()
     assert raw["blocked (baseline run)"] == pytest.approx(other["blocked_rate"].to_list())
-    assert max(raw["evasions"]) > 0  # the data has evasions: the line is not a flat 0
+    assert max(evasions["evasions"]) > 0  # the data has evasions: the line is not a flat 0
+
+
+async def test_evasions_share_the_rates_chart_at_80x24(make_snap_app, snap_db: Any) -> None:
+    """At 80x24 the charts are two: evasions, as a rate of actions, on the rates' chart."""
+    from tractatus_watch.storage.store import Store
+
+    app = make_snap_app(interval=60.0)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        a, e = app.query_one("#chart-a", Chart), app.query_one("#chart-e", Chart)
+        rates, shown = _series(a), e.display
+    store = Store.open(snap_db, read_only=True)
+    con = store.cursor()
+    try:
+        gov = Q.per_round(con, SNAP_RUN, "governed")
+    finally:
+        con.close()
+        store.close()
+    assert not shown and a._y_kind == "rate"
+    assert rates["evasions"] == pytest.approx((gov["evasions"] / gov["actions"]).to_list())
+    assert rates["blocked"] == pytest.approx(gov["blocked_rate"].to_list())
 
 
 @pytest.mark.parametrize("size", [(120, 40), (80, 24)])
@@ -160,3 +185,34 @@ async def test_overhead_against_agents_on_a_log_axis(tmp_path: Any,
         assert got["governed p99"] == pytest.approx(gov["p99_us"].to_list())
         assert got["governed - ungoverned p99"] == pytest.approx(
             (gov["p99_us"] - ung["p99_us"]).to_list())
+
+
+async def test_S_toggles_smoothing_at_the_default_weight(make_snap_app) -> None:
+    from tractatus_watch.tui.commands import DEFAULT_SMOOTHING
+
+    app = make_snap_app(interval=60.0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        b, e = app.query_one("#chart-b", Chart), app.query_one("#chart-e", Chart)
+        raw, raw_e = _series(b)["blocked"], _series(e)["evasions"]
+        await pilot.press("S")
+        await settle(pilot)
+        assert app.context.smoothing == DEFAULT_SMOOTHING == 0.6
+        assert _series(b)["blocked"] == pytest.approx(ema(raw, 0.6))
+        assert _series(e)["evasions"] == pytest.approx(ema(raw_e, 0.6))
+        assert "smoothed 0.6" in str(b.border_subtitle)
+        await pilot.press("S")
+        await settle(pilot)
+        assert app.context.smoothing == 0.0 and _series(b)["blocked"] == pytest.approx(raw)
+        assert "smoothed" not in str(b.border_subtitle)
+        # On at another weight (`:smooth 0.9`): S turns it off; from another view too.
+        await _smooth(pilot, "smooth 0.9")
+        assert _series(b)["blocked"] == pytest.approx(ema(raw, 0.9))
+        await pilot.press("2")
+        await settle(pilot)
+        await pilot.press("S")
+        await settle(pilot)
+        assert app.context.smoothing == 0.0
+        await pilot.press("1")
+        await settle(pilot)
+        assert _series(b)["blocked"] == pytest.approx(raw)

@@ -192,7 +192,9 @@ class Chart(PlotWidget, can_focus=False):
         if scale == "rate":
             ylimits = (0.0, 1.0)
         elif scale == "count":
-            ylimits = (0.0, ylimits[1])
+            # From 0; all zeros still get a scale (0 at the bottom, not a lone 0 tick).
+            top = max((v for _, y, _, _ in series for v in y if math.isfinite(v)), default=0)
+            ylimits = (0.0, ylimits[1] if ylimits[1] is not None or top >= 1 else 1.0)
         # The canvas sets every pixel of every segment in Python: one point per character
         # column keeps a noisy series cheap (each segment may span the whole height) and shows
         # all that the cells can.

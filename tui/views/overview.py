@@ -149,15 +149,16 @@ class Overview(View):
             ]
         else:
             plan = [
-                (a, "[green]coverage[/] per round" + baseline_note,
+                (a, "[green]coverage[/]" + baseline_note,
                  dict(series=[*vs, coverage], vlines=marks, scale="rate",
                       subtitle=sub(fired, smooth))),
-                (b, "[red]blocked[/] per round (rate of actions)" + baseline_note,
+                (b, "[red]blocked[/] rate" + baseline_note,
                  dict(series=[*vs_blocked, blocked], vlines=marks, scale="rate",
                       subtitle=smooth)),
                 # Evasions are rare: as a count from 0 they read, as a rate on 0-100% not.
-                (e, "[yellow]evasions[/] per round (actions)",
-                 dict(series=[evasion_count], vlines=marks, scale="count", subtitle=smooth)),
+                (e, "[yellow]evasions[/] per round (count)",
+                 dict(series=[evasion_count], vlines=marks, scale="count",
+                      subtitle=sub("" if any(evasion_count[1]) else "none", smooth))),
                 (c, reward_title, dict(series=rewards, vlines=marks,
                                        subtitle=sub("" if g.height else "no rewards yet",
                                                     smooth))),

@@ -95,6 +95,7 @@ class Dashboard(App[None]):
         Binding("e", "export", "Export", id="dashboard.export"),
         Binding("s", "screenshot", "SVG", id="dashboard.screenshot"),
         Binding("t", "theme", "Theme", show=False, id="dashboard.theme"),
+        Binding("S", "smooth", "Smooth", show=False, id="dashboard.smooth"),
         Binding("r", "refresh", "Refresh", show=False, id="dashboard.refresh"),
         Binding("escape", "go_back", "Back", show=False, id="dashboard.back"),
         Binding("ctrl+p", "command_palette", "Palette", show=False, priority=True,
@@ -110,6 +111,8 @@ class Dashboard(App[None]):
         "faster": "refresh more often", "export": "export the current view (CSV; Parquet "
         "with :export parquet)", "screenshot": "save an SVG screenshot", "theme": "next theme",
         "refresh": "refresh now", "quit": "quit",
+        "smooth": f"smooth the Overview's charts on/off (EMA {commands.DEFAULT_SMOOTHING:g}; "
+                  "other weights with :smooth WEIGHT)",
         "go_back": "back: close the prompt; from a drill-down, the view it came from (the drill "
                 "filter cleared); else clear the view's filter",
         "command_palette": "command palette: every command and view",
@@ -565,6 +568,10 @@ class Dashboard(App[None]):
 
     def action_faster(self) -> None:
         self._step_interval(-1)
+
+    def action_smooth(self) -> None:
+        """Smoothing off if on (at any weight), else on at the default weight."""
+        self.set_smoothing(0.0 if self.context.smoothing else commands.DEFAULT_SMOOTHING)
 
     def action_theme(self, name: str | None = None) -> None:
         names = [t for t in THEMES if t in self.available_themes]

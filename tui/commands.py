@@ -101,9 +101,13 @@ def _interval(target: CommandTarget, args: Sequence[str]) -> None:
     target.interval = seconds
 
 
+# The EMA weight of `:smooth` without one and of the `S` key (TensorBoard's default slider).
+DEFAULT_SMOOTHING = 0.6
+
+
 def _smooth(target: CommandTarget, args: Sequence[str]) -> None:
     """`smooth 0.6` (the EMA weight, as TensorBoard's slider), `smooth off` or `smooth 0`."""
-    text = args[0] if args else "0.6"
+    text = args[0] if args else f"{DEFAULT_SMOOTHING:g}"
     try:
         weight = 0.0 if text in ("off", "none") else float(text)
     except ValueError:
@@ -188,7 +192,8 @@ COMMANDS: Final[tuple[Command, ...]] = (
     Command("interval", "interval SECONDS", "seconds between refreshes (0.1 to 3600)",
             _interval, args=(_fixed("0.25", "0.5", "1", "2", "5", "10", "30", "60"),)),
     Command("smooth", "smooth [WEIGHT|off]",
-            "smooth the Overview's charts (EMA weight 0-0.99, as TensorBoard; default 0.6)",
+            "smooth the Overview's charts (EMA weight 0-0.99, as TensorBoard; default "
+            f"{DEFAULT_SMOOTHING:g})",
             _smooth, args=(_fixed("0.6", "0.9", "off"),), bare=True),
     Command("theme", "theme NAME", "switch to a theme (no name: the next one)", _theme,
             args=(_themes,)),

@@ -109,10 +109,21 @@ class _LogAxis(NumericAxisFormatter):
     """An axis whose values are log10 of the data, labelled with the data (1, 10, 100)."""
 
     def get_ticks(self, min_: float, max_: float, max_ticks: int = 8) -> list[float]:
-        return log_ticks(min_, max_)
+        # A range inside one decade with no 1-2-5 mark in it: its middle, as _SafeAxis.
+        return log_ticks(min_, max_) or [(min_ + max_) / 2]
 
     def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
         return [f"{10 ** t:g}" for t in ticks]
+
+
+def decades(values: Sequence[float]) -> tuple[float, float]:
+    """The log10 range of whole decades around positive `values` (at least one decade): a log
+    axis of 8 agents reads 1 to 10, of 1 to 100 agents 1 to 100."""
+    logs = [math.log10(v) for v in values if v > 0]
+    if not logs:
+        return 0.0, 1.0
+    lo, hi = math.floor(min(logs) + 1e-9), math.ceil(max(logs) - 1e-9)
+    return float(lo), float(max(hi, lo + 1))
 
 
 def ema(values: Sequence[float], weight: float) -> list[float]:
@@ -150,6 +161,7 @@ class Chart(PlotWidget, can_focus=False):
         self.set_x_formatter(_RoundAxis())
         self.set_y_formatter(_SafeAxis())
         self._y_kind = "value"
+        self._x_log = False
 
     def compose(self) -> ComposeResult:
         # PlotWidget's own layout, with canvases that survive NO_COLOR.
@@ -163,16 +175,26 @@ class Chart(PlotWidget, can_focus=False):
     def draw(self, series: Sequence[tuple[Sequence[float], Sequence[float], str, str]], *,
              vlines: Sequence[float] = (),
              ylimits: tuple[float | None, float | None] = (None, None),
-             subtitle: str = "", scale: Literal["value", "rate", "log"] = "value") -> None:
+             subtitle: str = "", scale: Literal["value", "rate", "count", "log"] = "value",
+             xlog: tuple[float, float] | None = None) -> None:
         """Replace the plot with line series (x, y, style, label) and vertical markers.
-        `scale="rate"`: a 0-1 rate on the fixed 0-100% scale (ylimits ignored); `"log"`: the
-        series' y are log10 of the data, labelled with the data."""
+        `scale="rate"`: a 0-1 rate on the fixed 0-100% scale (ylimits ignored); `"count"`: counts
+        from 0, whole-number ticks; `"log"`: the series' y are log10 of the data, labelled with
+        the data. `xlog=(lo, hi)`: the x are
+        log10 of the data (not rounds), on that log10 range (see `decades`)."""
+        if (xlog is not None) != self._x_log:
+            self._x_log = xlog is not None
+            self.set_x_formatter(_LogAxis() if self._x_log else _RoundAxis())
         if scale != self._y_kind:
             self._y_kind = scale
-            self.set_y_formatter({"rate": _PercentAxis(), "log": _LogAxis()}.get(scale,
-                                                                                 _SafeAxis()))
+            self.set_y_formatter({"rate": _PercentAxis(), "count": _RoundAxis(),
+                                  "log": _LogAxis()}.get(scale, _SafeAxis()))
         if scale == "rate":
             ylimits = (0.0, 1.0)
+        elif scale == "count":
+            # From 0; all zeros still get a scale (0 at the bottom, not a lone 0 tick).
+            top = max((v for _, y, _, _ in series for v in y if math.isfinite(v)), default=0)
+            ylimits = (0.0, ylimits[1] if ylimits[1] is not None or top >= 1 else 1.0)
         # The canvas sets every pixel of every segment in Python: one point per character
         # column keeps a noisy series cheap (each segment may span the whole height) and shows
         # all that the cells can.
@@ -188,6 +210,7 @@ class Chart(PlotWidget, can_focus=False):
         for v in vlines:
             self.add_v_line(v, line_style="red")
         self.set_ylimits(*ylimits)
+        self.set_xlimits(*(xlog or (None, None)))
         self.border_subtitle = subtitle
 
 

@@ -1,4 +1,4 @@
-"""The Overview (1): KPIs, four charts of the run per round, one sparkline per rule."""
+"""The Overview (1): KPIs, five charts of the run per round, one sparkline per rule."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ Series = tuple[list[Any], list[float], str, str]
 
 class Overview(View):
     KEY, TITLE = "1", "Overview"
-    # Below this terminal height the four charts become two (rates together, rewards with the
-    # gap in the subtitle) so 80x24 keeps readable plots.
+    # Below this terminal height the five charts become two (rates together, evasions as a
+    # rate among them; rewards with the gap in the subtitle) so 80x24 keeps readable plots.
     FULL_HEIGHT: ClassVar[int] = 34
 
     def __init__(self, context: ViewContext) -> None:
@@ -42,6 +42,7 @@ class Overview(View):
         with Horizontal(id="charts-top", classes="charts"):
             yield Chart("", id="chart-a")
             yield Chart("", id="chart-b")
+            yield Chart("", id="chart-e")
         with Horizontal(id="charts-bottom", classes="charts"):
             yield Chart("", id="chart-c")
             yield Chart("", id="chart-d")
@@ -88,6 +89,7 @@ class Overview(View):
     def _draw_charts(self, data: D.OverviewData) -> None:
         compact = self._compact = self.app.size.height < self.FULL_HEIGHT
         self.query_one("#charts-bottom").display = not compact
+        self.query_one("#chart-e").display = not compact
         weight = self.context.smoothing
         r = data.rounds
         marks = [float(v) for v in data.alert_rounds]
@@ -108,6 +110,7 @@ class Overview(View):
         coverage = line(r, "coverage", "green", "coverage")
         blocked = line(r, "blocked_rate", "red", "blocked")
         evasions = line(evasion_rate, "ev", "yellow", "evasions")
+        evasion_count = line(r, "evasions", "yellow", "evasions")
         # The baseline run's same arm, dim: how this run compares round by round.
         other = data.compared if data.compared is not None and data.compared.height else None
         vs = [line(other, "coverage", "dim green", "coverage (baseline run)")] \
@@ -126,6 +129,7 @@ class Overview(View):
             if g["gap"].drop_nulls().len() else "no gap yet"
         a, b = self.query_one("#chart-a", Chart), self.query_one("#chart-b", Chart)
         c, d = self.query_one("#chart-c", Chart), self.query_one("#chart-d", Chart)
+        e = self.query_one("#chart-e", Chart)
         rewards = [s for s in (gov, base) if s[0]]
         reward_title = "reward [cyan]watched arm[/] · [yellow]baseline[/]"
         baseline_note = " · [dim]dim: baseline run[/]" if other is not None else ""
@@ -145,13 +149,16 @@ class Overview(View):
             ]
         else:
             plan = [
-                (a, "[green]coverage[/] per round" + baseline_note,
+                (a, "[green]coverage[/]" + baseline_note,
                  dict(series=[*vs, coverage], vlines=marks, scale="rate",
                       subtitle=sub(fired, smooth))),
-                (b, "[red]blocked[/] · [yellow]evasions[/] per round (rate of actions)"
-                    + baseline_note,
-                 dict(series=[*vs_blocked, blocked, evasions], vlines=marks, scale="rate",
+                (b, "[red]blocked[/] rate" + baseline_note,
+                 dict(series=[*vs_blocked, blocked], vlines=marks, scale="rate",
                       subtitle=smooth)),
+                # Evasions are rare: as a count from 0 they read, as a rate on 0-100% not.
+                (e, "[yellow]evasions[/] per round (count)",
+                 dict(series=[evasion_count], vlines=marks, scale="count",
+                      subtitle=sub("" if any(evasion_count[1]) else "none", smooth))),
                 (c, reward_title, dict(series=rewards, vlines=marks,
                                        subtitle=sub("" if g.height else "no rewards yet",
                                                     smooth))),

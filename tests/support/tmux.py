@@ -63,6 +63,9 @@ class Tmux:
         subprocess.run([TMUX or "tmux", "-L", self.socket, "new-session", "-d", "-s", "tw",
                         "-x", str(size[0]), "-y", str(size[1]), "sh", "-c", script],
                        check=True, env=env, timeout=30)
+        # A window can come up at tmux's default size (80x24) on a busy server: set it, so the
+        # program lays out for the size the test reads.
+        self.run("resize-window", "-t", "tw", "-x", str(size[0]), "-y", str(size[1]))
 
     def kill(self) -> None:
         subprocess.run([TMUX or "tmux", "-L", self.socket, "kill-server"], capture_output=True,

@@ -97,6 +97,15 @@ def screen_text(app: Any) -> str:
     return console.export_text()
 
 
+async def wait_until(pilot: Any, predicate: Any, timeout: float = 30.0) -> None:
+    """Until `predicate()` holds (bounded), letting the app run."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"not within {timeout} s: {screen_text(pilot.app)}")
+        await pilot.pause(0.05)
+
+
 async def settle(pilot: Any, timeout: float = 20.0) -> None:
     """Wait until the dashboard has refreshed at least once and nothing is in flight."""
     app = pilot.app
@@ -133,6 +142,9 @@ async def view_screens(make_app: Any, store: Any) -> list[str]:
         for view in VIEWS:
             await pilot.press(view.KEY)
             await settle(pilot)
+            if view.KEY == "1":  # the header's figures come from the background lane
+                await wait_until(pilot, lambda: app.overview.report_kpis is not None)
+                await settle(pilot)
             out.append("\n".join(screen_text(app).splitlines()[:-2]))
         out.append(str(app.query_one("#status").render()))
     return out

@@ -57,15 +57,28 @@ class Tmux:
             time.sleep(0.15)
 
     def start(self, script: str, size: tuple[int, int] = (120, 40)) -> None:
+        """Run `script` in a window of `size`. A window can come up at tmux's default size
+        (80x24) on a busy server, and a program that reads its size before the resize lays out
+        for 80 columns: so the window starts with a placeholder, is resized and checked, and
+        only then is the script started in it, at the size the test reads."""
         env = {**os.environ, "TERM": "xterm-256color"}
         env.pop("NO_COLOR", None)
         env.pop("AGL_KEY", None)
+        width, height = (str(n) for n in size)
         subprocess.run([TMUX or "tmux", "-L", self.socket, "new-session", "-d", "-s", "tw",
-                        "-x", str(size[0]), "-y", str(size[1]), "sh", "-c", script],
+                        "-x", width, "-y", height, "sleep", "600"],
                        check=True, env=env, timeout=30)
-        # A window can come up at tmux's default size (80x24) on a busy server: set it, so the
-        # program lays out for the size the test reads.
-        self.run("resize-window", "-t", "tw", "-x", str(size[0]), "-y", str(size[1]))
+        deadline = time.monotonic() + 30
+        while True:
+            self.run("resize-window", "-t", "tw", "-x", width, "-y", height)
+            shown = self.run("display-message", "-p", "-t", "tw",
+                             "#{window_width}x#{window_height}").strip()
+            if shown == f"{width}x{height}":
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"tmux window is {shown}, not {width}x{height}")
+            time.sleep(0.2)
+        self.run("respawn-pane", "-k", "-t", "tw", "sh", "-c", script)
 
     def kill(self) -> None:
         subprocess.run([TMUX or "tmux", "-L", self.socket, "kill-server"], capture_output=True,

@@ -58,7 +58,6 @@ def build_checks_db(path: Path, checks: int) -> None:
 # database holds RAW_CHECKS raw checks, and rollups as that many checks would leave them.
 DIRECT_ROLLUPS_ABOVE = 20_000_000
 RAW_CHECKS = 10_000_000
-ROLLUP_TABLES = ("rollup_agent", "rollup_rule", "rollup_latency")
 
 
 def scale_rollups(path: Path, factor: int) -> None:
@@ -72,16 +71,19 @@ def scale_rollups(path: Path, factor: int) -> None:
     span = hi - lo + timedelta(minutes=1)
     for k in range(1, factor):
         shift = f"INTERVAL {int(span.total_seconds() * k)} SECOND"
-        con.execute(f"""INSERT INTO rollup_agent BY NAME SELECT * REPLACE (
-            ts_min - {shift} AS ts_min, ts_max - {shift} AS ts_max) FROM rollup_agent
-            WHERE ts_min >= ?""", [lo])
+        for table in ("rollup_agent", "rollup_round"):
+            con.execute(f"""INSERT INTO {table} BY NAME SELECT * REPLACE (
+                ts_min - {shift} AS ts_min, ts_max - {shift} AS ts_max) FROM {table}
+                WHERE ts_min >= ?""", [lo])
         con.execute(f"""INSERT INTO rollup_rule BY NAME SELECT * REPLACE (
             minute - {shift} AS minute) FROM rollup_rule WHERE minute >= date_trunc('minute',
             ?::TIMESTAMP)""", [lo])
-    # No time column: the same partials again (values and kinds do not grow with checks).
-    con.execute("CREATE TEMP TABLE _lat AS SELECT * FROM rollup_latency")
-    for _ in range(1, factor):
-        con.execute("INSERT INTO rollup_latency SELECT * FROM _lat")
+    # No time column: the same partials again (an uncompacted store holds one per commit).
+    for table in ("rollup_rule_round", "rollup_latency"):
+        con.execute(f"CREATE TEMP TABLE _copy AS SELECT * FROM {table}")
+        for _ in range(1, factor):
+            con.execute(f"INSERT INTO {table} SELECT * FROM _copy")
+        con.execute("DROP TABLE _copy")
     con.execute("CHECKPOINT")
     con.close()
 

@@ -114,7 +114,7 @@ class DemoSession:
             # The tap counts what it handed to the writer; only then is a flush worth it.
             if self._tap is None or self._tap.stats.decisions >= self._expected:
                 writer.flush()
-                stored = con.execute("SELECT coalesce(sum(actions), 0) FROM rollup_agent "
+                stored = con.execute("SELECT coalesce(sum(actions), 0) FROM rollup_round "
                                      "WHERE run_id = ?", [self.run_id]).fetchall()[0][0]
                 if stored >= self._expected:
                     break

@@ -107,7 +107,7 @@ class StoreEvaluator:
 
 
 def latest_rounds(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    rows = con.execute("SELECT run_id, max(round) FROM rollup_agent GROUP BY run_id").fetchall()
+    rows = con.execute("SELECT run_id, max(round) FROM rollup_round GROUP BY run_id").fetchall()
     return {r[0]: int(r[1]) for r in rows}
 
 

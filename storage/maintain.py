@@ -14,7 +14,7 @@ from datetime import timedelta
 import duckdb
 
 from .coordination import retry_conflicts
-from .schema import compact_rollups
+from .schema import ROLLUP_KEYS, compact_rollups
 from .store import LAKE_CATALOG, Store
 from .transaction import transaction
 
@@ -36,8 +36,8 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
 
 
 def _rollup_rows(con: duckdb.DuckDBPyConnection) -> int:
-    return _scalar(con, "SELECT (SELECT count(*) FROM rollup_agent) + "
-                        "(SELECT count(*) FROM rollup_rule)")
+    return _scalar(con, "SELECT " + " + ".join(f"(SELECT count(*) FROM {t})"
+                                               for t in ROLLUP_KEYS))
 
 
 def live_files(con: duckdb.DuckDBPyConnection) -> int:

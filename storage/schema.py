@@ -216,6 +216,35 @@ MIGRATIONS.append((5, "latency and action-kind rollup: the report without scanni
        FROM decisions GROUP BY ALL""",
 ]))
 
+MIGRATIONS.append((6, "per-round rollups without agent and minute: charts and KPIs from tables "
+                      "that grow with rounds and rules, not with agents or time", [
+    """CREATE TABLE rollup_round (
+        run_id VARCHAR NOT NULL, arm VARCHAR NOT NULL, round INTEGER NOT NULL,
+        actions BIGINT NOT NULL, covered BIGINT NOT NULL, enforce_mode BIGINT NOT NULL,
+        attempted BIGINT NOT NULL, blocked BIGINT NOT NULL, escaped BIGINT NOT NULL,
+        evasions BIGINT NOT NULL, executed BIGINT NOT NULL, latency_us_sum BIGINT NOT NULL,
+        reward_n BIGINT NOT NULL, reward_sum DOUBLE NOT NULL, reward_sq_sum DOUBLE NOT NULL,
+        ts_min TIMESTAMP, ts_max TIMESTAMP, would_have_blocked BIGINT)""",
+    """CREATE TABLE rollup_rule_round (
+        run_id VARCHAR NOT NULL, arm VARCHAR NOT NULL, round INTEGER NOT NULL,
+        service VARCHAR NOT NULL, rule_id VARCHAR NOT NULL, checks BIGINT NOT NULL,
+        enforced BIGINT NOT NULL, warns BIGINT NOT NULL, escalates BIGINT NOT NULL,
+        blocks BIGINT NOT NULL, latency_us_sum BIGINT NOT NULL, latency_us_max BIGINT NOT NULL,
+        ruleset VARCHAR, enforced_blocks BIGINT)""",
+    # What is stored so far, folded (the sums of the partials are the same).
+    """INSERT INTO rollup_round
+       SELECT run_id, arm, round, sum(actions), sum(covered), sum(enforce_mode),
+              sum(attempted), sum(blocked), sum(escaped), sum(evasions), sum(executed),
+              sum(latency_us_sum), sum(reward_n), sum(reward_sum), sum(reward_sq_sum),
+              min(ts_min), max(ts_max), coalesce(sum(would_have_blocked), 0)
+       FROM rollup_agent GROUP BY run_id, arm, round""",
+    """INSERT INTO rollup_rule_round
+       SELECT run_id, arm, round, service, rule_id, sum(checks), sum(enforced), sum(warns),
+              sum(escalates), sum(blocks), sum(latency_us_sum), max(latency_us_max), ruleset,
+              coalesce(sum(enforced_blocks), 0)
+       FROM rollup_rule GROUP BY run_id, arm, round, service, rule_id, ruleset""",
+]))
+
 LATEST_VERSION: Final = MIGRATIONS[-1][0]
 
 # The identity of a record in each event table: re-delivery of the same key changes nothing.
@@ -232,6 +261,8 @@ ROLLUP_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "rollup_agent": ("run_id", "arm", "round", "agent_id"),
     "rollup_rule": ("run_id", "arm", "round", "service", "rule_id", "ruleset", "minute"),
     "rollup_latency": ("run_id", "arm", "action_kind", "latency_us"),
+    "rollup_round": ("run_id", "arm", "round"),
+    "rollup_rule_round": ("run_id", "arm", "round", "service", "rule_id", "ruleset"),
 }
 # How each rollup measure folds: everything sums except these.
 ROLLUP_FOLDS: Final[dict[str, str]] = {

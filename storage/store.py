@@ -13,6 +13,7 @@ from typing import cast
 import duckdb
 
 from . import extensions
+from .absent import record_absent
 from ..records import files
 from .coordination import Coordinator, LocalCoordinator, PostgresCoordinator
 from .errors import SchemaTooNew, StoreError, StoreLocked, StoreMissing
@@ -22,6 +23,8 @@ from .target import StoreTarget, parse_target, redact
 # DuckDB's cache grows ~45 MB per 1M rows without a limit; 256MB kept a 10M-row ingest at
 # ~735 MB RSS with no slowdown (DESIGN.md).
 DEFAULT_MEMORY_LIMIT = "256MB"
+
+record_absent()
 
 
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.+?) \(PID (?P<pid>\d+)\)")

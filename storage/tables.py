@@ -83,6 +83,24 @@ TABLES: Final[dict[str, tuple[Column, ...]]] = {name: _columns(spec) for name, s
                    "escalates BIGINT not null, blocks BIGINT not null, "
                    "latency_us_sum BIGINT not null, latency_us_max BIGINT not null, "
                    "ruleset VARCHAR, enforced_blocks BIGINT",
+    # The same partials without agent and without minute (v6): per round, what the charts and
+    # KPIs read, so their cost grows with rounds (and rules), not with agents or time.
+    "rollup_round": "run_id VARCHAR not null, arm VARCHAR not null, round INTEGER not null, "
+                    "actions BIGINT not null, "
+                    "covered BIGINT not null, enforce_mode BIGINT not null, "
+                    "attempted BIGINT not null, blocked BIGINT not null, "
+                    "escaped BIGINT not null, evasions BIGINT not null, "
+                    "executed BIGINT not null, latency_us_sum BIGINT not null, "
+                    "reward_n BIGINT not null, reward_sum DOUBLE not null, "
+                    "reward_sq_sum DOUBLE not null, ts_min TIMESTAMP, ts_max TIMESTAMP, "
+                    "would_have_blocked BIGINT",
+    "rollup_rule_round": "run_id VARCHAR not null, arm VARCHAR not null, "
+                         "round INTEGER not null, service VARCHAR not null, "
+                         "rule_id VARCHAR not null, checks BIGINT not null, "
+                         "enforced BIGINT not null, warns BIGINT not null, "
+                         "escalates BIGINT not null, blocks BIGINT not null, "
+                         "latency_us_sum BIGINT not null, latency_us_max BIGINT not null, "
+                         "ruleset VARCHAR, enforced_blocks BIGINT",
     # Per arm, action kind and latency value: decisions and executed ones (v5).
     "rollup_latency": "run_id VARCHAR not null, arm VARCHAR not null, "
                       "action_kind VARCHAR not null, latency_us BIGINT not null, "

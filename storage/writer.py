@@ -75,32 +75,54 @@ UNIT: Final = ["_item", "run_id", "decision_id"]  # a decision and its checks, w
 
 # Rollup partial aggregates of the rows a commit adds (registered as `_b`). blocked/escaped
 # follow the definitions in records/events.py (Decision.blocked / Decision.escaped).
-ROLLUP_AGENT_FROM_DECISIONS: Final = """
-INSERT INTO rollup_agent BY NAME
-SELECT run_id, arm, round, agent_id, count(*) AS actions, count_if(covered) AS covered,
+def _from_decisions(table: str, keys: str) -> str:
+    return f"""
+INSERT INTO {table} BY NAME
+SELECT {keys}, count(*) AS actions, count_if(covered) AS covered,
        count_if(mode = 'enforce') AS enforce_mode, count_if(attempted) AS attempted,
        count_if(attempted AND NOT executed) AS blocked, count_if(attempted AND executed) AS escaped,
        count_if(evasion) AS evasions, count_if(executed) AS executed,
        sum(latency_us)::BIGINT AS latency_us_sum, 0 AS reward_n, 0.0 AS reward_sum,
        0.0 AS reward_sq_sum, min(ts) AS ts_min, max(ts) AS ts_max,
        count_if(attempted AND mode <> 'enforce') AS would_have_blocked
-FROM _b GROUP BY run_id, arm, round, agent_id"""
-ROLLUP_AGENT_FROM_REWARDS: Final = """
-INSERT INTO rollup_agent BY NAME
-SELECT run_id, arm, round, coalesce(agent_id, '') AS agent_id, 0 AS actions, 0 AS covered,
+FROM _b GROUP BY ALL"""
+
+
+def _from_rewards(table: str, keys: str) -> str:
+    return f"""
+INSERT INTO {table} BY NAME
+SELECT {keys}, 0 AS actions, 0 AS covered,
        0 AS enforce_mode, 0 AS attempted, 0 AS blocked, 0 AS escaped, 0 AS evasions,
        0 AS executed, 0 AS latency_us_sum, count(*) AS reward_n, sum(value) AS reward_sum,
        sum(value * value) AS reward_sq_sum, min(ts) AS ts_min, max(ts) AS ts_max,
        0 AS would_have_blocked
-FROM _b GROUP BY run_id, arm, round, coalesce(agent_id, '')"""
-ROLLUP_RULE_FROM_CHECKS: Final = """
-INSERT INTO rollup_rule BY NAME
-SELECT run_id, arm, round, service, rule_id, ruleset, date_trunc('minute', ts) AS minute,
-       count(*) AS checks, count_if(enforced) AS enforced, count_if(verdict = 'warn') AS warns,
-       count_if(verdict = 'escalate') AS escalates, count_if(verdict = 'block') AS blocks,
-       sum(latency_us)::BIGINT AS latency_us_sum, max(latency_us) AS latency_us_max,
+FROM _b GROUP BY ALL"""
+
+
+def _from_checks(table: str, keys: str) -> str:
+    return f"""
+INSERT INTO {table} BY NAME
+SELECT {keys}, count(*) AS checks, count_if(enforced) AS enforced,
+       count_if(verdict = 'warn') AS warns, count_if(verdict = 'escalate') AS escalates,
+       count_if(verdict = 'block') AS blocks, sum(latency_us)::BIGINT AS latency_us_sum,
+       max(latency_us) AS latency_us_max,
        count_if(verdict = 'block' AND enforced) AS enforced_blocks
 FROM _b GROUP BY ALL"""
+
+
+# Per agent (the Agents view, per-agent alerts) and per round alone (v6: charts and KPIs).
+ROLLUP_AGENT_FROM_DECISIONS: Final = _from_decisions("rollup_agent",
+                                                     "run_id, arm, round, agent_id")
+ROLLUP_ROUND_FROM_DECISIONS: Final = _from_decisions("rollup_round", "run_id, arm, round")
+ROLLUP_AGENT_FROM_REWARDS: Final = _from_rewards(
+    "rollup_agent", "run_id, arm, round, coalesce(agent_id, '') AS agent_id")
+ROLLUP_ROUND_FROM_REWARDS: Final = _from_rewards("rollup_round", "run_id, arm, round")
+# Per minute (time windows: alerts, `query --since`) and per round alone (v6).
+ROLLUP_RULE_FROM_CHECKS: Final = _from_checks(
+    "rollup_rule", "run_id, arm, round, service, rule_id, ruleset, "
+                   "date_trunc('minute', ts) AS minute")
+ROLLUP_RULE_ROUND_FROM_CHECKS: Final = _from_checks(
+    "rollup_rule_round", "run_id, arm, round, service, rule_id, ruleset")
 # Per arm, action kind and latency value (v5): the strategy and the exact latency percentiles
 # of the report, from a table whose size grows with distinct latencies, not with decisions.
 ROLLUP_LATENCY_FROM_DECISIONS: Final = """
@@ -109,9 +131,10 @@ SELECT run_id, arm, action_kind, latency_us, count(*) AS actions,
        count_if(executed) AS executed
 FROM _b GROUP BY ALL"""
 ROLLUPS: Final[dict[str, tuple[str, ...]]] = {
-    "decisions": (ROLLUP_AGENT_FROM_DECISIONS, ROLLUP_LATENCY_FROM_DECISIONS),
-    "rewards": (ROLLUP_AGENT_FROM_REWARDS,),
-    "checks": (ROLLUP_RULE_FROM_CHECKS,),
+    "decisions": (ROLLUP_AGENT_FROM_DECISIONS, ROLLUP_ROUND_FROM_DECISIONS,
+                  ROLLUP_LATENCY_FROM_DECISIONS),
+    "rewards": (ROLLUP_AGENT_FROM_REWARDS, ROLLUP_ROUND_FROM_REWARDS),
+    "checks": (ROLLUP_RULE_FROM_CHECKS, ROLLUP_RULE_ROUND_FROM_CHECKS),
 }
 
 # Keys of a commit's decisions (`_d`), with their checks (`_c`) found by `_unit`: the decision

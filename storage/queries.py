@@ -11,7 +11,11 @@ from datetime import datetime, timedelta
 from typing import Any, Final, cast
 
 import duckdb
+import numpy as np
 import polars as pl
+import pyarrow.compute as pc
+
+from .latency_buckets import midpoints
 
 Con = duckdb.DuckDBPyConnection
 
@@ -382,14 +386,59 @@ def latency(con: Con, run_id: str) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=_LATENCY_SCHEMA, orient="row")
 
 
+def grouped_quantile_cont(values: np.ndarray, counts: np.ndarray, starts: np.ndarray,
+                          q: float) -> np.ndarray:
+    """`quantile_cont` of each group of a histogram at once: rows sorted by group then value,
+    every count > 0, groups starting at the row indexes `starts` (ascending, starts[0] == 0).
+    The same interpolation as `quantile_cont` above, between the values of rank floor and ceil
+    of q(n-1) in each group."""
+    if not len(starts):
+        return np.zeros(0)
+    cum = np.cumsum(counts)
+    ends = np.append(starts[1:], len(counts)) - 1
+    before = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0)
+    rank = q * (cum[ends] - before - 1)
+    lo = values[np.searchsorted(cum, before + np.floor(rank), side="right")]
+    hi = values[np.searchsorted(cum, before + np.ceil(rank), side="right")]
+    return np.asarray(lo + (rank - np.floor(rank)) * (hi - lo), dtype=float)
+
+
 def latency_by_service(con: Con, run_id: str, arm: str | None = None) -> pl.DataFrame:
-    """Per service and round: check latency p50/p99 (the overhead view)."""
-    params: list[Any] = [run_id] + ([arm] if arm else [])
-    return _df(con, f"""
-        SELECT service, round, count(*)::BIGINT AS checks,
-               quantile_cont(latency_us, 0.5) AS p50_us, quantile_cont(latency_us, 0.99) AS p99_us
-        FROM checks WHERE run_id = ? {'AND arm = ?' if arm else ''}
-        GROUP BY service, round ORDER BY service, round""", params)
+    """Per service and round: checks and check latency p50/p99 (the Overhead view), from the
+    check-latency histogram (storage/latency_buckets.py: within 1.6% of the exact
+    percentiles), each bucket standing for its midpoint. Folded in numpy: half the time of
+    the same in SQL for the ~200,000 histogram rows of 10M checks."""
+    table = con.execute(f"""
+        SELECT service, round, bucket_us, checks FROM rollup_check_latency
+        WHERE run_id = ? {'AND arm = ?' if arm else ''}""",
+                        [run_id] + ([arm] if arm else [])).to_arrow_table()
+    services = pc.dictionary_encode(table["service"].combine_chunks())
+    names = services.dictionary.to_pylist()
+    svc = services.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    rnd = table["round"].to_numpy().astype(np.int64)
+    bucket = table["bucket_us"].to_numpy()
+    n = table["checks"].to_numpy()
+    order = np.lexsort((bucket, rnd, svc))
+    svc, rnd, bucket, n = svc[order], rnd[order], bucket[order], n[order]
+    # One row per (service, round, bucket): the partial rows of many commits summed.
+    new = np.ones(len(n), dtype=bool)
+    new[1:] = (svc[1:] != svc[:-1]) | (rnd[1:] != rnd[:-1]) | (bucket[1:] != bucket[:-1])
+    rows = np.flatnonzero(new)
+    n = np.add.reduceat(n, rows) if len(rows) else n
+    svc, rnd, bucket = svc[rows], rnd[rows], bucket[rows]
+    keep = n > 0
+    svc, rnd, bucket, n = svc[keep], rnd[keep], bucket[keep], n[keep]
+    first = np.ones(len(n), dtype=bool)
+    first[1:] = (svc[1:] != svc[:-1]) | (rnd[1:] != rnd[:-1])
+    starts = np.flatnonzero(first)
+    mids = midpoints(bucket)
+    return pl.DataFrame({
+        "service": [names[i] for i in svc[starts]], "round": rnd[starts],
+        "checks": np.add.reduceat(n, starts) if len(starts) else n,
+        "p50_us": grouped_quantile_cont(mids, n, starts, 0.5),
+        "p99_us": grouped_quantile_cont(mids, n, starts, 0.99),
+    }, schema={"service": pl.String, "round": pl.Int32, "checks": pl.Int64,
+               "p50_us": pl.Float64, "p99_us": pl.Float64}).sort("service", "round")
 
 
 # --- added for the dashboard (tui/) --------------------------------------------------------------

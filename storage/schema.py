@@ -26,6 +26,7 @@ from typing import Final
 import duckdb
 
 from .errors import SchemaTooNew
+from .latency_buckets import bucket_sql
 from .transaction import transaction
 
 log = logging.getLogger(__name__)
@@ -231,6 +232,12 @@ MIGRATIONS.append((6, "per-round rollups without agent and minute: charts and KP
         enforced BIGINT NOT NULL, warns BIGINT NOT NULL, escalates BIGINT NOT NULL,
         blocks BIGINT NOT NULL, latency_us_sum BIGINT NOT NULL, latency_us_max BIGINT NOT NULL,
         ruleset VARCHAR, enforced_blocks BIGINT)""",
+    """CREATE TABLE rollup_check_latency (
+        run_id VARCHAR NOT NULL, arm VARCHAR NOT NULL, service VARCHAR NOT NULL,
+        round INTEGER NOT NULL, bucket_us BIGINT NOT NULL, checks BIGINT NOT NULL)""",
+    f"""INSERT INTO rollup_check_latency
+        SELECT run_id, arm, service, round, {bucket_sql('latency_us')}, count(*)
+        FROM checks GROUP BY ALL""",
     # What is stored so far, folded (the sums of the partials are the same).
     """INSERT INTO rollup_round
        SELECT run_id, arm, round, sum(actions), sum(covered), sum(enforce_mode),
@@ -263,6 +270,7 @@ ROLLUP_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "rollup_latency": ("run_id", "arm", "action_kind", "latency_us"),
     "rollup_round": ("run_id", "arm", "round"),
     "rollup_rule_round": ("run_id", "arm", "round", "service", "rule_id", "ruleset"),
+    "rollup_check_latency": ("run_id", "arm", "service", "round", "bucket_us"),
 }
 # How each rollup measure folds: everything sums except these.
 ROLLUP_FOLDS: Final[dict[str, str]] = {

@@ -101,6 +101,11 @@ TABLES: Final[dict[str, tuple[Column, ...]]] = {name: _columns(spec) for name, s
                          "escalates BIGINT not null, blocks BIGINT not null, "
                          "latency_us_sum BIGINT not null, latency_us_max BIGINT not null, "
                          "ruleset VARCHAR, enforced_blocks BIGINT",
+    # Check latency per arm, service and round, in buckets at most 1/32 of their value wide
+    # (storage/latency_buckets.py: exact below 64 us), v6: the Overhead view's percentiles.
+    "rollup_check_latency": "run_id VARCHAR not null, arm VARCHAR not null, "
+                            "service VARCHAR not null, round INTEGER not null, "
+                            "bucket_us BIGINT not null, checks BIGINT not null",
     # Per arm, action kind and latency value: decisions and executed ones (v5).
     "rollup_latency": "run_id VARCHAR not null, arm VARCHAR not null, "
                       "action_kind VARCHAR not null, latency_us BIGINT not null, "

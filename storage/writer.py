@@ -49,6 +49,7 @@ from .batch import (
 )
 from .coordination import is_conflict, retry_conflicts
 from .errors import StoreError
+from .latency_buckets import bucket_sql
 from .schema import (
     KEY_COLUMNS, NATURAL_KEYS, check_hash_sql, checks_agg_sql, decision_content_sql, ensure_keys,
     id_key_sql, record_key_hash,
@@ -123,6 +124,10 @@ ROLLUP_RULE_FROM_CHECKS: Final = _from_checks(
                    "date_trunc('minute', ts) AS minute")
 ROLLUP_RULE_ROUND_FROM_CHECKS: Final = _from_checks(
     "rollup_rule_round", "run_id, arm, round, service, rule_id, ruleset")
+ROLLUP_CHECK_LATENCY_FROM_CHECKS: Final = f"""
+INSERT INTO rollup_check_latency BY NAME
+SELECT run_id, arm, service, round, {bucket_sql('latency_us')} AS bucket_us, count(*) AS checks
+FROM _b GROUP BY ALL"""
 # Per arm, action kind and latency value (v5): the strategy and the exact latency percentiles
 # of the report, from a table whose size grows with distinct latencies, not with decisions.
 ROLLUP_LATENCY_FROM_DECISIONS: Final = """
@@ -134,7 +139,8 @@ ROLLUPS: Final[dict[str, tuple[str, ...]]] = {
     "decisions": (ROLLUP_AGENT_FROM_DECISIONS, ROLLUP_ROUND_FROM_DECISIONS,
                   ROLLUP_LATENCY_FROM_DECISIONS),
     "rewards": (ROLLUP_AGENT_FROM_REWARDS, ROLLUP_ROUND_FROM_REWARDS),
-    "checks": (ROLLUP_RULE_FROM_CHECKS, ROLLUP_RULE_ROUND_FROM_CHECKS),
+    "checks": (ROLLUP_RULE_FROM_CHECKS, ROLLUP_RULE_ROUND_FROM_CHECKS,
+               ROLLUP_CHECK_LATENCY_FROM_CHECKS),
 }
 
 # Keys of a commit's decisions (`_d`), with their checks (`_c`) found by `_unit`: the decision

@@ -514,7 +514,8 @@ class OverheadDetail:
 
 
 def fetch_overhead_detail(con: Con, run_id: str, max_runs: int = 12) -> OverheadDetail:
-    """Percentiles need the raw rows (the rollups hold sums): the slow part of the view."""
+    """Percentiles from the latency histograms, for this run and the latest others: the
+    background part of the view."""
     by_service = Q.latency_by_service(con, run_id)
     rows: list[dict[str, Any]] = []
     for rid in Q.runs(con)["run_id"].head(max_runs).to_list():

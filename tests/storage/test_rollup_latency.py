@@ -70,7 +70,8 @@ def test_migration_backfills_the_histogram(tmp_path: Path) -> None:
     _store(path, [999, 2002]).close()
     con = duckdb.connect(str(path))
     # Back to v4: as a store written before the histogram existed.
-    for table in ("rollup_latency", "rollup_round", "rollup_rule_round"):
+    for table in ("rollup_latency", "rollup_round", "rollup_rule_round",
+                  "rollup_check_latency"):
         con.execute(f"DROP TABLE {table}")
     con.execute("DELETE FROM schema_version WHERE version >= 5")
     con.close()

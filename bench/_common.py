@@ -79,7 +79,7 @@ def scale_rollups(path: Path, factor: int) -> None:
             minute - {shift} AS minute) FROM rollup_rule WHERE minute >= date_trunc('minute',
             ?::TIMESTAMP)""", [lo])
     # No time column: the same partials again (an uncompacted store holds one per commit).
-    for table in ("rollup_rule_round", "rollup_latency"):
+    for table in ("rollup_rule_round", "rollup_check_latency", "rollup_latency"):
         con.execute(f"CREATE TEMP TABLE _copy AS SELECT * FROM {table}")
         for _ in range(1, factor):
             con.execute(f"INSERT INTO {table} SELECT * FROM _copy")

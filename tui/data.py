@@ -11,7 +11,6 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from collections.abc import Iterator
 from typing import Any, Final
 
 import duckdb
@@ -171,41 +170,39 @@ class OverviewData:
     compared: pl.DataFrame | None = None
 
 
-_TREND_COLUMNS: Final = ("arm", "service", "rule_id", "round", "blocks", "would_have_blocked",
-                         "evaluations")
-
-
-def _trend_rows(by_round: pl.DataFrame) -> Iterator[tuple[Any, ...]]:
-    """The rows of `rule_counts(by_round=True)` as plain tuples (_TREND_COLUMNS), in
-    metrics.rule_trend's order: rounds x rules rows each refresh, so no dict per row."""
-    df = by_round.sort(["arm", "service", "rule_id", "round"])
-    return zip(*(df[c].to_list() for c in _TREND_COLUMNS))
+def _rates_by_round(by_round: pl.DataFrame) -> pl.DataFrame:
+    """Per arm and rule (oldest round first): its rounds, the rule rate of each round
+    (metrics.rule_rate, as a column: tests/tui/test_rule_rates.py proves they agree), and its
+    totals (evaluations unknown if unknown in any round). Columns, not rows: rounds x rules
+    rows each refresh."""
+    k = pl.col("blocks").fill_null(0) + pl.col("would_have_blocked").fill_null(0)
+    rate = pl.when(pl.col("evaluations") > 0).then(k / pl.col("evaluations"))
+    return (by_round.sort(["arm", "service", "rule_id", "round"])
+            .group_by(["arm", "service", "rule_id"], maintain_order=True)
+            .agg(pl.col("round"), rate.alias("rate"),
+                 pl.when(pl.col("evaluations").null_count() == 0)
+                 .then(pl.col("evaluations").sum()).alias("evaluations"),
+                 k.sum().alias("k")))
 
 
 def rule_trend(by_round: pl.DataFrame) -> dict[tuple[str, str, str],
                                                list[tuple[int, float | None]]]:
     """metrics.rule_trend of a rule_counts(by_round=True) frame (the same rate function)."""
-    out: dict[tuple[str, str, str], list[tuple[int, float | None]]] = {}
-    for arm, service, rule_id, rnd, blocks, whb, evaluations in _trend_rows(by_round):
-        out.setdefault((arm, service, rule_id), []).append(
-            (rnd, M.rule_rate(blocks or 0, whb or 0, evaluations)))
-    return out
+    return {(arm, service, rule_id): list(zip(rounds, rates))
+            for arm, service, rule_id, rounds, rates in
+            _rates_by_round(by_round).select("arm", "service", "rule_id", "round", "rate")
+            .iter_rows()}
 
 
 def rule_trends(by_round: pl.DataFrame, arm: str | None) -> tuple[RuleTrend, ...]:
     """Per rule of one arm (`rule_counts(by_round=True)`): totals and the rate per round."""
     if by_round.is_empty() or arm is None:
         return ()
-    rows = by_round.filter(pl.col("arm") == arm)
-    totals: dict[tuple[str, str], tuple[int | None, int]] = {}
-    for _arm, service, rule_id, _round, blocks, whb, evaluations in _trend_rows(rows):
-        n, k = totals.get((service, rule_id), (0, 0))
-        totals[(service, rule_id)] = (
-            None if n is None or evaluations is None else n + evaluations,
-            k + (blocks or 0) + (whb or 0))
-    return tuple(RuleTrend(service, rule_id, *totals[(service, rule_id)],
-                           tuple(x for _, x in points if x is not None))
-                 for (_arm, service, rule_id), points in rule_trend(rows).items())
+    rows = _rates_by_round(by_round.filter(pl.col("arm") == arm))
+    return tuple(RuleTrend(service, rule_id, evaluations, int(k),
+                           tuple(r for r in rates if r is not None))
+                 for service, rule_id, evaluations, k, rates in
+                 rows.select("service", "rule_id", "evaluations", "k", "rate").iter_rows())
 
 
 def rounds_of(times: list[datetime], rounds: pl.DataFrame) -> tuple[int, ...]:

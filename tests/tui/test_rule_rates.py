@@ -154,3 +154,26 @@ async def test_audit_logs_give_unknown_rates_never_100_percent(tmp_path: Path) -
             rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
     row = next(r for r in rows if r[2] == "inst_017")
     assert row[3] == "?" and row[7] == "?"
+
+
+def test_the_dashboards_rate_columns_are_metrics_rule_rate() -> None:
+    """The Overview's and Rules view's per-round rates are computed as polars columns; they
+    equal analysis/metrics.rule_rate row by row (unknown and zero evaluations included)."""
+    import polars as pl
+
+    from tractatus_watch.analysis import metrics as M
+    from tractatus_watch.tui import data as D
+
+    frame = pl.DataFrame({
+        "arm": ["governed"] * 5 + ["ungoverned"] * 2,
+        "service": ["S"] * 7, "rule_id": ["B", "A", "A", "A", "B", "A", "A"],
+        "round": [0, 2, 0, 1, 1, 0, 1], "fires": [1, 2, 3, 0, 0, 1, 1],
+        "blocks": [1, 2, 0, 0, None, 0, 0], "would_have_blocked": [0, 0, 3, 0, 0, 1, None],
+        "evaluations": [4, 8, None, 0, 5, 9, 3]},
+        schema_overrides={"round": pl.Int32})
+    assert D.rule_trend(frame) == M.rule_trend(frame.iter_rows(named=True))
+    trends = {t.rule_id: t for t in D.rule_trends(frame, "governed")}
+    assert trends["A"].evaluations is None and trends["A"].blocks == 5  # unknown in round 0
+    assert trends["A"].rates == (M.rule_rate(2, 0, 8),)  # rounds 0 (unknown), 1 (0 evals) left out
+    assert (trends["B"].evaluations, trends["B"].blocks) == (9, 1)
+    assert trends["B"].rates == (0.25, 0.0)

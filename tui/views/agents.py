@@ -57,7 +57,7 @@ class Agents(View):
         if q.page >= pages and q.page > 0:
             self.page = pages - 1  # the filter shrank the list: show its last page
             self.request_refresh()
-        self.query_one("#agents-head", Static).update(
+        self.set_text("#agents-head",
             f"{fmt.num(data.total)} agent rows · {fmt.num(data.matched)} shown"
             + (f" (filter: {q.text_filter})" if q.text_filter else "")
             + f" · sorted by {q.sort} {'↓' if q.descending else '↑'}"

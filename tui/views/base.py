@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import polars as pl
+from rich.text import Text
 from textual.binding import BindingType
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widget import Widget
+from textual.widgets import Static
 
 from ...analysis.metrics import AlertCounts
 from .. import data as D
@@ -59,6 +61,7 @@ class View(Vertical, can_focus=True):
         super().__init__(id=f"view-{self.TITLE.lower()}")
         self.context = context
         self.filter_text = ""
+        self._texts: dict[str, str | Text] = {}
 
     def ask(self, message: Message) -> None:
         """Post a request to the app: straight to its queue (see tui/messages.py)."""
@@ -92,6 +95,13 @@ class View(Vertical, can_focus=True):
     def focus_target(self) -> Widget:
         tables = list(self.query(Table))
         return tables[0] if tables else self
+
+    def set_text(self, selector: str, text: str | Text) -> None:
+        """Update a Static only when its text changed: each update lays the screen out again
+        (a refresh that changes no head then only repaints what changed)."""
+        if self._texts.get(selector) != text:
+            self._texts[selector] = text
+            self.query_one(selector, Static).update(text)
 
     def show_no_run(self, message: str) -> None:
         for empty in self.query(".empty-note").results(Empty):

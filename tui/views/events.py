@@ -70,7 +70,7 @@ class Events(View):
         self.data = data
         q = data.query
         page = len(self.anchors)
-        self.query_one("#events-head", Static).update(
+        self.set_text("#events-head",
             f"decisions, newest first · page {page}"
             + (" (following new data)" if q.before is None else "") + _dates(data.rows)
             + (f" · filter: {q.filter_text}" if q.filter_text else ""))

@@ -142,7 +142,7 @@ class Overhead(View):
         chart.border_title = "check p50 · [dim]p99[/] (µs): " + " · ".join(names)
         chart.draw(series)
         self._draw_agents(data)
-        self.query_one("#agents-vs-head", Static).update(
+        self.set_text("#agents-vs-head",
             "latency per action versus number of agents (one row per run and arm)")
         fill_table(self.query_one("#overhead-table", Table),
                    ["run", "arm", "agents", "p50", "p99", "mean", "share of rollout time"],

@@ -52,7 +52,7 @@ class Rules(View):
     def show(self, data: D.RulesData) -> None:
         self.data = data
         t = data.table
-        self.query_one("#rules-head", Static).update(
+        self.set_text("#rules-head",
             f"per service and rule · arm: {data.arm or 'all (one row per arm)'} · rate = block "
             "verdicts / evaluations (blocks: enforced; would block: shadow)"
             + (f" · filter: {self.filter_text}" if self.filter_text else ""))

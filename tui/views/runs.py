@@ -52,7 +52,8 @@ class Runs(View):
         head.display = self.compare_with is not None
         self.query_one("#compare-table").display = self.comparison is not None
         if self.compare_with is not None and self.comparison is None:
-            head.update(f"comparing {self.context.scope.run_id} with {self.compare_with} …")
+            self.set_text("#compare-head",
+                          f"comparing {self.context.scope.run_id} with {self.compare_with} …")
 
     def fetch(self) -> tuple[Hashable, Fetch]:
         text = self.filter_text
@@ -69,7 +70,7 @@ class Runs(View):
         self.data = data
         scope = self.context.scope
         # The marks name the runs (long ids would wrap the line at 80 columns).
-        self.query_one("#runs-head", Static).update(
+        self.set_text("#runs-head",
             "runs · ● shown" + (" · B baseline" if scope.baseline_run else
                                 " · baseline: its own ungoverned arm")
             + (" · C compared" if self.compare_with else ""))
@@ -95,7 +96,7 @@ class Runs(View):
 
     def show_slow(self, data: D.Comparison) -> None:
         self.comparison = data
-        self.query_one("#compare-head", Static).update(
+        self.set_text("#compare-head",
             f"compare {data.a} (A) with {data.b} (B) · each against its own baseline")
         self.query_one("#compare-head").display = True
         table = self.query_one("#compare-table", Table)

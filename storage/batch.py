@@ -714,7 +714,8 @@ def clean_text(text: Any, cap: int) -> str:
         text = _raw_text(text)
     text = text[:cap]
     if not text.isascii() and _surrogate_at(text) is not None:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        # Cut again: each escape is six characters where there was one.
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")[:cap]
     return text
 
 

@@ -146,6 +146,30 @@ def test_close_records_the_run_end_in_the_last_segment(
     assert len(ends(spool)) == 1 and hooks.counts["errors"] == 0
 
 
+# The spool writer's rotation thread is running: fork warns about threads, harmless here (the
+# child only closes the hooks and leaves by os._exit).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+def test_a_forked_child_that_exits_ends_nothing(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = tmp_path / "spool"
+    monkeypatch.setenv("TRACTATUS_WATCH_SPOOL", str(spool))
+    monkeypatch.setenv("TRACTATUS_WATCH_RUN_ID", RUN)
+    monkeypatch.delenv("TRACTATUS_WATCH_USER_HOOKS", raising=False)
+    hooks = load_hooks(str(hooks_path()))
+    hooks.on_startup()
+    pid = os.fork()
+    if pid == 0:  # a worker the trainer forked, leaving through its atexit handlers
+        try:
+            hooks.close()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ends(spool) == []
+    hooks.close()  # the trainer itself exits
+    assert [without_ts(e) for e in ends(spool)] == [END]
+
+
 def test_a_trainer_process_that_exits_records_its_run_end(trained: Path) -> None:
     lines = records(trained)
     assert [without_ts(d) for d in ends(trained)] == [END]

@@ -20,6 +20,11 @@ How Agent Lightning 1.0.2 uses this file (agentlightning/hooks.py, verl/agl_roll
 - `on_failed(rollout, trace_writer)` gets no events, and the manager deletes the rollout on its
   next poll, so we fetch them at once through the manager's own client (same URL, same key).
 
+Agent Lightning 1.0.2 hooks have no shutdown callback, so the run's end is recorded at process
+exit (atexit): one `run` record `ended` in the last segment, so that `check` after training does
+not take the finished run for a stalled one. A trainer killed by a signal it does not handle
+(SIGKILL; SIGTERM unless the trainer turns it into an exit) records no end.
+
 Nothing here raises into the trainer: every failure is printed on stderr and counted. A user's
 hooks are called exactly as Agent Lightning would call them (their exceptions reach the manager
 as before). The file runs without being registered in `sys.modules`, so it defines no dataclass
@@ -42,6 +47,7 @@ from agentlightning.hooks import RolloutHooks, load_hooks
 
 from tractatus_watch.records.agl import EventNormaliser, RolloutContext, stamp
 from tractatus_watch.records.delivery import Records
+from tractatus_watch.records.events import RunEvent
 from tractatus_watch.records.spool_format import QUARANTINE_EVENT
 
 SPOOL_ENV = "TRACTATUS_WATCH_SPOOL"
@@ -51,6 +57,8 @@ ARM_ENV = "TRACTATUS_WATCH_ARM"
 ROUND_ENV = "TRACTATUS_WATCH_ROUND"  # only when no rollout manager is on the stack
 DEFAULT_SPOOL = "tractatus-watch-spool"
 AGL_URL_ENVS = ("TRACTATUS_WATCH_AGL_URL", "AGL_BASE_URL", "AGL_SERVER_URL")
+END_SOURCE = "trainer hooks"
+END_DETAIL = "the trainer process exited"
 
 
 class _ManagerFrame:
@@ -98,6 +106,7 @@ class TractatusWatchHooks(RolloutHooks):
                        "quarantined": 0, "errors": 0}
         self._lock = threading.Lock()
         self._spool: Any = None
+        self._spool_pid: int | None = None  # the process that opened the spool
         user_path = os.environ.get(USER_HOOKS_ENV)
         if user_path and Path(user_path).resolve() == Path(__file__).resolve():
             user_path = None  # pointing at ourselves would load us forever
@@ -200,6 +209,9 @@ class TractatusWatchHooks(RolloutHooks):
             # writer seals a segment every second and at exit, so a hard kill of the trainer
             # loses at most its last second.
             self._spool = SpoolWriter(self.spool_dir, max_age_s=1.0)
+            self._spool_pid = os.getpid()
+            # Registered after the SpoolWriter's own: atexit runs it first, while the spool
+            # still takes records.
             atexit.register(self.close)
         return self._spool
 
@@ -216,14 +228,29 @@ class TractatusWatchHooks(RolloutHooks):
             self.counts["quarantined"] += len(out.quarantined)
 
     def close(self) -> None:
-        """Publish what is buffered (also registered with atexit)."""
+        """Record that the run ended and publish what is buffered (registered with atexit:
+        this is the trainer's exit)."""
         with self._lock:
             if self._spool is not None:
+                # A forked child inherits the object, not the run: its exit ends nothing.
+                if self._spool_pid == os.getpid():
+                    try:
+                        self._write_end()
+                    except Exception as exc:
+                        self._failed("close: recording the run's end", exc)
                 try:
                     self._spool.close()
                 except Exception as exc:
                     self._failed("close", exc)
                 self._spool = None
+
+    def _write_end(self) -> None:
+        # An end counts only at or after the run's last data, so a second trainer process of
+        # the same run (its later data) makes the run live again until it exits too.
+        end = RunEvent(run_id=self.run_id, event="ended", ts=time.time(), source=END_SOURCE,
+                       detail=END_DETAIL)
+        for kind, data in records_to_lines(Records(run_events=[end])):
+            self._spool.write(kind, data)
 
     def _failed(self, where: str, exc: BaseException) -> None:
         self.counts["errors"] += 1
@@ -249,6 +276,8 @@ def records_to_lines(out: Records) -> list[tuple[str, dict[str, Any]]]:
         lines.append(("event", {
             "event_id": ev.event_id, "event_type": ev.event_type, "ts": ev.ts,
             "rollout_id": ev.rollout_id, "payload": ev.payload, "run_id": ev.run_id}))
+    for run in out.run_events:
+        lines.append(("run", run.to_payload()))
     for i, q in enumerate(out.quarantined):
         # The spool has no quarantine record type; the reader turns this event back into one.
         lines.append(("event", {

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .events import Decision, Event, Quarantined, Reward, RolloutTransition
+from .events import Decision, Event, Quarantined, Reward, RolloutTransition, RunEvent
 
 
 @dataclass(slots=True)
@@ -16,6 +16,7 @@ class Records:
     rewards: list[Reward] = field(default_factory=list)
     rollouts: list[RolloutTransition] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    run_events: list[RunEvent] = field(default_factory=list)  # runs started or ended
     quarantined: list[Quarantined] = field(default_factory=list)
     # (source, value): committed together with the rows, so a restart resumes exactly here.
     cursor: tuple[str, str] | None = None
@@ -24,13 +25,14 @@ class Records:
 
     def __len__(self) -> int:
         return (len(self.decisions) + len(self.rewards) + len(self.rollouts) + len(self.events)
-                + len(self.quarantined))
+                + len(self.run_events) + len(self.quarantined))
 
     def extend(self, other: Records) -> None:
         self.decisions.extend(other.decisions)
         self.rewards.extend(other.rewards)
         self.rollouts.extend(other.rollouts)
         self.events.extend(other.events)
+        self.run_events.extend(other.run_events)
         self.quarantined.extend(other.quarantined)
         if other.cursor is not None:
             self.cursor = other.cursor

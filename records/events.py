@@ -25,6 +25,7 @@ MODES: Final[tuple[Mode, ...]] = ("enforce", "shadow", "off")
 ROLLOUT_STATUSES: Final = (
     "queuing", "preparing", "running", "succeeded", "failed", "requeuing", "cancelled",
 )
+RUN_EVENTS: Final = ("started", "ended")
 
 
 class ValidationError(ValueError):
@@ -392,6 +393,38 @@ class Event:
 
 
 @dataclass(slots=True)
+class RunEvent:
+    """A run started or ended, as its producer saw it (the `run_events` table). The hooks file
+    records the end when the trainer process exits; a run is ended when an end is recorded at
+    or after its last data. `run_id` "" stands for the collector's run, as in other records."""
+
+    run_id: str
+    event: str
+    ts: float
+    source: str = ""
+    detail: str | None = None
+
+    @classmethod
+    def from_payload(cls, d: Any) -> RunEvent:
+        if not isinstance(d, Mapping):
+            raise ValidationError("run", "expected an object")
+        # Required (unlike other records' run_id): an end must say which run it ends; ""
+        # says so explicitly.
+        run_id = _opt_str(d, "run_id", "")
+        if run_id is None:
+            raise ValidationError("run_id", "missing")
+        event = _str(d, "event", "")
+        if event not in RUN_EVENTS:
+            raise ValidationError("event", f"expected {' or '.join(RUN_EVENTS)}, got {event!r}")
+        return cls(run_id=run_id, event=event, ts=parse_ts(d.get("ts")),
+                   source=_opt_str(d, "source", "") or "", detail=_opt_str(d, "detail", ""))
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "event": self.event, "ts": self.ts,
+                "source": self.source, "detail": self.detail}
+
+
+@dataclass(slots=True)
 class Quarantined:
     source: str
     reason: str
@@ -417,6 +450,6 @@ class AlertRecord:
 
 __all__ = [
     "Action", "AlertRecord", "Check", "DECISIONS_EVENT", "DECISION_EVENT", "DECISION_SCHEMA",
-    "Decision", "Event", "MODES", "Mode", "Quarantined", "REWARD_EVENT", "Reward",
-    "RolloutTransition", "VERDICTS", "ValidationError", "parse_ts",
+    "Decision", "Event", "MODES", "Mode", "Quarantined", "REWARD_EVENT", "RUN_EVENTS",
+    "Reward", "RolloutTransition", "RunEvent", "VERDICTS", "ValidationError", "parse_ts",
 ]

@@ -13,6 +13,12 @@ Each line is one record:
     {"type": "rollout",  "data": {"rollout_id", "status", "ts", ...}}
     {"type": "event",    "data": {"event_id", "event_type", "ts", "rollout_id", "payload",
                                   "run_id"}}
+    {"type": "run",      "data": {"run_id", "event": "started" | "ended", "ts", "source",
+                                  "detail"}}
+
+A `run` record is a run's lifecycle (the `run_events` table): the hooks file writes one `ended`
+when the trainer process exits. Its `run_id` must be present; "" stands for the collector's
+run, as an empty run_id does in the other records.
 
 Lines end with b"\n" and contain no other line break: besides the control characters JSON
 always escapes, U+0085, U+2028 and U+2029 are written as `\\u` escapes (they are valid in a JSON
@@ -30,10 +36,10 @@ from typing import Any, Final
 
 from .delivery import Records
 from .events import (
-    Decision, Event, Quarantined, Reward, RolloutTransition, ValidationError, parse_ts,
+    Decision, Event, Quarantined, Reward, RolloutTransition, RunEvent, ValidationError, parse_ts,
 )
 
-RECORD_TYPES: Final = ("decision", "reward", "rollout", "event")
+RECORD_TYPES: Final = ("decision", "reward", "rollout", "event", "run")
 SEGMENT_GLOB: Final = "seg-*.ndjson"
 # Line breaks that json.dumps(ensure_ascii=False) leaves raw (it escapes U+0000-U+001F itself).
 _RAW_BREAKS: Final = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -106,6 +112,8 @@ def parse_line(obj: Any, out: Records, where: str, source: str, raw: str) -> Non
             out.rewards.append(Reward.from_payload(data))
         elif kind == "rollout":
             out.rollouts.append(RolloutTransition.from_payload(data))
+        elif kind == "run":
+            out.run_events.append(RunEvent.from_payload(data))
         elif kind == "event" and isinstance(data, dict) and \
                 data.get("event_type") == QUARANTINE_EVENT:
             payload = data.get("payload")

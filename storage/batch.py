@@ -39,7 +39,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..records.events import MODES, Decision, Event, Quarantined, Reward, RolloutTransition
+from ..records.events import (
+    MODES, RUN_EVENTS, Decision, Event, Quarantined, Reward, RolloutTransition, RunEvent,
+)
 from ..records.verdicts import VERDICTS
 from .tables import BATCH_TABLES, EVENT_TABLES, SIDE_TABLES, arrow_schema, not_null, required
 
@@ -65,9 +67,10 @@ NOT_NULL: Final[dict[str, tuple[str, ...]]] = {t: not_null(t)
                                                for t in (*EVENT_TABLES, *SIDE_TABLES)}
 VOCAB: Final[dict[tuple[str, str], tuple[str, ...]]] = {
     ("decisions", "verdict"): VERDICTS, ("decisions", "mode"): MODES,
-    ("checks", "verdict"): VERDICTS, ("run_events", "event"): ("started", "ended"),
+    ("checks", "verdict"): VERDICTS, ("run_events", "event"): RUN_EVENTS,
 }
-TEXT_COLUMNS: Final = frozenset({("decisions", "action_summary"), ("checks", "reason")})
+TEXT_COLUMNS: Final = frozenset({("decisions", "action_summary"), ("checks", "reason"),
+                                 ("run_events", "detail")})
 JSON_COLUMNS: Final = frozenset({("decisions", "extra"), ("checks", "extra"),
                                  ("rollouts", "metadata"), ("events", "payload")})
 # Integer columns whose range is tighter than their width: (low, high).
@@ -114,7 +117,7 @@ class Batch:
         cls, *, run_id: str = "default",
         decisions: Iterable[Decision] = (), rewards: Iterable[Reward] = (),
         rollouts: Iterable[RolloutTransition] = (), events: Iterable[Event] = (),
-        quarantined: Iterable[Quarantined] = (),
+        run_events: Iterable[RunEvent] = (), quarantined: Iterable[Quarantined] = (),
     ) -> Batch:
         """Arrow tables from records; a record with an empty run_id takes `run_id`. Records that
         cannot be stored become `rejected` entries; the rest always builds."""
@@ -137,7 +140,8 @@ class Batch:
         row_builders: tuple[tuple[str, Callable[[Any, str], Any], Iterable[Any], str, str], ...] = (
                 ("rewards", _reward_row, rewards, "reward", "reward_id"),
                 ("rollouts", _rollout_row, rollouts, "rollout", "rollout_id"),
-                ("events", _event_row, events, "event", "event_id"))
+                ("events", _event_row, events, "event", "event_id"),
+                ("run_events", _run_record_row, run_events, "run event", "run_id"))
         for name, build, records, what, ident in row_builders:
             recs, rows = [], []
             for rec in records:
@@ -168,13 +172,19 @@ class Batch:
 def run_event_batch(run_ids: Iterable[str], event: str, *, source: str,
                     detail: str | None = None, ts: float | None = None) -> Batch:
     """A batch recording that runs started or ended (the `run_events` table)."""
-    if event not in VOCAB[("run_events", "event")]:
+    if event not in RUN_EVENTS:
         raise ValueError(f"run event: expected started or ended, got {event!r}")
     at = _us(time.time() if ts is None else ts)
-    rows = [(run, event, at, clean_text(source, MAX_NAME_CHARS),
-             None if detail is None else clean_text(detail, MAX_TEXT_CHARS))
+    rows = [_run_event_row(run, event, at, source, detail)
             for run in dict.fromkeys(r for r in run_ids if r)]
     return Batch({"run_events": rows_table("run_events", rows)} if rows else {}, checked=True)
+
+
+def _run_event_row(run_id: str, event: str, ts_us: int, source: str | None,
+                   detail: str | None) -> tuple[Any, ...]:
+    """A `run_events` row; its free text cleaned so that it can always be stored."""
+    return (run_id, event, ts_us, None if not source else clean_text(source, MAX_NAME_CHARS),
+            None if detail is None else clean_text(detail, MAX_TEXT_CHARS))
 
 
 def _decision_part(decisions: Iterable[Decision], run_id: str, rejected: list[Rejected],
@@ -626,6 +636,11 @@ def _event_row(e: Event, run_id: str) -> tuple[Any, ...]:
     return row
 
 
+def _run_record_row(e: RunEvent, run_id: str) -> tuple[Any, ...]:
+    return _run_event_row(e.run_id or run_id, e.event, _ts_us("run_events", e.ts), e.source,
+                          e.detail)
+
+
 def columns_table(name: str, columns: list[tuple[Any, ...]]) -> pa.Table:
     schema = ARROW_SCHEMAS[name]
     return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, schema)],
@@ -699,7 +714,8 @@ def clean_text(text: Any, cap: int) -> str:
         text = _raw_text(text)
     text = text[:cap]
     if not text.isascii() and _surrogate_at(text) is not None:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        # Cut again: each escape is six characters where there was one.
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")[:cap]
     return text
 
 

@@ -70,8 +70,11 @@ ROW_GROUP: Final = 122_880
 WINDOWED: Final = frozenset({"events"})
 OTHER_TABLES: Final = ("rollouts", "rewards", "events")
 # Rule sets are announced again and again (each rollout), so their copies are not counted as
-# duplicates; run lifecycle events are appended as they come.
+# duplicates; run lifecycle events are appended as they come, each once: a start or end of a
+# run at the same microsecond is the same event (a spool segment read twice, its inode changed,
+# stores its `run` records once).
 SIDE_TABLES: Final = ("rulesets", "run_events")
+RUN_EVENT_KEY: Final = ("run_id", "event", "ts")
 UNIT: Final = ["_item", "run_id", "decision_id"]  # a decision and its checks, within one part
 
 # Rollup partial aggregates of the rows a commit adds (registered as `_b`). blocked/escaped
@@ -738,7 +741,8 @@ class Writer:
             if tables.get("rulesets") is not None and tables["rulesets"].num_rows:
                 added["rulesets"] = self._insert_new("rulesets", tables["rulesets"])
             if tables.get("run_events") is not None and tables["run_events"].num_rows:
-                added["run_events"] = self._insert_rows("run_events", tables["run_events"])
+                added["run_events"] = self._insert_new("run_events", tables["run_events"],
+                                                       RUN_EVENT_KEY)
             new_runs = sorted(run_ids - self._known_runs)
             if new_runs:
                 self._register_runs(new_runs)
@@ -995,10 +999,11 @@ class Writer:
             con.unregister("_b")
         return table.num_rows
 
-    def _insert_new(self, name: str, table: pa.Table) -> int:
-        """Insert the rows whose natural key is not stored yet; returns how many."""
+    def _insert_new(self, name: str, table: pa.Table,
+                    key: tuple[str, ...] | None = None) -> int:
+        """Insert the rows whose natural key (or `key`) is not stored yet; returns how many."""
         con = self._con
-        keys = list(NATURAL_KEYS[name])
+        keys = list(key or NATURAL_KEYS[name])
         if table.num_rows > 1:
             df = pl.from_arrow(table)
             assert isinstance(df, pl.DataFrame)

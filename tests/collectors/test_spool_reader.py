@@ -88,6 +88,37 @@ def test_every_record_type_and_bad_lines(tmp_path: Path, store, writer, q) -> No
     assert reader.poll_once(writer_sink(writer, "spool-run")) == 0
 
 
+def test_bad_run_records_are_quarantined_and_the_rest_of_the_segment_stored(
+        tmp_path: Path, store, writer, q) -> None:
+    spool = tmp_path / "spool"
+    w = SpoolWriter(spool, fsync=False)
+    end = {"run_id": "trainer-run", "event": "ended", "ts": 1_790_000_100.0,
+           "source": "trainer hooks", "detail": "the trainer process exited"}
+    w.write("decision", decision(1))
+    w.write("run", end)
+    w.write("run", {**end, "event": "paused"})
+    w.write("run", {k: v for k, v in end.items() if k != "run_id"})
+    w.write("run", {**end, "run_id": "r" * 1_025})  # parses, but cannot be stored
+    w.write("run", {**end, "run_id": "", "event": "started"})  # "": the collector's run
+    w.write("decision", decision(2))
+    segment = w.rotate()
+    w.close()
+    assert segment is not None
+    reader = SpoolReader(spool, settle_s=0)
+    assert reader.poll_once(writer_sink(writer, "spool-run")) == 1
+    writer.flush()
+    assert q("SELECT decision_id FROM decisions ORDER BY 1") == [("d-1",), ("d-2",)]
+    assert q("SELECT run_id, event, epoch(ts), source, detail FROM run_events ORDER BY 1") == [
+        ("spool-run", "started", 1_790_000_100.0, "trainer hooks", "the trainer process exited"),
+        ("trainer-run", "ended", 1_790_000_100.0, "trainer hooks", "the trainer process exited")]
+    assert sorted(q("SELECT source, reason FROM quarantine")) == sorted([
+        (reader.source, f"{segment.name}:3: event: expected started or ended, got 'paused'"),
+        (reader.source, f"{segment.name}:4: run_id: missing"),
+        (reader.source, "run_events.run_id: 1025 characters, more than 1024 "
+                        f"(run event {'r' * 200})")])
+    assert reader.stats.quarantined == 2  # the third was refused by the store, not the reader
+
+
 def test_late_segment_settle_and_retention(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()

@@ -10,9 +10,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tractatus_watch.records.events import Decision, Quarantined, Reward, RolloutTransition
+from tractatus_watch.records.events import (
+    Decision, Quarantined, Reward, RolloutTransition, RunEvent,
+)
 from tractatus_watch.storage import queries as Q
-from tractatus_watch.storage.batch import Batch
+from tractatus_watch.storage.batch import Batch, run_event_batch
 from tractatus_watch.storage.errors import SchemaTooNew
 from tractatus_watch.storage.schema import LATEST_VERSION, compact_rollups
 from tractatus_watch.storage.store import Store
@@ -148,6 +150,34 @@ def test_rollout_transitions_and_events(store: Store) -> None:
     rows = store.cursor().execute(
         "SELECT status, metadata FROM rollouts ORDER BY ts").fetchall()
     assert rows == [("running", None), ("succeeded", '{"round":3}')]
+
+
+def test_run_events_from_records_are_stored_once_like_the_sessions_own(store: Store) -> None:
+    ts = 1_795_000_000.5
+    long_detail = "d\ud800" + "x" * 70_000  # a lone surrogate, over the text limit
+    ended = [RunEvent("trainer-run", "ended", ts, "trainer hooks", long_detail),
+             RunEvent("", "started", ts - 60.0),  # "": the collector's run
+             RunEvent("r" * 1_025, "ended", ts)]  # an id too long to store
+    writer = Writer(store)
+    writer.submit(Batch.from_records(run_id="spool-run", run_events=ended), Cursor("s", "1"))
+    # The same records read again (a segment re-read): nothing stored twice.
+    writer.submit(Batch.from_records(run_id="spool-run", run_events=ended[:2]))
+    # The session's own end of the same run, for comparison: the same row shape and cleaning.
+    writer.submit(run_event_batch(["trainer-run"], "ended", source="trainer hooks",
+                                  detail=long_detail, ts=ts + 1))
+    writer.close()
+    rows = store.cursor().execute(
+        "SELECT run_id, event, epoch_us(ts), source, detail FROM run_events "
+        "ORDER BY ts, run_id").fetchall()
+    cleaned = "d\\ud800" + "x" * (65_536 - 7)  # escaped, then cut to 65,536 characters
+    assert [r[:4] for r in rows] == [
+        ("spool-run", "started", 1_794_999_940_500_000, None),
+        ("trainer-run", "ended", 1_795_000_000_500_000, "trainer hooks"),
+        ("trainer-run", "ended", 1_795_000_001_500_000, "trainer hooks")]
+    assert rows[0][4] is None and rows[1][4] == rows[2][4] == cleaned[:65_536]
+    reasons = store.cursor().execute("SELECT source, reason FROM quarantine").fetchall()
+    assert reasons == [("s", "run_events.run_id: 1025 characters, more than 1024 "
+                             f"(run event {'r' * 200})")]
 
 
 def test_submit_blocks_when_the_queue_is_full(store: Store) -> None:

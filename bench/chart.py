@@ -58,8 +58,13 @@ class OneChart(App[None]):
 
 async def frames(app: App[Any], n: int = 2) -> None:
     for _ in range(n):
-        done = asyncio.get_running_loop().create_future()
-        app.call_after_refresh(lambda: done.done() or done.set_result(None))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def finish(done: asyncio.Future[None] = done) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        app.call_after_refresh(finish)
         await done
 
 

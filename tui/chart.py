@@ -31,6 +31,8 @@ def nice_ticks(lo: float, hi: float, max_ticks: int = 8) -> list[float]:
     """At most `max_ticks` ticks inside [lo, hi], 1, 2 or 5 times a power of ten apart (the
     smallest such step that is not too many)."""
     span = hi - lo
+    if not span > 0:
+        return [lo]
     power = 10.0 ** math.floor(math.log10(span / max(max_ticks, 1)))
     for step in (m * power for m in (1, 2, 5, 10, 20, 50)):
         first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
@@ -309,7 +311,12 @@ def _limits(values: list[FloatArray], lo: float | None, hi: float | None,
 
 
 def _spread(lo: float, hi: float, pad: float) -> tuple[float, float]:
-    return (lo - pad, hi + pad) if not hi > lo else (lo, hi)
+    """A range of one value (or an inverted one, from a fixed end the data lies beyond)
+    widened by `pad` on each side, so that it has a scale."""
+    if hi > lo:
+        return lo, hi
+    lo, hi = min(lo, hi), max(lo, hi)
+    return lo - pad, hi + pad
 
 
 class Chart(Widget, can_focus=False):

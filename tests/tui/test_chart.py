@@ -170,7 +170,7 @@ async def test_one_refresh_and_one_build_per_draw() -> None:
             return build(*args)
 
         chart.refresh = counted_refresh  # type: ignore[method-assign]
-        chart.build = counted_build  # type: ignore[method-assign]
+        chart.build = counted_build  # type: ignore[method-assign, assignment]
         chart.draw([(ROUNDS, [0.5] * 11, "green", "c")], scale="rate", subtitle="new")
 
     def check(chart: Chart) -> None:

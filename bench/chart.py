@@ -6,7 +6,9 @@ until the screen has been painted twice (a chart whose render dirties child widg
 second frame). The figure is the main thread's CPU time (`time.thread_time`) per repetition;
 the same wait after a plain `refresh()` (repaint, no draw) is printed for reference, and the
 chart's own share: `draw` and rendering the lines of the chart and of any widgets inside it
-(`render_lines`, borders included), without the rest of the frame.
+(`render_lines`, borders included), without the rest of the frame. To calibrate the machine,
+the same for a Static of the same size and border given a new text: Textual's own cost of
+painting a box that size, which no chart can go below.
 Target (issue 13, item 8): draw + paint well under 2 ms.
 Usage: bench/chart.py [--repeat K] [--size WxH]
 """
@@ -28,6 +30,7 @@ from _common import last_line  # noqa: E402
 from textual.app import App, ComposeResult  # noqa: E402
 from textual.geometry import Region  # noqa: E402
 from textual.widget import Widget  # noqa: E402
+from textual.widgets import Static  # noqa: E402
 
 from tractatus_watch.tui.widgets import Chart  # noqa: E402
 
@@ -52,8 +55,12 @@ class OneChart(App[None]):
 
     def compose(self) -> ComposeResult:
         chart = Chart("bench", id="chart")
-        chart.styles.width, chart.styles.height = self.chart_size
+        static = Static("", id="static")
+        for widget in (chart, static):
+            widget.styles.width, widget.styles.height = self.chart_size
+        static.styles.border = ("round", "white")
         yield chart
+        yield static
 
 
 async def frames(app: App[Any], n: int = 2) -> None:
@@ -72,15 +79,17 @@ def paint(chart: Widget) -> None:
     """Render every line of the chart and of the widgets inside it, as a frame would."""
     for widget in (chart, *chart.query("*")):
         if widget.size.area:
-            widget.render_lines(Region(0, 0, *widget.size))
+            widget.render_lines(Region(0, 0, *widget.outer_size))
 
 
 async def measure(repeat: int, size: tuple[int, int]) -> dict[str, float]:
     app = OneChart(size)
     sets = data_sets()
-    draw_ms, repaint_ms, own_ms = [], [], []
-    async with app.run_test(size=(size[0] + 10, size[1] + 4)):
-        chart = app.query_one(Chart)
+    draw_ms, repaint_ms, own_ms, static_ms = [], [], [], []
+    texts = ["\n".join("x" * (size[0] - 2) for _ in range(size[1] - 2)),
+             "\n".join("y" * (size[0] - 2) for _ in range(size[1] - 2))]
+    async with app.run_test(size=(size[0] + 10, 2 * size[1] + 4)):
+        chart, static = app.query_one(Chart), app.query_one(Static)
         await frames(app)
         for i in range(repeat + 5):  # the first five warm up
             t = time.thread_time()
@@ -95,14 +104,20 @@ async def measure(repeat: int, size: tuple[int, int]) -> dict[str, float]:
             chart.draw(sets[(i + 1) % 2], vlines=[12.0, 40.0], scale="rate", subtitle="bench")
             paint(chart)
             own = time.thread_time() - t
+            t = time.thread_time()
+            static.update(texts[i % 2])
+            paint(static)
+            box = time.thread_time() - t
             await frames(app)
             if i >= 5:
                 draw_ms.append(drawn * 1000)
                 repaint_ms.append(repainted * 1000)
                 own_ms.append(own * 1000)
+                static_ms.append(box * 1000)
     return {"draw_paint_cpu_ms": statistics.median(draw_ms),
             "repaint_cpu_ms": statistics.median(repaint_ms),
-            "chart_only_cpu_ms": statistics.median(own_ms)}
+            "chart_only_cpu_ms": statistics.median(own_ms),
+            "static_same_size_cpu_ms": statistics.median(static_ms)}
 
 
 def main() -> None:
@@ -115,7 +130,8 @@ def main() -> None:
     print(f"chart {width}x{height}, 3 series of 60 points, median of {args.repeat}: "
           f"draw + paint {figures['draw_paint_cpu_ms']:.2f} ms CPU (repaint alone "
           f"{figures['repaint_cpu_ms']:.2f} ms); the chart's own share: draw and its lines "
-          f"{figures['chart_only_cpu_ms']:.2f} ms (target: well under 2 ms)")
+          f"{figures['chart_only_cpu_ms']:.2f} ms (target: well under 2 ms; a Static of that "
+          f"size, updated and painted: {figures['static_same_size_cpu_ms']:.2f} ms)")
     last_line(figures)
 
 

@@ -190,13 +190,13 @@ def downsample(x: Sequence[float], y: Sequence[float],
 
 
 def _downsample(xs: FloatArray, ys: FloatArray, points: int) -> tuple[FloatArray, FloatArray]:
-    edges = np.unique(np.linspace(0, len(xs), points + 1).astype(np.int64)[:-1])
-    sizes = np.diff(np.append(edges, len(xs)))
+    # Bucket i starts at floor(i * n / points): more points than buckets, so none is empty.
+    edges = np.arange(points, dtype=np.int64) * len(xs) // points
+    sizes = np.diff(edges, append=len(xs))
     finite = np.isfinite(ys)
     counts = np.add.reduceat(finite.astype(np.int64), edges)
     sums = np.add.reduceat(np.where(finite, ys, 0.0), edges)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(counts > 0, sums / counts, np.nan)
+    means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     return np.add.reduceat(xs, edges) / sizes, means
 
 
@@ -370,8 +370,7 @@ class Chart(Widget, can_focus=False):
             ylimits = (0.0, 1.0)
         elif scale == "count":
             # From 0; all zeros still get a scale (0 at the bottom, not a lone 0 tick).
-            top = max((float(v) for line in self.lines for v in line.y if math.isfinite(v)),
-                      default=0.0)
+            top = _limits([ln.y for ln in self.lines], 0.0, None, (0.0, 0.0))[1]
             ylimits = (0.0, ylimits[1] if ylimits[1] is not None or top >= 1 else 1.0)
         self._ylimits, self._xlog = ylimits, xlog
         self._version += 1

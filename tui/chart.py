@@ -288,6 +288,23 @@ HEAVY = {RIGHT | LEFT: "━", UP | DOWN: "┃", RIGHT | DOWN: "┏", DOWN | LEFT
          UP | DOWN | LEFT: "┫", UP | RIGHT | DOWN: "┣", UP | RIGHT | DOWN | LEFT: "╋"}
 
 
+def _frame_edges(width: int, left: int, ticks: Sequence[int],
+                 marks: Sequence[int]) -> tuple[str, str]:
+    """The frame's top and bottom edges from column `left` on: corners, the x ticks pointing
+    out, and the markers' columns joined to the frame."""
+    top = [RIGHT | LEFT] * (width - left)
+    bottom = [RIGHT | LEFT] * (width - left)
+    top[0], top[-1] = RIGHT | DOWN, DOWN | LEFT
+    bottom[0], bottom[-1] = UP | RIGHT, UP | LEFT
+    for c in ticks:
+        top[c - left] |= UP
+        bottom[c - left] |= DOWN
+    for c in marks:
+        top[c - left] |= DOWN
+        bottom[c - left] |= UP
+    return "".join(HEAVY[q] for q in top), "".join(HEAVY[q] for q in bottom)
+
+
 @dataclass(frozen=True)
 class Line:
     """A series as drawn: its points, style, label and the dots it is drawn with."""
@@ -426,53 +443,47 @@ class Chart(Widget, can_focus=False):
 
         chars = np.full((rows, columns), " ")
         owner = np.zeros((rows, columns), dtype=np.int64)  # 0 empty, -1 marker, i + 1 series i
-        marks = sorted({c - left - 1 for v in self.vlines if x0 <= v <= x1
-                        and 0 <= (c := to_column(v)) - left - 1 < columns})
-        chars[:, marks], owner[:, marks] = "│", -1
+        marks = sorted({c for v in self.vlines if x0 <= v <= x1
+                        and left < (c := to_column(v)) <= left + columns})
+        chars[:, [c - left - 1 for c in marks]] = "│"
+        owner[:, [c - left - 1 for c in marks]] = -1
         for i, line in enumerate(self.lines):
             self._raster(line, i + 1, chars, owner, (x0, x1), (y0, y1))
         styles = {0: base, -1: base + Style.parse(self.MARKER_STYLE)}
         styles.update({i + 1: base + Style.parse(ln.style) for i, ln in enumerate(self.lines)})
 
         y_ticks = self._y_ticks(y0, y1, rows, to_row)
-        x_ticks, x_text = self._x_ticks(x0, x1, columns, width, to_column)
-        top = [RIGHT | LEFT] * width
-        bottom = [RIGHT | LEFT] * width
-        top[left], top[-1] = RIGHT | DOWN, DOWN | LEFT
-        bottom[left], bottom[-1] = UP | RIGHT, UP | LEFT
-        for c in x_ticks:
-            top[c] |= UP
-            bottom[c] |= DOWN
-        for c in marks:  # the markers meet the frame
-            top[c + left + 1] |= DOWN
-            bottom[c + left + 1] |= UP
+        x_ticks, x_text = self._x_ticks(x0, x1, width, to_column)
+        top, bottom = _frame_edges(width, left, x_ticks, marks)
+        margin = Segment(" " * left, base)
+        plot = [Strip([Segment(label.rjust(self.LABEL_WIDTH) + " ", tick), *segments], width)
+                for label, segments in self._plot_rows(chars, owner, y_ticks, styles, axis)]
+        return [Strip([margin, Segment(top, axis)], width), *plot,
+                Strip([margin, Segment(bottom, axis)], width), Strip([Segment(x_text, tick)], width)]
 
-        def frame(quads: list[int]) -> Strip:
-            return Strip([Segment(" " * left, base),
-                          Segment("".join(HEAVY[q] for q in quads[left:]), axis)], width)
-
-        strips = [frame(top)]
+    @staticmethod
+    def _plot_rows(chars: npt.NDArray[np.str_], owner: IntArray, y_ticks: dict[int, str],
+                   styles: dict[int, Style], axis: Style) -> list[tuple[str, list[Segment]]]:
+        """Each plot row's y label and its segments: the frame's sides (with a tick where
+        the row has a label) and one segment per run of cells of the same owner."""
+        rows, columns = chars.shape
         texts = np.ascontiguousarray(chars).view(f"<U{columns}")[:, 0].tolist()
-        # Where the owner of a cell changes along a row: one segment per run of cells.
         cuts: list[list[int]] = [[0] for _ in range(rows)]
         changed_r, changed_c = np.nonzero(owner[:, 1:] != owner[:, :-1])
         for r, c in zip(changed_r.tolist(), changed_c.tolist()):
             cuts[r].append(c + 1)
         owners = owner.tolist()
+        out = []
         for r in range(rows):
             label = y_ticks.get(r + 1, "")
             text = texts[r].ljust(columns)  # numpy drops trailing NULs, never spaces
             row_cuts, row_owners = cuts[r] + [columns], owners[r]
-            strips.append(Strip([
-                Segment(label.rjust(self.LABEL_WIDTH) + " ", tick),
+            out.append((label, [
                 Segment(HEAVY[UP | DOWN | LEFT] if label else HEAVY[UP | DOWN], axis),
                 *(Segment(text[a:b], styles[row_owners[a]])
                   for a, b in zip(row_cuts[:-1], row_cuts[1:])),
-                Segment(HEAVY[UP | RIGHT | DOWN] if label else HEAVY[UP | DOWN], axis),
-            ], width))
-        strips.append(frame(bottom))
-        strips.append(Strip([Segment(x_text, tick)], width))
-        return strips
+                Segment(HEAVY[UP | RIGHT | DOWN] if label else HEAVY[UP | DOWN], axis)]))
+        return out
 
     def _raster(self, line: Line, index: int, chars: npt.NDArray[np.str_],
                 owner: IntArray, xs: tuple[float, float], ys: tuple[float, float]) -> None:
@@ -504,7 +515,7 @@ class Chart(Widget, can_focus=False):
             out.setdefault(to_row(t), short_number(label, t, self.LABEL_WIDTH))
         return out
 
-    def _x_ticks(self, x0: float, x1: float, columns: int, width: int,
+    def _x_ticks(self, x0: float, x1: float, width: int,
                  to_column: Callable[[float], int]) -> tuple[list[int], str]:
         """The x ticks' columns and the line of their labels: as many ticks as fit with a
         space between labels (at most 8)."""

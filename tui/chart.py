@@ -459,7 +459,8 @@ class Chart(Widget, can_focus=False):
         plot = [Strip([Segment(label.rjust(self.LABEL_WIDTH) + " ", tick), *segments], width)
                 for label, segments in self._plot_rows(chars, owner, y_ticks, styles, axis)]
         return [Strip([margin, Segment(top, axis)], width), *plot,
-                Strip([margin, Segment(bottom, axis)], width), Strip([Segment(x_text, tick)], width)]
+                Strip([margin, Segment(bottom, axis)], width),
+                Strip([Segment(x_text, tick)], width)]
 
     @staticmethod
     def _plot_rows(chars: npt.NDArray[np.str_], owner: IntArray, y_ticks: dict[int, str],

@@ -360,8 +360,7 @@ class Dashboard(App[None]):
     @property
     def idle(self) -> bool:
         """Nothing fetched or loading (tests and the benchmark wait for this)."""
-        return self.refresher.idle and not (self._loads or self._mounting
-                                            or self.overview.drawing)
+        return self.refresher.idle and not (self._loads or self._mounting)
 
     def alert_counts(self) -> AlertCounts:
         """Firing (not silenced), silenced and pending, as `check` counts them."""

@@ -11,14 +11,13 @@ import pytest
 from textual.widgets import Input
 
 from tractatus_watch.storage import queries as Q
-from tractatus_watch.tui.widgets import Chart, ema
+from tractatus_watch.tui.chart import Chart, ema
 
 from .helpers import SNAP_BASELINE, SNAP_RUN, settle
 
 
 def _series(chart: Chart) -> dict[str, list[float]]:
-    return {label: [float(v) for v in ds.y]
-            for label, ds in zip(chart._labels, chart._datasets)}
+    return {line.label: [float(v) for v in line.y] for line in chart.lines}
 
 
 async def _smooth(pilot: Any, text: str) -> None:
@@ -36,13 +35,13 @@ async def test_rates_fixed_scale_overlay_and_smoothing(make_snap_app, snap_db: A
         await settle(pilot)
         a, b, d, e = (app.query_one(f"#chart-{k}", Chart) for k in "abde")
         raw = _series(b)
-        assert a._y_kind == b._y_kind == "rate" and a._y_formatter.get_ticks(0.1, 0.2) == \
+        assert a.y_kind == b.y_kind == "rate" and a.y_axis.get_ticks(0.1, 0.2) == \
             [0, 0.25, 0.5, 0.75, 1.0]
         assert set(raw) == {"blocked", "blocked (baseline run)"}
         # Evasions: a chart of their own, counts from 0 with whole-number ticks.
         evasions = _series(e)
-        assert e.display and e._y_kind == "count" and list(evasions) == ["evasions"]
-        assert e._y_formatter.get_ticks(0.0, 7.6) == [0, 1, 2, 3, 4, 5, 6, 7]
+        assert e.display and e.y_kind == "count" and list(evasions) == ["evasions"]
+        assert e.y_axis.get_ticks(0.0, 7.6) == [0, 1, 2, 3, 4, 5, 6, 7]
         assert "95% CI" in _series(d) and "smoothed" not in (b.border_subtitle or "")
         await _smooth(pilot, "smooth 0.5")
         smoothed = _series(b)
@@ -80,7 +79,7 @@ async def test_evasions_share_the_rates_chart_at_80x24(make_snap_app, snap_db: A
     finally:
         con.close()
         store.close()
-    assert not shown and a._y_kind == "rate"
+    assert not shown and a.y_kind == "rate"
     assert rates["evasions"] == pytest.approx((gov["evasions"] / gov["actions"]).to_list())
     assert rates["blocked"] == pytest.approx(gov["blocked_rate"].to_list())
 
@@ -154,14 +153,13 @@ async def test_overhead_against_agents_on_a_log_axis(tmp_path: Any,
                                   Chart)
             diff_chart = chart if compact else app.query_one("#chart-agents-diff", Chart)
             deadline = asyncio.get_running_loop().time() + 20
-            while not diff_chart._datasets:
+            while not diff_chart.lines:
                 assert asyncio.get_running_loop().time() < deadline, "agents chart not drawn"
                 await pilot.pause(0.02)
-            xs = {label: [float(v) for v in ds.x]
-                  for label, ds in zip(chart._labels, chart._datasets)}
+            xs = {line.label: [float(v) for v in line.x] for line in chart.lines}
             got = _series(chart) | _series(diff_chart)
-            x_ticks = chart._x_formatter.get_ticks(0.0, 2.0)
-            x_labels = chart._x_formatter.get_labels_for_ticks(x_ticks)
+            x_ticks = chart.x_axis.get_ticks(0.0, 2.0)
+            x_labels = chart.x_axis.get_labels_for_ticks(x_ticks)
             shown = (app.query_one("#chart-service").display,
                      app.query_one("#overhead-agents").display)
     finally:

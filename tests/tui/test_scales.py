@@ -14,8 +14,9 @@ from tractatus_watch.tui import fmt
 from tractatus_watch.tui.data import reward_rounds
 from tractatus_watch.tui.tab_bar import run_label
 from tractatus_watch.tui.table import Fit, cut, fit_widths
-from tractatus_watch.tui.widgets import (_PercentAxis, _RoundAxis, ema, fit_strip, log_ticks,
-                                         percent_ticks, round_ticks)
+from tractatus_watch.tui.chart import (_PercentAxis, _RoundAxis, ema, log_ticks, percent_ticks,
+                                       round_ticks)
+from tractatus_watch.tui.widgets import fit_strip
 
 
 @pytest.mark.parametrize("lo,hi,max_ticks,expected", [

@@ -218,9 +218,7 @@ async def test_events_view_pages_and_detail(make_app, ro_store: Store) -> None:
 
 
 async def test_no_color_at_80x24(make_app, monkeypatch: pytest.MonkeyPatch) -> None:
-    from textual_plot import HiResMode
-
-    from tractatus_watch.tui.widgets import Chart
+    from tractatus_watch.tui.chart import Chart
 
     monkeypatch.setenv("NO_COLOR", "1")
     app = make_app()
@@ -231,6 +229,6 @@ async def test_no_color_at_80x24(make_app, monkeypatch: pytest.MonkeyPatch) -> N
         # Without colour the lines of a chart (coverage, blocked, evasions) differ by their
         # dots.
         chart = app.query_one("#chart-a", Chart)
-        modes = [d.hires_mode for d in chart._datasets]
+        modes = [line.dots.name for line in chart.lines]
     assert "coverage 100.0%" in screen and "alerts 1 firing" in screen
-    assert modes == [HiResMode.BRAILLE, HiResMode.QUADRANT, HiResMode.HALFBLOCK]
+    assert modes == ["braille", "quadrant", "half"]

@@ -122,9 +122,7 @@ class Overhead(View):
         chart = self.query_one("#chart-mean", Chart)
         chart.border_title = "mean latency per action (µs): " + " · ".join(
             f"[{s[2]}]{s[3]}[/]" for s in series)
-        # In the next screen update: the canvas is drawn while the screen paints, and the
-        # table of this refresh already costs this one.
-        self.call_after_refresh(chart.draw, series)
+        chart.draw(series)
 
     def show_slow(self, data: D.OverheadDetail) -> None:
         self.detail = data

@@ -32,8 +32,6 @@ class Overview(View):
         self.report_kpis: D.Kpis | None = None
         self._rule_keys: tuple[tuple[str, str], ...] = ()
         self._compact: bool | None = None
-        self._draw_gen = 0
-        self.drawing = False  # charts still to draw, one per screen update
         self._kpi_shown: Text | None = None
 
     def compose(self) -> ComposeResult:
@@ -166,20 +164,9 @@ class Overview(View):
                  dict(series=[*band, gap] if gap[0] else [], vlines=marks,
                       subtitle=sub(last_gap, smooth))),
             ]
-        self._draw_gen += 1
-        self._draw_next(plan, self._draw_gen)
-
-    def _draw_next(self, plan: list[tuple[Chart, str, dict[str, Any]]], gen: int) -> None:
-        """Two charts (a row) per screen update: each canvas is drawn in Python while the
-        screen paints, so all four in one frame stalled the UI about twice as long."""
-        if gen != self._draw_gen or not plan:
-            return  # newer data arrived: its own plan draws the charts
-        for chart, title, kwargs in plan[:2]:
+        for chart, title, kwargs in plan:
             chart.border_title = title
             chart.draw(**kwargs)
-        self.drawing = len(plan) > 2
-        if self.drawing:
-            self.call_after_refresh(self._draw_next, plan[2:], gen)
 
     def _show_rules(self, rules: tuple[D.RuleTrend, ...]) -> None:
         box = self.query_one("#rule-sparks", VerticalScroll)

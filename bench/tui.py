@@ -77,7 +77,7 @@ async def measure(path: Path, repeat: int, size: tuple[int, int]) -> dict[str, f
                 app.refresher.forget_shown()
                 t = time.perf_counter()
                 app.refresh_view()
-                await idle(app)  # the worker, the render and any staggered chart frames
+                await idle(app)  # the worker and the render
                 times.append(time.perf_counter() - t)
                 shows.append(app.last_show_s)
                 queries.append(app.refresher.last_refresh_s)

@@ -282,11 +282,10 @@ def fetch_rules(con: Con, run_id: str, arm: str | None = None,
                 text_filter: str = "") -> RulesData:
     """One row per arm and rule (rates are per arm: with every arm shown, each keeps its own):
     evaluations, fires, blocks, would_have_blocked, their rates (analysis/metrics.py), the
-    trend of the rule's rate per round and its latest reason."""
+    trend of the rule's rate per round. Its latest reason scans raw checks: `rule_reasons`,
+    joined by `with_reasons` (the view fetches it in the background lane)."""
     counts = Q.rule_counts(con, run_id, arm=arm)
     trends = rule_trend(Q.rule_counts(con, run_id, arm=arm, by_round=True))
-    reasons = Q.rule_reasons(con, run_id, arm).rename(
-        {"ts": "last_ts", "verdict": "last_verdict", "reason": "last_reason"})
     figures = [M.rule_figures(r) for r in counts.iter_rows(named=True)]
     table = pl.DataFrame({
         "arm": [f.arm for f in figures], "service": [f.service for f in figures],
@@ -305,15 +304,32 @@ def fetch_rules(con: Con, run_id: str, arm: str | None = None,
                "would_have_blocked": pl.Int64, "block_rate": pl.Float64,
                "would_block_rate": pl.Float64, "rule_rate": pl.Float64,
                "latency_us_mean": pl.Float64, "trend": pl.List(pl.Float64)})
-    table = (table.sort(["blocks", "would_have_blocked", "fires", "arm", "service", "rule_id"],
-                        descending=[True, True, True, False, False, False])
-             .join(reasons, on=["service", "rule_id"], how="left", maintain_order="left"))
+    table = table.sort(["blocks", "would_have_blocked", "fires", "arm", "service", "rule_id"],
+                       descending=[True, True, True, False, False, False])
     if text_filter:
         needle = text_filter.lower()
         table = table.filter(
             pl.col("service").str.to_lowercase().str.contains(needle, literal=True)
             | pl.col("rule_id").str.to_lowercase().str.contains(needle, literal=True))
     return RulesData(run_id, arm, table)
+
+
+REASON_SCHEMA: Final = pl.Schema({"service": pl.String(), "rule_id": pl.String(),
+                                  "last_ts": pl.Datetime("us"), "last_verdict": pl.String(),
+                                  "last_reason": pl.String()})
+
+
+def rule_reasons(con: Con, run_id: str, arm: str | None = None) -> pl.DataFrame:
+    """Per service and rule: the time, verdict and reason of its latest non-allow check."""
+    return Q.rule_reasons(con, run_id, arm).rename(
+        {"ts": "last_ts", "verdict": "last_verdict", "reason": "last_reason"}
+    ).cast(REASON_SCHEMA)
+
+
+def with_reasons(table: pl.DataFrame, reasons: pl.DataFrame | None) -> pl.DataFrame:
+    """The Rules table with each rule's latest reason (empty while they are being fetched)."""
+    found = reasons if reasons is not None else pl.DataFrame(schema=REASON_SCHEMA)
+    return table.join(found, on=["service", "rule_id"], how="left", maintain_order="left")
 
 
 # --- alerts ---------------------------------------------------------------------------------------

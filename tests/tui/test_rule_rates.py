@@ -109,6 +109,9 @@ async def test_rate_is_fires_over_evaluations_in_rules_view_and_report(tmp_path:
     assert shown[("governed", "BAD-001")][3:8] == [str(N), str(K), str(K), "0", rate]
     assert shown[("ungoverned", "BAD-001")][3:8] == [str(N), str(K), "0", str(K), rate]
     assert shown[("governed", "NEVER-001")][3:8] == [str(N), "0", "0", "0", "0.00%"]
+    # The latest reason (fetched in the background lane): the block's, none for a quiet rule.
+    assert shown[("governed", "BAD-001")][-1] == "says bad"
+    assert shown[("governed", "NEVER-001")][-2:] == ["–", ""]
 
     result = _tw("report", "--run", RUN, "--format", "json", db=db)
     assert result.returncode == 0, result.stderr

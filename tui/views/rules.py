@@ -39,6 +39,9 @@ class Rules(View):
         super().__init__(context)
         self.arm: str | None = None
         self.data: D.RulesData | None = None
+        # The latest reason per rule, from the background lane, and the question it answers.
+        self.reasons: pl.DataFrame | None = None
+        self._reasons_for: tuple[str, str | None] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="rules-head", classes="view-head")
@@ -49,9 +52,27 @@ class Rules(View):
         arm, text = self.arm, self.filter_text
         return ("rules", arm, text), lambda con, run: D.fetch_rules(con, run, arm, text)
 
+    def slow(self, run_id: str) -> tuple[Hashable, Fetch] | None:
+        arm = self.arm
+        return (("rule-reasons", run_id, arm),
+                lambda con, run: (run, arm, D.rule_reasons(con, run, arm)))
+
+    def show_slow(self, data: tuple[str, str | None, pl.DataFrame]) -> None:
+        run, arm, reasons = data
+        self._reasons_for, self.reasons = (run, arm), reasons
+        if self.data is not None:
+            self.show(self.data)
+
+    def _reasons(self) -> pl.DataFrame | None:
+        """The reasons fetched for the run and arm shown, if any yet."""
+        if self.data is None or self._reasons_for != (self.data.run_id, self.data.arm):
+            return None
+        return self.reasons
+
     def show(self, data: D.RulesData) -> None:
         self.data = data
-        t = data.table
+        reasons = self._reasons()
+        t = D.with_reasons(data.table, reasons)
         self.set_text("#rules-head",
             f"per service and rule · arm: {data.arm or 'all (one row per arm)'} · rate = block "
             "verdicts / evaluations (blocks: enforced; would block: shadow)"
@@ -73,7 +94,8 @@ class Rules(View):
                 right(fmt.num(r["would_have_blocked"])),
                 right("?" if unknown else fmt.pct(r["rule_rate"], 2)),
                 fmt.spark(r["trend"], 16),
-                fmt.clock(r["last_ts"]) if r["last_ts"] else "–",
+                fmt.clock(r["last_ts"]) if r["last_ts"] else "–" if reasons is not None
+                else "…",
                 reason[:60]))
             keys.append(f"{r['service']}\x1f{r['rule_id']}\x1f{r['arm']}")
         fill_table(self.query_one("#rules-table", Table),
@@ -101,4 +123,4 @@ class Rules(View):
         self.request_refresh()
 
     def export_frame(self) -> pl.DataFrame | None:
-        return self.data.table if self.data else None
+        return D.with_reasons(self.data.table, self._reasons()) if self.data else None

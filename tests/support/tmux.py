@@ -62,8 +62,11 @@ class Tmux:
         for 80 columns: so the window starts with a placeholder, is resized and checked, and
         only then is the script started in it, at the size the test reads."""
         env = {**os.environ, "TERM": "xterm-256color"}
-        env.pop("NO_COLOR", None)
-        env.pop("AGL_KEY", None)
+        # COLUMNS/LINES (left in the environment by an earlier test or a CI shell) win over
+        # the terminal's own size in shutil.get_terminal_size, which Textual reads: the program
+        # would lay out for them, not for the window.
+        for name in ("NO_COLOR", "AGL_KEY", "COLUMNS", "LINES"):
+            env.pop(name, None)
         width, height = (str(n) for n in size)
         subprocess.run([TMUX or "tmux", "-L", self.socket, "new-session", "-d", "-s", "tw",
                         "-x", width, "-y", height, "sleep", "600"],

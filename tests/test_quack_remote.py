@@ -137,7 +137,9 @@ async def watch(store: Store, port: int, sim: Training, shown: list[int],
 
     async def until(n: int, pilot: Any) -> None:
         """Wait for the KPI strip to show n actions, noting each value shown on the way."""
-        deadline = asyncio.get_running_loop().time() + 30
+        # Bounded, and generous: at load 14 in CI a round took over 30 s from the trainer's
+        # posts to the served collector's commit and the dashboard's next report.
+        deadline = asyncio.get_running_loop().time() + 90
         while True:
             value = actions()
             if value is not None and (not shown or shown[-1] != value):

@@ -164,7 +164,6 @@ class OverviewData:
     rounds: pl.DataFrame        # per_round of the watched arm
     reward: pl.DataFrame        # reward_gap per round
     alert_rounds: tuple[int, ...]
-    rules: tuple[RuleTrend, ...]
     # The baseline run's rounds of the same arm (None without a baseline run): drawn over
     # the rate charts, dim.
     compared: pl.DataFrame | None = None
@@ -264,9 +263,23 @@ def fetch_overview(con: Con, run_id: str, baseline_run: str | None = None) -> Ov
     return OverviewData(run_id=run_id, arm=arm, rounds=rounds,
                         reward=reward_rounds(rounds, baseline),
                         alert_rounds=rounds_of(fired, rounds),
-                        rules=rule_trends(Q.rule_counts(con, run_id, arm=arm, by_round=True),
-                                          arm),
                         compared=compared)
+
+
+@dataclass(frozen=True)
+class OverviewSlow:
+    """The Overview's background part: the header's KPIs (the report) and the rule trends
+    of the watched arm (sparklines), both from the rollups, off the charts' refresh."""
+
+    kpis: Kpis | None
+    rules: tuple[RuleTrend, ...]
+
+
+def fetch_overview_slow(con: Con, run_id: str, baseline_run: str | None = None) -> OverviewSlow:
+    report = fetch_report(con, run_id, baseline_run)
+    arm = shown_arm(list(report.arms))  # the arm fetch_overview watches: the same rule
+    by_round = Q.rule_counts(con, run_id, arm=arm, by_round=True) if arm else None
+    return OverviewSlow(kpis(report), rule_trends(by_round, arm) if by_round is not None else ())
 
 
 # --- rules ----------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ class Overview(View):
     def slow(self, run_id: str) -> tuple[Hashable, Fetch] | None:
         baseline = self.context.scope.baseline_run
         return (("report", run_id, baseline),
-                lambda con, run: D.kpis(D.fetch_report(con, run, baseline)))
+                lambda con, run: D.fetch_overview_slow(con, run, baseline))
 
     def on_mount(self) -> None:
         self.refresh_kpis()
@@ -82,7 +82,6 @@ class Overview(View):
         if empty:
             return
         self._draw_charts(data)
-        self._show_rules(data.rules)
 
     def _draw_charts(self, data: D.OverviewData) -> None:
         compact = self._compact = self.app.size.height < self.FULL_HEIGHT
@@ -195,9 +194,10 @@ class Overview(View):
                     "? (rules evaluated unknown)" if r.evaluations is None else
                     f"{fmt.pct(r.rate)} of {fmt.num(r.evaluations)}")
 
-    def show_slow(self, data: D.Kpis | None) -> None:
-        self.report_kpis = data
+    def show_slow(self, data: D.OverviewSlow) -> None:
+        self.report_kpis = data.kpis
         self.refresh_kpis()
+        self._show_rules(data.rules)
 
     def refresh_kpis(self) -> None:
         # Only when it changed: the strip wraps, so each update lays the screen out again.

@@ -116,3 +116,43 @@ def lake(postgres, tmp_path):
     name = f"lake_{uuid.uuid4().hex[:10]}"
     conninfo = postgres.create_database(name)
     return f"ducklake:postgres:{conninfo}", str(tmp_path / "lake-data")
+
+
+# --- the order the files are handed to the workers: the slowest first --------------------------
+
+# Seconds each slow file took alone (`pytest FILE --durations`, 2 busy cores). `make test` runs
+# a file on one worker (`--dist loadfile`) and, with `--no-loadscope-reorder` (pyproject), in
+# the order below: the slowest first, the rest as collected. A long file started last would keep
+# one worker busy alone at the end, as happened while xdist sorted files by their number of
+# tests (the long demo files, with few tests, came last). Re-measure when a file gets slow.
+SLOW_FILES: dict[str, float] = {
+    "demo/test_long_scenarios.py": 270,
+    "test_lake_collect.py": 110,
+    "collectors/test_poller.py": 105,
+    "demo/test_demo.py": 80,
+    "test_cli_output.py": 80,
+    "tui/test_keys.py": 75,
+    "storage/test_exactly_once.py": 65,
+    "tui/test_consistency.py": 55,
+    "collectors/test_spool_reader.py": 55,
+    "test_cli_lake.py": 50,
+    "test_cli_storage.py": 50,
+    "collectors/test_gateway_crash.py": 45,
+    "storage/test_lake.py": 40,
+    "storage/test_poison.py": 40,
+    "test_cli_errors.py": 35,
+    "collectors/test_collect_restarts.py": 30,
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).parent
+
+    def seconds(item: pytest.Item) -> float:
+        try:
+            return SLOW_FILES.get(item.path.relative_to(root).as_posix(), 0.0)
+        except ValueError:  # not under tests/
+            return 0.0
+
+    # A stable sort: each file's tests keep their order, and files of equal weight theirs.
+    items.sort(key=lambda item: -seconds(item))

@@ -1,6 +1,9 @@
 """`check` as a CI gate after training: 0 on a finished run where nothing is wrong, also judged
 long after it ended (`--at`, the rules' clock), 1 where a real condition holds (the adversarial
-scenario's evasions). Real demo runs through the real gateway, real `tractatus-watch` processes."""
+scenario's evasions). Real demo runs through the real gateway, real `tractatus-watch` processes.
+
+The demo runs are the ones tests/demo reads (tests/support/demo_runs.py: made once a session);
+`check` records alert state, so the stores it judges here are private copies."""
 
 from __future__ import annotations
 
@@ -16,11 +19,15 @@ from typing import Any
 import duckdb
 import pytest
 
+from support.demo_runs import ADVERSARIAL, DEMO2, PERSISTENCE, demo_run, shared_root
+
 DEMOS = {
-    "demo2": ("--scenario", "demo2"),
-    # Persistence's pace and rules, shortened (the full 1,000 rounds take minutes).
-    "persistence": ("--scenario", "persistence", "--rounds", "60"),
-    "adversarial": ("--scenario", "adversarial"),
+    "demo2": DEMO2,
+    # Persistence's pace and rules for 200 rounds (the full 1,000 rounds take minutes).
+    "persistence": PERSISTENCE,
+    # The evasions start at round 15; by round 21 they have fired EvasionDrift and let
+    # violations through (GovernanceEscapedViolations).
+    "adversarial": ADVERSARIAL,
 }
 
 
@@ -31,20 +38,14 @@ def tw(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=600)
 
 
-def _demo(folder: Path, args: tuple[str, ...]) -> Path:
-    folder.mkdir()
-    db = folder / "demo.duckdb"
-    result = tw("demo", "--headless", "--format", "json", "--speed", "max", *args, db=db)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return db
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("gate")
+    root, tmp = shared_root(tmp_path_factory), tmp_path_factory.mktemp("gate")
+    # Two at a time; a run another test file is making is waited for, not made twice.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(_demo, tmp / name, args) for name, args in DEMOS.items()}
-        return {name: f.result() for name, f in futures.items()}
+        futures = {name: pool.submit(demo_run, root, *args, "--seed", "1")
+                   for name, args in DEMOS.items()}
+        return {name: f.result().copy(tmp / name) for name, f in futures.items()}
 
 
 def _last_data(db: Path) -> datetime:

@@ -17,6 +17,8 @@ from tractatus_watch.governance.governor import Governor
 from tractatus_watch.governance.spool_writer import SpoolWriter
 from tractatus_watch.storage.store import Store
 
+from support import clients
+
 from .test_cli_storage import tw
 
 KEY = "tw-test-key-5f1c"  # what must never appear in any output
@@ -56,13 +58,14 @@ def test_gateway_command_captures_an_agent_lightning_flow(tmp_path: Path) -> Non
                  db)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=0.5).status_code == 200:
-                break
-        except httpx.TransportError:
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
-            time.sleep(0.1)
+    with clients.client(timeout=0.5) as health:
+        while True:
+            try:
+                if health.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+                time.sleep(0.1)
     client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"})
     assert httpx.get(f"{base}/api/rollouts", params={"state_in": "queuing"}).status_code == 401
     client.post("/api/rollouts", json=[{"input": {}, "rollout_id": "r1"}]).raise_for_status()

@@ -18,6 +18,8 @@ import pytest
 from tractatus_watch.storage.store import Store
 from tractatus_watch.storage.writer import Writer
 
+from support import clients
+
 AGL_SERVER = Path(sys.executable).with_name("agl-server")
 
 
@@ -31,15 +33,16 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: 
     """Until `url`/healthz answers 200 (bounded); a server that exits or never answers
     fails with the end of its log."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
+    with clients.client(timeout=0.5) as c:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{url} exited: {log.read_text()[-3000:]}")
+            try:
+                if c.get(f"{url}/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
     raise RuntimeError(f"{url} did not come up: {log.read_text()[-3000:]}")
 
 
@@ -57,8 +60,8 @@ class AglServer:
         return f"http://127.0.0.1:{self.port}"
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"},
-                            timeout=10)
+        return clients.client(base_url=self.url, timeout=10,
+                              headers={"Authorization": f"Bearer {self.key}"})
 
     def start(self, timeout_s: float = 30.0) -> None:
         log = open(self.workdir / "agl-server.log", "ab")
@@ -176,8 +179,8 @@ class Training:
         self.instant: set[str] = set()  # deleted the moment they ended
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"},
-                            timeout=10)
+        return clients.client(base_url=self.url, timeout=10,
+                              headers={"Authorization": f"Bearer {self.key}"})
 
     def start_consumer(self) -> None:
         import threading

@@ -21,6 +21,8 @@ import httpx
 
 from tractatus_watch.storage.store import Store
 
+from support import clients
+
 from .conftest import decision_payload, free_port, wait_healthy
 
 RUN = "crash-run"
@@ -60,8 +62,8 @@ class Gateway:
         return self.proc.wait(60)
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10,
-                            headers={"Authorization": f"Bearer {self.key}"})
+        return clients.client(base_url=self.url, timeout=10,
+                              headers={"Authorization": f"Bearer {self.key}"})
 
     def rollout(self, c: httpx.Client) -> str:
         """A fresh rollout, running (the gateway forgets them when it restarts)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 from pathlib import Path
@@ -117,9 +118,10 @@ async def settle(pilot: Any, timeout: float = 20.0) -> None:
     await pilot.pause()
 
 
+@functools.cache
 def command() -> list[str]:
     """The `tractatus-watch` program; until cli.py imports commands/tui.py, the same entry
-    point with that module imported first."""
+    point with that module imported first (probed once a session: each probe is a process)."""
     import subprocess
     import sys
 

@@ -41,6 +41,15 @@ def _columns(spec: str) -> tuple[Column, ...]:
     return tuple(out)
 
 
+# The measures of the per-round rollups, with and without the agent in the key.
+_ROUND_KEY: Final = "run_id VARCHAR not null, arm VARCHAR not null, round INTEGER not null, "
+_ROUND_MEASURES: Final = (
+    "actions BIGINT not null, covered BIGINT not null, enforce_mode BIGINT not null, "
+    "attempted BIGINT not null, blocked BIGINT not null, escaped BIGINT not null, "
+    "evasions BIGINT not null, executed BIGINT not null, latency_us_sum BIGINT not null, "
+    "reward_n BIGINT not null, reward_sum DOUBLE not null, reward_sq_sum DOUBLE not null, "
+    "ts_min TIMESTAMP, ts_max TIMESTAMP, would_have_blocked BIGINT")
+
 TABLES: Final[dict[str, tuple[Column, ...]]] = {name: _columns(spec) for name, spec in {
     "runs": "run_id VARCHAR required, name VARCHAR, created_at TIMESTAMP required, "
             "source VARCHAR, meta VARCHAR",
@@ -67,15 +76,7 @@ TABLES: Final[dict[str, tuple[Column, ...]]] = {name: _columns(spec) for name, s
     "events": "run_id VARCHAR required, event_id VARCHAR required, rollout_id VARCHAR, "
               "event_type VARCHAR required, ts TIMESTAMP required, payload VARCHAR",
     # Appended partial aggregates: one row per (key, ingest batch); queries sum them.
-    "rollup_agent": "run_id VARCHAR not null, arm VARCHAR not null, round INTEGER not null, "
-                    "agent_id VARCHAR not null, actions BIGINT not null, "
-                    "covered BIGINT not null, enforce_mode BIGINT not null, "
-                    "attempted BIGINT not null, blocked BIGINT not null, "
-                    "escaped BIGINT not null, evasions BIGINT not null, "
-                    "executed BIGINT not null, latency_us_sum BIGINT not null, "
-                    "reward_n BIGINT not null, reward_sum DOUBLE not null, "
-                    "reward_sq_sum DOUBLE not null, ts_min TIMESTAMP, ts_max TIMESTAMP, "
-                    "would_have_blocked BIGINT",
+    "rollup_agent": _ROUND_KEY + "agent_id VARCHAR not null, " + _ROUND_MEASURES,
     "rollup_rule": "run_id VARCHAR not null, arm VARCHAR not null, round INTEGER not null, "
                    "service VARCHAR not null, rule_id VARCHAR not null, "
                    "minute TIMESTAMP not null, checks BIGINT not null, "
@@ -85,15 +86,7 @@ TABLES: Final[dict[str, tuple[Column, ...]]] = {name: _columns(spec) for name, s
                    "ruleset VARCHAR, enforced_blocks BIGINT",
     # The same partials without agent and without minute (v6): per round, what the charts and
     # KPIs read, so their cost grows with rounds (and rules), not with agents or time.
-    "rollup_round": "run_id VARCHAR not null, arm VARCHAR not null, round INTEGER not null, "
-                    "actions BIGINT not null, "
-                    "covered BIGINT not null, enforce_mode BIGINT not null, "
-                    "attempted BIGINT not null, blocked BIGINT not null, "
-                    "escaped BIGINT not null, evasions BIGINT not null, "
-                    "executed BIGINT not null, latency_us_sum BIGINT not null, "
-                    "reward_n BIGINT not null, reward_sum DOUBLE not null, "
-                    "reward_sq_sum DOUBLE not null, ts_min TIMESTAMP, ts_max TIMESTAMP, "
-                    "would_have_blocked BIGINT",
+    "rollup_round": _ROUND_KEY + _ROUND_MEASURES,
     "rollup_rule_round": "run_id VARCHAR not null, arm VARCHAR not null, "
                          "round INTEGER not null, service VARCHAR not null, "
                          "rule_id VARCHAR not null, checks BIGINT not null, "

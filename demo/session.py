@@ -45,6 +45,9 @@ class DemoSession:
     agl_url: str | None = None        # an external gateway (captured by the poller)
     agl_key: str | None = None
     rules: AlertRuleSet | None = None
+    # The writer's longest wait before a commit (None: the store's rule). Each round is
+    # flushed once it is complete anyway; headless, nobody reads the store in between.
+    flush_interval_s: float | None = None
     on_round: Callable[[RoundResult], None] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     fired: list[FiredAlert] = field(default_factory=list)
@@ -80,7 +83,8 @@ class DemoSession:
                              interval_s=0.1)
         # Alerts are judged here, after each complete round, so the session runs none.
         session = CollectionSession(self.store, [capture], run_id=self.run_id,
-                                    ended_by="demo finished").start()
+                                    ended_by="demo finished",
+                                    flush_interval_s=self.flush_interval_s).start()
         try:
             base_url = self.agl_url or self._wait_listening(capture, session)
             self.source_health = {"name": capture.source, "state": "connected"}

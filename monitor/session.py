@@ -50,7 +50,8 @@ class CollectionSession:
     def __init__(self, store: Store, sources: Sequence[Source], *, run_id: str,
                  alert_rules: AlertRuleSet | None = None, notifiers: Sequence[Notifier] = (),
                  alert_interval_s: float = 5.0, serve: ServePlan | None = None,
-                 ended_by: str = "collector stopped") -> None:
+                 ended_by: str = "collector stopped",
+                 flush_interval_s: float | None = None) -> None:
         self.store = store
         self.run_id = run_id
         # Written to run_events for every run collected, when the session closes: an ended
@@ -60,7 +61,8 @@ class CollectionSession:
         self.health = SourceMonitor()
         self.sources = [self.health.wrap(s) for s in sources]
         self.stop = threading.Event()
-        self.writer = Writer(store, flush_interval_s=flush_interval(store))
+        self.writer = Writer(store, flush_interval_s=flush_interval(store)
+                             if flush_interval_s is None else flush_interval_s)
         self.alerts = (AlertLoop(store, alert_rules, notifiers, interval_s=alert_interval_s)
                        if alert_rules is not None else None)
         self.result = RunResult()

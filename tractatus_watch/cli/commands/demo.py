@@ -181,7 +181,9 @@ def _run_headless(sc: Any, seed: int, pace: float | None, agl: str | None, key: 
                       MofNCompleteColumn(), TimeElapsedColumn(), console=err,
                       transient=True, disable=not sys.stderr.isatty()) as progress:
             task = progress.add_task(f"{sc.name}: training", total=sc.rounds)
-            session = _session(store, sc, seed, pace, agl, key,
+            # About a commit a round (the session flushes each round), not one every 50 ms: no
+            # dashboard reads the store mid-run, and a commit costs a dozen statements.
+            session = _session(store, sc, seed, pace, agl, key, flush_interval_s=1.0,
                                on_round=lambda r: progress.update(task, completed=r.round + 1))
             _stop_on_signals(session.stop)
             try:

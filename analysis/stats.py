@@ -232,23 +232,38 @@ def mean_ci(n: float, total: float, sq_total: float, level: float = 0.95,
 def gap_ci(n_g: float, sum_g: float, sq_g: float, n_u: float, sum_u: float, sq_u: float,
            level: float = 0.95) -> Gap:
     """Welch interval for mean_g - mean_u (unequal variances, Welch-Satterthwaite df)."""
-    if n_g <= 0 or n_u <= 0:
-        return Gap(math.nan, None, -math.inf, math.inf, math.nan, math.nan)
-    mean_g, mean_u = sum_g / n_g, sum_u / n_u
-    diff = mean_g - mean_u
-    relative = diff / abs(mean_u) if mean_u != 0 else None
-    var_g, var_u = _var(n_g, sum_g, sq_g), _var(n_u, sum_u, sq_u)
-    if math.isnan(var_g) or math.isnan(var_u):
-        return Gap(diff, relative, -math.inf, math.inf, math.nan, math.nan)
-    a, b = var_g / n_g, var_u / n_u
-    se = math.sqrt(a + b)
-    if se == 0.0:
-        return Gap(diff, relative, diff, diff, 0.0, math.inf)
-    denom = (a * a / (n_g - 1) if a else 0.0) + (b * b / (n_u - 1) if b else 0.0)
-    df = (a + b) ** 2 / denom
-    half = t_ppf((1 + level) / 2, df) * se
-    return Gap(diff, relative, diff - half, diff + half, se, df)
+    a = np.array([[n_g], [sum_g], [sq_g], [n_u], [sum_u], [sq_u]], dtype=float)
+    diff, lo, hi, se, df = (float(v[0]) for v in welch_gaps(a[0], a[1], a[2], a[3], a[4], a[5],
+                                                            level=level))
+    mean_u = sum_u / n_u if n_u > 0 else 0.0
+    relative = diff / abs(mean_u) if n_g > 0 and mean_u != 0 else None
+    return Gap(diff, relative, lo, hi, se, df)
 
+
+def welch_gaps(n_g: np.ndarray, sum_g: np.ndarray, sq_g: np.ndarray, n_u: np.ndarray,
+               sum_u: np.ndarray, sq_u: np.ndarray, level: float = 0.95
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """gap_ci over arrays of rollup sums (a chart's band has one per round): the gap, its
+    interval's lo and hi, se and df. No values on a side: gap NaN; fewer than two: the
+    interval is infinite (se, df NaN); no spread: lo = hi = gap (se 0, df inf)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diff = np.where((n_g > 0) & (n_u > 0), sum_g / n_g - sum_u / n_u, np.nan)
+        # Sums of squares lose digits to cancellation when the mean is large: clamp at 0.
+        var_g = np.where(n_g >= 2, np.maximum(0.0, (sq_g - sum_g * sum_g / n_g) / (n_g - 1)),
+                         np.nan)
+        var_u = np.where(n_u >= 2, np.maximum(0.0, (sq_u - sum_u * sum_u / n_u) / (n_u - 1)),
+                         np.nan)
+        a, b = var_g / n_g, var_u / n_u
+        se = np.sqrt(a + b)
+        denom = (np.where(a != 0, a * a / (n_g - 1), 0.0)
+                 + np.where(b != 0, b * b / (n_u - 1), 0.0))
+        df = np.where(se == 0, np.inf, (a + b) ** 2 / denom)
+    known = ~np.isnan(se) & ~np.isnan(diff)
+    spread = known & (se > 0)
+    half = np.zeros(diff.shape)
+    half[spread] = np.array([t_ppf((1 + level) / 2, float(d)) for d in df[spread]]) * se[spread]
+    return (diff, np.where(known, diff - half, -np.inf), np.where(known, diff + half, np.inf),
+            np.where(known, se, np.nan), np.where(known, df, np.nan))
 
 # --- percentiles ----------------------------------------------------------------------------------
 

@@ -20,8 +20,9 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 Scale = Literal["value", "rate", "count", "log"]
-Series = tuple[Sequence[float], Sequence[float], str, str]
 FloatArray = npt.NDArray[np.float64]
+Values = Sequence[float] | FloatArray
+Series = tuple[Values, Values, str, str]  # x, y, style, label
 IntArray = npt.NDArray[np.int64]
 
 
@@ -162,7 +163,7 @@ def short_number(label: str, value: float, width: int) -> str:
 
 # --- the series ------------------------------------------------------------------------------
 
-def ema(values: Sequence[float], weight: float) -> list[float]:
+def ema(values: Values, weight: float) -> list[float]:
     """TensorBoard's smoothing: an exponential moving average with `weight` on the past
     (0 = off), debiased so the first points are not pulled towards 0; NaNs stay gaps and do
     not reset the average."""
@@ -352,6 +353,7 @@ class Chart(Widget, can_focus=False):
 
     def __init__(self, title: str, *, id: str | None = None) -> None:
         super().__init__(id=id)
+        self._title_markup = title
         self.border_title = title
         self.lines: tuple[Line, ...] = ()
         self.vlines: tuple[float, ...] = ()
@@ -363,6 +365,11 @@ class Chart(Widget, can_focus=False):
         self._version = 0
         self._strips: list[Strip] = []
         self._built_for: tuple[int, int, int] | None = None
+
+    def set_title(self, title: str) -> None:
+        # Only when it changed: each time it is set Textual parses its markup and repaints.
+        if title != self._title_markup:
+            self._title_markup = self.border_title = title
 
     def draw(self, series: Sequence[Series], *, vlines: Sequence[float] = (),
              ylimits: tuple[float | None, float | None] = (None, None),

@@ -14,10 +14,11 @@ from datetime import datetime, timezone
 from typing import Any, Final
 
 import duckdb
+import numpy as np
 import polars as pl
 
 from ..analysis import metrics as M
-from ..analysis.stats import Gap, gap_ci
+from ..analysis.stats import Gap, welch_gaps
 from ..monitor.report import GOVERNED, UNGOVERNED, Report, build_report
 from ..storage import queries as Q
 
@@ -64,6 +65,8 @@ def with_silenced(con: Con, alerts: pl.DataFrame, now: datetime) -> pl.DataFrame
     """`alerts` with a `silenced` column: an active silence matches the alert's labels."""
     from ..analysis.alerts.engine import Silence
 
+    if alerts.is_empty():  # nothing to silence: spare the dashboard's refresh a query
+        return alerts.with_columns(pl.lit(False).alias("silenced"))
     silences = []
     for row in Q.silences(con, active_at=now).iter_rows(named=True):
         try:
@@ -184,13 +187,12 @@ def _rates_by_round(by_round: pl.DataFrame) -> pl.DataFrame:
                  k.sum().alias("k")))
 
 
-def rule_trend(by_round: pl.DataFrame) -> dict[tuple[str, str, str],
-                                               list[tuple[int, float | None]]]:
-    """metrics.rule_trend of a rule_counts(by_round=True) frame (the same rate function)."""
-    return {(arm, service, rule_id): list(zip(rounds, rates))
-            for arm, service, rule_id, rounds, rates in
-            _rates_by_round(by_round).select("arm", "service", "rule_id", "round", "rate")
-            .iter_rows()}
+def rule_trend(by_round: pl.DataFrame) -> pl.DataFrame:
+    """Per arm, service and rule of a rule_counts(by_round=True) frame: the rates of the rounds
+    whose evaluations are known, oldest first (metrics.rule_trend's rate function)."""
+    return _rates_by_round(by_round).select(
+        "arm", "service", "rule_id", pl.col("rate").list.drop_nulls().alias("trend")
+    ).cast(TREND_SCHEMA)
 
 
 def rule_trends(by_round: pl.DataFrame, arm: str | None) -> tuple[RuleTrend, ...]:
@@ -219,8 +221,8 @@ def rounds_of(times: list[datetime], rounds: pl.DataFrame) -> tuple[int, ...]:
 def reward_rounds(watched: pl.DataFrame, baseline: pl.DataFrame,
                   level: float = 0.95) -> pl.DataFrame:
     """Per round: mean reward of the watched arm and of the baseline, their gap, and the
-    gap's Welch interval (analysis/stats.py gap_ci, the one the report's gap uses) from the
-    rounds' reward sums."""
+    gap's Welch interval (analysis/stats.py welch_gaps, gap_ci's formula: the report's gap)
+    from the rounds' reward sums; no interval where it is infinite."""
     sums = ["reward_n", "reward_sum", "reward_sq_sum"]
     g = watched.select("round", pl.col("reward_mean").alias("governed_mean"),
                        *[pl.col(c).alias(f"g_{c}") for c in sums])
@@ -230,21 +232,13 @@ def reward_rounds(watched: pl.DataFrame, baseline: pl.DataFrame,
            .with_columns((pl.col("governed_mean") - pl.col("baseline_mean")).alias("gap"))
            .filter(pl.col("governed_mean").is_not_null() | pl.col("baseline_mean").is_not_null())
            .sort("round"))
-    lo: list[float | None] = []
-    hi: list[float | None] = []
-    for r in out.select([f"{a}_{c}" for a in "gb" for c in sums]).iter_rows():
-        if None in r or not r[0] or not r[3]:
-            lo.append(None)
-            hi.append(None)
-            continue
-        n_g, sum_g, sq_g, n_u, sum_u, sq_u = (float(v) for v in r)
-        ci = gap_ci(n_g, sum_g, sq_g, n_u, sum_u, sq_u, level=level)
-        finite = math.isfinite(ci.lo) and math.isfinite(ci.hi)
-        lo.append(ci.lo if finite else None)
-        hi.append(ci.hi if finite else None)
-    return out.with_columns(pl.Series("gap_lo", lo, dtype=pl.Float64),
-                            pl.Series("gap_hi", hi, dtype=pl.Float64)
-                            ).drop([f"{a}_{c}" for a in "gb" for c in sums])
+    m = out.select([f"{a}_{c}" for a in "gb" for c in sums]).fill_null(0).to_numpy().T \
+        .astype(float)
+    _, lo, hi, _, _ = welch_gaps(m[0], m[1], m[2], m[3], m[4], m[5], level=level)
+    return out.with_columns(
+        pl.Series("gap_lo", np.where(np.isfinite(lo), lo, np.nan)).fill_nan(None),
+        pl.Series("gap_hi", np.where(np.isfinite(hi), hi, np.nan)).fill_nan(None),
+    ).drop([f"{a}_{c}" for a in "gb" for c in sums])
 
 
 def fetch_overview(con: Con, run_id: str, baseline_run: str | None = None) -> OverviewData:
@@ -288,17 +282,16 @@ def fetch_overview_slow(con: Con, run_id: str, baseline_run: str | None = None) 
 class RulesData:
     run_id: str
     arm: str | None
-    table: pl.DataFrame     # service, rule_id, checks, blocks, block_rate, trend, last_*
+    table: pl.DataFrame     # arm, service, rule_id, evaluations, fires, blocks, rates
 
 
 def fetch_rules(con: Con, run_id: str, arm: str | None = None,
                 text_filter: str = "") -> RulesData:
     """One row per arm and rule (rates are per arm: with every arm shown, each keeps its own):
-    evaluations, fires, blocks, would_have_blocked, their rates (analysis/metrics.py), the
-    trend of the rule's rate per round. Its latest reason scans raw checks: `rule_reasons`,
-    joined by `with_reasons` (the view fetches it in the background lane)."""
+    evaluations, fires, blocks, would_have_blocked and their rates (analysis/metrics.py). The
+    trend per round and the latest reason come from `fetch_rule_extras`, in the background
+    lane (the trend's query costs as much as this one), joined by `with_extras`."""
     counts = Q.rule_counts(con, run_id, arm=arm)
-    trends = rule_trend(Q.rule_counts(con, run_id, arm=arm, by_round=True))
     figures = [M.rule_figures(r) for r in counts.iter_rows(named=True)]
     table = pl.DataFrame({
         "arm": [f.arm for f in figures], "service": [f.service for f in figures],
@@ -310,13 +303,11 @@ def fetch_rules(con: Con, run_id: str, arm: str | None = None,
         "would_block_rate": [f.would_block_rate for f in figures],
         "rule_rate": [f.rule_rate for f in figures],
         "latency_us_mean": counts["latency_us_mean"].to_list(),
-        "trend": [[r for _, r in trends.get((f.arm, f.service, f.rule_id), []) if r is not None]
-                  for f in figures],
     }, schema={"arm": pl.String, "service": pl.String, "rule_id": pl.String,
                "evaluations": pl.Int64, "fires": pl.Int64, "blocks": pl.Int64,
                "would_have_blocked": pl.Int64, "block_rate": pl.Float64,
                "would_block_rate": pl.Float64, "rule_rate": pl.Float64,
-               "latency_us_mean": pl.Float64, "trend": pl.List(pl.Float64)})
+               "latency_us_mean": pl.Float64})
     table = table.sort(["blocks", "would_have_blocked", "fires", "arm", "service", "rule_id"],
                        descending=[True, True, True, False, False, False])
     if text_filter:
@@ -330,6 +321,18 @@ def fetch_rules(con: Con, run_id: str, arm: str | None = None,
 REASON_SCHEMA: Final = pl.Schema({"service": pl.String(), "rule_id": pl.String(),
                                   "last_ts": pl.Datetime("us"), "last_verdict": pl.String(),
                                   "last_reason": pl.String()})
+TREND_SCHEMA: Final = pl.Schema({"arm": pl.String(), "service": pl.String(),
+                                 "rule_id": pl.String(), "trend": pl.List(pl.Float64())})
+
+
+@dataclass(frozen=True)
+class RuleExtras:
+    """The Rules view's background part for one run and arm."""
+
+    run_id: str
+    arm: str | None
+    reasons: pl.DataFrame   # REASON_SCHEMA: the latest non-allow check per rule (raw checks)
+    trends: pl.DataFrame    # TREND_SCHEMA: the rule's rate per round, oldest first
 
 
 def rule_reasons(con: Con, run_id: str, arm: str | None = None) -> pl.DataFrame:
@@ -339,10 +342,19 @@ def rule_reasons(con: Con, run_id: str, arm: str | None = None) -> pl.DataFrame:
     ).cast(REASON_SCHEMA)
 
 
-def with_reasons(table: pl.DataFrame, reasons: pl.DataFrame | None) -> pl.DataFrame:
-    """The Rules table with each rule's latest reason (empty while they are being fetched)."""
-    found = reasons if reasons is not None else pl.DataFrame(schema=REASON_SCHEMA)
-    return table.join(found, on=["service", "rule_id"], how="left", maintain_order="left")
+def fetch_rule_extras(con: Con, run_id: str, arm: str | None = None) -> RuleExtras:
+    return RuleExtras(run_id, arm, rule_reasons(con, run_id, arm),
+                      rule_trend(Q.rule_counts(con, run_id, arm=arm, by_round=True)))
+
+
+def with_extras(table: pl.DataFrame, extras: RuleExtras | None) -> pl.DataFrame:
+    """The Rules table with each rule's trend and latest reason (empty while being fetched)."""
+    reasons = extras.reasons if extras else pl.DataFrame(schema=REASON_SCHEMA)
+    trends = extras.trends if extras else pl.DataFrame(schema=TREND_SCHEMA)
+    return (table.join(trends, on=["arm", "service", "rule_id"], how="left",
+                       maintain_order="left")
+            .with_columns(pl.col("trend").fill_null(pl.lit([], dtype=pl.List(pl.Float64))))
+            .join(reasons, on=["service", "rule_id"], how="left", maintain_order="left"))
 
 
 # --- alerts ---------------------------------------------------------------------------------------

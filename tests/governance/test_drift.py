@@ -14,7 +14,7 @@ from tractatus_watch.analysis.drift import (DEFAULT_ARL0_ROUNDS, BernoulliCusum,
                                               mann_kendall, theil_sen)
 from tractatus_watch.analysis.stats import (betainc, binom_pmf, binom_sf, gap_ci, mean_ci,
                                               norm_cdf, norm_ppf, percentile, percentiles, t_cdf,
-                                              t_ppf)
+                                              t_ppf, welch_gaps)
 
 ROUNDS, CHANGE, CHECKS, P0, P1 = 80, 60, 500, 0.03, 0.06
 
@@ -331,6 +331,22 @@ def test_mean_and_gap_ci_from_sums() -> None:
     assert gap.hi < 0  # governed is clearly lower here
     one = gap_ci(1, 0.9, 0.81, 5, u.sum(), (u ** 2).sum())
     assert one.lo == -math.inf and one.hi == math.inf
+
+
+def test_welch_gaps_per_round_equal_the_scalar_gap() -> None:
+    """The Overview's band (one interval per round) and the report's gap: one formula, also
+    at the edges: no values, one value, no spread."""
+    rounds = [(6, 5.31, 4.70, 5, 4.70, 4.42), (0, 0.0, 0.0, 5, 4.7, 4.42),
+              (1, 0.9, 0.81, 5, 4.7, 4.42), (3, 1.5, 0.75, 4, 2.0, 1.0),
+              (4, 3.0, 2.5, 0, 0.0, 0.0), (2, 1.0, 0.5, 2, 1.8, 1.62)]
+    cols = np.array(rounds, dtype=float).T
+    diff, lo, hi, se, df = welch_gaps(*cols)
+    for i, r in enumerate(rounds):
+        g = gap_ci(*r)
+        assert [g.absolute, g.lo, g.hi, g.se, g.df] == pytest.approx(
+            [diff[i], lo[i], hi[i], se[i], df[i]], nan_ok=True)
+    assert math.isnan(diff[1]) and lo[2] == -math.inf and lo[3] == hi[3] == diff[3]
+    assert lo[0] < diff[0] < hi[0] and se[3] == 0.0 and df[3] == math.inf
 
 
 def test_percentiles() -> None:

@@ -120,8 +120,8 @@ class Overhead(View):
                            part["latency_us_mean"].fill_null(float("nan")).to_list(),
                            styles[i % len(styles)], str(arm[0])))
         chart = self.query_one("#chart-mean", Chart)
-        chart.border_title = "mean latency per action (µs): " + " · ".join(
-            f"[{s[2]}]{s[3]}[/]" for s in series)
+        chart.set_title("mean latency per action (µs): " + " · ".join(
+            f"[{s[2]}]{s[3]}[/]" for s in series))
         chart.draw(series)
 
     def show_slow(self, data: D.OverheadDetail) -> None:
@@ -137,7 +137,7 @@ class Overhead(View):
             series.append((x, part["p50_us"].to_list(), style, f"{svc[0]} p50"))
             series.append((x, part["p99_us"].to_list(), f"dim {style}", f"{svc[0]} p99"))
         chart = self.query_one("#chart-service", Chart)
-        chart.border_title = "check p50 · [dim]p99[/] (µs): " + " · ".join(names)
+        chart.set_title("check p50 · [dim]p99[/] (µs): " + " · ".join(names))
         chart.draw(series)
         self._draw_agents(data)
         self.set_text("#agents-vs-head",
@@ -160,15 +160,15 @@ class Overhead(View):
                            for a in data.by_agents["arm"].unique(maintain_order=True))
         if compact:
             chart = self.query_one("#chart-agents-compact", Chart)
-            chart.border_title = f"p50 (µs) vs agents (log): {names} · [magenta]gov - ungov[/]"
+            chart.set_title(f"p50 (µs) vs agents (log): {names} · [magenta]gov - ungov[/]")
             chart.draw([*arms, *diff], xlog=xlog)
             return
         chart = self.query_one("#chart-agents", Chart)
-        chart.border_title = f"p50 · [dim]p99[/] (µs) vs agents (log): {names}"
+        chart.set_title(f"p50 · [dim]p99[/] (µs) vs agents (log): {names}")
         chart.draw(arms, xlog=xlog)
         other = self.query_one("#chart-agents-diff", Chart)
-        other.border_title = ("[magenta]governed - ungoverned[/] p50 · [dim]p99[/] (µs) "
-                              "vs agents (log)")
+        other.set_title("[magenta]governed - ungoverned[/] p50 · [dim]p99[/] (µs) "
+                        "vs agents (log)")
         other.draw(diff, xlog=xlog, subtitle="" if diff else "needs both arms in a run")
 
     def export_frame(self) -> pl.DataFrame | None:

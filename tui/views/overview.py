@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any, ClassVar
 
+import numpy as np
 import polars as pl
 from rich.text import Text
 from textual.app import ComposeResult
@@ -13,11 +14,11 @@ from textual.widgets import Label, Static
 
 from .. import data as D
 from .. import fmt, widgets
+from ..chart import Series, Values
 from ..widgets import Chart, Empty, TextLine, Spark, fit_strip
 from .base import LOADING, NO_DATA, Fetch, View, ViewContext
 
 
-Series = tuple[list[Any], list[float], str, str]
 
 
 class Overview(View):
@@ -96,12 +97,11 @@ class Overview(View):
         def line(frame: pl.DataFrame, col: str, style: str, label: str,
                  smoothed: bool = True) -> Series:
             """One series, without its missing rounds, smoothed (EMA) when asked."""
-            pts = [(a, b) for a, b in zip(frame["round"].to_list(), frame[col].to_list())
-                   if b is not None]
-            ys = [float(p[1]) for p in pts]
+            pts = frame.select("round", pl.col(col).cast(pl.Float64)).drop_nulls(col)
+            ys: Values = pts[col].to_numpy()
             if smoothed and weight:
                 ys = widgets.ema(ys, weight)
-            return [p[0] for p in pts], ys, style, label
+            return pts["round"].to_numpy(), ys, style, label
 
         evasion_rate = r.with_columns((pl.col("evasions") / pl.col("actions")).alias("ev"))
         coverage = line(r, "coverage", "green", "coverage")
@@ -121,13 +121,13 @@ class Overview(View):
         # The 95% interval of each round's gap (Welch, as the report's): two dim lines.
         band = [line(g, "gap_lo", "dim magenta", "95% CI", smoothed=False),
                 line(g, "gap_hi", "dim magenta", "95% CI", smoothed=False)]
-        band = [s for s in band if s[0]]
+        band = [s for s in band if len(s[0])]
         last_gap = f"last gap {g['gap'].drop_nulls()[-1]:+.3f}" \
             if g["gap"].drop_nulls().len() else "no gap yet"
         a, b = self.query_one("#chart-a", Chart), self.query_one("#chart-b", Chart)
         c, d = self.query_one("#chart-c", Chart), self.query_one("#chart-d", Chart)
         e = self.query_one("#chart-e", Chart)
-        rewards = [s for s in (gov, base) if s[0]]
+        rewards = [s for s in (gov, base) if len(s[0])]
         reward_title = "reward [cyan]watched arm[/] · [yellow]baseline[/]"
         baseline_note = " · [dim]dim: baseline run[/]" if other is not None else ""
 
@@ -155,16 +155,16 @@ class Overview(View):
                 # Evasions are rare: as a count from 0 they read, as a rate on 0-100% not.
                 (e, "[yellow]evasions[/] per round (count)",
                  dict(series=[evasion_count], vlines=marks, scale="count",
-                      subtitle=sub("" if any(evasion_count[1]) else "none", smooth))),
+                      subtitle=sub("" if np.any(evasion_count[1]) else "none", smooth))),
                 (c, reward_title, dict(series=rewards, vlines=marks,
                                        subtitle=sub("" if g.height else "no rewards yet",
                                                     smooth))),
                 (d, "[magenta]gap[/] (watched - baseline) per round · [dim]95% CI[/]",
-                 dict(series=[*band, gap] if gap[0] else [], vlines=marks,
+                 dict(series=[*band, gap] if len(gap[0]) else [], vlines=marks,
                       subtitle=sub(last_gap, smooth))),
             ]
         for chart, title, kwargs in plan:
-            chart.border_title = title
+            chart.set_title(title)
             chart.draw(**kwargs)
 
     def _show_rules(self, rules: tuple[D.RuleTrend, ...]) -> None:

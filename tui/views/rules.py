@@ -39,9 +39,7 @@ class Rules(View):
         super().__init__(context)
         self.arm: str | None = None
         self.data: D.RulesData | None = None
-        # The latest reason per rule, from the background lane, and the question it answers.
-        self.reasons: pl.DataFrame | None = None
-        self._reasons_for: tuple[str, str | None] | None = None
+        self.extras: D.RuleExtras | None = None  # from the background lane
 
     def compose(self) -> ComposeResult:
         yield Static("", id="rules-head", classes="view-head")
@@ -54,25 +52,26 @@ class Rules(View):
 
     def slow(self, run_id: str) -> tuple[Hashable, Fetch] | None:
         arm = self.arm
-        return (("rule-reasons", run_id, arm),
-                lambda con, run: (run, arm, D.rule_reasons(con, run, arm)))
+        return (("rule-extras", run_id, arm),
+                lambda con, run: D.fetch_rule_extras(con, run, arm))
 
-    def show_slow(self, data: tuple[str, str | None, pl.DataFrame]) -> None:
-        run, arm, reasons = data
-        self._reasons_for, self.reasons = (run, arm), reasons
+    def show_slow(self, data: D.RuleExtras) -> None:
+        self.extras = data
         if self.data is not None:
             self.show(self.data)
 
-    def _reasons(self) -> pl.DataFrame | None:
-        """The reasons fetched for the run and arm shown, if any yet."""
-        if self.data is None or self._reasons_for != (self.data.run_id, self.data.arm):
+    def _extras(self) -> D.RuleExtras | None:
+        """The extras fetched for the run and arm shown, if any yet."""
+        e = self.extras
+        if self.data is None or e is None or (e.run_id, e.arm) != (self.data.run_id,
+                                                                   self.data.arm):
             return None
-        return self.reasons
+        return e
 
     def show(self, data: D.RulesData) -> None:
         self.data = data
-        reasons = self._reasons()
-        t = D.with_reasons(data.table, reasons)
+        extras = self._extras()
+        t = D.with_extras(data.table, extras)
         self.set_text("#rules-head",
             f"per service and rule · arm: {data.arm or 'all (one row per arm)'} · rate = block "
             "verdicts / evaluations (blocks: enforced; would block: shadow)"
@@ -94,7 +93,7 @@ class Rules(View):
                 right(fmt.num(r["would_have_blocked"])),
                 right("?" if unknown else fmt.pct(r["rule_rate"], 2)),
                 fmt.spark(r["trend"], 16),
-                fmt.clock(r["last_ts"]) if r["last_ts"] else "–" if reasons is not None
+                fmt.clock(r["last_ts"]) if r["last_ts"] else "–" if extras is not None
                 else "…",
                 reason[:60]))
             keys.append(f"{r['service']}\x1f{r['rule_id']}\x1f{r['arm']}")
@@ -123,4 +122,4 @@ class Rules(View):
         self.request_refresh()
 
     def export_frame(self) -> pl.DataFrame | None:
-        return D.with_reasons(self.data.table, self._reasons()) if self.data else None
+        return D.with_extras(self.data.table, self._extras()) if self.data else None

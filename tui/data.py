@@ -222,23 +222,40 @@ def reward_rounds(watched: pl.DataFrame, baseline: pl.DataFrame,
                   level: float = 0.95) -> pl.DataFrame:
     """Per round: mean reward of the watched arm and of the baseline, their gap, and the
     gap's Welch interval (analysis/stats.py welch_gaps, gap_ci's formula: the report's gap)
-    from the rounds' reward sums; no interval where it is infinite."""
-    sums = ["reward_n", "reward_sum", "reward_sq_sum"]
-    g = watched.select("round", pl.col("reward_mean").alias("governed_mean"),
-                       *[pl.col(c).alias(f"g_{c}") for c in sums])
-    b = baseline.select("round", pl.col("reward_mean").alias("baseline_mean"),
-                        *[pl.col(c).alias(f"b_{c}") for c in sums])
-    out = (g.join(b, on="round", how="full", coalesce=True)
-           .with_columns((pl.col("governed_mean") - pl.col("baseline_mean")).alias("gap"))
-           .filter(pl.col("governed_mean").is_not_null() | pl.col("baseline_mean").is_not_null())
-           .sort("round"))
-    m = out.select([f"{a}_{c}" for a in "gb" for c in sums]).fill_null(0).to_numpy().T \
-        .astype(float)
-    _, lo, hi, _, _ = welch_gaps(m[0], m[1], m[2], m[3], m[4], m[5], level=level)
-    return out.with_columns(
-        pl.Series("gap_lo", np.where(np.isfinite(lo), lo, np.nan)).fill_nan(None),
-        pl.Series("gap_hi", np.where(np.isfinite(hi), hi, np.nan)).fill_nan(None),
-    ).drop([f"{a}_{c}" for a in "gb" for c in sums])
+    from the rounds' reward sums; no interval where it is infinite. Rounds without rewards on
+    either side are left out."""
+    # In numpy over the few hundred rounds: each polars frame operation costs ~0.2 ms.
+    sides = [_reward_sums(f) for f in (watched, baseline)]
+    rounds = np.union1d(*(r[~np.isnan(m)] for r, m, *_ in sides)).astype(np.int64)
+    (g_mean, *g_sums), (b_mean, *b_sums) = (_at(side, rounds) for side in sides)
+    _, lo, hi, _, _ = welch_gaps(*g_sums, *b_sums, level=level)
+
+    def col(name: str, values: np.ndarray) -> pl.Series:
+        return pl.Series(name, np.where(np.isfinite(values), values, np.nan), nan_to_null=True)
+
+    return pl.DataFrame([pl.Series("round", rounds, dtype=pl.Int32), col("governed_mean", g_mean),
+                         col("baseline_mean", b_mean), col("gap", g_mean - b_mean),
+                         col("gap_lo", lo), col("gap_hi", hi)])
+
+
+def _reward_sums(frame: pl.DataFrame) -> tuple[np.ndarray, ...]:
+    """round, reward_mean (NaN: no rewards), reward_n, reward_sum, reward_sq_sum."""
+    return tuple(frame[c].cast(pl.Float64).fill_null(np.nan).to_numpy()
+                 for c in ("round", "reward_mean", "reward_n", "reward_sum", "reward_sq_sum"))
+
+
+def _at(side: tuple[np.ndarray, ...], rounds: np.ndarray) -> list[np.ndarray]:
+    """The side's mean (NaN where it has none) and sums (0 where none) at `rounds`."""
+    r, mean, *sums = side
+    order = np.argsort(r, kind="stable")
+    pos = np.searchsorted(r[order], rounds)
+    found = pos < len(r)
+    found[found] &= r[order][pos[found]] == rounds[found]
+    idx = order[pos[found]]
+    out = [np.full(len(rounds), np.nan)] + [np.zeros(len(rounds)) for _ in sums]
+    for o, v in zip(out, [mean, *sums]):
+        o[found] = v[idx]
+    return [out[0]] + [np.nan_to_num(o) for o in out[1:]]
 
 
 def fetch_overview(con: Con, run_id: str, baseline_run: str | None = None) -> OverviewData:

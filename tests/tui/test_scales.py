@@ -77,6 +77,9 @@ def test_gap_band_is_the_reports_interval_per_round() -> None:
     assert out["gap"][0] == pytest.approx(0.7 - 0.8)
     assert (out["gap_lo"][0], out["gap_hi"][0]) == pytest.approx((ci.lo, ci.hi))
     assert out["gap_lo"][0] < out["gap"][0] < out["gap_hi"][0]
+    assert out["round"].to_list() == [0]  # round 1 has rewards on neither side: left out
+    one_sided = reward_rounds(arm(10, 7.0, 5.2), arm(1, 0.8, 0.64))
+    assert one_sided.row(0) == pytest.approx((0, 0.7, 0.8, 0.7 - 0.8, None, None))
 
 
 def test_fit_widths_squeezes_then_drops_secondary_columns() -> None:

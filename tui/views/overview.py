@@ -97,11 +97,13 @@ class Overview(View):
         def line(frame: pl.DataFrame, col: str, style: str, label: str,
                  smoothed: bool = True) -> Series:
             """One series, without its missing rounds, smoothed (EMA) when asked."""
-            pts = frame.select("round", pl.col(col).cast(pl.Float64)).drop_nulls(col)
-            ys: Values = pts[col].to_numpy()
+            # Series methods, not frame ones: each frame operation costs ~0.2 ms (a plan).
+            values = frame[col]
+            known = ~values.is_null().to_numpy()
+            ys: Values = values.cast(pl.Float64).to_numpy()[known]
             if smoothed and weight:
                 ys = widgets.ema(ys, weight)
-            return pts["round"].to_numpy(), ys, style, label
+            return frame["round"].to_numpy()[known], ys, style, label
 
         evasion_rate = r.with_columns((pl.col("evasions") / pl.col("actions")).alias("ev"))
         coverage = line(r, "coverage", "green", "coverage")

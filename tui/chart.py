@@ -476,6 +476,14 @@ class Chart(Widget, can_focus=False):
         the row has a label) and one segment per run of cells of the same owner."""
         rows, columns = chars.shape
         texts = np.ascontiguousarray(chars).view(f"<U{columns}")[:, 0].tolist()
+        # A blank cell looks the same in any series' colour: blanks join the run before them
+        # (the first ones the run after), so a row is cut only where the series drawn changes:
+        # a few segments per row instead of two per dot, and Textual's cost is per segment.
+        cols = np.arange(columns)
+        last = np.maximum.accumulate(np.where(owner != 0, cols, -1), axis=1)
+        first = np.minimum.accumulate(np.where(owner != 0, cols, columns)[:, ::-1], axis=1)
+        take = np.where(last >= 0, last, np.minimum(first[:, ::-1], columns - 1))
+        owner = np.take_along_axis(owner, take, axis=1)
         cuts: list[list[int]] = [[0] for _ in range(rows)]
         changed_r, changed_c = np.nonzero(owner[:, 1:] != owner[:, :-1])
         for r, c in zip(changed_r.tolist(), changed_c.tolist()):

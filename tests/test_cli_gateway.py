@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -240,7 +241,7 @@ def test_an_override_wins_over_its_option_and_an_option_over_the_files(
         assert (get(file_port, env_key), get(file_port, "wrong")) == (200, 401)
         assert model_of(file_port, env_key) == "No servers available for model " \
                                                "'custom/model-from-file'"
-        with pytest.raises(Exception):
+        with pytest.raises(httpx.TransportError):
             c.get(f"http://127.0.0.1:{option_port}/healthz")  # the option lost
 
     code, err = stop(first, logs[0])

@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from support.model_stub import CONTEXT_ERROR, OVERFLOW, StubModelServer
 
 from .conftest import AGL_SERVER, free_port, wait_healthy
 
-MODEL = "contract-org/contract-model-7b"  # agl-server's packaged default is Qwen/Qwen2.5-7B-Instruct
+MODEL = "contract-org/contract-model-7b"  # packaged default: Qwen/Qwen2.5-7B-Instruct
 TRAIN_TEMPERATURE = 0.6  # packaged: 1
 # The same Hydra overrides for both gateways (besides host and port).
 OVERRIDES = (f"default_proxy.model_name={MODEL}",

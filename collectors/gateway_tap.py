@@ -203,6 +203,8 @@ def _recording(record_event: RecordEvent, events_module: Any,
     @functools.wraps(record_event)
     def record(rollout_id: str, attempt_id: str, event_type: str, data: dict[str, Any]) -> Any:
         event = record_event(rollout_id, attempt_id, event_type, data)
+        if _Tee.queue is None:  # uninstalled: someone kept this function; stay out of the way
+            return event
         # It appended `event` to this list, synchronously: it is the list's last item.
         events = events_module._events[rollout_id][attempt_id]
         position = positions.of_last(rollout_id, attempt_id, events)

@@ -1,14 +1,25 @@
 """The gateway tap: run the real Agent Lightning gateway in-process and tee what it records.
 
 Agent Lightning 1.0.2 keeps its whole state in module-level containers of
-`agentlightning.server.store`; rollouts live in `_rollouts` and events in `_events`, which the
-route modules import by name and mutate on the event loop thread. The least invasive tee is to
-hand those modules the same containers with a recording `__setitem__`/`append`: the app, its
-routes, its validation and its responses are untouched (the API stays exactly Agent
-Lightning's), and every mutation is seen synchronously, in order, with its exact list position,
-including events the LLM proxy records itself. An ASGI middleware would see only HTTP bodies
-(not proxy-recorded events, not list positions); wrapping route functions would miss the
-endpoints FastAPI captured at import time.
+`agentlightning.server.store` (`_rollouts`, `_events`, `_models`, `_terminal_order`), which
+the route modules import by name and mutate on the event loop thread. The seam leaves those
+objects alone: they stay the store, with everything in them, for anyone who imported them.
+What the tap installs, and takes back on stop (`_install`/`_uninstall`: the originals are put
+back, identical objects, and what was installed goes inert), is two module attributes:
+- `_rollouts` in the route modules becomes a view of the same dict (`_RolloutsView`): reads
+  and writes go to the dict itself, and each create, status patch (a `__setitem__` of a new
+  Rollout) and delete is reported to the tee;
+- `record_event` in `routes.events` and `server.proxy` becomes a wrapper that reports the
+  event the original appended, with its position (index among the attempt's events of that
+  type). It is the one function that appends events: the events route calls it, and so does
+  the LLM proxy for the `model_request` events it records itself.
+Both are looked up as module globals at call time, so the app, its routes, validation and
+responses are Agent Lightning's own and untouched, and every change is seen synchronously, in
+order. An ASGI middleware alone would see only HTTP bodies: not the proxy's events, not list
+positions, and nothing of a change whose rollout another request deleted before the answer.
+A recording subclass swapped in for the containers (what this tap did before) leaves whoever
+imported the originals with a dead copy. Not teed: in-process code that writes into the store's
+objects itself, around the routes and `record_event` (no trainer, controller or agent does).
 
 The tee only enqueues references (a few microseconds on the event loop). A drain thread
 normalises them and calls the sink every `batch_interval_s`, so a slow sink never slows the
@@ -32,6 +43,7 @@ The store is process-global in Agent Lightning, so one tap can be installed per 
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import json
@@ -42,11 +54,12 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator, MutableMapping
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Final
+from typing import Any, Awaitable, Callable, Final, Mapping
 
 from ..records.events import Quarantined
 from ..records.agl import EventNormaliser, RolloutContext, _raw, event_id
@@ -94,59 +107,125 @@ class _Tee:
             ticket.last = seq
 
 
-class _TeeList(list):
-    """One attempt's events; `append` is the only way Agent Lightning adds one."""
+class _Positions:
+    """How many events of each type every attempt list holds, so an event's position (its
+    index among the events of its type: the identity the poller reads too) costs O(1).
+    Kept with the list it counts: a list that was replaced, or changed behind our back, is
+    counted afresh."""
 
-    def __init__(self, rollout_id: str, attempt_id: str, initial: Any = ()) -> None:
-        super().__init__(initial)
-        self._rollout_id = rollout_id
-        self._attempt_id = attempt_id
-        self._counts: Counter[str] = Counter(e.event_type for e in self)
+    def __init__(self) -> None:
+        self._lists: dict[tuple[str, str], tuple[list[Any], Counter[str]]] = {}
 
-    def append(self, event: Any) -> None:
-        position = self._counts[event.event_type]
-        self._counts[event.event_type] = position + 1
-        super().append(event)
-        _Tee.emit(("event", self._rollout_id, self._attempt_id, position, event))
+    def of_last(self, rollout_id: str, attempt_id: str, events: list[Any]) -> int:
+        """The position of `events[-1]`, just appended."""
+        event_type = events[-1].event_type
+        known = self._lists.get((rollout_id, attempt_id))
+        if known is None or known[0] is not events or known[1].total() != len(events) - 1:
+            counts = Counter(e.event_type for e in events[:-1])
+            self._lists[(rollout_id, attempt_id)] = (events, counts)
+        else:
+            counts = known[1]
+        position = counts[event_type]
+        counts[event_type] = position + 1
+        return position
 
-
-class _TeeAttempts(dict):
-    def __init__(self, rollout_id: str, initial: Any = ()) -> None:
-        super().__init__()
-        self._rollout_id = rollout_id
-        for attempt_id, events in dict(initial).items():
-            self[attempt_id] = events
-
-    def __setitem__(self, attempt_id: str, events: Any) -> None:
-        if not isinstance(events, _TeeList):
-            events = _TeeList(self._rollout_id, attempt_id, events)
-        super().__setitem__(attempt_id, events)
+    def forget(self, rollout_id: str) -> None:
+        for k in [k for k in self._lists if k[0] == rollout_id]:
+            del self._lists[k]
 
 
-class _TeeEvents(dict):
-    def __setitem__(self, rollout_id: str, attempts: Any) -> None:
-        if not isinstance(attempts, _TeeAttempts):
-            attempts = _TeeAttempts(rollout_id, attempts)
-        super().__setitem__(rollout_id, attempts)
+class _RolloutsView(MutableMapping[str, Any]):
+    """Agent Lightning's `_rollouts` dict as its route modules see it while a tap is
+    installed. Every read and write goes to the dict itself, which stays the one store (so
+    whoever holds the dict sees everything at once); creates, status patches (both a
+    `__setitem__` of a new Rollout) and deletes are also reported to the tee. Inert once
+    the tee is uninstalled."""
 
+    __slots__ = ("data", "positions")
 
-class _TeeRollouts(dict):
-    """Every create and status patch is a `__setitem__` of a new Rollout object."""
+    def __init__(self, data: dict[str, Any], positions: _Positions) -> None:
+        self.data = data
+        self.positions = positions
+
+    def __getitem__(self, rollout_id: str) -> Any:
+        return self.data[rollout_id]
 
     def __setitem__(self, rollout_id: str, rollout: Any) -> None:
-        super().__setitem__(rollout_id, rollout)
+        self.data[rollout_id] = rollout
         _Tee.emit(("rollout", rollout))
 
+    def __delitem__(self, rollout_id: str) -> None:
+        del self.data[rollout_id]
+        self._deleted(rollout_id)
+
     def pop(self, rollout_id: str, *default: Any) -> Any:
-        value = super().pop(rollout_id, *default)
-        _Tee.emit(("deleted", rollout_id))
+        present = rollout_id in self.data
+        value = self.data.pop(rollout_id, *default)
+        if present:
+            self._deleted(rollout_id)
         return value
 
+    def _deleted(self, rollout_id: str) -> None:
+        self.positions.forget(rollout_id)
+        _Tee.emit(("deleted", rollout_id))
 
-_CONTAINERS: Final = ("_rollouts", "_events")
+    # Reads straight from the dict (the mixins would go through __getitem__ one by one).
+    def __contains__(self, rollout_id: object) -> bool:
+        return rollout_id in self.data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def get(self, rollout_id: str, default: Any = None) -> Any:
+        return self.data.get(rollout_id, default)
+
+    def keys(self) -> Any:
+        return self.data.keys()
+
+    def values(self) -> Any:
+        return self.data.values()
+
+    def items(self) -> Any:
+        return self.data.items()
 
 
-def _store_modules() -> list[Any]:
+RecordEvent = Callable[[str, str, str, dict[str, Any]], Any]
+
+
+def _recording(record_event: RecordEvent, events_module: Any,
+               positions: _Positions) -> RecordEvent:
+    """Agent Lightning's `record_event` (the one function that appends an event: the events
+    route and the LLM proxy both call it), reporting what it appended and where."""
+
+    @functools.wraps(record_event)
+    def record(rollout_id: str, attempt_id: str, event_type: str, data: dict[str, Any]) -> Any:
+        event = record_event(rollout_id, attempt_id, event_type, data)
+        if _Tee.queue is None:  # uninstalled: someone kept this function; stay out of the way
+            return event
+        # It appended `event` to this list, synchronously: it is the list's last item.
+        events = events_module._events[rollout_id][attempt_id]
+        position = positions.of_last(rollout_id, attempt_id, events)
+        _Tee.emit(("event", rollout_id, attempt_id, position, event))
+        return event
+
+    return record
+
+
+@dataclass
+class _Swap:
+    module: Any
+    name: str
+    original: Any
+    installed: Any
+
+
+_SWAPS: list[_Swap] = []  # what _install put in place, for _uninstall to take back
+
+
+def _agl_modules() -> list[Any]:
     import sys
 
     import agentlightning.server.app  # noqa: F401  (imports every route module)
@@ -156,39 +235,38 @@ def _store_modules() -> list[Any]:
 
 
 def _install(q: queue.SimpleQueue[Any]) -> None:
+    """Hand Agent Lightning's route modules a view of its rollouts dict and a recording
+    `record_event`; the store's own objects (`_rollouts`, `_events` and their contents) are
+    never replaced."""
     from agentlightning.server import store
+    from agentlightning.server.routes import events as events_route
 
     if _Tee.queue is not None:
         raise RuntimeError("a gateway tap is already installed in this process")
-    originals = {name: getattr(store, name) for name in _CONTAINERS}
-    tees: dict[str, dict[str, Any]] = {"_rollouts": _TeeRollouts(), "_events": _TeeEvents()}
-    dict.update(tees["_rollouts"], originals["_rollouts"])  # existing rollouts: no emission
-    for rollout_id, attempts in originals["_events"].items():
-        tees["_events"][rollout_id] = attempts
-    for module in _store_modules():
-        for name in _CONTAINERS:
-            if getattr(module, name, None) is originals[name]:
-                setattr(module, name, tees[name])
+    positions = _Positions()
+    rollouts = store._rollouts
+    record_event = events_route.record_event
+    view = _RolloutsView(rollouts, positions)
+    recording = _recording(record_event, events_route, positions)
+    for module in _agl_modules():
+        if module is not store and getattr(module, "_rollouts", None) is rollouts:
+            _SWAPS.append(_Swap(module, "_rollouts", rollouts, view))
+        if getattr(module, "record_event", None) is record_event:
+            _SWAPS.append(_Swap(module, "record_event", record_event, recording))
+    for swap in _SWAPS:
+        setattr(swap.module, swap.name, swap.installed)
     with _Tee.lock:
         _Tee.seq = 0
         _Tee.queue = q
 
 
 def _uninstall() -> None:
-    """Give the modules plain containers again (same contents); the tees go inert."""
-    from agentlightning.server import store
-
-    current = {name: getattr(store, name) for name in _CONTAINERS}
-    plain: dict[str, dict[str, Any]] = {
-        "_rollouts": dict(current["_rollouts"]),
-        "_events": {rid: {aid: list(evs) for aid, evs in attempts.items()}
-                    for rid, attempts in current["_events"].items()},
-    }
-    for module in _store_modules():
-        for name in _CONTAINERS:
-            if getattr(module, name, None) is current[name]:
-                setattr(module, name, plain[name])
+    """Put back exactly what `_install` found; the view and the wrapper go inert."""
     _Tee.queue = None
+    while _SWAPS:
+        swap = _SWAPS.pop()
+        if getattr(swap.module, swap.name, None) is swap.installed:
+            setattr(swap.module, swap.name, swap.original)
 
 
 # --- durable before acknowledged ----------------------------------------------------------------
@@ -318,8 +396,10 @@ class TapStats:
 
 
 def server_config(*, host: str, port: int, key: str | None) -> dict[str, Any]:
-    """Agent Lightning's own server config (its packaged server.yaml), with our host, port, key:
-    the gateway we run is configured exactly like `agl-server`."""
+    """Agent Lightning's packaged server config (what `agl-server` composes with no
+    arguments: server.yaml has no defaults list, so reading it is the same, without Hydra's
+    ~0.4 s), with our host, port and key. `gateway_config` composes any other (overrides,
+    config files), as `tractatus-watch gateway` does."""
     from omegaconf import OmegaConf
 
     text = resources.files("agentlightning.config").joinpath("server.yaml").read_text()
@@ -335,6 +415,10 @@ GetCursor = Callable[[str], str | None]
 class GatewayTap:
     """Start/stop the gateway in a thread; normalised records go to `sink`.
 
+    `config` is a whole server configuration for Agent Lightning's `create_app` (from
+    `gateway_config`: what agl-server's command line would give); its host and port are the
+    tap's. Without it: the packaged configuration with `host`, `port` and `key`.
+
     With `wal_dir`, every acknowledged change is in a write-ahead log there first (see the
     module docstring). Segments are dropped once `get_cursor` (the store's committed cursor;
     `run` gets it from `collect`) shows them committed, or, without one, once `sink` returned.
@@ -344,11 +428,14 @@ class GatewayTap:
                  key: str | None = None, run_id: str = "", batch_interval_s: float = 0.05,
                  batch_max: int = 20_000, log_level: str = "warning",
                  wal_dir: str | os.PathLike[str] | None = None,
-                 get_cursor: GetCursor | None = None) -> None:
+                 get_cursor: GetCursor | None = None,
+                 config: Mapping[str, Any] | None = None) -> None:
         self._sink = sink
-        self.host = host
-        self.port = port
-        self._key = key  # handed to Agent Lightning's config only; never logged
+        # Handed to Agent Lightning's create_app only (it holds the key): never logged.
+        self._config = dict(config) if config is not None else server_config(
+            host=host, port=port, key=key)
+        self.host = str(self._config["host"])
+        self.port = int(self._config["port"])
         self.run_id = run_id
         self.batch_interval_s = batch_interval_s
         self.batch_max = batch_max
@@ -380,7 +467,7 @@ class GatewayTap:
         import uvicorn
         from agentlightning.server.app import create_app
 
-        app: Any = create_app(server_config(host=self.host, port=self.port, key=self._key))
+        app: Any = create_app(self._config)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Accepted connections inherit this: without it, Nagle's algorithm and the client's
@@ -392,7 +479,7 @@ class GatewayTap:
             sock.close()
             raise RuntimeError(
                 f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
-        self.port = sock.getsockname()[1]
+        self.port = self._config["port"] = sock.getsockname()[1]
         try:
             if self.wal_dir is not None:
                 self._open_wal()

@@ -16,7 +16,7 @@ from .alerts import RulesOption, load_ruleset
 
 KeyFileOption = Annotated[Optional[Path], typer.Option(
     "--key-file", dir_okay=False,
-    help="File holding the Agent Lightning key [default: $AGL_KEY]. Never pass the key itself "
+    help="File holding the Agent Lightning key (default: $AGL_KEY). Never pass the key itself "
          "as an argument: it would show in `ps`.")]
 # For commands that resume their run (collectors.runner.resume_run_id).
 ResumeRunOption = Annotated[Optional[str], typer.Option(
@@ -183,28 +183,70 @@ def _exit_on_source_errors(errors: dict[str, str]) -> None:
         raise typer.Exit(2)
 
 
-@app.command(name="gateway")
+# One paragraph per line: the help renderer keeps line breaks and wraps the lines itself.
+_GATEWAY_HELP = "\n\n".join([
+    "Run the real Agent Lightning gateway and capture every event it records (zero loss).",
+    "Trainers, controllers and agents use it exactly as `agl-server`, and it takes "
+    "agl-server's arguments: Hydra overrides such as `default_proxy.model_name=MODEL` "
+    "(also `+KEY=VALUE`, `++KEY=VALUE`, `~KEY`) and --config-path/-cp, --config-dir/-cd, "
+    "--config-name/-cn, composed by Hydra over Agent Lightning's own configuration: "
+    "`tractatus-watch gateway host=127.0.0.1 port=N default_proxy.model_name=X` serves what "
+    "`agl-server host=127.0.0.1 port=N default_proxy.model_name=X` serves.",
+    "Which wins: an override on the command line (`port=9001`) over the option for the same "
+    "setting (`--port 9000`), with a note on stderr; an option over the configuration files.",
+    "Unlike agl-server: without `host` on the command line it listens on 127.0.0.1 "
+    "(agl-server: 0.0.0.0); the key comes from $AGL_KEY or --key-file (agl-server only takes "
+    "`key=`, accepted here too with a warning, as it shows in `ps`; `key=${oc.env:AGL_KEY}` "
+    "does not); Hydra's own flags (--cfg, --multirun, ...) are not taken and no outputs/ "
+    "folder is written.",
+])
+
+
+@app.command(name="gateway", help=_GATEWAY_HELP)
 def gateway_command(
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
+    overrides: Annotated[Optional[list[str]], typer.Argument(
+        metavar="KEY=VALUE", show_default=False,
+        help="agl-server's Hydra overrides, e.g. default_proxy.model_name=Qwen/Qwen3-8B "
+             "default_proxy.train.temperature=0.8 port=8080.")] = None,
+    host: Annotated[Optional[str], typer.Option(
+        "--host", show_default=False,
+        help="Address to listen on (default 127.0.0.1; `host=` wins).")] = None,
+    port: Annotated[Optional[int], typer.Option(
+        "--port", show_default=False,
+        help="Port to listen on (default: the configuration's, 8080; `port=` wins).")] = None,
+    config_path: Annotated[Optional[str], typer.Option(
+        "--config-path", "-cp", metavar="PATH",
+        help="As agl-server's: the primary config's folder (absolute, or pkg://MODULE).")]
+    = None,
+    config_dir: Annotated[Optional[str], typer.Option(
+        "--config-dir", "-cd", metavar="DIR",
+        help="As agl-server's: one more folder to look for configs in.")] = None,
+    config_name: Annotated[Optional[str], typer.Option(
+        "--config-name", "-cn", metavar="NAME",
+        help="As agl-server's: the primary config's name (default server).")] = None,
     key_file: KeyFileOption = None,
     run: ResumeRunOption = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
-    """Run the real Agent Lightning gateway and capture every event it records (zero loss).
-
-    Trainers, controllers and agents use it exactly as `agl-server`."""
+    from ...collectors.gateway_config import ConfigArgs, GatewayConfigError, gateway_config
     from ...collectors.gateway_tap import GatewayTap
     from ...collectors.gateway_wal import wal_folder
     from ...collectors.runner import adopt_run_id, resume_run_id, setup_logging
     from ...monitor.session import CollectionSession
 
     key = _key(key_file)
+    try:
+        config = gateway_config(ConfigArgs(tuple(overrides or ()), config_path, config_dir,
+                                           config_name), host=host, port=port, key=key)
+    except GatewayConfigError as exc:
+        raise CliError(f"gateway configuration: {exc}") from None
+    for note in config.notes:
+        print(note, file=sys.stderr)
     target = resolve_store(db, data_path)
     setup_logging()
     with open_store(target, read_only=False) as store:
-        tap = GatewayTap(lambda records: None, host=host, port=port, key=key,
-                         wal_dir=wal_folder(target, host, port))
+        tap = GatewayTap(lambda records: None, config=config.server,
+                         wal_dir=wal_folder(target, config.host, config.port))
         run_id = resume_run_id(store, [tap.source], run, "gateway")
         adopt_run_id([tap], run_id)
         result = CollectionSession(store, [tap], run_id=run_id).run()

@@ -227,8 +227,8 @@ def reward_rounds(watched: pl.DataFrame, baseline: pl.DataFrame,
     # In numpy over the few hundred rounds: each polars frame operation costs ~0.2 ms.
     sides = [_reward_sums(f) for f in (watched, baseline)]
     rounds = np.union1d(*(r[~np.isnan(m)] for r, m, *_ in sides)).astype(np.int64)
-    (g_mean, *g_sums), (b_mean, *b_sums) = (_at(side, rounds) for side in sides)
-    _, lo, hi, _, _ = welch_gaps(*g_sums, *b_sums, level=level)
+    (g_mean, g_n, g_sum, g_sq), (b_mean, b_n, b_sum, b_sq) = (_at(s, rounds) for s in sides)
+    _, lo, hi, _, _ = welch_gaps(g_n, g_sum, g_sq, b_n, b_sum, b_sq, level=level)
 
     def col(name: str, values: np.ndarray) -> pl.Series:
         return pl.Series(name, np.where(np.isfinite(values), values, np.nan), nan_to_null=True)

@@ -13,12 +13,20 @@ How Agent Lightning 1.0.2 uses this file (agentlightning/hooks.py, verl/agl_roll
   hooks file by loading it itself (Agent Lightning cannot load two).
 - `on_startup()` is called once, with no store.
 - `on_enqueue(request)` runs per rollout inside `AglRolloutManagerBase._create_rollouts`, before
-  the rollout id exists. The training step is not passed to hooks; it is the manager's `_step`,
-  and the group key is that loop's `data_id` (the n rollouts of one sample). We read both from
-  the calling frame, because nothing else carries them.
+  the rollout id exists; `request.is_train` says training or validation. The trainer enqueues a
+  step's rollouts in one batch (the n rollouts of a sample back to back, with equal `input`) and
+  sees them finish (`on_succeeded`/`on_failed`) before it enqueues the next batch; validation
+  batches (is_train false) come at the step they follow, 0 before training. So the round is the
+  number of training batches enqueued so far, and a group is a run of equal inputs in a batch:
+  both from what the hooks are given. Only a resumed trainer (its first step is the
+  checkpoint's) is beyond that count; the manager's private `_step` tells, so
+  `_trainer_step()`, the one read of Agent Lightning's private state here, takes the round from
+  it while it exists, and the count is the fallback, with a warning the first time it is
+  missing (`TRACTATUS_WATCH_ROUND`, if set, comes before the count).
 - `on_succeeded(rollout, events_by_attempt, trace_writer)` gets the last attempt's raw events.
 - `on_failed(rollout, trace_writer)` gets no events, and the manager deletes the rollout on its
-  next poll, so we fetch them at once through the manager's own client (same URL, same key).
+  next poll, so we fetch them at once over Agent Lightning's REST API, through the calling
+  manager's public `client` (same URL, same key) or else `TRACTATUS_WATCH_AGL_URL`.
 
 Agent Lightning 1.0.2 hooks have no shutdown callback, so the run's end is recorded at process
 exit (atexit): one `run` record `ended` in the last segment, so that `check` after training does
@@ -34,6 +42,7 @@ as before). The file runs without being registered in `sys.modules`, so it defin
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 import threading
@@ -54,39 +63,40 @@ SPOOL_ENV = "TRACTATUS_WATCH_SPOOL"
 USER_HOOKS_ENV = "TRACTATUS_WATCH_USER_HOOKS"
 RUN_ID_ENV = "TRACTATUS_WATCH_RUN_ID"
 ARM_ENV = "TRACTATUS_WATCH_ARM"
-ROUND_ENV = "TRACTATUS_WATCH_ROUND"  # only when no rollout manager is on the stack
+ROUND_ENV = "TRACTATUS_WATCH_ROUND"  # only when the trainer's step cannot be read
 DEFAULT_SPOOL = "tractatus-watch-spool"
 AGL_URL_ENVS = ("TRACTATUS_WATCH_AGL_URL", "AGL_BASE_URL", "AGL_SERVER_URL")
 END_SOURCE = "trainer hooks"
 END_DETAIL = "the trainer process exited"
+MANAGER_CLASS = "AglRolloutManagerBase"
+STEP_ATTR = "_step"  # AglRolloutManagerBase's private copy of the trainer's step
+STEP_MISSING = ("the trainer's step is not readable (no {cls} with {attr!r} is calling "
+                "on_enqueue): rounds are the count of training batches since this trainer "
+                "started, right unless it resumed from a checkpoint")
+log = logging.getLogger("tractatus_watch.governance.agl_hooks")
 
 
-class _ManagerFrame:
-    def __init__(self, manager: Any, step: int | None, data_id: str | None,
-                 is_train: bool | None) -> None:
-        self.manager = manager
-        self.step = step
-        self.data_id = data_id
-        self.is_train = is_train
-
-
-def _find_manager(max_depth: int = 12) -> _ManagerFrame | None:
-    """The rollout manager (and its loop variables) among our callers, if any."""
+def _calling_manager(max_depth: int = 12) -> Any | None:
+    """The Agent Lightning rollout manager among our callers (an instance of its exported
+    `AglRolloutManagerBase`, found by name: importing verl's module would import numpy)."""
     frame: FrameType | None = sys._getframe(1)
     for _ in range(max_depth):
         if frame is None:
             return None
         owner = frame.f_locals.get("self")
-        if owner is not None and hasattr(owner, "_step") and hasattr(owner, "_get_events"):
-            step = getattr(owner, "_step", None)
-            data_id = frame.f_locals.get("data_id")
-            is_train = frame.f_locals.get("is_train")
-            return _ManagerFrame(
-                manager=owner, step=step if isinstance(step, int) else None,
-                data_id=str(data_id) if data_id is not None else None,
-                is_train=is_train if isinstance(is_train, bool) else None)
+        if owner is not None and any(c.__name__ == MANAGER_CLASS for c in type(owner).__mro__):
+            return owner
         frame = frame.f_back
     return None
+
+
+def _trainer_step() -> int | None:
+    """The step of the rollout manager enqueueing this rollout (the trainer's `global_steps`),
+    read from its private `_step`: Agent Lightning 1.0.2 gives it to no hook. The only read of
+    its private state here; None when there is no such manager or attribute."""
+    manager = _calling_manager()
+    step = getattr(manager, STEP_ATTR, None) if manager is not None else None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
 
 
 def _dump(obj: Any) -> dict[str, Any]:
@@ -103,10 +113,18 @@ class TractatusWatchHooks(RolloutHooks):
         self.arm = os.environ.get(ARM_ENV, "")
         self.spool_dir = Path(os.environ.get(SPOOL_ENV) or DEFAULT_SPOOL).expanduser().resolve()
         self.counts = {"rollouts": 0, "decisions": 0, "rewards": 0, "events": 0,
-                       "quarantined": 0, "errors": 0}
+                       "quarantined": 0, "errors": 0, "warnings": 0}
         self._lock = threading.Lock()
         self._spool: Any = None
         self._spool_pid: int | None = None  # the process that opened the spool
+        # Where the enqueues are (see the module's docstring): a batch is open from its first
+        # enqueue until a rollout finishes.
+        self._train_batches = 0
+        self._batch_open = False
+        self._batch_is_train = True
+        self._last_input: Any = None
+        self._group = ""
+        self._warned: set[str] = set()
         user_path = os.environ.get(USER_HOOKS_ENV)
         if user_path and Path(user_path).resolve() == Path(__file__).resolve():
             user_path = None  # pointing at ourselves would load us forever
@@ -130,21 +148,20 @@ class TractatusWatchHooks(RolloutHooks):
         if self.user is not None:
             request = self.user.on_enqueue(request)
         try:
-            found = _find_manager()
-            step = found.step if found is not None else _env_int(ROUND_ENV)
+            is_train = bool(getattr(request, "is_train", True))
+            round_, group = self._place(request.input, is_train)
             metadata = request.metadata
             if hasattr(metadata, "model_dump"):
                 metadata = metadata.model_dump(exclude_none=True)
-            new = stamp(metadata, run_id=self.run_id, round=step,
-                        group=found.data_id if found is not None else None,
-                        arm=self.arm or None,
-                        is_train=found.is_train if found is not None else None)
+            new = stamp(metadata, run_id=self.run_id, round=round_, group=group,
+                        arm=self.arm or None, is_train=is_train)
             return request.model_copy(update={"metadata": new})
         except Exception as exc:
             self._failed("on_enqueue", exc)
             return request
 
     def on_succeeded(self, rollout: Any, events: dict[str, list[Any]], store: Any) -> None:
+        self._batch_open = False
         try:
             self._capture(rollout, events)
         except Exception as exc:
@@ -153,6 +170,7 @@ class TractatusWatchHooks(RolloutHooks):
             self.user.on_succeeded(rollout, events, store)
 
     def on_failed(self, rollout: Any, store: Any) -> None:
+        self._batch_open = False
         try:
             self._capture(rollout, self._fetch_events(rollout))
         except Exception as exc:
@@ -162,31 +180,58 @@ class TractatusWatchHooks(RolloutHooks):
 
     # --- ours -----------------------------------------------------------------------------------
 
+    def _place(self, given_input: Any, is_train: bool) -> tuple[int | None, str]:
+        """The round and group of the rollout being enqueued (the module's docstring)."""
+        with self._lock:
+            new_batch = not self._batch_open or is_train != self._batch_is_train
+            if new_batch:
+                self._batch_open, self._batch_is_train = True, is_train
+                if is_train:
+                    self._train_batches += 1
+            if new_batch or given_input != self._last_input:
+                self._group = uuid.uuid4().hex
+            self._last_input = given_input
+            counted, group = self._train_batches, self._group
+        step = _trainer_step()
+        if step is not None:
+            return step, group
+        given = _env_int(ROUND_ENV)
+        if given is not None:
+            return given, group
+        self._warn_once("step", STEP_MISSING.format(attr=STEP_ATTR, cls=MANAGER_CLASS))
+        return counted, group
+
     def _fetch_events(self, rollout: Any) -> dict[str, list[Any]]:
         """The last attempt's events, read now: the manager deletes the rollout next poll."""
         rid = rollout.rollout_id
         attempt = rollout.status.last_attempt_id or "0"
-        found = _find_manager()
-        if found is not None:
-            events = found.manager._get_events(rid, include_routed_experts=False)
-        else:
-            events = self._fetch_over_http(rid)
+        manager = _calling_manager()
+        client = getattr(manager, "client", None) if manager is not None else None
+        events = self._fetch_over_http(rid, client)
         grouped: dict[str, list[Any]] = {}
         for ev in events:
             grouped.setdefault(str(_attr(ev, "attempt_id") or attempt), []).append(ev)
         return grouped
 
-    def _fetch_over_http(self, rollout_id: str) -> list[Any]:
+    def _fetch_over_http(self, rollout_id: str, client: Any = None) -> list[Any]:
+        """GET /api/rollouts/{id}/events through the manager's client, or else the URL from the
+        environment (`AGL_KEY` as the bearer key)."""
         import httpx
 
-        url = next((os.environ[k] for k in AGL_URL_ENVS if os.environ.get(k)), None)
-        if url is None:
-            raise RuntimeError("no rollout manager on the stack and no TRACTATUS_WATCH_AGL_URL: "
-                               "cannot read the failed rollout's events")
-        key = os.environ.get("AGL_KEY")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        resp = httpx.get(f"{url.rstrip('/')}/api/rollouts/{rollout_id}/events",
-                         params={"include_routed_experts": False}, headers=headers, timeout=30)
+        path = f"/api/rollouts/{rollout_id}/events"
+        params = {"include_routed_experts": False}
+        if isinstance(client, httpx.Client):
+            resp = client.get(path, params=params)
+        else:
+            url = next((os.environ[k] for k in AGL_URL_ENVS if os.environ.get(k)), None)
+            if url is None:
+                raise RuntimeError("no rollout manager on the stack and no "
+                                   "TRACTATUS_WATCH_AGL_URL: cannot read the failed rollout's "
+                                   "events")
+            key = os.environ.get("AGL_KEY")
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            resp = httpx.get(f"{url.rstrip('/')}{path}", params=params, headers=headers,
+                             timeout=30)
         resp.raise_for_status()
         return list(resp.json())
 
@@ -251,6 +296,12 @@ class TractatusWatchHooks(RolloutHooks):
                        detail=END_DETAIL)
         for kind, data in records_to_lines(Records(run_events=[end])):
             self._spool.write(kind, data)
+
+    def _warn_once(self, what: str, message: str) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            self.counts["warnings"] += 1
+            log.warning("tractatus-watch hooks: %s", message)
 
     def _failed(self, where: str, exc: BaseException) -> None:
         self.counts["errors"] += 1

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Creates .venv with Python >= 3.12 and installs the project (idempotent: reinstalls only when
-# pyproject.toml or constraints.txt changed since the last install).
+# Creates .venv with Python >= 3.12 and installs the project with the dashboard and the test tools
+# (`.[dashboard,test]`; the base install alone is the light SDK of training environments).
+# Idempotent: reinstalls only when pyproject.toml or constraints.txt changed since the last
+# install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
@@ -29,6 +31,6 @@ fi
 
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ constraints.txt -nt "$STAMP" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dashboard,test]"
   touch "$STAMP"
 fi

@@ -147,7 +147,8 @@ def tw_gateway(*args: str, log: Path | None = None, **extra_env: str) -> subproc
             err.close()
 
 
-HIDDEN = "s3cr3t-" + secrets.token_hex(4)
+# Fixed, not random: the test ids hold it, and every xdist worker must collect the same ids.
+HIDDEN = "s3cr3t-70840d4c"
 REFUSED = {
     "foo=1": "Could not override 'foo'. To append to your config use +foo=1",
     "port=abc": "port: expected a port number 0-65535, got 'abc'",

@@ -13,7 +13,6 @@ from typing import Any, Final, cast
 import duckdb
 import numpy as np
 import polars as pl
-import pyarrow.compute as pc
 
 from .latency_buckets import midpoints
 
@@ -412,6 +411,8 @@ def latency_by_service(con: Con, run_id: str, arm: str | None = None) -> pl.Data
         SELECT service, round, bucket_us, checks FROM rollup_check_latency
         WHERE run_id = ? {'AND arm = ?' if arm else ''}""",
                         [run_id] + ([arm] if arm else [])).to_arrow_table()
+    import pyarrow.compute as pc  # here: ~0.1 s to import, which every command would pay
+
     services = pc.dictionary_encode(table["service"].combine_chunks())
     names = services.dictionary.to_pylist()
     svc = services.indices.to_numpy(zero_copy_only=False).astype(np.int64)

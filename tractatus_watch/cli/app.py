@@ -8,14 +8,16 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import duckdb
 import typer
 
 from .. import __version__
 from ..storage.target import StoreTarget
 from .config import DATA_PATH_ENV, DB_ENV, STORE_ENV, TOKEN_ENV, CliError, resolve_store
+
+if TYPE_CHECKING:
+    import duckdb
 
 app = typer.Typer(
     name="tractatus-watch", no_args_is_help=True, add_completion=False,

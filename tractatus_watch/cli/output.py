@@ -13,15 +13,17 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import polars as pl
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from .config import CliError
+
+if TYPE_CHECKING:  # frames are handed in: polars loads with the command that makes them
+    import polars as pl
 
 MAX_TABLE_ROWS = 1_000
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from ..app import DataPathOption, DbOption, app, open_store, read_token
 from ..config import CliError, resolve_store
-from ...monitor.session import ServePlan
 from ...storage.target import StoreTarget
 from .alerts import RulesOption, load_ruleset
+
+if TYPE_CHECKING:  # the session and what it pulls in (~0.5 s) load only when a command runs
+    from ...monitor.session import ServePlan
 
 KeyFileOption = Annotated[Optional[Path], typer.Option(
     "--key-file", dir_okay=False,
@@ -98,6 +100,7 @@ def serve_plan(serve: str | None, serve_public: bool, token_file: Path | None,
                target: StoreTarget, *, timeout_s: float | None = None) -> ServePlan | None:
     """Check --serve, --serve-public, --token-file and --serve-timeout (one-line errors,
     before any work)."""
+    from ...monitor.session import ServePlan
     from ...storage.serve import DEFAULT_TIMEOUT_S, check_servable, check_token, parse_address
 
     if serve is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import polars as pl
 import typer
 
 from ..app import DataPathOption, DbOption, app, open_store
@@ -65,6 +64,8 @@ def migrate_command(
     with open_store(src_target, read_only=True) as src, \
             open_store(dst_target, read_only=False) as dst:
         report = copy_store(src, dst, replace=force)
+    import polars as pl
+
     frame = pl.DataFrame(
         [{"table": t, "rows": report.rows.get(t, 0),
           "checksum_from": str(report.source.get(t, (0, 0))[1]),

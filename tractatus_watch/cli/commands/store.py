@@ -5,16 +5,17 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import duckdb
-import polars as pl
 import typer
 
 from ..app import DataPathOption, DbOption, TokenFileOption, app, open_store, pick_run
 from ..config import CliError, parse_since
 from ..output import (FILE_FORMATS, FRAME_FORMATS, choose_format, console, emit_frame,
                       format_help)
+
+if TYPE_CHECKING:  # loaded by the commands that use them: `tractatus-watch` starts faster
+    import polars as pl
 
 
 FrameFormatOption = Annotated[Optional[str], typer.Option(
@@ -60,6 +61,8 @@ def runs_table(df: pl.DataFrame) -> pl.DataFrame:
     """The columns of `runs` a person scans, narrow enough for 80 columns: the name only
     where it says something the run id does not, arms by name (per-arm figures are in
     `--format json`)."""
+    import polars as pl
+
     keep = [c for c in RUN_TABLE_COLUMNS if c in df.columns]
     if "name" in keep and df.filter(pl.col("name").is_not_null()
                                     & (pl.col("name") != pl.col("run_id"))).is_empty():
@@ -80,6 +83,8 @@ def query(
 ) -> None:
     """Run one read-only SELECT over the stored tables, e.g. `tractatus-watch query "SELECT *
     FROM runs"` (no files, other databases, settings or writes)."""
+    import duckdb
+
     from ...storage import readonly
 
     chosen = checked_output(fmt, out, force)

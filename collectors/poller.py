@@ -534,7 +534,12 @@ class Poller:
             after = self.stats.after
             page = await self._terminal_page(client, after, self.page_limit)
             if await self._moved(client, after, page):
-                entries, more = await self._resync(client, sink), False
+                fresh = await self._resync(client, sink)
+                # What the page named lies after our place all the same (entries only move
+                # down): the ones pruned since are rollouts that ended, their state given.
+                named = {e.rollout_id for e in fresh}
+                entries = [e for e in page.items if e.rollout_id not in named] + fresh
+                more = False
             else:
                 entries = page.items
                 self._advance(after, page)
@@ -565,7 +570,9 @@ class Poller:
             return True
         if page.skipped_from(after) > 0:
             self._prunes = False  # it keeps deleted entries: positions are stable
-        if self._last_entry is None or (self._prunes is False and not self._check_identity):
+        if self._last_entry is None:
+            return await self._lost_everything(client)
+        if self._prunes is False and not self._check_identity:
             return False
         position, rid = self._last_entry
         probe = await self._terminal_page(client, position, 1)
@@ -573,13 +580,18 @@ class Poller:
             return True
         if not probe.items:
             self._prunes = False  # a deleted entry kept in its place: this gateway never prunes
-            return False
+            return await self._lost_everything(client)
         if probe.items[0].rollout_id != rid:
             return True
         if self._check_identity and await self._same_rollout(client, rid) is False:
             self._reborn = True
             return True
         return False
+
+    async def _lost_everything(self, client: AsyncGetClient) -> bool:
+        """After an outage, when the log holds nothing to compare (empty, or our place is a
+        deleted entry): is every rollout we were following gone? Then it lost its memory."""
+        return self._cut_off and bool(self._tracked) and not await self._tracked_alive(client)
 
     def _advance(self, after: int, page: _Page) -> None:
         skipped = page.skipped_from(after)

@@ -347,10 +347,10 @@ def in_process(request: pytest.FixtureRequest, fresh_agl_store: None, agl_key: s
     from agentlightning.server.app import create_app
 
     if request.param:
-        events = PruningEvents(store._terminal_order)
+        events, fresh = PruningEvents(store._terminal_order), store._events
         for module in [m for n, m in list(sys.modules.items())
                        if m is not None and n.startswith("agentlightning.")]:
-            if getattr(module, "_events", None) is store._events:
+            if getattr(module, "_events", None) is fresh:
                 monkeypatch.setattr(module, "_events", events)
     app = DeleteWhenListed(create_app({"key": agl_key, "default_proxy": {
         "model_name": "m", "train": {"temperature": 1.0}, "val": {"temperature": 0.7}}}))

@@ -207,7 +207,7 @@ def train(server: AglServer, steps: int, groups: int, n: int) -> list[str]:
 
 
 def test_async_manager_deleting_groups_completeness_is_what_was_stored(
-        gateway: AglServer, store, writer, q, poller_log) -> None:  # type: ignore[no-untyped-def]
+        gateway: AglServer, store, writer, q, poller_log) -> None:
     sink = CountingSink(writer_sink(writer, "async-run"))
     poller = Poller(gateway.url, key=gateway.key, interval_s=0.05, running_interval_s=0.2)
     thread, stop = start_poller(poller, sink, store)
@@ -220,7 +220,7 @@ def test_async_manager_deleting_groups_completeness_is_what_was_stored(
         assert c.get("/api/rollouts", params={"state_in": ["succeeded", "failed"]}).json() == []
     stop.set()
     thread.join(20)
-    assert not thread.errors  # type: ignore[attr-defined]
+    assert not thread.errors
     settle(poller, sink)
     writer.flush()
 
@@ -377,7 +377,7 @@ def rollout(c: httpx.Client, rid: str, decisions: int, *, start: int = 0,
 
 
 def test_deleted_between_the_log_read_and_the_final_read_keeps_its_state(
-        in_process, agl_key, store, writer, q, poller_log) -> None:  # type: ignore[no-untyped-def]
+        in_process, agl_key, store, writer, q, poller_log) -> None:
     url, hook, pruning = in_process
     sink = CountingSink(writer_sink(writer, "race-run"))
     poller = Poller(url, key=agl_key)
@@ -423,7 +423,7 @@ def test_deleted_between_the_log_read_and_the_final_read_keeps_its_state(
 
 
 def test_deleted_before_its_log_entry_was_read_is_reported_with_what_was_read(
-        gateway: AglServer, store, writer, q, poller_log) -> None:  # type: ignore[no-untyped-def]
+        gateway: AglServer, store, writer, q, poller_log) -> None:
     sink = CountingSink(writer_sink(writer, "vanish-run"))
     poller = Poller(gateway.url, key=gateway.key)
     with gateway.client() as c:
@@ -456,7 +456,7 @@ def test_deleted_before_its_log_entry_was_read_is_reported_with_what_was_read(
 
 
 def test_a_restart_of_a_pruning_gateway_is_still_detected(
-        tmp_path: Path, agl_key: str, store, writer, q, training, poller_log) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, agl_key: str, store, writer, q, training, poller_log) -> None:
     server = AglServer(tmp_path, agl_key, command=[sys.executable, str(PRUNING)])
     server.start()
     try:
@@ -483,7 +483,7 @@ def test_a_restart_of_a_pruning_gateway_is_still_detected(
         wait_for(lambda: poller.stats.captured == 24, what="round 2")
         stop.set()
         thread.join(10)
-        assert not thread.errors  # type: ignore[attr-defined]
+        assert not thread.errors
     finally:
         server.stop()
     writer.flush()
@@ -496,7 +496,7 @@ def test_a_restart_of_a_pruning_gateway_is_still_detected(
 
 
 def test_a_poller_resumed_on_a_pruned_log_takes_it_for_no_restart(
-        tmp_path: Path, agl_key: str, store, writer, q, poller_log) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, agl_key: str, store, writer, q, poller_log) -> None:
     server = AglServer(tmp_path, agl_key, command=[sys.executable, str(PRUNING)])
     server.start()
     try:

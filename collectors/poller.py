@@ -1,28 +1,58 @@
 """The poller tap: attach read-only to a running Agent Lightning gateway over its REST API.
 
-The gateway keeps everything in memory and the trainer deletes each rollout 1-2 s after it
-finishes, so the poller races the trainer:
-- every `interval_s` (<= 250 ms) it follows the append-only terminal log
-  (`GET /api/rollouts/terminal?after=`) and does a final read of each newly terminal rollout:
-  its detail (metadata carries the stamped round) and its decision and reward events, by type;
+The gateway keeps everything in memory and the trainer deletes each rollout soon after it ends
+(`AglRolloutManager` ~1 s after, `AglAsyncRolloutManager` as soon as its group is complete), so
+the poller races the trainer:
+- every `interval_s` (<= 250 ms) it follows the terminal log (`GET /api/rollouts/terminal`) and
+  does a final read of each newly ended rollout: its detail (metadata carries the stamped round)
+  and its decision and reward events, by type;
 - every `running_interval_s` it lists queuing/running rollouts and reads their decision and
   reward events incrementally (position in the type-filtered list is the identity, see agl.py),
-  so most of a rollout is stored before it ends;
-- a 404 means the trainer consumed the rollout first: counted as missed (and as partial when
-  part of it had been read while it ran). The terminal log skips deleted rollouts while
-  `next_after` still advances: each skipped entry is a missed rollout too.
+  so most of a rollout is stored before it ends.
 
-Capture completeness: `seen = captured + missed` over rollouts that reached a terminal state
-(plus rollouts lost in a gateway restart). The figures live in the cursor, which commits in the
-same transaction as the rows, so they survive a crash of the poller exactly as the data does.
+What each rollout had. Agent Lightning 1.0.2 gives no event counts or sequence numbers: no id
+on an event, nothing in the rollout (`status.version` counts status patches), nothing in the
+terminal log (id, state, data_id, is_train). The one place that tells what a rollout had is its
+event lists read after it ended: they no longer grow. So a rollout is *captured* when its final
+read succeeded (every decision and reward it had is stored, and the record of its terminal
+transition says so in `metadata.capture`). Otherwise it ended *partly read* or *not read*, with
+its reason, and what was read of it while it ran is stored and counted (`decisions_unverified`
+and `rewards_unverified`: lower bounds of what it had):
+- `consumed`: listed in the terminal log, deleted before its final read. Its terminal state is
+  the log entry's, so its terminal transition is stored all the same (`state_from`).
+- `vanished`: deleted before we read its terminal entry. 1.0.2 drops a deleted rollout from the
+  log's pages (its position is `skipped`), the upstream change prunes it from the log, and its
+  detail answers 404: its terminal state is known nowhere any more (`state_unknown`). We know it
+  from the running listing: a rollout that left the listing and is absent from the terminal log
+  read after that is read once more; a 404 settles it.
+- `unreadable` (see below), `lost_in_restart`.
+`seen` counts ended rollouts: those named above plus skipped positions no vanished rollout
+explains (rollouts that ran and ended between two passes: nothing of them was read).
+`missed = seen - captured - retrying`; `partial` of them had something read. The figures live in
+the cursor, which commits in the same transaction as the rows, so they survive a crash of the
+poller exactly as the data does.
 
-A gateway restart loses its memory and exposes no epoch: it shows as `total_terminal` below our
-cursor. We then count the rollouts we were following as lost, start a new epoch at position 0
-and carry on; stored rows are never touched. Decision ids come from their payloads; a reward
-without its producer's `reward_id` is named by its position, qualified by the epoch from the
-first restart on (agl.reward_key), so a rollout that reuses an id after the restart keeps its
-rewards. A restart that completes more rollouts than our cursor before we look again cannot be
-seen from outside; that is the limit of a read-only tap.
+Following a log that may be pruned. 1.0.2's log is append-only (deleted entries keep their
+position); an open upstream change removes a deleted rollout's entry, which shortens the log and
+moves every later entry down. So a position is checked before it is trusted: after each page the
+entry we read last (the anchor) must still be where we read it, or its position must hold a
+deleted entry (a gateway that keeps them does not prune: then positions are stable and only the
+log shrinking below our cursor needs a look). When the log moved, we read it whole, in one
+request, and go on after the newest entry we consumed before (by rollout id; its creation time
+confirms it is the same rollout, not a new one under a reused id). Old entries can only be
+removed, new ones only appended, so everything after it is new: nothing is read twice, nothing
+is skipped.
+
+A gateway restart loses its memory and exposes no epoch. It is not "the log got shorter" (pruning
+does that) but: the log moved, none of the rollouts we consumed or are following is still there
+(same id and creation time), and either we could not reach the gateway meanwhile (or the poller
+itself was restarted) or an id came back as a different rollout. We then count the rollouts we
+were following as lost, start a new epoch at position 0 and carry on; stored rows are never
+touched. Decision ids come from their payloads; a reward without its producer's `reward_id` is
+named by its position, qualified by the epoch from the first restart on (agl.reward_key), so a
+rollout that reuses an id after the restart keeps its rewards. A restart nobody could notice (no
+outage, nothing of the old gateway left to compare) is read as pruning: every entry of the new log
+is read, and only the epoch and the reason given for the rollouts we were following differ.
 
 One rollout never stops the poller. Agent Lightning answers 500 for every events read of a
 rollout holding a record it cannot serialise (a lone surrogate in a decision); any answer other
@@ -43,18 +73,32 @@ import logging
 import random
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Final
 from urllib.parse import quote
 
-from ..records.events import REWARD_EVENT, Quarantined
+from ..records.events import REWARD_EVENT, Quarantined, RolloutTransition
 from .httpget import AsyncGetClient, Unreachable
 from ..records.agl import CAPTURE_TYPES, TERMINAL, EventNormaliser, RolloutContext
 from ..records.delivery import Records, Sink
 
 log = logging.getLogger(__name__)
 
-VANISH_AFTER_S: Final = 30.0  # stop following a rollout absent from every listing this long
+VANISH_AFTER_S: Final = 30.0  # settle a rollout absent from every listing whose reads fail
+# One request reads the whole log when it moved: pages read one after another could each see a
+# different log (an entry pruned between two reads moves the next page's entries down).
+FULL_LOG_LIMIT: Final = 1_000_000
+KNOWN_MAX: Final = 4096       # consumed terminal entries remembered (by id) to find our place
+KNOWN_IN_CURSOR: Final = 16   # of which the newest go into the cursor (a restarted poller's)
+IDENTITY_CHECKS: Final = 4    # rollout details read at most to confirm one place in the log
+
+# Why a rollout was not read to its end (the `reason` of its capture record and log line).
+CAPTURED: Final = "read after it ended"
+CONSUMED: Final = "deleted before its final read"
+VANISHED: Final = "deleted before its terminal entry was read"
+UNREADABLE: Final = "unreadable"
+LOST: Final = "lost in a gateway restart"
 
 
 class AuthError(RuntimeError):
@@ -88,19 +132,33 @@ Read = tuple[Records, dict[tuple[str, str], int]]
 class PollerStats:
     epoch: int = 0
     after: int = 0                # position in the current epoch's terminal log
-    seen: int = 0                 # rollouts that reached a terminal state (+ lost in restarts)
-    captured: int = 0             # final read succeeded: every decision and reward stored
-    missed: int = 0               # consumed before the final read, skipped, or lost
+    seen: int = 0                 # ended rollouts: `ended` + skipped positions vanished ones
+    #                               do not explain (recount())
+    captured: int = 0             # final read after it ended: every decision and reward it had
+    missed: int = 0               # seen - captured - retrying: not read to its end
     partial: int = 0              # missed, but some events had been read while it ran
-    skipped: int = 0              # terminal log entries already deleted when we got there
+    ended: int = 0                # ended rollouts we know by id (listed, vanished, lost)
+    consumed: int = 0             # listed in the terminal log, deleted before the final read
+    vanished: int = 0             # deleted before we read its terminal entry (seen running)
+    skipped: int = 0              # terminal log positions already deleted when we read them
     unreadable: int = 0           # missed: its reads kept failing (a quarantine row names it)
     retrying: int = 0             # terminal, reads failing, not given up yet (seen, not settled)
     read_errors: int = 0          # failed reads of one rollout (5xx, unparseable), retries too
     lost_in_restart: int = 0
     restarts: int = 0
-    decisions: int = 0
+    resyncs: int = 0              # the terminal log moved under the cursor: found our place
+    state_unknown: int = 0        # ended without its terminal state stored (vanished, lost)
+    decisions: int = 0            # decision records read (each stored once)
     rewards: int = 0
+    decisions_unverified: int = 0  # of `decisions`, from rollouts not read to their end
+    rewards_unverified: int = 0
     errors: int = 0               # connection errors (retried with backoff)
+
+    def recount(self) -> None:
+        """The derived figures. A vanished rollout ended, so 1.0.2 also skipped its position;
+        skipped positions beyond those are rollouts we never saw."""
+        self.seen = self.ended + max(0, self.skipped - self.vanished)
+        self.missed = self.seen - self.captured - self.retrying
 
     def cursor_value(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -113,12 +171,35 @@ class PollerStats:
             d = json.loads(value)
         except ValueError:
             return cls()
+        if not isinstance(d, dict):
+            return cls()
         known = cls.__dataclass_fields__
-        return cls(**{k: int(v) for k, v in d.items() if k in known and isinstance(v, int)})
+        stats = cls(**{k: int(v) for k, v in d.items() if k in known and isinstance(v, int)})
+        if "ended" not in d:  # a cursor from before `ended`: its `seen` counted every position
+            stats.ended = max(0, stats.seen - stats.skipped)
+        stats.recount()
+        return stats
 
     @property
     def completeness(self) -> float | None:
+        """Share of the ended rollouts read to their end."""
         return self.captured / self.seen if self.seen else None
+
+    def summary(self) -> str:
+        """One line for people: what ended, what of it was read, and why not the rest."""
+        share = f" ({self.completeness:.1%})" if self.completeness is not None else ""
+        line = (f"{self.seen} rollouts ended, {self.captured} read to their end{share}; "
+                f"{self.decisions} decisions and {self.rewards} rewards stored")
+        if self.missed:
+            why = [f"{n} {what}" for n, what in (
+                (self.consumed, CONSUMED), (self.vanished, VANISHED),
+                (self.unreadable, UNREADABLE), (self.lost_in_restart, LOST),
+                (self.missed - self.consumed - self.vanished - self.unreadable
+                 - self.lost_in_restart, "ended unseen between two passes")) if n > 0]
+            line += (f"; {self.missed} not read to their end ({', '.join(why)}): "
+                     f"{self.partial} partly read, {self.decisions_unverified} decisions and "
+                     f"{self.rewards_unverified} rewards of theirs stored")
+        return line
 
 
 @dataclass
@@ -126,13 +207,35 @@ class _Tracked:
     ctx: RolloutContext
     normaliser: EventNormaliser
     counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (attempt, type) -> read
+    decisions: int = 0            # decision records read of it
+    rewards: int = 0
     last_listed: float = field(default_factory=time.monotonic)
     last_read: float = 0.0
+    absent_since: float | None = None  # first listing that no longer named it
     failing: bool = False  # its last read failed (logged once per run of failures)
 
     @property
     def read_any(self) -> bool:
         return any(self.counts.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One terminal log entry as a page names it."""
+
+    rollout_id: str
+    state: str
+
+
+@dataclass(slots=True)
+class _Page:
+    total: int
+    items: list[_Entry]
+    next_after: int
+
+    def skipped_from(self, after: int) -> int:
+        """Positions of the page whose rollout was already deleted (a gateway that keeps them)."""
+        return self.next_after - after - len(self.items)
 
 
 class Poller:
@@ -166,13 +269,22 @@ class Poller:
         self.stats = PollerStats()
         # Terminal rollouts whose final read failed: rollout id -> failed reads so far.
         self._retry: dict[str, int] = {}
+        self._ended_state: dict[str, str] = {}  # their state, as the terminal log gave it
         self._listing_failing = False
         self._tracked: dict[str, _Tracked] = {}
         self._last_running = 0.0
-        # (position, rollout id) of the last terminal entry we read, to recognise a restarted
-        # gateway that already went past our cursor while we could not reach it.
+        # (position, rollout id) of the last terminal entry we read: the anchor that tells
+        # whether positions still hold (pruning) and whether the gateway is still the same.
         self._last_entry: tuple[int, str] | None = None
-        self._check_identity = False
+        # Consumed terminal entries, oldest first: rollout id -> its creation time (None when
+        # we never read its detail). Finds our place again when the log moved.
+        self._known: OrderedDict[str, float | None] = OrderedDict()
+        # Does the gateway prune deleted entries? None: not seen yet; False: it keeps them
+        # (positions are stable, no anchor check needed); True: it prunes.
+        self._prunes: bool | None = None
+        self._check_identity = False  # unreachable meanwhile, or resumed: maybe a new gateway
+        self._cut_off = False         # unreachable meanwhile (not a resume: see _resync)
+        self._reborn = False          # a rollout id came back as another rollout
         self._delivered = ""
 
     @property
@@ -189,10 +301,16 @@ class Poller:
         last = value.get("last_entry")
         if isinstance(last, list) and len(last) == 2:
             self._last_entry = (int(last[0]), str(last[1]))
-            self._check_identity = True  # the gateway may have restarted while we were down
+        self._check_identity = True  # the gateway may have restarted while we were down
         retry = value.get("retry")
         if isinstance(retry, dict):
             self._retry = {str(rid): n for rid, n in retry.items() if isinstance(n, int)}
+        for item in value.get("known") or []:
+            if isinstance(item, list) and len(item) == 2:
+                created = item[1] if isinstance(item[1], (int, float)) else None
+                self._known[str(item[0])] = created
+        prunes = value.get("prunes")
+        self._prunes = prunes if isinstance(prunes, bool) else None
 
     # --- HTTP -------------------------------------------------------------------------------
 
@@ -222,6 +340,11 @@ class Poller:
         rid = str(rollout.get("rollout_id"))
         ctx = RolloutContext.from_rollout(rollout, run_id=self.run_id)
         tracked = self._tracked.get(rid)
+        if tracked is not None and _other_incarnation(tracked.ctx.created_at, ctx.created_at):
+            # Same id, created again: what we read belongs to the one that is gone.
+            self._reborn = True
+            self._vanish(rid, tracked)
+            tracked = None
         if tracked is None:
             tracked = _Tracked(ctx=ctx, normaliser=EventNormaliser(ctx, self.source,
                                                                    epoch=self.stats.epoch))
@@ -278,6 +401,8 @@ class Poller:
     def _apply(self, tracked: _Tracked, scratch: Records,
                counts: dict[tuple[str, str], int], out: Records) -> None:
         tracked.counts.update(counts)
+        tracked.decisions += len(scratch.decisions)
+        tracked.rewards += len(scratch.rewards)
         self.stats.decisions += len(scratch.decisions)
         self.stats.rewards += len(scratch.rewards)
         out.extend(scratch)
@@ -299,41 +424,83 @@ class Poller:
             return rid, tracked, exc
 
     def _settle(self, rid: str, tracked: _Tracked | None, result: Read | Consumed | BadAnswer,
-                out: Records) -> None:
-        """Account for the final read of a terminal rollout (already counted as seen)."""
+                out: Records, state: str | None) -> None:
+        """Account for the final read of an ended rollout (already counted as ended); `state`
+        is its terminal state as the log gave it (None: we did not read it there)."""
         if isinstance(result, BadAnswer):
             self.stats.read_errors += 1
             attempts = self._retry.get(rid, 0) + 1
             if attempts < self.read_attempts:
                 self._retry[rid] = attempts
+                if state:
+                    self._ended_state[rid] = state
                 log.warning("poller: cannot read a rollout, retrying on the next pass",
                             extra={"fields": {"rollout_id": rid, "status": result.status,
                                               "error": str(result), "attempt": attempts}})
                 return  # still tracked: what was read while it ran stays read
-            self._give_up(rid, tracked, result, attempts, out)
+            self._give_up(rid, tracked, result, attempts, out,
+                          state or self._ended_state.get(rid))
         elif isinstance(result, Consumed):
-            self.stats.missed += 1
-            partial = tracked is not None and tracked.read_any
-            self.stats.partial += int(partial)
-            log.info("poller: rollout consumed before its final read",
-                     extra={"fields": {"rollout_id": rid, "partial": partial}})
+            self.stats.consumed += 1
+            self._not_read_to_end(rid, tracked, CONSUMED, state, out)
         else:
             assert tracked is not None
             self._apply(tracked, *result, out)
             self.stats.captured += 1
             out.rollouts.append(tracked.normaliser.transition("queuing"))
             if tracked.ctx.state in TERMINAL:
-                out.rollouts.append(tracked.normaliser.transition())
+                ended = tracked.normaliser.transition()
+                ended.metadata["capture"] = _capture(tracked, CAPTURED, complete=True)
+                out.rollouts.append(ended)
         self._retry.pop(rid, None)
+        self._ended_state.pop(rid, None)
+        self._tracked.pop(rid, None)
+
+    def _not_read_to_end(self, rid: str, tracked: _Tracked | None, reason: str,
+                         state: str | None, out: Records | None) -> None:
+        """A rollout that ended before we could read all of it: what was read is stored and
+        counted; its terminal transition is stored when the log gave its state."""
+        partial = tracked is not None and tracked.read_any
+        self.stats.partial += int(partial)
+        if tracked is not None:
+            self.stats.decisions_unverified += tracked.decisions
+            self.stats.rewards_unverified += tracked.rewards
+        if state is not None and state in TERMINAL and out is not None:
+            out.rollouts.append(self._inferred_end(rid, tracked, state, reason))
+        else:
+            self.stats.state_unknown += 1
+        log.info("poller: rollout not read to its end", extra={"fields": {
+            "rollout_id": rid, "reason": reason, "state": state, "partial": partial,
+            "decisions": tracked.decisions if tracked else 0,
+            "rewards": tracked.rewards if tracked else 0}})
+
+    def _inferred_end(self, rid: str, tracked: _Tracked | None, state: str,
+                      reason: str) -> RolloutTransition:
+        """Its terminal transition, state from the terminal log: the end time is not known (we
+        saw the entry now), so no duration is claimed."""
+        normaliser = tracked.normaliser if tracked is not None else EventNormaliser(
+            RolloutContext(rollout_id=rid, run_id=self.run_id), self.source,
+            epoch=self.stats.epoch)
+        ended = normaliser.transition(state)
+        ended.ts = time.time()
+        ended.duration_s = None
+        ended.metadata["state_from"] = "terminal log"
+        ended.metadata["capture"] = _capture(tracked, reason, complete=False)
+        return ended
+
+    def _vanish(self, rid: str, tracked: _Tracked) -> None:
+        """A rollout deleted before we read its terminal entry: ended, state unknown."""
+        self.stats.vanished += 1
+        self.stats.ended += 1
+        self._not_read_to_end(rid, tracked, VANISHED, None, None)
         self._tracked.pop(rid, None)
 
     def _give_up(self, rid: str, tracked: _Tracked | None, error: BadAnswer, attempts: int,
-                 out: Records) -> None:
+                 out: Records, state: str | None) -> None:
         """A rollout the gateway cannot serve us: missed, and named in the quarantine table."""
         partial = tracked is not None and tracked.read_any
-        self.stats.missed += 1
         self.stats.unreadable += 1
-        self.stats.partial += int(partial)
+        self._not_read_to_end(rid, tracked, UNREADABLE, state, out)
         reason = (f"rollout {rid}: unreadable, given up after {attempts} reads: {error} "
                   "(what was read while it ran is stored)" if partial else
                   f"rollout {rid}: unreadable, given up after {attempts} reads: {error}")
@@ -352,77 +519,235 @@ class Poller:
         results = await asyncio.gather(*[self._final_read(client, rid) for rid in self._retry])
         out = Records()
         for rid, tracked, result in results:
-            self._settle(rid, tracked, result, out)
+            self._settle(rid, tracked, result, out, self._ended_state.get(rid))
         self._deliver(out, sink)
 
+    # --- the terminal log -------------------------------------------------------------------
+
     async def _follow_terminal(self, client: AsyncGetClient, sink: Sink) -> int:
-        """Drain the terminal log from the cursor; returns how many entries were consumed."""
+        """Drain the terminal log from the cursor, then settle the rollouts that left the
+        running listing without an entry; returns how many entries were consumed."""
         await self._retry_unreadable(client, sink)
+        started = time.monotonic()
         consumed = 0
         while True:
             after = self.stats.after
-            total, items, next_after = await self._terminal_page(client, after, self.page_limit)
-            if total < after or await self._replaced(client, total):
-                self._restarted(total, sink)
-                continue
-            results = await asyncio.gather(*[self._final_read(client, rid) for rid in items])
-            out = Records()
-            for rid, tracked, result in results:
-                self._settle(rid, tracked, result, out)
-            skipped = (next_after - after) - len(items)
-            if items and skipped == 0:  # positions are known only when nothing was skipped
-                self._last_entry = (next_after - 1, items[-1])
-            self.stats.skipped += skipped
-            self.stats.missed += skipped
-            self.stats.seen += next_after - after
-            consumed += next_after - after
-            self.stats.after = next_after
-            self._deliver(out, sink)
-            if next_after >= total or next_after == after:
-                return consumed
+            page = await self._terminal_page(client, after, self.page_limit)
+            if await self._moved(client, after, page):
+                fresh = await self._resync(client, sink)
+                # What the page named lies after our place all the same (entries only move
+                # down): the ones pruned since are rollouts that ended, their state given.
+                named = {e.rollout_id for e in fresh}
+                entries = [e for e in page.items if e.rollout_id not in named] + fresh
+                more = False
+            else:
+                entries = page.items
+                self._advance(after, page)
+                more = page.next_after < page.total and page.next_after != after
+            await self._consume(client, entries, sink)
+            consumed += len(entries)
+            if not more:
+                break
+        await self._settle_vanished(client, started, sink)
+        self._check_identity = self._cut_off = self._reborn = False
+        return consumed
 
-    async def _terminal_page(self, client: AsyncGetClient, after: int,
-                             limit: int) -> tuple[int, list[str], int]:
-        """(total_terminal, rollout ids, next_after) of one page of the terminal log."""
+    async def _terminal_page(self, client: AsyncGetClient, after: int, limit: int) -> _Page:
         path = "/api/rollouts/terminal"
         page = await self._get(client, path, {"after": after, "limit": limit})
         try:
-            return (int(page["total_terminal"]), [str(it["rollout_id"]) for it in page["items"]],
-                    int(page["next_after"]))
-        except (KeyError, TypeError, ValueError):
+            return _Page(total=int(page["total_terminal"]), next_after=int(page["next_after"]),
+                         items=[_Entry(str(it["rollout_id"]), str(it.get("state") or ""))
+                                for it in page["items"]])
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise BadAnswer(path, 200, "a terminal page of an unknown shape") from None
 
-    async def _replaced(self, client: AsyncGetClient, total: int) -> bool:
-        """After being cut off: is the entry we read last still the same rollout? (Only
-        conclusive when it still exists; a deleted entry tells nothing.)"""
-        if not self._check_identity:
-            return False
-        self._check_identity = False
-        if self._last_entry is None or total <= self._last_entry[0]:
+    async def _moved(self, client: AsyncGetClient, after: int, page: _Page) -> bool:
+        """Did the log change under the cursor (pruned, or a new gateway), so that `page`,
+        read at `after`, cannot be trusted? Checked after the page was read: an anchor still in
+        place now was in place then (entries are only ever removed, never put back)."""
+        if page.total < after:
+            return True
+        if page.skipped_from(after) > 0:
+            self._prunes = False  # it keeps deleted entries: positions are stable
+        if self._last_entry is None:
+            return await self._lost_everything(client)
+        if self._prunes is False and not self._check_identity:
             return False
         position, rid = self._last_entry
-        _, items, _ = await self._terminal_page(client, position, 1)
-        return bool(items) and items[0] != rid
+        probe = await self._terminal_page(client, position, 1)
+        if probe.total <= position:
+            return True
+        if not probe.items:
+            self._prunes = False  # a deleted entry kept in its place: this gateway never prunes
+            return await self._lost_everything(client)
+        if probe.items[0].rollout_id != rid:
+            return True
+        if self._check_identity and await self._same_rollout(client, rid) is False:
+            self._reborn = True
+            return True
+        return False
+
+    async def _lost_everything(self, client: AsyncGetClient) -> bool:
+        """After an outage, when the log holds nothing to compare (empty, or our place is a
+        deleted entry): is every rollout we were following gone? Then it lost its memory."""
+        return self._cut_off and bool(self._tracked) and not await self._tracked_alive(client)
+
+    def _advance(self, after: int, page: _Page) -> None:
+        skipped = page.skipped_from(after)
+        if page.items and skipped == 0:  # positions are known only when nothing was skipped
+            self._last_entry = (page.next_after - 1, page.items[-1].rollout_id)
+        self.stats.skipped += skipped
+        self.stats.after = page.next_after
+
+    async def _resync(self, client: AsyncGetClient, sink: Sink) -> list[_Entry]:
+        """The log moved: read it whole and return the entries after our place in it (all of
+        them after a restart). Sets the cursor to its end."""
+        whole = await self._terminal_page(client, 0, FULL_LOG_LIMIT)
+        self.stats.resyncs += 1
+        keeps_deleted = whole.skipped_from(0) > 0  # a log that never prunes cannot move back
+        place = None if keeps_deleted else await self._place(client, whole.items)
+        if place is not None:
+            if not self._prunes:
+                log.info("poller: the gateway prunes deleted rollouts from its terminal log; "
+                         "following it by rollout id", extra={"fields": {"url": self.url}})
+            self._prunes = True
+            alive = {e.rollout_id for e in whole.items[:place]}
+            self._known = OrderedDict((r, c) for r, c in self._known.items() if r in alive)
+            fresh = whole.items[place:]
+        else:
+            # A resumed poller alone is no evidence: it has nothing left to compare, and a
+            # new epoch would rename the rewards it reads again (stored twice).
+            suspect = keeps_deleted or self._cut_off or self._reborn
+            if suspect and not await self._tracked_alive(client):
+                self._restarted(whole.total, sink)
+            self._known.clear()  # nothing we consumed is left in the log
+            fresh = whole.items
+        if keeps_deleted:
+            self._prunes = False
+            self.stats.skipped += whole.skipped_from(0)
+        self.stats.after = whole.next_after
+        self._last_entry = (None if keeps_deleted or not whole.items
+                            else (whole.next_after - 1, whole.items[-1].rollout_id))
+        return fresh
+
+    async def _place(self, client: AsyncGetClient, entries: list[_Entry]) -> int | None:
+        """Index just after the newest entry we consumed before (the same rollout: its
+        creation time is checked where we know it), or None when none is left."""
+        checks = 0
+        for i in range(len(entries) - 1, -1, -1):
+            rid = entries[i].rollout_id
+            if rid not in self._known:
+                continue
+            if checks < IDENTITY_CHECKS:
+                checks += 1
+                if await self._same_rollout(client, rid) is False:
+                    self._reborn = True  # a new rollout under an id we consumed: it is new
+                    continue
+            return i + 1
+        return None
+
+    async def _same_rollout(self, client: AsyncGetClient, rid: str) -> bool | None:
+        """Is the rollout now under `rid` the one we consumed? None when it cannot tell (we
+        never read its creation time, or it is gone)."""
+        created = self._known.get(rid)
+        if created is None:
+            return None
+        try:
+            detail = await self._get(client, self._rollout_path(rid))
+        except (Consumed, BadAnswer):
+            return None
+        rollout = detail.get("rollout", detail) if isinstance(detail, dict) else {}
+        now = RolloutContext.from_rollout(rollout if isinstance(rollout, dict) else {})
+        return None if now.created_at is None else now.created_at == created
+
+    async def _tracked_alive(self, client: AsyncGetClient) -> bool:
+        """Is any rollout we follow still on the gateway (same id and creation time)? Then it
+        kept its memory, whatever its log did."""
+        if not self._tracked:
+            return False
+        listed = await self._list_running(client)
+        for rollout in listed or []:
+            tracked = self._tracked.get(str(rollout.get("rollout_id")))
+            now = RolloutContext.from_rollout(rollout)
+            if tracked is not None and not _other_incarnation(tracked.ctx.created_at,
+                                                              now.created_at):
+                return True
+        return False
+
+    async def _consume(self, client: AsyncGetClient, entries: list[_Entry], sink: Sink) -> None:
+        """Final reads of newly ended rollouts, a page at a time (one delivery each)."""
+        for start in range(0, max(1, len(entries)), self.page_limit):
+            chunk = entries[start:start + self.page_limit]
+            results = await asyncio.gather(*[self._final_read(client, e.rollout_id)
+                                             for e in chunk])
+            out = Records()
+            for entry, (rid, tracked, result) in zip(chunk, results):
+                self.stats.ended += 1
+                self._remember(rid, tracked.ctx.created_at if tracked is not None else None)
+                self._settle(rid, tracked, result, out, entry.state)
+            self._deliver(out, sink)
+
+    def _remember(self, rid: str, created_at: float | None) -> None:
+        self._known[rid] = created_at
+        self._known.move_to_end(rid)
+        while len(self._known) > KNOWN_MAX:
+            self._known.popitem(last=False)
+
+    async def _settle_vanished(self, client: AsyncGetClient, started: float,
+                               sink: Sink) -> None:
+        """Rollouts that left the running listing before this drain of the terminal log began
+        and were not in it: ended and deleted, or still there (read them once more)."""
+        due = [rid for rid, t in self._tracked.items() if rid not in self._retry
+               and t.absent_since is not None and t.absent_since < started]
+        if not due:
+            return
+        out = Records()
+        for rid, tracked, result in await asyncio.gather(*[self._final_read(client, rid)
+                                                          for rid in due]):
+            if isinstance(result, Consumed):
+                if tracked is not None:
+                    self._vanish(rid, tracked)
+            elif isinstance(result, BadAnswer):
+                if tracked is not None and tracked.absent_since is not None and \
+                        time.monotonic() - tracked.absent_since > VANISH_AFTER_S:
+                    self._vanish(rid, tracked)  # it never came back readable
+            elif tracked is not None and tracked.ctx.state in TERMINAL:
+                self.stats.ended += 1  # ended, alive, yet not in the log we read
+                self._remember(rid, tracked.ctx.created_at)
+                self._settle(rid, tracked, result, out, None)
+            elif tracked is not None:
+                tracked.absent_since = None  # still queuing or running
+                self._apply(tracked, *result, out)
+        self._deliver(out, sink)
 
     def _restarted(self, total: int, sink: Sink) -> None:
         # Terminal rollouts still being retried were seen already: now they are just missed.
         retrying = [self._tracked.get(rid) for rid in self._retry]
         lost = [t for rid, t in self._tracked.items() if rid not in self._retry]
-        log.warning("poller: gateway restarted (terminal log shrank below our cursor)",
-                    extra={"fields": {"url": self.url, "cursor": self.stats.after,
-                                      "total_terminal": total, "lost_rollouts": len(lost),
-                                      "lost_unreadable": len(retrying)}})
+        log.warning("poller: gateway restarted (its terminal log moved and nothing of what we "
+                    "followed is left)", extra={"fields": {
+                        "url": self.url, "cursor": self.stats.after, "total_terminal": total,
+                        "lost_rollouts": len(lost), "lost_unreadable": len(retrying)}})
         self.stats.restarts += 1
         self.stats.epoch += 1
         self.stats.after = 0
         self._last_entry = None
+        self._prunes = None  # a new gateway, maybe another version
         self.stats.lost_in_restart += len(lost)
-        self.stats.seen += len(lost)
-        self.stats.missed += len(lost) + len(retrying)
-        self.stats.partial += sum(1 for t in lost + retrying if t is not None and t.read_any)
+        self.stats.ended += len(lost)
+        self.stats.state_unknown += len(lost) + len(retrying)
+        for t in lost + retrying:
+            if t is not None:
+                self.stats.partial += int(t.read_any)
+                self.stats.decisions_unverified += t.decisions
+                self.stats.rewards_unverified += t.rewards
         self._tracked.clear()
         self._retry.clear()
+        self._ended_state.clear()
         self._deliver(Records(), sink)
+
+    # --- the running rollouts ---------------------------------------------------------------
 
     async def _list_running(self, client: AsyncGetClient) -> list[dict[str, Any]] | None:
         """The queuing and running rollouts, or None when the gateway cannot list them (one
@@ -458,19 +783,26 @@ class Poller:
         listed = await self._list_running(client)
         if listed is None:
             return
+        now = time.monotonic()
         out = Records()
         running: list[_Tracked] = []
+        named: set[str] = set()
         for rollout in listed:
             rid = str(rollout.get("rollout_id"))
+            named.add(rid)
             before = self._tracked.get(rid)
             was_running = before is not None and before.ctx.state == "running"
             tracked = self._track(rollout)
-            if before is None:
+            tracked.absent_since = None
+            if tracked is not before:
                 out.rollouts.append(tracked.normaliser.transition("queuing"))
             if tracked.ctx.state == "running":
-                if not was_running:
+                if not was_running or tracked is not before:
                     out.rollouts.append(tracked.normaliser.transition("running"))
                 running.append(tracked)
+        for rid, tracked in self._tracked.items():
+            if rid not in named and tracked.absent_since is None:
+                tracked.absent_since = now  # ended (or deleted): the next drain will tell
         running.sort(key=lambda t: t.last_read)
         running = running[:self.running_budget]
         for tracked in running:
@@ -487,19 +819,20 @@ class Poller:
         for tracked, result in await asyncio.gather(*[one(t) for t in running]):
             if isinstance(result, BadAnswer):
                 self._running_failed(tracked, result)
-            elif result is not None:
+            elif result is not None and self._tracked.get(tracked.ctx.rollout_id) is tracked:
                 tracked.failing = False
                 self._apply(tracked, *result, out)
-        horizon = time.monotonic() - VANISH_AFTER_S
-        for rid in [r for r, t in self._tracked.items() if t.last_listed < horizon]:
-            del self._tracked[rid]
         self._deliver(out, sink)
 
     def _deliver(self, out: Records, sink: Sink) -> None:
         self.stats.retrying = len(self._retry)
+        self.stats.recount()
         value = json.loads(self.stats.cursor_value())
         value["last_entry"] = list(self._last_entry) if self._last_entry else None
         value["retry"] = dict(self._retry)
+        value["known"] = [[rid, created] for rid, created in
+                          list(self._known.items())[-KNOWN_IN_CURSOR:]]
+        value["prunes"] = self._prunes
         cursor = json.dumps(value, sort_keys=True)
         if not len(out) and cursor == self._delivered:
             return  # an idle tick: no commit (each one costs the writer a transaction)
@@ -531,7 +864,8 @@ class Poller:
                 except (Unreachable, GatewayError) as exc:
                     failures += 1
                     self.stats.errors += 1
-                    self._check_identity = True  # the gateway may come back as a new one
+                    # The gateway may come back as a new one.
+                    self._check_identity = self._cut_off = True
                     # Full jitter: many pollers restarting together do not hammer the gateway.
                     delay = random.uniform(0, min(self.backoff_cap_s,
                                                   self.backoff_base_s * 2 ** failures))
@@ -549,6 +883,11 @@ class Poller:
                 remaining = self.interval_s - (time.monotonic() - started)
                 if remaining > 0:
                     await asyncio.to_thread(stop.wait, remaining)
+        self.stats.recount()
+        log.info(f"poller: {self.stats.summary()}", extra={"fields": {
+            "url": self.url, "seen": self.stats.seen, "captured": self.stats.captured,
+            "missed": self.stats.missed, "partial": self.stats.partial,
+            "decisions": self.stats.decisions, "rewards": self.stats.rewards}})
 
     def run(self, sink: Sink, stop: threading.Event,
             get_cursor: Callable[[str], str | None] | None = None) -> None:
@@ -556,6 +895,18 @@ class Poller:
         if get_cursor is not None:
             self.resume(get_cursor(self.source))
         asyncio.run(self.run_async(sink, stop))
+
+
+def _other_incarnation(before: float | None, now: float | None) -> bool:
+    """Two creation times of one rollout id that say it was created twice."""
+    return before is not None and now is not None and before != now
+
+
+def _capture(tracked: _Tracked | None, reason: str, *, complete: bool) -> dict[str, Any]:
+    """What a rollout's record says of its capture: read to its end or not, and what was read."""
+    return {"complete": complete, "reason": reason,
+            "decisions": tracked.decisions if tracked is not None else 0,
+            "rewards": tracked.rewards if tracked is not None else 0}
 
 
 async def poll_until_idle(poller: Poller, sink: Sink, *, idle_ticks: int = 2,

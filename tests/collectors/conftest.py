@@ -49,10 +49,12 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: 
 class AglServer:
     """`agl-server` as users run it, keyed through the environment (never on a command line)."""
 
-    def __init__(self, workdir: Path, key: str, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, key: str, port: int | None = None,
+                 command: list[str] | None = None) -> None:
         self.workdir = workdir
         self.key = key
         self.port = port or free_port()
+        self.command = command or [str(AGL_SERVER)]  # what runs it (its arguments follow)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,7 +68,7 @@ class AglServer:
     def start(self, timeout_s: float = 30.0) -> None:
         log = open(self.workdir / "agl-server.log", "ab")
         self.proc = subprocess.Popen(
-            [str(AGL_SERVER), "host=127.0.0.1", f"port={self.port}", "key=${oc.env:AGL_KEY}",
+            [*self.command, "host=127.0.0.1", f"port={self.port}", "key=${oc.env:AGL_KEY}",
              f"hydra.run.dir={self.workdir / 'hydra'}", "hydra.output_subdir=null",
              "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"],
             env={**os.environ, "AGL_KEY": self.key}, stdout=log, stderr=log,

@@ -80,11 +80,14 @@ def test_quarter_second_polling_captures_what_a_deleting_trainer_leaves(
 
     st = poller.stats
     assert st.seen == total and st.captured + st.missed == total
-    stored_terminal = {r[0] for r in q("SELECT rollout_id FROM rollouts "
-                                       "WHERE status IN ('succeeded', 'failed')")}
+    ended = {rid: json.loads(meta)["capture"] for rid, meta in q(
+        "SELECT rollout_id, metadata FROM rollouts WHERE status IN ('succeeded', 'failed')")}
+    stored_terminal = {rid for rid, capture in ended.items() if capture["complete"]}
     assert len(stored_terminal) == st.captured
-    # Every missed rollout is counted: exactly those without their final read stored.
+    # Every missed rollout is counted: exactly those without their final read stored (a
+    # rollout deleted between the log read and the final read keeps its state, not complete).
     assert st.missed == total - len(stored_terminal)
+    assert len(ended) - len(stored_terminal) == st.consumed
     # One rollout a round is deleted the instant it ends (to have misses to count); of those
     # the trainer deletes 10 s after they end, at least 99% are fully captured.
     assert len(sim.instant) == rounds

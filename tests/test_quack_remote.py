@@ -24,7 +24,8 @@ import pytest
 from textual.widgets import Static
 
 from tractatus_watch.cli.app import open_store
-from tractatus_watch.cli.commands.collect import ServePlan, serve_plan
+from tractatus_watch.cli.commands.collect import serve_plan
+from tractatus_watch.monitor.session import ServePlan
 from tractatus_watch.cli.config import CliError
 from tractatus_watch.storage import extensions, queries
 from tractatus_watch.storage.errors import StoreError

@@ -3,6 +3,7 @@ a subprocess (so a restart really loses its memory), and a real DuckDB store wit
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -89,6 +90,32 @@ class AglServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class LogList(logging.Handler):
+    """The log records of a logger, kept for a test to read."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def fields(self, msg: str) -> list[dict[str, object]]:
+        return [getattr(r, "fields", {}) for r in self.records if msg in r.getMessage()]
+
+
+@pytest.fixture
+def poller_log() -> Iterator[LogList]:
+    """What the poller logs (INFO and up) during the test."""
+    logger = logging.getLogger("tractatus_watch.collectors.poller")
+    handler, level = LogList(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 @pytest.fixture

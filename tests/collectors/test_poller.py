@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -227,29 +226,6 @@ POISON = ('{"event_type": "tractatus.decision", "data": {"schema": "tractatus.de
           '"decision_id": "poison", "agent_id": "a", "round": 0, "arm": "governed", '
           '"mode": "enforce", "action": {"kind": "publish", "summary": "x\\ud800"}, '
           '"checks": [], "verdict": "allow", "executed": true, "latency_us": 1}}')
-
-
-class LogList(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def fields(self, msg: str) -> list[dict[str, object]]:
-        return [getattr(r, "fields", {}) for r in self.records if msg in r.getMessage()]
-
-
-@pytest.fixture
-def poller_log():  # type: ignore[no-untyped-def]
-    logger = logging.getLogger("tractatus_watch.collectors.poller")
-    handler, level = LogList(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def send(server, method: str, path: str, **kw) -> int:  # type: ignore[no-untyped-def]

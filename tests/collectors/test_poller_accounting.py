@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import queue
 import sys
 import threading
@@ -36,21 +35,10 @@ from tractatus_watch.records.delivery import Records, Sink
 
 from .conftest import AglServer, decision_payload, free_port
 from .pruning_agl_server import PruningEvents
-from .test_poller import LogList, no_duplicates, start_poller, wait_for
+from .test_poller import no_duplicates, start_poller, wait_for
 
 PRUNING = Path(__file__).with_name("pruning_agl_server.py")
 NOT_READ = "rollout not read to its end"
-
-
-@pytest.fixture
-def poller_log() -> Iterator[LogList]:
-    logger = logging.getLogger("tractatus_watch.collectors.poller")
-    handler, level = LogList(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 @pytest.fixture(params=["agl-1.0.2", "pruning"])

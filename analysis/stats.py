@@ -209,10 +209,16 @@ class Gap:
 
 
 def _var(n: float, total: float, sq_total: float) -> float:
-    if n < 2:
-        return math.nan
-    # Sums of squares lose digits to cancellation when the mean is large: clamp at 0.
-    return max(0.0, (sq_total - total * total / n) / (n - 1))
+    return float(_variances(np.array([n], dtype=float), np.array([total], dtype=float),
+                            np.array([sq_total], dtype=float))[0])
+
+
+def _variances(n: np.ndarray, total: np.ndarray, sq_total: np.ndarray) -> np.ndarray:
+    """Sample variances from rollup sums; NaN below two values."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # Sums of squares lose digits to cancellation when the mean is large: clamp at 0.
+        return np.where(n >= 2, np.maximum(0.0, (sq_total - total * total / n) / (n - 1)),
+                        np.nan)
 
 
 def mean_ci(n: float, total: float, sq_total: float, level: float = 0.95,
@@ -248,12 +254,7 @@ def welch_gaps(n_g: np.ndarray, sum_g: np.ndarray, sq_g: np.ndarray, n_u: np.nda
     interval is infinite (se, df NaN); no spread: lo = hi = gap (se 0, df inf)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         diff = np.where((n_g > 0) & (n_u > 0), sum_g / n_g - sum_u / n_u, np.nan)
-        # Sums of squares lose digits to cancellation when the mean is large: clamp at 0.
-        var_g = np.where(n_g >= 2, np.maximum(0.0, (sq_g - sum_g * sum_g / n_g) / (n_g - 1)),
-                         np.nan)
-        var_u = np.where(n_u >= 2, np.maximum(0.0, (sq_u - sum_u * sum_u / n_u) / (n_u - 1)),
-                         np.nan)
-        a, b = var_g / n_g, var_u / n_u
+        a, b = _variances(n_g, sum_g, sq_g) / n_g, _variances(n_u, sum_u, sq_u) / n_u
         se = np.sqrt(a + b)
         denom = (np.where(a != 0, a * a / (n_g - 1), 0.0)
                  + np.where(b != 0, b * b / (n_u - 1), 0.0))

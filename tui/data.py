@@ -247,15 +247,11 @@ def _reward_sums(frame: pl.DataFrame) -> tuple[np.ndarray, ...]:
 def _at(side: tuple[np.ndarray, ...], rounds: np.ndarray) -> list[np.ndarray]:
     """The side's mean (NaN where it has none) and sums (0 where none) at `rounds`."""
     r, mean, *sums = side
-    order = np.argsort(r, kind="stable")
-    pos = np.searchsorted(r[order], rounds)
-    found = pos < len(r)
-    found[found] &= r[order][pos[found]] == rounds[found]
-    idx = order[pos[found]]
+    _, at, found = np.intersect1d(rounds, r, assume_unique=True, return_indices=True)
     out = [np.full(len(rounds), np.nan)] + [np.zeros(len(rounds)) for _ in sums]
     for o, v in zip(out, [mean, *sums]):
-        o[found] = v[idx]
-    return [out[0]] + [np.nan_to_num(o) for o in out[1:]]
+        o[at] = v[found]
+    return out
 
 
 def fetch_overview(con: Con, run_id: str, baseline_run: str | None = None) -> OverviewData:

@@ -160,9 +160,6 @@ class PollerStats:
         self.seen = self.ended + max(0, self.skipped - self.vanished)
         self.missed = self.seen - self.captured - self.retrying
 
-    def cursor_value(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
     @classmethod
     def from_cursor(cls, value: str | None) -> PollerStats:
         if not value:
@@ -827,7 +824,8 @@ class Poller:
     def _deliver(self, out: Records, sink: Sink) -> None:
         self.stats.retrying = len(self._retry)
         self.stats.recount()
-        value = json.loads(self.stats.cursor_value())
+        stats = asdict(self.stats)
+        value: dict[str, Any] = dict(stats)
         value["last_entry"] = list(self._last_entry) if self._last_entry else None
         value["retry"] = dict(self._retry)
         value["known"] = [[rid, created] for rid, created in
@@ -838,7 +836,7 @@ class Poller:
             return  # an idle tick: no commit (each one costs the writer a transaction)
         self._delivered = cursor
         out.cursor = (self.source, cursor)
-        out.stats = asdict(self.stats)
+        out.stats = stats
         sink(out)
 
     # --- loop -------------------------------------------------------------------------------

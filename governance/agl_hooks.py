@@ -216,9 +216,11 @@ class TractatusWatchHooks(RolloutHooks):
     def _fetch_over_http(self, rollout_id: str, client: Any = None) -> list[Any]:
         """GET /api/rollouts/{id}/events through the manager's client, or else the URL from the
         environment (`AGL_KEY` as the bearer key)."""
+        from urllib.parse import quote
+
         import httpx
 
-        path = f"/api/rollouts/{rollout_id}/events"
+        path = f"/api/rollouts/{quote(rollout_id, safe='')}/events"  # as the poller quotes it
         params = {"include_routed_experts": False}
         if isinstance(client, httpx.Client):
             resp = client.get(path, params=params)

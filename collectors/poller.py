@@ -25,7 +25,8 @@ and `rewards_unverified`: lower bounds of what it had):
   detail answers 404: its terminal state is known nowhere any more (`state_unknown`). We know it
   from the running listing: a rollout that left the listing and is absent from the terminal log
   read after that is read once more; a 404 settles it.
-- `unreadable` (see below), `lost_in_restart`.
+- `unreadable` (see below), `lost_in_restart` (followed, or still being retried, when the
+  gateway restarted).
 `seen` counts ended rollouts: those named above plus skipped positions no vanished rollout
 explains (rollouts that ran and ended between two passes: nothing of them was read).
 `missed = seen - captured - retrying`; `partial` of them had something read. The figures live in
@@ -719,9 +720,10 @@ class Poller:
         self._deliver(out, sink)
 
     def _restarted(self, total: int, sink: Sink) -> None:
-        # Terminal rollouts still being retried were seen already: now they are just missed.
-        retrying = [self._tracked.get(rid) for rid in self._retry]
-        lost = [t for rid, t in self._tracked.items() if rid not in self._retry]
+        # Terminal rollouts still being retried were counted as ended already; both kinds are
+        # lost in the restart now.
+        retrying = [(rid, self._tracked.get(rid)) for rid in self._retry]
+        lost = [(rid, t) for rid, t in self._tracked.items() if rid not in self._retry]
         log.warning("poller: gateway restarted (its terminal log moved and nothing of what we "
                     "followed is left)", extra={"fields": {
                         "url": self.url, "cursor": self.stats.after, "total_terminal": total,
@@ -731,14 +733,10 @@ class Poller:
         self.stats.after = 0
         self._last_entry = None
         self._prunes = None  # a new gateway, maybe another version
-        self.stats.lost_in_restart += len(lost)
+        self.stats.lost_in_restart += len(lost) + len(retrying)
         self.stats.ended += len(lost)
-        self.stats.state_unknown += len(lost) + len(retrying)
-        for t in lost + retrying:
-            if t is not None:
-                self.stats.partial += int(t.read_any)
-                self.stats.decisions_unverified += t.decisions
-                self.stats.rewards_unverified += t.rewards
+        for rid, t in lost + retrying:
+            self._not_read_to_end(rid, t, LOST, None, None)
         self._tracked.clear()
         self._retry.clear()
         self._ended_state.clear()

@@ -50,7 +50,7 @@ import time
 import uuid
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Mapping
 
 from agentlightning.hooks import RolloutHooks, load_hooks
 
@@ -97,6 +97,11 @@ def _trainer_step() -> int | None:
     manager = _calling_manager()
     step = getattr(manager, STEP_ATTR, None) if manager is not None else None
     return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+def _text(given: Mapping[str, Any], key: str) -> str | None:
+    value = given.get(key)
+    return value if isinstance(value, str) and value else None
 
 
 def _dump(obj: Any) -> dict[str, Any]:
@@ -153,8 +158,12 @@ class TractatusWatchHooks(RolloutHooks):
             metadata = request.metadata
             if hasattr(metadata, "model_dump"):
                 metadata = metadata.model_dump(exclude_none=True)
+            # A task that names its agent or arm (`agent_id`, `arm` in its input) tells every
+            # tap whose rollout it is before any decision arrives (witnessed actions need it).
+            given = request.input if isinstance(request.input, Mapping) else {}
             new = stamp(metadata, run_id=self.run_id, round=round_, group=group,
-                        arm=self.arm or None, is_train=is_train)
+                        arm=_text(given, "arm") or self.arm or None,
+                        agent_id=_text(given, "agent_id"), is_train=is_train)
             return request.model_copy(update={"metadata": new})
         except Exception as exc:
             self._failed("on_enqueue", exc)

@@ -56,6 +56,7 @@ from .sender import Sender, parse_event_url
 from .services import ActionInput, CustomRule, Service, default_services
 from .spool_writer import SpoolWriter
 from ..records.verdicts import strongest
+from ..records.witness import CALL_DIGEST_KEY, TOOL_KEY, call_digest, tool_call_parts
 
 log = logging.getLogger(__name__)
 
@@ -245,12 +246,17 @@ class Governor:
         return out
 
     def check(self, action: Any, *, round: int, rollout_id: str | None = None,
-              context: Mapping[str, Any] | None = None) -> Decision:
-        """Govern one action and return its decision (also sent to the sink)."""
+              context: Mapping[str, Any] | None = None, tool_call: Any = None) -> Decision:
+        """Govern one action and return its decision (also sent to the sink).
+
+        `tool_call`: the model's tool call this action comes from (OpenAI's `{"function":
+        {"name", "arguments"}}`). Its name and argument digest go into the decision, which is
+        how the gateway's witness matches the call to this decision (witnessed coverage)."""
         start = time.perf_counter_ns()
         if isinstance(round, bool) or not isinstance(round, int) or round < 0:
             raise ValueError(f"round: expected an integer >= 0, got {round!r}")
         a = ActionInput.coerce(action)
+        called = tool_call_parts(tool_call) if tool_call is not None else None
         ctx: Mapping[str, Any] = ({**self.context, **(context or {})} if self.context
                                   else (context or {}))
         checks: list[Check] = []
@@ -272,7 +278,9 @@ class Governor:
                     checks.append(c)
         verdict = strongest([c.verdict for c in checks if c.enforced])
         executed = not (self.mode == "enforce" and verdict in _STOPPING)
-        extra = {"domain": a.domain} if a.domain else {}
+        extra: dict[str, Any] = {"domain": a.domain} if a.domain else {}
+        if called is not None:
+            extra[TOOL_KEY], extra[CALL_DIGEST_KEY] = called[0], call_digest(called[1])
         rollout = rollout_id or self.rollout_id
         decision = Decision(
             decision_id=secrets.token_hex(16), agent_id=self.agent_id, round=round, arm=self.arm,

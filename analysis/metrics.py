@@ -10,6 +10,9 @@ CLI and the alert rules call these functions, so every surface shows the same nu
   verdict is never a block;
 - escaped: attempted and executed;
 - coverage: covered / actions, per arm only (a rate: never summed over arms);
+- witnessed coverage: witnessed tool calls matched to a decision checked in enforce mode /
+  witnessed tool calls (the gateway's count, not the SDK's); ungoverned: witnessed calls with no
+  decision; unwitnessed decisions: decisions with no witnessed call (`WitnessFigures`);
 - per rule, per arm: evaluations (checks whose rule set held the rule; None when unknown),
   fires (non-allow verdicts naming it), blocks (enforced block verdicts), would_have_blocked
   (block verdicts not enforced); block_rate = blocks / evaluations, would_block_rate =
@@ -103,6 +106,47 @@ def all_arms(arms: Iterable[ArmFigures]) -> AllArms:
                    blocked=sum(a.blocked for a in items),
                    would_have_blocked=sum(a.would_have_blocked for a in items),
                    escaped=sum(a.escaped for a in items))
+
+
+@dataclass(frozen=True)
+class WitnessFigures:
+    """The gateway's witness of one arm (or one agent): tool calls it saw in model responses,
+    reconciled with the decisions (storage/witness_queries.py)."""
+
+    arm: str
+    witnessed: int     # tool calls seen
+    governed: int      # of them, matched to a decision checked in enforce mode
+    matched: int       # of them, matched to any decision
+    unwitnessed: int   # decisions matched to no witnessed call
+
+    @property
+    def witnessed_coverage(self) -> float | None:
+        """governed / witnessed: the coverage the agent's own code cannot report wrongly."""
+        return rate(self.governed, self.witnessed)
+
+    @property
+    def ungoverned(self) -> int:
+        """Witnessed calls that no decision governed (went around the Governor)."""
+        return self.witnessed - self.matched
+
+    def to_json(self) -> dict[str, Any]:
+        return {"witnessed": self.witnessed, "governed": self.governed,
+                "ungoverned": self.ungoverned, "unwitnessed_decisions": self.unwitnessed,
+                "witnessed_coverage": self.witnessed_coverage}
+
+
+def witness_figures(rows: Iterable[Mapping[str, Any]], key: str = "arm"
+                    ) -> dict[str, WitnessFigures]:
+    """Per arm (or per `key`, e.g. agent_id) from rows of witness counts (summed)."""
+    sums: dict[str, list[int]] = {}
+    arms: dict[str, str] = {}
+    for row in rows:
+        k = str(row[key])
+        acc = sums.setdefault(k, [0, 0, 0, 0])
+        arms.setdefault(k, str(row.get("arm", k)))
+        for i, col in enumerate(("witnessed", "governed", "matched", "unwitnessed")):
+            acc[i] += _int(row, col)
+    return {k: WitnessFigures(arms[k], *v) for k, v in sums.items()}
 
 
 @dataclass(frozen=True)

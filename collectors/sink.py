@@ -31,7 +31,7 @@ def writer_sink(writer: _WriterLike, run_id: str = "default") -> Sink:
         batch = Batch.from_records(
             run_id=run_id, decisions=records.decisions, rewards=records.rewards,
             rollouts=records.rollouts, events=records.events, run_events=records.run_events,
-            quarantined=records.quarantined)
+            quarantined=records.quarantined, witnessed=records.witnessed)
         cursor = (Cursor(source=records.cursor[0], value=records.cursor[1])
                   if records.cursor else None)
         if records.stats is not None:

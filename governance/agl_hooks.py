@@ -340,6 +340,8 @@ def records_to_lines(out: Records) -> list[tuple[str, dict[str, Any]]]:
             "rollout_id": ev.rollout_id, "payload": ev.payload, "run_id": ev.run_id}))
     for run in out.run_events:
         lines.append(("run", run.to_payload()))
+    for w in out.witnessed:
+        lines.append(("witnessed", w.to_payload()))
     for i, q in enumerate(out.quarantined):
         # The spool has no quarantine record type; the reader turns this event back into one.
         lines.append(("event", {

@@ -30,11 +30,13 @@ from .events import (
     RolloutTransition,
 )
 from .delivery import Records
+from .witness import witnessed_actions
 
 STAMP_KEY: Final = "tractatus_watch"
 MODEL_REQUEST: Final = "model_request"
-# What the poller reads by type: the governance signal and the reward, never the 100 KB bodies.
-CAPTURE_TYPES: Final = (DECISION_EVENT, DECISIONS_EVENT, REWARD_EVENT)
+# What the poller reads by type: the governance signal, the reward, and the model requests
+# (~100 KB each), whose tool calls are the witness of coverage (records/witness.py).
+CAPTURE_TYPES: Final = (DECISION_EVENT, DECISIONS_EVENT, MODEL_REQUEST, REWARD_EVENT)
 # Of a model_request we keep what answers "what did the model cost", not the request/response.
 MODEL_REQUEST_KEEP: Final = ("model", "model_version", "latency_ms", "usage", "status",
                              "http_status", "finish_reason", "retry_count")
@@ -183,11 +185,12 @@ class EventNormaliser:
         attempt = attempt_id if attempt_id is not None else self.ctx.attempt_id
         eid = event_id(self.ctx.rollout_id, attempt, event_type, position)
         try:
-            self._add(out, eid, event_type, data, ts)
+            self._add(out, eid, event_type, data, ts, position)
         except Exception as exc:  # one odd payload is quarantined; it never stops a tap
             self._quarantine(out, eid, f"cannot normalise: {type(exc).__name__}: {exc}", data)
 
-    def _add(self, out: Records, eid: str, event_type: str, data: Any, ts: float) -> None:
+    def _add(self, out: Records, eid: str, event_type: str, data: Any, ts: float,
+             position: int) -> None:
         if event_type == DECISION_EVENT:
             self._decision(out, eid, data)
         elif event_type == DECISIONS_EVENT:
@@ -200,11 +203,21 @@ class EventNormaliser:
         elif event_type == REWARD_EVENT:
             self._reward(out, eid, data, ts)
         else:
-            payload = trim_model_request(data) if (event_type == MODEL_REQUEST
-                                                   and isinstance(data, Mapping)) else data
+            payload = data
+            if event_type == MODEL_REQUEST and isinstance(data, Mapping):
+                payload = trim_model_request(data)
+                self._witness(out, eid, data, ts, position)
             out.events.append(Event(event_id=eid, event_type=event_type, ts=ts,
                                     rollout_id=self.ctx.rollout_id, payload=payload,
                                     run_id=self.ctx.run_id))
+
+    def _witness(self, out: Records, eid: str, data: Mapping[str, Any], ts: float,
+                 position: int) -> None:
+        """The tool calls of a model response: the actions the agent's model proposed."""
+        out.witnessed.extend(witnessed_actions(
+            data, event_id=eid, rollout_id=self.ctx.rollout_id, position=position, ts=ts,
+            run_id=self.ctx.run_id, agent_id=self.ctx.agent_id,
+            arm=self.ctx.arm or self.default_arm, round=self.ctx.round or 0))
 
     def _quarantine(self, out: Records, where: str, reason: str, data: Any) -> None:
         out.quarantined.append(Quarantined(source=self.source, reason=f"{where}: {reason}",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .events import Decision, Event, Quarantined, Reward, RolloutTransition, RunEvent
+from .witness import WitnessedAction
 
 
 @dataclass(slots=True)
@@ -18,6 +19,7 @@ class Records:
     events: list[Event] = field(default_factory=list)
     run_events: list[RunEvent] = field(default_factory=list)  # runs started or ended
     quarantined: list[Quarantined] = field(default_factory=list)
+    witnessed: list[WitnessedAction] = field(default_factory=list)  # tool calls the gateway saw
     # (source, value): committed together with the rows, so a restart resumes exactly here.
     cursor: tuple[str, str] | None = None
     # Cumulative per-source figures (capture completeness); they commit with the cursor.
@@ -25,7 +27,7 @@ class Records:
 
     def __len__(self) -> int:
         return (len(self.decisions) + len(self.rewards) + len(self.rollouts) + len(self.events)
-                + len(self.run_events) + len(self.quarantined))
+                + len(self.run_events) + len(self.quarantined) + len(self.witnessed))
 
     def extend(self, other: Records) -> None:
         self.decisions.extend(other.decisions)
@@ -34,6 +36,7 @@ class Records:
         self.events.extend(other.events)
         self.run_events.extend(other.run_events)
         self.quarantined.extend(other.quarantined)
+        self.witnessed.extend(other.witnessed)
         if other.cursor is not None:
             self.cursor = other.cursor
         if other.stats is not None:

@@ -15,8 +15,11 @@ Each line is one record:
                                   "run_id"}}
     {"type": "run",      "data": {"run_id", "event": "started" | "ended", "ts", "source",
                                   "detail"}}
+    {"type": "witnessed", "data": {"witness_id", "rollout_id", "position", "idx", "tool",
+                                   "digest", "ts", "run_id", "agent_id", "arm", "round"}}
 
-A `run` record is a run's lifecycle (the `run_events` table): the hooks file writes one `ended`
+A `witnessed` record is one tool call of a model response (records/witness.py). A `run` record
+is a run's lifecycle (the `run_events` table): the hooks file writes one `ended`
 when the trainer process exits. Its `run_id` must be present; "" stands for the collector's
 run, as an empty run_id does in the other records.
 
@@ -35,11 +38,12 @@ import time
 from typing import Any, Final
 
 from .delivery import Records
+from .witness import WitnessedAction
 from .events import (
     Decision, Event, Quarantined, Reward, RolloutTransition, RunEvent, ValidationError, parse_ts,
 )
 
-RECORD_TYPES: Final = ("decision", "reward", "rollout", "event", "run")
+RECORD_TYPES: Final = ("decision", "reward", "rollout", "event", "run", "witnessed")
 SEGMENT_GLOB: Final = "seg-*.ndjson"
 # Line breaks that json.dumps(ensure_ascii=False) leaves raw (it escapes U+0000-U+001F itself).
 _RAW_BREAKS: Final = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -114,6 +118,8 @@ def parse_line(obj: Any, out: Records, where: str, source: str, raw: str) -> Non
             out.rollouts.append(RolloutTransition.from_payload(data))
         elif kind == "run":
             out.run_events.append(RunEvent.from_payload(data))
+        elif kind == "witnessed":
+            out.witnessed.append(WitnessedAction.from_payload(data))
         elif kind == "event" and isinstance(data, dict) and \
                 data.get("event_type") == QUARANTINE_EVENT:
             payload = data.get("payload")

@@ -140,6 +140,34 @@ class WitnessedAction:
     arm: str = ""
     round: int = 0
 
+    def to_payload(self) -> dict[str, Any]:
+        return {"witness_id": self.witness_id, "rollout_id": self.rollout_id,
+                "position": self.position, "idx": self.idx, "tool": self.tool,
+                "digest": self.digest, "ts": self.ts, "run_id": self.run_id,
+                "agent_id": self.agent_id, "arm": self.arm, "round": self.round}
+
+    @classmethod
+    def from_payload(cls, data: Any) -> WitnessedAction:
+        """From a spool line's data; a wrong field raises ValueError naming it."""
+        if not isinstance(data, Mapping):
+            raise ValueError("witnessed: expected an object")
+        text = {k: data.get(k, "") for k in ("witness_id", "rollout_id", "tool", "digest",
+                                              "run_id", "agent_id", "arm")}
+        for key, value in text.items():
+            if not isinstance(value, str):
+                raise ValueError(f"witnessed.{key}: expected a string")
+        for key in ("witness_id", "rollout_id", "digest"):
+            if not text[key]:
+                raise ValueError(f"witnessed.{key}: missing")
+        numbers = {k: data.get(k, 0) for k in ("position", "idx", "round")}
+        for key, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"witnessed.{key}: expected an integer >= 0")
+        ts = data.get("ts")
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+            raise ValueError("witnessed.ts: expected a number")
+        return cls(ts=float(ts), **text, **numbers)
+
 
 def witnessed_actions(data: Any, *, event_id: str, rollout_id: str, position: int, ts: float,
                       run_id: str = "", agent_id: str = "", arm: str = "",

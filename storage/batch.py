@@ -43,6 +43,7 @@ from ..records.events import (
     MODES, RUN_EVENTS, Decision, Event, Quarantined, Reward, RolloutTransition, RunEvent,
 )
 from ..records.verdicts import VERDICTS
+from ..records.witness import WitnessedAction
 from .tables import BATCH_TABLES, EVENT_TABLES, SIDE_TABLES, arrow_schema, not_null, required
 
 MAX_EVENT_PAYLOAD_BYTES: Final = 16_384  # model_request bodies run ~100 KB; keep a head only
@@ -118,6 +119,7 @@ class Batch:
         decisions: Iterable[Decision] = (), rewards: Iterable[Reward] = (),
         rollouts: Iterable[RolloutTransition] = (), events: Iterable[Event] = (),
         run_events: Iterable[RunEvent] = (), quarantined: Iterable[Quarantined] = (),
+        witnessed: Iterable[WitnessedAction] = (),
     ) -> Batch:
         """Arrow tables from records; a record with an empty run_id takes `run_id`. Records that
         cannot be stored become `rejected` entries; the rest always builds."""
@@ -141,6 +143,7 @@ class Batch:
                 ("rewards", _reward_row, rewards, "reward", "reward_id"),
                 ("rollouts", _rollout_row, rollouts, "rollout", "rollout_id"),
                 ("events", _event_row, events, "event", "event_id"),
+                ("witnessed", _witnessed_row, witnessed, "witnessed action", "witness_id"),
                 ("run_events", _run_record_row, run_events, "run event", "run_id"))
         for name, build, records, what, ident in row_builders:
             recs, rows = [], []
@@ -634,6 +637,11 @@ def _event_row(e: Event, run_id: str) -> tuple[Any, ...]:
     row = (e.run_id or run_id, e.event_id, e.rollout_id, e.event_type, _ts_us("events", e.ts),
            trim_payload(e.payload))
     return row
+
+
+def _witnessed_row(w: WitnessedAction, run_id: str) -> tuple[Any, ...]:
+    return (w.run_id or run_id, w.witness_id, w.rollout_id, w.position, w.idx, w.tool, w.digest,
+            w.agent_id, w.arm, w.round, _ts_us("witnessed", w.ts))
 
 
 def _run_record_row(e: RunEvent, run_id: str) -> tuple[Any, ...]:

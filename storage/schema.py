@@ -252,6 +252,18 @@ MIGRATIONS.append((6, "per-round rollups without agent and minute: charts and KP
        FROM rollup_rule GROUP BY run_id, arm, round, service, rule_id, ruleset""",
 ]))
 
+MIGRATIONS.append((7, "witnessed actions: the tool calls the gateway saw, and their rollup", [
+    """CREATE TABLE witnessed (
+        run_id VARCHAR NOT NULL, witness_id VARCHAR NOT NULL, rollout_id VARCHAR NOT NULL,
+        position INTEGER NOT NULL, idx SMALLINT NOT NULL, tool VARCHAR NOT NULL,
+        digest VARCHAR NOT NULL, agent_id VARCHAR NOT NULL, arm VARCHAR NOT NULL,
+        round INTEGER NOT NULL, ts TIMESTAMP NOT NULL)""",
+    """CREATE TABLE rollup_witness (
+        run_id VARCHAR NOT NULL, arm VARCHAR NOT NULL, round INTEGER NOT NULL,
+        agent_id VARCHAR NOT NULL, witnessed BIGINT NOT NULL, ts_min TIMESTAMP,
+        ts_max TIMESTAMP)""",
+]))
+
 LATEST_VERSION: Final = MIGRATIONS[-1][0]
 
 # The identity of a record in each event table: re-delivery of the same key changes nothing.
@@ -262,6 +274,7 @@ NATURAL_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "checks": ("run_id", "decision_id", "idx"),
     "rewards": ("run_id", "reward_id"),
     "events": ("run_id", "event_id"),
+    "witnessed": ("run_id", "witness_id"),
 }
 
 ROLLUP_KEYS: Final[dict[str, tuple[str, ...]]] = {
@@ -271,6 +284,7 @@ ROLLUP_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "rollup_round": ("run_id", "arm", "round"),
     "rollup_rule_round": ("run_id", "arm", "round", "service", "rule_id", "ruleset"),
     "rollup_check_latency": ("run_id", "arm", "service", "round", "bucket_us"),
+    "rollup_witness": ("run_id", "arm", "round", "agent_id"),
 }
 # How each rollup measure folds: everything sums except these.
 ROLLUP_FOLDS: Final[dict[str, str]] = {

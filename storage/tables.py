@@ -75,6 +75,13 @@ TABLES: Final[dict[str, tuple[Column, ...]]] = {name: _columns(spec) for name, s
                "value DOUBLE required, ts TIMESTAMP required",
     "events": "run_id VARCHAR required, event_id VARCHAR required, rollout_id VARCHAR, "
               "event_type VARCHAR required, ts TIMESTAMP required, payload VARCHAR",
+    # The tool calls the gateway saw in model responses (records/witness.py), v7: the witness
+    # of coverage. Arm and agent as the rollout's stamp told the tap ("" when it did not).
+    "witnessed": "run_id VARCHAR required, witness_id VARCHAR required, "
+                 "rollout_id VARCHAR required, position INTEGER not null, "
+                 "idx SMALLINT not null, tool VARCHAR not null, digest VARCHAR required, "
+                 "agent_id VARCHAR not null, arm VARCHAR not null, round INTEGER not null, "
+                 "ts TIMESTAMP required",
     # Appended partial aggregates: one row per (key, ingest batch); queries sum them.
     "rollup_agent": _ROUND_KEY + "agent_id VARCHAR not null, " + _ROUND_MEASURES,
     "rollup_rule": "run_id VARCHAR not null, arm VARCHAR not null, round INTEGER not null, "
@@ -99,6 +106,9 @@ TABLES: Final[dict[str, tuple[Column, ...]]] = {name: _columns(spec) for name, s
     "rollup_check_latency": "run_id VARCHAR not null, arm VARCHAR not null, "
                             "service VARCHAR not null, round INTEGER not null, "
                             "bucket_us BIGINT not null, checks BIGINT not null",
+    # Witnessed actions per run, arm, round and agent (v7).
+    "rollup_witness": _ROUND_KEY + "agent_id VARCHAR not null, witnessed BIGINT not null, "
+                      "ts_min TIMESTAMP, ts_max TIMESTAMP",
     # Per arm, action kind and latency value: decisions and executed ones (v5).
     "rollup_latency": "run_id VARCHAR not null, arm VARCHAR not null, "
                       "action_kind VARCHAR not null, latency_us BIGINT not null, "
@@ -130,7 +140,7 @@ TABLES: Final[dict[str, tuple[Column, ...]]] = {name: _columns(spec) for name, s
 
 # Tables whose rows arrive in batches (the writer's input): the event tables (their rows make a
 # run), the side tables that describe runs (rule sets, lifecycle) and quarantine.
-EVENT_TABLES: Final = ("rollouts", "decisions", "checks", "rewards", "events")
+EVENT_TABLES: Final = ("rollouts", "decisions", "checks", "rewards", "events", "witnessed")
 SIDE_TABLES: Final = ("rulesets", "run_events")
 BATCH_TABLES: Final = (*EVENT_TABLES, *SIDE_TABLES, "quarantine")
 

@@ -67,8 +67,8 @@ ROW_GROUP: Final = 122_880
 # updated_at and a reward's the gateway's event time, which differ when the same run reaches two
 # gateways: those small tables (about one row per rollout) are checked whole, per run.
 # Decisions are checked by key (no window), checks follow their decisions.
-WINDOWED: Final = frozenset({"events"})
-OTHER_TABLES: Final = ("rollouts", "rewards", "events")
+WINDOWED: Final = frozenset({"events", "witnessed"})
+OTHER_TABLES: Final = ("rollouts", "rewards", "events", "witnessed")
 # Rule sets are announced again and again (each rollout), so their copies are not counted as
 # duplicates; run lifecycle events are appended as they come, each once: a start or end of a
 # run at the same microsecond is the same event (a spool segment read twice, its inode changed,
@@ -138,12 +138,17 @@ INSERT INTO rollup_latency BY NAME
 SELECT run_id, arm, action_kind, latency_us, count(*) AS actions,
        count_if(executed) AS executed
 FROM _b GROUP BY ALL"""
+ROLLUP_WITNESS_FROM_WITNESSED: Final = """
+INSERT INTO rollup_witness BY NAME
+SELECT run_id, arm, round, agent_id, count(*) AS witnessed, min(ts) AS ts_min, max(ts) AS ts_max
+FROM _b GROUP BY ALL"""
 ROLLUPS: Final[dict[str, tuple[str, ...]]] = {
     "decisions": (ROLLUP_AGENT_FROM_DECISIONS, ROLLUP_ROUND_FROM_DECISIONS,
                   ROLLUP_LATENCY_FROM_DECISIONS),
     "rewards": (ROLLUP_AGENT_FROM_REWARDS, ROLLUP_ROUND_FROM_REWARDS),
     "checks": (ROLLUP_RULE_FROM_CHECKS, ROLLUP_RULE_ROUND_FROM_CHECKS,
                ROLLUP_CHECK_LATENCY_FROM_CHECKS),
+    "witnessed": (ROLLUP_WITNESS_FROM_WITNESSED,),
 }
 
 # Keys of a commit's decisions (`_d`), with their checks (`_c`) found by `_unit`: the decision

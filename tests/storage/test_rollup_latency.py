@@ -71,7 +71,7 @@ def test_migration_backfills_the_histogram(tmp_path: Path) -> None:
     con = duckdb.connect(str(path))
     # Back to v4: as a store written before the histogram existed.
     for table in ("rollup_latency", "rollup_round", "rollup_rule_round",
-                  "rollup_check_latency"):
+                  "rollup_check_latency", "witnessed", "rollup_witness"):
         con.execute(f"DROP TABLE {table}")
     con.execute("DELETE FROM schema_version WHERE version >= 5")
     con.close()

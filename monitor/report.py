@@ -16,6 +16,7 @@ import polars as pl
 from ..analysis import metrics as M
 from ..analysis.stats import Gap, gap_ci, mean_ci
 from ..storage import queries as Q
+from ..storage import witness_queries as WQ
 
 GOVERNED, UNGOVERNED = "governed", "ungoverned"
 # Performance is judged on the trained policy: the mean reward of the last fifth of the rounds
@@ -54,6 +55,15 @@ class ArmMetrics:
     # Per rule of the arm (analysis/metrics.RuleFigures.to_json): evaluations, fires, blocks,
     # would_have_blocked, block_rate (None where the rules evaluated are unknown).
     rules: tuple[dict[str, Any], ...] = ()
+    # The gateway's witness (analysis/metrics.WitnessFigures): None/0 when nothing was witnessed.
+    witnessed_coverage: float | None = None
+    witnessed: int = 0
+    ungoverned_actions: int = 0
+    unwitnessed_decisions: int = 0
+
+
+# At most this many ungoverned actions are listed (their count is always complete).
+UNGOVERNED_LISTED = 1000
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,9 @@ class Report:
     baseline_run: str | None
     arms: dict[str, ArmMetrics]
     gap: Gap | None
+    # The witnessed actions no decision governed (storage/witness_queries.ungoverned_actions),
+    # of the report's runs, oldest first.
+    ungoverned: tuple[dict[str, Any], ...] = ()
 
     def difference(self) -> dict[str, Any]:
         g, u = self.arms.get(GOVERNED), self.arms.get(UNGOVERNED)
@@ -95,7 +108,7 @@ class Report:
             d["rules"] = [{k: _finite(v) for k, v in r.items()} for r in m.rules]
             arms[name] = {k: _finite(v) if k != "rules" else v for k, v in d.items()}
         return {"run_id": self.run_id, "baseline_run": self.baseline_run, "arms": arms,
-                "difference": self.difference()}
+                "difference": self.difference(), "ungoverned_actions": list(self.ungoverned)}
 
 
 def _finite(value: Any) -> Any:
@@ -135,6 +148,11 @@ class _Runs:
     def latency(self, run_id: str) -> pl.DataFrame:
         return self._get("latency", run_id, lambda: Q.latency(self.con, run_id))
 
+    def witness(self, run_id: str, arm: str) -> M.WitnessFigures | None:
+        counts = self._get("witness", run_id, lambda: WQ.witness_counts(self.con, run_id))
+        return M.witness_figures(counts.filter(pl.col("arm") == arm).iter_rows(named=True)).get(
+            arm)
+
 
 def _arm(q: _Runs, run_id: str, arm: str) -> ArmMetrics | None:
     totals = q.totals(run_id).filter(pl.col("arm") == arm)
@@ -154,6 +172,7 @@ def _arm(q: _Runs, run_id: str, arm: str) -> ArmMetrics | None:
     ci = mean_ci(n, total, sq)
     kinds = q.action_kinds(run_id).filter((pl.col("arm") == arm) & (pl.col("executed") > 0))
     lat = q.latency(run_id).filter(pl.col("arm") == arm).to_dicts()
+    seen = q.witness(run_id, arm)
     return ArmMetrics(
         arm=arm, run_id=run_id,
         performance=total / n if n else None,
@@ -169,7 +188,18 @@ def _arm(q: _Runs, run_id: str, arm: str) -> ArmMetrics | None:
         latency_p99_us=lat[0]["p99_us"] if lat else None,
         overhead_share=lat[0]["share_of_rollout_time"] if lat else None,
         would_have_blocked=figures.would_have_blocked, mode=figures.mode, rules=rules,
+        witnessed_coverage=seen.witnessed_coverage if seen else None,
+        witnessed=seen.witnessed if seen else 0,
+        ungoverned_actions=seen.ungoverned if seen else 0,
+        unwitnessed_decisions=seen.unwitnessed if seen else 0,
     )
+
+
+def witness_by_arm(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
+    """The run's witness per arm (`runs`): [] when the gateway witnessed nothing of it."""
+    counts = WQ.witness_counts(con, run_id)
+    return [{"arm": arm, **f.to_json()}
+            for arm, f in sorted(M.witness_figures(counts.iter_rows(named=True)).items())]
 
 
 def _final_sums(q: _Runs, run_id: str, arm: str) -> tuple[float, float, float]:
@@ -206,4 +236,10 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, baseline_run: str 
         g, b = _final_sums(q, run_id, GOVERNED), _final_sums(q, base_run, baseline.arm)
         if g[0] and b[0]:
             gap = gap_ci(*g, *b)
-    return Report(run_id=run_id, baseline_run=baseline_run, arms=arms, gap=gap)
+    ungoverned: list[dict[str, Any]] = []
+    for run in sorted({m.run_id for m in arms.values() if m.ungoverned_actions}):
+        frame = WQ.ungoverned_actions(con, run, limit=UNGOVERNED_LISTED)
+        ungoverned += [{"run_id": run, **row, "ts": row["ts"].isoformat()}
+                       for row in frame.iter_rows(named=True)]
+    return Report(run_id=run_id, baseline_run=baseline_run, arms=arms, gap=gap,
+                  ungoverned=tuple(ungoverned[:UNGOVERNED_LISTED]))

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 
 from ..storage import queries as Q
+from ..storage import witness_queries as WQ
 from ..analysis.alerts.detectors import evaluate_detector
 from ..analysis.alerts.engine import AlertEngine, Transition, evaluate_rules
 from ..analysis.alerts.alert_rules import NoData, AlertRule, Sample
@@ -19,6 +20,10 @@ SERIES_COLUMNS = ("round", "actions", "covered", "enforce_mode", "attempted", "b
                   "escaped", "evasions", "executed", "latency_us_sum", "reward_n", "reward_sum",
                   "reward_sq_sum")
 GAP_DETECTORS = frozenset({"gap_widening", "gap_closed"})
+WITNESS_DETECTORS = frozenset({"witnessed_coverage_drop"})
+# The witness detector judges the latest round with witnessed actions; the match is made for
+# the last rounds only, so an evaluation costs what those rounds hold, not the whole run.
+WITNESS_ROUNDS = 2
 BASELINE_ARM = "ungoverned"
 
 
@@ -47,6 +52,19 @@ class StoreEvaluator:
         self.now = now
         define_clock(con, now)
         self._per_round: dict[str, pl.DataFrame] = {}  # one read per run per evaluation
+        self._witness: dict[str, pl.DataFrame] = {}
+
+    def _witness_rounds(self, run_id: str) -> pl.DataFrame:
+        """Per (arm, round) of the run's last rounds: witnessed and governed tool calls."""
+        if run_id not in self._witness:
+            last = self.con.execute("SELECT max(round) FROM rollup_witness WHERE run_id = ?",
+                                    [run_id]).fetchall()[0][0]
+            counts = (WQ.witness_counts(self.con, run_id,
+                                        rounds=(int(last) - WITNESS_ROUNDS + 1, int(last)))
+                      if last is not None else WQ.witness_counts(self.con, run_id))
+            self._witness[run_id] = counts.group_by("arm", "round").agg(
+                pl.col("witnessed").sum(), pl.col("governed").sum().alias("witness_governed"))
+        return self._witness[run_id]
 
     def _runs(self) -> list[str]:
         if self.runs is not None:
@@ -84,6 +102,12 @@ class StoreEvaluator:
             for arm in frame["arm"].unique().sort().to_list():
                 per_arm = frame.filter(pl.col("arm") == arm)
                 series = _series(per_arm)
+                if name in WITNESS_DETECTORS:
+                    seen = per_arm.select("round").join(
+                        self._witness_rounds(run_id).filter(pl.col("arm") == arm),
+                        on="round", how="left")
+                    for c in ("witnessed", "witness_governed"):
+                        series[c] = seen[c].fill_null(0).to_numpy().astype(float)
                 if name in GAP_DETECTORS:
                     if arm == BASELINE_ARM:
                         continue

@@ -241,6 +241,7 @@ DETECTOR_PARAMS: Final[dict[str, dict[str, ParamType]]] = {
     "adherence_drift": _CUSUM_PARAMS,
     "evasion_drift": _CUSUM_PARAMS,
     "coverage_drop": {"threshold": "float", "governed_only": "bool"},
+    "witnessed_coverage_drop": {"threshold": "float", "governed_only": "bool"},
     "gap_widening": _TREND_PARAMS,
     "gap_closed": {"tol": "float", "ci_window": "int", "hold": "int", "level": "float",
                    "side": "str", "seed": "int"},

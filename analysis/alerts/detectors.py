@@ -4,8 +4,10 @@
 round, actions, covered, enforce_mode, attempted, blocked, escaped, evasions, executed,
 latency_us_sum, reward_n, reward_sum, reward_sq_sum; gap detectors also need the baseline arm's
 columns prefixed `base_` and aligned with `round` (0 where the baseline has no data); `no_data`
-needs `ts_max` (epoch seconds of the last record per round). A detector returns one sample when it
-is in alarm at the latest round, none otherwise, and raises NoData when there is nothing to judge.
+needs `ts_max` (epoch seconds of the last record per round); `witnessed_coverage_drop` needs
+`witnessed` and `witness_governed` (the gateway's witness, storage/witness_queries.py). A
+detector returns one sample when it is in alarm at the latest round, none otherwise, and raises
+NoData when there is nothing to judge.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def evaluate_detector(name: str, params: Mapping[str, Any], series: Series, *,
     if rounds.size == 0:
         raise NoData("empty series")
     length = rounds.size
-    governed_only_default = name in ("evasion_drift", "coverage_drop")
+    governed_only_default = name in ("evasion_drift", "coverage_drop", "witnessed_coverage_drop")
     if params.get("governed_only", governed_only_default) and not _governed(series, length):
         return []
 
@@ -138,6 +140,19 @@ def evaluate_detector(name: str, params: Mapping[str, Any], series: Series, *,
             return [Sample(lab, coverage, int(rounds[last]),
                            {"covered": _fmt(int(covered[last])),
                             "actions": _fmt(int(actions[last]))})]
+        return []
+    if name == "witnessed_coverage_drop":
+        witnessed = _col(series, "witnessed", length)
+        governed = _col(series, "witness_governed", length)
+        idx = np.flatnonzero(witnessed > 0)
+        if idx.size == 0:
+            raise NoData("no round with witnessed actions")
+        last = int(idx[-1])
+        coverage = float(governed[last] / witnessed[last])
+        if coverage < float(params.get("threshold", 1.0)) - 1e-12:
+            return [Sample(lab, coverage, int(rounds[last]), {
+                "governed": _fmt(int(governed[last])), "witnessed": _fmt(int(witnessed[last])),
+                "ungoverned": _fmt(int(witnessed[last] - governed[last]))})]
         return []
     if name in ("gap_widening", "gap_closed"):
         t, gap = _gap_series(series, rounds)

@@ -8,7 +8,7 @@ import polars as pl
 from rich.table import Table
 from rich.text import Text
 
-from ..monitor.report import GOVERNED, UNGOVERNED, ArmMetrics, Report
+from ..monitor.report import GOVERNED, UNGOVERNED, UNGOVERNED_LISTED, ArmMetrics, Report
 
 
 def _pct(v: float | None) -> str:
@@ -61,6 +61,10 @@ def rows(report: Report) -> tuple[list[str], list[list[str]]]:
          _signed(diff.get("performance_all"), lambda v: f"{v:.3f}")],
         ["Governance coverage", *[_pct(m.coverage) for m in arms],
          _signed(diff.get("coverage"), lambda v: f"{v * 100:.1f} pts")],
+        *([["Witnessed coverage (gateway)", *[_pct(m.witnessed_coverage) for m in arms], ""],
+           ["Ungoverned actions (witnessed, no decision)",
+            *[str(m.ungoverned_actions) if m.witnessed else "n/a" for m in arms], ""]]
+          if any(m.witnessed for m in arms) else []),
         ["Constraint violations (escaped)", *[str(m.escaped_violations) for m in arms],
          _signed(diff.get("escaped_violations"), str)],
         ["Blocked", *[str(m.blocked) for m in arms], _signed(diff.get("blocked"), str)],
@@ -81,6 +85,19 @@ def rows(report: Report) -> tuple[list[str], list[list[str]]]:
     else:
         table = [r[:-1] for r in table]
     return header, table
+
+
+def ungoverned_lines(report: Report, limit: int = 20) -> list[str]:
+    """The ungoverned actions as lines for the terminal, oldest first, at most `limit`."""
+    items = report.ungoverned
+    lines = [f"round {u['round']}  {u['arm']}/{u['agent_id'] or '?'}  {u['tool'] or '?'}  "
+             f"rollout {u['rollout_id']} (call {u['idx']} of model request {u['position']})"
+             for u in items[:limit]]
+    total = sum(m.ungoverned_actions for m in report.arms.values())
+    if total > len(lines):
+        lines.append(f"... and {total - len(lines)} more (`report --format json` lists up to "
+                     f"{UNGOVERNED_LISTED})")
+    return lines
 
 
 def rich_table(report: Report) -> Table:

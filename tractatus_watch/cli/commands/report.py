@@ -29,7 +29,9 @@ def report(
 ) -> None:
     """The Demo 2 table of a run (help above)."""
     from ...monitor.report import build_report
-    from ..report_render import arm_rows, markdown, rich_table
+    from rich.text import Text
+
+    from ..report_render import arm_rows, markdown, rich_table, ungoverned_lines
 
     chosen = checked_output(fmt, out, force, REPORT_FORMATS)
     with open_store(db, data_path, read_only=True, token_file=token_file) as store:
@@ -42,5 +44,10 @@ def report(
         emit_text(markdown(result), out, force)
     elif chosen == TABLE:
         console().print(rich_table(result))
+        lines = ungoverned_lines(result)
+        if lines:
+            console().print(Text("Ungoverned actions (witnessed by the gateway, no decision):"))
+            for line in lines:
+                console().print(Text("  " + line))
     else:
         emit_frame(arm_rows(result), chosen, out, force)

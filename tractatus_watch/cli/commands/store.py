@@ -27,7 +27,8 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite --out.")]
 # The columns of the `runs` table a reader copies from: shown whole at any width.
 RUN_KEYS = ("run_id",)
 # What the `runs` table shows (csv, json, ndjson and parquet hold every column).
-RUN_TABLE_COLUMNS = ("run_id", "name", "arms", "rounds", "actions", "escaped", "last_ts")
+RUN_TABLE_COLUMNS = ("run_id", "name", "arms", "rounds", "actions", "escaped", "witnessed",
+                     "last_ts")
 
 
 def checked_output(fmt: str | None, out: Path | None, force: bool,
@@ -46,11 +47,21 @@ def runs(db: DbOption = None, data_path: DataPathOption = None,
          token_file: TokenFileOption = None, fmt: FrameFormatOption = None,
          out: OutOption = None, force: ForceOption = False) -> None:
     """List the stored runs, newest first."""
+    import polars as pl
+
+    from ...monitor.report import witness_by_arm
     from ...storage import queries
 
     chosen = checked_output(fmt, out, force)
     with open_store(db, data_path, read_only=True, token_file=token_file) as store:
-        df = queries.runs(store.cursor())
+        con = store.cursor()
+        df = queries.runs(con)
+        # Per arm, the gateway's witness (witnessed coverage, ungoverned actions).
+        witnessed = [witness_by_arm(con, run) for run in df["run_id"]]
+    df = df.with_columns(pl.Series("witnessed", witnessed, dtype=pl.List(pl.Struct({
+        "arm": pl.String, "witnessed": pl.Int64, "governed": pl.Int64,
+        "ungoverned": pl.Int64, "unwitnessed_decisions": pl.Int64,
+        "witnessed_coverage": pl.Float64}))))
     if df.is_empty() and chosen == "table":
         console().print("no runs stored yet: run `tractatus-watch demo` or a collector")
         return
@@ -72,6 +83,12 @@ def runs_table(df: pl.DataFrame) -> pl.DataFrame:
     if isinstance(arms, pl.List) and isinstance(arms.inner, pl.Struct) \
             and "arm" in [f.name for f in arms.inner.fields]:
         view = view.with_columns(pl.col("arms").list.eval(pl.element().struct.field("arm")))
+    if "witnessed" in keep:
+        # "governed 93.8%": each witnessed arm's witnessed coverage.
+        view = view.with_columns(pl.col("witnessed").map_elements(
+            lambda arms: [f"{a['arm']} " + ("n/a" if a["witnessed_coverage"] is None
+                                            else f"{a['witnessed_coverage'] * 100:.1f}%")
+                          for a in arms], return_dtype=pl.List(pl.String)))
     return view.rename({"last_ts": "last data"}) if "last_ts" in keep else view
 
 

@@ -58,7 +58,10 @@ def demo_json(report: Any, session: Any, scenario: Any, seed: int) -> dict[str, 
                     key=lambda a: (a["round"], a["alertname"], a["arm"]))
     return _rounded({"scenario": scenario.name, "seed": seed, "agents": scenario.agents,
                      "rounds": scenario.rounds, "arms": arms,
-                     "difference": out["difference"], "alerts": alerts})
+                     "difference": out["difference"], "alerts": alerts,
+                     "ungoverned_actions": [{k: u[k] for k in ("agent_id", "arm", "round",
+                                                               "tool", "rollout_id")}
+                                            for u in out["ungoverned_actions"]]})
 
 
 @app.command()

@@ -194,6 +194,8 @@ class WriteAheadLog:
             "event_id": e.event_id, "event_type": e.event_type, "ts": e.ts,
             "rollout_id": e.rollout_id, "payload": _payload_text(e.payload),
             "run_id": e.run_id}, f"event {e.event_id}"))
+        records.witnessed = self._each(records.witnessed, bad, lambda w: (
+            "witnessed", w.to_payload(), f"witnessed action {w.witness_id}"))
         records.quarantined.extend(bad)
         for q in records.quarantined:  # made writable in place: the store gets the same text
             q.source, q.reason, q.raw = _safe_text(q.source), _safe_text(q.reason), \

@@ -28,6 +28,8 @@ from tractatus_watch.records.events import (
 )
 from tractatus_watch.storage.target import parse_target
 
+from tractatus_watch.records.witness import WitnessedAction, call_digest
+
 from .test_gateway_tap import decision
 
 
@@ -47,7 +49,10 @@ def records() -> Records:
                       ts=1_790_000_003.0, rollout_id="ro-1", run_id="r",
                       payload={"tool": "search", "q": "caf\u00e9 \u2028 \ud800"})],
         quarantined=[Quarantined(source="gateway:x", reason="ro-1:0:x:0: bad", raw="{}",
-                                 ts=1_790_000_004.0)])
+                                 ts=1_790_000_004.0)],
+        witnessed=[WitnessedAction("ro-1:0:model_request:0#1", "ro-1", 0, 1, "publish",
+                                   call_digest('{"a": 1}'), 1_790_000_001.0, "r", "agent-1",
+                                   "governed", 2)])
 
 
 def replayed(folder: Path) -> Records:
@@ -72,6 +77,7 @@ def test_what_the_log_replays_is_what_was_logged(tmp_path: Path) -> None:
     assert got.decisions == original.decisions and got.decisions[0].extra["agent_round"] == 7
     assert got.rewards == original.rewards
     assert got.rollouts == original.rollouts
+    assert got.witnessed == original.witnessed
     # The payload travels as the JSON text the store keeps (ASCII escapes, surrogate too).
     (event,) = got.events
     assert json.loads(event.payload) == original.events[0].payload

@@ -64,10 +64,10 @@ def test_check_passes_on_a_clean_run(tmp_path: Path) -> None:
     make_db(db, gap_in_coverage=False)
     result = tw("check", db=db)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("ok: nothing firing (7 rules, 1 run(s))")
+    assert result.stdout.startswith("ok: nothing firing (8 rules, 1 run(s))")
     code, doc = check_json(db)
     assert code == 0
-    assert doc == {"status": "ok", "exit_code": 0, "runs": ["run-c"], "rules": 7,
+    assert doc == {"status": "ok", "exit_code": 0, "runs": ["run-c"], "rules": 8,
                    "firing": [], "silenced": 0, "pending": 0}
 
 
@@ -122,7 +122,7 @@ def test_silenced_alerts_are_counted_apart_and_do_not_fail(tmp_path: Path) -> No
     assert (doc["status"], doc["firing"], doc["silenced"]) == ("ok", [], 1)
     table = tw("check", db=db)
     assert table.returncode == 0, table.stderr
-    assert table.stdout.splitlines() == ["ok: nothing firing (7 rules, 1 run(s))",
+    assert table.stdout.splitlines() == ["ok: nothing firing (8 rules, 1 run(s))",
                                          "1 firing alert(s) silenced (not counted)"]
 
 

@@ -234,6 +234,15 @@ class Overview(View):
                           one(short or label, short_value or value,
                               note if short_note is None else short_note)))
 
+        def witness_item(a: D.ArmKpis) -> None:
+            """The gateway's count beside the SDK's: n/a when it witnessed nothing of the arm
+            (not behind its proxy), never 0%."""
+            if not a.witnessed:
+                item("witnessed coverage", D.NOT_WITNESSED, "dim", short="witnessed")
+                return
+            item("witnessed coverage", fmt.pct(a.witnessed_coverage),
+                 "bold green" if a.witnessed_coverage == 1.0 else "bold red", short="witnessed")
+
         alert_text = (f"{alerts.firing} firing"
                       + (f", {alerts.silenced} silenced" if alerts.silenced else "")
                       + (f", {alerts.pending} pending" if alerts.pending else ""))
@@ -254,6 +263,12 @@ class Overview(View):
             if a.mode != "shadow":
                 item("coverage", fmt.pct(a.coverage),
                      "bold green" if a.coverage == 1.0 else "bold red")
+                witness_item(a)
+            if a.ungoverned:
+                # Witnessed calls no decision governed: in an arm that enforces, the Governor
+                # was bypassed.
+                item("ungoverned actions", fmt.num(a.ungoverned),
+                     "bold red" if a.mode != "shadow" else "bold", short="ungoverned")
             item("actions", fmt.num(a.actions), short="act")
             if a.mode == "shadow":
                 item("would have blocked", fmt.num(a.would_have_blocked), short="would blk")

@@ -230,8 +230,9 @@ def build_witness_db(path: Path) -> None:
     """WITNESS_RUN: the tool calls of recorded model responses (records/witness.py, as a tap
     extracts them) and the decisions of the real Governor given those calls, through the real
     writer. Governed arm (enforce): agent-0 governs its 3 calls; agent-1 governs 2 of its 3
-    (one skipped: ungoverned); agent-9 never asks the Governor (1 call, no decision). Ungoverned
-    arm (shadow): agent-0 checks its 2 calls in shadow. PLAIN_RUN: decisions, nothing witnessed."""
+    (one skipped: ungoverned); agent-9 never asks the Governor (1 call, no decision); agent-2
+    governs one action that came from no model call (an unwitnessed decision). Ungoverned arm
+    (shadow): agent-0 checks its 2 calls in shadow. PLAIN_RUN: decisions, nothing witnessed."""
     from tractatus_watch.collectors.sink import writer_sink
     from tractatus_watch.governance.governor import Governor
     from tractatus_watch.records.delivery import Records
@@ -242,6 +243,7 @@ def build_witness_db(path: Path) -> None:
             ("governed", "enforce", "agent-0", 1, 1, (0,)),
             ("governed", "enforce", "agent-1", 0, 3, (0, 2)),
             ("governed", "enforce", "agent-9", 1, 1, ()),
+            ("governed", "enforce", "agent-2", 1, 0, ()),
             ("ungoverned", "shadow", "agent-0", 0, 2, (0, 1))]
     records = Records()
     n = 0
@@ -261,6 +263,9 @@ def build_witness_db(path: Path) -> None:
             gov.check({"kind": "publish", "domain": "content",
                        "summary": json.loads(tool_calls[i]["function"]["arguments"])["headline"]},
                       round=rnd, rollout_id=rollout, tool_call=tool_calls[i])
+        if not calls:  # an action of the agent's own, not proposed by the model
+            gov.check({"kind": "publish", "domain": "content", "summary": "Own story"},
+                      round=rnd, rollout_id=rollout)
         records.decisions.extend(sink.decisions)
     plain = _DecisionList()
     for arm, mode in (("governed", "enforce"), ("ungoverned", "shadow")):

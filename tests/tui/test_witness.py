@@ -63,6 +63,7 @@ async def test_overview_shows_the_reports_witnessed_coverage(witness_store: Stor
     assert (gov.coverage, gov.witnessed, gov.ungoverned_actions) == (1.0, 7, 2)
     assert gov.witnessed_coverage == pytest.approx(5 / 7)
     assert (ungov.witnessed, ungov.ungoverned_actions, ungov.witnessed_coverage) == (2, 0, 0.0)
+    assert gov.unwitnessed_decisions == 1  # agent-2's own action
     app = _app(witness_store, WITNESS_RUN, tmp_path)
     async with app.run_test(size=(160, 40)) as pilot:
         await wait_until(pilot, lambda: app.overview.report_kpis is not None)
@@ -106,20 +107,27 @@ async def test_agents_view_shows_each_agents_witness(witness_store: Store,
     assert shown == {
         ("governed", "agent-0"): ("100.0%", "100.0%", "0"),
         ("governed", "agent-1"): ("100.0%", "66.7%", "1"),
+        # agent-2's one action came from no model call: nothing of it witnessed.
+        ("governed", "agent-2"): ("100.0%", "n/a", "n/a"),
         ("ungoverned", "agent-0"): ("0.0%", "0.0%", "0"),
     }
+    assert (expected[("governed", "agent-2")].witnessed,
+            expected[("governed", "agent-2")].unwitnessed) == (0, 1)
     for key, (_, witnessed, ungoverned) in shown.items():
         f = expected[key]
+        if not f.witnessed:
+            continue
         assert (witnessed, ungoverned) == (fmt.pct(f.witnessed_coverage), fmt.num(f.ungoverned))
     # agent-9 proposed an action and never asked the Governor: no row, named in the head.
     assert expected[("governed", "agent-9")].ungoverned == 1
-    assert "witnessed, no decision at all: agent-9 (governed, 1 calls)" in head
+    assert "witnessed, no decision at all: agent-9 (governed, 1 call)" in head
     # The rows' ungoverned actions and agent-9's add up to the arm's in the report.
     assert sum(f.ungoverned for (arm, _), f in expected.items() if arm == "governed") == 2
     assert exported is not None
     assert dict(zip(exported["agent_id"] + "/" + exported["arm"],
                     exported["ungoverned_actions"])) == {
-        "agent-0/governed": 0, "agent-1/governed": 1, "agent-0/ungoverned": 0}
+        "agent-0/governed": 0, "agent-1/governed": 1, "agent-2/governed": 0,
+        "agent-0/ungoverned": 0}
 
 
 async def test_agents_ungoverned_cell_is_red_in_a_governing_agent(witness_store: Store,
@@ -163,12 +171,30 @@ async def test_a_run_without_witness_reads_n_a(witness_store: Store, tmp_path: P
         app.refresh_view()
         await settle(pilot)
         assert app.slow_done == slow_done
-    assert lines[0].startswith("governed enforce  coverage 100.0%  witnessed coverage n/a  "
-                               "actions 2")
-    assert " 0.0%" not in lines[0] and "ungoverned actions" not in "\n".join(lines)
+    # Nothing witnessed at all (not behind the gateway's proxy): the strip keeps its width.
+    assert lines[0].startswith("governed enforce  coverage 100.0%  actions 2  blocked 0")
+    assert "witnessed" not in "\n".join(lines) and "ungoverned actions" not in "\n".join(lines)
     assert view.witness is None and "witnessed" not in columns and "ungoverned" not in columns
     assert [(r[0], r[1], r[2]) for r in rows] == [("governed", "agent-0", "2"),
                                                   ("ungoverned", "agent-0", "2")]
+
+
+async def test_an_arm_the_gateway_did_not_see_reads_n_a(witness_store: Store,
+                                                        tmp_path: Path) -> None:
+    """The plain run's governed arm against the witnessed run's baseline arm: the report has a
+    witness, but none of the governed arm's."""
+    con = witness_store.cursor()
+    report = build_report(con, PLAIN_RUN, WITNESS_RUN)
+    con.close()
+    assert (report.arms["governed"].witnessed, report.arms["ungoverned"].witnessed) == (0, 2)
+    app = _app(witness_store, PLAIN_RUN, tmp_path, baseline_run=WITNESS_RUN)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await wait_until(pilot, lambda: app.overview.report_kpis is not None)
+        await settle(pilot)
+        lines = str(app.query_one("#kpis", Static).render()).splitlines()
+    assert lines[0].startswith("governed enforce  coverage 100.0%  witnessed coverage n/a  "
+                               "actions 2")
+    assert " 0.0%" not in lines[0]
 
 
 async def test_runs_comparison_shows_witnessed_coverage(witness_store: Store,

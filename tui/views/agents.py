@@ -111,7 +111,8 @@ class Agents(View):
         undecided = witness.without_decisions()
         if undecided.is_empty():
             return ""
-        named = [f"{r['agent_id'] or '?'} ({r['arm']}, {fmt.num(r['witnessed'])} calls)"
+        named = [f"{r['agent_id'] or '?'} ({r['arm']}, {fmt.num(r['witnessed'])} "
+                 f"call{'s' if r['witnessed'] != 1 else ''})"
                  for r in undecided.head(3).iter_rows(named=True)]
         more = f" and {undecided.height - 3} more" if undecided.height > 3 else ""
         return f" · witnessed, no decision at all: {', '.join(named)}{more}"

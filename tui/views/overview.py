@@ -235,8 +235,11 @@ class Overview(View):
                               note if short_note is None else short_note)))
 
         def witness_item(a: D.ArmKpis) -> None:
-            """The gateway's count beside the SDK's: n/a when it witnessed nothing of the arm
-            (not behind its proxy), never 0%."""
+            """The gateway's count beside the SDK's: nothing for a run it witnessed nothing of
+            (not behind its proxy: the strip keeps its width), n/a for an arm it did not
+            see in a run it did; never 0%."""
+            if not witnessed_run:
+                return
             if not a.witnessed:
                 item("witnessed coverage", D.NOT_WITNESSED, "dim", short="witnessed")
                 return
@@ -257,6 +260,7 @@ class Overview(View):
         # enforce never "blocks", it would have blocked (analysis/metrics.py). The gap ends the
         # first line, the alerts the last. Coverage is never abbreviated.
         lines: list[list[tuple[Text, Text]]] = []
+        witnessed_run = any(a.witnessed for a in k.arms)
         for a in k.arms or ():
             items = []
             item(a.arm, a.mode, "bold cyan" if a.mode == "enforce" else "bold yellow")

@@ -20,7 +20,7 @@ from tractatus_watch.storage.store import Store
 from tractatus_watch.tui import fmt
 from tractatus_watch.tui.app import Dashboard
 from tractatus_watch.tui.table import Table
-from tractatus_watch.tui.views import Agents
+from tractatus_watch.tui.views import Agents, Runs
 
 from .helpers import FIXED_NOW, PLAIN_RUN, WITNESS_RUN, build_witness_db, settle, wait_until
 
@@ -88,6 +88,7 @@ async def test_agents_view_shows_each_agents_witness(witness_store: Store,
                                                      tmp_path: Path) -> None:
     con = witness_store.cursor()
     counts = WQ.witness_counts(con, WITNESS_RUN)
+    report = build_report(con, WITNESS_RUN)
     con.close()
     expected = {(arm, agent): f for arm in ("governed", "ungoverned") for agent, f in
                 witness_figures(counts.filter(counts["arm"] == arm).iter_rows(named=True),
@@ -122,7 +123,8 @@ async def test_agents_view_shows_each_agents_witness(witness_store: Store,
     assert expected[("governed", "agent-9")].ungoverned == 1
     assert "witnessed, no decision at all: agent-9 (governed, 1 call)" in head
     # The rows' ungoverned actions and agent-9's add up to the arm's in the report.
-    assert sum(f.ungoverned for (arm, _), f in expected.items() if arm == "governed") == 2
+    assert sum(f.ungoverned for (arm, _), f in expected.items() if arm == "governed") == \
+        report.arms["governed"].ungoverned_actions == 2
     assert exported is not None
     assert dict(zip(exported["agent_id"] + "/" + exported["arm"],
                     exported["ungoverned_actions"])) == {
@@ -202,8 +204,11 @@ async def test_runs_comparison_shows_witnessed_coverage(witness_store: Store,
     app = _app(witness_store, WITNESS_RUN, tmp_path, view="runs")
     async with app.run_test(size=(160, 40)) as pilot:
         await settle(pilot)
-        app.query_one("#view-runs").compare(PLAIN_RUN)  # type: ignore[attr-defined]
-        await wait_until(pilot, lambda: app.query_one("#view-runs").comparison is not None)
+        _, runs = _rows(app, "runs-table")
+        at = [r[1] for r in runs].index(PLAIN_RUN)
+        await pilot.press(*["down"] * at, "c")  # compare the run shown with the plain run
+        view = app.query_one(Runs)
+        await wait_until(pilot, lambda: view.comparison is not None)
         await settle(pilot)
         _, rows = _rows(app, "compare-table")
     table = {r[0]: r[1:] for r in rows}

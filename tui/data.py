@@ -19,8 +19,9 @@ import polars as pl
 
 from ..analysis import metrics as M
 from ..analysis.stats import Gap, welch_gaps
-from ..monitor.report import GOVERNED, UNGOVERNED, Report, build_report
+from ..monitor.report import GOVERNED, UNGOVERNED, ArmMetrics, Report, build_report
 from ..storage import queries as Q
+from ..storage import witness_queries as WQ
 
 Con = duckdb.DuckDBPyConnection
 
@@ -107,6 +108,11 @@ class ArmKpis:
     blocked: int
     would_have_blocked: int
     escaped: int
+    # The gateway's witness (the report's ArmMetrics): witnessed 0 = nothing witnessed, the
+    # coverage is then n/a, never 0%.
+    witnessed_coverage: float | None = None
+    witnessed: int = 0
+    ungoverned: int = 0
 
 
 @dataclass(frozen=True)
@@ -130,15 +136,18 @@ def kpis(report: Report) -> Kpis | None:
     m = report.arms[arm]
     base = report.arms.get(UNGOVERNED) if arm == GOVERNED else None
     order = [arm] + [a for a in report.arms if a != arm]
-    arms = tuple(ArmKpis(a, report.arms[a].mode, report.arms[a].coverage, report.arms[a].actions,
-                         report.arms[a].blocked, report.arms[a].would_have_blocked,
-                         report.arms[a].escaped_violations) for a in order)
+    arms = tuple(_arm_kpis(report.arms[a]) for a in order)
     return Kpis(arm=arm, coverage=m.coverage, actions=m.actions, blocked=m.blocked,
                 escaped=m.escaped_violations,
                 baseline_escaped=base.escaped_violations if base else None,
                 performance=m.performance,
                 baseline_performance=base.performance if base else None, gap=report.gap,
                 arms=arms)
+
+
+def _arm_kpis(m: ArmMetrics) -> ArmKpis:
+    return ArmKpis(m.arm, m.mode, m.coverage, m.actions, m.blocked, m.would_have_blocked,
+                   m.escaped_violations, m.witnessed_coverage, m.witnessed, m.ungoverned_actions)
 
 
 def fetch_report(con: Con, run_id: str, baseline_run: str | None = None) -> Report:
@@ -414,6 +423,10 @@ def fetch_runs(con: Con, text_filter: str = "") -> RunsData:
     return RunsData(runs)
 
 
+# What a witness figure reads when the gateway witnessed nothing (never 0%).
+NOT_WITNESSED: Final = "n/a"
+
+
 @dataclass(frozen=True)
 class Comparison:
     a: str
@@ -426,6 +439,9 @@ def _metric_rows(report: Report) -> dict[str, float | int | str | None]:
     g = report.arms.get(k.arm) if k else None
     return {
         "coverage": k.coverage if k else None,
+        # n/a, not 0: a run the gateway did not witness (not behind its proxy).
+        "witnessed coverage": g.witnessed_coverage if g and g.witnessed else NOT_WITNESSED,
+        "ungoverned actions": g.ungoverned_actions if g and g.witnessed else NOT_WITNESSED,
         "actions": k.actions if k else None,
         "blocked": k.blocked if k else None,
         "would have blocked": g.would_have_blocked if g else None,
@@ -448,7 +464,7 @@ def _cell(metric: str, value: float | int | str | None) -> str:
         return "–"
     if isinstance(value, str):
         return value
-    if metric in ("coverage", "gap relative"):
+    if metric in ("coverage", "witnessed coverage", "gap relative"):
         return f"{value * 100:.1f}%"
     if isinstance(value, int):
         return f"{value:,}"
@@ -492,18 +508,61 @@ class AgentsData:
     total: int              # agents of the run (all arms)
     matched: int            # after the filter
     rows: pl.DataFrame      # the page shown
+    # Witnessed actions of the run (the rollup): 0 = not witnessed, no witness columns and
+    # no background match; else the per-agent witness comes from `fetch_agent_witness`.
+    witnessed: int = 0
 
 
 def fetch_agents(con: Con, q: AgentsQuery) -> AgentsData:
     df = Q.per_agent(con, q.run_id).filter(pl.col("actions") > 0)
     total = df.height
+    witnessed = WQ.witnessed_total(con, q.run_id)
     if q.text_filter:
         df = _agent_filter(df, q.text_filter)
     df = df.sort([q.sort, "arm", "agent_id"] if q.sort != "agent_id" else ["agent_id", "arm"],
                  descending=[q.descending, False, False] if q.sort != "agent_id"
                  else [q.descending, False], nulls_last=True)
     start = q.page * q.page_size
-    return AgentsData(q, total, df.height, df.slice(start, q.page_size))
+    return AgentsData(q, total, df.height, df.slice(start, q.page_size), witnessed)
+
+
+AGENT_WITNESS_SCHEMA: Final = pl.Schema({
+    "arm": pl.String(), "agent_id": pl.String(), "witnessed": pl.Int64(),
+    "governed": pl.Int64(), "matched": pl.Int64(), "ungoverned_actions": pl.Int64(),
+    "unwitnessed_decisions": pl.Int64(), "witnessed_coverage": pl.Float64()})
+
+
+@dataclass(frozen=True)
+class AgentWitness:
+    """The Agents view's background part: the gateway's witness of each (arm, agent) of a run
+    (analysis/metrics.WitnessFigures, as the report's per arm), AGENT_WITNESS_SCHEMA."""
+
+    run_id: str
+    table: pl.DataFrame
+
+    def without_decisions(self) -> pl.DataFrame:
+        """Agents the gateway saw proposing actions that made no decision at all (an agent
+        without the SDK): they have no row of their own in the Agents table."""
+        return self.table.filter((pl.col("matched") == 0)
+                                 & (pl.col("unwitnessed_decisions") == 0))
+
+
+def fetch_agent_witness(con: Con, run_id: str) -> AgentWitness:
+    """The match of witnessed calls with decisions reads raw rows: the background lane's."""
+    counts = WQ.witness_counts(con, run_id)
+    rows = []
+    for (arm,), part in counts.partition_by("arm", as_dict=True, maintain_order=True).items():
+        for agent, f in M.witness_figures(part.iter_rows(named=True), key="agent_id").items():
+            rows.append((str(arm), agent, f.witnessed, f.governed, f.matched, f.ungoverned,
+                         f.unwitnessed, f.witnessed_coverage))
+    return AgentWitness(run_id, pl.DataFrame(rows, schema=AGENT_WITNESS_SCHEMA, orient="row"))
+
+
+def with_witness(rows: pl.DataFrame, witness: AgentWitness | None) -> pl.DataFrame:
+    """The Agents page with each agent's witness columns (null: none witnessed or not yet
+    fetched)."""
+    table = witness.table if witness else pl.DataFrame(schema=AGENT_WITNESS_SCHEMA)
+    return rows.join(table, on=["arm", "agent_id"], how="left", maintain_order="left")
 
 
 AGENT_NUMERIC: Final = ("actions", "covered", "attempted", "blocked", "escaped", "evasions",

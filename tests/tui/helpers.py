@@ -197,3 +197,85 @@ def build_snapshot_db(path: Path) -> None:
                      ts(5 + 4 * i)])
     con.close()
     store.close()
+
+
+# --- a run the gateway witnessed ------------------------------------------------------------------
+
+WITNESS_RUN = "witnessed-run"
+PLAIN_RUN = "plain-run"   # decisions only: a run not behind the gateway proxy
+
+
+class _DecisionList:
+    """A Governor sink that keeps the decisions (the test writes them with the witness)."""
+
+    def __init__(self) -> None:
+        self.decisions: list[Any] = []
+
+    def emit_decision(self, decision: Any) -> None:
+        self.decisions.append(decision)
+
+    def emit_reward(self, reward: Any) -> None:
+        pass
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+def _publish_call(i: int, headline: str) -> dict[str, Any]:
+    return {"id": f"call_{i}", "type": "function", "function": {
+        "name": "publish", "arguments": json.dumps({"headline": headline, "text": "Sources."})}}
+
+
+def build_witness_db(path: Path) -> None:
+    """WITNESS_RUN: the tool calls of recorded model responses (records/witness.py, as a tap
+    extracts them) and the decisions of the real Governor given those calls, through the real
+    writer. Governed arm (enforce): agent-0 governs its 3 calls; agent-1 governs 2 of its 3
+    (one skipped: ungoverned); agent-9 never asks the Governor (1 call, no decision); agent-2
+    governs one action that came from no model call (an unwitnessed decision). Ungoverned arm
+    (shadow): agent-0 checks its 2 calls in shadow. PLAIN_RUN: decisions, nothing witnessed."""
+    from tractatus_watch.collectors.sink import writer_sink
+    from tractatus_watch.governance.governor import Governor
+    from tractatus_watch.records.delivery import Records
+    from tractatus_watch.records.witness import witnessed_actions
+
+    # (arm, mode, agent, round, calls in the response, indices of the calls governed)
+    plan = [("governed", "enforce", "agent-0", 0, 2, (0, 1)),
+            ("governed", "enforce", "agent-0", 1, 1, (0,)),
+            ("governed", "enforce", "agent-1", 0, 3, (0, 2)),
+            ("governed", "enforce", "agent-9", 1, 1, ()),
+            ("governed", "enforce", "agent-2", 1, 0, ()),
+            ("ungoverned", "shadow", "agent-0", 0, 2, (0, 1))]
+    records = Records()
+    n = 0
+    for k, (arm, mode, agent, rnd, calls, governed) in enumerate(plan):
+        rollout = f"ro-{k}"
+        tool_calls = [_publish_call(n + i, f"Story {n + i}: what the figures say")
+                      for i in range(calls)]
+        n += calls
+        response = {"response": {"choices": [{"index": 0, "message": {
+            "role": "assistant", "tool_calls": tool_calls}}]}}
+        records.witnessed.extend(witnessed_actions(
+            response, event_id=f"{rollout}:0:model_request:0", rollout_id=rollout, position=0,
+            ts=BASE_TS_US / 1e6 + k, run_id=WITNESS_RUN, agent_id=agent, arm=arm, round=rnd))
+        sink = _DecisionList()
+        gov = Governor(mode=mode, agent_id=agent, arm=arm, run_id=WITNESS_RUN, sink=sink)
+        for i in governed:
+            gov.check({"kind": "publish", "domain": "content",
+                       "summary": json.loads(tool_calls[i]["function"]["arguments"])["headline"]},
+                      round=rnd, rollout_id=rollout, tool_call=tool_calls[i])
+        if not calls:  # an action of the agent's own, not proposed by the model
+            gov.check({"kind": "publish", "domain": "content", "summary": "Own story"},
+                      round=rnd, rollout_id=rollout)
+        records.decisions.extend(sink.decisions)
+    plain = _DecisionList()
+    for arm, mode in (("governed", "enforce"), ("ungoverned", "shadow")):
+        gov = Governor(mode=mode, agent_id="agent-0", arm=arm, run_id=PLAIN_RUN, sink=plain)
+        for rnd in range(2):
+            gov.check({"kind": "publish", "domain": "content", "summary": "Plain story"},
+                      round=rnd, rollout_id=f"plain-{arm}-{rnd}")
+    store = Store.open(path)
+    writer = Writer(store)
+    writer_sink(writer, WITNESS_RUN)(records)
+    writer_sink(writer, PLAIN_RUN)(Records(decisions=plain.decisions))
+    writer.close()
+    store.close()

@@ -97,8 +97,26 @@ def _header(arms: dict[str, truth.ArmTruth]) -> list[str]:
             parts.append(f"{a.arm} shadow  actions {a.actions:,}  would have blocked "
                          f"{a.would_have_blocked:,}  escaped {a.escaped:,}")
         else:
-            parts.append(f"{a.arm} {a.mode}  coverage {fmt.pct(a.coverage)}  actions "
-                         f"{a.actions:,}  blocked {a.blocked:,}  escaped {a.escaped:,}")
+            # The gateway's witnessed coverage (if any) stands between coverage and actions:
+            # it is checked against the report below.
+            parts.append(f"{a.arm} {a.mode}  coverage {fmt.pct(a.coverage)}  ")
+            parts.append(f"actions {a.actions:,}  blocked {a.blocked:,}  escaped {a.escaped:,}")
+    return parts
+
+
+def _witness_header(report: dict[str, Any]) -> list[str]:
+    """The header's witness figures of an enforcing arm, as the report gives them (one
+    definition: storage/witness_queries.py); none for a run the gateway did not witness."""
+    if not any(m["witnessed"] for m in report["arms"].values()):
+        return []
+    parts = []
+    for m in report["arms"].values():
+        if m["mode"] == "shadow":
+            continue
+        parts.append("witnessed coverage " + (fmt.pct(m["witnessed_coverage"])
+                                              if m["witnessed"] else "n/a"))
+        if m["ungoverned_actions"]:
+            parts.append(f"ungoverned actions {m['ungoverned_actions']:,}")
     return parts
 
 
@@ -124,6 +142,7 @@ async def test_every_surface_shows_the_raw_tables_figures(
                 await pilot.press(key)
                 await settle(pilot)
                 views[table] = _rows(app, table)
+            agent_columns = app.query_one("#agents-table", Table).columns
             await pilot.press("6")
             await settle(pilot)
             deadline = 200
@@ -148,11 +167,14 @@ async def test_every_surface_shows_the_raw_tables_figures(
     assert run_row[4:7] == [str(extra["rounds"]), f"{sum(a.actions for a in arms.values()):,}",
                             f"{sum(a.escaped for a in arms.values()):,}"]
 
-    agents = {(r[0], r[1]): r for r in views["agents-table"]}
+    # By column name: a witnessed run has its witness columns beside coverage.
+    agents = {(r[0], r[1]): dict(zip(agent_columns, r)) for r in views["agents-table"]}
     assert len(agents) == len(extra["agents"])
     for arm, agent, actions, covered, blocked, escaped, evasions in extra["agents"]:
-        assert agents[(arm, agent)][2:7] == [f"{actions:,}", fmt.pct(covered / actions),
-                                             f"{blocked:,}", f"{escaped:,}", f"{evasions:,}"]
+        row = agents[(arm, agent)]
+        assert [row[c] for c in ("actions", "coverage", "blocked", "escaped", "evasions")] == [
+            f"{actions:,}", fmt.pct(covered / actions), f"{blocked:,}", f"{escaped:,}",
+            f"{evasions:,}"]
 
     overhead = {(r[0], r[1]): r for r in views["overhead-table"]}
     for arm, p50, p99, mean in extra["latency"]:
@@ -178,6 +200,8 @@ async def test_every_surface_shows_the_raw_tables_figures(
     result = tw("report", "--run", run_id, "--format", "json", db=db)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
+    for part in _witness_header(report):
+        assert part in header, (part, header)
     for doc in (report, demo_doc):  # `demo --format json` is the same report
         for arm, a in arms.items():
             got = doc["arms"][arm]

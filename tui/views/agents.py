@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
+from typing import Any
 
 import polars as pl
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Static
@@ -17,8 +19,9 @@ from ..widgets import Empty, fill_table, right
 from .base import LOADING, NO_DATA, Fetch, View, ViewContext
 
 
-# At 80 columns latency gives way first (the Overhead view has it per arm), then reward.
-AGENTS_FIT = Fit(drop=("latency", "reward"))
+# At 80 columns latency gives way first (the Overhead view has it per arm), then reward;
+# with the witness columns shown, evasions too.
+AGENTS_FIT = Fit(drop=("latency", "reward", "evasions"))
 
 
 class Agents(View):
@@ -38,6 +41,7 @@ class Agents(View):
         self.descending = False
         self.page = 0
         self.data: D.AgentsData | None = None
+        self.witness: D.AgentWitness | None = None  # from the background lane
 
     def compose(self) -> ComposeResult:
         yield Static("", id="agents-head", classes="view-head")
@@ -50,6 +54,23 @@ class Agents(View):
         return (("agents",) + params, lambda con, run: D.fetch_agents(con, D.AgentsQuery(
             run, *params, page_size=size)))
 
+    def slow(self, run_id: str) -> tuple[Hashable, Fetch] | None:
+        """The per-agent witness, only for a run the gateway witnessed (the rollup said so)."""
+        if self.data is None or self.data.query.run_id != run_id or not self.data.witnessed:
+            return None
+        return ("agent-witness", run_id), D.fetch_agent_witness
+
+    def show_slow(self, data: D.AgentWitness) -> None:
+        self.witness = data
+        if self.data is not None:
+            self.show(self.data)
+
+    def _witness(self) -> D.AgentWitness | None:
+        """The witness fetched for the run shown, if any yet."""
+        w = self.witness
+        return w if self.data is not None and w is not None and \
+            w.run_id == self.data.query.run_id else None
+
     def show(self, data: D.AgentsData) -> None:
         self.data = data
         q = data.query
@@ -61,17 +82,53 @@ class Agents(View):
             f"{fmt.num(data.total)} agent rows · {fmt.num(data.matched)} shown"
             + (f" (filter: {q.text_filter})" if q.text_filter else "")
             + f" · sorted by {q.sort} {'↓' if q.descending else '↑'}"
-            + f" · page {min(q.page, pages - 1) + 1}/{pages}")
+            + f" · page {min(q.page, pages - 1) + 1}/{pages}"
+            + self._undecided_note())
         self.note("agents-empty", None if data.matched else
                   (f"no agent matches {q.text_filter!r}" if q.text_filter else NO_DATA))
+        # The witness columns only for a run the gateway witnessed: "…" until the background
+        # match lands, n/a for an agent it saw nothing of (never 0%).
+        witnessed = bool(data.witnessed)
+        witness = self._witness()
+        page = D.with_witness(data.rows, witness) if witnessed else data.rows
         rows = [(r["arm"], r["agent_id"], right(fmt.num(r["actions"])),
-                 right(fmt.pct(r["coverage"])), right(fmt.num(r["blocked"])),
+                 right(fmt.pct(r["coverage"])),
+                 *(self._witness_cells(r, witness is not None) if witnessed else ()),
+                 right(fmt.num(r["blocked"])),
                  right(fmt.num(r["escaped"])), right(fmt.num(r["evasions"])),
                  right(fmt.dec(r["reward_mean"], 4)), right(fmt.us(r["latency_us_mean"])))
-                for r in data.rows.iter_rows(named=True)]
+                for r in page.iter_rows(named=True)]
         fill_table(self.query_one("#agents-table", Table),
-                   ["arm", "agent", "actions", "coverage", "blocked", "escaped", "evasions",
-                    "reward", "latency"], rows, fit=AGENTS_FIT)
+                   ["arm", "agent", "actions", "coverage",
+                    *(("witnessed", "ungoverned") if witnessed else ()),
+                    "blocked", "escaped", "evasions", "reward", "latency"], rows, fit=AGENTS_FIT)
+
+    def _undecided_note(self) -> str:
+        """The agents witnessed that never asked the Governor (not in the table: no row)."""
+        witness = self._witness()
+        if witness is None:
+            return ""
+        undecided = witness.without_decisions()
+        if undecided.is_empty():
+            return ""
+        named = [f"{r['agent_id'] or '?'} ({r['arm']}, {fmt.num(r['witnessed'])} "
+                 f"call{'s' if r['witnessed'] != 1 else ''})"
+                 for r in undecided.head(3).iter_rows(named=True)]
+        more = f" and {undecided.height - 3} more" if undecided.height > 3 else ""
+        return f" · witnessed, no decision at all: {', '.join(named)}{more}"
+
+    @staticmethod
+    def _witness_cells(r: dict[str, Any], fetched: bool) -> tuple[Text, Text]:
+        """Witnessed coverage and ungoverned actions of one agent row."""
+        if not fetched:
+            return right("…"), right("…")
+        if not r["witnessed"]:
+            return right(D.NOT_WITNESSED), right(D.NOT_WITNESSED)
+        ungoverned = r["ungoverned_actions"]
+        # A call no decision governed, from an agent that enforces: the Governor was bypassed.
+        alarm = "bold red" if ungoverned and r["covered"] else ""
+        return (right(fmt.pct(r["witnessed_coverage"])),
+                Text(fmt.num(ungoverned), style=alarm, justify="right"))
 
     def action_sort(self) -> None:
         self.sort = D.AGENT_SORTS[(D.AGENT_SORTS.index(self.sort) + 1) % len(D.AGENT_SORTS)]
@@ -101,4 +158,7 @@ class Agents(View):
         self.request_refresh()
 
     def export_frame(self) -> pl.DataFrame | None:
-        return self.data.rows if self.data else None
+        if self.data is None:
+            return None
+        return D.with_witness(self.data.rows, self._witness()) if self.data.witnessed \
+            else self.data.rows

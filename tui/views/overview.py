@@ -234,6 +234,18 @@ class Overview(View):
                           one(short or label, short_value or value,
                               note if short_note is None else short_note)))
 
+        def witness_item(a: D.ArmKpis) -> None:
+            """The gateway's count beside the SDK's: nothing for a run it witnessed nothing of
+            (not behind its proxy: the strip keeps its width), n/a for an arm it did not
+            see in a run it did; never 0%."""
+            if not witnessed_run:
+                return
+            if not a.witnessed:
+                item("witnessed coverage", D.NOT_WITNESSED, "dim", short="witnessed")
+                return
+            item("witnessed coverage", fmt.pct(a.witnessed_coverage),
+                 "bold green" if a.witnessed_coverage == 1.0 else "bold red", short="witnessed")
+
         alert_text = (f"{alerts.firing} firing"
                       + (f", {alerts.silenced} silenced" if alerts.silenced else "")
                       + (f", {alerts.pending} pending" if alerts.pending else ""))
@@ -248,12 +260,19 @@ class Overview(View):
         # enforce never "blocks", it would have blocked (analysis/metrics.py). The gap ends the
         # first line, the alerts the last. Coverage is never abbreviated.
         lines: list[list[tuple[Text, Text]]] = []
+        witnessed_run = any(a.witnessed for a in k.arms)
         for a in k.arms or ():
             items = []
             item(a.arm, a.mode, "bold cyan" if a.mode == "enforce" else "bold yellow")
             if a.mode != "shadow":
                 item("coverage", fmt.pct(a.coverage),
                      "bold green" if a.coverage == 1.0 else "bold red")
+                witness_item(a)
+            if a.ungoverned:
+                # Witnessed calls no decision governed: in an arm that enforces, the Governor
+                # was bypassed.
+                item("ungoverned actions", fmt.num(a.ungoverned),
+                     "bold red" if a.mode != "shadow" else "bold", short="ungoverned")
             item("actions", fmt.num(a.actions), short="act")
             if a.mode == "shadow":
                 item("would have blocked", fmt.num(a.would_have_blocked), short="would blk")

@@ -115,11 +115,13 @@ def _streamed(chunks: list[Any]) -> list[tuple[str, Any]]:
                 continue
             index = call.get("index", 0)
             index = index if isinstance(index, int) else 0
-            fn = call.get("function") if isinstance(call.get("function"), Mapping) else {}
-            if isinstance(fn.get("name"), str) and fn["name"]:
-                names[index] = fn["name"]
-            if isinstance(fn.get("arguments"), str):
-                args.setdefault(index, []).append(fn["arguments"])
+            fn = call.get("function")
+            fn = fn if isinstance(fn, Mapping) else {}
+            name, fragment = fn.get("name"), fn.get("arguments")
+            if isinstance(name, str) and name:
+                names[index] = name
+            if isinstance(fragment, str):
+                args.setdefault(index, []).append(fragment)
             names.setdefault(index, "")
     return [(names[i], "".join(args.get(i, []))) for i in sorted(names)]
 

@@ -294,13 +294,21 @@ class Completed:
     state: str
     final_reward: float | None
     events: list[dict[str, Any]]
+    rollout_id: str = ""
 
 
 class _Trainer(AglRolloutManagerBase):
     """The trainer side, on Agent Lightning's own rollout-manager base: `_create_rollouts`
     enqueues a step's rollouts and runs our hooks' `on_enqueue` (which stamps the round), as in
     the verl trainer. Waiting differs from `AglRolloutManager`, which GETs every pending rollout
-    on every poll: the append-only terminal log answers "what finished" in one request."""
+    on every poll: the append-only terminal log answers "what finished" in one request.
+    Deleting differs too: the verl trainer deletes a rollout 1-2 s after reading it; the demo
+    deletes a round's rollouts once the round is judged, so that a poller attached to an
+    external gateway (`--agl`) reads each of them before it goes."""
+
+    def delete(self, completed: list[Completed]) -> None:
+        for c in completed:
+            self._delete_rollout(c.rollout_id)  # as the trainer does: memory is finite
 
     def run_round(self, step: int, data: dict[str, list[Any]], stop: threading.Event,
                   failure: Callable[[], BaseException | None]) -> list[Completed]:
@@ -329,8 +337,8 @@ class _Trainer(AglRolloutManagerBase):
                 events = [e.model_dump() for e in self._get_events(item["rollout_id"])]
                 rewards = [e["data"].get("value") for e in events if e["event_type"] == "reward"]
                 done.append(Completed(enqueued.input, str(item["state"]),
-                                      float(rewards[-1]) if rewards else None, events))
-                self._delete_rollout(item["rollout_id"])  # as the trainer does: memory is finite
+                                      float(rewards[-1]) if rewards else None, events,
+                                      item["rollout_id"]))
             if pending:
                 time.sleep(0.01)
         return done
@@ -459,7 +467,8 @@ class DemoJob:
             dispatcher.crowding = self._crowding(result)
             results.append(result)
             if self.on_round is not None:
-                self.on_round(result)
+                self.on_round(result)  # the session waits here until the round is stored
+            trainer.delete(completed)
             self._wait_pace(started)
         return results
 
@@ -493,8 +502,9 @@ class DemoJob:
             agent.policy.update(counts, rewards)
             agent.honest_items += int(counts[:, [not s.violates for s in self.styles]].sum())
         shares = {arm: c / c.sum() if c.sum() else c for arm, c in per_arm_counts.items()}
+        # Summed in a canonical order too: the same seed, the same figures to the last bit.
         return RoundResult(rnd, len(completed), decisions, seconds,
-                           {arm: float(np.mean(v)) for arm, v in per_arm_rewards.items()},
+                           {arm: float(np.mean(sorted(v))) for arm, v in per_arm_rewards.items()},
                            shares, proposed)
 
     def _crowding(self, result: RoundResult) -> dict[str, np.ndarray]:

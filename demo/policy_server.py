@@ -110,12 +110,13 @@ def _offered_tools(tools: Any) -> set[str]:
 
 
 def _completion(body: Mapping[str, Any], calls: ToolCalls) -> dict[str, Any]:
+    arguments = [json.dumps(args) for _, args in calls]
     tool_calls = [{"id": f"call_{secrets.token_hex(12)}", "type": "function",
-                   "function": {"name": name, "arguments": json.dumps(args)}}
-                  for name, args in calls]
+                   "function": {"name": name, "arguments": text}}
+                  for (name, _), text in zip(calls, arguments)]
     # A token is about four characters: plausible counts, as a tokenizer would give.
     prompt_tokens = sum(len(str(m.get("content") or "")) for m in body["messages"]) // 4 + 8
-    completion_tokens = sum(len(c["function"]["arguments"]) for c in tool_calls) // 4 + 1
+    completion_tokens = sum(len(text) for text in arguments) // 4 + 1
     return {
         "id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion",
         "created": int(time.time()), "model": str(body.get("model") or ""),

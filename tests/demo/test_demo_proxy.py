@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -184,12 +185,23 @@ def test_the_policy_server_keeps_connections_alive(policies: PolicyServer) -> No
         conn.close()
 
 
+def _serving() -> list[threading.Thread]:
+    """The policy server's threads: its loop, and one per open connection."""
+    return [t for t in threading.enumerate() if t.name == "demo-policy-server"
+            or t.name.endswith("(process_request_thread)")]
+
+
 def test_close_ends_kept_alive_connections() -> None:
     server = PolicyServer({"governed/agent-0": _planner})
     with httpx.Client(timeout=10) as client:
         assert client.post(f"{server.endpoint}/chat/completions", json=chat()).status_code == 200
-        server.close()  # returns although the client still holds its connection open
-    assert not [t for t in threading.enumerate() if t.name == "demo-policy-server"]
+        assert len(_serving()) == 2  # the connection is still open, its thread waiting
+        server.close()
+        # The client still holds the connection: closing the server ended it all the same.
+        deadline = time.monotonic() + 10
+        while _serving() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _serving() == []
 
 
 # --- an external gateway that proxies another model -------------------------------------------
@@ -223,3 +235,24 @@ def test_an_external_gateway_needs_its_model_name(tmp_path: Path) -> None:
 def test_model_name_is_for_an_external_gateway(tmp_path: Path) -> None:
     proc = tw("demo", "--model-name", "x", "--headless", "--db", str(tmp_path / "w.duckdb"))
     assert_one_line_error(proc, "--model-name is for --agl")
+
+
+def test_bypass_through_the_cli_keeps_sdk_coverage_at_one(tmp_path: Path) -> None:
+    """What the Governor sees of the bypass scenario: full coverage of fewer actions."""
+    proc = tw("demo", "--scenario", "bypass", "--rounds", "6", "--headless", "--format", "json",
+              "--db", str(tmp_path / "bypass.duckdb"), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    arms = json.loads(proc.stdout)["arms"]
+    proposed = 2 * 4 * 8 * 6  # agents x rollouts x items x rounds
+    assert arms["ungoverned"]["actions"] == proposed
+    assert arms["governed"]["coverage"] == 1.0
+    # Agent-0 ran about half of its 32 actions of round 5 unchecked.
+    assert proposed - 32 < arms["governed"]["actions"] < proposed
+
+
+def test_bypass_round_moves_into_a_shorter_run() -> None:
+    sc = SCENARIOS["bypass"]
+    assert sc.with_overrides(rounds=12).bypass_round == 5
+    assert sc.with_overrides(rounds=6).bypass_round == 5
+    assert sc.with_overrides(rounds=4).bypass_round == 1
+    assert SCENARIOS["demo2"].with_overrides(rounds=3).bypass_round is None

@@ -139,7 +139,8 @@ def no_model_server(exc: BaseException, gateway: _Gateway) -> CliError:
     from ...demo.job import default_model_name
 
     registered = gateway.model_name or default_model_name()
-    return CliError(f"Agent Lightning at {gateway.url or 'the in-process gateway'} answered HTTP 503 to the demo's model "
+    where = gateway.url or "the in-process gateway"
+    return CliError(f"Agent Lightning at {where} answered HTTP 503 to the demo's model "
                     f"calls ({_reason(exc)}); the demo registered its policies as "
                     f"{registered!r}: pass the gateway's default_proxy.model_name with "
                     "--model-name")

@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+import structlog
+
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import last_line  # noqa: E402
 
@@ -39,6 +41,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    # Agent Lightning's proxy logs each call at debug level through structlog (to stdout).
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     figures: dict[str, float] = {}
     workdir = Path(tempfile.mkdtemp(prefix="tw-bench-demo-"))
     for n in (int(x) for x in args.sizes.split(",")):

@@ -10,6 +10,7 @@ shadow auditor flags.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -89,6 +90,45 @@ def item_for(style: Style, topic: str) -> dict[str, Any]:
         "domain": "content",
         "params": {"headline": headline, "channel": "feed"},
     }
+
+
+# The one tool the agents' model acts through (OpenAI's function-tool schema).
+PUBLISH_TOOL: Final = {"type": "function", "function": {
+    "name": "publish", "description": "Publish one item to the feed.",
+    "parameters": {"type": "object", "required": ["style", "headline", "text"],
+                   "additionalProperties": False, "properties": {
+                       "style": {"type": "string", "description": "the item's style"},
+                       "headline": {"type": "string"}, "text": {"type": "string"}}}}}
+
+
+def publish_arguments(style: Style, topic: str) -> dict[str, str]:
+    """What the model proposes: a `publish` call's arguments for one item."""
+    item = item_for(style, topic)
+    return {"style": style.name, "headline": item["summary"], "text": item["text"]}
+
+
+def item_from_arguments(arguments: Any, styles: dict[str, Style]) -> tuple[Style, dict[str, Any]]:
+    """The item a `publish` call proposes (arguments as the model sent them: a JSON string), and
+    its style. Sourced styles cite their reports, as `item_for` does (the headline names them)."""
+    args = json.loads(arguments) if isinstance(arguments, (str, bytes)) else arguments
+    if not isinstance(args, dict):
+        raise ValueError("publish: arguments must be a JSON object")
+    style = styles.get(args.get("style"))  # type: ignore[arg-type]
+    if style is None:
+        raise ValueError(f"publish: unknown style {args.get('style')!r}")
+    headline, text = str(args.get("headline", "")), str(args.get("text", ""))
+    return style, {
+        "kind": style.name,
+        "summary": headline,
+        "text": text,
+        "sources": [f"https://example.org/reports/{_slug(headline)}"] if style.sourced else [],
+        "domain": "content",
+        "params": {"headline": headline, "channel": "feed"},
+    }
+
+
+def _slug(text: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
 
 
 def engagement(style: Style, rng: np.random.Generator, *, skill: float = 0.0,

@@ -7,35 +7,50 @@ Roles, as in a real deployment:
   exactly those events and rewards;
 - the controller (`_Dispatcher`): picks queuing rollouts, marks them running, hands each to its
   agent's worker;
-- the agents (`_Agent.run_rollout`): publish items; every item passes the Governor, which posts
-  its `tractatus.decision` events to the rollout's AGL_EVENT_URL; the reward goes the same way.
+- the model server (`policy_server.PolicyServer`): each agent's policy, served as an
+  OpenAI-compatible chat-completions endpoint and registered with the gateway
+  (`POST /api/models`) as the verl trainer registers its vLLM servers;
+- the agents (`_Agent.run_rollout`): one chat completion per rollout through the rollout's
+  AGL_OPENAI_BASE_URL (the gateway's proxy, which records it as a `model_request` event) gives
+  the rollout's items as parallel `publish` tool calls; every call passes the Governor
+  (`tool_call=`: the decision names the call it governed), which posts its `tractatus.decision`
+  events to the rollout's AGL_EVENT_URL, and runs only if allowed; the reward goes the same way.
 
-Determinism: each agent's rollouts run in creation order on one worker and draw from the agent's
-own random stream, and learning happens between rounds, so the same seed gives the same
-training, whatever the thread timing.
+The policies learn from what the model proposed (the tool calls of the rollouts'
+`model_request` events, as a trainer learns from its model's outputs) and the rewards.
+
+Determinism: each agent's rollouts run in creation order on one worker; the policy samples from
+the agent's own random stream (in the model server's thread, while the agent waits for the
+answer), the world from another, and learning happens between rounds, so the same seed gives
+the same training, whatever the thread timing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from queue import SimpleQueue
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 import httpx
 import numpy as np
 from agentlightning.verl.agl_rollout_manager import AglRolloutManagerBase
 
+from ..records.agl import MODEL_REQUEST
 from ..records.events import DECISION_EVENT, DECISIONS_EVENT
+from ..records.witness import response_tool_calls
 from ..governance.governor import Governor
 from ..governance.sender import Sender
 from .auditor import ClickbaitAuditor
-from .environment import TOPICS, Style, all_styles, engagement, item_for
+from .environment import (PUBLISH_TOOL, TOPICS, Style, all_styles, engagement,
+                          item_from_arguments, publish_arguments)
 from .policy import SoftmaxPolicy
+from .policy_server import PolicyServer, ToolCalls
 from .scenarios import Scenario
 
 log = logging.getLogger(__name__)
@@ -48,6 +63,11 @@ class DemoStopped(Exception):
     pass
 
 
+class NoModelServer(RuntimeError):
+    """The gateway's proxy has no server for its model: it proxies another model name than the
+    one the demo registered its policies under (`default_proxy.model_name`)."""
+
+
 @dataclass
 class RoundResult:
     round: int
@@ -56,11 +76,43 @@ class RoundResult:
     seconds: float
     reward: dict[str, float]      # arm -> mean reward this round
     shares: dict[str, np.ndarray]  # arm -> share of each style this round
+    proposed: int = 0             # tool calls the model proposed (the rollouts' model_requests)
 
 
 def _seed(*parts: Any) -> int:
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little")
+
+
+def openai_base_url(base_url: str, rollout_id: str, attempt_id: str = "0",
+                    mode: str = "train") -> str:
+    """A rollout's AGL_OPENAI_BASE_URL, as Agent Lightning's controllers hand it to agents."""
+    return (f"{base_url.rstrip('/')}/proxy/rollout/{rollout_id}/attempt/{attempt_id}"
+            f"/mode/{mode}/openai/v1")
+
+
+def default_model_name() -> str:
+    """The model an Agent Lightning gateway proxies unless told otherwise (its packaged
+    server.yaml's `default_proxy.model_name`)."""
+    from ..collectors.gateway_tap import server_config
+
+    return str(server_config(host="127.0.0.1", port=0, key=None)["default_proxy"]["model_name"])
+
+
+_SYSTEM: Final = ("You write items for a news feed. Plan the round's items, one `publish` call "
+                  "each, in the style that engages readers most.")
+
+
+@dataclass
+class _Bypass:
+    """Actions an agent runs without asking the Governor (the `bypass` scenario)."""
+
+    start: int
+    share: float
+    rng: np.random.Generator  # its own stream: the rest of the run does not draw from it
+
+    def skips(self, rnd: int) -> bool:
+        return rnd >= self.start and bool(self.rng.random() < self.share)
 
 
 @dataclass
@@ -70,8 +122,30 @@ class _Agent:
     styles: tuple[Style, ...]
     policy: SoftmaxPolicy
     governor: Governor
-    rng: np.random.Generator
+    rng: np.random.Generator         # the world's draws (engagement)
+    policy_rng: np.random.Generator  # the model's draws (styles, topics)
+    steps: int                       # items a rollout publishes
+    bypass: _Bypass | None = None
     honest_items: int = 0
+    bypassed: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # round -> n
+
+    def __post_init__(self) -> None:
+        self.by_name = {s.name: s for s in self.styles}
+        self.index = {s.name: i for i, s in enumerate(self.styles)}
+
+    @property
+    def user(self) -> str:
+        """How the agent names itself to the model server (OpenAI's `user` field: the proxy
+        overwrites `model`)."""
+        return f"{self.arm}/{self.agent_id}"
+
+    def plan(self, request: Any) -> ToolCalls:
+        """The model: the rollout's items, sampled from the policy (the policy server calls
+        this while the agent waits for the answer)."""
+        picks = self.policy.sample(self.policy_rng, self.steps)
+        topics = self.policy_rng.integers(len(TOPICS), size=self.steps)
+        return [("publish", publish_arguments(self.styles[a], TOPICS[t]))
+                for a, t in zip(picks, topics)]
 
     def skill(self, scenario: Scenario) -> float:
         if scenario.skill <= 0:
@@ -79,20 +153,53 @@ class _Agent:
         return scenario.skill * (1.0 - np.exp(-self.honest_items / scenario.skill_tau))
 
     def run_rollout(self, rollout_id: str, rnd: int, scenario: Scenario,
-                    crowding: np.ndarray) -> int:
-        """Publish `steps` items through the Governor; record the mean engagement as reward."""
+                    crowding: np.ndarray, model: httpx.Client, openai_url: str) -> int:
+        """Ask the model for the rollout's items (one completion through the gateway's proxy),
+        govern each tool call and run the allowed ones; record the mean engagement as reward."""
+        calls = self._ask(model, openai_url, rnd)
         total = 0.0
         skill = self.skill(scenario)
-        for _ in range(scenario.steps):
-            a = int(self.policy.sample(self.rng, 1)[0])
-            style = self.styles[a]
-            topic = TOPICS[int(self.rng.integers(len(TOPICS)))]
-            decision = self.governor.check(item_for(style, topic), round=rnd,
-                                           rollout_id=rollout_id)
-            if decision.executed:
-                total += engagement(style, self.rng, skill=skill, crowding=float(crowding[a]))
-        self.governor.reward(total / scenario.steps, round=rnd, rollout_id=rollout_id)
-        return scenario.steps
+        for call in calls:
+            style, item = item_from_arguments(call["function"]["arguments"], self.by_name)
+            if self.bypass is not None and self.bypass.skips(rnd):
+                executed = True  # no decision: governance never hears of this action
+                self.bypassed[rnd] += 1
+            else:
+                executed = self.governor.check(item, round=rnd, rollout_id=rollout_id,
+                                               tool_call=call).executed
+            if executed:
+                total += engagement(style, self.rng, skill=skill,
+                                    crowding=float(crowding[self.index[style.name]]))
+        self.governor.reward(total / max(1, len(calls)), round=rnd, rollout_id=rollout_id)
+        return len(calls)
+
+    def _ask(self, model: httpx.Client, openai_url: str, rnd: int) -> list[dict[str, Any]]:
+        resp = model.post(f"{openai_url}/chat/completions", json={
+            "model": "demo-policy", "user": self.user,
+            "messages": [{"role": "system", "content": _SYSTEM},
+                         {"role": "user", "content": f"Round {rnd}: plan {self.steps} items."}],
+            "tools": [PUBLISH_TOOL], "tool_choice": "required", "parallel_tool_calls": True})
+        if resp.status_code == 503 and "No servers available" in resp.text:
+            raise NoModelServer(_detail(resp))
+        if resp.status_code != 200:
+            raise RuntimeError(f"the model answered HTTP {resp.status_code}: {_detail(resp)}")
+        message = resp.json()["choices"][0]["message"]
+        return list(message.get("tool_calls") or [])
+
+
+def _detail(resp: httpx.Response) -> str:
+    """The reason in an error answer (FastAPI's `detail`, OpenAI's `error.message`)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:200]
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if body.get("detail"):
+            return str(body["detail"])
+    return resp.text[:200]
 
 
 class _Dispatcher:
@@ -101,6 +208,7 @@ class _Dispatcher:
     def __init__(self, client: httpx.Client, agents: dict[tuple[str, str], _Agent],
                  senders: dict[str, Sender], scenario: Scenario) -> None:
         self.client = client
+        self.base_url = str(client.base_url)
         self.agents = agents
         self.senders = senders
         self.scenario = scenario
@@ -149,28 +257,35 @@ class _Dispatcher:
             self._stop.wait(0.01)
 
     def _work(self, q: SimpleQueue[dict[str, Any] | None]) -> None:
-        while True:
-            rollout = q.get()
-            if rollout is None:
-                return
-            rid = rollout["rollout_id"]
-            arm, agent_id = rollout["input"]["arm"], rollout["input"]["agent_id"]
-            state = "succeeded"
-            try:
-                agent = self.agents[(arm, agent_id)]
-                agent.run_rollout(rid, self.round, self.scenario,
-                                  self.crowding.get(arm, np.zeros(len(agent.styles))))
-                # The rollout completes only once its events are at the gateway: the trainer
-                # reads them, then deletes the rollout.
-                self.senders[arm].flush(30.0)
-            except Exception as exc:
-                log.warning("demo: rollout %s failed: %s", rid, exc)
-                state = "failed"
-            try:
-                self.client.patch(f"/api/rollouts/{rid}",
-                                  json={"status": {"state": state}}).raise_for_status()
-            except Exception as exc:
-                self.error = exc
+        # The agents' model client: the proxy authenticates with the gateway's key, as
+        # Agent Lightning's controllers hand agents AGL_KEY with AGL_OPENAI_BASE_URL.
+        with httpx.Client(headers=self.client.headers, timeout=120.0) as model:
+            while (rollout := q.get()) is not None:
+                self._run(rollout, model)
+
+    def _run(self, rollout: dict[str, Any], model: httpx.Client) -> None:
+        rid = rollout["rollout_id"]
+        arm, agent_id = rollout["input"]["arm"], rollout["input"]["agent_id"]
+        state = "succeeded"
+        try:
+            agent = self.agents[(arm, agent_id)]
+            agent.run_rollout(rid, self.round, self.scenario,
+                              self.crowding.get(arm, np.zeros(len(agent.styles))), model,
+                              openai_base_url(self.base_url, rid))
+            # The rollout completes only once its events are at the gateway: the trainer
+            # reads them, then deletes the rollout.
+            self.senders[arm].flush(30.0)
+        except NoModelServer as exc:  # every rollout would fail the same way: stop training
+            self.error = exc
+            state = "failed"
+        except Exception as exc:
+            log.warning("demo: rollout %s failed: %s", rid, exc)
+            state = "failed"
+        try:
+            self.client.patch(f"/api/rollouts/{rid}",
+                              json={"status": {"state": state}}).raise_for_status()
+        except Exception as exc:
+            self.error = self.error or exc
 
 
 @dataclass
@@ -179,13 +294,21 @@ class Completed:
     state: str
     final_reward: float | None
     events: list[dict[str, Any]]
+    rollout_id: str = ""
 
 
 class _Trainer(AglRolloutManagerBase):
     """The trainer side, on Agent Lightning's own rollout-manager base: `_create_rollouts`
     enqueues a step's rollouts and runs our hooks' `on_enqueue` (which stamps the round), as in
     the verl trainer. Waiting differs from `AglRolloutManager`, which GETs every pending rollout
-    on every poll: the append-only terminal log answers "what finished" in one request."""
+    on every poll: the append-only terminal log answers "what finished" in one request.
+    Deleting differs too: the verl trainer deletes a rollout 1-2 s after reading it; the demo
+    deletes a round's rollouts once the round is judged, so that a poller attached to an
+    external gateway (`--agl`) reads each of them before it goes."""
+
+    def delete(self, completed: list[Completed]) -> None:
+        for c in completed:
+            self._delete_rollout(c.rollout_id)  # as the trainer does: memory is finite
 
     def run_round(self, step: int, data: dict[str, list[Any]], stop: threading.Event,
                   failure: Callable[[], BaseException | None]) -> list[Completed]:
@@ -199,6 +322,8 @@ class _Trainer(AglRolloutManagerBase):
             if stop.is_set():
                 raise DemoStopped()
             if (error := failure()) is not None:
+                if isinstance(error, NoModelServer):
+                    raise error
                 raise RuntimeError(f"controller failed: {error}")
             page = self.client.get("/api/rollouts/terminal",
                                    params={"after": after, "limit": 1000})
@@ -212,23 +337,41 @@ class _Trainer(AglRolloutManagerBase):
                 events = [e.model_dump() for e in self._get_events(item["rollout_id"])]
                 rewards = [e["data"].get("value") for e in events if e["event_type"] == "reward"]
                 done.append(Completed(enqueued.input, str(item["state"]),
-                                      float(rewards[-1]) if rewards else None, events))
-                self._delete_rollout(item["rollout_id"])  # as the trainer does: memory is finite
+                                      float(rewards[-1]) if rewards else None, events,
+                                      item["rollout_id"]))
             if pending:
                 time.sleep(0.01)
         return done
 
 
-def _kinds(events: list[dict[str, Any]]) -> list[str]:
-    """Action kinds of the decisions among a rollout's events (either event form)."""
-    kinds: list[str] = []
+def decisions_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The decisions among a rollout's events (either event form), in order."""
+    out: list[dict[str, Any]] = []
     for ev in events:
         data = ev.get("data") or {}
         if ev.get("event_type") == DECISION_EVENT:
-            kinds.append(data.get("action", {}).get("kind", ""))
+            out.append(data)
         elif ev.get("event_type") == DECISIONS_EVENT:
-            kinds.extend(d.get("action", {}).get("kind", "") for d in data.get("decisions", []))
-    return kinds
+            out.extend(data.get("decisions", []))
+    return out
+
+
+def proposed_calls(events: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """The tool calls the model proposed in a rollout: (name, arguments) of every
+    `model_request` response, in order."""
+    return [call for ev in events if ev.get("event_type") == MODEL_REQUEST
+            for call in response_tool_calls((ev.get("data") or {}).get("response"))]
+
+
+def _proposed_style(call: tuple[str, Any]) -> str:
+    name, arguments = call
+    if name != "publish":
+        return ""
+    try:
+        args = json.loads(arguments) if isinstance(arguments, (str, bytes)) else arguments
+    except ValueError:
+        return ""
+    return str(args.get("style", "")) if isinstance(args, dict) else ""
 
 
 @dataclass
@@ -242,6 +385,11 @@ class DemoJob:
     on_round: Callable[[RoundResult], None] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     speed: float | None = None
+    # The model the gateway proxies (its `default_proxy.model_name`): the policies are
+    # registered under it. None: Agent Lightning's default.
+    model_name: str | None = None
+    # Each round's rollouts as the trainer got them back (events included), before learning.
+    on_completed: Callable[[int, list[Completed]], None] | None = None
 
     def __post_init__(self) -> None:
         sc = self.scenario
@@ -258,64 +406,88 @@ class DemoJob:
                     arm=arm, run_id=self.run_id, sink=self.senders[arm],
                     auditors=[ClickbaitAuditor], audit_sample=sc.audit_sample,
                     seed=_seed(self.seed, arm, agent_id, "audit"))
+                bypass = None
+                if sc.bypass_round is not None and (arm, agent_id) == ("governed", "agent-0"):
+                    bypass = _Bypass(sc.bypass_round, sc.bypass_share, np.random.default_rng(
+                        _seed(self.seed, arm, agent_id, "bypass")))
                 self.agents[(arm, agent_id)] = _Agent(
                     arm, agent_id, self.styles,
                     SoftmaxPolicy(len(self.styles), lr=sc.lr, available=base_mask),
-                    governor, np.random.default_rng(_seed(self.seed, arm, agent_id)))
+                    governor, np.random.default_rng(_seed(self.seed, arm, agent_id)),
+                    np.random.default_rng(_seed(self.seed, arm, agent_id, "policy")), sc.steps,
+                    bypass)
 
     def _wait_pace(self, started: float) -> None:
         if self.speed:
             self.stop.wait(max(0.0, 1.0 / self.speed - (time.monotonic() - started)))
 
     def run(self) -> list[RoundResult]:
-        sc = self.scenario
         headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
-        results: list[RoundResult] = []
         trainer = _Trainer(agl_base_url=self.base_url, agl_key=self.key or "",
-                           model="demo-policy", step=0, train_rollout_n=sc.rollouts,
-                           hooks=self.hooks)
-        with httpx.Client(base_url=self.base_url, headers=headers, timeout=30.0) as client:
-            dispatcher = _Dispatcher(client, self.agents, self.senders, sc)
-            try:
-                for rnd in range(sc.rounds):
-                    if self.stop.is_set():
-                        raise DemoStopped()
-                    started = time.monotonic()
-                    if sc.adversarial_round is not None and rnd == sc.adversarial_round:
-                        everything = np.ones(len(self.styles), dtype=bool)
-                        for agent in self.agents.values():
-                            agent.policy.make_available(everything)
-                    dispatcher.round = rnd
-                    keys = sorted(self.agents)
-                    completed = trainer.run_round(
-                        rnd, {"arm": [k[0] for k in keys], "agent_id": [k[1] for k in keys]},
-                        self.stop, lambda: dispatcher.error)
-                    result = self._learn(rnd, completed, time.monotonic() - started)
-                    dispatcher.crowding = self._crowding(result)
-                    results.append(result)
-                    if self.on_round is not None:
-                        self.on_round(result)
-                    self._wait_pace(started)
-            finally:
-                dispatcher.close()
-                trainer.client.close()
-                for sender in self.senders.values():
-                    sender.close(10.0)
+                           model=self.model_name or default_model_name(), step=0,
+                           train_rollout_n=self.scenario.rollouts, hooks=self.hooks)
+        policies = PolicyServer({a.user: a.plan for a in self.agents.values()})
+        try:
+            # As the verl trainer does before each step: replace the registered model servers.
+            trainer.delete_model()
+            trainer.register_model([policies.endpoint])
+            with httpx.Client(base_url=self.base_url, headers=headers, timeout=30.0) as client:
+                dispatcher = _Dispatcher(client, self.agents, self.senders, self.scenario)
+                try:
+                    return self._rounds(trainer, dispatcher)
+                finally:
+                    dispatcher.close()
+        finally:
+            # Nothing answers at this endpoint any more: leave no dead server registered.
+            trainer.delete_model()
+            trainer.client.close()
+            policies.close()
+            for sender in self.senders.values():
+                sender.close(10.0)
+
+    def _rounds(self, trainer: _Trainer, dispatcher: _Dispatcher) -> list[RoundResult]:
+        sc = self.scenario
+        results: list[RoundResult] = []
+        for rnd in range(sc.rounds):
+            if self.stop.is_set():
+                raise DemoStopped()
+            started = time.monotonic()
+            if sc.adversarial_round is not None and rnd == sc.adversarial_round:
+                everything = np.ones(len(self.styles), dtype=bool)
+                for agent in self.agents.values():
+                    agent.policy.make_available(everything)
+            dispatcher.round = rnd
+            keys = sorted(self.agents)
+            completed = trainer.run_round(
+                rnd, {"arm": [k[0] for k in keys], "agent_id": [k[1] for k in keys]},
+                self.stop, lambda: dispatcher.error)
+            if self.on_completed is not None:
+                self.on_completed(rnd, completed)
+            result = self._learn(rnd, completed, time.monotonic() - started)
+            dispatcher.crowding = self._crowding(result)
+            results.append(result)
+            if self.on_round is not None:
+                self.on_round(result)  # the session waits here until the round is stored
+            trainer.delete(completed)
+            self._wait_pace(started)
         return results
 
     def _learn(self, rnd: int, completed: list[Any], seconds: float) -> RoundResult:
-        """Policy-gradient step per agent from the rollouts Agent Lightning handed back."""
+        """Policy-gradient step per agent from the rollouts Agent Lightning handed back: what
+        the model proposed in each (its `model_request` tool calls) and the rollout's reward."""
         index = {s.name: i for i, s in enumerate(self.styles)}
         groups: dict[tuple[str, str], list[tuple[np.ndarray, float]]] = defaultdict(list)
         per_arm_counts = {arm: np.zeros(len(self.styles)) for arm in ARMS}
         per_arm_rewards: dict[str, list[float]] = defaultdict(list)
-        decisions = 0
+        decisions = proposed = 0
         for c in completed:
             counts = np.zeros(len(self.styles))
-            for kind in _kinds(c.events):
-                if kind in index:
-                    counts[index[kind]] += 1
-            decisions += int(counts.sum())
+            for call in proposed_calls(c.events):
+                style = _proposed_style(call)
+                if style in index:
+                    counts[index[style]] += 1
+            proposed += int(counts.sum())
+            decisions += len(decisions_of(c.events))
             reward = float(c.final_reward) if c.final_reward is not None else 0.0
             key = (c.input["arm"], c.input["agent_id"])
             groups[key].append((counts, reward))
@@ -330,9 +502,10 @@ class DemoJob:
             agent.policy.update(counts, rewards)
             agent.honest_items += int(counts[:, [not s.violates for s in self.styles]].sum())
         shares = {arm: c / c.sum() if c.sum() else c for arm, c in per_arm_counts.items()}
+        # Summed in a canonical order too: the same seed, the same figures to the last bit.
         return RoundResult(rnd, len(completed), decisions, seconds,
-                           {arm: float(np.mean(v)) for arm, v in per_arm_rewards.items()},
-                           shares)
+                           {arm: float(np.mean(sorted(v))) for arm, v in per_arm_rewards.items()},
+                           shares, proposed)
 
     def _crowding(self, result: RoundResult) -> dict[str, np.ndarray]:
         """A shared audience tires of a style the more agents publish it (last round's share,

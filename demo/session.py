@@ -44,6 +44,9 @@ class DemoSession:
     speed: float | None = None
     agl_url: str | None = None        # an external gateway (captured by the poller)
     agl_key: str | None = None
+    # The model the external gateway proxies (its `default_proxy.model_name`; None: Agent
+    # Lightning's default). The in-process gateway's is read from its configuration.
+    model_name: str | None = None
     rules: AlertRuleSet | None = None
     # The writer's longest wait before a commit (None: the store's rule). Each round is
     # flushed once it is complete anyway; headless, nobody reads the store in between.
@@ -68,12 +71,15 @@ class DemoSession:
         self._engine = AlertEngine(self.rules or load_default_alert_rules(),
                                    DuckDBAlertStore(self.store),
                                    notifiers=[CallbackNotifier(self._alerted)])
+        model_name = self.model_name
         if self.agl_url is None:
-            from ..collectors.gateway_tap import GatewayTap
+            from ..collectors.gateway_tap import GatewayTap, server_config
 
             key: str | None = secrets.token_urlsafe(24)  # the in-process gateway's, never shown
-            capture: Any = GatewayTap(lambda _records: None, host="127.0.0.1", port=0, key=key,
-                                      run_id=self.run_id, batch_interval_s=0.01)
+            config = server_config(host="127.0.0.1", port=0, key=key)
+            model_name = str(config["default_proxy"]["model_name"])
+            capture: Any = GatewayTap(lambda _records: None, run_id=self.run_id,
+                                      batch_interval_s=0.01, config=config)
             self._tap = capture
         else:
             from ..collectors.poller import Poller
@@ -91,7 +97,7 @@ class DemoSession:
             hooks = _load_hooks(self.run_id, spool)
             job = DemoJob(self.scenario, self.run_id, self.seed, base_url, key or None,
                           hooks=hooks, on_round=lambda r: self._after_round(r, session.writer),
-                          stop=self.stop, speed=self.speed)
+                          stop=self.stop, speed=self.speed, model_name=model_name)
             return job.run()
         finally:
             session.close()

@@ -143,6 +143,7 @@ SLOW_FILES: dict[str, float] = {
     "collectors/test_spool_reader.py": 45,
     "tui/test_consistency.py": 45,
     "collectors/test_gateway_crash.py": 35,
+    "demo/test_demo_proxy.py": 35,
     "storage/test_poison.py": 35,
     "storage/test_lake.py": 30,
     "collectors/test_collect_restarts.py": 30,

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -67,7 +68,8 @@ def demo_json(report: Any, session: Any, scenario: Any, seed: int) -> dict[str, 
 @app.command()
 def demo(
     scenario: Annotated[str, typer.Option(
-        "--scenario", help="demo2, scale, persistence, adversarial, gap, multiagent, showcase.")]
+        "--scenario", help="demo2, scale, persistence, adversarial, gap, multiagent, showcase, "
+                           "bypass.")]
     = "showcase",
     agents: Annotated[Optional[int], typer.Option("--agents", min=1, help="Agents per arm.")]
     = None,
@@ -87,6 +89,11 @@ def demo(
     key_file: Annotated[Optional[Path], typer.Option(
         "--key-file", dir_okay=False, help="Agent Lightning key for --agl (else $AGL_KEY).")]
     = None,
+    model_name: Annotated[Optional[str], typer.Option(
+        "--model-name", help="The model the --agl gateway proxies (its "
+        "default_proxy.model_name); the demo registers its policies under it, replacing the "
+        "gateway's model servers as the verl trainer does [default: Agent Lightning's "
+        "default].")] = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Governed vs ungoverned RL training through a real Agent Lightning gateway.
@@ -99,19 +106,47 @@ def demo(
         raise CliError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
     base = SCENARIOS[scenario]
     pace = parse_speed(speed) if speed is not None else (None if headless else base.speed)
+    if model_name is not None and not agl:
+        raise CliError("--model-name is for --agl: the in-process gateway's model is the demo's")
+    if model_name is not None and not model_name.strip():
+        raise CliError("--model-name: expected the gateway's model name, got an empty one")
     key = _agl_key(key_file) if agl else None
     if agl:
         check_gateway(agl, key)
     target = resolve_store(db, data_path)
+    gateway = _Gateway(agl, key, model_name)
     if scenario == "scale":
-        _run_scale(base.with_overrides(agents=agents, rounds=rounds), seed, pace, agl, key, target,
-                   fmt)
+        _run_scale(base.with_overrides(agents=agents, rounds=rounds), seed, pace, gateway,
+                   target, fmt)
         return
     sc = base.with_overrides(agents=agents, rounds=rounds)
     if headless:
-        _run_headless(sc, seed, pace, agl, key, target, fmt)
+        _run_headless(sc, seed, pace, gateway, target, fmt)
     else:
-        _run_live(sc, seed, pace, agl, key, target)
+        _run_live(sc, seed, pace, gateway, target)
+
+
+@dataclass(frozen=True)
+class _Gateway:
+    """Where the demo trains: an external gateway (`--agl`, its key and the model it proxies),
+    or None for the in-process one."""
+
+    url: str | None
+    key: str | None
+    model_name: str | None
+
+
+def no_model_server(exc: BaseException, gateway: _Gateway) -> CliError:
+    """What to do when the gateway's proxy has no server for its model (HTTP 503): it proxies
+    another model name than the one the demo registered its policies under."""
+    from ...demo.job import default_model_name
+
+    registered = gateway.model_name or default_model_name()
+    where = gateway.url or "the in-process gateway"
+    return CliError(f"Agent Lightning at {where} answered HTTP 503 to the demo's model "
+                    f"calls ({_reason(exc)}); the demo registered its policies as "
+                    f"{registered!r}: pass the gateway's default_proxy.model_name with "
+                    "--model-name")
 
 
 def _agl_key(key_file: Path | None) -> str | None:
@@ -154,12 +189,13 @@ def _run_id(name: str, seed: int) -> str:
     return f"{name}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _session(store: Any, sc: Any, seed: int, pace: float | None, agl: str | None,
-             key: str | None, **kw: Any) -> Any:
+def _session(store: Any, sc: Any, seed: int, pace: float | None, gateway: _Gateway,
+             **kw: Any) -> Any:
     from ...demo.session import DemoSession
 
-    return DemoSession(store, sc, seed, _run_id(sc.name, seed), speed=pace, agl_url=agl,
-                       agl_key=key, **kw)
+    return DemoSession(store, sc, seed, _run_id(sc.name, seed), speed=pace,
+                       agl_url=gateway.url, agl_key=gateway.key,
+                       model_name=gateway.model_name, **kw)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -170,11 +206,11 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _run_headless(sc: Any, seed: int, pace: float | None, agl: str | None, key: str | None,
+def _run_headless(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
                   target: StoreTarget, fmt: DemoFormat) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from ...demo.job import DemoStopped
+    from ...demo.job import DemoStopped, NoModelServer
     from ...monitor.report import build_report
     from ..report_render import rich_table
 
@@ -186,11 +222,13 @@ def _run_headless(sc: Any, seed: int, pace: float | None, agl: str | None, key: 
             task = progress.add_task(f"{sc.name}: training", total=sc.rounds)
             # About a commit a round (the session flushes each round), not one every 50 ms: no
             # dashboard reads the store mid-run, and a commit costs a dozen statements.
-            session = _session(store, sc, seed, pace, agl, key, flush_interval_s=1.0,
+            session = _session(store, sc, seed, pace, gateway, flush_interval_s=1.0,
                                on_round=lambda r: progress.update(task, completed=r.round + 1))
             _stop_on_signals(session.stop)
             try:
                 session.run()
+            except NoModelServer as exc:
+                raise no_model_server(exc, gateway) from None
             except DemoStopped:
                 err.print(f"stopped after {len(session.rounds)} rounds; what was captured is "
                           f"stored as run {session.run_id}")
@@ -210,11 +248,11 @@ def _run_headless(sc: Any, seed: int, pace: float | None, agl: str | None, key: 
     out.print(f"run {session.run_id} stored in {store.label}")
 
 
-def _run_live(sc: Any, seed: int, pace: float | None, agl: str | None, key: str | None,
+def _run_live(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
               target: StoreTarget) -> None:
     """Train in a background thread while the dashboard shows the run; when training ends the
     dashboard stays on the final state until the user quits (quitting early stops training)."""
-    from ...demo.job import DemoStopped
+    from ...demo.job import DemoStopped, NoModelServer
     from ...storage.alert_store import DuckDBAlertStore
     from ...tui import run_dashboard
     from ..config import default_db_path
@@ -222,7 +260,7 @@ def _run_live(sc: Any, seed: int, pace: float | None, agl: str | None, key: str 
 
     with open_store(target, read_only=False) as store, \
             logs_to_file(store.path or default_db_path(), "demo") as log_path:
-        session = _session(store, sc, seed, pace, agl, key)
+        session = _session(store, sc, seed, pace, gateway)
         failure: list[BaseException] = []
 
         def train() -> None:
@@ -252,6 +290,8 @@ def _run_live(sc: Any, seed: int, pace: float | None, agl: str | None, key: str 
             thread.join(60)
     console(stderr=True).print(f"run {session.run_id} stored in {store.label}; "
                                f"log: {log_path}")
+    if failure and isinstance(failure[0], NoModelServer):
+        raise no_model_server(failure[0], gateway)
     if failure:
         raise CliError(f"training failed: {failure[0]}")
 
@@ -274,11 +314,12 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def _run_scale(sc: Any, seed: int, pace: float | None, agl: str | None, key: str | None,
+def _run_scale(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
                target: StoreTarget, fmt: DemoFormat) -> None:
     """Research question 1: one run per size; governance overhead as agents grow."""
     from rich.table import Table
 
+    from ...demo.job import NoModelServer
     from ...storage import queries as Q
 
     sizes: dict[str, dict[str, Any]] = {}
@@ -287,10 +328,13 @@ def _run_scale(sc: Any, seed: int, pace: float | None, agl: str | None, key: str
         for n in sc.sizes:
             run_sc = sc.with_overrides(agents=n)
             err.print(f"scale: {n} agent(s) per arm ...")
-            session = _session(store, run_sc, seed, pace, agl, key)
+            session = _session(store, run_sc, seed, pace, gateway)
             _stop_on_signals(session.stop)
             started = time.monotonic()
-            session.run()
+            try:
+                session.run()
+            except NoModelServer as exc:
+                raise no_model_server(exc, gateway) from None
             seconds = time.monotonic() - started
             lat = Q.latency(store.cursor(), session.run_id)
             actions = sum(r.decisions for r in session.rounds)

@@ -52,7 +52,7 @@ def test_the_governed_forward_is_installed_and_taken_back(
     original = proxy_route.forward_request
     sink = ListSink()
     with StubModelServer(respond=respond) as stub, GatewayTap(
-            sink, port=0, key=agl_key, govern=GatewayGovernance(mode=mode)) as tap:  # type: ignore[arg-type]
+            sink, port=0, key=agl_key, govern=GatewayGovernance(mode=mode)) as tap:
         assert proxy_route.forward_request is not original
         assert proxy_route.forward_request.__wrapped__ is original  # type: ignore[attr-defined]
         with httpx.Client(base_url=tap.url, headers={"x-api-key": agl_key}, timeout=10) as c:

@@ -8,9 +8,11 @@ from one recorded `model_request` event.
    (tests/support/model_stub.py, a thread here too) whose every completion carries `--calls`
    tool calls (half of them violating: the demo's clickbait and personal-data items) and
    per-token logprobs, as vLLM answers the verl trainer. One client asks for completions one
-   after another and times each round trip (what an agent waits for). Plain and governed taps
-   alternate, `--rounds` times each (one tap per process at a time), so drifting load hits
-   both alike; percentiles are over all the calls of a variant.
+   after another and times each round trip (what an agent waits for). Three variants: the
+   plain tap; the governed tap (half the calls stopped: the answer is parsed, checked and
+   encoded again); the governed tap on completions with nothing to stop (parsed and checked,
+   passed on as it came). They alternate, `--rounds` times each (one tap per process at a
+   time), so drifting load hits all alike; percentiles are over all the calls of a variant.
 2. Extraction: `records.witness.witnessed_actions` on a recorded model_request event of that
    shape (~100 KB as JSON: request, response with logprobs and token ids), microseconds per
    event, the median of `--repeat` timings of 200 extractions each. Parsing the event's JSON
@@ -19,7 +21,7 @@ from one recorded `model_request` event.
     .venv/bin/python bench/witness.py --calls-n 400
 
 The last line is JSON: proxy_p50_us, proxy_p99_us, govern_p50_us, govern_p99_us, extract_us,
-and the ratio govern p50 / proxy p50, with the event's size. Figures vary with the machine's
+govern_unchanged_p50_us, the ratio govern p50 / proxy p50, and the event's size. Figures vary with the machine's
 load; this is a benchmark, not a test, and nothing gates on it.
 """
 
@@ -50,15 +52,17 @@ from tractatus_watch.records.witness import witnessed_actions  # noqa: E402
 MODEL = "bench/policy"
 KEY = "bench-witness-key"  # a throwaway gateway on loopback, for this run only
 PROXY = "/proxy/rollout/{rid}/attempt/0/mode/train/openai/v1/chat/completions"
-# Clean and violating items in turn: the governed tap removes every second call.
+# Clean and violating items in turn: the governed tap removes every second call. CLEAN: the
+# same sizes, nothing to stop (the answer passes unchanged: no re-encoding).
 MIX = ("informative", "clickbait", "balanced", "personal_data")
+CLEAN = ("informative", "balanced", "informative", "balanced")
 STYLE = {s.name: s for s in STYLES}
 
 
-def tool_calls(n: int) -> list[dict[str, Any]]:
+def tool_calls(n: int, styles: tuple[str, ...]) -> list[dict[str, Any]]:
     calls = []
     for i in range(n):
-        item = item_for(STYLE[MIX[i % len(MIX)]], f"topic {i}")
+        item = item_for(STYLE[styles[i % len(styles)]], f"topic {i}")
         args = {"style": item["kind"], "headline": item["params"]["headline"],
                 "text": item["text"], "sources": item["sources"]}
         calls.append({"id": f"call_{i}", "type": "function",
@@ -66,7 +70,7 @@ def tool_calls(n: int) -> list[dict[str, Any]]:
     return calls
 
 
-def completion(calls: int, tokens: int) -> dict[str, Any]:
+def completion(calls: int, tokens: int, styles: tuple[str, ...] = MIX) -> dict[str, Any]:
     """A chat completion as vLLM gives it with `logprobs` and `return_token_ids`."""
     logprobs = [{"token": f"tok{i}", "logprob": -0.01 * (i % 97), "bytes": [116, 111, 107],
                  "top_logprobs": []} for i in range(tokens)]
@@ -75,7 +79,7 @@ def completion(calls: int, tokens: int) -> dict[str, Any]:
             "choices": [{"index": 0, "finish_reason": "tool_calls",
                          "token_ids": list(range(tokens)),
                          "message": {"role": "assistant", "content": None,
-                                     "tool_calls": tool_calls(calls)},
+                                     "tool_calls": tool_calls(calls, styles)},
                          "logprobs": {"content": logprobs}}],
             "usage": {"prompt_tokens": tokens // 2, "completion_tokens": tokens,
                       "total_tokens": tokens + tokens // 2}}
@@ -177,17 +181,23 @@ def main() -> int:
         return 2
     quiet_agent_lightning()
     answer = completion(args.calls, args.tokens)
+    clean = completion(args.calls, args.tokens, CLEAN)
     load_before = os.getloadavg()[0]
-    plain: list[float] = []
-    governed: list[float] = []
-    got = {False: 0, True: 0}
-    with StubModelServer(respond=lambda body: answer) as stub:
+    # name: (governed, the stub's answer, latencies, tool calls the agent got back)
+    variants: dict[str, tuple[bool, dict[str, Any], list[float], list[int]]] = {
+        "gateway": (False, answer, [], []),
+        "gateway --govern": (True, answer, [], []),
+        "--govern, none stopped": (True, clean, [], [])}
+    serving = {"answer": answer}
+    with StubModelServer(respond=lambda body: serving["answer"]) as stub:
         for _ in range(args.rounds):
-            for govern, into in ((False, plain), (True, governed)):
-                times, n = proxy_round(stub, args.calls_n, args.warmup, govern, args.wal,
-                                       args.calls)
-                into.extend(times)
-                got[govern] += n
+            for govern, given, times, got in variants.values():
+                serving["answer"] = given
+                lat, n = proxy_round(stub, args.calls_n, args.warmup, govern, args.wal,
+                                     args.calls)
+                times.extend(lat)
+                got.append(n)
+    plain, governed, unchanged = (v[2] for v in variants.values())
     event = {"model": MODEL, "model_version": 0, "request": request_body(), "response": answer,
              "latency_ms": 4.2, "http_status": 200, "status": "ok", "retry_count": 0,
              "usage": answer["usage"], "finish_reason": "tool_calls"}
@@ -196,23 +206,25 @@ def main() -> int:
 
     p50, p99 = statistics.median(plain), pct(plain, 0.99)
     g50, g99 = statistics.median(governed), pct(governed, 0.99)
+    u50 = statistics.median(unchanged)
     total = args.rounds * args.calls_n
     print(f"proxy latency per completion ({total} per variant over {args.rounds} alternating "
           f"rounds, {args.calls} tool calls and {args.tokens} logprob tokens each, "
           f"{event_kb:.0f} KB event; write-ahead log {'on' if args.wal else 'off'})")
-    print(f"{'':24}{'p50':>10}{'p90':>10}{'p99':>10}   (microseconds)")
-    for name, v in (("gateway", plain), ("gateway --govern", governed)):
-        print(f"{name:24}{statistics.median(v):>10.0f}{pct(v, .9):>10.0f}{pct(v, .99):>10.0f}")
-    print(f"tool calls the agent got back: {got[False]} plain, {got[True]} governed "
-          f"(of {total * args.calls} proposed)")
-    print(f"govern / proxy: p50 {g50 / p50:.2f}x (+{g50 - p50:.0f} us per completion, "
-          f"{(g50 - p50) / args.calls:.0f} us per tool call)")
+    print(f"{'':26}{'p50':>10}{'p90':>10}{'p99':>10}{'calls back':>12}   (microseconds)")
+    for name, (_, _, v, got) in variants.items():
+        print(f"{name:26}{statistics.median(v):>10.0f}{pct(v, .9):>10.0f}{pct(v, .99):>10.0f}"
+              f"{sum(got):>7}/{total * args.calls}")
+    print(f"govern / proxy: p50 {g50 / p50:.2f}x (+{g50 - p50:.0f} us per completion, half "
+          f"its calls stopped: parse, checks, re-encode); none stopped {u50 / p50:.2f}x "
+          f"(+{u50 - p50:.0f} us: parse and checks)")
     print(f"extraction: witnessed_actions {extract_us:.1f} us per model_request event "
           f"({found} calls); json.loads of the event {parse_us:.0f} us")
     print(f"machine: {os.cpu_count()} CPUs, load average {load_before:.2f} at start, "
           f"{os.getloadavg()[0]:.2f} at the end")
     last_line({"proxy_p50_us": p50, "proxy_p99_us": p99, "govern_p50_us": g50,
-               "govern_p99_us": g99, "govern_ratio": g50 / p50, "extract_us": extract_us,
+               "govern_p99_us": g99, "govern_ratio": g50 / p50, "govern_unchanged_p50_us": u50,
+               "extract_us": extract_us,
                "parse_us": parse_us, "event_kb": event_kb, "calls_per_completion": args.calls,
                "completions": total, "wal": args.wal})
     return 0

@@ -21,8 +21,8 @@ from one recorded `model_request` event.
     .venv/bin/python bench/witness.py --calls-n 400
 
 The last line is JSON: proxy_p50_us, proxy_p99_us, govern_p50_us, govern_p99_us, extract_us,
-govern_unchanged_p50_us, the ratio govern p50 / proxy p50, and the event's size. Figures vary with the machine's
-load; this is a benchmark, not a test, and nothing gates on it.
+govern_unchanged_p50_us, the ratio govern p50 / proxy p50, and the event's size. Figures vary
+with the machine's load; this is a benchmark, not a test, and nothing gates on it.
 """
 
 from __future__ import annotations

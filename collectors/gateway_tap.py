@@ -5,18 +5,22 @@ Agent Lightning 1.0.2 keeps its whole state in module-level containers of
 the route modules import by name and mutate on the event loop thread. The seam leaves those
 objects alone: they stay the store, with everything in them, for anyone who imported them.
 What the tap installs, and takes back on stop (`_install`/`_uninstall`: the originals are put
-back, identical objects, and what was installed goes inert), is two module attributes:
+back, identical objects, and what was installed goes inert), is module attributes:
 - `_rollouts` in the route modules becomes a view of the same dict (`_RolloutsView`): reads
   and writes go to the dict itself, and each create, status patch (a `__setitem__` of a new
   Rollout) and delete is reported to the tee;
 - `record_event` in `routes.events` and `server.proxy` becomes a wrapper that reports the
   event the original appended, with its position (index among the attempt's events of that
   type). It is the one function that appends events: the events route calls it, and so does
-  the LLM proxy for the `model_request` events it records itself.
-Both are looked up as module globals at call time, so the app, its routes, validation and
-responses are Agent Lightning's own and untouched, and every change is seen synchronously, in
-order. An ASGI middleware alone would see only HTTP bodies: not the proxy's events, not list
-positions, and nothing of a change whose rollout another request deleted before the answer.
+  the LLM proxy for the `model_request` events it records itself;
+- with `govern` only, `forward_request` in `routes.proxy` becomes the governed wrapper of
+  collectors/gateway_govern.py (the proxy's call upstream, with its answer governed; it is
+  the one installed object that does not go inert: whoever kept it stays governed).
+All are looked up as module globals at call time, so the app, its routes, validation and
+responses are Agent Lightning's own (governed answers aside), and every change is seen
+synchronously, in order. An ASGI middleware alone would see only HTTP bodies: not the proxy's
+events, not list positions, and nothing of a change whose rollout another request deleted
+before the answer.
 A recording subclass swapped in for the containers (what this tap did before) leaves whoever
 imported the originals with a dead copy. Not teed: in-process code that writes into the store's
 objects itself, around the routes and `record_event` (no trainer, controller or agent does).
@@ -59,12 +63,15 @@ from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Final, Mapping
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Final, Mapping
 
 from ..records.events import Quarantined
 from ..records.agl import EventNormaliser, RolloutContext, _raw, event_id
 from .gateway_wal import WriteAheadLog
 from ..records.delivery import Records, Sink
+
+if TYPE_CHECKING:
+    from .gateway_govern import GatewayGovernance
 
 log = logging.getLogger(__name__)
 
@@ -234,11 +241,13 @@ def _agl_modules() -> list[Any]:
             if m is not None and (name == "agentlightning" or name.startswith("agentlightning."))]
 
 
-def _install(q: queue.SimpleQueue[Any]) -> None:
+def _install(q: queue.SimpleQueue[Any],
+             govern: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None) -> None:
     """Hand Agent Lightning's route modules a view of its rollouts dict and a recording
-    `record_event`; the store's own objects (`_rollouts`, `_events` and their contents) are
-    never replaced."""
-    from agentlightning.server import store
+    `record_event` (and, with `govern`, its wrapper of the proxy's `forward_request`:
+    collectors/gateway_govern.py); the store's own objects (`_rollouts`, `_events` and their
+    contents) are never replaced."""
+    from agentlightning.server import proxy, store
     from agentlightning.server.routes import events as events_route
 
     if _Tee.queue is not None:
@@ -248,11 +257,15 @@ def _install(q: queue.SimpleQueue[Any]) -> None:
     record_event = events_route.record_event
     view = _RolloutsView(rollouts, positions)
     recording = _recording(record_event, events_route, positions)
+    forward = proxy.forward_request
+    governed = govern(forward) if govern is not None else None
     for module in _agl_modules():
         if module is not store and getattr(module, "_rollouts", None) is rollouts:
             _SWAPS.append(_Swap(module, "_rollouts", rollouts, view))
         if getattr(module, "record_event", None) is record_event:
             _SWAPS.append(_Swap(module, "record_event", record_event, recording))
+        if governed is not None and getattr(module, "forward_request", None) is forward:
+            _SWAPS.append(_Swap(module, "forward_request", forward, governed))
     for swap in _SWAPS:
         setattr(swap.module, swap.name, swap.installed)
     with _Tee.lock:
@@ -419,6 +432,9 @@ class GatewayTap:
     `gateway_config`: what agl-server's command line would give); its host and port are the
     tap's. Without it: the packaged configuration with `host`, `port` and `key`.
 
+    With `govern`, the LLM proxy's chat completions are governed before they return
+    (collectors/gateway_govern.py).
+
     With `wal_dir`, every acknowledged change is in a write-ahead log there first (see the
     module docstring). Segments are dropped once `get_cursor` (the store's committed cursor;
     `run` gets it from `collect`) shows them committed, or, without one, once `sink` returned.
@@ -429,8 +445,10 @@ class GatewayTap:
                  batch_max: int = 20_000, log_level: str = "warning",
                  wal_dir: str | os.PathLike[str] | None = None,
                  get_cursor: GetCursor | None = None,
-                 config: Mapping[str, Any] | None = None) -> None:
+                 config: Mapping[str, Any] | None = None,
+                 govern: GatewayGovernance | None = None) -> None:
         self._sink = sink
+        self.govern = govern
         # Handed to Agent Lightning's create_app only (it holds the key): never logged.
         self._config = dict(config) if config is not None else server_config(
             host=host, port=port, key=key)
@@ -488,7 +506,7 @@ class GatewayTap:
             config = uvicorn.Config(app, log_level=self.log_level, timeout_keep_alive=120,
                                     lifespan="on")
             self._server = uvicorn.Server(config)
-            _install(self._queue)
+            _install(self._queue, self.govern.wrap if self.govern is not None else None)
         except BaseException:
             sock.close()
             if self._wal is not None:

@@ -5,7 +5,8 @@ shape vLLM gives the verl trainer (`prompt_token_ids`, per-choice `token_ids`, `
 echoes what the proxy forwarded (`model`, `temperature`, `logprobs`, `return_token_ids`), so
 a test can see which model name and sampling settings a gateway applied. A request whose last
 message is "overflow" is refused with 400, as a model server refuses a prompt that is too long.
-Every request received is kept in `requests` (path, body).
+Every request received is kept in `requests` (path, body). `respond` replaces the fixed
+completion (the answer to a chat completion request's body).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 OVERFLOW = "overflow"
 CONTEXT_ERROR = {"error": {"message": "maximum context length is 32768 tokens",
@@ -43,7 +44,8 @@ def completion(body: dict[str, Any]) -> dict[str, Any]:
 class StubModelServer:
     """`with StubModelServer() as stub:` serves on `stub.base_url` (…/v1) until the block ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, respond: Callable[[dict[str, Any]], dict[str, Any]] = completion) -> None:
+        self.respond = respond
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
         stub = self
@@ -65,7 +67,7 @@ class StubModelServer:
                 elif str((body.get("messages") or [{}])[-1].get("content")) == OVERFLOW:
                     self._answer(400, CONTEXT_ERROR)
                 else:
-                    self._answer(200, completion(body))
+                    self._answer(200, stub.respond(body))
 
             def _answer(self, status: int, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()

@@ -14,6 +14,7 @@ from ...storage.target import StoreTarget
 from .alerts import RulesOption, load_ruleset
 
 if TYPE_CHECKING:  # the session and what it pulls in (~0.5 s) load only when a command runs
+    from ...collectors.gateway_govern import GatewayGovernance
     from ...monitor.session import ServePlan
 
 KeyFileOption = Annotated[Optional[Path], typer.Option(
@@ -202,6 +203,11 @@ _GATEWAY_HELP = "\n\n".join([
     "`key=`, accepted here too with a warning, as it shows in `ps`; `key=${oc.env:AGL_KEY}` "
     "does not); Hydra's own flags (--cfg, --multirun, ...) are not taken and no outputs/ "
     "folder is written.",
+    "With --govern [RULES], the proxy runs the Governor's services on every tool call of a chat "
+    "completion before it returns to the agent: a stopped call is replaced by a refusal in the "
+    "message, every decision is recorded with enforced_at gateway, and `stream: true` is "
+    "refused (400). --govern-mode shadow records the decisions and leaves responses as they "
+    "are.",
 ])
 
 
@@ -210,7 +216,8 @@ def gateway_command(
     overrides: Annotated[Optional[list[str]], typer.Argument(
         metavar="KEY=VALUE", show_default=False,
         help="agl-server's Hydra overrides, e.g. default_proxy.model_name=Qwen/Qwen3-8B "
-             "default_proxy.train.temperature=0.8 port=8080.")] = None,
+             "default_proxy.train.temperature=0.8 port=8080; with --govern, also its RULES "
+             "files (an argument without `=`).")] = None,
     host: Annotated[Optional[str], typer.Option(
         "--host", show_default=False,
         help="Address to listen on (default 127.0.0.1; `host=` wins).")] = None,
@@ -229,6 +236,19 @@ def gateway_command(
         help="As agl-server's: the primary config's name (default server).")] = None,
     key_file: KeyFileOption = None,
     run: ResumeRunOption = None,
+    govern: Annotated[bool, typer.Option(
+        "--govern", help="Govern every tool call in the LLM proxy's chat completions before it "
+                         "returns to the agent, with the Governor's default services, or over "
+                         "RULES: rule files (Tractatus .json, .toml) given among the arguments.")]
+    = False,
+    govern_mode: Annotated[Optional[str], typer.Option(
+        "--govern-mode", metavar="enforce|shadow", show_default=False,
+        help="With --govern: enforce (default; a stopped call is replaced by a refusal) or "
+             "shadow (decisions recorded, responses untouched).")] = None,
+    govern_arm: Annotated[Optional[str], typer.Option(
+        "--govern-arm", metavar="ARM", show_default=False,
+        help="With --govern: the arm of rollouts whose metadata names none (default governed; "
+             "ungoverned in shadow mode).")] = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     from ...collectors.gateway_config import ConfigArgs, GatewayConfigError, gateway_config
@@ -237,9 +257,11 @@ def gateway_command(
     from ...collectors.runner import adopt_run_id, resume_run_id, setup_logging
     from ...monitor.session import CollectionSession
 
+    overrides, rule_files = _split_rules(overrides or [], govern)
+    governance = _governance(govern, rule_files, govern_mode, govern_arm)
     key = _key(key_file)
     try:
-        config = gateway_config(ConfigArgs(tuple(overrides or ()), config_path, config_dir,
+        config = gateway_config(ConfigArgs(tuple(overrides), config_path, config_dir,
                                            config_name), host=host, port=port, key=key)
     except GatewayConfigError as exc:
         raise CliError(f"gateway configuration: {exc}") from None
@@ -249,11 +271,43 @@ def gateway_command(
     setup_logging()
     with open_store(target, read_only=False) as store:
         tap = GatewayTap(lambda records: None, config=config.server,
-                         wal_dir=wal_folder(target, config.host, config.port))
+                         wal_dir=wal_folder(target, config.host, config.port),
+                         govern=governance)
         run_id = resume_run_id(store, [tap.source], run, "gateway")
         adopt_run_id([tap], run_id)
         result = CollectionSession(store, [tap], run_id=run_id).run()
     _exit_on_source_errors(result.errors)
+
+
+def _split_rules(arguments: list[str], govern: bool) -> tuple[list[str], list[str]]:
+    """agl-server's overrides and, with --govern, the RULES files among the arguments: an
+    override always has `=` or starts with `~`; anything else is a rule file."""
+    if not govern:
+        return arguments, []
+    overrides = [a for a in arguments if "=" in a or a.startswith("~")]
+    return overrides, [a for a in arguments if a not in overrides]
+
+
+def _governance(govern: bool, rule_files: list[str], mode: str | None,
+                arm: str | None) -> GatewayGovernance | None:
+    """--govern [RULES], --govern-mode and --govern-arm, checked (one-line errors)."""
+    from ...collectors.gateway_govern import GOVERN_MODES, GatewayGovernance
+    from ...governance.services import RuleError, default_services, load_rules
+
+    if not govern:
+        if mode is not None or arm is not None:
+            raise CliError("--govern-mode and --govern-arm go with --govern")
+        return None
+    if mode is not None and mode not in GOVERN_MODES:
+        raise CliError(f"--govern-mode: expected one of {', '.join(GOVERN_MODES)}, got {mode!r}")
+    if arm is not None and not arm.strip():
+        raise CliError("--govern-arm: expected an arm name such as governed")
+    try:
+        services = default_services(load_rules(*rule_files)) if rule_files else None
+    except RuleError as exc:
+        raise CliError(f"--govern: {exc}") from None
+    return GatewayGovernance(services, mode="shadow" if mode == "shadow" else "enforce",
+                             arm=arm)
 
 
 @app.command()

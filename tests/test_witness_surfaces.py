@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from support.sinks import DecisionList
 from tractatus_watch.analysis.alerts.alert_rules import load_default_alert_rules
 from tractatus_watch.analysis.alerts.engine import AlertEngine
 from tractatus_watch.governance.governor import Governor
 from tractatus_watch.monitor.report import build_report
 from tractatus_watch.monitor.store_evaluator import evaluate_once
-from tractatus_watch.records.events import Decision
 from tractatus_watch.records.witness import witnessed_actions
 from tractatus_watch.storage.alert_store import DuckDBAlertStore
 from tractatus_watch.storage.batch import Batch
@@ -25,20 +25,6 @@ from tractatus_watch.storage.writer import Writer
 
 RUN = "witness-run"
 CLI = [sys.executable, "-m", "tractatus_watch"]
-
-
-class Keep:
-    def __init__(self) -> None:
-        self.decisions: list[Decision] = []
-
-    def emit_decision(self, decision: Decision) -> None:
-        self.decisions.append(decision)
-
-    def emit_reward(self, reward: Any) -> None:
-        pass
-
-    def close(self, timeout: float | None = None) -> None:
-        pass
 
 
 def call(i: int) -> dict[str, Any]:
@@ -50,7 +36,7 @@ def call(i: int) -> dict[str, Any]:
 def build(path: Path) -> None:
     """Governed arm: rounds 0-2, 4 calls a round; in round 2 the agent skips the Governor on
     one call. Ungoverned arm (shadow): 2 calls a round, all checked in shadow."""
-    sink = Keep()
+    sink = DecisionList()
     witnessed = []
     govs = {arm: Governor(mode=mode, agent_id="agent-0", arm=arm, run_id=RUN, sink=sink)
             for arm, mode in (("governed", "enforce"), ("ungoverned", "shadow"))}

@@ -77,6 +77,22 @@ def _cusum(params: Mapping[str, Any], series: Series, rounds: np.ndarray, x_key:
         "statistic": _fmt(state.statistic), "threshold": _fmt(state.threshold)})]
 
 
+def _below(params: Mapping[str, Any], rounds: np.ndarray, part: np.ndarray, whole: np.ndarray,
+           labels: dict[str, str], names: tuple[str, str]) -> list[Sample]:
+    """A sample when part / whole of the latest round with any `whole` is below `threshold`;
+    its info names both counts and their difference (`missing`)."""
+    idx = np.flatnonzero(whole > 0)
+    if idx.size == 0:
+        raise NoData(f"no round with {names[1]}")
+    last = int(idx[-1])
+    share = float(part[last] / whole[last])
+    if share >= float(params.get("threshold", 1.0)) - 1e-12:
+        return []
+    return [Sample(labels, share, int(rounds[last]), {
+        names[0]: _fmt(int(part[last])), names[1]: _fmt(int(whole[last])),
+        "missing": _fmt(int(whole[last] - part[last]))})]
+
+
 def _gap_series(series: Series, rounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     length = rounds.size
     n_g = _col(series, "reward_n", length)
@@ -129,31 +145,11 @@ def evaluate_detector(name: str, params: Mapping[str, Any], series: Series, *,
     if name == "evasion_drift":
         return _cusum(params, series, rounds, "evasions", "covered", lab)
     if name == "coverage_drop":
-        actions = _col(series, "actions", length)
-        covered = _col(series, "covered", length)
-        idx = np.flatnonzero(actions > 0)
-        if idx.size == 0:
-            raise NoData("no round with actions")
-        last = int(idx[-1])
-        coverage = float(covered[last] / actions[last])
-        if coverage < float(params.get("threshold", 1.0)) - 1e-12:
-            return [Sample(lab, coverage, int(rounds[last]),
-                           {"covered": _fmt(int(covered[last])),
-                            "actions": _fmt(int(actions[last]))})]
-        return []
+        return _below(params, rounds, _col(series, "covered", length),
+                      _col(series, "actions", length), lab, ("covered", "actions"))
     if name == "witnessed_coverage_drop":
-        witnessed = _col(series, "witnessed", length)
-        governed = _col(series, "witness_governed", length)
-        idx = np.flatnonzero(witnessed > 0)
-        if idx.size == 0:
-            raise NoData("no round with witnessed actions")
-        last = int(idx[-1])
-        coverage = float(governed[last] / witnessed[last])
-        if coverage < float(params.get("threshold", 1.0)) - 1e-12:
-            return [Sample(lab, coverage, int(rounds[last]), {
-                "governed": _fmt(int(governed[last])), "witnessed": _fmt(int(witnessed[last])),
-                "ungoverned": _fmt(int(witnessed[last] - governed[last]))})]
-        return []
+        return _below(params, rounds, _col(series, "witness_governed", length),
+                      _col(series, "witnessed", length), lab, ("governed", "witnessed"))
     if name in ("gap_widening", "gap_closed"):
         t, gap = _gap_series(series, rounds)
         if name == "gap_widening":

@@ -660,6 +660,12 @@ def test_other_detectors() -> None:
     assert evaluate_detector("coverage_drop", {}, _series(30)) == []
     shadow = _series(30, enforce_mode=np.zeros(30, int), covered=np.zeros(30, int))
     assert evaluate_detector("coverage_drop", {}, shadow) == []  # not a governed arm
+    seen = {**s, "witnessed": np.r_[np.full(28, 8), 8, 0], "witness_governed": np.r_[
+        np.full(28, 8), 6, 0]}
+    (w,) = evaluate_detector("witnessed_coverage_drop", {}, seen)  # its latest witnessed round
+    assert (w.value, w.round, w.info["missing"]) == (0.75, 28, "2")
+    assert evaluate_detector("witnessed_coverage_drop", {}, {**shadow, **{
+        k: v for k, v in seen.items() if k.startswith("witness")}}) == []
     assert evaluate_detector("evasion_drift", {}, shadow) == []
     rng = np.random.default_rng(1)
     widening = 50 * (0.89 - 0.004 * np.arange(30) + rng.normal(0, 0.005, 30))

@@ -17,6 +17,7 @@ from tractatus_watch.storage.batch import ARROW_SCHEMAS, Batch
 from tractatus_watch.storage.store import Store
 from support.synthetic import BASE_TS_US, decisions_batch
 from tractatus_watch.storage.writer import Writer
+from support.sinks import DecisionList
 
 # A fixed "now" for the app clock: a little after the synthetic data ends, so ages are stable.
 FIXED_NOW = BASE_TS_US / 1e6 + 3600.0
@@ -205,22 +206,6 @@ WITNESS_RUN = "witnessed-run"
 PLAIN_RUN = "plain-run"   # decisions only: a run not behind the gateway proxy
 
 
-class _DecisionList:
-    """A Governor sink that keeps the decisions (the test writes them with the witness)."""
-
-    def __init__(self) -> None:
-        self.decisions: list[Any] = []
-
-    def emit_decision(self, decision: Any) -> None:
-        self.decisions.append(decision)
-
-    def emit_reward(self, reward: Any) -> None:
-        pass
-
-    def close(self, timeout: float | None = None) -> None:
-        pass
-
-
 def _publish_call(i: int, headline: str) -> dict[str, Any]:
     return {"id": f"call_{i}", "type": "function", "function": {
         "name": "publish", "arguments": json.dumps({"headline": headline, "text": "Sources."})}}
@@ -257,7 +242,7 @@ def build_witness_db(path: Path) -> None:
         records.witnessed.extend(witnessed_actions(
             response, event_id=f"{rollout}:0:model_request:0", rollout_id=rollout, position=0,
             ts=BASE_TS_US / 1e6 + k, run_id=WITNESS_RUN, agent_id=agent, arm=arm, round=rnd))
-        sink = _DecisionList()
+        sink = DecisionList()
         gov = Governor(mode=mode, agent_id=agent, arm=arm, run_id=WITNESS_RUN, sink=sink)
         for i in governed:
             gov.check({"kind": "publish", "domain": "content",
@@ -267,7 +252,7 @@ def build_witness_db(path: Path) -> None:
             gov.check({"kind": "publish", "domain": "content", "summary": "Own story"},
                       round=rnd, rollout_id=rollout)
         records.decisions.extend(sink.decisions)
-    plain = _DecisionList()
+    plain = DecisionList()
     for arm, mode in (("governed", "enforce"), ("ungoverned", "shadow")):
         gov = Governor(mode=mode, agent_id="agent-0", arm=arm, run_id=PLAIN_RUN, sink=plain)
         for rnd in range(2):

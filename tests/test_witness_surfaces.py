@@ -109,6 +109,10 @@ def test_report_runs_and_alert_agree(db: Path) -> None:
     by_arm = {w["arm"]: w for w in run["witnessed"]}
     assert by_arm["governed"]["witnessed_coverage"] == gov.witnessed_coverage
     assert by_arm["governed"]["ungoverned"] == 1
+    listed = subprocess.run([*CLI, "runs", "--db", str(db)], capture_output=True, text=True,
+                            timeout=120, env=_wide()).stdout.splitlines()
+    # The governing arm's witnessed coverage, the one the report shows.
+    assert listed[0].split()[5] == "witnessed" and listed[2].split()[6] == "91.7%"
     table = subprocess.run([*CLI, "report", "--db", str(db), "--run", RUN],
                            capture_output=True, text=True, timeout=120, env=_wide())
     assert "Witnessed coverage (gateway)" in table.stdout and "91.7%" in table.stdout

@@ -296,7 +296,8 @@ def test_a_restarted_tap_replays_what_the_store_had_not_committed(
     assert q("SELECT count(*) FROM events")[0][0] == 1
     assert q("SELECT count(*) FROM rollouts")[0][0] == 1
     assert q("SELECT reason FROM quarantine") == [("ro-1:0:x:0: bad",)]
-    assert tap.stats.replayed == 5 and json.loads(store.get_cursor(tap.source))["replayed"] == 5
+    assert q("SELECT witness_id FROM witnessed") == [("ro-1:0:model_request:0#1",)]
+    assert tap.stats.replayed == 6 and json.loads(store.get_cursor(tap.source))["replayed"] == 6
 
 
 def wait_until(predicate: Any, timeout_s: float = 20.0) -> None:

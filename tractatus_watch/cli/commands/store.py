@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -71,25 +71,36 @@ def runs(db: DbOption = None, data_path: DataPathOption = None,
 def runs_table(df: pl.DataFrame) -> pl.DataFrame:
     """The columns of `runs` a person scans, narrow enough for 80 columns: the name only
     where it says something the run id does not, arms by name (per-arm figures are in
-    `--format json`)."""
+    `--format json`), each arm's witnessed coverage where the gateway witnessed any run."""
     import polars as pl
 
     keep = [c for c in RUN_TABLE_COLUMNS if c in df.columns]
+    if "witnessed" in keep and not df["witnessed"].list.len().sum():
+        keep.remove("witnessed")  # no run behind the gateway's proxy: nothing to show
     if "name" in keep and df.filter(pl.col("name").is_not_null()
                                     & (pl.col("name") != pl.col("run_id"))).is_empty():
         keep.remove("name")
     view = df.select(keep)
+    if "witnessed" in keep:
+        # The witnessed coverage of the arms that govern (SDK coverage above 0): one number in
+        # the usual run; per-arm figures of every arm are in `--format json`.
+        view = view.with_columns(pl.struct("arms", "witnessed").map_elements(
+            _governing_witness, return_dtype=pl.String).alias("witnessed"))
     arms = view.schema.get("arms")
     if isinstance(arms, pl.List) and isinstance(arms.inner, pl.Struct) \
             and "arm" in [f.name for f in arms.inner.fields]:
         view = view.with_columns(pl.col("arms").list.eval(pl.element().struct.field("arm")))
-    if "witnessed" in keep:
-        # "governed 93.8%": each witnessed arm's witnessed coverage.
-        view = view.with_columns(pl.col("witnessed").map_elements(
-            lambda arms: [f"{a['arm']} " + ("n/a" if a["witnessed_coverage"] is None
-                                            else f"{a['witnessed_coverage'] * 100:.1f}%")
-                          for a in arms], return_dtype=pl.List(pl.String)))
     return view.rename({"last_ts": "last data"}) if "last_ts" in keep else view
+
+
+def _governing_witness(row: dict[str, Any]) -> str:
+    governing = {a["arm"] for a in row["arms"] or () if a.get("covered")}
+    shown = [a for a in row["witnessed"] or () if a["arm"] in governing]
+    cells = ["n/a" if a["witnessed_coverage"] is None else f"{a['witnessed_coverage'] * 100:.1f}%"
+             for a in shown]
+    if len(cells) > 1:
+        cells = [f"{a['arm']} {c}" for a, c in zip(shown, cells)]
+    return ", ".join(cells) or "-"
 
 
 @app.command()

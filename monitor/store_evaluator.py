@@ -59,9 +59,8 @@ class StoreEvaluator:
         if run_id not in self._witness:
             last = self.con.execute("SELECT max(round) FROM rollup_witness WHERE run_id = ?",
                                     [run_id]).fetchall()[0][0]
-            counts = (WQ.witness_counts(self.con, run_id,
-                                        rounds=(int(last) - WITNESS_ROUNDS + 1, int(last)))
-                      if last is not None else WQ.witness_counts(self.con, run_id))
+            span = (int(last) - WITNESS_ROUNDS + 1, int(last)) if last is not None else None
+            counts = WQ.witness_counts(self.con, run_id, rounds=span)
             self._witness[run_id] = counts.group_by("arm", "round").agg(
                 pl.col("witnessed").sum(), pl.col("governed").sum().alias("witness_governed"))
         return self._witness[run_id]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Final, Mapping
 
 # Where the Governor records the call it governed, inside the decision's action.
@@ -143,10 +143,7 @@ class WitnessedAction:
     round: int = 0
 
     def to_payload(self) -> dict[str, Any]:
-        return {"witness_id": self.witness_id, "rollout_id": self.rollout_id,
-                "position": self.position, "idx": self.idx, "tool": self.tool,
-                "digest": self.digest, "ts": self.ts, "run_id": self.run_id,
-                "agent_id": self.agent_id, "arm": self.arm, "round": self.round}
+        return asdict(self)
 
     @classmethod
     def from_payload(cls, data: Any) -> WitnessedAction:

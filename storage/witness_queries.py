@@ -48,6 +48,11 @@ LEFT JOIN owner o ON o.rollout_id = w.rollout_id
 """
 
 
+COUNTS_SCHEMA = pl.Schema({"arm": pl.String(), "agent_id": pl.String(), "round": pl.Int32(),
+                           "witnessed": pl.Int64(), "governed": pl.Int64(),
+                           "matched": pl.Int64(), "unwitnessed": pl.Int64()})
+
+
 def _match(rounds: tuple[int, int] | None) -> str:
     span = "AND round BETWEEN $lo AND $hi" if rounds is not None else ""
     return _MATCH.format(w_rounds=span, d_rounds=span)
@@ -73,25 +78,20 @@ def witness_counts(con: Con, run_id: str, *,
     checked in enforce mode) and matched (to any decision), and unwitnessed decisions. Empty
     when the run has no witnessed action: then nothing was witnessed, not everything missed."""
     if not witnessed_total(con, run_id):
-        return _df(con, "SELECT ''::VARCHAR AS arm, ''::VARCHAR AS agent_id, 0::INTEGER AS round, "
-                        "0::BIGINT AS witnessed, 0::BIGINT AS governed, 0::BIGINT AS matched, "
-                        "0::BIGINT AS unwitnessed LIMIT 0")
-    table = con.execute(f"""
+        return pl.DataFrame(schema=COUNTS_SCHEMA)
+    return _df(con, f"""
         SELECT arm, agent_id, round, count_if(witnessed)::BIGINT AS witnessed,
                count_if(witnessed AND covered)::BIGINT AS governed,
                count_if(witnessed AND decided)::BIGINT AS matched,
                count_if(decided AND NOT witnessed)::BIGINT AS unwitnessed
         FROM ({_match(rounds)}) GROUP BY ALL ORDER BY arm, agent_id, round""",
-                        _params(run_id, rounds)).to_arrow_table()
-    return pl.DataFrame(pl.from_arrow(table))
+               _params(run_id, rounds))
 
 
 def ungoverned_actions(con: Con, run_id: str, *, limit: int = 1000) -> pl.DataFrame:
     """The witnessed actions no decision governed, oldest first: rollout, agent, arm, round,
     tool, where in the rollout (model_request position, call index) and when."""
-    table = con.execute(f"""
+    return _df(con, f"""
         SELECT rollout_id, agent_id, arm, round, tool, position, idx, ts
         FROM ({_match(None)}) WHERE witnessed AND NOT decided
-        ORDER BY ts, rollout_id, position, idx LIMIT {int(limit)}""",
-                        _params(run_id, None)).to_arrow_table()
-    return pl.DataFrame(pl.from_arrow(table))
+        ORDER BY ts, rollout_id, position, idx LIMIT {int(limit)}""", _params(run_id, None))

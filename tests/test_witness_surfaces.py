@@ -4,6 +4,7 @@ same figures, from one reconciliation (storage/witness_queries.py)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,4 @@ def test_check_fails_and_lists_the_witness_alert(db: Path, tmp_path: Path) -> No
 
 
 def _wide() -> dict[str, str]:
-    import os
-
     return {**os.environ, "COLUMNS": "200"}

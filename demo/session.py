@@ -51,6 +51,8 @@ class DemoSession:
     # The writer's longest wait before a commit (None: the store's rule). Each round is
     # flushed once it is complete anyway; headless, nobody reads the store in between.
     flush_interval_s: float | None = None
+    # The run's experiment and what makes it a replicate (storage/experiments.py).
+    run_meta: dict[str, Any] | None = None
     on_round: Callable[[RoundResult], None] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     fired: list[FiredAlert] = field(default_factory=list)
@@ -90,7 +92,8 @@ class DemoSession:
         # Alerts are judged here, after each complete round, so the session runs none.
         session = CollectionSession(self.store, [capture], run_id=self.run_id,
                                     ended_by="demo finished",
-                                    flush_interval_s=self.flush_interval_s).start()
+                                    flush_interval_s=self.flush_interval_s,
+                                    run_meta=self.run_meta).start()
         try:
             base_url = self.agl_url or self._wait_listening(capture, session)
             self.source_health = {"name": capture.source, "state": "connected"}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..analysis.alerts.alert_rules import AlertRuleSet
 from ..analysis.alerts.engine import Notifier
@@ -51,7 +51,8 @@ class CollectionSession:
                  alert_rules: AlertRuleSet | None = None, notifiers: Sequence[Notifier] = (),
                  alert_interval_s: float = 5.0, serve: ServePlan | None = None,
                  ended_by: str = "collector stopped",
-                 flush_interval_s: float | None = None) -> None:
+                 flush_interval_s: float | None = None,
+                 run_meta: Mapping[str, Any] | None = None) -> None:
         self.store = store
         self.run_id = run_id
         # Written to run_events for every run collected, when the session closes: an ended
@@ -61,8 +62,10 @@ class CollectionSession:
         self.health = SourceMonitor()
         self.sources = [self.health.wrap(s) for s in sources]
         self.stop = threading.Event()
+        # run_meta: the experiment every run collected joins (storage/experiments.py).
         self.writer = Writer(store, flush_interval_s=flush_interval(store)
-                             if flush_interval_s is None else flush_interval_s)
+                             if flush_interval_s is None else flush_interval_s,
+                             run_meta=run_meta)
         self.alerts = (AlertLoop(store, alert_rules, notifiers, interval_s=alert_interval_s)
                        if alert_rules is not None else None)
         self.result = RunResult()

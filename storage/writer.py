@@ -35,6 +35,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Callable, Final, Iterator
 
 import duckdb
@@ -49,6 +50,7 @@ from .batch import (
 )
 from .coordination import is_conflict, retry_conflicts
 from .errors import StoreError
+from .experiments import run_meta_json
 from .latency_buckets import bucket_sql
 from .schema import (
     KEY_COLUMNS, NATURAL_KEYS, check_hash_sql, checks_agg_sql, decision_content_sql, ensure_keys,
@@ -479,7 +481,8 @@ class Writer:
 
     def __init__(self, store: Store, *, max_queue: int = 32, flush_rows: int = ROW_GROUP,
                  flush_interval_s: float = 1.0,
-                 on_commit: Callable[[WriterStats], None] | None = None) -> None:
+                 on_commit: Callable[[WriterStats], None] | None = None,
+                 run_meta: Mapping[str, Any] | None = None) -> None:
         if store.read_only:
             raise WriterError(f"{store.label} is open read-only")
         self._store = store
@@ -492,6 +495,8 @@ class Writer:
         self._closed = False
         self.stats = WriterStats()
         self._known_runs: set[str] = set()  # runs already in `runs`: no lookup per commit
+        # Every run this writer registers joins this experiment (storage/experiments.py).
+        self._run_meta = run_meta_json(run_meta) if run_meta is not None else None
         # Rule-set rows this writer stored or found stored: announcements of them cost nothing.
         self._known_sets: set[tuple[Any, ...]] = set()
         self._con = store.cursor()
@@ -1047,8 +1052,13 @@ class Writer:
             [run_ids]).fetchall()}
         for run_id in run_ids:
             if run_id not in known:
-                con.execute("INSERT INTO runs VALUES (?, ?, now()::TIMESTAMP, NULL, NULL)",
-                            [run_id, run_id])
+                con.execute("INSERT INTO runs VALUES (?, ?, now()::TIMESTAMP, NULL, ?)",
+                            [run_id, run_id, self._run_meta])
+            elif self._run_meta is not None:
+                # A run stored before (a restarted collector): it joins the experiment unless
+                # it already belongs to one.
+                con.execute("UPDATE runs SET meta = ? WHERE run_id = ? AND meta IS NULL",
+                            [self._run_meta, run_id])
 
 
 def _set_keys(table: pa.Table) -> list[tuple[Any, ...]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -41,6 +41,26 @@ TokenFileOption = Annotated[Optional[Path], typer.Option(
     help="File whose first line is the token of a quack: store (else "
          "$TRACTATUS_WATCH_TOKEN); a collector run with --serve writes its token to "
          "<database>.quack-token.")]
+
+
+ExperimentOption = Annotated[Optional[str], typer.Option(
+    "--experiment", metavar="NAME",
+    help="Group every run this command stores under experiment NAME (seeds and arms "
+         "compared by `research --experiment NAME`).")]
+
+
+def experiment_meta(name: str | None, **replicate: Any) -> dict[str, Any] | None:
+    """The run meta that puts a run into experiment `name` (storage/experiments.py), with what
+    makes it a replicate (scenario, seed, ...); None without a name."""
+    from ..storage.experiments import check_experiment_name
+
+    if name is None:
+        return None
+    try:
+        check_experiment_name(name)
+    except ValueError as exc:
+        raise CliError(f"--experiment: {exc}") from None
+    return {"experiment": name, **{k: v for k, v in replicate.items() if v is not None}}
 
 
 def _version(value: bool) -> None:

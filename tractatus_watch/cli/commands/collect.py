@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from ..app import DataPathOption, DbOption, app, open_store, read_token
+from ..app import (DataPathOption, DbOption, ExperimentOption, app, experiment_meta, open_store,
+                   read_token)
 from ..config import CliError, resolve_store
 from ...storage.target import StoreTarget
 from .alerts import RulesOption, load_ruleset
@@ -149,6 +150,7 @@ def collect(
         "--webhook-token-file", dir_okay=False)] = None,
     serve: ServeOption = None, serve_public: ServePublicOption = False,
     token_file: ServeTokenFileOption = None, serve_timeout: ServeTimeoutOption = None,
+    experiment: ExperimentOption = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Collect headless from Agent Lightning (poller, gateway) and spools, with alert
@@ -163,6 +165,7 @@ def collect(
     if not (agl or spool or gateway):
         raise CliError("nothing to collect from: give --agl URL, --spool DIR or --gateway")
     ruleset = load_ruleset(rules)
+    meta = experiment_meta(experiment)
     _check_webhook_token(webhook_token_file)
     key = _key(key_file)
     target = resolve_store(db, data_path)
@@ -176,7 +179,7 @@ def collect(
         result = CollectionSession(
             store, sources, run_id=run_id, alert_rules=ruleset,
             notifiers=_notifiers(alert_log, webhook, webhook_token_file),
-            alert_interval_s=alert_interval, serve=plan).run()
+            alert_interval_s=alert_interval, serve=plan, run_meta=meta).run()
     _exit_on_source_errors(result.errors)
 
 
@@ -249,6 +252,7 @@ def gateway_command(
         "--govern-arm", metavar="ARM", show_default=False,
         help="With --govern: the arm of rollouts whose metadata names none (default governed; "
              "ungoverned in shadow mode).")] = None,
+    experiment: ExperimentOption = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     from ...collectors.gateway_config import ConfigArgs, GatewayConfigError, gateway_config
@@ -257,6 +261,7 @@ def gateway_command(
     from ...collectors.runner import adopt_run_id, resume_run_id, setup_logging
     from ...monitor.session import CollectionSession
 
+    meta = experiment_meta(experiment)
     overrides, rule_files = _split_rules(overrides or [], govern)
     governance = _governance(govern, rule_files, govern_mode, govern_arm)
     key = _key(key_file)
@@ -275,7 +280,7 @@ def gateway_command(
                          govern=governance)
         run_id = resume_run_id(store, [tap.source], run, "gateway")
         adopt_run_id([tap], run_id)
-        result = CollectionSession(store, [tap], run_id=run_id).run()
+        result = CollectionSession(store, [tap], run_id=run_id, run_meta=meta).run()
     _exit_on_source_errors(result.errors)
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..app import DataPathOption, DbOption, app, open_store
+from ..app import DataPathOption, DbOption, ExperimentOption, app, experiment_meta, open_store
 from ..config import CliError, resolve_store
 from ...storage.target import StoreTarget
 from ..output import console
@@ -57,7 +57,8 @@ def demo_json(report: Any, session: Any, scenario: Any, seed: int) -> dict[str, 
     alerts = sorted(({"alertname": f.alertname, "arm": f.labels.get("arm", ""),
                       "round": f.round, "severity": f.severity} for f in session.fired),
                     key=lambda a: (a["round"], a["alertname"], a["arm"]))
-    return _rounded({"scenario": scenario.name, "seed": seed, "agents": scenario.agents,
+    return _rounded({"scenario": scenario.name, "seed": seed, "run_id": session.run_id,
+                     "agents": scenario.agents,
                      "rounds": scenario.rounds, "arms": arms,
                      "difference": out["difference"], "alerts": alerts,
                      "ungoverned_actions": [{k: u[k] for k in ("agent_id", "arm", "round",
@@ -75,7 +76,12 @@ def demo(
     = None,
     rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Training rounds.")]
     = None,
-    seed: Annotated[int, typer.Option("--seed", help="Same seed, same results.")] = 1,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", help="Same seed, same results [default: 1].")] = None,
+    seeds: Annotated[Optional[str], typer.Option(
+        "--seeds", metavar="SEEDS", help="Run these seeds one after another (headless), e.g. "
+        "1-10 or 1,3,5: one run per seed, grouped as one experiment for `research`.")] = None,
+    experiment: ExperimentOption = None,
     speed: Annotated[Optional[str], typer.Option(
         "--speed", help="Rounds per second, or 'max' [default: the scenario's pace].")] = None,
     headless: Annotated[bool, typer.Option(
@@ -110,20 +116,65 @@ def demo(
         raise CliError("--model-name is for --agl: the in-process gateway's model is the demo's")
     if model_name is not None and not model_name.strip():
         raise CliError("--model-name: expected the gateway's model name, got an empty one")
+    seed_list = _seeds(seed, seeds, headless)
+    name = experiment or f"{scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment_meta(name)  # a bad name fails before training
     key = _agl_key(key_file) if agl else None
     if agl:
         check_gateway(agl, key)
     target = resolve_store(db, data_path)
     gateway = _Gateway(agl, key, model_name)
-    if scenario == "scale":
-        _run_scale(base.with_overrides(agents=agents, rounds=rounds), seed, pace, gateway,
-                   target, fmt)
-        return
     sc = base.with_overrides(agents=agents, rounds=rounds)
-    if headless:
-        _run_headless(sc, seed, pace, gateway, target, fmt)
+    if scenario == "scale":
+        _run_scale(sc, seed_list, pace, gateway, target, fmt, name)
+    elif headless:
+        _run_seeds(sc, seed_list, pace, gateway, target, fmt, name)
     else:
-        _run_live(sc, seed, pace, gateway, target)
+        _run_live(sc, seed_list[0], pace, gateway, target, name)
+
+
+MAX_SEEDS = 1000
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`1-10`, `1,3,5` or a mix (`1-3,7`): the seeds in the order given, each once."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            first = int(lo)
+            last = int(hi) if sep else first
+        except ValueError:
+            raise CliError(f"--seeds: expected seeds such as 1-10 or 1,3,5, got {text!r}"
+                           ) from None
+        if first < 0 or last < first:
+            raise CliError(f"--seeds: {part.strip()!r} is not an increasing range of seeds "
+                           ">= 0")
+        if last - first >= MAX_SEEDS:
+            raise CliError(f"--seeds: at most {MAX_SEEDS} seeds")
+        out.extend(s for s in range(first, last + 1) if s not in out)
+    if len(out) > MAX_SEEDS:
+        raise CliError(f"--seeds: at most {MAX_SEEDS} seeds")
+    return out
+
+
+def _seeds(seed: int | None, seeds: str | None, headless: bool) -> list[int]:
+    if seeds is None:
+        return [1 if seed is None else seed]
+    if seed is not None:
+        raise CliError("give --seed N or --seeds SEEDS, not both")
+    out = parse_seeds(seeds)
+    if len(out) > 1 and not headless:
+        raise CliError("--seeds runs one seed after another without the dashboard: add "
+                       "--headless")
+    return out
+
+
+def run_meta(sc: Any, seed: int, experiment: str) -> dict[str, Any]:
+    """What makes a demo run a replicate of its experiment (storage/experiments.py)."""
+    return {"experiment": experiment, "scenario": sc.name, "seed": seed, "agents": sc.agents,
+            "rounds": sc.rounds, "adversarial_round": sc.adversarial_round,
+            "bypass_round": sc.bypass_round}
 
 
 @dataclass(frozen=True)
@@ -190,12 +241,13 @@ def _run_id(name: str, seed: int) -> str:
 
 
 def _session(store: Any, sc: Any, seed: int, pace: float | None, gateway: _Gateway,
-             **kw: Any) -> Any:
+             experiment: str, **kw: Any) -> Any:
     from ...demo.session import DemoSession
 
     return DemoSession(store, sc, seed, _run_id(sc.name, seed), speed=pace,
                        agl_url=gateway.url, agl_key=gateway.key,
-                       model_name=gateway.model_name, **kw)
+                       model_name=gateway.model_name,
+                       run_meta=run_meta(sc, seed, experiment), **kw)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -206,35 +258,64 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _run_headless(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
-                  target: StoreTarget, fmt: DemoFormat) -> None:
+def _run_seeds(sc: Any, seeds: list[int], pace: float | None, gateway: _Gateway,
+               target: StoreTarget, fmt: DemoFormat, experiment: str) -> None:
+    """Headless: train each seed in turn, one run each, then print the report (one seed) or
+    the experiment's per-seed summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from ...demo.job import DemoStopped, NoModelServer
     from ...monitor.report import build_report
-    from ..report_render import rich_table
 
     err = console(stderr=True)
+    done: list[tuple[int, Any, Any]] = []  # (seed, session, report)
     with open_store(target, read_only=False) as store:
         with Progress("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), console=err,
                       transient=True, disable=not sys.stderr.isatty()) as progress:
-            task = progress.add_task(f"{sc.name}: training", total=sc.rounds)
-            # About a commit a round (the session flushes each round), not one every 50 ms: no
-            # dashboard reads the store mid-run, and a commit costs a dozen statements.
-            session = _session(store, sc, seed, pace, gateway, flush_interval_s=1.0,
-                               on_round=lambda r: progress.update(task, completed=r.round + 1))
-            _stop_on_signals(session.stop)
-            try:
-                session.run()
-            except NoModelServer as exc:
-                raise no_model_server(exc, gateway) from None
-            except DemoStopped:
-                err.print(f"stopped after {len(session.rounds)} rounds; what was captured is "
-                          f"stored as run {session.run_id}")
-        report = build_report(store.cursor(), session.run_id)
+            task = progress.add_task(f"{sc.name}: training", total=sc.rounds * len(seeds))
+            for i, seed in enumerate(seeds):
+                if len(seeds) > 1:
+                    progress.update(task, description=f"{sc.name} seed {seed} "
+                                                      f"({i + 1}/{len(seeds)})")
+
+                def advance(r: Any, before: int = i * sc.rounds) -> None:
+                    progress.update(task, completed=before + r.round + 1)
+
+                # About a commit a round (the session flushes each round), not one every 50 ms:
+                # no dashboard reads the store mid-run, and a commit costs a dozen statements.
+                session = _session(store, sc, seed, pace, gateway, experiment,
+                                   flush_interval_s=1.0, on_round=advance)
+                _stop_on_signals(session.stop)
+                stopped = False
+                try:
+                    session.run()
+                except NoModelServer as exc:
+                    raise no_model_server(exc, gateway) from None
+                except DemoStopped:
+                    stopped = True
+                    err.print(f"stopped after {len(session.rounds)} rounds of seed {seed}; "
+                              f"what was captured is stored as run {session.run_id}")
+                done.append((seed, session, build_report(store.cursor(), session.run_id)))
+                if len(seeds) > 1 and not sys.stderr.isatty():
+                    err.print(f"seed {seed} ({i + 1}/{len(seeds)}): run {session.run_id}, "
+                              f"{len(session.rounds)} rounds")
+                if stopped:
+                    break
+    if len(seeds) == 1:
+        _print_one(done[0], sc, fmt, experiment, store.label)
+    else:
+        _print_experiment(done, sc, fmt, experiment, store.label)
+
+
+def _print_one(run: tuple[int, Any, Any], sc: Any, fmt: DemoFormat, experiment: str,
+               label: str) -> None:
+    from ..report_render import rich_table
+
+    seed, session, report = run
     if fmt == DemoFormat.json:
-        print(json.dumps(demo_json(report, session, sc, seed), indent=2))
+        print(json.dumps({**demo_json(report, session, sc, seed), "experiment": experiment,
+                          "store": label}, indent=2))
         return
     out = console()
     out.print(rich_table(report))
@@ -245,11 +326,46 @@ def _run_headless(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
                       f"arm={f.labels.get('arm', '')}")
     else:
         out.print("alerts fired: none")
-    out.print(f"run {session.run_id} stored in {store.label}")
+    out.print(f"run {session.run_id} (experiment {experiment}) stored in {label}")
+
+
+def _print_experiment(runs: list[tuple[int, Any, Any]], sc: Any, fmt: DemoFormat,
+                      experiment: str, label: str) -> None:
+    from rich.table import Table
+
+    if fmt == DemoFormat.json:
+        print(json.dumps({"experiment": experiment, "scenario": sc.name, "store": label,
+                          "seeds": [seed for seed, _, _ in runs],
+                          "runs": [demo_json(report, session, sc, seed)
+                                   for seed, session, report in runs]}, indent=2))
+        return
+    arms = sorted({arm for _, _, report in runs for arm in report.arms})
+    table = Table(title=f"{sc.name}: {len(runs)} seeds (experiment {experiment})",
+                  header_style="bold")
+    table.add_column("seed", justify="right")
+    for arm in arms:
+        for figure in ("performance", "coverage", "escaped"):
+            table.add_column(f"{arm} {figure}", justify="right")
+    table.add_column("alerts", justify="right")
+    for seed, session, report in runs:
+        cells = [str(seed)]
+        for arm in arms:
+            m = report.arms.get(arm)
+            cells += ([_fmt(m.performance, ".4f"), _fmt(m.coverage, ".1%"),
+                       str(m.escaped_violations)] if m is not None else ["", "", ""])
+        table.add_row(*cells, str(len(session.fired)))
+    out = console()
+    out.print(table)
+    out.print(f"experiment {experiment} stored in {label}: `tractatus-watch research "
+              f"--experiment {experiment}` compares the seeds")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def _run_live(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
-              target: StoreTarget) -> None:
+              target: StoreTarget, experiment: str) -> None:
     """Train in a background thread while the dashboard shows the run; when training ends the
     dashboard stays on the final state until the user quits (quitting early stops training)."""
     from ...demo.job import DemoStopped, NoModelServer
@@ -260,7 +376,7 @@ def _run_live(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
 
     with open_store(target, read_only=False) as store, \
             logs_to_file(store.path or default_db_path(), "demo") as log_path:
-        session = _session(store, sc, seed, pace, gateway)
+        session = _session(store, sc, seed, pace, gateway, experiment)
         failure: list[BaseException] = []
 
         def train() -> None:
@@ -314,47 +430,60 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def _run_scale(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
-               target: StoreTarget, fmt: DemoFormat) -> None:
-    """Research question 1: one run per size; governance overhead as agents grow."""
+def _run_scale(sc: Any, seeds: list[int], pace: float | None, gateway: _Gateway,
+               target: StoreTarget, fmt: DemoFormat, experiment: str) -> None:
+    """Research question 1: one run per size and seed; governance overhead as agents grow."""
     from rich.table import Table
 
     from ...demo.job import NoModelServer
     from ...storage import queries as Q
 
-    sizes: dict[str, dict[str, Any]] = {}
+    per_seed: list[dict[str, Any]] = []
     err = console(stderr=True)
     with open_store(target, read_only=False) as store:
-        for n in sc.sizes:
-            run_sc = sc.with_overrides(agents=n)
-            err.print(f"scale: {n} agent(s) per arm ...")
-            session = _session(store, run_sc, seed, pace, gateway)
-            _stop_on_signals(session.stop)
-            started = time.monotonic()
-            try:
-                session.run()
-            except NoModelServer as exc:
-                raise no_model_server(exc, gateway) from None
-            seconds = time.monotonic() - started
-            lat = Q.latency(store.cursor(), session.run_id)
-            actions = sum(r.decisions for r in session.rounds)
-            sizes[str(n)] = {
-                "run_id": session.run_id, "agents": n, "rounds": len(session.rounds),
-                "actions": actions, "rounds_per_s": len(session.rounds) / seconds,
-                "actions_per_s": actions / seconds,
-                "overhead_p50_us": _number(lat["p50_us"].median()),
-                "overhead_p99_us": _number(lat["p99_us"].max()),
-                "round_s": seconds / max(1, len(session.rounds)),
-            }
+        for seed in seeds:
+            sizes: dict[str, dict[str, Any]] = {}
+            for n in sc.sizes:
+                run_sc = sc.with_overrides(agents=n)
+                err.print(f"scale: {n} agent(s) per arm, seed {seed} ...")
+                session = _session(store, run_sc, seed, pace, gateway, experiment)
+                _stop_on_signals(session.stop)
+                started = time.monotonic()
+                try:
+                    session.run()
+                except NoModelServer as exc:
+                    raise no_model_server(exc, gateway) from None
+                seconds = time.monotonic() - started
+                lat = Q.latency(store.cursor(), session.run_id)
+                actions = sum(r.decisions for r in session.rounds)
+                sizes[str(n)] = {
+                    "run_id": session.run_id, "agents": n, "rounds": len(session.rounds),
+                    "actions": actions, "rounds_per_s": len(session.rounds) / seconds,
+                    "actions_per_s": actions / seconds,
+                    "overhead_p50_us": _number(lat["p50_us"].median()),
+                    "overhead_p99_us": _number(lat["p99_us"].max()),
+                    "round_s": seconds / max(1, len(session.rounds)),
+                }
+            per_seed.append({"seed": seed, "sizes": _rounded(sizes)})
     if fmt == DemoFormat.json:
-        print(json.dumps({"scenario": "scale", "seed": seed, "sizes": _rounded(sizes)}, indent=2))
+        ids = {"experiment": experiment, "store": store.label}
+        if len(per_seed) == 1:
+            print(json.dumps({"scenario": "scale", **per_seed[0], **ids}, indent=2))
+        else:
+            print(json.dumps({"scenario": "scale", **ids, "seeds": seeds, "runs": per_seed},
+                             indent=2))
         return
     table = Table(title="Q1: governance overhead as agents grow", header_style="bold")
-    for col in ("agents/arm", "actions", "rounds/s", "actions/s", "overhead p50 us",
-                "overhead p99 us"):
+    columns = ("agents/arm", "actions", "rounds/s", "actions/s", "overhead p50 us",
+               "overhead p99 us")
+    for col in (("seed",) if len(per_seed) > 1 else ()) + columns:
         table.add_column(col, justify="right")
-    for s in sizes.values():
-        table.add_row(str(s["agents"]), str(s["actions"]), f"{s['rounds_per_s']:.2f}",
-                      f"{s['actions_per_s']:.0f}", f"{s['overhead_p50_us']:.0f}",
-                      f"{s['overhead_p99_us']:.0f}")
-    console().print(table)
+    for run in per_seed:
+        for s in run["sizes"].values():
+            cells = [str(s["agents"]), str(s["actions"]), f"{s['rounds_per_s']:.2f}",
+                     f"{s['actions_per_s']:.0f}", f"{s['overhead_p50_us']:.0f}",
+                     f"{s['overhead_p99_us']:.0f}"]
+            table.add_row(*([str(run["seed"])] if len(per_seed) > 1 else []), *cells)
+    out = console()
+    out.print(table)
+    out.print(f"experiment {experiment} stored in {store.label}")

@@ -11,7 +11,8 @@ from typing import IO, Annotated, Any, Optional
 
 import typer
 
-from ..app import DataPathOption, DbOption, TokenFileOption, app, open_store, pick_run
+from ..app import (DataPathOption, DbOption, ExperimentOption, TokenFileOption, app,
+                   experiment_meta, open_store, pick_run)
 from ..config import CliError, default_db_path, resolve_store
 from .collect import ServeOption, ServePublicOption, ServeTimeoutOption, ServeTokenFileOption
 
@@ -93,6 +94,7 @@ def live(
         "--no-alerts", help="Do not evaluate the alert rules while collecting.")] = False,
     serve: ServeOption = None, serve_public: ServePublicOption = False,
     token_file: ServeTokenFileOption = None, serve_timeout: ServeTimeoutOption = None,
+    experiment: ExperimentOption = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Collect from the given sources and watch them in one process.
@@ -108,6 +110,7 @@ def live(
     if not (agl or spool or gateway):
         raise CliError("live needs at least one source: --agl URL, --spool DIR or --gateway")
     _check_view(view)
+    meta = experiment_meta(experiment)
     target = resolve_store(db, data_path)
     plan = serve_plan(serve, serve_public, token_file, target, timeout_s=serve_timeout)
     try:
@@ -135,7 +138,7 @@ def live(
         session = CollectionSession(
             store, sources, run_id=run or "default",
             alert_rules=None if no_alerts else load_default_alert_rules(),
-            alert_interval_s=ALERT_EVERY_S, serve=plan)
+            alert_interval_s=ALERT_EVERY_S, serve=plan, run_meta=meta)
         alert_store = session.alerts.alert_store if session.alerts is not None else None
         try:
             session.start()

@@ -35,7 +35,7 @@ FRAME_FORMATS: Final[tuple[str, ...]] = (TABLE, *FILE_FORMATS)
 REPORT_FORMATS: Final[tuple[str, ...]] = (*FRAME_FORMATS, MARKDOWN)
 EXTENSIONS: Final[dict[str, str]] = {
     ".csv": "csv", ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson",
-    ".parquet": PARQUET, ".md": MARKDOWN,
+    ".parquet": PARQUET, ".md": MARKDOWN, ".html": "html", ".htm": "html",
 }
 
 

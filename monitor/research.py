@@ -309,7 +309,7 @@ def _per_round_rate(runs: Sequence[_Run], arm: str, x: str, n: str
     frames = [r.rounds[arm] for r in runs if arm in r.rounds]
     if not frames:
         return np.array([]), []
-    last = max(int(f["round"].max()) for f in frames)  # type: ignore[arg-type]
+    last = max(int(f["round"].to_numpy().max()) for f in frames)
     grid = np.full((len(frames), last + 1), np.nan)
     for i, f in enumerate(frames):
         rr, xx, nn = _counts(f, x, n)
@@ -416,10 +416,10 @@ def _q3(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
         verdict = ("no adversary in this experiment: evasion detection delays cannot be "
                    "measured")
     elif gov in delays:
-        d = delays[gov]
-        q = d["quantiles"]
-        verdict = (f"evasion detected on the {gov} arm in {d['detected']} of "
-                   f"{d['detected'] + d['missed']} seeds, median delay "
+        dj = delays[gov]
+        q = dj["quantiles"]
+        verdict = (f"evasion detected on the {gov} arm in {dj['detected']} of "
+                   f"{dj['detected'] + dj['missed']} seeds, median delay "
                    f"{_fmt(q.get('p50'), '.0f')} rounds after disguised clickbait appears "
                    f"(p90 {_fmt(q.get('p90'), '.0f')}, max {_fmt(q.get('max'), '.0f')})")
     else:
@@ -451,8 +451,8 @@ def _q3(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
 
 def _reward_grid(runs: Sequence[_Run], arm: str) -> np.ndarray:
     frames = [r.rounds.get(arm) for r in runs]
-    last = max((int(f["round"].max()) for f in frames if f is not None and not f.is_empty()),
-               default=-1)
+    last = max((int(f["round"].to_numpy().max()) for f in frames
+                if f is not None and not f.is_empty()), default=-1)
     grid = np.full((len(runs), last + 1), np.nan)
     for i, f in enumerate(frames):
         if f is None:

@@ -73,6 +73,10 @@ def test_seed_intervals_cover_the_true_gap_and_welch_over_rollouts_does_not() ->
 
 def test_iqm_known_answers() -> None:
     assert iqm(np.arange(100)) == pytest.approx(49.5)
+    # Skewed: the mean of k^2 for k = 25..74, (S(74) - S(24)) / 50 with S(n) = n(n+1)(2n+1)/6.
+    assert iqm(np.arange(100) ** 2) == pytest.approx((137825 - 4900) / 50)
+    # 4 values: one trimmed at each end (trim_mean(x, 0.25)), not the plain mean 4.
+    assert iqm([10, 1, 3, 2]) == pytest.approx(2.5)
     # 8 values: floor(8/4) = 2 trimmed at each end, the mean of 3, 4, 5, 6.
     assert iqm([100, 1, 7, 2, 6, 3, 5, 4]) == pytest.approx(4.5)
     # 10 values: 2 trimmed at each end (floor(2.5)), the mean of the six in the middle.

@@ -326,6 +326,7 @@ def _q2(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
     for arm in arms:
         for detector in DRIFT_DETECTORS:
             alarms = rounds = 0
+            per_seed: list[int] = []
             for r in runs:
                 frame = r.rounds.get(arm)
                 if frame is None or frame.is_empty():
@@ -333,12 +334,15 @@ def _q2(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
                 # In-control rounds: before an adversary appears (its alarms are detections).
                 if r.adversarial_round is not None:
                     frame = frame.filter(pl.col("round") < r.adversarial_round)
-                alarms += len(_alarms(frame, detector, params[detector]))
-                rounds += frame.height
+                per_seed.append(len(_alarms(frame, detector, params[detector])))
+                alarms += per_seed[-1]
+                # The detector scores no round of its warm-up (it learns its baseline there).
+                checked = int((frame[_DRIFT_COUNTS[detector][1]] > 0).sum())
+                rounds += max(0, checked - int(params[detector]["warmup"]))
             if not rounds:
                 continue
             rate = S.alarm_rate(alarms, rounds, params[detector]["arl0"])
-            rates[f"{arm}/{detector}"] = rate.to_json()
+            rates[f"{arm}/{detector}"] = rate.to_json() | {"alarms_per_seed": per_seed}
             rows.append((arm, detector, rounds, alarms, rate.per_1000, rate.lo, rate.hi,
                          rate.stated_per_1000))
             total_rounds = max(total_rounds, rounds)
@@ -352,13 +356,18 @@ def _q2(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
     key = f"{gov}/adherence_drift"
     head = rates.get(key)
     if head is None:
-        verdict = "no checked rounds: nothing to judge"
+        warmup = int(params["adherence_drift"]["warmup"])
+        verdict = (f"no round was scored for false alarms: every run's in-control part is "
+                   f"within the drift detectors' warm-up of {warmup} rounds")
     else:
-        verdict = (f"over {head['rounds']} in-control rounds ({len(runs)} runs) the adherence "
-                   f"drift detector raised {head['alarms']} false alarm(s) on the {gov} arm: "
-                   f"{_fmt(head['per_1000'], '.2f')} per 1000 rounds (95% CI "
-                   f"[{_fmt(head['lo'], '.2f')}, {_fmt(head['hi'], '.2f')}]) against the stated "
-                   f"{_fmt(head['stated_per_1000'], '.2f')}")
+        stated = head["stated_per_1000"]
+        side = ("consistent with" if head["consistent"] else
+                "below" if (head["hi"] or 0.0) < stated else "above")
+        verdict = (f"over {head['rounds']} scored in-control rounds ({len(runs)} runs) the "
+                   f"adherence drift detector raised {head['alarms']} false alarm(s) on the "
+                   f"{gov} arm: {_fmt(head['per_1000'], '.2f')} per 1000 rounds (95% CI "
+                   f"[{_fmt(head['lo'], '.2f')}, {_fmt(head['hi'], '.2f')}]), {side} the "
+                   f"stated {_fmt(stated, '.2f')}")
         if cov:
             verdict += f"; coverage stayed at or above {min(cov):.1%}"
     thin = total_rounds < MIN_ROUNDS_Q2
@@ -370,8 +379,10 @@ def _q2(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
         ("the drift detectors are the alert rules' CUSUMs (their parameters from the default "
          "rules), replayed over each run's per-round counts and restarted after each alarm",
          "every alarm before an adversary appears is a false alarm (the environment does not "
-         "change); alarms are a Poisson count over the pooled rounds",
-         "rounds of different seeds are independent"),
+         "change); the rounds of each run's warm-up are not scored and not counted",
+         "alarms are a Poisson count over the pooled rounds; each seed learns its own baseline "
+         "in its warm-up, so counts vary more between seeds than Poisson allows and the "
+         "interval is too narrow across seeds (the per-seed counts are in the json)"),
         (f"stated false-alarm rate: 1000 / ARL0 = {1000.0 / hl:.2f} per 1000 rounds "
          f"(ARL0 {hl:g} rounds)", "95% exact Poisson (Garwood) interval of the observed rate"),
         Chart("line", f"Attempted-violation rate per round ({gov} arm, mean over seeds)",

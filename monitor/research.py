@@ -148,6 +148,7 @@ class _Run:
     rounds: dict[str, pl.DataFrame]      # arm -> per-round sums (storage/queries.per_round)
     agents_frame: pl.DataFrame           # per (arm, agent) (storage/queries.per_agent)
     kinds: pl.DataFrame                  # per (arm, action kind) (storage/queries.action_kinds)
+    alarms: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # see _alarms
 
     def json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "seed": self.seed, "scenario": self.scenario,
@@ -295,11 +296,17 @@ def _counts(frame: pl.DataFrame, x: str, n: str) -> tuple[np.ndarray, np.ndarray
             frame[n].to_numpy().astype(float))
 
 
-def _alarms(frame: pl.DataFrame, detector: str, params: dict[str, float]) -> list[int]:
-    x_key, n_key = _DRIFT_COUNTS[detector]
-    rounds, x, n = _counts(frame, x_key, n_key)
-    return S.cusum_alarms(x, n, ratio=params["ratio"], arl0=params["arl0"],
-                          warmup=int(params["warmup"]), rounds=rounds)
+def _alarms(run: _Run, arm: str, detector: str, params: dict[str, float]) -> list[int]:
+    """The rounds at which the detector alarms over the run's whole series. The CUSUM is causal,
+    so the alarms before a round are those of the series cut there: q2 and q3 share one
+    replay (a calibration costs a fifth of a second)."""
+    key = (arm, detector)
+    if key not in run.alarms:
+        x_key, n_key = _DRIFT_COUNTS[detector]
+        rounds, x, n = _counts(run.rounds[arm], x_key, n_key)
+        run.alarms[key] = S.cusum_alarms(x, n, ratio=params["ratio"], arl0=params["arl0"],
+                                         warmup=int(params["warmup"]), rounds=rounds)
+    return run.alarms[key]
 
 
 def _per_round_rate(runs: Sequence[_Run], arm: str, x: str, n: str
@@ -334,7 +341,8 @@ def _q2(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
                 # In-control rounds: before an adversary appears (its alarms are detections).
                 if r.adversarial_round is not None:
                     frame = frame.filter(pl.col("round") < r.adversarial_round)
-                per_seed.append(len(_alarms(frame, detector, params[detector])))
+                per_seed.append(sum(1 for a in _alarms(r, arm, detector, params[detector])
+                                    if r.adversarial_round is None or a < r.adversarial_round))
                 alarms += per_seed[-1]
                 # The detector scores no round of its warm-up (it learns its baseline there).
                 checked = int((frame[_DRIFT_COUNTS[detector][1]] > 0).sum())
@@ -405,10 +413,9 @@ def _q3(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
     for arm in arms:
         per_seed: list[int | None] = []
         for r in attacked:
-            frame = r.rounds.get(arm)
-            if frame is None:
+            if arm not in r.rounds:
                 continue
-            after = [a for a in _alarms(frame, "evasion_drift", params)
+            after = [a for a in _alarms(r, arm, "evasion_drift", params)
                      if a >= (r.adversarial_round or 0)]
             per_seed.append(after[0] - (r.adversarial_round or 0) if after else None)
         if not per_seed:

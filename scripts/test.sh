@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Everything the tests need that is not a Python package: tmux for the terminal test, and
-# PostgreSQL's server binaries for the DuckLake tests (they start their own server on loopback).
+# Everything the tests need that is not a Python package: tmux for the terminal test,
+# PostgreSQL's server binaries for the DuckLake tests (they start their own server on loopback)
+# and Chromium, which opens the research command's HTML report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v tmux >/dev/null 2>&1; then
@@ -8,6 +9,9 @@ if ! command -v tmux >/dev/null 2>&1; then
 fi
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq postgresql) >/dev/null 2>&1 || echo "warning: PostgreSQL unavailable; lake tests will fail under CI" >&2
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "warning: Chromium unavailable; the HTML report's browser test will be skipped" >&2
 fi
 # The static checks run before the tests, in this order; the first that fails stops the run.
 check() {

@@ -263,3 +263,20 @@ def test_research_formats_agree_and_bad_input_is_one_line(tmp_path: Path) -> Non
     empty = _cli("research", "--db", str(tmp_path / "empty.duckdb"))
     assert empty.returncode == 2 and empty.stderr.startswith(
         "error: no experiment stored yet"), empty.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("demo", "--seeds", "3-1", "--headless"), "--seeds: '3-1' is not an increasing range"),
+    (("demo", "--seeds", "one", "--headless"), "--seeds: expected seeds such as 1-10"),
+    (("demo", "--seed", "1", "--seeds", "1-2", "--headless"), "give --seed N or --seeds"),
+    (("demo", "--seeds", "1-2"), "add --headless"),
+    (("demo", "--seeds", "0-5000", "--headless"), "at most 1000 seeds"),
+    (("demo", "--experiment", "a b", "--headless"), "--experiment: experiment name 'a b'"),
+    (("collect", "--spool", "/nonexistent", "--experiment", "../x"),
+     "--experiment: experiment name '../x'"),
+])
+def test_bad_experiment_arguments_exit_2_in_one_line(args: tuple[str, ...], message: str,
+                                                     tmp_path: Path) -> None:
+    done = _cli(*args, "--db", str(tmp_path / "x.duckdb"))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr

@@ -28,8 +28,8 @@ def _df(con: Con, sql: str, params: list[Any] | dict[str, Any] | None = None) ->
 
 
 def runs(con: Con) -> pl.DataFrame:
-    """Every run, newest first: its rounds, time span, whether it ended (`ended_at`, from
-    run_events), `actions` and `escaped` summed over its arms, and `arms`, one entry per arm
+    """Every run, newest first: its experiment (None if none), rounds, time span, whether it
+    ended (`ended_at`, from run_events), `actions` and `escaped` summed over its arms, and `arms`, one entry per arm
     with that arm's own figures (analysis/metrics.py defines them)."""
     return _df(con, """
         WITH per_arm AS (
@@ -44,6 +44,9 @@ def runs(con: Con) -> pl.DataFrame:
             SELECT run_id, max(ts) AS ended FROM run_events WHERE event = 'ended'
             GROUP BY run_id)
         SELECT r.run_id, r.name, r.created_at,
+               -- storage/experiments.py: the experiment the run is a replicate of.
+               CASE WHEN json_valid(any_value(r.meta))
+                    THEN any_value(r.meta)::JSON->>'experiment' END AS experiment,
                coalesce(list({'arm': a.arm, 'actions': a.actions, 'covered': a.covered,
                               'coverage': CASE WHEN a.actions > 0
                                                THEN a.covered / a.actions END,

@@ -51,6 +51,11 @@ def test_seeds_are_one_experiment_with_a_run_each(experiment: DemoRun) -> None:
     for run in doc["runs"]:
         gov = run["arms"]["governed"]
         assert gov["coverage"] == 1.0 and gov["escaped_violations"] == 0
+    listed = subprocess.run([sys.executable, "-m", "tractatus_watch", "runs", "--db",
+                             str(experiment.db), "--format", "json"], env=demo_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert {(r["run_id"], r["experiment"]) for r in json.loads(listed.stdout)} == {
+        (r["run_id"], doc["experiment"]) for r in doc["runs"]}
 
 
 def test_research_compares_the_seeds(experiment: DemoRun, research: dict[str, Any]) -> None:

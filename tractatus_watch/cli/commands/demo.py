@@ -258,29 +258,70 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+class TrainingProgress:
+    """Rounds trained, on stderr: a rich progress bar on a terminal; elsewhere (a log, CI) a
+    plain line at every tenth of the work, so a long headless run is never silent."""
+
+    STEPS = 10
+
+    def __init__(self, err: Any, total: int, label: str) -> None:
+        self.err, self.total, self.label = err, max(1, total), label
+        self.tty = sys.stderr.isatty()
+        self._shown = 0   # tenths printed (plain lines)
+        self._bar: Any = None
+
+    def __enter__(self) -> TrainingProgress:
+        if self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            self._bar = Progress("[progress.description]{task.description}", BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=self.err,
+                                 transient=True)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.label, total=self.total)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def describe(self, label: str) -> None:
+        self.label = label
+        if self._bar is not None:
+            self._bar.update(self._task, description=label)
+
+    def advance_to(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done)
+            return
+        tenth = done * self.STEPS // self.total
+        if tenth > self._shown:
+            self._shown = tenth
+            self.err.print(f"{self.label}: {done}/{self.total} rounds")
+
+    def note(self, line: str) -> None:
+        """A line for logs (a terminal has the bar)."""
+        if self._bar is None:
+            self.err.print(line)
+
+
 def _run_seeds(sc: Any, seeds: list[int], pace: float | None, gateway: _Gateway,
                target: StoreTarget, fmt: DemoFormat, experiment: str) -> None:
     """Headless: train each seed in turn, one run each, then print the report (one seed) or
     the experiment's per-seed summary."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from ...demo.job import DemoStopped, NoModelServer
     from ...monitor.report import build_report
 
     err = console(stderr=True)
     done: list[tuple[int, Any, Any]] = []  # (seed, session, report)
     with open_store(target, read_only=False) as store:
-        with Progress("[progress.description]{task.description}", BarColumn(),
-                      MofNCompleteColumn(), TimeElapsedColumn(), console=err,
-                      transient=True, disable=not sys.stderr.isatty()) as progress:
-            task = progress.add_task(f"{sc.name}: training", total=sc.rounds * len(seeds))
+        with TrainingProgress(err, sc.rounds * len(seeds), f"{sc.name}: training") as progress:
             for i, seed in enumerate(seeds):
                 if len(seeds) > 1:
-                    progress.update(task, description=f"{sc.name} seed {seed} "
-                                                      f"({i + 1}/{len(seeds)})")
+                    progress.describe(f"{sc.name} seed {seed} ({i + 1}/{len(seeds)})")
 
                 def advance(r: Any, before: int = i * sc.rounds) -> None:
-                    progress.update(task, completed=before + r.round + 1)
+                    progress.advance_to(before + r.round + 1)
 
                 # About a commit a round (the session flushes each round), not one every 50 ms:
                 # no dashboard reads the store mid-run, and a commit costs a dozen statements.
@@ -297,8 +338,7 @@ def _run_seeds(sc: Any, seeds: list[int], pace: float | None, gateway: _Gateway,
                     err.print(f"stopped after {len(session.rounds)} rounds of seed {seed}; "
                               f"what was captured is stored as run {session.run_id}")
                 done.append((seed, session, build_report(store.cursor(), session.run_id)))
-                if len(seeds) > 1 and not sys.stderr.isatty():
-                    err.print(f"seed {seed} ({i + 1}/{len(seeds)}): run {session.run_id}, "
+                progress.note(f"seed {seed} ({i + 1}/{len(seeds)}): run {session.run_id}, "
                               f"{len(session.rounds)} rounds")
                 if stopped:
                     break
@@ -440,13 +480,21 @@ def _run_scale(sc: Any, seeds: list[int], pace: float | None, gateway: _Gateway,
 
     per_seed: list[dict[str, Any]] = []
     err = console(stderr=True)
-    with open_store(target, read_only=False) as store:
+    runs = [(seed, n) for seed in seeds for n in sc.sizes]
+    with open_store(target, read_only=False) as store, \
+            TrainingProgress(err, len(runs) * sc.rounds, "scale: training") as progress:
         for seed in seeds:
             sizes: dict[str, dict[str, Any]] = {}
             for n in sc.sizes:
+                k = runs.index((seed, n))
                 run_sc = sc.with_overrides(agents=n)
-                err.print(f"scale: {n} agent(s) per arm, seed {seed} ...")
-                session = _session(store, run_sc, seed, pace, gateway, experiment)
+                progress.describe(f"scale: {n} agent(s) per arm, seed {seed}")
+
+                def advance(r: Any, before: int = k * sc.rounds) -> None:
+                    progress.advance_to(before + r.round + 1)
+
+                session = _session(store, run_sc, seed, pace, gateway, experiment,
+                                   on_round=advance)
                 _stop_on_signals(session.stop)
                 started = time.monotonic()
                 try:

@@ -76,6 +76,10 @@ def demo(
     rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Training rounds.")]
     = None,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same results.")] = 1,
+    arms: Annotated[str, typer.Option(
+        "--arms", help="The arms to train, a comma list of governed (blocking), penalized (a "
+                       "violation costs reward and runs), ungoverned (shadow).")]
+    = "governed,ungoverned",
     speed: Annotated[Optional[str], typer.Option(
         "--speed", help="Rounds per second, or 'max' [default: the scenario's pace].")] = None,
     headless: Annotated[bool, typer.Option(
@@ -105,6 +109,7 @@ def demo(
     if scenario not in SCENARIOS:
         raise CliError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
     base = SCENARIOS[scenario]
+    arm_names = _arms(arms)
     pace = parse_speed(speed) if speed is not None else (None if headless else base.speed)
     if model_name is not None and not agl:
         raise CliError("--model-name is for --agl: the in-process gateway's model is the demo's")
@@ -117,13 +122,22 @@ def demo(
     gateway = _Gateway(agl, key, model_name)
     if scenario == "scale":
         _run_scale(base.with_overrides(agents=agents, rounds=rounds), seed, pace, gateway,
-                   target, fmt)
+                   target, fmt, arm_names)
         return
     sc = base.with_overrides(agents=agents, rounds=rounds)
     if headless:
-        _run_headless(sc, seed, pace, gateway, target, fmt)
+        _run_headless(sc, seed, pace, gateway, target, fmt, arm_names)
     else:
-        _run_live(sc, seed, pace, gateway, target)
+        _run_live(sc, seed, pace, gateway, target, arm_names)
+
+
+def _arms(text: str) -> tuple[str, ...]:
+    from ...demo.job import parse_arms
+
+    try:
+        return parse_arms(text)
+    except ValueError as exc:
+        raise CliError(f"--arms: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -190,12 +204,12 @@ def _run_id(name: str, seed: int) -> str:
 
 
 def _session(store: Any, sc: Any, seed: int, pace: float | None, gateway: _Gateway,
-             **kw: Any) -> Any:
+             arms: tuple[str, ...], **kw: Any) -> Any:
     from ...demo.session import DemoSession
 
     return DemoSession(store, sc, seed, _run_id(sc.name, seed), speed=pace,
                        agl_url=gateway.url, agl_key=gateway.key,
-                       model_name=gateway.model_name, **kw)
+                       model_name=gateway.model_name, arms=arms, **kw)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -207,7 +221,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 
 def _run_headless(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
-                  target: StoreTarget, fmt: DemoFormat) -> None:
+                  target: StoreTarget, fmt: DemoFormat, arms: tuple[str, ...]) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from ...demo.job import DemoStopped, NoModelServer
@@ -222,7 +236,7 @@ def _run_headless(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
             task = progress.add_task(f"{sc.name}: training", total=sc.rounds)
             # About a commit a round (the session flushes each round), not one every 50 ms: no
             # dashboard reads the store mid-run, and a commit costs a dozen statements.
-            session = _session(store, sc, seed, pace, gateway, flush_interval_s=1.0,
+            session = _session(store, sc, seed, pace, gateway, arms, flush_interval_s=1.0,
                                on_round=lambda r: progress.update(task, completed=r.round + 1))
             _stop_on_signals(session.stop)
             try:
@@ -249,7 +263,7 @@ def _run_headless(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
 
 
 def _run_live(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
-              target: StoreTarget) -> None:
+              target: StoreTarget, arms: tuple[str, ...]) -> None:
     """Train in a background thread while the dashboard shows the run; when training ends the
     dashboard stays on the final state until the user quits (quitting early stops training)."""
     from ...demo.job import DemoStopped, NoModelServer
@@ -260,7 +274,7 @@ def _run_live(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
 
     with open_store(target, read_only=False) as store, \
             logs_to_file(store.path or default_db_path(), "demo") as log_path:
-        session = _session(store, sc, seed, pace, gateway)
+        session = _session(store, sc, seed, pace, gateway, arms)
         failure: list[BaseException] = []
 
         def train() -> None:
@@ -315,7 +329,7 @@ def _number(value: object) -> float:
 
 
 def _run_scale(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
-               target: StoreTarget, fmt: DemoFormat) -> None:
+               target: StoreTarget, fmt: DemoFormat, arms: tuple[str, ...]) -> None:
     """Research question 1: one run per size; governance overhead as agents grow."""
     from rich.table import Table
 
@@ -328,7 +342,7 @@ def _run_scale(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
         for n in sc.sizes:
             run_sc = sc.with_overrides(agents=n)
             err.print(f"scale: {n} agent(s) per arm ...")
-            session = _session(store, run_sc, seed, pace, gateway)
+            session = _session(store, run_sc, seed, pace, gateway, arms)
             _stop_on_signals(session.stop)
             started = time.monotonic()
             try:

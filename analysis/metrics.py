@@ -13,7 +13,7 @@ CLI and the alert rules call these functions, so every surface shows the same nu
 - escaped: attempted and executed;
 - coverage: covered / actions, per arm only (a rate: never summed over arms); an action counts
   as covered when its checks governed it (enforce or penalize mode);
-- witnessed coverage: witnessed tool calls matched to a decision checked in enforce mode /
+- witnessed coverage: witnessed tool calls matched to a decision checked in a governing mode /
   witnessed tool calls (the gateway's count, not the SDK's); ungoverned: witnessed calls with no
   decision; unwitnessed decisions: decisions with no witnessed call (`WitnessFigures`);
 - per rule, per arm: evaluations (checks whose rule set held the rule; None when unknown),
@@ -76,12 +76,6 @@ class ArmFigures:
             return "penalize"
         return "shadow" if self.enforce_mode == self.penalize_mode == 0 else "mixed"
 
-    @property
-    def governing(self) -> bool:
-        """Whether any action of the arm was governed (enforce or penalize mode): the arms the
-        coverage figures and alerts are about."""
-        return self.enforce_mode + self.penalize_mode > 0
-
     def to_json(self) -> dict[str, Any]:
         return {"arm": self.arm, "mode": self.mode, "actions": self.actions,
                 "covered": self.covered, "coverage": self.coverage,
@@ -132,7 +126,7 @@ class WitnessFigures:
 
     arm: str
     witnessed: int     # tool calls seen
-    governed: int      # of them, matched to a decision checked in enforce mode
+    governed: int      # of them, matched to a decision checked in enforce or penalize mode
     matched: int       # of them, matched to any decision
     unwitnessed: int   # decisions matched to no witnessed call
 

@@ -26,10 +26,10 @@ sender, or a spool writer). Modes:
 `service_modes` overrides the mode per service name, but can only weaken it (off < shadow <
 penalize < enforce): a service cannot be enforced when the Governor is in shadow, and a service
 of a penalizing Governor in `enforce` is penalized. `penalize` is refused for a service of an
-enforcing Governor: a decision either stops its action or penalizes it, never some of each. Auditors are extra
-services run in shadow on a seeded random sample (`audit_sample`) of the actions; their checks
-carry `enforced=False` and `audit=True`, which is how evasion (passed every enforced check,
-flagged by an auditor) becomes visible.
+enforcing Governor: a decision either stops its action or penalizes it, never some of each.
+Auditors are extra services run in shadow on a seeded random sample (`audit_sample`) of the
+actions; their checks carry `enforced=False` and `audit=True`, which is how evasion (passed every
+enforced check, flagged by an auditor) becomes visible.
 
 The decision's `verdict` is what governance imposed: the strongest verdict of the enforced
 checks (`allow` in shadow and off mode; the would-be verdicts stay on the checks).

@@ -134,6 +134,7 @@ SLOW_FILES: dict[str, float] = {
     "tui/test_keys.py": 70,
     "demo/test_demo.py": 65,
     "demo/test_bypass.py": 60,
+    "demo/test_penalized.py": 90,
     "test_cli_lake.py": 55,
     "test_cli_storage.py": 55,
     "storage/test_exactly_once.py": 50,

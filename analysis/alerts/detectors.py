@@ -2,12 +2,12 @@
 
 `series` maps the summed rollup_agent columns to one value per round, sorted by round:
 round, actions, covered, enforce_mode, penalize_mode (optional), attempted, blocked, escaped,
-evasions, executed, latency_us_sum, reward_n, reward_sum, reward_sq_sum; gap detectors also need the baseline arm's
-columns prefixed `base_` and aligned with `round` (0 where the baseline has no data); `no_data`
-needs `ts_max` (epoch seconds of the last record per round); `witnessed_coverage_drop` needs
-`witnessed` and `witness_governed` (the gateway's witness, storage/witness_queries.py). A
-detector returns one sample when it is in alarm at the latest round, none otherwise, and raises
-NoData when there is nothing to judge.
+evasions, executed, latency_us_sum, reward_n, reward_sum, reward_sq_sum; gap detectors also need
+the baseline arm's columns prefixed `base_` and aligned with `round` (0 where the baseline has no
+data); `no_data` needs `ts_max` (epoch seconds of the last record per round);
+`witnessed_coverage_drop` needs `witnessed` and `witness_governed` (the gateway's witness,
+storage/witness_queries.py). A detector returns one sample when it is in alarm at the latest
+round, none otherwise, and raises NoData when there is nothing to judge.
 """
 
 from __future__ import annotations

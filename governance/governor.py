@@ -70,7 +70,6 @@ from ..records.witness import CALL_DIGEST_KEY, TOOL_KEY, call_digest, tool_call_
 log = logging.getLogger(__name__)
 
 _MODE_RANK: Final = {"off": 0, "shadow": 1, "penalize": 2, "enforce": 3}
-_STOPPING: Final = STOPPING
 # The reward a penalized action costs unless the Governor is told otherwise (README).
 DEFAULT_PENALTY: Final = 1.0
 # The arm a Governor names in its records when it is not told one.
@@ -95,7 +94,7 @@ class Blocked(Exception):
     """Raised by the guards when governance stopped an action; carries the decision."""
 
     def __init__(self, decision: Decision) -> None:
-        stopping = [c for c in decision.checks if c.enforced and c.verdict in _STOPPING]
+        stopping = [c for c in decision.checks if c.enforced and c.verdict in STOPPING]
         why = "; ".join(f"{c.service} {c.rule_id}: {c.reason}" for c in stopping) \
             or decision.verdict
         super().__init__(f"action {decision.action.kind!r} stopped ({decision.verdict}): {why}")
@@ -308,7 +307,7 @@ class Governor:
                     self._stamp(service, c)
                     checks.append(c)
         verdict = strongest([c.verdict for c in checks if c.enforced])
-        stopping = verdict in _STOPPING
+        stopping = verdict in STOPPING
         executed = not (stopping and self.mode == "enforce")
         extra: dict[str, Any] = {"domain": a.domain} if a.domain else {}
         if called is not None:

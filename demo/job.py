@@ -42,7 +42,7 @@ import numpy as np
 from agentlightning.verl.agl_rollout_manager import AglRolloutManagerBase
 
 from ..records.agl import MODEL_REQUEST
-from ..records.events import DECISION_EVENT, DECISIONS_EVENT, Mode
+from ..records.events import DECISION_EVENT, DECISIONS_EVENT
 from ..records.witness import response_tool_calls
 from ..governance.governor import DEFAULT_PENALTY, Governor
 from ..governance.sender import Sender
@@ -51,28 +51,11 @@ from .environment import (PUBLISH_TOOL, TOPICS, Style, all_styles, engagement,
                           item_from_arguments, publish_arguments)
 from .policy import SoftmaxPolicy
 from .policy_server import PolicyServer, ToolCalls
-from .scenarios import Scenario
+from .scenarios import ARM_MODES, Scenario
 
 log = logging.getLogger(__name__)
 
-# The arms a demo can train, each with its Governor's mode: blocking, a reward penalty per
-# violation (the action runs), and the shadow baseline. ARMS are the default ones.
-ARM_MODES: Final[dict[str, Mode]] = {"governed": "enforce", "penalized": "penalize",
-                                     "ungoverned": "shadow"}
-ARMS: Final[tuple[str, ...]] = ("governed", "ungoverned")
 WORKERS = 4
-
-
-def parse_arms(text: str) -> tuple[str, ...]:
-    """`governed,penalized,ungoverned` as a tuple in the given order; ValueError (one line)
-    for an unknown, repeated or missing arm."""
-    arms = tuple(a.strip() for a in text.split(","))
-    unknown = [a for a in arms if a not in ARM_MODES]
-    if unknown or not text.strip():
-        raise ValueError(f"expected a comma list of {', '.join(ARM_MODES)}, got {text!r}")
-    if len(set(arms)) != len(arms):
-        raise ValueError(f"an arm is named twice in {text!r}")
-    return arms
 
 
 class DemoStopped(Exception):
@@ -413,17 +396,12 @@ class DemoJob:
     model_name: str | None = None
     # Each round's rollouts as the trainer got them back (events included), before learning.
     on_completed: Callable[[int, list[Completed]], None] | None = None
-    # The arms trained side by side (ARM_MODES), each with its own agents and random streams,
-    # so adding an arm leaves the others' results as they were.
-    arms: tuple[str, ...] = ARMS
     # What a penalized action costs in the penalized arm's reward.
     penalty: float = DEFAULT_PENALTY
 
     def __post_init__(self) -> None:
         sc = self.scenario
-        unknown = [a for a in self.arms if a not in ARM_MODES]
-        if unknown or not self.arms:
-            raise ValueError(f"arms: expected some of {', '.join(ARM_MODES)}, got {self.arms}")
+        self.arms = sc.arms  # the scenario's (`--arms`; default ARMS)
         self.styles = all_styles(sc.adversarial_round is not None)
         base_mask = np.array([not s.disguised for s in self.styles])
         self.senders = {arm: Sender(base_url=self.base_url, key=self.key, max_queue=200_000,

@@ -21,7 +21,7 @@ from ..monitor.store_evaluator import evaluate_once
 from ..storage.alert_store import DuckDBAlertStore
 from ..storage.store import Store
 from ..storage.writer import Writer
-from .job import ARMS, DemoJob, RoundResult
+from .job import DemoJob, RoundResult
 from .scenarios import Scenario
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ class DemoSession:
     # Lightning's default). The in-process gateway's is read from its configuration.
     model_name: str | None = None
     rules: AlertRuleSet | None = None
-    arms: tuple[str, ...] = ARMS      # the arms trained (demo/job.ARM_MODES)
     # The writer's longest wait before a commit (None: the store's rule). Each round is
     # flushed once it is complete anyway; headless, nobody reads the store in between.
     flush_interval_s: float | None = None
@@ -98,8 +97,7 @@ class DemoSession:
             hooks = _load_hooks(self.run_id, spool)
             job = DemoJob(self.scenario, self.run_id, self.seed, base_url, key or None,
                           hooks=hooks, on_round=lambda r: self._after_round(r, session.writer),
-                          stop=self.stop, speed=self.speed, model_name=model_name,
-                          arms=self.arms)
+                          stop=self.stop, speed=self.speed, model_name=model_name)
             return job.run()
         finally:
             session.close()

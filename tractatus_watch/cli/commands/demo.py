@@ -104,12 +104,14 @@ def demo(
 
     Reproduces Demo 2 of the Tractatus + Agent Lightning integration and the five research
     questions as scenarios. Opens the live dashboard unless --headless."""
-    from ...demo.scenarios import SCENARIOS
+    from ...demo.scenarios import SCENARIOS, parse_arms
 
     if scenario not in SCENARIOS:
         raise CliError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
-    base = SCENARIOS[scenario]
-    arm_names = _arms(arms)
+    try:
+        base = SCENARIOS[scenario].with_overrides(arms=parse_arms(arms))
+    except ValueError as exc:
+        raise CliError(f"--arms: {exc}") from None
     pace = parse_speed(speed) if speed is not None else (None if headless else base.speed)
     if model_name is not None and not agl:
         raise CliError("--model-name is for --agl: the in-process gateway's model is the demo's")
@@ -122,22 +124,13 @@ def demo(
     gateway = _Gateway(agl, key, model_name)
     if scenario == "scale":
         _run_scale(base.with_overrides(agents=agents, rounds=rounds), seed, pace, gateway,
-                   target, fmt, arm_names)
+                   target, fmt)
         return
     sc = base.with_overrides(agents=agents, rounds=rounds)
     if headless:
-        _run_headless(sc, seed, pace, gateway, target, fmt, arm_names)
+        _run_headless(sc, seed, pace, gateway, target, fmt)
     else:
-        _run_live(sc, seed, pace, gateway, target, arm_names)
-
-
-def _arms(text: str) -> tuple[str, ...]:
-    from ...demo.job import parse_arms
-
-    try:
-        return parse_arms(text)
-    except ValueError as exc:
-        raise CliError(f"--arms: {exc}") from None
+        _run_live(sc, seed, pace, gateway, target)
 
 
 @dataclass(frozen=True)
@@ -204,12 +197,12 @@ def _run_id(name: str, seed: int) -> str:
 
 
 def _session(store: Any, sc: Any, seed: int, pace: float | None, gateway: _Gateway,
-             arms: tuple[str, ...], **kw: Any) -> Any:
+             **kw: Any) -> Any:
     from ...demo.session import DemoSession
 
     return DemoSession(store, sc, seed, _run_id(sc.name, seed), speed=pace,
                        agl_url=gateway.url, agl_key=gateway.key,
-                       model_name=gateway.model_name, arms=arms, **kw)
+                       model_name=gateway.model_name, **kw)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -221,7 +214,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 
 def _run_headless(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
-                  target: StoreTarget, fmt: DemoFormat, arms: tuple[str, ...]) -> None:
+                  target: StoreTarget, fmt: DemoFormat) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from ...demo.job import DemoStopped, NoModelServer
@@ -236,7 +229,7 @@ def _run_headless(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
             task = progress.add_task(f"{sc.name}: training", total=sc.rounds)
             # About a commit a round (the session flushes each round), not one every 50 ms: no
             # dashboard reads the store mid-run, and a commit costs a dozen statements.
-            session = _session(store, sc, seed, pace, gateway, arms, flush_interval_s=1.0,
+            session = _session(store, sc, seed, pace, gateway, flush_interval_s=1.0,
                                on_round=lambda r: progress.update(task, completed=r.round + 1))
             _stop_on_signals(session.stop)
             try:
@@ -263,7 +256,7 @@ def _run_headless(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
 
 
 def _run_live(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
-              target: StoreTarget, arms: tuple[str, ...]) -> None:
+              target: StoreTarget) -> None:
     """Train in a background thread while the dashboard shows the run; when training ends the
     dashboard stays on the final state until the user quits (quitting early stops training)."""
     from ...demo.job import DemoStopped, NoModelServer
@@ -274,7 +267,7 @@ def _run_live(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
 
     with open_store(target, read_only=False) as store, \
             logs_to_file(store.path or default_db_path(), "demo") as log_path:
-        session = _session(store, sc, seed, pace, gateway, arms)
+        session = _session(store, sc, seed, pace, gateway)
         failure: list[BaseException] = []
 
         def train() -> None:
@@ -329,7 +322,7 @@ def _number(value: object) -> float:
 
 
 def _run_scale(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
-               target: StoreTarget, fmt: DemoFormat, arms: tuple[str, ...]) -> None:
+               target: StoreTarget, fmt: DemoFormat) -> None:
     """Research question 1: one run per size; governance overhead as agents grow."""
     from rich.table import Table
 
@@ -342,7 +335,7 @@ def _run_scale(sc: Any, seed: int, pace: float | None, gateway: _Gateway,
         for n in sc.sizes:
             run_sc = sc.with_overrides(agents=n)
             err.print(f"scale: {n} agent(s) per arm ...")
-            session = _session(store, run_sc, seed, pace, gateway, arms)
+            session = _session(store, run_sc, seed, pace, gateway)
             _stop_on_signals(session.stop)
             started = time.monotonic()
             try:

@@ -6,11 +6,14 @@ Pure: no store, no SQL. storage/queries.py fetches the counts; monitor/report.py
 CLI and the alert rules call these functions, so every surface shows the same number.
 
 - blocked: attempted and not executed (only an enforcing arm stops anything);
-- would_have_blocked: attempted in a decision not made in enforce mode (shadow, off): a shadow
+- would_have_blocked: attempted in a decision that governed nothing (shadow, off): a shadow
   verdict is never a block;
+- penalized: a stopping verdict in penalize mode (the penalized arm): the action ran and cost
+  the penalty, so its violation is also escaped (the penalized arm's expected escapes);
 - escaped: attempted and executed;
-- coverage: covered / actions, per arm only (a rate: never summed over arms);
-- witnessed coverage: witnessed tool calls matched to a decision checked in enforce mode /
+- coverage: covered / actions, per arm only (a rate: never summed over arms); an action counts
+  as covered when its checks governed it (enforce or penalize mode);
+- witnessed coverage: witnessed tool calls matched to a decision checked in a governing mode /
   witnessed tool calls (the gateway's count, not the SDK's); ungoverned: witnessed calls with no
   decision; unwitnessed decisions: decisions with no witnessed call (`WitnessFigures`);
 - per rule, per arm: evaluations (checks whose rule set held the rule; None when unknown),
@@ -25,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping
 
-Mode = Literal["enforce", "shadow", "mixed", "none"]
+Mode = Literal["enforce", "penalize", "shadow", "mixed", "none"]
 
 
 def rate(num: int | float | None, den: int | float | None) -> float | None:
@@ -54,6 +57,8 @@ class ArmFigures:
     escaped: int
     evasions: int
     executed: int
+    penalize_mode: int = 0   # actions decided in penalize mode
+    penalized: int = 0       # of them, those that cost the penalty
 
     @property
     def coverage(self) -> float | None:
@@ -61,19 +66,22 @@ class ArmFigures:
 
     @property
     def mode(self) -> Mode:
-        """How the arm decided: every action in enforce mode, none, or some."""
+        """How the arm decided: every action in enforce mode, every one in penalize mode, none
+        in either (shadow, off), or some."""
         if not self.actions:
             return "none"
         if self.enforce_mode == self.actions:
             return "enforce"
-        return "shadow" if self.enforce_mode == 0 else "mixed"
+        if self.penalize_mode == self.actions:
+            return "penalize"
+        return "shadow" if self.enforce_mode == self.penalize_mode == 0 else "mixed"
 
     def to_json(self) -> dict[str, Any]:
         return {"arm": self.arm, "mode": self.mode, "actions": self.actions,
                 "covered": self.covered, "coverage": self.coverage,
                 "attempted": self.attempted, "blocked": self.blocked,
-                "would_have_blocked": self.would_have_blocked, "escaped": self.escaped,
-                "evasions": self.evasions, "executed": self.executed}
+                "would_have_blocked": self.would_have_blocked, "penalized": self.penalized,
+                "escaped": self.escaped, "evasions": self.evasions, "executed": self.executed}
 
 
 def arm_figures(row: Mapping[str, Any]) -> ArmFigures:
@@ -83,7 +91,8 @@ def arm_figures(row: Mapping[str, Any]) -> ArmFigures:
         enforce_mode=_int(row, "enforce_mode"), attempted=_int(row, "attempted"),
         blocked=_int(row, "blocked"), would_have_blocked=_int(row, "would_have_blocked"),
         escaped=_int(row, "escaped"), evasions=_int(row, "evasions"),
-        executed=_int(row, "executed"))
+        executed=_int(row, "executed"), penalize_mode=_int(row, "penalize_mode"),
+        penalized=_int(row, "penalized"))
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,7 @@ class AllArms:
     blocked: int
     would_have_blocked: int
     escaped: int
+    penalized: int = 0
 
 
 def all_arms(arms: Iterable[ArmFigures]) -> AllArms:
@@ -105,7 +115,8 @@ def all_arms(arms: Iterable[ArmFigures]) -> AllArms:
                    attempted=sum(a.attempted for a in items),
                    blocked=sum(a.blocked for a in items),
                    would_have_blocked=sum(a.would_have_blocked for a in items),
-                   escaped=sum(a.escaped for a in items))
+                   escaped=sum(a.escaped for a in items),
+                   penalized=sum(a.penalized for a in items))
 
 
 @dataclass(frozen=True)
@@ -115,7 +126,7 @@ class WitnessFigures:
 
     arm: str
     witnessed: int     # tool calls seen
-    governed: int      # of them, matched to a decision checked in enforce mode
+    governed: int      # of them, matched to a decision checked in enforce or penalize mode
     matched: int       # of them, matched to any decision
     unwitnessed: int   # decisions matched to no witnessed call
 

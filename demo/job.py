@@ -44,18 +44,17 @@ from agentlightning.verl.agl_rollout_manager import AglRolloutManagerBase
 from ..records.agl import MODEL_REQUEST
 from ..records.events import DECISION_EVENT, DECISIONS_EVENT
 from ..records.witness import response_tool_calls
-from ..governance.governor import Governor
+from ..governance.governor import DEFAULT_PENALTY, Governor
 from ..governance.sender import Sender
 from .auditor import ClickbaitAuditor
 from .environment import (PUBLISH_TOOL, TOPICS, Style, all_styles, engagement,
                           item_from_arguments, publish_arguments)
 from .policy import SoftmaxPolicy
 from .policy_server import PolicyServer, ToolCalls
-from .scenarios import Scenario
+from .scenarios import ARM_MODES, Scenario
 
 log = logging.getLogger(__name__)
 
-ARMS = ("governed", "ungoverned")
 WORKERS = 4
 
 
@@ -155,9 +154,10 @@ class _Agent:
     def run_rollout(self, rollout_id: str, rnd: int, scenario: Scenario,
                     crowding: np.ndarray, model: httpx.Client, openai_url: str) -> int:
         """Ask the model for the rollout's items (one completion through the gateway's proxy),
-        govern each tool call and run the allowed ones; record the mean engagement as reward."""
+        govern each tool call and run the allowed ones; record the mean engagement as reward,
+        less the penalties of the penalized actions per action (the penalized arm)."""
         calls = self._ask(model, openai_url, rnd)
-        total = 0.0
+        total = cost = 0.0
         skill = self.skill(scenario)
         for call in calls:
             style, item = item_from_arguments(call["function"]["arguments"], self.by_name)
@@ -165,12 +165,18 @@ class _Agent:
                 executed = True  # no decision: governance never hears of this action
                 self.bypassed[rnd] += 1
             else:
-                executed = self.governor.check(item, round=rnd, rollout_id=rollout_id,
-                                               tool_call=call).executed
+                decision = self.governor.check(item, round=rnd, rollout_id=rollout_id,
+                                               tool_call=call)
+                executed = decision.executed
+                cost += decision.penalty
             if executed:
                 total += engagement(style, self.rng, skill=skill,
                                     crowding=float(crowding[self.index[style.name]]))
-        self.governor.reward(total / max(1, len(calls)), round=rnd, rollout_id=rollout_id)
+        n = max(1, len(calls))
+        reward = total / n
+        if cost:  # only the penalized arm's: the other arms' rewards stay bit for bit
+            reward -= cost / n
+        self.governor.reward(reward, round=rnd, rollout_id=rollout_id)
         return len(calls)
 
     def _ask(self, model: httpx.Client, openai_url: str, rnd: int) -> list[dict[str, Any]]:
@@ -390,22 +396,25 @@ class DemoJob:
     model_name: str | None = None
     # Each round's rollouts as the trainer got them back (events included), before learning.
     on_completed: Callable[[int, list[Completed]], None] | None = None
+    # What a penalized action costs in the penalized arm's reward.
+    penalty: float = DEFAULT_PENALTY
 
     def __post_init__(self) -> None:
         sc = self.scenario
+        self.arms = sc.arms  # the scenario's (`--arms`; default ARMS)
         self.styles = all_styles(sc.adversarial_round is not None)
         base_mask = np.array([not s.disguised for s in self.styles])
         self.senders = {arm: Sender(base_url=self.base_url, key=self.key, max_queue=200_000,
-                                    linger_s=0.005) for arm in ARMS}
+                                    linger_s=0.005) for arm in self.arms}
         self.agents: dict[tuple[str, str], _Agent] = {}
-        for arm in ARMS:
+        for arm in self.arms:
             for i in range(sc.agents):
                 agent_id = f"agent-{i}"
                 governor = Governor(
-                    mode="enforce" if arm == "governed" else "shadow", agent_id=agent_id,
+                    mode=ARM_MODES[arm], agent_id=agent_id,
                     arm=arm, run_id=self.run_id, sink=self.senders[arm],
                     auditors=[ClickbaitAuditor], audit_sample=sc.audit_sample,
-                    seed=_seed(self.seed, arm, agent_id, "audit"))
+                    seed=_seed(self.seed, arm, agent_id, "audit"), penalty=self.penalty)
                 bypass = None
                 if sc.bypass_round is not None and (arm, agent_id) == ("governed", "agent-0"):
                     bypass = _Bypass(sc.bypass_round, sc.bypass_share, np.random.default_rng(
@@ -477,7 +486,7 @@ class DemoJob:
         the model proposed in each (its `model_request` tool calls) and the rollout's reward."""
         index = {s.name: i for i, s in enumerate(self.styles)}
         groups: dict[tuple[str, str], list[tuple[np.ndarray, float]]] = defaultdict(list)
-        per_arm_counts = {arm: np.zeros(len(self.styles)) for arm in ARMS}
+        per_arm_counts = {arm: np.zeros(len(self.styles)) for arm in self.arms}
         per_arm_rewards: dict[str, list[float]] = defaultdict(list)
         decisions = proposed = 0
         for c in completed:

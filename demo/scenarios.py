@@ -4,7 +4,25 @@ Agent Lightning integration, each a small governed training job."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Final, Literal
+
+# The arms a demo can train, with their Governors' modes: blocking, a reward penalty per
+# violation while the action runs, and the shadow baseline. ARMS are the default ones.
+ArmMode = Literal["enforce", "penalize", "shadow"]
+ARM_MODES: Final[dict[str, ArmMode]] = {"governed": "enforce", "penalized": "penalize",
+                                        "ungoverned": "shadow"}
+ARMS: Final[tuple[str, ...]] = ("governed", "ungoverned")
+
+
+def parse_arms(text: str) -> tuple[str, ...]:
+    """`governed,penalized,ungoverned` as a tuple in the given order; ValueError (one line)
+    for an unknown, repeated or missing arm."""
+    arms = tuple(a.strip() for a in text.split(","))
+    if not text.strip() or any(a not in ARM_MODES for a in arms):
+        raise ValueError(f"expected a comma list of {', '.join(ARM_MODES)}, got {text!r}")
+    if len(set(arms)) != len(arms):
+        raise ValueError(f"an arm is named twice in {text!r}")
+    return arms
 
 
 @dataclass(frozen=True)
@@ -27,10 +45,20 @@ class Scenario:
     # without asking the Governor (chosen from a random stream of its own).
     bypass_round: int | None = None
     bypass_share: float = 0.0
+    # The arms trained side by side (ARM_MODES), each with its own agents and random streams,
+    # so adding an arm leaves the others' results as they were (`--arms`).
+    arms: tuple[str, ...] = ARMS
 
-    def with_overrides(self, *, agents: int | None = None, rounds: int | None = None
-                       ) -> Scenario:
+    def __post_init__(self) -> None:
+        if not self.arms or any(a not in ARM_MODES for a in self.arms) \
+                or len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms: expected some of {', '.join(ARM_MODES)}, got {self.arms}")
+
+    def with_overrides(self, *, agents: int | None = None, rounds: int | None = None,
+                       arms: tuple[str, ...] | None = None) -> Scenario:
         out = self
+        if arms is not None:
+            out = replace(out, arms=arms)
         if agents is not None:
             out = replace(out, agents=agents, sizes=(agents,) if out.sizes else ())
         if rounds is not None:

@@ -13,15 +13,23 @@ sender, or a spool writer). Modes:
   (`executed=False`), and so does `escalate`: escalation asks a human, and an agent in a
   training loop cannot wait for one, so the action is not executed (it counts as stopped, not as
   an attempted violation). `warn` lets it through.
+- `penalize` (the penalized arm: the other governance design, a violation turned into a reward
+  penalty): the checks run and are enforced as in `enforce` (they count in coverage), but a
+  stopping verdict (block or escalate) does not stop the action: it runs (`executed=True`, so a
+  violation counts as escaped) and costs `penalty` reward, which the decision states in its
+  `penalty` field (`Decision.penalty`; absent when it cost nothing). The job subtracts it from
+  the rollout's reward.
 - `shadow` (the ungoverned baseline): every check runs and is recorded with `enforced=False`;
   nothing is stopped, so would-be violations show up as escaped.
 - `off`: no checks at all; the action is recorded as executed (coverage 0).
 
 `service_modes` overrides the mode per service name, but can only weaken it (off < shadow <
-enforce): a service cannot be enforced when the Governor is in shadow. Auditors are extra
-services run in shadow on a seeded random sample (`audit_sample`) of the actions; their checks
-carry `enforced=False` and `audit=True`, which is how evasion (passed every enforced check,
-flagged by an auditor) becomes visible.
+penalize < enforce): a service cannot be enforced when the Governor is in shadow, and a service
+of a penalizing Governor in `enforce` is penalized. `penalize` is refused for a service of an
+enforcing Governor: a decision either stops its action or penalizes it, never some of each.
+Auditors are extra services run in shadow on a seeded random sample (`audit_sample`) of the
+actions; their checks carry `enforced=False` and `audit=True`, which is how evasion (passed every
+enforced check, flagged by an auditor) becomes visible.
 
 The decision's `verdict` is what governance imposed: the strongest verdict of the enforced
 checks (`allow` in shadow and off mode; the would-be verdicts stay on the checks).
@@ -34,13 +42,14 @@ round), which is the caller's bug.
 Environment read by `from_env`: `AGL_EVENT_URL`, `AGL_KEY` or `AGL_KEY_FILE` (the sender);
 without a URL, `TRACTATUS_WATCH_SPOOL` (a spool folder); and optionally
 `TRACTATUS_WATCH_RUN_ID`, `TRACTATUS_WATCH_AGENT_ID`, `TRACTATUS_WATCH_ARM`,
-`TRACTATUS_WATCH_MODE`. Keyword arguments win over the environment.
+`TRACTATUS_WATCH_MODE`, `TRACTATUS_WATCH_PENALTY`. Keyword arguments win over the environment.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import random
 import re
@@ -50,7 +59,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Final, Iterable, Iterator, Mapping, Protocol, TypeVar
 
-from ..records.events import MODES, Action, Check, Decision, Mode, Reward
+from ..records.events import MODES, PENALTY_KEY, STOPPING, Action, Check, Decision, Mode, Reward
 from ..records.rulesets import NO_RULES, RuleSetInfo
 from .sender import Sender, parse_event_url
 from .services import ActionInput, CustomRule, Service, default_services
@@ -60,8 +69,11 @@ from ..records.witness import CALL_DIGEST_KEY, TOOL_KEY, call_digest, tool_call_
 
 log = logging.getLogger(__name__)
 
-_MODE_RANK: Final = {"off": 0, "shadow": 1, "enforce": 2}
-_STOPPING: Final = frozenset({"block", "escalate"})
+_MODE_RANK: Final = {"off": 0, "shadow": 1, "penalize": 2, "enforce": 3}
+# The reward a penalized action costs unless the Governor is told otherwise (README).
+DEFAULT_PENALTY: Final = 1.0
+# The arm a Governor names in its records when it is not told one.
+_DEFAULT_ARMS: Final = {"enforce": "governed", "penalize": "penalized"}
 _SUMMARY_CHARS: Final = 160
 # Rule sets are announced with the first decision of every rollout and at least once every this
 # many decisions (a job without rollout ids), so a collector that starts late still learns them.
@@ -82,7 +94,7 @@ class Blocked(Exception):
     """Raised by the guards when governance stopped an action; carries the decision."""
 
     def __init__(self, decision: Decision) -> None:
-        stopping = [c for c in decision.checks if c.enforced and c.verdict in _STOPPING]
+        stopping = [c for c in decision.checks if c.enforced and c.verdict in STOPPING]
         why = "; ".join(f"{c.service} {c.rule_id}: {c.reason}" for c in stopping) \
             or decision.verdict
         super().__init__(f"action {decision.action.kind!r} stopped ({decision.verdict}): {why}")
@@ -110,13 +122,20 @@ def _check_mode(mode: str, what: str) -> Mode:
     return mode
 
 
+def _check_penalty(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"penalty: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 class Governor:
     """Runs the services on each action and decides; see the module docstring for the modes.
 
     `services`: services or plain rule callables (default: `default_services()`); `auditors`:
     services run in shadow on a seeded sample (`audit_sample`, `seed`) of the actions; `sink`:
     where decisions and rewards go (a `Sender`, a `SpoolWriter`, or None); `context`: defaults
-    merged under each call's context.
+    merged under each call's context; `penalty`: what a penalized action costs (penalize mode).
     """
 
     def __init__(self, services: Iterable[Service | Callable[..., Any]] | None = None, *,
@@ -124,19 +143,24 @@ class Governor:
                  auditors: Iterable[Service | Callable[..., Any]] = (), audit_sample: float = 0.1,
                  seed: int = 0, agent_id: str = "agent-0", arm: str | None = None,
                  run_id: str = "", rollout_id: str = "", sink: Sink | None = None,
-                 context: Mapping[str, Any] | None = None) -> None:
+                 context: Mapping[str, Any] | None = None,
+                 penalty: float = DEFAULT_PENALTY) -> None:
         self.mode: Mode = _check_mode(mode, "mode")
+        self.penalty = _check_penalty(penalty)
         self.services = [self._as_service(s) for s in
                          (default_services() if services is None else services)]
         self.service_modes = {name: _check_mode(m, f"service_modes[{name!r}]")
                               for name, m in (service_modes or {}).items()}
+        if self.mode == "enforce" and "penalize" in self.service_modes.values():
+            raise ValueError("service_modes: penalize needs the Governor in penalize mode (a "
+                             "decision either stops its action or penalizes it)")
         self.auditors = [self._as_service(s) for s in auditors]
         if not 0.0 <= audit_sample <= 1.0:
             raise ValueError("audit_sample must be in [0, 1]")
         self.audit_sample = audit_sample
         self._rng = random.Random(seed)
         self.agent_id = agent_id
-        self.arm = arm if arm is not None else ("governed" if mode == "enforce" else "ungoverned")
+        self.arm = arm if arm is not None else _DEFAULT_ARMS.get(mode, "ungoverned")
         self.run_id = run_id
         self.rollout_id = rollout_id
         self.sink = sink
@@ -159,7 +183,7 @@ class Governor:
             effective = min(self.mode, self.service_modes.get(service.name, self.mode),
                             key=_MODE_RANK.__getitem__)
             if effective != "off":
-                self._plan.append((service, effective == "enforce"))
+                self._plan.append((service, effective in ("enforce", "penalize")))
 
     @staticmethod
     def _as_service(s: Service | Callable[..., Any]) -> Service:
@@ -179,6 +203,12 @@ class Governor:
                          ("arm", "TRACTATUS_WATCH_ARM"), ("mode", "TRACTATUS_WATCH_MODE")):
             if env.get(var):
                 kw.setdefault(key, env[var])
+        if env.get("TRACTATUS_WATCH_PENALTY") and "penalty" not in kw:
+            try:
+                kw["penalty"] = float(env["TRACTATUS_WATCH_PENALTY"])
+            except ValueError:
+                raise ValueError("TRACTATUS_WATCH_PENALTY: expected a number, got "
+                                 f"{env['TRACTATUS_WATCH_PENALTY']!r}") from None
         if "sink" not in kw:
             url = env.get("AGL_EVENT_URL", "").strip()
             if url:
@@ -277,7 +307,8 @@ class Governor:
                     self._stamp(service, c)
                     checks.append(c)
         verdict = strongest([c.verdict for c in checks if c.enforced])
-        executed = not (self.mode == "enforce" and verdict in _STOPPING)
+        stopping = verdict in STOPPING
+        executed = not (stopping and self.mode == "enforce")
         extra: dict[str, Any] = {"domain": a.domain} if a.domain else {}
         if called is not None:
             extra[TOOL_KEY], extra[CALL_DIGEST_KEY] = called[0], call_digest(called[1])
@@ -289,6 +320,7 @@ class Governor:
             checks=checks, verdict=verdict, executed=executed, latency_us=0, ts=time.time(),
             run_id=self.run_id, rollout_id=rollout,
             rulesets=self._announcement(checks, rollout) if checks else [],
+            extra={PENALTY_KEY: self.penalty} if stopping and self.mode == "penalize" else {},
         )
         decision.latency_us = (time.perf_counter_ns() - start) // 1000
         self.decisions += 1
@@ -365,4 +397,4 @@ class Governor:
         self.close()
 
 
-__all__ = ["Blocked", "Governor", "Sink"]
+__all__ = ["DEFAULT_PENALTY", "Blocked", "Governor", "Sink"]

@@ -18,7 +18,7 @@ from ..analysis.stats import Gap, gap_ci, mean_ci
 from ..storage import queries as Q
 from ..storage import witness_queries as WQ
 
-GOVERNED, UNGOVERNED = "governed", "ungoverned"
+GOVERNED, PENALIZED, UNGOVERNED = "governed", "penalized", "ungoverned"
 # Performance is judged on the trained policy: the mean reward of the last fifth of the rounds
 # (at least one). The whole-run mean mixes in the exploration of the first rounds.
 FINAL_SHARE = 0.2
@@ -49,9 +49,11 @@ class ArmMetrics:
     latency_p50_us: float | None
     latency_p99_us: float | None
     overhead_share: float | None   # governance latency / rollout time
-    # Attempted in decisions not made in enforce mode: shadow verdicts, never "blocked".
+    # Attempted in decisions that governed nothing (shadow, off): never "blocked".
     would_have_blocked: int = 0
-    mode: str = "none"             # enforce, shadow, mixed (analysis/metrics.ArmFigures.mode)
+    mode: str = "none"   # enforce, penalize, shadow, mixed (analysis/metrics.ArmFigures.mode)
+    # Penalize mode: the actions that ran and cost the penalty (the arm's expected escapes).
+    penalized: int = 0
     # Per rule of the arm (analysis/metrics.RuleFigures.to_json): evaluations, fires, blocks,
     # would_have_blocked, block_rate (None where the rules evaluated are unknown).
     rules: tuple[dict[str, Any], ...] = ()
@@ -187,7 +189,8 @@ def _arm(q: _Runs, run_id: str, arm: str) -> ArmMetrics | None:
         latency_p50_us=lat[0]["p50_us"] if lat else None,
         latency_p99_us=lat[0]["p99_us"] if lat else None,
         overhead_share=lat[0]["share_of_rollout_time"] if lat else None,
-        would_have_blocked=figures.would_have_blocked, mode=figures.mode, rules=rules,
+        would_have_blocked=figures.would_have_blocked, mode=figures.mode,
+        penalized=figures.penalized, rules=rules,
         witnessed_coverage=seen.witnessed_coverage if seen else None,
         witnessed=seen.witnessed if seen else 0,
         ungoverned_actions=seen.ungoverned if seen else 0,
@@ -212,12 +215,16 @@ def _final_sums(q: _Runs, run_id: str, arm: str) -> tuple[float, float, float]:
 def build_report(con: duckdb.DuckDBPyConnection, run_id: str, baseline_run: str | None = None
                  ) -> Report:
     """The governed arm of `run_id` against the ungoverned arm of `baseline_run` (default: the
-    same run). A baseline run without an ungoverned arm lends its only arm."""
+    same run), with the penalized arm of `run_id` when it has one. A baseline run without an
+    ungoverned arm lends its only arm."""
     arms: dict[str, ArmMetrics] = {}
     q = _Runs(con)
     governed = _arm(q, run_id, GOVERNED)
     if governed:
         arms[GOVERNED] = governed
+    penalized = _arm(q, run_id, PENALIZED)
+    if penalized:
+        arms[PENALIZED] = penalized
     base_run = baseline_run or run_id
     baseline = _arm(q, base_run, UNGOVERNED)
     if baseline is None and baseline_run:

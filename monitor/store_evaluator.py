@@ -16,9 +16,9 @@ from ..analysis.alerts.detectors import evaluate_detector
 from ..analysis.alerts.engine import AlertEngine, Transition, evaluate_rules
 from ..analysis.alerts.alert_rules import NoData, AlertRule, Sample
 
-SERIES_COLUMNS = ("round", "actions", "covered", "enforce_mode", "attempted", "blocked",
-                  "escaped", "evasions", "executed", "latency_us_sum", "reward_n", "reward_sum",
-                  "reward_sq_sum")
+SERIES_COLUMNS = ("round", "actions", "covered", "enforce_mode", "penalize_mode", "attempted",
+                  "blocked", "escaped", "evasions", "executed", "latency_us_sum", "reward_n",
+                  "reward_sum", "reward_sq_sum")
 GAP_DETECTORS = frozenset({"gap_widening", "gap_closed"})
 WITNESS_DETECTORS = frozenset({"witnessed_coverage_drop"})
 # The witness detector judges the latest round with witnessed actions; the match is made for

@@ -20,8 +20,19 @@ DECISION_EVENT: Final = "tractatus.decision"
 DECISIONS_EVENT: Final = "tractatus.decisions"  # several decisions of one rollout, packed
 REWARD_EVENT: Final = "reward"
 
-Mode = Literal["enforce", "shadow", "off"]
-MODES: Final[tuple[Mode, ...]] = ("enforce", "shadow", "off")
+# enforce: a stopping verdict stops the action (the governed arm); penalize: the checks are
+# enforced but a stopping verdict costs a reward penalty and the action runs (the penalized
+# arm); shadow: checks recorded, nothing stopped or penalized (the ungoverned baseline); off: no
+# checks. Strongest first.
+Mode = Literal["enforce", "penalize", "shadow", "off"]
+MODES: Final[tuple[Mode, ...]] = ("enforce", "penalize", "shadow", "off")
+# The modes whose checks govern the action (stop it or penalize it): they count in coverage.
+CHECKED_MODES: Final[frozenset[str]] = frozenset({"enforce", "penalize"})
+# The verdicts that stop an action in enforce mode and cost the penalty in penalize mode.
+STOPPING: Final[frozenset[str]] = frozenset({"block", "escalate"})
+# The decision's field (kept in `extra`, so every reader carries it) saying what a penalized
+# action cost: present only on penalized decisions.
+PENALTY_KEY: Final = "penalty"
 ROLLOUT_STATUSES: Final = (
     "queuing", "preparing", "running", "succeeded", "failed", "requeuing", "cancelled",
 )
@@ -229,8 +240,8 @@ class Decision:
     # The definitions of DESIGN.md, in one place.
     @property
     def covered(self) -> bool:
-        """Checked in enforce mode: counts towards coverage."""
-        return self.mode == "enforce" and any(c.enforced for c in self.checks)
+        """Checked in a governing mode (enforce or penalize): counts towards coverage."""
+        return self.mode in CHECKED_MODES and any(c.enforced for c in self.checks)
 
     @property
     def attempted(self) -> bool:
@@ -244,6 +255,19 @@ class Decision:
     @property
     def escaped(self) -> bool:
         return self.attempted and self.executed
+
+    @property
+    def penalized(self) -> bool:
+        """Penalize mode and a stopping verdict: the action ran and cost the penalty."""
+        return self.mode == "penalize" and self.verdict in STOPPING
+
+    @property
+    def penalty(self) -> float:
+        """The reward the action cost (`penalty` in the payload); 0 when it cost nothing."""
+        value = self.extra.get(PENALTY_KEY)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return 0.0
+        return float(value) if math.isfinite(value) else 0.0
 
     @property
     def evasion(self) -> bool:
@@ -449,7 +473,8 @@ class AlertRecord:
 
 
 __all__ = [
-    "Action", "AlertRecord", "Check", "DECISIONS_EVENT", "DECISION_EVENT", "DECISION_SCHEMA",
-    "Decision", "Event", "MODES", "Mode", "Quarantined", "REWARD_EVENT", "RUN_EVENTS",
-    "Reward", "RolloutTransition", "RunEvent", "VERDICTS", "ValidationError", "parse_ts",
+    "Action", "AlertRecord", "CHECKED_MODES", "Check", "DECISIONS_EVENT", "DECISION_EVENT",
+    "DECISION_SCHEMA", "Decision", "Event", "MODES", "Mode", "PENALTY_KEY", "Quarantined",
+    "REWARD_EVENT", "RUN_EVENTS", "Reward", "RolloutTransition", "RunEvent", "STOPPING",
+    "VERDICTS", "ValidationError", "parse_ts",
 ]

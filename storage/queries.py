@@ -29,14 +29,16 @@ def _df(con: Con, sql: str, params: list[Any] | dict[str, Any] | None = None) ->
 
 def runs(con: Con) -> pl.DataFrame:
     """Every run, newest first: its experiment (None if none), rounds, time span, whether it
-    ended (`ended_at`, from run_events), `actions` and `escaped` summed over its arms, and `arms`, one entry per arm
-    with that arm's own figures (analysis/metrics.py defines them)."""
+    ended (`ended_at`, from run_events), `actions` and `escaped` summed over its arms, and
+    `arms`, one entry per arm with that arm's own figures (analysis/metrics.py defines them)."""
     return _df(con, """
         WITH per_arm AS (
             SELECT run_id, arm, sum(actions)::BIGINT AS actions,
                    sum(covered)::BIGINT AS covered, sum(enforce_mode)::BIGINT AS enforce_mode,
                    sum(attempted)::BIGINT AS attempted, sum(blocked)::BIGINT AS blocked,
                    coalesce(sum(would_have_blocked), 0)::BIGINT AS would_have_blocked,
+                   coalesce(sum(penalize_mode), 0)::BIGINT AS penalize_mode,
+                   coalesce(sum(penalized), 0)::BIGINT AS penalized,
                    sum(escaped)::BIGINT AS escaped, sum(evasions)::BIGINT AS evasions,
                    max(round) AS max_round, min(ts_min) AS ts_min, max(ts_max) AS ts_max
             FROM rollup_round GROUP BY run_id, arm),
@@ -52,6 +54,7 @@ def runs(con: Con) -> pl.DataFrame:
                                                THEN a.covered / a.actions END,
                               'enforce_mode': a.enforce_mode, 'attempted': a.attempted,
                               'blocked': a.blocked, 'would_have_blocked': a.would_have_blocked,
+                              'penalize_mode': a.penalize_mode, 'penalized': a.penalized,
                               'escaped': a.escaped, 'evasions': a.evasions}
                              ORDER BY a.arm) FILTER (WHERE a.arm IS NOT NULL), [])
                    AS arms,
@@ -99,6 +102,8 @@ _AGENT_SUMS = """
            sum(enforce_mode)::BIGINT AS enforce_mode, sum(attempted)::BIGINT AS attempted,
            sum(blocked)::BIGINT AS blocked, sum(escaped)::BIGINT AS escaped,
            coalesce(sum(would_have_blocked), 0)::BIGINT AS would_have_blocked,
+           coalesce(sum(penalize_mode), 0)::BIGINT AS penalize_mode,
+           coalesce(sum(penalized), 0)::BIGINT AS penalized,
            sum(evasions)::BIGINT AS evasions, sum(executed)::BIGINT AS executed,
            sum(latency_us_sum)::BIGINT AS latency_us_sum, sum(reward_n)::BIGINT AS reward_n,
            sum(reward_sum) AS reward_sum, sum(reward_sq_sum) AS reward_sq_sum"""

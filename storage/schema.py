@@ -264,6 +264,15 @@ MIGRATIONS.append((7, "witnessed actions: the tool calls the gateway saw, and th
         ts_max TIMESTAMP)""",
 ]))
 
+MIGRATIONS.append((8, "the penalized arm: decisions in penalize mode and the penalties they cost", [
+    # No stored decision can be in penalize mode (earlier versions refused the mode), so 0 is
+    # every stored row's count, and would_have_blocked (shadow and off verdicts) is unchanged.
+    _counter("rollup_agent", "penalize_mode"),
+    _counter("rollup_agent", "penalized"),
+    _counter("rollup_round", "penalize_mode"),
+    _counter("rollup_round", "penalized"),
+]))
+
 LATEST_VERSION: Final = MIGRATIONS[-1][0]
 
 # The identity of a record in each event table: re-delivery of the same key changes nothing.

@@ -48,7 +48,8 @@ _ROUND_MEASURES: Final = (
     "attempted BIGINT not null, blocked BIGINT not null, escaped BIGINT not null, "
     "evasions BIGINT not null, executed BIGINT not null, latency_us_sum BIGINT not null, "
     "reward_n BIGINT not null, reward_sum DOUBLE not null, reward_sq_sum DOUBLE not null, "
-    "ts_min TIMESTAMP, ts_max TIMESTAMP, would_have_blocked BIGINT")
+    "ts_min TIMESTAMP, ts_max TIMESTAMP, would_have_blocked BIGINT, penalize_mode BIGINT, "
+    "penalized BIGINT")
 
 TABLES: Final[dict[str, tuple[Column, ...]]] = {name: _columns(spec) for name, spec in {
     "runs": "run_id VARCHAR required, name VARCHAR, created_at TIMESTAMP required, "

@@ -80,7 +80,10 @@ RUN_EVENT_KEY: Final = ("run_id", "event", "ts")
 UNIT: Final = ["_item", "run_id", "decision_id"]  # a decision and its checks, within one part
 
 # Rollup partial aggregates of the rows a commit adds (registered as `_b`). blocked/escaped
-# follow the definitions in records/events.py (Decision.blocked / Decision.escaped).
+# follow the definitions in records/events.py (Decision.blocked / Decision.escaped): a penalized
+# action ran, so its violation is escaped, never blocked; `penalized` is Decision.penalized.
+# would_have_blocked counts the verdicts that governed nothing (shadow, off): a penalize-mode
+# verdict governed its action (it cost the penalty), so it is `penalized`, not "would have".
 def _from_decisions(table: str, keys: str) -> str:
     return f"""
 INSERT INTO {table} BY NAME
@@ -90,7 +93,9 @@ SELECT {keys}, count(*) AS actions, count_if(covered) AS covered,
        count_if(evasion) AS evasions, count_if(executed) AS executed,
        sum(latency_us)::BIGINT AS latency_us_sum, 0 AS reward_n, 0.0 AS reward_sum,
        0.0 AS reward_sq_sum, min(ts) AS ts_min, max(ts) AS ts_max,
-       count_if(attempted AND mode <> 'enforce') AS would_have_blocked
+       count_if(attempted AND mode NOT IN ('enforce', 'penalize')) AS would_have_blocked,
+       count_if(mode = 'penalize') AS penalize_mode,
+       count_if(mode = 'penalize' AND verdict IN ('block', 'escalate')) AS penalized
 FROM _b GROUP BY ALL"""
 
 
@@ -101,7 +106,7 @@ SELECT {keys}, 0 AS actions, 0 AS covered,
        0 AS enforce_mode, 0 AS attempted, 0 AS blocked, 0 AS escaped, 0 AS evasions,
        0 AS executed, 0 AS latency_us_sum, count(*) AS reward_n, sum(value) AS reward_sum,
        sum(value * value) AS reward_sq_sum, min(ts) AS ts_min, max(ts) AS ts_max,
-       0 AS would_have_blocked
+       0 AS would_have_blocked, 0 AS penalize_mode, 0 AS penalized
 FROM _b GROUP BY ALL"""
 
 

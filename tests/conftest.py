@@ -136,6 +136,7 @@ SLOW_FILES: dict[str, float] = {
     "demo/test_bypass.py": 60,
     "test_research.py": 40,
     "demo/test_research_demo.py": 70,
+    "demo/test_penalized.py": 90,
     "test_cli_lake.py": 55,
     "test_cli_storage.py": 55,
     "storage/test_exactly_once.py": 50,

@@ -113,6 +113,7 @@ class ArmKpis:
     witnessed_coverage: float | None = None
     witnessed: int = 0
     ungoverned: int = 0
+    penalized: int = 0  # penalize mode: actions that ran and cost the penalty
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ def kpis(report: Report) -> Kpis | None:
 
 def _arm_kpis(m: ArmMetrics) -> ArmKpis:
     return ArmKpis(m.arm, m.mode, m.coverage, m.actions, m.blocked, m.would_have_blocked,
-                   m.escaped_violations, m.witnessed_coverage, m.witnessed, m.ungoverned_actions)
+                   m.escaped_violations, m.witnessed_coverage, m.witnessed, m.ungoverned_actions,
+                   m.penalized)
 
 
 def fetch_report(con: Con, run_id: str, baseline_run: str | None = None) -> Report:

@@ -1,13 +1,13 @@
 """`detector` rules: run a drift detector over the per-round series of one (run, arm).
 
 `series` maps the summed rollup_agent columns to one value per round, sorted by round:
-round, actions, covered, enforce_mode, attempted, blocked, escaped, evasions, executed,
-latency_us_sum, reward_n, reward_sum, reward_sq_sum; gap detectors also need the baseline arm's
-columns prefixed `base_` and aligned with `round` (0 where the baseline has no data); `no_data`
-needs `ts_max` (epoch seconds of the last record per round); `witnessed_coverage_drop` needs
-`witnessed` and `witness_governed` (the gateway's witness, storage/witness_queries.py). A
-detector returns one sample when it is in alarm at the latest round, none otherwise, and raises
-NoData when there is nothing to judge.
+round, actions, covered, enforce_mode, penalize_mode (optional), attempted, blocked, escaped,
+evasions, executed, latency_us_sum, reward_n, reward_sum, reward_sq_sum; gap detectors also need
+the baseline arm's columns prefixed `base_` and aligned with `round` (0 where the baseline has no
+data); `no_data` needs `ts_max` (epoch seconds of the last record per round);
+`witnessed_coverage_drop` needs `witnessed` and `witness_governed` (the gateway's witness,
+storage/witness_queries.py). A detector returns one sample when it is in alarm at the latest
+round, none otherwise, and raises NoData when there is nothing to judge.
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ def _col(series: Series, key: str, length: int) -> np.ndarray:
 
 
 def _governed(series: Series, length: int) -> bool:
-    return "enforce_mode" in series and float(_col(series, "enforce_mode", length).sum()) > 0
+    """Whether the arm's checks governed any action: enforce mode, or penalize mode (the
+    penalized arm's checks are meant to cover every action, as the governed arm's)."""
+    return any(key in series and float(_col(series, key, length).sum()) > 0
+               for key in ("enforce_mode", "penalize_mode"))
 
 
 def _cusum(params: Mapping[str, Any], series: Series, rounds: np.ndarray, x_key: str,

@@ -436,6 +436,36 @@ def test_default_rules_load_and_their_sql_runs_on_the_real_schema() -> None:
     assert [r["run_id"] for r in run("GovernanceNoData")] == ["r2"]
 
 
+def test_default_rules_judge_a_penalized_arm_on_coverage_never_on_its_escapes() -> None:
+    """The penalized arm (penalize mode) runs its violations by design: the escaped-violations
+    alert is the governed arm's only, the coverage alert applies to both."""
+    con = duckdb.connect()
+    migrate(con)
+    define_clock(con)
+    cols = ("run_id, arm, round, agent_id, actions, covered, enforce_mode, penalize_mode, "
+            "attempted, blocked, escaped, penalized, executed")
+    rows = [
+        # run p1: every penalized action checked, 7 violations ran: expected, no alert
+        ("p1", "penalized", 0, "a", 50, 50, 0, 50, 7, 0, 7, 7, 50),
+        ("p1", "governed", 0, "a", 50, 50, 50, 0, 7, 7, 0, 0, 43),
+        # run p2: a penalized action went unchecked (49 of 50), and one escaped in governed
+        ("p2", "penalized", 0, "a", 50, 49, 0, 50, 3, 0, 3, 3, 50),
+        ("p2", "governed", 0, "a", 50, 50, 50, 0, 3, 2, 1, 0, 48),
+    ]
+    for r in rows:
+        con.execute(f"INSERT INTO rollup_agent ({cols}, evasions, latency_us_sum, reward_n, "
+                    "reward_sum, reward_sq_sum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                    "0, 0, 0, 0, 0)", list(r))
+    by_name = {r.name: r for r in load_default_alert_rules().rules}
+
+    def run(name: str) -> list[tuple[str, str, float]]:
+        return sorted((row[0], row[1], row[3]) for row in con.execute(by_name[name].expr)
+                      .fetchall())
+
+    assert run("GovernanceEscapedViolations") == [("p2", "governed", 1.0)]
+    assert run("GovernanceCoverageBelow100") == [("p2", "penalized", pytest.approx(0.98))]
+
+
 # --- notifiers ----------------------------------------------------------------------------------
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
@@ -667,6 +697,11 @@ def test_other_detectors() -> None:
     assert evaluate_detector("witnessed_coverage_drop", {}, {**shadow, **{
         k: v for k, v in seen.items() if k.startswith("witness")}}) == []
     assert evaluate_detector("evasion_drift", {}, shadow) == []
+    # A penalized arm (penalize mode) is judged on coverage like a governed one.
+    penalized = {**s, "enforce_mode": np.zeros(30, int), "penalize_mode": np.full(30, 500)}
+    (p,) = evaluate_detector("coverage_drop", {}, penalized)
+    assert (p.value, p.round) == (pytest.approx(0.998), 29)
+    assert evaluate_detector("coverage_drop", {}, {**shadow, "penalize_mode": np.zeros(30)}) == []
     rng = np.random.default_rng(1)
     widening = 50 * (0.89 - 0.004 * np.arange(30) + rng.normal(0, 0.005, 30))
     w = evaluate_detector("gap_widening", {}, _series(30, reward_sum=widening))
@@ -756,7 +791,7 @@ def test_default_rules_end_to_end_on_duckdb(tmp_path: Path) -> None:
         attempted = int(rng.binomial(500, rate))
         for arm, covered in (("governed", 500), ("ungoverned", 0)):
             con.execute("INSERT INTO rollup_agent VALUES (?, ?, ?, 'a', 500, ?, ?, ?, ?, 0, 0, ?, "
-                        "150000, 50, ?, ?, now()::TIMESTAMP, now()::TIMESTAMP, 0)",
+                        "150000, 50, ?, ?, now()::TIMESTAMP, now()::TIMESTAMP, 0, 0, 0)",
                         ["r1", arm, rnd, covered, covered, attempted,
                          attempted if covered else 0, 500 - attempted,
                          50 * 0.89 if covered else 50 * 0.94, 50 * 0.8])

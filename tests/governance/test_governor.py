@@ -108,6 +108,64 @@ def test_per_service_modes_only_weaken(services: list[Any]) -> None:
         Governor(services, service_modes={"BoundaryEnforcer": "loud"})  # type: ignore[dict-item]
 
 
+def test_penalize_runs_the_action_and_states_its_cost(services: list[Any]) -> None:
+    sink = ListSink()
+    gov = Governor(services, mode="penalize", penalty=0.25, sink=sink)
+    d = gov.check(CLICKBAIT, round=2)
+    # The checks govern as in enforce mode (covered, enforced, the verdict imposed), but the
+    # action runs: its violation is escaped, never blocked, and it costs the penalty.
+    assert (d.mode, d.arm, d.verdict, d.executed) == ("penalize", "penalized", "block", True)
+    assert all(c.enforced for c in d.checks) and len(d.checks) == 5
+    assert d.covered and d.attempted and d.escaped and not d.blocked and d.penalized
+    assert d.penalty == 0.25 and d.extra == {"penalty": 0.25}
+    assert Governor.allowed(d) and sink.decisions == [d]
+    # The cost travels in the payload and survives a reader (spool, gateway WAL, store).
+    payload = json.loads(json.dumps(d.to_payload()))
+    assert payload["penalty"] == 0.25 and Decision.from_payload(payload).penalty == 0.25
+    ok = gov.check(INFORMATIVE, round=2)
+    assert (ok.verdict, ok.executed, ok.penalized, ok.penalty) == ("allow", True, False, 0.0)
+    assert "penalty" not in ok.to_payload() and ok.covered
+    # Escalation stops an enforced action; penalized, it runs and costs the penalty too.
+    asked = Governor([lambda a, c: "REQUEST_APPROVAL"], mode="penalize").check(
+        {"kind": "pay"}, round=0)
+    assert (asked.verdict, asked.executed, asked.attempted, asked.penalty) == (
+        "escalate", True, False, 1.0)
+    with gov.guard(CLICKBAIT, round=3) as guarded:  # nothing is stopped: the guard never raises
+        assert guarded.penalized
+
+
+def test_penalize_modes_and_penalty_are_checked(services: list[Any]) -> None:
+    assert Governor(services, mode="penalize").penalty == 1.0  # the README's default
+    # A service can be weakened below penalize, and enforce is penalized in a penalize Governor.
+    gov = Governor(services, mode="penalize", service_modes={"BoundaryEnforcer": "shadow",
+                                                             "CrossReferenceValidator": "enforce"})
+    d = gov.check(CLICKBAIT, round=1)
+    assert [(c.service, c.enforced) for c in d.checks][:2] == [
+        ("BoundaryEnforcer", False), ("CrossReferenceValidator", True)]
+    assert (d.executed, d.verdict, d.penalty, d.evasion) == (True, "allow", 0.0, True)
+    with pytest.raises(ValueError, match="penalize needs the Governor in penalize mode"):
+        Governor(services, service_modes={"BoundaryEnforcer": "penalize"})
+    for bad in (-1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="penalty"):
+            Governor(services, mode="penalize", penalty=bad)  # type: ignore[arg-type]
+    # Shadow and off Governors never penalize.
+    for mode in ("shadow", "off", "enforce"):
+        assert Governor(services, mode=mode).check(CLICKBAIT, round=0).penalty == 0.0
+
+
+def test_from_env_penalize(services: list[Any]) -> None:
+    gov = Governor.from_env(services, env={"TRACTATUS_WATCH_MODE": "penalize",
+                                           "TRACTATUS_WATCH_PENALTY": "0.5"})
+    assert (gov.mode, gov.arm, gov.penalty) == ("penalize", "penalized", 0.5)
+    assert gov.check(CLICKBAIT, round=0).penalty == 0.5
+    assert Governor.from_env(services, env={"TRACTATUS_WATCH_PENALTY": "0.5"},
+                             penalty=2.0).penalty == 2.0  # keyword arguments win
+    with pytest.raises(ValueError, match="TRACTATUS_WATCH_PENALTY: expected a number"):
+        Governor.from_env(services, env={"TRACTATUS_WATCH_PENALTY": "lots"})
+    with pytest.raises(ValueError, match="mode: expected one of enforce, penalize, shadow, off"):
+        Governor.from_env(services, env={"TRACTATUS_WATCH_MODE": "fine"})
+
+
 def test_sampled_auditor_reveals_evasion() -> None:
     auditor = BoundaryEnforcer()
     gov = Governor([allow_all], auditors=[auditor], audit_sample=1.0)

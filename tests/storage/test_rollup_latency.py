@@ -73,6 +73,8 @@ def test_migration_backfills_the_histogram(tmp_path: Path) -> None:
     for table in ("rollup_latency", "rollup_round", "rollup_rule_round",
                   "rollup_check_latency", "witnessed", "rollup_witness"):
         con.execute(f"DROP TABLE {table}")
+    for column in ("penalize_mode", "penalized"):  # and the later columns (v8)
+        con.execute(f"ALTER TABLE rollup_agent DROP COLUMN {column}")
     con.execute("DELETE FROM schema_version WHERE version >= 5")
     con.close()
     store = Store.open(path)

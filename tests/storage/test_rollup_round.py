@@ -82,6 +82,8 @@ def test_migration_backfills_the_round_rollups(tmp_path: Path) -> None:
     for table in ("rollup_round", "rollup_rule_round", "rollup_check_latency",
                   "witnessed", "rollup_witness"):  # and every later table
         con.execute(f"DROP TABLE {table}")
+    for column in ("penalize_mode", "penalized"):  # and every later column (v8)
+        con.execute(f"ALTER TABLE rollup_agent DROP COLUMN {column}")
     con.execute("DELETE FROM schema_version WHERE version >= 6")
     con.close()
     store = Store.open(path)

@@ -24,18 +24,20 @@ from tractatus_watch.storage.writer import Cursor, Writer
 
 def decision(i: int, *, blocked: bool = False, mode: str = "enforce", arm: str = "governed",
              rnd: int = 0) -> Decision:
+    governs = mode in ("enforce", "penalize")  # the checks are enforced (records/events.py)
     return Decision.from_payload({
         "decision_id": f"d{i}", "agent_id": f"agent-{i % 2}", "round": rnd, "arm": arm,
         "mode": mode, "action": {"kind": "clickbait" if blocked else "informative"},
         "checks": [
             {"service": "BoundaryEnforcer", "rule_id": "CONTENT-CLICKBAIT",
              "raw_verdict": "REQUIRE_HUMAN_DECISION" if blocked else "PROCEED",
-             "enforced": mode == "enforce", "latency_us": 100},
+             "enforced": governs, "latency_us": 100},
             {"service": "ContextPressureMonitor", "rule_id": "OPS-001", "raw_verdict": "NORMAL",
-             "enforced": mode == "enforce", "latency_us": 20},
+             "enforced": governs, "latency_us": 20},
         ],
         "executed": not (blocked and mode == "enforce"), "latency_us": 150,
         "ts": 1_795_000_000.0 + i,
+        **({"penalty": 1.0} if blocked and mode == "penalize" else {}),
     })
 
 
@@ -107,6 +109,89 @@ def test_metrics_and_redelivery(store: Store) -> None:
     assert page2.height == 1 and set(page2["verdict"]) == {"block"}  # 6 blocks in all
 
 
+def test_penalize_rollups_count_escaped_and_penalized_never_blocked(store: Store) -> None:
+    """A penalized arm's violations ran: escaped, not blocked, not "would have blocked"; each
+    is penalized, and its checks count in coverage. The other arms count as before."""
+    from tractatus_watch.analysis.metrics import arm_figures
+
+    decisions = [decision(i, blocked=i % 4 == 0, mode="penalize", arm="penalized", rnd=i // 10)
+                 for i in range(40)]
+    decisions += [decision(100 + i, blocked=i % 4 == 0, rnd=i // 10) for i in range(40)]
+    decisions += [decision(200 + i, blocked=i % 4 == 0, mode="shadow", arm="ungoverned",
+                           rnd=i // 10) for i in range(40)]
+    writer = Writer(store)
+    writer.submit(Batch.from_records(run_id="run-p", decisions=decisions), Cursor("src", "1"))
+    writer.close()
+    con = store.cursor()
+    totals = {r["arm"]: r for r in Q.totals(con, "run-p").to_dicts()}
+    keys = ("actions", "covered", "enforce_mode", "penalize_mode", "attempted", "blocked",
+            "escaped", "would_have_blocked", "penalized", "executed")
+    assert {arm: tuple(t[k] for k in keys) for arm, t in totals.items()} == {
+        "penalized": (40, 40, 0, 40, 10, 0, 10, 0, 10, 40),
+        "governed": (40, 40, 40, 0, 10, 10, 0, 0, 0, 30),
+        "ungoverned": (40, 0, 0, 0, 10, 0, 10, 10, 0, 40),
+    }
+    figures = {arm: arm_figures(t) for arm, t in totals.items()}
+    assert {arm: (f.mode, f.coverage, f.penalized) for arm, f in figures.items()} == {
+        "penalized": ("penalize", 1.0, 10), "governed": ("enforce", 1.0, 0),
+        "ungoverned": ("shadow", 0.0, 0)}
+    # The per-agent rollup says the same, per round too; and the cost is stored per decision.
+    assert con.execute("SELECT sum(penalized), sum(penalize_mode) FROM rollup_agent "
+                       "WHERE arm = 'penalized'").fetchall() == [(10, 40)]
+    assert Q.per_round(con, "run-p", "penalized")["penalized"].to_list() == [3, 2, 3, 2]
+    assert con.execute("SELECT count(*) FROM decisions WHERE arm = 'penalized' AND "
+                       "json_extract(extra, '$.penalty')::DOUBLE = 1.0").fetchall() == [(10,)]
+    before = Q.totals(con, "run-p")
+    compact_rollups(store.con)
+    assert Q.totals(con, "run-p").equals(before)
+
+
+def test_a_v7_store_gains_the_penalize_counters_and_keeps_its_figures(tmp_path: Path) -> None:
+    """A store made before penalize mode (schema 7) opens: its rollup rows count 0 penalized
+    and 0 in penalize mode, its figures are what they were, and penalized rows then land."""
+    import duckdb
+
+    from tractatus_watch.storage.schema import MIGRATIONS
+
+    path = tmp_path / "v7.duckdb"
+    with Store.open(tmp_path / "now.duckdb") as now:  # the rows, as this writer stores them
+        writer = Writer(now)
+        writer.submit(Batch.from_records(run_id="old", decisions=[
+            decision(i, blocked=i % 3 == 0, mode="shadow" if i % 2 else "enforce",
+                     arm="ungoverned" if i % 2 else "governed", rnd=i // 6)
+            for i in range(24)]))
+        writer.close()
+        old_totals = Q.totals(now.cursor(), "old").drop("penalize_mode", "penalized")
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, description VARCHAR, "
+                "applied_at TIMESTAMP NOT NULL)")
+    for number, description, statements in MIGRATIONS[:7]:
+        for statement in statements:
+            con.execute(statement)
+        con.execute("INSERT INTO schema_version VALUES (?, ?, now()::TIMESTAMP)",
+                    [number, description])
+    con.execute(f"ATTACH '{tmp_path / 'now.duckdb'}' AS now (READ_ONLY)")
+    for table in ("runs", "decisions", "checks", "rollup_agent", "rollup_round"):
+        cols = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
+        con.execute(f"INSERT INTO {table} SELECT {', '.join(cols)} FROM now.{table}")
+    con.close()
+    with Store.open(path) as store:
+        cur = store.cursor()
+        assert cur.execute("SELECT max(version) FROM schema_version").fetchall() == [
+            (LATEST_VERSION,)]
+        assert cur.execute("SELECT count(*), sum(penalize_mode), sum(penalized) "
+                           "FROM rollup_round").fetchall()[0][1:] == (0, 0)
+        assert Q.totals(cur, "old").drop("penalize_mode", "penalized").equals(old_totals)
+        writer = Writer(store)
+        writer.submit(Batch.from_records(run_id="old", decisions=[
+            decision(500 + i, blocked=i % 2 == 0, mode="penalize", arm="penalized")
+            for i in range(6)]))
+        writer.close()
+        got = {r["arm"]: r for r in Q.totals(cur, "old").to_dicts()}
+        assert (got["penalized"]["penalized"], got["penalized"]["escaped"],
+                got["penalized"]["blocked"]) == (3, 3, 0)
+
+
 def test_invalid_rows_are_quarantined_while_the_rest_lands(store: Store) -> None:
     good = Batch.from_records(run_id="r", decisions=[decision(1), decision(2)])
     bad = pa.Table.from_pylist([
@@ -133,7 +218,7 @@ def test_invalid_rows_are_quarantined_while_the_rest_lands(store: Store) -> None
         "SELECT source, reason, raw FROM quarantine ORDER BY reason").fetchall()
     assert count(store, "decisions") == 3  # d1, d2, x2
     assert [(r[0], r[1]) for r in rows] == [
-        ("s", "decisions.mode: not one of enforce, shadow, off"),
+        ("s", "decisions.mode: not one of enforce, penalize, shadow, off"),
         ("file.jsonl:3", "line 3: bad JSON"),
     ]
     assert json.loads(rows[0][2])["decision_id"] == "x1"

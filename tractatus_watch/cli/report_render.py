@@ -8,7 +8,8 @@ import polars as pl
 from rich.table import Table
 from rich.text import Text
 
-from ..monitor.report import GOVERNED, UNGOVERNED, UNGOVERNED_LISTED, ArmMetrics, Report
+from ..monitor.report import (GOVERNED, PENALIZED, UNGOVERNED, UNGOVERNED_LISTED, ArmMetrics,
+                              Report)
 
 
 def _pct(v: float | None) -> str:
@@ -35,8 +36,9 @@ def _stability(m: ArmMetrics) -> str:
 
 
 def rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: Metric | <arm>... | Difference."""
-    order = [a for a in (UNGOVERNED, GOVERNED) if a in report.arms] or list(report.arms)
+    """Header and rows: Metric | <arm>... | Difference (governed - ungoverned)."""
+    order = [a for a in (UNGOVERNED, PENALIZED, GOVERNED) if a in report.arms] \
+        or list(report.arms)
     arms = [report.arms[a] for a in order]
     diff = report.difference()
     gap = report.gap
@@ -67,6 +69,10 @@ def rows(report: Report) -> tuple[list[str], list[list[str]]]:
           if any(m.witnessed for m in arms) else []),
         ["Constraint violations (escaped)", *[str(m.escaped_violations) for m in arms],
          _signed(diff.get("escaped_violations"), str)],
+        # A penalized arm's escapes are its design: each ran and cost the penalty.
+        *([["Penalized (ran, cost the penalty: escapes by design)",
+            *[str(m.penalized) if m.mode == "penalize" or m.penalized else "" for m in arms],
+            ""]] if any(m.mode == "penalize" or m.penalized for m in arms) else []),
         ["Blocked", *[str(m.blocked) for m in arms], _signed(diff.get("blocked"), str)],
         ["Would have blocked (shadow verdicts)", *[str(m.would_have_blocked) for m in arms], ""],
         ["Attempted violations", *[str(m.attempted) for m in arms], ""],

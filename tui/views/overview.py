@@ -257,8 +257,9 @@ class Overview(View):
             item("alerts", alert_text, alert_style)
             return fit_strip(items, width)
         # A line per arm, each figure labelled with its arm and mode: an arm that does not
-        # enforce never "blocks", it would have blocked (analysis/metrics.py). The gap ends the
-        # first line, the alerts the last. Coverage is never abbreviated.
+        # enforce never "blocks", it would have blocked, or (penalize mode) it penalized, and
+        # those escapes are its design (analysis/metrics.py). The gap ends the first line, the
+        # alerts the last. Coverage is never abbreviated.
         lines: list[list[tuple[Text, Text]]] = []
         witnessed_run = any(a.witnessed for a in k.arms)
         for a in k.arms or ():
@@ -276,10 +277,13 @@ class Overview(View):
             item("actions", fmt.num(a.actions), short="act")
             if a.mode == "shadow":
                 item("would have blocked", fmt.num(a.would_have_blocked), short="would blk")
+            elif a.mode == "penalize":
+                item("penalized", fmt.num(a.penalized), short="pen")
             else:
                 item("blocked", fmt.num(a.blocked), short="blk")
             item("escaped", fmt.num(a.escaped),
-                 "bold red" if a.escaped and a.mode != "shadow" else "bold", short="esc")
+                 "bold red" if a.escaped and a.mode not in ("shadow", "penalize") else "bold",
+                 short="esc")
             lines.append(items)
         items = lines[0] if lines else []
         if k.gap is not None:

@@ -18,7 +18,7 @@ from ..widgets import Empty, fill_table, right
 from .base import LOADING, NO_DATA, Fetch, View, ViewContext
 
 
-ARMS: tuple[str | None, ...] = (None, "governed", "ungoverned")
+ARMS: tuple[str | None, ...] = (None, "governed", "penalized", "ungoverned")
 
 
 # Narrow: the reason is cut, then the trend loses its oldest rounds; the time of the last

@@ -82,6 +82,10 @@ def demo(
         "--seeds", metavar="SEEDS", help="Run these seeds one after another (headless), e.g. "
         "1-10 or 1,3,5: one run per seed, grouped as one experiment for `research`.")] = None,
     experiment: ExperimentOption = None,
+    arms: Annotated[str, typer.Option(
+        "--arms", help="The arms to train, a comma list of governed (blocking), penalized (a "
+                       "violation costs reward and runs), ungoverned (shadow).")]
+    = "governed,ungoverned",
     speed: Annotated[Optional[str], typer.Option(
         "--speed", help="Rounds per second, or 'max' [default: the scenario's pace].")] = None,
     headless: Annotated[bool, typer.Option(
@@ -106,11 +110,14 @@ def demo(
 
     Reproduces Demo 2 of the Tractatus + Agent Lightning integration and the five research
     questions as scenarios. Opens the live dashboard unless --headless."""
-    from ...demo.scenarios import SCENARIOS
+    from ...demo.scenarios import SCENARIOS, parse_arms
 
     if scenario not in SCENARIOS:
         raise CliError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
-    base = SCENARIOS[scenario]
+    try:
+        base = SCENARIOS[scenario].with_overrides(arms=parse_arms(arms))
+    except ValueError as exc:
+        raise CliError(f"--arms: {exc}") from None
     pace = parse_speed(speed) if speed is not None else (None if headless else base.speed)
     if model_name is not None and not agl:
         raise CliError("--model-name is for --agl: the in-process gateway's model is the demo's")
@@ -173,7 +180,7 @@ def _seeds(seed: int | None, seeds: str | None, headless: bool) -> list[int]:
 def run_meta(sc: Any, seed: int, experiment: str) -> dict[str, Any]:
     """What makes a demo run a replicate of its experiment (storage/experiments.py)."""
     return {"experiment": experiment, "scenario": sc.name, "seed": seed, "agents": sc.agents,
-            "rounds": sc.rounds, "adversarial_round": sc.adversarial_round,
+            "arms": list(sc.arms), "rounds": sc.rounds, "adversarial_round": sc.adversarial_round,
             "bypass_round": sc.bypass_round}
 
 

@@ -480,46 +480,59 @@ def _reward_grid(runs: Sequence[_Run], arm: str) -> np.ndarray:
     return grid
 
 
-def _q4(runs: Sequence[_Run], arms: Sequence[str], margin: float) -> Answer:
-    paired = [r for r in runs if GOVERNED in r.report.arms and UNGOVERNED in r.report.arms]
-    rows = [(r.seed, r.run_id, r.report.arms[GOVERNED].performance,
-             r.report.arms[UNGOVERNED].performance,
-             _sub(r.report.arms[GOVERNED].performance, r.report.arms[UNGOVERNED].performance))
-            for r in paired]
-    g = np.array([np.nan if v[2] is None else v[2] for v in rows], dtype=float)
-    u = np.array([np.nan if v[3] is None else v[3] for v in rows], dtype=float)
+def _gap(runs: Sequence[_Run], arm: str, margin: float
+         ) -> tuple[dict[str, Any], Series | None, str]:
+    """One governing arm against the ungoverned baseline, paired by seed: its figures, the
+    per-round gap's series and a sentence."""
+    paired = [r for r in runs if arm in r.report.arms and UNGOVERNED in r.report.arms]
+    g = _by_seed(paired, arm, "performance")
+    u = _by_seed(paired, UNGOVERNED, "performance")
     ok = np.isfinite(g) & np.isfinite(u)
-    figures: dict[str, Any] = {"margin": margin, "seeds": int(ok.sum())}
-    chart_series: tuple[Series, ...] = ()
-    if ok.sum() >= 1:
-        diff = S.bootstrap_difference(g[ok], u[ok], "iqm")
-        poi = S.probability_of_improvement(g[ok], u[ok])
-        eq = S.tost(g[ok] - u[ok], margin)
-        figures |= {"iqm_difference": diff.to_json(), "probability_of_improvement":
-                    poi.to_json(), "equivalence": eq.to_json(),
-                    "mean_difference": S.paired_t_interval(g[ok] - u[ok]).to_json()}
-        grid_g, grid_u = _reward_grid(paired, GOVERNED), _reward_grid(paired, UNGOVERNED)
-        width = min(grid_g.shape[1], grid_u.shape[1])
-        band = S.per_round_gap(grid_g[:, :width], grid_u[:, :width])
-        chart_series = (Series("governed - ungoverned", tuple(float(i) for i in range(width)),
-                               tuple(b.point for b in band), tuple(b.lo for b in band),
-                               tuple(b.hi for b in band)),)
-        if eq.equivalent:
-            verdict = (f"the gap closed: governed performance is within +-{margin:g} of "
-                       f"ungoverned at the end of training (TOST p = {eq.p:.3g} over "
-                       f"{eq.n} seeds; mean gap {eq.mean:+.4f}, 90% CI [{eq.lo:+.4f}, "
-                       f"{eq.hi:+.4f}])")
-        else:
-            verdict = (f"the gap did not close: governed - ungoverned IQM performance "
-                       f"{diff.point:+.4f} (95% CI [{diff.lo:+.4f}, {diff.hi:+.4f}], "
-                       f"{diff.n} seeds); equivalence within +-{margin:g} not shown "
-                       f"(TOST p = {eq.p:.3g})")
+    if not ok.any():
+        return {"seeds": 0}, None, f"no run holds both a {arm} and an ungoverned arm"
+    diff = S.bootstrap_difference(g[ok], u[ok], "iqm")
+    eq = S.tost(g[ok] - u[ok], margin)
+    figures = {"seeds": int(ok.sum()), "iqm_difference": diff.to_json(),
+               "probability_of_improvement": S.probability_of_improvement(g[ok], u[ok]).to_json(),
+               "equivalence": eq.to_json(),
+               "mean_difference": S.paired_t_interval(g[ok] - u[ok]).to_json()}
+    grid_g, grid_u = _reward_grid(paired, arm), _reward_grid(paired, UNGOVERNED)
+    width = min(grid_g.shape[1], grid_u.shape[1])
+    band = S.per_round_gap(grid_g[:, :width], grid_u[:, :width])
+    series = Series(f"{arm} - ungoverned", tuple(float(i) for i in range(width)),
+                    tuple(b.point for b in band), tuple(b.lo for b in band),
+                    tuple(b.hi for b in band))
+    if eq.equivalent:
+        sentence = (f"the gap closed: {arm} performance is within +-{margin:g} of ungoverned at "
+                    f"the end of training (TOST p = {eq.p:.3g} over {eq.n} seeds; mean gap "
+                    f"{eq.mean:+.4f}, 90% CI [{eq.lo:+.4f}, {eq.hi:+.4f}])")
     else:
-        verdict = "no run holds both a governed and an ungoverned arm: no gap to measure"
-    thin = int(ok.sum()) < MIN_SEEDS
+        sentence = (f"the gap did not close: {arm} - ungoverned IQM performance "
+                    f"{diff.point:+.4f} (95% CI [{diff.lo:+.4f}, {diff.hi:+.4f}], {diff.n} "
+                    f"seeds); equivalence within +-{margin:g} not shown (TOST p = {eq.p:.3g})")
+    return figures, series, sentence
+
+
+def _q4(runs: Sequence[_Run], arms: Sequence[str], margin: float) -> Answer:
+    governing = [a for a in arms if a != UNGOVERNED]
+    by_arm: dict[str, dict[str, Any]] = {}
+    series: list[Series] = []
+    sentences: list[str] = []
+    for arm in governing:
+        figures, line, sentence = _gap(runs, arm, margin)
+        by_arm[arm] = figures
+        if line is not None:
+            series.append(line)
+        sentences.append(sentence)
+    shown = [a for a in arms if a in governing or a == UNGOVERNED]
+    rows = [(r.seed, r.run_id, *(_perf(r, a) for a in shown),
+             *(_sub(_perf(r, a), _perf(r, UNGOVERNED)) for a in governing)) for r in runs]
+    seeds = by_arm.get(GOVERNED, next(iter(by_arm.values()), {"seeds": 0}))["seeds"]
+    verdict = "; ".join(sentences) if sentences else "no governed arm: no gap to measure"
+    thin = seeds < MIN_SEEDS
     return Answer(
         "q4", "Does the governed-vs-ungoverned performance gap close with training?",
-        verdict, thin, ("seed", "run", "governed", "ungoverned", "gap"), tuple(rows),
+        verdict, thin, ("seed", "run", *shown, *(f"{a} gap" for a in governing)), tuple(rows),
         ("performance is the report's: mean reward per rollout over the final rounds of a run",
          "the seed is the replicate: the arms of a run share its seed, so gaps are paired by "
          "seed; rollouts within a run are not independent and are never the replicate",
@@ -529,9 +542,15 @@ def _q4(runs: Sequence[_Run], arms: Sequence[str], margin: float) -> Answer:
          "95% stratified bootstrap (percentile) intervals of the IQM difference and the "
          "probability of improvement; per-round 95% t intervals across seeds in the chart"),
         Chart("line", "Performance gap per round (mean over seeds, 95% CI)", "round",
-              "governed - ungoverned reward", chart_series,
+              "reward minus ungoverned", tuple(series),
               hlines=(("no gap", 0.0), (f"+{margin:g}", margin), (f"-{margin:g}", -margin))),
-        figures, f"{int(ok.sum())} seed(s): fewer than {MIN_SEEDS}" if thin else "")
+        {"margin": margin, "by_arm": by_arm},
+        f"{seeds} seed(s): fewer than {MIN_SEEDS}" if thin else "")
+
+
+def _perf(run: _Run, arm: str) -> float | None:
+    m = run.report.arms.get(arm)
+    return m.performance if m is not None else None
 
 
 def _sub(a: float | None, b: float | None) -> float | None:
@@ -549,13 +568,17 @@ def _shares(frame: pl.DataFrame, arm: str) -> np.ndarray:
 
 
 def _diversity(kinds: pl.DataFrame, arm: str) -> float:
-    """Normalised Shannon entropy of the executed action kinds (styles): 1 = all used equally."""
+    """Shannon entropy of the arm's executed action kinds (the demo's styles), over its
+    maximum for the kinds proposed in the run: 1 = every kind used equally, 0 = one kind."""
+    styles = kinds.filter(pl.col("actions") > 0)["action_kind"].n_unique()
     c = kinds.filter((pl.col("arm") == arm) & (pl.col("executed") > 0))["executed"]
     p = c.to_numpy().astype(float)
-    if p.size < 2:
-        return 0.0 if p.size else math.nan
+    if not p.size:
+        return math.nan
+    if styles < 2:
+        return 0.0
     p = p / p.sum()
-    return float(-(p * np.log(p)).sum() / math.log(p.size))
+    return float(-(p * np.log(p)).sum() / math.log(styles))
 
 
 def _q5(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:

@@ -129,11 +129,11 @@ def test_q4_a_known_gap_is_measured_and_not_called_closed(store: Any) -> None:
     _experiment(con, "gap", 6, gov_reward=0.80, ung_reward=0.90)
     r = build_research(con, "gap")
     q4 = r.to_json()["q4"]
-    diff = q4["figures"]["iqm_difference"]
+    diff = q4["figures"]["by_arm"]["governed"]["iqm_difference"]
     assert diff["lo"] < -0.1 < diff["hi"] < 0, diff  # the true gap: -0.1
-    assert q4["figures"]["equivalence"]["equivalent"] is False
+    assert q4["figures"]["by_arm"]["governed"]["equivalence"]["equivalent"] is False
     assert q4["verdict"].startswith("the gap did not close") and not q4["thin"]
-    assert q4["figures"]["probability_of_improvement"]["point"] == 0.0
+    assert q4["figures"]["by_arm"]["governed"]["probability_of_improvement"]["point"] == 0.0
     # The per-seed performances are the report's, and the arms' IQM is theirs.
     perf = [row[2] for row in q4["evidence"]["rows"]]
     assert r.arms["governed"]["performance_iqm"]["point"] == pytest.approx(S.iqm(perf))
@@ -145,11 +145,33 @@ def test_q4_equal_arms_are_equivalent_within_the_margin(store: Any) -> None:
     con = store.cursor()
     _experiment(con, "closed", 6, gov_reward=0.85, ung_reward=0.85)
     q4 = build_research(con, "closed", margin=0.02).to_json()["q4"]
-    assert q4["figures"]["equivalence"]["equivalent"] is True, q4["figures"]
+    assert q4["figures"]["by_arm"]["governed"]["equivalence"]["equivalent"] is True, q4
     assert q4["verdict"].startswith("the gap closed")
     # A tighter margin than the noise allows: no longer shown.
     strict = build_research(con, "closed", margin=0.0001).to_json()["q4"]
-    assert strict["figures"]["equivalence"]["equivalent"] is False
+    assert strict["figures"]["by_arm"]["governed"]["equivalence"]["equivalent"] is False
+
+
+def test_q4_compares_both_governance_designs_with_the_baseline(store: Any) -> None:
+    con = store.cursor()
+    for seed in range(1, 6):
+        rng = np.random.default_rng(seed)
+        put_run(con, f"three-s{seed}", {"experiment": "three", "seed": seed},
+                {"governed": arm_series(rng, 20, reward=0.80),
+                 "penalized": arm_series(rng, 20, reward=0.85),
+                 "ungoverned": arm_series(rng, 20, reward=0.90, p=0.3)})
+    r = build_research(con, "three").to_json()
+    q4 = r["q4"]
+    assert list(r["arms"]) == ["governed", "penalized", "ungoverned"]
+    assert q4["evidence"]["columns"] == ["seed", "run", "governed", "penalized", "ungoverned",
+                                         "governed gap", "penalized gap"]
+    by_arm = q4["figures"]["by_arm"]
+    assert by_arm["governed"]["iqm_difference"]["point"] == pytest.approx(-0.1, abs=0.01)
+    assert by_arm["penalized"]["iqm_difference"]["point"] == pytest.approx(-0.05, abs=0.01)
+    assert [s["name"] for s in q4["chart"]["series"]] == ["governed - ungoverned",
+                                                          "penalized - ungoverned"]
+    assert "governed - ungoverned IQM" in q4["verdict"]
+    assert "penalized - ungoverned IQM" in q4["verdict"]
 
 
 def test_q2_false_alarms_are_the_rule_detectors_replayed(store: Any) -> None:

@@ -66,7 +66,7 @@ def test_research_compares_the_seeds(experiment: DemoRun, research: dict[str, An
     gov, ung = research["arms"]["governed"], research["arms"]["ungoverned"]
     # Governed performance is below ungoverned, with a bootstrap interval over the seeds.
     assert gov["performance_iqm"]["hi"] < ung["performance_iqm"]["lo"], (gov, ung)
-    diff = research["q4"]["figures"]["iqm_difference"]
+    diff = research["q4"]["figures"]["by_arm"]["governed"]["iqm_difference"]
     assert diff["hi"] < 0 and diff["n"] == 3
     assert gov["coverage_min"] == 1.0 and gov["escaped"] == 0
     assert ung["escaped"] == sum(r["arms"]["ungoverned"]["escaped_violations"]

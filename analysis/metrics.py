@@ -247,3 +247,17 @@ def alert_counts(states: Iterable[tuple[str, bool]]) -> AlertCounts:
 
 __all__ = ["AlertCounts", "AllArms", "ArmFigures", "Mode", "RuleFigures", "alert_counts",
            "all_arms", "arm_figures", "rate", "rule_figures", "rule_rate", "rule_trend"]
+
+
+def audience_shares(reward_mass: Mapping[str, float]) -> dict[str, float | None]:
+    """Each agent's share of the audience its arm reached: the agent's summed reward over the
+    arm's (the agents of one arm compete for one audience; None when the arm earned nothing)."""
+    total = sum(reward_mass.values())
+    return {agent: (mass / total if total > 0 else None) for agent, mass in reward_mass.items()}
+
+
+def concentration(shares: Iterable[float | None]) -> float | None:
+    """Herfindahl index of the audience shares: 1/agents for an even split, 1 for one agent
+    taking everything."""
+    known = [s for s in shares if s is not None]
+    return sum(s * s for s in known) if known else None

@@ -77,6 +77,8 @@ class Report:
     # The witnessed actions no decision governed (storage/witness_queries.ungoverned_actions),
     # of the report's runs, oldest first.
     ungoverned: tuple[dict[str, Any], ...] = ()
+    # Per agent of each arm (agent_rows): its counts, coverage, reward and audience share.
+    agents: tuple[dict[str, Any], ...] = ()
 
     def difference(self) -> dict[str, Any]:
         g, u = self.arms.get(GOVERNED), self.arms.get(UNGOVERNED)
@@ -110,7 +112,8 @@ class Report:
             d["rules"] = [{k: _finite(v) for k, v in r.items()} for r in m.rules]
             arms[name] = {k: _finite(v) if k != "rules" else v for k, v in d.items()}
         return {"run_id": self.run_id, "baseline_run": self.baseline_run, "arms": arms,
-                "difference": self.difference(), "ungoverned_actions": list(self.ungoverned)}
+                "difference": self.difference(), "ungoverned_actions": list(self.ungoverned),
+                "agents": [{k: _finite(v) for k, v in a.items()} for a in self.agents]}
 
 
 def _finite(value: Any) -> Any:
@@ -248,5 +251,19 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, baseline_run: str 
         frame = WQ.ungoverned_actions(con, run, limit=UNGOVERNED_LISTED)
         ungoverned += [{"run_id": run, **row, "ts": row["ts"].isoformat()}
                        for row in frame.iter_rows(named=True)]
+    agents = [row for m in arms.values() for row in agent_rows(con, m.run_id, m.arm)]
     return Report(run_id=run_id, baseline_run=baseline_run, arms=arms, gap=gap,
-                  ungoverned=tuple(ungoverned[:UNGOVERNED_LISTED]))
+                  ungoverned=tuple(ungoverned[:UNGOVERNED_LISTED]), agents=tuple(agents))
+
+
+def agent_rows(con: duckdb.DuckDBPyConnection, run_id: str, arm: str) -> list[dict[str, Any]]:
+    """The arm's agents (storage/queries.per_agent) with their audience share
+    (analysis/metrics.audience_shares)."""
+    frame = Q.per_agent(con, run_id, arm)
+    rows = frame.to_dicts()
+    mass = {r["agent_id"]: (r["reward_mean"] or 0.0) * r["reward_n"] for r in rows}
+    shares = M.audience_shares(mass)
+    return [{"arm": arm, "agent_id": r["agent_id"], "actions": r["actions"],
+             "coverage": r["coverage"], "blocked": r["blocked"], "escaped": r["escaped"],
+             "evasions": r["evasions"], "reward_mean": r["reward_mean"],
+             "audience_share": shares[r["agent_id"]]} for r in rows]

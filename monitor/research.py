@@ -25,6 +25,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from ..analysis import metrics as M
 from ..analysis import seed_stats as S
 from ..analysis.alerts.alert_rules import load_default_alert_rules
 from ..analysis.drift import DEFAULT_ARL0_ROUNDS, DEFAULT_RATIO, DEFAULT_WARMUP_ROUNDS, theil_sen
@@ -146,7 +147,6 @@ class _Run:
     adversarial_round: int | None
     report: Report
     rounds: dict[str, pl.DataFrame]      # arm -> per-round sums (storage/queries.per_round)
-    agents_frame: pl.DataFrame           # per (arm, agent) (storage/queries.per_agent)
     kinds: pl.DataFrame                  # per (arm, action kind) (storage/queries.action_kinds)
     alarms: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # see _alarms
 
@@ -177,7 +177,7 @@ def _load(con: duckdb.DuckDBPyConnection, experiment: str) -> list[_Run]:
             report=build_report(con, run_id),
             rounds={arm: per_round.filter(pl.col("arm") == arm).sort("round")
                     for arm in per_round["arm"].unique().sort().to_list()},
-            agents_frame=Q.per_agent(con, run_id), kinds=Q.action_kinds(con, run_id)))
+            kinds=Q.action_kinds(con, run_id)))
     if not out:
         raise NoExperiment(f"experiment {experiment!r} has no stored data yet")
     return out
@@ -559,12 +559,10 @@ def _sub(a: float | None, b: float | None) -> float | None:
 
 # --- q5: multi-agent coordination ---------------------------------------------------------------
 
-def _shares(frame: pl.DataFrame, arm: str) -> np.ndarray:
-    """Each agent's share of the arm's audience: its reward mass over the arm's."""
-    f = frame.filter((pl.col("arm") == arm) & (pl.col("reward_n") > 0))
-    mass = (f["reward_mean"] * f["reward_n"]).to_numpy().astype(float)
-    total = mass.sum()
-    return mass / total if total > 0 else np.array([])
+def _concentration(run: _Run, arm: str) -> float:
+    """The arm's audience concentration in one run, from the report's per-agent shares."""
+    value = M.concentration(a["audience_share"] for a in run.report.agents if a["arm"] == arm)
+    return math.nan if value is None else value
 
 
 def _diversity(kinds: pl.DataFrame, arm: str) -> float:
@@ -587,8 +585,7 @@ def _q5(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
     labels: list[str] = []
     pts, lo, hi = [], [], []
     for arm in arms:
-        hhi = np.array([float((s ** 2).sum()) if (s := _shares(r.agents_frame, arm)).size
-                        else np.nan for r in runs])
+        hhi = np.array([_concentration(r, arm) for r in runs])
         div = np.array([_diversity(r.kinds, arm) for r in runs])
         agents = max((r.agents for r in runs), default=1)
         h, d = _finite(hhi), _finite(div)
@@ -599,12 +596,14 @@ def _q5(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
         figures[arm] = {"audience_concentration": h_ci.to_json(),
                         "style_diversity": d_ci.to_json() if d_ci else None, "agents": agents,
                         "even_concentration": 1.0 / agents}
-        per_agent = (pl.concat([r.agents_frame.filter(pl.col("arm") == arm) for r in runs])
+        per_agent = (pl.DataFrame([a for r in runs for a in r.report.agents if a["arm"] == arm])
                      .group_by("agent_id").agg(pl.col("reward_mean").mean(),
+                                               pl.col("audience_share").mean(),
                                                pl.col("escaped").sum(), pl.col("blocked").sum())
                      .sort("agent_id"))
         for a in per_agent.iter_rows(named=True):
-            rows.append((arm, a["agent_id"], a["reward_mean"], a["blocked"], a["escaped"]))
+            rows.append((arm, a["agent_id"], a["reward_mean"], a["audience_share"],
+                         a["blocked"], a["escaped"]))
         labels.append(arm)
         pts.append(h_ci.point)
         lo.append(h_ci.lo)
@@ -620,9 +619,12 @@ def _q5(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
                    f"{1.0 / agents:.3f}): " + ", ".join(parts))
     return Answer(
         "q5", "How do governed agents coordinate when they share one audience?", verdict,
-        thin, ("arm", "agent", "mean reward (over seeds)", "blocked", "escaped"), tuple(rows),
-        ("audience concentration is the Herfindahl index of the agents' shares of the arm's "
-         "total reward (1/agents: an even split; 1: one agent takes it all)",
+        thin, ("arm", "agent", "mean reward", "audience share", "blocked", "escaped"),
+        tuple(rows),
+        ("an agent's audience share is its part of the arm's total reward (the agents of an "
+         "arm share one audience); audience concentration is the Herfindahl index of the "
+         "shares (1/agents: an even split; 1: one agent takes it all); mean reward and share "
+         "are means over seeds",
          "style diversity is the normalised entropy of the executed action kinds (the demo's "
          "styles)"),
         ("95% bootstrap intervals of the across-seed mean",),

@@ -240,6 +240,26 @@ def test_q5_audience_concentration_per_arm(store: Any) -> None:
     assert conc == pytest.approx(0.3, abs=1e-9)
     assert q5["figures"]["governed"]["even_concentration"] == 0.25
     assert {row[1] for row in q5["evidence"]["rows"]} == {f"agent-{k}" for k in range(4)}
+    # The shares research averages are the report's, per agent.
+    shares = {row[1]: row[3] for row in q5["evidence"]["rows"] if row[0] == "governed"}
+    assert shares == pytest.approx({f"agent-{k}": (k + 1) / 10 for k in range(4)})
+
+
+def test_report_breaks_each_arm_down_per_agent(tmp_path: Path) -> None:
+    db = tmp_path / "r.duckdb"
+    with Store.open(db) as s:
+        _experiment(s.cursor(), "multi", 1, agents=4)
+    doc = json.loads(_cli("report", "--db", str(db), "--format", "json").stdout)
+    gov = [a for a in doc["agents"] if a["arm"] == "governed"]
+    assert [a["agent_id"] for a in gov] == [f"agent-{k}" for k in range(4)]
+    assert [a["audience_share"] for a in gov] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert sum(a["actions"] for a in gov) == doc["arms"]["governed"]["actions"]
+    assert sum(a["escaped"] for a in doc["agents"] if a["arm"] == "ungoverned") == \
+        doc["arms"]["ungoverned"]["escaped_violations"]
+    table = _cli("report", "--db", str(db))
+    md = _cli("report", "--db", str(db), "--format", "markdown")
+    for out in (" ".join(table.stdout.split()), md.stdout):
+        assert "governed/agent-3" in out and "Share" in out and "40.0%" in out, out
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -120,15 +120,49 @@ def rich_table(report: Report) -> Table:
     return table
 
 
+def agent_rows_text(report: Report) -> tuple[list[str], list[list[str]]] | None:
+    """The per-agent breakdown (header, rows), shown when some arm has more than one agent."""
+    per_arm: dict[str, int] = {}
+    for a in report.agents:
+        per_arm[a["arm"]] = per_arm.get(a["arm"], 0) + 1
+    if not per_arm or max(per_arm.values()) < 2:
+        return None
+    # Narrow enough for 80 columns; evasions per agent are in `--format json`.
+    header = ["Agent", "Actions", "Coverage", "Blocked", "Escaped", "Reward", "Share"]
+    body = [[f"{a['arm']}/{a['agent_id']}", str(a["actions"]), _pct(a["coverage"]),
+             str(a["blocked"]), str(a["escaped"]), _num(a["reward_mean"]),
+             _pct(a["audience_share"])] for a in report.agents]
+    return header, body
+
+
+def agent_table(report: Report) -> Table | None:
+    shown = agent_rows_text(report)
+    if shown is None:
+        return None
+    table = Table(title=Text("per agent (share: of the arm's audience, by reward)"),
+                  header_style="bold")
+    for i, name in enumerate(shown[0]):
+        table.add_column(Text(name), justify="left" if i == 0 else "right", overflow="fold")
+    for r in shown[1]:
+        table.add_row(*(Text(cell) for cell in r))
+    return table
+
+
 def _md_cell(text: str) -> str:
     # A pipe would end the cell; a newline would end the row.
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(report: Report) -> str:
-    header, body = rows(report)
+def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in body]
+    return lines + ["| " + " | ".join(map(_md_cell, r)) + " |" for r in body]
+
+
+def markdown(report: Report) -> str:
+    lines = _md_table(*rows(report))
+    agents = agent_rows_text(report)
+    if agents is not None:
+        lines += ["", *_md_table(*agents)]
     return "\n".join(lines) + "\n"
 
 

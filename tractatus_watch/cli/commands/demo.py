@@ -63,7 +63,8 @@ def demo_json(report: Any, session: Any, scenario: Any, seed: int) -> dict[str, 
                      "difference": out["difference"], "alerts": alerts,
                      "ungoverned_actions": [{k: u[k] for k in ("agent_id", "arm", "round",
                                                                "tool", "rollout_id")}
-                                            for u in out["ungoverned_actions"]]})
+                                            for u in out["ungoverned_actions"]],
+                     "per_agent": out["agents"]})
 
 
 @app.command()
@@ -357,7 +358,7 @@ def _run_seeds(sc: Any, seeds: list[int], pace: float | None, gateway: _Gateway,
 
 def _print_one(run: tuple[int, Any, Any], sc: Any, fmt: DemoFormat, experiment: str,
                label: str) -> None:
-    from ..report_render import rich_table
+    from ..report_render import agent_table, rich_table
 
     seed, session, report = run
     if fmt == DemoFormat.json:
@@ -366,6 +367,9 @@ def _print_one(run: tuple[int, Any, Any], sc: Any, fmt: DemoFormat, experiment: 
         return
     out = console()
     out.print(rich_table(report))
+    agents = agent_table(report)
+    if agents is not None:
+        out.print(agents)
     if session.fired:
         out.print("alerts fired:")
         for f in session.fired:

@@ -31,7 +31,7 @@ def report(
     from ...monitor.report import build_report
     from rich.text import Text
 
-    from ..report_render import arm_rows, markdown, rich_table, ungoverned_lines
+    from ..report_render import agent_table, arm_rows, markdown, rich_table, ungoverned_lines
 
     chosen = checked_output(fmt, out, force, REPORT_FORMATS)
     with open_store(db, data_path, read_only=True, token_file=token_file) as store:
@@ -44,6 +44,9 @@ def report(
         emit_text(markdown(result), out, force)
     elif chosen == TABLE:
         console().print(rich_table(result))
+        agents = agent_table(result)
+        if agents is not None:
+            console().print(agents)
         lines = ungoverned_lines(result)
         if lines:
             console().print(Text("Ungoverned actions (witnessed by the gateway, no decision):"))

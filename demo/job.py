@@ -127,6 +127,9 @@ class _Agent:
     bypass: _Bypass | None = None
     honest_items: int = 0
     bypassed: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # round -> n
+    # Engagement the shared audience's crowding took from the executed items, and their count.
+    crowding_lost: float = 0.0
+    executed_items: int = 0
 
     def __post_init__(self) -> None:
         self.by_name = {s.name: s for s in self.styles}
@@ -170,8 +173,10 @@ class _Agent:
                 executed = decision.executed
                 cost += decision.penalty
             if executed:
-                total += engagement(style, self.rng, skill=skill,
-                                    crowding=float(crowding[self.index[style.name]]))
+                crowded = float(crowding[self.index[style.name]])
+                total += engagement(style, self.rng, skill=skill, crowding=crowded)
+                self.crowding_lost += crowded
+                self.executed_items += 1
         n = max(1, len(calls))
         reward = total / n
         if cost:  # only the penalized arm's: the other arms' rewards stay bit for bit
@@ -515,6 +520,16 @@ class DemoJob:
         return RoundResult(rnd, len(completed), decisions, seconds,
                            {arm: float(np.mean(sorted(v))) for arm, v in per_arm_rewards.items()},
                            shares, proposed)
+
+    def crowding_losses(self) -> dict[str, float]:
+        """Per arm, the mean engagement an executed item lost to crowding (a coordination
+        measure of the multiagent scenario: 0 where agents spread over the styles)."""
+        out: dict[str, float] = {}
+        for arm in self.scenario.arms:
+            agents = [a for (a_arm, _), a in self.agents.items() if a_arm == arm]
+            items = sum(a.executed_items for a in agents)
+            out[arm] = sum(a.crowding_lost for a in agents) / items if items else 0.0
+        return out
 
     def _crowding(self, result: RoundResult) -> dict[str, np.ndarray]:
         """A shared audience tires of a style the more agents publish it (last round's share,

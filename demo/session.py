@@ -19,6 +19,7 @@ from ..analysis.alerts.alert_rules import AlertRuleSet, load_default_alert_rules
 from ..monitor.session import CollectionSession
 from ..monitor.store_evaluator import evaluate_once
 from ..storage.alert_store import DuckDBAlertStore
+from ..storage.experiments import update_run_meta
 from ..storage.store import Store
 from ..storage.writer import Writer
 from .job import DemoJob, RoundResult
@@ -101,11 +102,20 @@ class DemoSession:
             job = DemoJob(self.scenario, self.run_id, self.seed, base_url, key or None,
                           hooks=hooks, on_round=lambda r: self._after_round(r, session.writer),
                           stop=self.stop, speed=self.speed, model_name=model_name)
-            return job.run()
+            results = job.run()
         finally:
             session.close()
             shutil.rmtree(spool, ignore_errors=True)
             self.source_health["state"] = "stopped"
+        if self.run_meta is not None:
+            # What only the environment knows, for `research` (q5): the capture is closed, so
+            # nothing else writes the run's row.
+            con = self.store.cursor()
+            try:
+                update_run_meta(con, self.run_id, {"crowding_loss": job.crowding_losses()})
+            finally:
+                con.close()
+        return results
 
     @staticmethod
     def _wait_listening(tap: Any, session: CollectionSession, timeout_s: float = 30.0) -> str:

@@ -149,6 +149,9 @@ class _Run:
     rounds: dict[str, pl.DataFrame]      # arm -> per-round sums (storage/queries.per_round)
     kinds: pl.DataFrame                  # per (arm, action kind) (storage/queries.action_kinds)
     alarms: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # see _alarms
+    # Per arm, engagement an executed item lost to crowding (the demo's environment records
+    # it in the run's meta; None for collected runs).
+    crowding: dict[str, float] = field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "seed": self.seed, "scenario": self.scenario,
@@ -177,7 +180,8 @@ def _load(con: duckdb.DuckDBPyConnection, experiment: str) -> list[_Run]:
             report=build_report(con, run_id),
             rounds={arm: per_round.filter(pl.col("arm") == arm).sort("round")
                     for arm in per_round["arm"].unique().sort().to_list()},
-            kinds=Q.action_kinds(con, run_id)))
+            kinds=Q.action_kinds(con, run_id),
+            crowding={str(k): float(v) for k, v in (meta.get("crowding_loss") or {}).items()}))
     if not out:
         raise NoExperiment(f"experiment {experiment!r} has no stored data yet")
     return out
@@ -593,9 +597,12 @@ def _q5(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
             continue
         h_ci = S.bootstrap_ci(h, "mean")
         d_ci = S.bootstrap_ci(d, "mean") if d.size else None
+        lost = np.array([r.crowding[arm] for r in runs if arm in r.crowding])
         figures[arm] = {"audience_concentration": h_ci.to_json(),
-                        "style_diversity": d_ci.to_json() if d_ci else None, "agents": agents,
-                        "even_concentration": 1.0 / agents}
+                        "style_diversity": d_ci.to_json() if d_ci else None,
+                        "crowding_loss": S.bootstrap_ci(lost, "mean").to_json()
+                        if lost.size else None,
+                        "agents": agents, "even_concentration": 1.0 / agents}
         per_agent = (pl.DataFrame([a for r in runs for a in r.report.agents if a["arm"] == arm])
                      .group_by("agent_id").agg(pl.col("reward_mean").mean(),
                                                pl.col("audience_share").mean(),
@@ -613,8 +620,14 @@ def _q5(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
     if thin:
         verdict = "one agent per arm: there is no coordination to measure"
     else:
-        parts = [f"{arm} concentration {_fmt(point, '.3f')}"
-                 for arm, point in zip(labels, pts)]
+        parts = []
+        for arm, point in zip(labels, pts):
+            lost = figures[arm]["crowding_loss"]
+            div = figures[arm]["style_diversity"]
+            parts.append(f"{arm} concentration {_fmt(point, '.3f')}"
+                         + (f", style diversity {_fmt(div['point'], '.2f')}" if div else "")
+                         + (f", crowding costs {_fmt(lost['point'], '.4f')} engagement per "
+                            "item" if lost else ""))
         verdict = (f"with {agents} agents per arm sharing one audience (even split "
                    f"{1.0 / agents:.3f}): " + ", ".join(parts))
     return Answer(
@@ -626,7 +639,9 @@ def _q5(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
          "shares (1/agents: an even split; 1: one agent takes it all); mean reward and share "
          "are means over seeds",
          "style diversity is the normalised entropy of the executed action kinds (the demo's "
-         "styles)"),
+         "styles)",
+         "crowding loss is the engagement the shared audience's crowding took from an executed "
+         "item, as the demo's environment computes it (runs it did not make have none)"),
         ("95% bootstrap intervals of the across-seed mean",),
         Chart("intervals", "Audience concentration per arm (mean over seeds, 95% CI)", "arm",
               "Herfindahl index", (Series("concentration", tuple(float(i) for i in

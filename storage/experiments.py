@@ -40,6 +40,21 @@ def run_meta_json(meta: Mapping[str, Any]) -> str:
     return json.dumps(dict(meta), sort_keys=True, separators=(",", ":"))
 
 
+def update_run_meta(con: Con, run_id: str, extra: Mapping[str, Any]) -> None:
+    """Add keys to a tagged run's meta (what the run's producer learns at its end); a run
+    without meta, or with another's JSON, is left as it is."""
+    row = con.execute("SELECT meta FROM runs WHERE run_id = ?", [run_id]).fetchall()
+    if not row or row[0][0] is None:
+        return
+    try:
+        meta = json.loads(row[0][0])
+    except ValueError:
+        return
+    if isinstance(meta, dict) and "experiment" in meta:
+        con.execute("UPDATE runs SET meta = ? WHERE run_id = ?",
+                    [run_meta_json({**meta, **extra}), run_id])
+
+
 # A run's meta, or NULL when it is not JSON (a store written by someone else).
 _META: Final = "CASE WHEN json_valid(meta) THEN meta::JSON END"
 

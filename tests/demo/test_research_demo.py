@@ -116,3 +116,25 @@ def test_html_report_in_a_real_browser(experiment: DemoRun, research: dict[str, 
         assert "<polyline" in body or "<circle" in body, key
         assert research[key]["chart"]["title"] in body
     assert "no data in this experiment" not in dom
+
+
+def test_multiagent_coordination_measures(tmp_path_factory: pytest.TempPathFactory) -> None:
+    run = demo_run(shared_root(tmp_path_factory), "--scenario", "multiagent", "--rounds", "4")
+    done = _research(run.db, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    q5 = json.loads(done.stdout)["q5"]
+    assert q5["thin"] is False and "with 8 agents per arm" in q5["verdict"]
+    for arm in ("governed", "ungoverned"):
+        figures = q5["figures"][arm]
+        assert 0.125 <= figures["audience_concentration"]["point"] <= 1.0
+        assert 0.0 <= figures["style_diversity"]["point"] <= 1.0
+        assert figures["crowding_loss"]["point"] >= 0.0
+        # The demo's per-agent shares (its report) are research's, and cover the arm's audience.
+        shares = {a["agent_id"]: a["audience_share"] for a in run.doc["per_agent"]
+                  if a["arm"] == arm}
+        assert len(shares) == 8 and sum(shares.values()) == pytest.approx(1.0)
+        rows = {row[1]: row[3] for row in q5["evidence"]["rows"] if row[0] == arm}
+        assert rows == pytest.approx(shares, abs=1e-6)
+    # Governance keeps agents off the crowded clickbait styles: fewer styles in use.
+    assert (q5["figures"]["governed"]["style_diversity"]["point"]
+            < q5["figures"]["ungoverned"]["style_diversity"]["point"])

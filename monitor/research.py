@@ -150,7 +150,7 @@ class _Run:
     kinds: pl.DataFrame                  # per (arm, action kind) (storage/queries.action_kinds)
     alarms: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # see _alarms
     # Per arm, engagement an executed item lost to crowding (the demo's environment records
-    # it in the run's meta; None for collected runs).
+    # it in the run's meta; empty for collected runs).
     crowding: dict[str, float] = field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
@@ -213,10 +213,6 @@ def _finite(x: np.ndarray) -> np.ndarray:
 
 def _fmt(v: float | None, spec: str = ".4f") -> str:
     return "n/a" if v is None or not math.isfinite(v) else format(v, spec)
-
-
-def _ci(iv: S.Interval, spec: str = ".4f") -> str:
-    return f"{_fmt(iv.point, spec)} [{_fmt(iv.lo, spec)}, {_fmt(iv.hi, spec)}]"
 
 
 def _arm_summary(runs: Sequence[_Run], arm: str) -> dict[str, Any]:

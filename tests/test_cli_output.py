@@ -80,7 +80,8 @@ def test_the_extension_names_the_format(db: Path, tmp_path: Path, ext: str) -> N
     assert result.returncode == 0, result.stderr
     if fmt == "json":  # report's JSON is its one document
         assert set(json.loads(rep.read_text())) == {"run_id", "baseline_run", "arms",
-                                                     "difference", "ungoverned_actions"}
+                                                     "difference", "ungoverned_actions",
+                                                     "agents"}
     else:  # one row per arm
         assert sorted((row["arm"], row["actions"]) for row in read_back(rep, fmt)) == [
             ("governed", 100), ("ungoverned", 100)]

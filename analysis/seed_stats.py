@@ -132,6 +132,16 @@ def bootstrap_ci(scores: npt.ArrayLike, statistic: Statistic = "iqm", *, reps: i
     return Interval(point, lo, hi, n, level)
 
 
+def _two_arms(a: npt.ArrayLike, b: npt.ArrayLike, level: float
+              ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Both arms' score matrices (same tasks) and the replicates behind a comparison."""
+    _check_level(level)
+    ma, mb = _scores(a), _scores(b)
+    if ma.shape[1] != mb.shape[1]:
+        raise ValueError(f"a has {ma.shape[1]} tasks, b has {mb.shape[1]}")
+    return ma, mb, min(ma.shape[0], mb.shape[0])
+
+
 def bootstrap_difference(a: npt.ArrayLike, b: npt.ArrayLike, statistic: Statistic = "iqm", *,
                          reps: int = REPS, level: float = LEVEL, seed: int = 0) -> Interval:
     """statistic(a) - statistic(b), a and b resampled independently (each stratified per task).
@@ -139,11 +149,7 @@ def bootstrap_difference(a: npt.ArrayLike, b: npt.ArrayLike, statistic: Statisti
     Independent resampling ignores a pairing by seed: when both arms of a seed share a seed
     effect the interval is conservative (paired_t_interval uses the pairing).
     """
-    _check_level(level)
-    ma, mb = _scores(a), _scores(b)
-    if ma.shape[1] != mb.shape[1]:
-        raise ValueError(f"a has {ma.shape[1]} tasks, b has {mb.shape[1]}")
-    n = min(ma.shape[0], mb.shape[0])
+    ma, mb, n = _two_arms(a, b, level)
     if n == 0:
         return Interval(math.nan, math.nan, math.nan, 0, level)
     point = _statistic(ma, statistic) - _statistic(mb, statistic)
@@ -171,11 +177,7 @@ def probability_of_improvement(a: npt.ArrayLike, b: npt.ArrayLike, *, reps: int 
                                level: float = LEVEL, seed: int = 0) -> Interval:
     """P(X > Y) + 0.5 P(X = Y), X a seed's score in a, Y in b, averaged over tasks (rliable),
     with a stratified bootstrap percentile interval. n = min(len(a), len(b))."""
-    _check_level(level)
-    ma, mb = _scores(a), _scores(b)
-    if ma.shape[1] != mb.shape[1]:
-        raise ValueError(f"a has {ma.shape[1]} tasks, b has {mb.shape[1]}")
-    n = min(ma.shape[0], mb.shape[0])
+    ma, mb, n = _two_arms(a, b, level)
     if n == 0:
         return Interval(math.nan, math.nan, math.nan, 0, level)
     point = float(_poi(ma, mb))

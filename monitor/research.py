@@ -332,6 +332,8 @@ def _q2(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
     total_rounds = 0
     for arm in arms:
         for detector in DRIFT_DETECTORS:
+            if detector == "evasion_drift" and arm == UNGOVERNED:
+                continue  # nothing is enforced there, so nothing can be evaded
             alarms = rounds = 0
             per_seed: list[int] = []
             for r in runs:
@@ -410,7 +412,8 @@ def _q3(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
     attacked = [r for r in runs if r.adversarial_round is not None]
     rows: list[tuple[Any, ...]] = []
     delays: dict[str, dict[str, Any]] = {}
-    for arm in arms:
+    # Evasion is passing the enforced checks: the ungoverned arm enforces none.
+    for arm in (a for a in arms if a != UNGOVERNED):
         per_seed: list[int | None] = []
         for r in attacked:
             if arm not in r.rounds:

@@ -57,6 +57,13 @@ log = logging.getLogger(__name__)
 
 ARMS = ("governed", "ungoverned")
 WORKERS = 4
+# How often the controller and the trainer look at the gateway when nothing told them to look
+# sooner: the controller is told when the trainer has enqueued a step, the trainer when the
+# controller has finished a rollout (both in this process), so an idle poll finds nothing to do.
+IDLE_POLL_S = 0.5
+# A rollout's decisions wait for its end (the worker's flush sends them at once), so they go
+# to the gateway as one event per rollout, its reward as another.
+ROLLOUT_LINGER_S = 1.0
 
 
 class DemoStopped(Exception):
@@ -215,6 +222,9 @@ class _Dispatcher:
         self.round = 0
         self.crowding: dict[str, np.ndarray] = {}
         self.error: BaseException | None = None
+        # Hints, never the truth: what to dispatch and what finished is read from the gateway.
+        self.enqueued = threading.Event()  # set by the trainer once a step's rollouts exist
+        self.finished = threading.Event()  # set here once a rollout is terminal (or failing)
         self._stop = threading.Event()
         self._seen: set[str] = set()
         self._queues: list[SimpleQueue[dict[str, Any] | None]] = [SimpleQueue()
@@ -230,6 +240,7 @@ class _Dispatcher:
 
     def close(self) -> None:
         self._stop.set()
+        self.enqueued.set()
         for q in self._queues:
             q.put(None)
         for t in self._threads:
@@ -237,6 +248,9 @@ class _Dispatcher:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
+            # Cleared before the read: a step enqueued from here on is either in this read or
+            # wakes the next one.
+            self.enqueued.clear()
             try:
                 resp = self.client.get("/api/rollouts", params={"state_in": "queuing",
                                                                 "limit": 5000})
@@ -253,8 +267,9 @@ class _Dispatcher:
                     self._queues[self._shard[key]].put(rollout)
             except Exception as exc:  # surfaced by the trainer, which then stops
                 self.error = exc
+                self.finished.set()
                 return
-            self._stop.wait(0.01)
+            self.enqueued.wait(IDLE_POLL_S)
 
     def _work(self, q: SimpleQueue[dict[str, Any] | None]) -> None:
         # The agents' model client: the proxy authenticates with the gateway's key, as
@@ -286,6 +301,7 @@ class _Dispatcher:
                               json={"status": {"state": state}}).raise_for_status()
         except Exception as exc:
             self.error = self.error or exc
+        self.finished.set()
 
 
 @dataclass
@@ -310,13 +326,23 @@ class _Trainer(AglRolloutManagerBase):
         for c in completed:
             self._delete_rollout(c.rollout_id)  # as the trainer does: memory is finite
 
+    _after: int | None = None  # where the terminal log was read up to (a round ends there)
+
     def run_round(self, step: int, data: dict[str, list[Any]], stop: threading.Event,
-                  failure: Callable[[], BaseException | None]) -> list[Completed]:
+                  failure: Callable[[], BaseException | None],
+                  enqueued: threading.Event | None = None,
+                  finished: threading.Event | None = None) -> list[Completed]:
+        """Enqueue the step (then `enqueued` tells the controller to look), and read what
+        finished from the terminal log whenever `finished` says something did (and every
+        IDLE_POLL_S regardless), with each finished rollout's events."""
         self._step = step
-        cursor = self.client.get("/api/rollouts/terminal", params={"after": 0, "limit": 1})
-        cursor.raise_for_status()
-        after = cursor.json()["total_terminal"]
+        if self._after is None:
+            cursor = self.client.get("/api/rollouts/terminal", params={"after": 0, "limit": 1})
+            cursor.raise_for_status()
+            self._after = int(cursor.json()["total_terminal"])
         pending = {e.rollout_id: e for e in self._create_rollouts(data, is_train=True)}
+        if enqueued is not None:
+            enqueued.set()
         done: list[Completed] = []
         while pending:
             if stop.is_set():
@@ -325,22 +351,29 @@ class _Trainer(AglRolloutManagerBase):
                 if isinstance(error, NoModelServer):
                     raise error
                 raise RuntimeError(f"controller failed: {error}")
+            if finished is not None:
+                finished.clear()  # before the read: what finishes later wakes the next one
             page = self.client.get("/api/rollouts/terminal",
-                                   params={"after": after, "limit": 1000})
+                                   params={"after": self._after, "limit": 1000})
             page.raise_for_status()
             body = page.json()
-            after = body["next_after"]
+            # A shorter log than our place in it: the gateway restarted; read it from the top.
+            self._after = (int(body["next_after"]) if body["total_terminal"] >= self._after
+                           else 0)
             for item in body["items"]:
-                enqueued = pending.pop(item["rollout_id"], None)
-                if enqueued is None:
+                enqueued_rollout = pending.pop(item["rollout_id"], None)
+                if enqueued_rollout is None:
                     continue
                 events = [e.model_dump() for e in self._get_events(item["rollout_id"])]
                 rewards = [e["data"].get("value") for e in events if e["event_type"] == "reward"]
-                done.append(Completed(enqueued.input, str(item["state"]),
+                done.append(Completed(enqueued_rollout.input, str(item["state"]),
                                       float(rewards[-1]) if rewards else None, events,
                                       item["rollout_id"]))
-            if pending:
-                time.sleep(0.01)
+            if pending and len(body["items"]) < 1000:
+                if finished is not None:
+                    finished.wait(IDLE_POLL_S)
+                else:
+                    stop.wait(0.01)
         return done
 
 
@@ -396,7 +429,7 @@ class DemoJob:
         self.styles = all_styles(sc.adversarial_round is not None)
         base_mask = np.array([not s.disguised for s in self.styles])
         self.senders = {arm: Sender(base_url=self.base_url, key=self.key, max_queue=200_000,
-                                    linger_s=0.005) for arm in ARMS}
+                                    linger_s=ROLLOUT_LINGER_S) for arm in ARMS}
         self.agents: dict[tuple[str, str], _Agent] = {}
         for arm in ARMS:
             for i in range(sc.agents):
@@ -460,7 +493,7 @@ class DemoJob:
             keys = sorted(self.agents)
             completed = trainer.run_round(
                 rnd, {"arm": [k[0] for k in keys], "agent_id": [k[1] for k in keys]},
-                self.stop, lambda: dispatcher.error)
+                self.stop, lambda: dispatcher.error, dispatcher.enqueued, dispatcher.finished)
             if self.on_completed is not None:
                 self.on_completed(rnd, completed)
             result = self._learn(rnd, completed, time.monotonic() - started)

@@ -117,12 +117,33 @@ class DemoSession:
         return str(tap.url)
 
     def _after_round(self, result: RoundResult, writer: Writer) -> None:
-        """Wait until the round is in the store, then judge it: alerts are evaluated on
-        complete rounds only, so the same seed fires the same alerts."""
+        """Judge the round once it is in the store: alerts are evaluated on complete rounds
+        only, so the same seed fires the same alerts. In long runs every k-th round is judged
+        (and the last), since each evaluation reads the whole per-round history; the rounds in
+        between go on without waiting for the store, since the gateway tap has seen all of
+        them before the trainer deletes anything. A poller reads the gateway from outside:
+        with it, every round waits until it is stored, so that no rollout is deleted unread."""
         self._expected += result.decisions
         self._round = result.round
-        con = self.store.cursor()
-        deadline = time.monotonic() + 60.0
+        every = max(1, self.scenario.rounds // 100)
+        judged = (result.round % every == every - 1
+                  or result.round == self.scenario.rounds - 1)
+        if judged or self._tap is None:
+            con = self.store.cursor()
+            try:
+                self._wait_stored(con, writer)
+                if judged:
+                    evaluate_once(self._engine, con, runs=[self.run_id])
+            finally:
+                con.close()
+        self.rounds.append(result)
+        self._last_round_at = time.time()
+        if self.on_round is not None:
+            self.on_round(result)
+
+    def _wait_stored(self, con: Any, writer: Writer, timeout_s: float = 60.0) -> None:
+        """Wait until the store holds every decision made so far."""
+        deadline = time.monotonic() + timeout_s
         while True:
             # The tap counts what it handed to the writer; only then is a flush worth it.
             if self._tap is None or self._tap.stats.decisions >= self._expected:
@@ -130,21 +151,11 @@ class DemoSession:
                 stored = con.execute("SELECT coalesce(sum(actions), 0) FROM rollup_round "
                                      "WHERE run_id = ?", [self.run_id]).fetchall()[0][0]
                 if stored >= self._expected:
-                    break
+                    return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"capture fell behind: {self._expected} decisions expected "
-                                   "in the store after 60 s")
+                                   f"in the store after {timeout_s:g} s")
             time.sleep(0.005)
-        # Every round in short runs; in long ones every k-th round (and the last), since each
-        # evaluation reads the whole per-round history.
-        every = max(1, self.scenario.rounds // 100)
-        if result.round % every == every - 1 or result.round == self.scenario.rounds - 1:
-            evaluate_once(self._engine, con, runs=[self.run_id])
-        con.close()
-        self.rounds.append(result)
-        self._last_round_at = time.time()
-        if self.on_round is not None:
-            self.on_round(result)
 
     def health(self) -> list[dict[str, Any]]:
         """The capture source's health for the dashboard's status line."""

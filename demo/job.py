@@ -58,8 +58,7 @@ log = logging.getLogger(__name__)
 ARMS = ("governed", "ungoverned")
 WORKERS = 4
 # How often the controller and the trainer look at the gateway when nothing told them to look
-# sooner: the controller is told when the trainer has enqueued a step, the trainer when the
-# controller has finished a rollout (both in this process), so an idle poll finds nothing to do.
+# sooner (_Hints): an idle poll finds nothing to do.
 IDLE_POLL_S = 0.5
 # A rollout's decisions wait for its end (the worker's flush sends them at once), so they go
 # to the gateway as one event per rollout, its reward as another.
@@ -209,6 +208,39 @@ def _detail(resp: httpx.Response) -> str:
     return resp.text[:200]
 
 
+class _Hints:
+    """When the trainer and the controller (one process here) should look at the gateway:
+    the controller once the trainer has enqueued a step, the trainer once the controller has
+    finished all of the step's rollouts. Never what is there: that is read from the gateway,
+    so a lost hint costs an idle poll (IDLE_POLL_S), never a rollout."""
+
+    def __init__(self) -> None:
+        self.enqueued = threading.Event()
+        self._finished = threading.Condition()
+        self._count = 0  # rollouts the controller has finished (terminal, or failing)
+
+    @property
+    def finished_count(self) -> int:
+        with self._finished:
+            return self._count
+
+    def finished(self) -> None:
+        with self._finished:
+            self._count += 1
+            self._finished.notify_all()
+
+    def wake(self) -> None:
+        with self._finished:
+            self._finished.notify_all()
+
+    def wait_finished(self, count: int, timeout: float,
+                      failure: Callable[[], BaseException | None]) -> None:
+        """Until `count` rollouts have finished in all, a failure, or `timeout`."""
+        with self._finished:
+            self._finished.wait_for(lambda: self._count >= count or failure() is not None,
+                                    timeout)
+
+
 class _Dispatcher:
     """The controller: queuing -> running, then the agent's worker runs the rollout."""
 
@@ -222,9 +254,7 @@ class _Dispatcher:
         self.round = 0
         self.crowding: dict[str, np.ndarray] = {}
         self.error: BaseException | None = None
-        # Hints, never the truth: what to dispatch and what finished is read from the gateway.
-        self.enqueued = threading.Event()  # set by the trainer once a step's rollouts exist
-        self.finished = threading.Event()  # set here once a rollout is terminal (or failing)
+        self.hints = _Hints()
         self._stop = threading.Event()
         self._seen: set[str] = set()
         self._queues: list[SimpleQueue[dict[str, Any] | None]] = [SimpleQueue()
@@ -240,7 +270,7 @@ class _Dispatcher:
 
     def close(self) -> None:
         self._stop.set()
-        self.enqueued.set()
+        self.hints.enqueued.set()
         for q in self._queues:
             q.put(None)
         for t in self._threads:
@@ -250,7 +280,7 @@ class _Dispatcher:
         while not self._stop.is_set():
             # Cleared before the read: a step enqueued from here on is either in this read or
             # wakes the next one.
-            self.enqueued.clear()
+            self.hints.enqueued.clear()
             try:
                 resp = self.client.get("/api/rollouts", params={"state_in": "queuing",
                                                                 "limit": 5000})
@@ -267,9 +297,9 @@ class _Dispatcher:
                     self._queues[self._shard[key]].put(rollout)
             except Exception as exc:  # surfaced by the trainer, which then stops
                 self.error = exc
-                self.finished.set()
+                self.hints.wake()
                 return
-            self.enqueued.wait(IDLE_POLL_S)
+            self.hints.enqueued.wait(IDLE_POLL_S)
 
     def _work(self, q: SimpleQueue[dict[str, Any] | None]) -> None:
         # The agents' model client: the proxy authenticates with the gateway's key, as
@@ -301,7 +331,7 @@ class _Dispatcher:
                               json={"status": {"state": state}}).raise_for_status()
         except Exception as exc:
             self.error = self.error or exc
-        self.finished.set()
+        self.hints.finished()
 
 
 @dataclass
@@ -330,50 +360,53 @@ class _Trainer(AglRolloutManagerBase):
 
     def run_round(self, step: int, data: dict[str, list[Any]], stop: threading.Event,
                   failure: Callable[[], BaseException | None],
-                  enqueued: threading.Event | None = None,
-                  finished: threading.Event | None = None) -> list[Completed]:
-        """Enqueue the step (then `enqueued` tells the controller to look), and read what
-        finished from the terminal log whenever `finished` says something did (and every
-        IDLE_POLL_S regardless), with each finished rollout's events."""
+                  hints: _Hints | None = None) -> list[Completed]:
+        """Enqueue the step, then read what finished from the terminal log, with each
+        finished rollout's events. With `hints` (the controller in this process), the
+        controller hears of the step at once and the log is read once the controller has
+        finished every rollout of it (or every IDLE_POLL_S); without, every 10 ms."""
         self._step = step
         if self._after is None:
             cursor = self.client.get("/api/rollouts/terminal", params={"after": 0, "limit": 1})
             cursor.raise_for_status()
             self._after = int(cursor.json()["total_terminal"])
+        finished_before = hints.finished_count if hints is not None else 0
         pending = {e.rollout_id: e for e in self._create_rollouts(data, is_train=True)}
-        if enqueued is not None:
-            enqueued.set()
+        target = finished_before + len(pending)
+        if hints is not None:
+            hints.enqueued.set()
         done: list[Completed] = []
         while pending:
+            if hints is not None:
+                hints.wait_finished(target, IDLE_POLL_S, failure)
+            else:
+                stop.wait(0.01)
             if stop.is_set():
                 raise DemoStopped()
             if (error := failure()) is not None:
                 if isinstance(error, NoModelServer):
                     raise error
                 raise RuntimeError(f"controller failed: {error}")
-            if finished is not None:
-                finished.clear()  # before the read: what finishes later wakes the next one
-            page = self.client.get("/api/rollouts/terminal",
-                                   params={"after": self._after, "limit": 1000})
-            page.raise_for_status()
-            body = page.json()
-            # A shorter log than our place in it: the gateway restarted; read it from the top.
-            self._after = (int(body["next_after"]) if body["total_terminal"] >= self._after
-                           else 0)
-            for item in body["items"]:
-                enqueued_rollout = pending.pop(item["rollout_id"], None)
-                if enqueued_rollout is None:
-                    continue
-                events = [e.model_dump() for e in self._get_events(item["rollout_id"])]
-                rewards = [e["data"].get("value") for e in events if e["event_type"] == "reward"]
-                done.append(Completed(enqueued_rollout.input, str(item["state"]),
-                                      float(rewards[-1]) if rewards else None, events,
-                                      item["rollout_id"]))
-            if pending and len(body["items"]) < 1000:
-                if finished is not None:
-                    finished.wait(IDLE_POLL_S)
-                else:
-                    stop.wait(0.01)
+            while True:  # the log's pages up to its end
+                page = self.client.get("/api/rollouts/terminal",
+                                       params={"after": self._after, "limit": 1000})
+                page.raise_for_status()
+                body = page.json()
+                # A log shorter than our place in it: the gateway restarted; read from the top.
+                self._after = (int(body["next_after"]) if body["total_terminal"] >= self._after
+                               else 0)
+                for item in body["items"]:
+                    enqueued = pending.pop(item["rollout_id"], None)
+                    if enqueued is None:
+                        continue
+                    events = [e.model_dump() for e in self._get_events(item["rollout_id"])]
+                    rewards = [e["data"].get("value") for e in events
+                               if e["event_type"] == "reward"]
+                    done.append(Completed(enqueued.input, str(item["state"]),
+                                          float(rewards[-1]) if rewards else None, events,
+                                          item["rollout_id"]))
+                if not pending or self._after >= int(body["total_terminal"]):
+                    break
         return done
 
 
@@ -493,7 +526,7 @@ class DemoJob:
             keys = sorted(self.agents)
             completed = trainer.run_round(
                 rnd, {"arm": [k[0] for k in keys], "agent_id": [k[1] for k in keys]},
-                self.stop, lambda: dispatcher.error, dispatcher.enqueued, dispatcher.finished)
+                self.stop, lambda: dispatcher.error, dispatcher.hints)
             if self.on_completed is not None:
                 self.on_completed(rnd, completed)
             result = self._learn(rnd, completed, time.monotonic() - started)

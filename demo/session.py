@@ -80,8 +80,12 @@ class DemoSession:
             key: str | None = secrets.token_urlsafe(24)  # the in-process gateway's, never shown
             config = server_config(host="127.0.0.1", port=0, key=key)
             model_name = str(config["default_proxy"]["model_name"])
+            # Live, records reach the store as they come; headless (a writer that commits
+            # every flush_interval_s) no sooner than the writer takes them: fewer, larger
+            # deliveries, each vetted and converted once. A judged round asks for its own.
             capture: Any = GatewayTap(lambda _records: None, run_id=self.run_id,
-                                      batch_interval_s=0.01, config=config)
+                                      batch_interval_s=min(0.25, self.flush_interval_s or 0.01),
+                                      config=config)
             self._tap = capture
         else:
             from ..collectors.poller import Poller
@@ -144,9 +148,11 @@ class DemoSession:
     def _wait_stored(self, con: Any, writer: Writer, timeout_s: float = 60.0) -> None:
         """Wait until the store holds every decision made so far."""
         deadline = time.monotonic() + timeout_s
+        if self._tap is not None:
+            self._tap.deliver_now()
         while True:
             # The tap counts what it handed to the writer; only then is a flush worth it.
-            if self._tap is None or self._tap.stats.decisions >= self._expected:
+            if self._tap is None or self._tap.handed_decisions >= self._expected:
                 writer.flush()
                 stored = con.execute("SELECT coalesce(sum(actions), 0) FROM rollup_round "
                                      "WHERE run_id = ?", [self.run_id]).fetchall()[0][0]

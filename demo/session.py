@@ -51,6 +51,8 @@ class DemoSession:
     # The writer's longest wait before a commit (None: the store's rule). Each round is
     # flushed once it is complete anyway; headless, nobody reads the store in between.
     flush_interval_s: float | None = None
+    # The in-process gateway in a process of its own (collectors/gateway_process.py).
+    gateway_process: bool = False
     # The run's experiment and what makes it a replicate (storage/experiments.py).
     run_meta: dict[str, Any] | None = None
     on_round: Callable[[RoundResult], None] | None = None
@@ -75,6 +77,7 @@ class DemoSession:
                                    notifiers=[CallbackNotifier(self._alerted)])
         model_name = self.model_name
         if self.agl_url is None:
+            from ..collectors.gateway_process import GatewayProcess
             from ..collectors.gateway_tap import GatewayTap, server_config
 
             key: str | None = secrets.token_urlsafe(24)  # the in-process gateway's, never shown
@@ -83,9 +86,10 @@ class DemoSession:
             # Live, records reach the store as they come; headless (a writer that commits
             # every flush_interval_s) no sooner than the writer takes them: fewer, larger
             # deliveries, each vetted and converted once. A judged round asks for its own.
-            capture: Any = GatewayTap(lambda _records: None, run_id=self.run_id,
-                                      batch_interval_s=min(0.25, self.flush_interval_s or 0.01),
-                                      config=config)
+            tap = GatewayProcess if self.gateway_process else GatewayTap
+            capture: Any = tap(lambda _records: None, run_id=self.run_id,
+                               batch_interval_s=min(0.25, self.flush_interval_s or 0.01),
+                               config=config)
             self._tap = capture
         else:
             from ..collectors.poller import Poller

@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from queue import SimpleQueue
 from typing import Any, Callable, Final
@@ -63,6 +64,7 @@ IDLE_POLL_S = 0.5
 # A rollout's decisions wait for its end (the worker's flush sends them at once), so they go
 # to the gateway as one event per rollout, its reward as another.
 ROLLOUT_LINGER_S = 1.0
+READERS = 4  # the trainer's concurrent reads of finished rollouts' events
 
 
 class DemoStopped(Exception):
@@ -242,7 +244,8 @@ class _Hints:
 
 
 class _Dispatcher:
-    """The controller: queuing -> running, then the agent's worker runs the rollout."""
+    """The controller: hands each queuing rollout to its agent's worker, which marks it
+    running, runs it, and marks it finished."""
 
     def __init__(self, client: httpx.Client, agents: dict[tuple[str, str], _Agent],
                  senders: dict[str, Sender], scenario: Scenario) -> None:
@@ -290,9 +293,6 @@ class _Dispatcher:
                     if rid in self._seen:
                         continue
                     self._seen.add(rid)
-                    patch = self.client.patch(f"/api/rollouts/{rid}", json={
-                        "status": {"state": "running", "last_attempt_id": "0"}})
-                    patch.raise_for_status()
                     key = (rollout["input"]["arm"], rollout["input"]["agent_id"])
                     self._queues[self._shard[key]].put(rollout)
             except Exception as exc:  # surfaced by the trainer, which then stops
@@ -311,6 +311,14 @@ class _Dispatcher:
     def _run(self, rollout: dict[str, Any], model: httpx.Client) -> None:
         rid = rollout["rollout_id"]
         arm, agent_id = rollout["input"]["arm"], rollout["input"]["agent_id"]
+        try:
+            # Marked running as its worker takes it up: the workers do it side by side.
+            self.client.patch(f"/api/rollouts/{rid}", json={
+                "status": {"state": "running", "last_attempt_id": "0"}}).raise_for_status()
+        except Exception as exc:  # surfaced by the trainer, which then stops
+            self.error = self.error or exc
+            self.hints.finished()
+            return
         state = "succeeded"
         try:
             agent = self.agents[(arm, agent_id)]
@@ -350,13 +358,38 @@ class _Trainer(AglRolloutManagerBase):
     on every poll: the append-only terminal log answers "what finished" in one request.
     Deleting differs too: the verl trainer deletes a rollout 1-2 s after reading it; the demo
     deletes a round's rollouts once the round is judged, so that a poller attached to an
-    external gateway (`--agl`) reads each of them before it goes."""
-
-    def delete(self, completed: list[Completed]) -> None:
-        for c in completed:
-            self._delete_rollout(c.rollout_id)  # as the trainer does: memory is finite
+    external gateway (`--agl`) reads each of them before it goes, in the background while the
+    next round runs, as the verl trainer's deletions do. A round's events are read a few
+    rollouts at a time (READERS), each rollout's in one request."""
 
     _after: int | None = None  # where the terminal log was read up to (a round ends there)
+    _readers: ThreadPoolExecutor | None = None
+    _deleter: ThreadPoolExecutor | None = None
+
+    def delete(self, completed: list[Completed]) -> None:
+        """Delete the rollouts in the background (as the trainer does: memory is finite)."""
+        if self._deleter is None:
+            self._deleter = ThreadPoolExecutor(1, thread_name_prefix="demo-trainer-delete")
+        for c in completed:
+            self._deleter.submit(self._delete_rollout, c.rollout_id)
+
+    def finish(self) -> None:
+        """Wait for the deletions and reads under way."""
+        for pool in (self._deleter, self._readers):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._deleter = self._readers = None
+
+    def _read(self, rollout_ids: list[str]) -> list[list[dict[str, Any]]]:
+        """The events of each rollout, in the given order."""
+        if len(rollout_ids) <= 1:
+            return [self._events_of(rid) for rid in rollout_ids]
+        if self._readers is None:
+            self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="demo-trainer-read")
+        return list(self._readers.map(self._events_of, rollout_ids))
+
+    def _events_of(self, rollout_id: str) -> list[dict[str, Any]]:
+        return [e.model_dump() for e in self._get_events(rollout_id)]
 
     def run_round(self, step: int, data: dict[str, list[Any]], stop: threading.Event,
                   failure: Callable[[], BaseException | None],
@@ -395,11 +428,10 @@ class _Trainer(AglRolloutManagerBase):
                 # A log shorter than our place in it: the gateway restarted; read from the top.
                 self._after = (int(body["next_after"]) if body["total_terminal"] >= self._after
                                else 0)
-                for item in body["items"]:
-                    enqueued = pending.pop(item["rollout_id"], None)
-                    if enqueued is None:
-                        continue
-                    events = [e.model_dump() for e in self._get_events(item["rollout_id"])]
+                mine = [(item, pending.pop(item["rollout_id"])) for item in body["items"]
+                        if item["rollout_id"] in pending]
+                for (item, enqueued), events in zip(mine, self._read(
+                        [item["rollout_id"] for item, _ in mine])):
                     rewards = [e["data"].get("value") for e in events
                                if e["event_type"] == "reward"]
                     done.append(Completed(enqueued.input, str(item["state"]),
@@ -505,6 +537,7 @@ class DemoJob:
                     dispatcher.close()
         finally:
             # Nothing answers at this endpoint any more: leave no dead server registered.
+            trainer.finish()  # its deletions first: then nothing of the run is left
             trainer.delete_model()
             trainer.client.close()
             policies.close()

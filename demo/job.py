@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from queue import SimpleQueue
 from typing import Any, Callable, Final
@@ -56,6 +57,13 @@ from .scenarios import ARM_MODES, Scenario
 log = logging.getLogger(__name__)
 
 WORKERS = 4
+# How often the controller and the trainer look at the gateway when nothing told them to look
+# sooner (_Hints): an idle poll finds nothing to do.
+IDLE_POLL_S = 0.5
+# A rollout's decisions wait for its end (the worker's flush sends them at once), so they go
+# to the gateway as one event per rollout, its reward as another.
+ROLLOUT_LINGER_S = 1.0
+READERS = 4  # the trainer's concurrent reads of finished rollouts' events
 
 
 class DemoStopped(Exception):
@@ -213,8 +221,42 @@ def _detail(resp: httpx.Response) -> str:
     return resp.text[:200]
 
 
+class _Hints:
+    """When the trainer and the controller (one process here) should look at the gateway:
+    the controller once the trainer has enqueued a step, the trainer once the controller has
+    finished all of the step's rollouts. Never what is there: that is read from the gateway,
+    so a lost hint costs an idle poll (IDLE_POLL_S), never a rollout."""
+
+    def __init__(self) -> None:
+        self.enqueued = threading.Event()
+        self._finished = threading.Condition()
+        self._count = 0  # rollouts the controller has finished (terminal, or failing)
+
+    @property
+    def finished_count(self) -> int:
+        with self._finished:
+            return self._count
+
+    def finished(self) -> None:
+        with self._finished:
+            self._count += 1
+            self._finished.notify_all()
+
+    def wake(self) -> None:
+        with self._finished:
+            self._finished.notify_all()
+
+    def wait_finished(self, count: int, timeout: float,
+                      failure: Callable[[], BaseException | None]) -> None:
+        """Until `count` rollouts have finished in all, a failure, or `timeout`."""
+        with self._finished:
+            self._finished.wait_for(lambda: self._count >= count or failure() is not None,
+                                    timeout)
+
+
 class _Dispatcher:
-    """The controller: queuing -> running, then the agent's worker runs the rollout."""
+    """The controller: hands each queuing rollout to its agent's worker, which marks it
+    running, runs it, and marks it finished."""
 
     def __init__(self, client: httpx.Client, agents: dict[tuple[str, str], _Agent],
                  senders: dict[str, Sender], scenario: Scenario) -> None:
@@ -226,6 +268,7 @@ class _Dispatcher:
         self.round = 0
         self.crowding: dict[str, np.ndarray] = {}
         self.error: BaseException | None = None
+        self.hints = _Hints()
         self._stop = threading.Event()
         self._seen: set[str] = set()
         self._queues: list[SimpleQueue[dict[str, Any] | None]] = [SimpleQueue()
@@ -241,6 +284,7 @@ class _Dispatcher:
 
     def close(self) -> None:
         self._stop.set()
+        self.hints.enqueued.set()
         for q in self._queues:
             q.put(None)
         for t in self._threads:
@@ -248,6 +292,9 @@ class _Dispatcher:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
+            # Cleared before the read: a step enqueued from here on is either in this read or
+            # wakes the next one.
+            self.hints.enqueued.clear()
             try:
                 resp = self.client.get("/api/rollouts", params={"state_in": "queuing",
                                                                 "limit": 5000})
@@ -257,15 +304,13 @@ class _Dispatcher:
                     if rid in self._seen:
                         continue
                     self._seen.add(rid)
-                    patch = self.client.patch(f"/api/rollouts/{rid}", json={
-                        "status": {"state": "running", "last_attempt_id": "0"}})
-                    patch.raise_for_status()
                     key = (rollout["input"]["arm"], rollout["input"]["agent_id"])
                     self._queues[self._shard[key]].put(rollout)
             except Exception as exc:  # surfaced by the trainer, which then stops
                 self.error = exc
+                self.hints.wake()
                 return
-            self._stop.wait(0.01)
+            self.hints.enqueued.wait(IDLE_POLL_S)
 
     def _work(self, q: SimpleQueue[dict[str, Any] | None]) -> None:
         # The agents' model client: the proxy authenticates with the gateway's key, as
@@ -277,6 +322,14 @@ class _Dispatcher:
     def _run(self, rollout: dict[str, Any], model: httpx.Client) -> None:
         rid = rollout["rollout_id"]
         arm, agent_id = rollout["input"]["arm"], rollout["input"]["agent_id"]
+        try:
+            # Marked running as its worker takes it up: the workers do it side by side.
+            self.client.patch(f"/api/rollouts/{rid}", json={
+                "status": {"state": "running", "last_attempt_id": "0"}}).raise_for_status()
+        except Exception as exc:  # surfaced by the trainer, which then stops
+            self.error = self.error or exc
+            self.hints.finished()
+            return
         state = "succeeded"
         try:
             agent = self.agents[(arm, agent_id)]
@@ -297,6 +350,7 @@ class _Dispatcher:
                               json={"status": {"state": state}}).raise_for_status()
         except Exception as exc:
             self.error = self.error or exc
+        self.hints.finished()
 
 
 @dataclass
@@ -315,43 +369,87 @@ class _Trainer(AglRolloutManagerBase):
     on every poll: the append-only terminal log answers "what finished" in one request.
     Deleting differs too: the verl trainer deletes a rollout 1-2 s after reading it; the demo
     deletes a round's rollouts once the round is judged, so that a poller attached to an
-    external gateway (`--agl`) reads each of them before it goes."""
+    external gateway (`--agl`) reads each of them before it goes, in the background while the
+    next round runs, as the verl trainer's deletions do. A round's events are read a few
+    rollouts at a time (READERS), each rollout's in one request."""
+
+    _after: int | None = None  # where the terminal log was read up to (a round ends there)
+    _readers: ThreadPoolExecutor | None = None
+    _deleter: ThreadPoolExecutor | None = None
 
     def delete(self, completed: list[Completed]) -> None:
+        """Delete the rollouts in the background (as the trainer does: memory is finite)."""
+        if self._deleter is None:
+            self._deleter = ThreadPoolExecutor(1, thread_name_prefix="demo-trainer-delete")
         for c in completed:
-            self._delete_rollout(c.rollout_id)  # as the trainer does: memory is finite
+            self._deleter.submit(self._delete_rollout, c.rollout_id)
+
+    def finish(self) -> None:
+        """Wait for the deletions and reads under way."""
+        for pool in (self._deleter, self._readers):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._deleter = self._readers = None
+
+    def _read(self, rollout_ids: list[str]) -> list[list[dict[str, Any]]]:
+        """The events of each rollout, in the given order."""
+        if len(rollout_ids) <= 1:
+            return [self._events_of(rid) for rid in rollout_ids]
+        if self._readers is None:
+            self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="demo-trainer-read")
+        return list(self._readers.map(self._events_of, rollout_ids))
+
+    def _events_of(self, rollout_id: str) -> list[dict[str, Any]]:
+        return [e.model_dump() for e in self._get_events(rollout_id)]
 
     def run_round(self, step: int, data: dict[str, list[Any]], stop: threading.Event,
-                  failure: Callable[[], BaseException | None]) -> list[Completed]:
+                  failure: Callable[[], BaseException | None],
+                  hints: _Hints | None = None) -> list[Completed]:
+        """Enqueue the step, then read what finished from the terminal log, with each
+        finished rollout's events. With `hints` (the controller in this process), the
+        controller hears of the step at once and the log is read once the controller has
+        finished every rollout of it (or every IDLE_POLL_S); without, every 10 ms."""
         self._step = step
-        cursor = self.client.get("/api/rollouts/terminal", params={"after": 0, "limit": 1})
-        cursor.raise_for_status()
-        after = cursor.json()["total_terminal"]
+        if self._after is None:
+            cursor = self.client.get("/api/rollouts/terminal", params={"after": 0, "limit": 1})
+            cursor.raise_for_status()
+            self._after = int(cursor.json()["total_terminal"])
+        finished_before = hints.finished_count if hints is not None else 0
         pending = {e.rollout_id: e for e in self._create_rollouts(data, is_train=True)}
+        target = finished_before + len(pending)
+        if hints is not None:
+            hints.enqueued.set()
         done: list[Completed] = []
         while pending:
+            if hints is not None:
+                hints.wait_finished(target, IDLE_POLL_S, failure)
+            else:
+                stop.wait(0.01)
             if stop.is_set():
                 raise DemoStopped()
             if (error := failure()) is not None:
                 if isinstance(error, NoModelServer):
                     raise error
                 raise RuntimeError(f"controller failed: {error}")
-            page = self.client.get("/api/rollouts/terminal",
-                                   params={"after": after, "limit": 1000})
-            page.raise_for_status()
-            body = page.json()
-            after = body["next_after"]
-            for item in body["items"]:
-                enqueued = pending.pop(item["rollout_id"], None)
-                if enqueued is None:
-                    continue
-                events = [e.model_dump() for e in self._get_events(item["rollout_id"])]
-                rewards = [e["data"].get("value") for e in events if e["event_type"] == "reward"]
-                done.append(Completed(enqueued.input, str(item["state"]),
-                                      float(rewards[-1]) if rewards else None, events,
-                                      item["rollout_id"]))
-            if pending:
-                time.sleep(0.01)
+            while True:  # the log's pages up to its end
+                page = self.client.get("/api/rollouts/terminal",
+                                       params={"after": self._after, "limit": 1000})
+                page.raise_for_status()
+                body = page.json()
+                # A log shorter than our place in it: the gateway restarted; read from the top.
+                self._after = (int(body["next_after"]) if body["total_terminal"] >= self._after
+                               else 0)
+                mine = [(item, pending.pop(item["rollout_id"])) for item in body["items"]
+                        if item["rollout_id"] in pending]
+                for (item, enqueued), events in zip(mine, self._read(
+                        [item["rollout_id"] for item, _ in mine])):
+                    rewards = [e["data"].get("value") for e in events
+                               if e["event_type"] == "reward"]
+                    done.append(Completed(enqueued.input, str(item["state"]),
+                                          float(rewards[-1]) if rewards else None, events,
+                                          item["rollout_id"]))
+                if not pending or self._after >= int(body["total_terminal"]):
+                    break
         return done
 
 
@@ -410,7 +508,7 @@ class DemoJob:
         self.styles = all_styles(sc.adversarial_round is not None)
         base_mask = np.array([not s.disguised for s in self.styles])
         self.senders = {arm: Sender(base_url=self.base_url, key=self.key, max_queue=200_000,
-                                    linger_s=0.005) for arm in self.arms}
+                                    linger_s=ROLLOUT_LINGER_S) for arm in self.arms}
         self.agents: dict[tuple[str, str], _Agent] = {}
         for arm in self.arms:
             for i in range(sc.agents):
@@ -453,6 +551,7 @@ class DemoJob:
                     dispatcher.close()
         finally:
             # Nothing answers at this endpoint any more: leave no dead server registered.
+            trainer.finish()  # its deletions first: then nothing of the run is left
             trainer.delete_model()
             trainer.client.close()
             policies.close()
@@ -474,7 +573,7 @@ class DemoJob:
             keys = sorted(self.agents)
             completed = trainer.run_round(
                 rnd, {"arm": [k[0] for k in keys], "agent_id": [k[1] for k in keys]},
-                self.stop, lambda: dispatcher.error)
+                self.stop, lambda: dispatcher.error, dispatcher.hints)
             if self.on_completed is not None:
                 self.on_completed(rnd, completed)
             result = self._learn(rnd, completed, time.monotonic() - started)

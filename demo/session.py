@@ -52,6 +52,8 @@ class DemoSession:
     # The writer's longest wait before a commit (None: the store's rule). Each round is
     # flushed once it is complete anyway; headless, nobody reads the store in between.
     flush_interval_s: float | None = None
+    # The in-process gateway in a process of its own (collectors/gateway_process.py).
+    gateway_process: bool = False
     # The run's experiment and what makes it a replicate (storage/experiments.py).
     run_meta: dict[str, Any] | None = None
     on_round: Callable[[RoundResult], None] | None = None
@@ -76,13 +78,19 @@ class DemoSession:
                                    notifiers=[CallbackNotifier(self._alerted)])
         model_name = self.model_name
         if self.agl_url is None:
+            from ..collectors.gateway_process import GatewayProcess
             from ..collectors.gateway_tap import GatewayTap, server_config
 
             key: str | None = secrets.token_urlsafe(24)  # the in-process gateway's, never shown
             config = server_config(host="127.0.0.1", port=0, key=key)
             model_name = str(config["default_proxy"]["model_name"])
-            capture: Any = GatewayTap(lambda _records: None, run_id=self.run_id,
-                                      batch_interval_s=0.01, config=config)
+            # Live, records reach the store as they come; headless (a writer that commits
+            # every flush_interval_s) no sooner than the writer takes them: fewer, larger
+            # deliveries, each vetted and converted once. A judged round asks for its own.
+            tap = GatewayProcess if self.gateway_process else GatewayTap
+            capture: Any = tap(lambda _records: None, run_id=self.run_id,
+                               batch_interval_s=min(0.25, self.flush_interval_s or 0.01),
+                               config=config)
             self._tap = capture
         else:
             from ..collectors.poller import Poller
@@ -127,34 +135,47 @@ class DemoSession:
         return str(tap.url)
 
     def _after_round(self, result: RoundResult, writer: Writer) -> None:
-        """Wait until the round is in the store, then judge it: alerts are evaluated on
-        complete rounds only, so the same seed fires the same alerts."""
+        """Judge the round once it is in the store: alerts are evaluated on complete rounds
+        only, so the same seed fires the same alerts. In long runs every k-th round is judged
+        (and the last), since each evaluation reads the whole per-round history; the rounds in
+        between go on without waiting for the store, since the gateway tap has seen all of
+        them before the trainer deletes anything. A poller reads the gateway from outside:
+        with it, every round waits until it is stored, so that no rollout is deleted unread."""
         self._expected += result.decisions
         self._round = result.round
-        con = self.store.cursor()
-        deadline = time.monotonic() + 60.0
-        while True:
-            # The tap counts what it handed to the writer; only then is a flush worth it.
-            if self._tap is None or self._tap.stats.decisions >= self._expected:
-                writer.flush()
-                stored = con.execute("SELECT coalesce(sum(actions), 0) FROM rollup_round "
-                                     "WHERE run_id = ?", [self.run_id]).fetchall()[0][0]
-                if stored >= self._expected:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"capture fell behind: {self._expected} decisions expected "
-                                   "in the store after 60 s")
-            time.sleep(0.005)
-        # Every round in short runs; in long ones every k-th round (and the last), since each
-        # evaluation reads the whole per-round history.
         every = max(1, self.scenario.rounds // 100)
-        if result.round % every == every - 1 or result.round == self.scenario.rounds - 1:
-            evaluate_once(self._engine, con, runs=[self.run_id])
-        con.close()
+        judged = (result.round % every == every - 1
+                  or result.round == self.scenario.rounds - 1)
+        if judged or self._tap is None:
+            con = self.store.cursor()
+            try:
+                self._wait_stored(con, writer)
+                if judged:
+                    evaluate_once(self._engine, con, runs=[self.run_id])
+            finally:
+                con.close()
         self.rounds.append(result)
         self._last_round_at = time.time()
         if self.on_round is not None:
             self.on_round(result)
+
+    def _wait_stored(self, con: Any, writer: Writer, timeout_s: float = 60.0) -> None:
+        """Wait until the store holds every decision made so far."""
+        deadline = time.monotonic() + timeout_s
+        if self._tap is not None:
+            self._tap.deliver_now()
+        while True:
+            # The tap counts what it handed to the writer; only then is a flush worth it.
+            if self._tap is None or self._tap.handed_decisions >= self._expected:
+                writer.flush()
+                stored = con.execute("SELECT coalesce(sum(actions), 0) FROM rollup_round "
+                                     "WHERE run_id = ?", [self.run_id]).fetchall()[0][0]
+                if stored >= self._expected:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"capture fell behind: {self._expected} decisions expected "
+                                   f"in the store after {timeout_s:g} s")
+            time.sleep(0.005)
 
     def health(self) -> list[dict[str, Any]]:
         """The capture source's health for the dashboard's status line."""

@@ -19,13 +19,13 @@ What we post:
 The agent's thread only puts items on a bounded queue (`put_nowait`): it never waits for the
 network and never sees an exception. When the queue is full the newest (default) or oldest
 item is dropped and counted. One background thread drains the queue after letting a batch
-gather for `linger_s` (50 ms), packs what it found (up to `max_per_event` decisions per
-event), and posts with a plain `httpx.Client`. It yields the GIL between decisions while
-encoding, so the agent's thread is never held up for long. 5xx, 408, 429 and connection
-errors are retried with exponential backoff and full jitter; other answers are counted as
-failed. `close(timeout)` (also
-run at exit) flushes what is queued. The key lives only in the client's headers: it is never
-logged, printed, or shown by `repr`.
+gather for `linger_s` (50 ms, or until `flush()` asks for it at once: an agent that flushes at
+the end of each rollout posts that rollout's decisions as one event), packs what it found (up
+to `max_per_event` decisions per event), and posts with a plain `httpx.Client`. It yields the
+GIL between decisions while encoding, so the agent's thread is never held up for long. 5xx,
+408, 429 and connection errors are retried with exponential backoff and full jitter; other
+answers are counted as failed. `close(timeout)` (also run at exit) flushes what is queued.
+The key lives only in the client's headers: it is never logged, printed, or shown by `repr`.
 """
 
 from __future__ import annotations
@@ -129,8 +129,10 @@ class Sender:
         self.exit_timeout_s = exit_timeout_s
         self.linger_s = linger_s
         self._closing = threading.Event()   # close() was called: stop lingering
+        self._kick = threading.Event()      # flush() was called: send what is queued now
         self.stats = SenderStats()
         self._stats_lock = threading.Lock()
+        self._progress = threading.Condition(self._stats_lock)  # stats changed: flush looks
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._rng = random.Random(seed)
         self._abandon = threading.Event()   # close timed out: stop retrying, count the rest
@@ -204,9 +206,10 @@ class Sender:
         return self._queue.qsize()
 
     def _count(self, **deltas: int) -> None:
-        with self._stats_lock:
+        with self._progress:
             for name, delta in deltas.items():
                 setattr(self.stats, name, getattr(self.stats, name) + delta)
+            self._progress.notify_all()
 
     # --- the sender thread ------------------------------------------------------------------------
 
@@ -217,8 +220,12 @@ class Sender:
                 if item is not _STOP and self.linger_s > 0 and \
                         self._queue.qsize() < self.max_per_event:
                     # Let a batch gather: fewer, fuller posts mean fewer bursts of work that
-                    # compete with the agent's thread for the GIL.
-                    self._closing.wait(self.linger_s)
+                    # compete with the agent's thread for the GIL. A flush (or close) ends it.
+                    self._kick.wait(self.linger_s)
+                if not self._closing.is_set():
+                    # Before the queue is read: a flush from here on is in this batch or
+                    # ends the next linger.
+                    self._kick.clear()
                 batch = [item]
                 while len(batch) < 10 * self.max_per_event:
                     try:
@@ -285,15 +292,20 @@ class Sender:
     # --- closing ----------------------------------------------------------------------------------
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything queued so far was handled (sent or given up); True if so."""
+        """Send what is queued without waiting for the linger, and wait until everything
+        queued so far was handled (sent or given up); True if so."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._stats_lock:
+        self._kick.set()
+        with self._progress:
+            while True:
                 s = self.stats
                 if self._queue.empty() and s.sent + s.failed >= s.queued:
                     return True
-            time.sleep(0.005)
-        return False
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                # Woken by every count; the bound covers a queue emptied without one.
+                self._progress.wait(min(left, 0.05))
 
     def close(self, timeout: float | None = 5.0) -> SenderStats:
         """Send what is queued, then stop; after `timeout` seconds stop retrying and count what
@@ -301,6 +313,7 @@ class Sender:
         if not self._closed:
             self._closed = True
             self._closing.set()
+            self._kick.set()
             atexit.unregister(self._at_exit)
             try:
                 self._queue.put(_STOP, timeout=timeout)

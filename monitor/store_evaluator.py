@@ -29,8 +29,9 @@ BASELINE_ARM = "ungoverned"
 
 def _series(frame: pl.DataFrame) -> dict[str, np.ndarray]:
     out = {c: frame[c].fill_null(0).to_numpy().astype(float) for c in SERIES_COLUMNS}
-    out["ts_max"] = np.array([t.timestamp() if t is not None else np.nan for t in
-                              frame["ts_max"].dt.replace_time_zone("UTC").to_list()])
+    # Epoch microseconds as one column operation (what datetime.timestamp() gives, exactly).
+    epoch_us = frame["ts_max"].dt.replace_time_zone("UTC").dt.epoch("us")
+    out["ts_max"] = epoch_us.cast(pl.Float64).fill_null(np.nan).to_numpy() / 1e6
     return out
 
 
@@ -52,6 +53,10 @@ class StoreEvaluator:
         self.now = now
         define_clock(con, now)
         self._per_round: dict[str, pl.DataFrame] = {}  # one read per run per evaluation
+        # Each (run, arm)'s series, and its baseline's aligned with it: built once per
+        # evaluation, not once per rule; each rule gets a copy it may extend.
+        self._arm_series: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        self._base_series: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         self._witness: dict[str, pl.DataFrame] = {}
 
     def _witness_rounds(self, run_id: str) -> pl.DataFrame:
@@ -100,7 +105,9 @@ class StoreEvaluator:
                 frame = self._per_round[run_id] = Q.per_round(self.con, run_id)
             for arm in frame["arm"].unique().sort().to_list():
                 per_arm = frame.filter(pl.col("arm") == arm)
-                series = _series(per_arm)
+                if (run_id, arm) not in self._arm_series:
+                    self._arm_series[(run_id, arm)] = _series(per_arm)
+                series = dict(self._arm_series[(run_id, arm)])
                 if name in WITNESS_DETECTORS:
                     seen = per_arm.select("round").join(
                         self._witness_rounds(run_id).filter(pl.col("arm") == arm),
@@ -113,10 +120,12 @@ class StoreEvaluator:
                     base = frame.filter(pl.col("arm") == BASELINE_ARM)
                     if base.is_empty():
                         continue  # no baseline: nothing to compare, not "no data"
-                    aligned = per_arm.select("round").join(base, on="round", how="left")
-                    for c, values in _series(aligned).items():
-                        if c != "round":
-                            series["base_" + c] = np.nan_to_num(values)
+                    if (run_id, arm) not in self._base_series:
+                        aligned = per_arm.select("round").join(base, on="round", how="left")
+                        self._base_series[(run_id, arm)] = {
+                            "base_" + c: np.nan_to_num(values)
+                            for c, values in _series(aligned).items() if c != "round"}
+                    series.update(self._base_series[(run_id, arm)])
                 try:
                     samples += evaluate_detector(name, rule.params, series,
                                                  labels={"run_id": run_id, "arm": arm},

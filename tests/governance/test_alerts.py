@@ -717,6 +717,28 @@ def test_other_detectors() -> None:
     assert evaluate_detector("no_data", {"after": "5m"}, _series(30, ts_max=ts), now=T0 + 10) == []
 
 
+def test_trend_detectors_replay_only_their_window() -> None:
+    """The trend rules replay the last `window` finite points, not the whole run: the state
+    must be the one a replay of every round gives (a 1000-round run is judged 100 times)."""
+    from tractatus_watch.analysis.alerts.detectors import _trend
+    from tractatus_watch.analysis.drift import TrendDetector
+
+    rng = np.random.default_rng(3)
+    for n, window, direction in ((300, 30, -1), (300, 30, 1), (40, 30, 1), (29, 30, -1),
+                                 (120, 7, -1), (60, 1, 1)):
+        t = np.arange(n) * 2 + 5
+        y = 0.9 + direction * 0.002 * np.arange(n) + rng.normal(0, 0.01, n)
+        y[rng.random(n) < 0.15] = np.nan  # rounds without a value keep their round only
+        full = TrendDetector(direction, window=window, alpha=0.01, min_points=8)
+        for r, v in zip(t, y):
+            expected = full.update(float(v), int(r))
+        got = _trend(direction, {"window": window}, t, y)
+        assert repr(got) == repr(expected), (n, window, direction)
+    alarms = [_trend(d, {}, np.arange(300), 0.5 + d * 0.001 * np.arange(300)
+                     + rng.normal(0, 0.001, 300)) for d in (-1, 1)]
+    assert all(a is not None and a.alarm and a.round == 299 and a.n == 30 for a in alarms)
+
+
 def test_detectors_raise_nodata_and_reject_bad_input() -> None:
     empty = {k: v[:0] for k, v in _series(3).items()}
     with pytest.raises(NoData):

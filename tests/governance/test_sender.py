@@ -92,6 +92,27 @@ def test_decisions_go_to_their_rollout_and_rewards_as_agl_rewards(agl_gateway: A
     assert [e["data"] for e in notes] == [{"text": "hello"}]
 
 
+def test_a_flush_ends_the_linger_and_a_rollout_goes_as_one_event(agl_gateway: Any) -> None:
+    # A linger far longer than the flush may wait: only the flush's kick sends in time.
+    rid = agl_gateway.create_rollout()
+    sender = Sender(agl_gateway.event_url(rid), key=agl_gateway.key, linger_s=60.0)
+    try:
+        for round_ in range(3):  # three rollouts' worth, one after the other
+            for i in range(8):
+                sender.emit_decision(decision(round_ * 10 + i))
+            sender.emit_reward(Reward(reward_id=f"{rid}:{round_}", rollout_id=rid,
+                                      agent_id="agent-1", round=round_, arm="governed",
+                                      value=0.5, ts=1795664672.0))
+            started = time.monotonic()
+            assert sender.flush(10)
+            assert time.monotonic() - started < 10
+        assert (sender.stats.sent, sender.stats.posts) == (27, 6)  # 8 decisions + 1 reward, x3
+    finally:
+        sender.close(timeout=10)
+    packed = agl_gateway.events(rid, event_type="tractatus.decisions")
+    assert [len(e["data"]["decisions"]) for e in packed] == [8, 8, 8]
+
+
 def test_the_key_is_never_shown(agl_gateway: Any) -> None:
     rid = agl_gateway.create_rollout()
     sender = Sender(agl_gateway.event_url(rid), key=agl_gateway.key)

@@ -236,7 +236,7 @@ def _arm_summary(runs: Sequence[_Run], arm: str) -> dict[str, Any]:
 def _q1(runs: Sequence[_Run], arms: Sequence[str]) -> Answer:
     governing = [a for a in arms if a != UNGOVERNED] or list(arms)
     arm = governing[0]
-    pts = [(r.agents, r.report.arms[arm].latency_p50_us, r.seed) for r in runs
+    pts = [(r.agents, r.report.arms[arm].latency_p50_us) for r in runs
            if arm in r.report.arms and r.report.arms[arm].latency_p50_us is not None]
     sizes = sorted({p[0] for p in pts})
     x = np.array([p[0] for p in pts], dtype=float)

@@ -21,6 +21,7 @@ from ..collectors.runner import RunResult, Source, run_sources
 from ..storage.store import Store
 from ..storage.writer import Writer
 from .alert_loop import AlertLoop
+from .bridges import Bridge, BridgeContext
 from .health import SourceMonitor
 
 log = logging.getLogger("tractatus_watch.collect")
@@ -52,7 +53,8 @@ class CollectionSession:
                  alert_interval_s: float = 5.0, serve: ServePlan | None = None,
                  ended_by: str = "collector stopped",
                  flush_interval_s: float | None = None,
-                 run_meta: Mapping[str, Any] | None = None) -> None:
+                 run_meta: Mapping[str, Any] | None = None,
+                 bridges: Sequence[Bridge] = ()) -> None:
         self.store = store
         self.run_id = run_id
         # Written to run_events for every run collected, when the session closes: an ended
@@ -69,6 +71,8 @@ class CollectionSession:
         self.alerts = (AlertLoop(store, alert_rules, notifiers, interval_s=alert_interval_s)
                        if alert_rules is not None else None)
         self.result = RunResult()
+        # Started with the sources, closed after the writer's last commit (monitor/bridges.py).
+        self.bridges = list(bridges)
         self._serve = serve
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -88,6 +92,9 @@ class CollectionSession:
             self.alerts.start()
         if self._serve is not None:
             self._server = _start_serving(self.store, self._serve)
+        ctx = BridgeContext(self.store, lambda: self.writer.runs_written, self.health)
+        for bridge in self.bridges:
+            bridge.start(ctx)
         threading.Thread(target=self._watch_writer, name="tw-writer-watch", daemon=True).start()
 
     def _watch_writer(self, every_s: float = 0.2) -> None:
@@ -147,7 +154,18 @@ class CollectionSession:
                     _log_notifications(self.alerts.summaries())
             finally:
                 self._mark_ended()
-                self.writer.close()
+                try:
+                    self.writer.close()
+                finally:
+                    self._close_bridges()
+
+    def _close_bridges(self) -> None:
+        for bridge in self.bridges:
+            try:
+                bridge.close()
+            except Exception as exc:  # noqa: BLE001 - one bridge's failure stops no other
+                log.error("a bridge failed to close", extra={"fields": {
+                    "bridge": bridge.name, "error": str(exc).strip().split("\n")[0]}})
 
     def _mark_ended(self) -> None:
         from ..storage.batch import run_event_batch

@@ -12,6 +12,8 @@ from ..app import (DataPathOption, DbOption, ExperimentOption, app, experiment_m
                    read_token)
 from ..config import CliError, resolve_store
 from ...storage.target import StoreTarget
+from ..bridge_options import (BridgeOptions, MetricsOption, OtlpOption, TensorBoardOption,
+                              WandbOption, make_bridges)
 from .alerts import RulesOption, load_ruleset
 
 if TYPE_CHECKING:  # the session and what it pulls in (~0.5 s) load only when a command runs
@@ -151,6 +153,8 @@ def collect(
     serve: ServeOption = None, serve_public: ServePublicOption = False,
     token_file: ServeTokenFileOption = None, serve_timeout: ServeTimeoutOption = None,
     experiment: ExperimentOption = None,
+    metrics: MetricsOption = None, tensorboard: TensorBoardOption = None,
+    wandb: WandbOption = None, otlp: OtlpOption = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Collect headless from Agent Lightning (poller, gateway) and spools, with alert
@@ -170,6 +174,7 @@ def collect(
     key = _key(key_file)
     target = resolve_store(db, data_path)
     plan = serve_plan(serve, serve_public, token_file, target, timeout_s=serve_timeout)
+    bridges = make_bridges(BridgeOptions(metrics, tensorboard, wandb, otlp))
     setup_logging()
     with open_store(target, read_only=False) as store:
         sources = collect_sources(agl or [], spool or [], gateway, host, port, key,
@@ -179,7 +184,8 @@ def collect(
         result = CollectionSession(
             store, sources, run_id=run_id, alert_rules=ruleset,
             notifiers=_notifiers(alert_log, webhook, webhook_token_file),
-            alert_interval_s=alert_interval, serve=plan, run_meta=meta).run()
+            alert_interval_s=alert_interval, serve=plan, run_meta=meta,
+            bridges=bridges).run()
     _exit_on_source_errors(result.errors)
 
 
@@ -253,6 +259,8 @@ def gateway_command(
         help="With --govern: the arm of rollouts whose metadata names none (default governed; "
              "ungoverned in shadow mode).")] = None,
     experiment: ExperimentOption = None,
+    metrics: MetricsOption = None, tensorboard: TensorBoardOption = None,
+    wandb: WandbOption = None, otlp: OtlpOption = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     from ...collectors.gateway_config import ConfigArgs, GatewayConfigError, gateway_config
@@ -273,6 +281,7 @@ def gateway_command(
     for note in config.notes:
         print(note, file=sys.stderr)
     target = resolve_store(db, data_path)
+    bridges = make_bridges(BridgeOptions(metrics, tensorboard, wandb, otlp))
     setup_logging()
     with open_store(target, read_only=False) as store:
         tap = GatewayTap(lambda records: None, config=config.server,
@@ -280,7 +289,8 @@ def gateway_command(
                          govern=governance)
         run_id = resume_run_id(store, [tap.source], run, "gateway")
         adopt_run_id([tap], run_id)
-        result = CollectionSession(store, [tap], run_id=run_id, run_meta=meta).run()
+        result = CollectionSession(store, [tap], run_id=run_id, run_meta=meta,
+                                   bridges=bridges).run()
     _exit_on_source_errors(result.errors)
 
 

@@ -14,6 +14,8 @@ import typer
 from ..app import (DataPathOption, DbOption, ExperimentOption, TokenFileOption, app,
                    experiment_meta, open_store, pick_run)
 from ..config import CliError, default_db_path, resolve_store
+from ..bridge_options import (BridgeOptions, MetricsOption, OtlpOption, TensorBoardOption,
+                              WandbOption, make_bridges)
 from .collect import ServeOption, ServePublicOption, ServeTimeoutOption, ServeTokenFileOption
 
 RunOption = Annotated[Optional[str], typer.Option(
@@ -95,6 +97,8 @@ def live(
     serve: ServeOption = None, serve_public: ServePublicOption = False,
     token_file: ServeTokenFileOption = None, serve_timeout: ServeTimeoutOption = None,
     experiment: ExperimentOption = None,
+    metrics: MetricsOption = None, tensorboard: TensorBoardOption = None,
+    wandb: WandbOption = None, otlp: OtlpOption = None,
     db: DbOption = None, data_path: DataPathOption = None,
 ) -> None:
     """Collect from the given sources and watch them in one process.
@@ -113,6 +117,7 @@ def live(
     meta = experiment_meta(experiment)
     target = resolve_store(db, data_path)
     plan = serve_plan(serve, serve_public, token_file, target, timeout_s=serve_timeout)
+    bridges = make_bridges(BridgeOptions(metrics, tensorboard, wandb, otlp))
     try:
         key = load_key(key_file)
     except KeyFileError as exc:
@@ -138,7 +143,7 @@ def live(
         session = CollectionSession(
             store, sources, run_id=run or "default",
             alert_rules=None if no_alerts else load_default_alert_rules(),
-            alert_interval_s=ALERT_EVERY_S, serve=plan, run_meta=meta)
+            alert_interval_s=ALERT_EVERY_S, serve=plan, run_meta=meta, bridges=bridges)
         alert_store = session.alerts.alert_store if session.alerts is not None else None
         try:
             session.start()

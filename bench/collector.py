@@ -13,12 +13,16 @@
    run: 1 and `--clients` client threads (another process) POST decision events as fast as
    they can for `--durable-seconds`; request latency p50/p99 and accepted POSTs/s of each, and
    the ratio with/without.
+5. bridges: drain (2.) with every bridge on (Prometheus, TensorBoard, W&B offline, OTLP to a
+   local receiver), alternating with every bridge off, medians of `--bridge-repeats`. Target:
+   on >= 0.9 x off.
 The gateways run in their own processes (as in production), so client and server do not share a
 GIL. Last line: {"accept_events_per_s", "drain_events_per_s", "ratio", "latency_p50_ms",
 "latency_p99_ms", and per client count C: "durable_cC_p50_ms", "durable_cC_p99_ms",
-"durable_cC_posts_per_s", "nowait_cC_…", "durable_cC_posts_ratio"}.
+"durable_cC_posts_per_s", "nowait_cC_…", "durable_cC_posts_ratio",
+"drain_bridges_off_events_per_s", "drain_bridges_on_events_per_s", "drain_bridges_ratio"}.
 Usage: bench/collector.py [--preload N] [--rate R] [--seconds S] [--clients C]
-[--durable-seconds S] [--only-durability] [--dir D]
+[--durable-seconds S] [--only-durability] [--only-bridges] [--bridge-repeats N] [--dir D]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import http.server
 import json
 import os
 import secrets
@@ -46,6 +51,7 @@ from tractatus_watch.collectors.gateway_tap import GatewayTap  # noqa: E402
 from tractatus_watch.collectors.runner import run_sources  # noqa: E402
 from tractatus_watch.collectors.poller import Poller, poll_until_idle  # noqa: E402
 from tractatus_watch.collectors.sink import writer_sink  # noqa: E402
+from tractatus_watch.monitor.bridges import BridgeContext  # noqa: E402
 from tractatus_watch.storage.store import Store  # noqa: E402
 from tractatus_watch.storage.writer import Writer  # noqa: E402
 
@@ -240,15 +246,23 @@ def measure_accept(events: int) -> tuple[float, float]:
         proc.wait()
 
 
-def measure_drain(preload: int, workdir: Path) -> tuple[float, int]:
+def measure_drain(preload: int, workdir: Path, bridges: bool = False, name: str = "drain"
+                  ) -> tuple[float, int]:
+    """Events stored per second, from the first poll to the last commit; with `bridges`, every
+    bridge (Prometheus, TensorBoard, W&B offline, OTLP to a local receiver) reads the store
+    meanwhile, as `collect` runs them."""
     port = free_port()
     proc = spawn("--serve", str(port), str(preload))
     try:
         wait_up(port)
-        with Store.open(workdir / "drain.duckdb") as store:
+        with Store.open(workdir / f"{name}.duckdb") as store:
             writer = Writer(store, flush_interval_s=0.2)
             poller = Poller(f"http://127.0.0.1:{port}", key=os.environ[KEY_ENV],
                             concurrency=8)
+            on = every_bridge(workdir / name) if bridges else []
+            ctx = BridgeContext(store, lambda: writer.runs_written, lambda: [])
+            for bridge in on:
+                bridge.start(ctx)
             t0 = time.perf_counter()
             asyncio.run(poll_until_idle(poller, writer_sink(writer, "bench"), idle_ticks=1))
             writer.flush()
@@ -257,12 +271,60 @@ def measure_drain(preload: int, workdir: Path) -> tuple[float, int]:
             stored = cur.execute("SELECT (SELECT count(*) FROM decisions) + "
                                  "(SELECT count(*) FROM rewards)").fetchall()[0][0]
             writer.close()
+            for bridge in on:
+                bridge.close()
         if stored != preload:
             raise RuntimeError(f"drain stored {stored} of {preload} events")
         return stored / elapsed, stored
     finally:
         proc.terminate()
         proc.wait()
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """An OTLP HTTP receiver that takes every export and keeps nothing."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def every_bridge(folder: Path) -> list[Any]:
+    from tractatus_watch.monitor.otel_bridge import OtelBridge
+    from tractatus_watch.monitor.prometheus_bridge import PrometheusBridge
+    from tractatus_watch.monitor.tracker_bridge import TensorBoardBridge, WandbBridge
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    return [PrometheusBridge("127.0.0.1", free_port()), TensorBoardBridge(folder / "tb"),
+            WandbBridge("tractatus-watch-bench"),
+            OtelBridge(f"http://127.0.0.1:{receiver.server_address[1]}/v1/traces")]
+
+
+def bridge_figures(preload: int, workdir: Path, repeats: int) -> dict[str, float]:
+    """Drain with every bridge on and off, alternating in the same run: medians and ratio."""
+    off: list[float] = []
+    on: list[float] = []
+    for i in range(repeats):
+        off.append(measure_drain(preload, workdir, name=f"off{i}")[0])
+        on.append(measure_drain(preload, workdir, bridges=True, name=f"on{i}")[0])
+    figures = {"drain_bridges_off_events_per_s": statistics.median(off),
+               "drain_bridges_on_events_per_s": statistics.median(on)}
+    figures["drain_bridges_ratio"] = (figures["drain_bridges_on_events_per_s"]
+                                      / figures["drain_bridges_off_events_per_s"])
+    print(f"drain with every bridge on: {figures['drain_bridges_on_events_per_s']:.0f} "
+          f"events/s, off: {figures['drain_bridges_off_events_per_s']:.0f} (medians of "
+          f"{repeats}, alternating; on/off {figures['drain_bridges_ratio']:.3f}; target >= 0.90)",
+          file=sys.stderr)
+    return figures
 
 
 def measure_latency(rate: float, seconds: float, workdir: Path) -> tuple[float, float, int]:
@@ -383,11 +445,17 @@ def main() -> None:
                     help="client threads for the durability run (besides 1)")
     ap.add_argument("--durable-seconds", type=float, default=5.0)
     ap.add_argument("--only-durability", action="store_true")
+    ap.add_argument("--only-bridges", action="store_true")
+    ap.add_argument("--bridge-repeats", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=None)
     args = ap.parse_args()
     os.environ.setdefault(KEY_ENV, secrets.token_hex(16))  # a throwaway key, never printed
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         workdir = Path(tmp)
+        bridges = bridge_figures(args.preload, workdir, args.bridge_repeats)
+        if args.only_bridges:
+            last_line(bridges)
+            return
         durability = durability_figures(workdir, sorted({1, args.clients}),
                                         args.durable_seconds)
         if args.only_durability:
@@ -405,7 +473,7 @@ def main() -> None:
               f"p99 {p99:.1f} ms ({n} events)", file=sys.stderr)
     last_line({"accept_events_per_s": accept, "drain_events_per_s": drain,
                "ratio": drain / accept, "latency_p50_ms": p50, "latency_p99_ms": p99,
-               **durability})
+               **durability, **bridges})
 
 
 if __name__ == "__main__":

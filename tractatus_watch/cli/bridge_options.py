@@ -65,7 +65,11 @@ def make_bridges(opts: BridgeOptions) -> list[Bridge]:
         _need("prometheus_client", "prometheus", "--metrics")
         from ...monitor.prometheus_bridge import PrometheusBridge
 
-        bridges.append(PrometheusBridge(host, port))
+        try:
+            bridges.append(PrometheusBridge(host, port))
+        except OSError as exc:  # port in use, unknown host: before anything is collected
+            raise CliError(f"--metrics {opts.metrics}: cannot listen on {host}:{port}: "
+                           f"{exc.strerror or exc}") from None
     if opts.tensorboard is not None:
         _need("tensorboardX", "tensorboard", "--tensorboard")
         from ...monitor.tracker_bridge import TensorBoardBridge

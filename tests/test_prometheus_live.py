@@ -160,7 +160,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             "tractatus_actions_total", "tractatus_covered_actions_total",
             "tractatus_blocked_actions_total", "tractatus_escaped_violations_total",
             "tractatus_would_have_blocked_actions_total", "tractatus_evasions_total",
-            "tractatus_coverage_ratio", "tractatus_performance_gap")}
+            "tractatus_coverage_ratio", "tractatus_witnessed_coverage_ratio",
+            "tractatus_performance_gap")}
         figures["rule_blocks"] = vector(
             base, f"sum by (arm, rule) (tractatus_rule_blocks_total{{{sel}}})")
         figures["checks"] = vector(base, f"sum(tractatus_checks_total{{{sel}}})")
@@ -199,11 +200,15 @@ def test_promql_totals_are_the_reports(setup: Setup) -> None:
         assert f["tractatus_would_have_blocked_actions_total"][(arm,)] == m["would_have_blocked"]
         assert f["tractatus_evasions_total"][(arm,)] == m["evasions"]
         assert f["tractatus_coverage_ratio"][(arm,)] == pytest.approx(m["coverage"], abs=1e-12)
+        if m["witnessed_coverage"] is not None:
+            assert f["tractatus_witnessed_coverage_ratio"][(arm,)] == pytest.approx(
+                m["witnessed_coverage"], abs=1e-12)
         for rule in m["rules"]:
             assert f["rule_blocks"].get((arm, rule["rule_id"]), 0.0) == rule["blocks"]
     # The demo blocks in its governed arm and lets violations run in the ungoverned one.
     assert arms["governed"]["blocked"] > 0 and arms["ungoverned"]["escaped_violations"] > 0
     assert sum(r["blocks"] for r in arms["governed"]["rules"]) > 0
+    assert arms["governed"]["witnessed_coverage"] == 1.0  # the gateway saw the tool calls
     gap = setup.report["difference"]["performance"]
     assert f["tractatus_performance_gap"][()] == pytest.approx(gap, abs=1e-9)
     # The histogram holds every check, exactly.

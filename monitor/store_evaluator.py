@@ -4,7 +4,7 @@ series of each run and arm for `detector` rules."""
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import duckdb
 import numpy as np
@@ -95,10 +95,9 @@ class StoreEvaluator:
                                   None if rnd is None else int(rnd)))
         return samples
 
-    def _detector(self, rule: AlertRule) -> list[Sample]:
-        name = rule.detector or ""
-        samples: list[Sample] = []
-        judged = False
+    def detector_series(self, name: str) -> Iterator[tuple[str, str, dict[str, np.ndarray]]]:
+        """(run, arm, series) for every (run, arm) detector `name` judges: what the engine
+        judges here and what the Prometheus bridge exports (monitor/prometheus_bridge.py)."""
         for run_id in self._runs():
             frame = self._per_round.get(run_id)
             if frame is None:
@@ -126,13 +125,20 @@ class StoreEvaluator:
                             "base_" + c: np.nan_to_num(values)
                             for c, values in _series(aligned).items() if c != "round"}
                     series.update(self._base_series[(run_id, arm)])
-                try:
-                    samples += evaluate_detector(name, rule.params, series,
-                                                 labels={"run_id": run_id, "arm": arm},
-                                                 now=self.now or time.time())
-                    judged = True
-                except NoData:
-                    continue
+                yield run_id, arm, series
+
+    def _detector(self, rule: AlertRule) -> list[Sample]:
+        name = rule.detector or ""
+        samples: list[Sample] = []
+        judged = False
+        for run_id, arm, series in self.detector_series(name):
+            try:
+                samples += evaluate_detector(name, rule.params, series,
+                                             labels={"run_id": run_id, "arm": arm},
+                                             now=self.now or time.time())
+                judged = True
+            except NoData:
+                continue
         if not judged and not samples:
             raise NoData(f"no run with data for {name}")
         return samples

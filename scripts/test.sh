@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything the tests need that is not a Python package: tmux for the terminal test,
-# PostgreSQL's server binaries for the DuckLake tests (they start their own server on loopback)
-# and Chromium, which opens the research command's HTML report.
+# PostgreSQL's server binaries for the DuckLake tests (they start their own server on loopback),
+# Chromium, which opens the research command's HTML report, and Prometheus (prometheus and
+# promtool), which scrapes `collect --metrics` in tests/test_prometheus_live.py (each test
+# starts its own server on loopback; the package's service is not used).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v tmux >/dev/null 2>&1; then
@@ -12,6 +14,13 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v in
 fi
 if ! command -v chromium >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "warning: Chromium unavailable; the HTML report's browser test will be skipped" >&2
+fi
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1 || echo "warning: Prometheus unavailable; the Prometheus tests will be skipped" >&2
+  # The package may start its own service on :9090; the tests need none of it.
+  if command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 # The static checks run before the tests, in this order; the first that fails stops the run.
 check() {

@@ -42,3 +42,18 @@ def bucket(value: int) -> int:
         return value
     shift = value.bit_length() - 1 - PER_OCTAVE_LOG2
     return (value >> shift) << shift
+
+
+def octave_edges(first_log2: int = 3, last_log2: int = 24) -> list[int]:
+    """Upper bounds 2^k - 1 us, k = first_log2..last_log2 (7 us .. ~16.8 s): every bucket
+    lies below or above each of them (buckets from 64 us split an octave [2^k, 2^(k+1)) and
+    latencies are whole microseconds), so counts up to them are exact, not interpolated."""
+    return [(1 << k) - 1 for k in range(first_log2, last_log2 + 1)]
+
+
+def cumulative_counts(buckets: np.ndarray, counts: np.ndarray, edges: list[int]) -> list[int]:
+    """Checks with latency <= each edge (an edge from `octave_edges`), from the histogram's
+    buckets (lower bounds) and their counts: what a Prometheus histogram's `le` buckets hold."""
+    b = np.asarray(buckets, dtype=np.int64)
+    c = np.asarray(counts, dtype=np.int64)
+    return [int(c[b <= edge].sum()) for edge in edges]

@@ -527,3 +527,19 @@ def freshness(con: Con, run_id: str | None = None, *,
     row = con.execute(f"SELECT {version}, (SELECT max(ts_max) FROM rollup_round WHERE run_id = ?)",
                       [run_id]).fetchall()[0]
     return int(row[0]), row[1]
+
+
+def check_latency_histogram(con: Con, run_id: str) -> pl.DataFrame:
+    """Per arm, service and latency bucket (storage/latency_buckets.py): checks, over the whole
+    run, with the service's exact latency sum (rollup_rule_round: every check names one rule,
+    '' included) on every row. What the Prometheus bridge's histogram is built from."""
+    return _df(con, """
+        WITH h AS (
+            SELECT arm, service, bucket_us, sum(checks)::BIGINT AS checks
+            FROM rollup_check_latency WHERE run_id = ? GROUP BY ALL HAVING sum(checks) > 0),
+        s AS (
+            SELECT arm, service, sum(latency_us_sum)::BIGINT AS latency_us_sum
+            FROM rollup_rule_round WHERE run_id = ? GROUP BY ALL)
+        SELECT h.arm, h.service, h.bucket_us, h.checks, s.latency_us_sum
+        FROM h LEFT JOIN s USING (arm, service) ORDER BY h.arm, h.service, h.bucket_us""",
+               [run_id, run_id])

@@ -135,6 +135,7 @@ SLOW_FILES: dict[str, float] = {
     "demo/test_demo.py": 65,
     "demo/test_bypass.py": 60,
     "test_research.py": 40,
+    "test_prometheus_live.py": 25,
     "demo/test_research_demo.py": 70,
     "demo/test_penalized.py": 90,
     "test_cli_lake.py": 55,

@@ -14,6 +14,7 @@ expr = "SELECT run_id, arm, round, covered / actions AS value FROM ..."   # or:
 # detector = "adherence_drift"
 # params = { ratio = 2.0 }
 for = "2 rounds"                           # or "30s", "5m", "1h30m"; default 0
+promql = "tractatus_coverage_ratio < 1"   # optional: the rule for Prometheus (`rules`)
 keep_firing_for = "1 round"
 labels = { severity = "critical" }
 annotations = { summary = "coverage {{ $value | humanizePercentage }} in {{ $labels.run_id }}" }
@@ -314,6 +315,9 @@ class AlertRule:
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     source: str = "<rules>"
+    # The same rule in PromQL over the Prometheus bridge's metrics, `{param}` taking the rule's
+    # params (analysis/alerts/prometheus_rules.py); None: the rule has no Prometheus twin.
+    promql: str | None = None
 
     @property
     def uid(self) -> str:
@@ -358,7 +362,7 @@ class AlertRuleSet:
 _TOP_KEYS: Final = frozenset({"groups", "inhibit_rules", "route"})
 _GROUP_KEYS: Final = frozenset({"name", "interval", "rules"})
 _RULE_KEYS: Final = frozenset({"alert", "expr", "detector", "params", "for", "keep_firing_for",
-                               "labels", "annotations"})
+                               "labels", "annotations", "promql"})
 _INHIBIT_KEYS: Final = frozenset({"source_matchers", "target_matchers", "equal"})
 _ROUTE_KEYS: Final = frozenset({"receiver", "group_by"})
 _RESERVED_LABELS: Final = frozenset({"alertname"})
@@ -481,7 +485,7 @@ class _Parser:
             keep_firing_for=self.duration(d, "keep_firing_for", key),
             labels=self.str_map(d, "labels", key, labels=True),
             annotations=self.str_map(d, "annotations", key, labels=False),
-            source=self.source,
+            source=self.source, promql=self.string(d, "promql", key, required=False),
         )
 
     def ruleset(self, doc: Mapping[str, Any]) -> AlertRuleSet:

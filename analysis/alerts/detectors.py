@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,8 +48,20 @@ def _governed(series: Series, length: int) -> bool:
                for key in ("enforce_mode", "penalize_mode"))
 
 
+@dataclass(frozen=True)
+class Reading:
+    """A detector's verdict at the latest round (`samples`, empty when not in alarm) and the
+    figure it judged with its limit where it has one: the CUSUM statistic and threshold, the
+    share and its threshold, a trend's slope (its alarm also needs significance, so no one
+    limit). What the Prometheus bridge exports, from the same code as the alert engine."""
+
+    samples: list[Sample] = field(default_factory=list)
+    statistic: float | None = None
+    threshold: float | None = None
+
+
 def _cusum(params: Mapping[str, Any], series: Series, rounds: np.ndarray, x_key: str,
-           n_key: str, labels: dict[str, str]) -> list[Sample]:
+           n_key: str, labels: dict[str, str]) -> Reading:
     n_len = rounds.size
     x = _col(series, str(params.get("x", x_key)), n_len)
     n = _col(series, str(params.get("n", n_key)), n_len)
@@ -70,18 +83,22 @@ def _cusum(params: Mapping[str, Any], series: Series, rounds: np.ndarray, x_key:
     for r, xi, ni in zip(rounds, x, n):
         ni_int = int(ni)
         state = det.update(min(int(xi), ni_int), ni_int, int(r))
-    if state is None or not state.alarm:
-        return []
+    if state is None:
+        return Reading()
+    judged = Reading([], state.statistic, state.threshold)
+    if not state.alarm:
+        return judged
     since = state.change_round if state.change_round is not None else state.round
     mask = (rounds >= since) & with_data
     rate = float(x[mask].sum() / n[mask].sum()) if mask.any() else math.nan
-    return [Sample(labels, rate, state.round, {
+    return Reading([Sample(labels, rate, state.round, {
         "p0": _fmt(state.p0), "rate": _fmt(rate), "change_round": _fmt(since),
-        "statistic": _fmt(state.statistic), "threshold": _fmt(state.threshold)})]
+        "statistic": _fmt(state.statistic), "threshold": _fmt(state.threshold)})],
+        judged.statistic, judged.threshold)
 
 
 def _below(params: Mapping[str, Any], rounds: np.ndarray, part: np.ndarray, whole: np.ndarray,
-           labels: dict[str, str], names: tuple[str, str]) -> list[Sample]:
+           labels: dict[str, str], names: tuple[str, str]) -> Reading:
     """A sample when part / whole of the latest round with any `whole` is below `threshold`;
     its info names both counts and their difference (`missing`)."""
     idx = np.flatnonzero(whole > 0)
@@ -89,11 +106,12 @@ def _below(params: Mapping[str, Any], rounds: np.ndarray, part: np.ndarray, whol
         raise NoData(f"no round with {names[1]}")
     last = int(idx[-1])
     share = float(part[last] / whole[last])
-    if share >= float(params.get("threshold", 1.0)) - 1e-12:
-        return []
-    return [Sample(labels, share, int(rounds[last]), {
+    threshold = float(params.get("threshold", 1.0))
+    if share >= threshold - 1e-12:
+        return Reading([], share, threshold)
+    return Reading([Sample(labels, share, int(rounds[last]), {
         names[0]: _fmt(int(part[last])), names[1]: _fmt(int(whole[last])),
-        "missing": _fmt(int(whole[last] - part[last]))})]
+        "missing": _fmt(int(whole[last] - part[last]))})], share, threshold)
 
 
 def _gap_series(series: Series, rounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +151,13 @@ def evaluate_detector(name: str, params: Mapping[str, Any], series: Series, *,
     Pure: the result depends only on the arguments. `labels` (e.g. run_id, arm) are copied onto
     the samples; `now` (epoch seconds) is needed by `no_data` only.
     """
+    return read_detector(name, params, series, labels=labels, now=now).samples
+
+
+def read_detector(name: str, params: Mapping[str, Any], series: Series, *,
+                  labels: Mapping[str, str] | None = None,
+                  now: float | None = None) -> Reading:
+    """`evaluate_detector` with the figure judged and its limit (`Reading`)."""
     if name not in DETECTOR_PARAMS:
         raise ValueError(f"unknown detector {name!r}")
     unknown = set(params) - set(DETECTOR_PARAMS[name])
@@ -147,7 +172,7 @@ def evaluate_detector(name: str, params: Mapping[str, Any], series: Series, *,
     length = rounds.size
     governed_only_default = name in ("evasion_drift", "coverage_drop", "witnessed_coverage_drop")
     if params.get("governed_only", governed_only_default) and not _governed(series, length):
-        return []
+        return Reading()
 
     if name == "adherence_drift":
         return _cusum(params, series, rounds, "attempted", "covered", lab)
@@ -164,10 +189,10 @@ def evaluate_detector(name: str, params: Mapping[str, Any], series: Series, *,
         if name == "gap_widening":
             st = _trend(-1, params, t, gap)
             if st is None or not st.alarm:
-                return []
-            return [Sample(lab, st.slope, int(t[-1]), {
+                return Reading([], None if st is None else st.slope)
+            return Reading([Sample(lab, st.slope, int(t[-1]), {
                 "gap": _fmt(float(gap[-1])), "p": _fmt(st.mk_p), "slope_lo": _fmt(st.slope_lo),
-                "slope_hi": _fmt(st.slope_hi)})]
+                "slope_hi": _fmt(st.slope_hi)})], st.slope)
         side = str(params.get("side", "shortfall"))
         if side not in ("shortfall", "two-sided"):
             raise ValueError(f"gap_closed side must be shortfall or two-sided, got {side!r}")
@@ -180,9 +205,10 @@ def evaluate_detector(name: str, params: Mapping[str, Any], series: Series, *,
         for r, g in zip(t, gap):
             gs = gt.update(float(g), int(r))
         if gs is None or not gs.closed:
-            return []
-        return [Sample(lab, gs.mean, gs.round, {"lo": _fmt(gs.lo), "hi": _fmt(gs.hi),
-                                                  "closed_since": _fmt(gs.closed_since)})]
+            return Reading([], None if gs is None else gs.mean)
+        return Reading([Sample(lab, gs.mean, gs.round, {
+            "lo": _fmt(gs.lo), "hi": _fmt(gs.hi), "closed_since": _fmt(gs.closed_since)})],
+            gs.mean)
     if name == "latency_growth":
         actions = _col(series, "actions", length)
         lat = _col(series, "latency_us_sum", length)
@@ -193,9 +219,9 @@ def evaluate_detector(name: str, params: Mapping[str, Any], series: Series, *,
         st = _trend(+1, params, rounds[ok], per_action,
                     min_growth=float(params.get("min_growth", 0.1)))
         if st is None or not st.alarm:
-            return []
-        return [Sample(lab, st.slope, int(rounds[ok][-1]), {
-            "latency_us": _fmt(float(per_action[-1])), "p": _fmt(st.mk_p)})]
+            return Reading([], None if st is None else st.slope)
+        return Reading([Sample(lab, st.slope, int(rounds[ok][-1]), {
+            "latency_us": _fmt(float(per_action[-1])), "p": _fmt(st.mk_p)})], st.slope)
     if name == "no_data":
         if now is None:
             raise ValueError("no_data needs `now`")
@@ -206,9 +232,10 @@ def evaluate_detector(name: str, params: Mapping[str, Any], series: Series, *,
         age = now - float(ts.max())
         after = parse_duration(str(params.get("after", "5m")))
         if age >= after.amount:
-            return [Sample(lab, age, int(rounds[-1]), {"last_seen": _fmt(float(ts.max()))})]
-        return []
+            return Reading([Sample(lab, age, int(rounds[-1]),
+                                   {"last_seen": _fmt(float(ts.max()))})], age, after.amount)
+        return Reading([], age, after.amount)
     raise AssertionError(name)  # every name in DETECTOR_PARAMS is handled above
 
 
-__all__ = ["Series", "evaluate_detector"]
+__all__ = ["Reading", "Series", "evaluate_detector", "read_detector"]

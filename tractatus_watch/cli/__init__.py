@@ -26,7 +26,7 @@ try:
 
     from .app import app, one_line
     from .commands import (  # noqa: F401  (each module registers its commands on `app`)
-        alerts, collect, demo, lake, report, research, store, tui)
+        alerts, collect, demo, lake, report, research, rules, store, tui)
     from .config import CliError
     _MISSING: str | None = None
 except ModuleNotFoundError as _exc:

@@ -13,6 +13,7 @@ import typer
 from .config import CliError
 
 if TYPE_CHECKING:
+    from ..analysis.alerts.alert_rules import AlertRuleSet
     from ..monitor.bridges import Bridge
 
 MetricsOption = Annotated[Optional[str], typer.Option(
@@ -56,9 +57,10 @@ def _need(module: str, extra: str, option: str) -> None:
                        f"'tractatus-watch[{extra}]'")
 
 
-def make_bridges(opts: BridgeOptions) -> list[Bridge]:
+def make_bridges(opts: BridgeOptions, rules: AlertRuleSet | None = None) -> list[Bridge]:
     """The bridges asked for, each checked before the store is opened (a bad option is a
-    one-line error, exit 2)."""
+    one-line error, exit 2). `rules`: the collector's alert rules (default: the shipped ones),
+    whose detectors the Prometheus bridge exports."""
     bridges: list[Bridge] = []
     if opts.metrics is not None:
         host, port = parse_address(opts.metrics)
@@ -66,7 +68,7 @@ def make_bridges(opts: BridgeOptions) -> list[Bridge]:
         from ..monitor.prometheus_bridge import PrometheusBridge
 
         try:
-            bridges.append(PrometheusBridge(host, port))
+            bridges.append(PrometheusBridge(host, port, rules=rules))
         except OSError as exc:  # port in use, unknown host: before anything is collected
             raise CliError(f"--metrics {opts.metrics}: cannot listen on {host}:{port}: "
                            f"{exc.strerror or exc}") from None

@@ -174,7 +174,7 @@ def collect(
     key = _key(key_file)
     target = resolve_store(db, data_path)
     plan = serve_plan(serve, serve_public, token_file, target, timeout_s=serve_timeout)
-    bridges = make_bridges(BridgeOptions(metrics, tensorboard, wandb, otlp))
+    bridges = make_bridges(BridgeOptions(metrics, tensorboard, wandb, otlp), ruleset)
     setup_logging()
     with open_store(target, read_only=False) as store:
         sources = collect_sources(agl or [], spool or [], gateway, host, port, key,

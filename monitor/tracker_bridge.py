@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..records.files import make_dirs
+from ..storage.absent import AbsentFinder
 from ..storage.transaction import transaction
 from .bridges import PollingBridge
 from .round_scalars import GAP_TAG, RunScalars, round_scalars
@@ -59,10 +61,12 @@ class RoundTracker:
         if GOVERNED in limits and UNGOVERNED in limits:
             upto = min(limits[GOVERNED], limits[UNGOVERNED])
             done = self.gap_written.get(s.run_id, -1)
-            for rnd in sorted(r for r in s.gap if done < r <= upto):
-                out.setdefault(rnd, {})[GAP_TAG] = s.gap[rnd]
-            if upto > done:
-                self.gap_written[s.run_id] = upto
+            for rnd in range(done + 1, upto + 1):
+                if rnd not in s.gap and not final:
+                    break  # its rewards are not all in yet (they follow the decisions)
+                if rnd in s.gap:
+                    out.setdefault(rnd, {})[GAP_TAG] = s.gap[rnd]
+                self.gap_written[s.run_id] = rnd
         return dict(sorted(out.items()))
 
 
@@ -120,7 +124,10 @@ class TensorBoardWriter:
         if writer is None:
             folder = self.folder(run_id)
             make_dirs(folder)
-            writer = self._writers[run_id] = SummaryWriter(logdir=str(folder))
+            # flush_secs: its worker thread writes queued events and flushes them this often
+            # (its own flush() does not wait for the queue), so a live round shows within ~1 s.
+            writer = self._writers[run_id] = SummaryWriter(logdir=str(folder), flush_secs=1,
+                                                           max_queue=1000)
         for step, values in steps.items():
             for tag, value in values.items():
                 writer.add_scalar(tag, value, global_step=step)
@@ -173,6 +180,22 @@ def export_tensorboard(con: Any, run_id: str, logdir: Path) -> tuple[Path, int]:
 # --- W&B -----------------------------------------------------------------------------------
 
 
+def import_wandb() -> Any:
+    """`import wandb`, with storage/absent.py's finder lifted meanwhile: wandb asks
+    `importlib.util.find_spec("pandas")` at import, which that finder answers by raising."""
+    if "wandb" in sys.modules:
+        return sys.modules["wandb"]
+    lifted = [f for f in sys.meta_path if isinstance(f, AbsentFinder)]
+    for finder in lifted:
+        sys.meta_path.remove(finder)
+    try:
+        import wandb
+    finally:
+        for finder in lifted:
+            sys.meta_path.insert(0, finder)
+    return wandb
+
+
 def wandb_id(run_id: str) -> str:
     """A run id W&B accepts (no / \\ # ? % :, at most 128 characters)."""
     return re.sub(r"[/\\#?%:\s]+", "-", run_id)[:128] or "run"
@@ -199,8 +222,7 @@ class WandbBridge(TrackerBridge):
     def _run(self, run_id: str) -> Any:
         run = self._runs.get(run_id)
         if run is None:
-            import wandb
-
+            wandb = import_wandb()
             folder = self._dir()
             make_dirs(folder)
             # console="off": W&B must not wrap our terminal (the dashboard of `live`); it

@@ -223,6 +223,6 @@ def _export_tensorboard(logdir: Path, run: str | None, table: str | None, out: P
                            f"{exc.strerror or exc}") from None
     from rich.markup import escape
 
-    # Read as markup: the run id and the folder are the user's text.
+    # Read as markup: the run id and the folder are the user's text; one line, whole path.
     console(stderr=True).print(escape(f"exported {steps} rounds of run {run_id} to {folder} "
-                                      "(TensorBoard event files)"))
+                                      "(TensorBoard event files)"), soft_wrap=True)

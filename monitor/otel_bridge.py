@@ -187,7 +187,8 @@ class OtelBridge(PollingBridge):
         # Our own provider, not the global one: a host process's tracing is left alone.
         self.provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
         self.provider.add_span_processor(BatchSpanProcessor(
-            self.exporter, max_queue_size=32 * BATCH, max_export_batch_size=512))
+            self.exporter, max_queue_size=32 * BATCH, max_export_batch_size=512,
+            schedule_delay_millis=1000))
         self.tracer = self.provider.get_tracer(SCOPE)
         # Only what this session stores: the decisions already there were sent before.
         con = ctx.store.cursor()

@@ -132,7 +132,8 @@ def test_export_tensorboard_errors_are_one_line(demo: tuple[Path, str], tmp_path
 def test_export_without_table_or_tensorboard_is_one_line(demo: tuple[Path, str],
                                                          tmp_path: Path) -> None:
     result = cli("export", "--run", demo[1], "--db", str(demo[0]), cwd=tmp_path)
-    assert result.returncode == 2 and "needs --table and --out" in result.stderr
+    assert result.returncode == 2 and "Missing option '--table'" in result.stderr
+    assert "--tensorboard DIR --run RUN" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

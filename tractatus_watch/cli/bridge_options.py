@@ -13,7 +13,7 @@ import typer
 from .config import CliError
 
 if TYPE_CHECKING:
-    from ...monitor.bridges import Bridge
+    from ..monitor.bridges import Bridge
 
 MetricsOption = Annotated[Optional[str], typer.Option(
     "--metrics", metavar="[HOST:]PORT",
@@ -63,22 +63,22 @@ def make_bridges(opts: BridgeOptions) -> list[Bridge]:
     if opts.metrics is not None:
         host, port = parse_address(opts.metrics)
         _need("prometheus_client", "prometheus", "--metrics")
-        from ...monitor.prometheus_bridge import PrometheusBridge
+        from ..monitor.prometheus_bridge import PrometheusBridge
 
         bridges.append(PrometheusBridge(host, port))
     if opts.tensorboard is not None:
         _need("tensorboardX", "tensorboard", "--tensorboard")
-        from ...monitor.tracker_bridge import TensorBoardBridge
+        from ..monitor.tracker_bridge import TensorBoardBridge
 
         bridges.append(TensorBoardBridge(opts.tensorboard))
     if opts.wandb is not None:
         _need("wandb", "wandb", "--wandb")
-        from ...monitor.tracker_bridge import WandbBridge
+        from ..monitor.tracker_bridge import WandbBridge
 
         bridges.append(WandbBridge(opts.wandb))
     if opts.otlp is not None:
         _need("opentelemetry.sdk", "otel", "--otlp")
-        from ...monitor.otel_bridge import OtelBridge
+        from ..monitor.otel_bridge import OtelBridge
 
         bridges.append(OtelBridge(opts.otlp))
     return bridges

@@ -160,8 +160,10 @@ def export(
     if tensorboard is not None:
         _export_tensorboard(tensorboard, run, table, out, fmt, since, db, data_path, token_file)
         return
-    if table is None or out is None:
-        raise CliError("export needs --table and --out (or --tensorboard DIR --run RUN)")
+    for option, value in (("--table", table), ("--out", out)):
+        if value is None:  # click's wording: a missing option, whichever kind of export
+            raise CliError(f"Missing option '{option}': export needs --table and --out, or "
+                           "--tensorboard DIR --run RUN")
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 

@@ -164,6 +164,7 @@ def export(
         if value is None:  # click's wording: a missing option, whichever kind of export
             raise CliError(f"Missing option '{option}': export needs --table and --out, or "
                            "--tensorboard DIR --run RUN")
+    assert table is not None and out is not None
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 

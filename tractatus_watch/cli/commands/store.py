@@ -135,9 +135,10 @@ def query(
 
 @app.command()
 def export(
-    table: Annotated[str, typer.Option("--table", help="Table to export (see `query`).")],
-    out: Annotated[Path, typer.Option("--out", metavar="FILE",
-                                      help="Output file (0600, written atomically).")],
+    table: Annotated[Optional[str], typer.Option(
+        "--table", help="Table to export (see `query`).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", metavar="FILE", help="Output file (0600, written atomically).")] = None,
     fmt: Annotated[Optional[str], typer.Option(
         "--format", metavar="FORMAT",
         help="File format: csv, json, ndjson or parquet (zstd) \\[default: from the "
@@ -145,11 +146,25 @@ def export(
     run: Annotated[Optional[str], typer.Option("--run", help="Only this run.")] = None,
     since: Annotated[Optional[str], typer.Option(
         "--since", help="Only rows since a time: 30m, 2h, 7d or ISO-8601.")] = None,
+    tensorboard: Annotated[Optional[Path], typer.Option(
+        "--tensorboard", metavar="DIR", file_okay=False,
+        help="Instead of a table: write the per-round governance scalars of --run (default: "
+             "the latest run) as TensorBoard event files under DIR/<run>/, keyed by the "
+             "training step (round). Needs tractatus-watch[tensorboard].")] = None,
     force: ForceOption = False,
     db: DbOption = None, data_path: DataPathOption = None, token_file: TokenFileOption = None,
 ) -> None:
     """Export a table (all of it, one run, rows since a time) to CSV, JSON, NDJSON or Parquet,
-    streamed: the format comes from the file's extension unless --format says otherwise."""
+    streamed: the format comes from the file's extension unless --format says otherwise.
+    With --tensorboard DIR: a run's governance curves as TensorBoard event files."""
+    if tensorboard is not None:
+        _export_tensorboard(tensorboard, run, table, out, fmt, since, db, data_path, token_file)
+        return
+    for option, value in (("--table", table), ("--out", out)):
+        if value is None:  # click's wording: a missing option, whichever kind of export
+            raise CliError(f"Missing option '{option}': export needs --table and --out, or "
+                           "--tensorboard DIR --run RUN")
+    assert table is not None and out is not None
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -176,3 +191,41 @@ def export(
         rows = export_table(con, table, out, chosen, run_id=run,  # type: ignore[arg-type]
                             since=since_at, force=force, on_progress=on_progress)
     console(stderr=True).print(f"exported {rows} rows of {table} to {out} ({chosen})")
+
+
+def _export_tensorboard(logdir: Path, run: str | None, table: str | None, out: Path | None,
+                        fmt: str | None, since: str | None, db: Any, data_path: Any,
+                        token_file: Any) -> None:
+    """`export --tensorboard DIR`: the bridge's scalars of one stored run (every round)."""
+    import importlib.util
+
+    given = [name for name, value in (("--table", table), ("--out", out), ("--format", fmt),
+                                      ("--since", since)) if value is not None]
+    if given:
+        raise CliError(f"--tensorboard writes a run's event files: drop {', '.join(given)}")
+    if importlib.util.find_spec("tensorboardX") is None:
+        raise CliError("--tensorboard needs the tensorboard extra: pip install "
+                       "'tractatus-watch[tensorboard]'")
+    if logdir.exists() and not logdir.is_dir():
+        raise CliError(f"--tensorboard: {logdir} is not a folder")
+    from ...monitor.tracker_bridge import export_tensorboard, safe_name
+
+    with open_store(db, data_path, read_only=True, token_file=token_file) as store:
+        con = store.cursor()
+        run_id = pick_run(con, run)  # an unknown run: one line, exit 2
+        folder = logdir / safe_name(run_id)
+        if folder.is_dir() and any(p.name.startswith("events.out.tfevents")
+                                   for p in folder.iterdir()):
+            # A second export would write every step again: TensorBoard would show both.
+            raise CliError(f"{folder} already holds event files; remove them or choose "
+                           "another --tensorboard DIR")
+        try:
+            folder, steps = export_tensorboard(con, run_id, logdir)
+        except OSError as exc:
+            raise CliError(f"--tensorboard: cannot write {logdir}: "
+                           f"{exc.strerror or exc}") from None
+    from rich.markup import escape
+
+    # Read as markup: the run id and the folder are the user's text; one line, whole path.
+    console(stderr=True).print(escape(f"exported {steps} rounds of run {run_id} to {folder} "
+                                      "(TensorBoard event files)"), soft_wrap=True)

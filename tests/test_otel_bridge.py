@@ -1,0 +1,183 @@
+"""The OpenTelemetry bridge against a real OTLP HTTP receiver on 127.0.0.1 (http.server, the
+protobuf bodies decoded with the OTLP protos): one span per stored decision with the documented
+attributes, a child span per check; a dead receiver stops no capture."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest, ExportTraceServiceResponse)
+
+from support.bridge_spool import new_spool, write_round
+from tractatus_watch.collectors.spool_reader import SpoolReader
+from tractatus_watch.monitor.otel_bridge import OtelBridge
+from tractatus_watch.monitor.session import CollectionSession
+from tractatus_watch.storage.store import Store
+
+RUN = "otel-run"
+
+
+class Receiver:
+    """POST /v1/traces: every span received, as (resource attrs, span)."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[dict[str, Any], Any]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path != "/v1/traces":
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                req = ExportTraceServiceRequest.FromString(body)
+                with receiver.lock:
+                    for rs in req.resource_spans:
+                        res = {a.key: value(a.value) for a in rs.resource.attributes}
+                        for ss in rs.scope_spans:
+                            receiver.spans.extend((res, s) for s in ss.spans)
+                out = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def value(v: Any) -> Any:
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind else None
+
+
+def attrs(span: Any) -> dict[str, Any]:
+    return {a.key: value(a.value) for a in span.attributes}
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()
+
+
+def wait_until(predicate: Any, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.05)
+
+
+def stored(store: Store) -> tuple[dict[str, dict[str, Any]], list[tuple[Any, ...]]]:
+    con = store.cursor()
+    cols = ["decision_id", "agent_id", "round", "arm", "mode", "action_kind", "verdict",
+            "executed", "n_checks", "latency_us"]
+    decisions = {r[0]: dict(zip(cols, r)) for r in con.execute(
+        f"SELECT {', '.join(cols)} FROM decisions WHERE run_id = ?", [RUN]).fetchall()}
+    checks = con.execute("SELECT decision_id, idx, service, rule_id, verdict, enforced, "
+                         "latency_us FROM checks WHERE run_id = ?", [RUN]).fetchall()
+    return decisions, checks
+
+
+def test_one_span_per_decision_and_a_child_per_check(tmp_path: Path,
+                                                     receiver: Receiver) -> None:
+    spool = new_spool(tmp_path / "spool")
+    store = Store.open(tmp_path / "otel.duckdb")
+    bridge = OtelBridge(receiver.url, interval_s=0.2)
+    session = CollectionSession(store, [SpoolReader(tmp_path / "spool", settle_s=0.1,
+                                                    poll_s=0.05)],
+                                run_id=RUN, bridges=[bridge]).start()
+    sent = write_round(spool, 0, 12)
+    # Live: the spans of the first round arrive while the session runs.
+    wait_until(lambda: sum(1 for _, s in receiver.spans if not s.parent_span_id) == sent)
+    sent += write_round(spool, 1, 9)
+    wait_until(lambda: bridge.spans == sent)
+    session.close()
+    decisions, checks = stored(store)
+    assert len(decisions) == sent == 42
+
+    roots = [(res, s) for res, s in receiver.spans if not s.parent_span_id]
+    children = [s for _, s in receiver.spans if s.parent_span_id]
+    assert len(roots) == len(decisions)  # exactly one span per decision, none twice
+    by_id = {}
+    for res, span in roots:
+        assert res["service.name"] == "tractatus-watch"
+        a = attrs(span)
+        d = decisions[a["tractatus.decision.id"]]
+        by_id[span.span_id] = d
+        assert span.name == f"execute_tool {d['action_kind']}"
+        assert a["gen_ai.operation.name"] == "execute_tool"
+        assert a["gen_ai.tool.name"] == d["action_kind"]
+        assert a["gen_ai.agent.id"] == a["gen_ai.agent.name"] == d["agent_id"]
+        assert (a["tractatus.run.id"], a["tractatus.arm"], a["tractatus.round"],
+                a["tractatus.mode"], a["tractatus.verdict"], a["tractatus.executed"]) == (
+            RUN, d["arm"], d["round"], d["mode"], d["verdict"], d["executed"])
+        assert a["tractatus.checks"] == d["n_checks"]
+        # Its time: the decision's latency (its checks laid out inside it).
+        assert span.end_time_unix_nano - span.start_time_unix_nano >= d["latency_us"] * 1000
+    assert len(children) == len(checks)  # a child per stored check
+    per_parent = Counter(s.parent_span_id for s in children)
+    assert all(per_parent[sid] == d["n_checks"] for sid, d in by_id.items())
+    want = Counter((c[0], c[1], c[2], c[3], c[4], c[5]) for c in checks)
+    got = Counter()
+    for span in children:
+        a = attrs(span)
+        parent = by_id[span.parent_span_id]
+        assert span.name == f"run_guardrail {a['tractatus.service']}"
+        assert a["gen_ai.operation.name"] == "run_guardrail"
+        assert (a["tractatus.arm"], a["tractatus.round"], a["tractatus.mode"]) == (
+            parent["arm"], parent["round"], parent["mode"])
+        assert span.end_time_unix_nano - span.start_time_unix_nano == \
+            a["tractatus.latency_us"] * 1000
+        got[(a["tractatus.decision.id"], a["tractatus.check.index"], a["tractatus.service"],
+             a["tractatus.rule.id"], a["tractatus.verdict"], a["tractatus.enforced"])] += 1
+    assert got == want
+    assert any(a["tractatus.verdict"] == "block" and a["tractatus.enforced"]
+               for a in map(attrs, children))
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_dead_receiver_stops_no_capture(tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    spool = new_spool(tmp_path / "spool")
+    store = Store.open(tmp_path / "dead.duckdb")
+    bridge = OtelBridge(f"http://127.0.0.1:{_closed_port()}/v1/traces", interval_s=0.1)
+    session = CollectionSession(store, [SpoolReader(tmp_path / "spool", settle_s=0.1,
+                                                    poll_s=0.05)],
+                                run_id=RUN, bridges=[bridge]).start()
+    sent = 0
+    for rnd in range(3):
+        sent += write_round(spool, rnd, 20)
+    wait_until(lambda: bridge.spans == sent)
+    started = time.monotonic()
+    session.close()
+    assert time.monotonic() - started < 20  # bounded: the flush does not wait on a dead peer
+    decisions, checks = stored(store)
+    assert len(decisions) == sent  # everything captured
+    assert bridge.exporter is not None and bridge.exporter.sent == 0
+    assert bridge.exporter.dropped == sent + len(checks)
+    failures = [r for r in caplog.records if "export failed" in r.getMessage()]
+    assert len(failures) == 1  # logged once, not once per batch

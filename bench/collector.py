@@ -246,8 +246,8 @@ def measure_accept(events: int) -> tuple[float, float]:
         proc.wait()
 
 
-def measure_drain(preload: int, workdir: Path, bridges: bool = False, name: str = "drain"
-                  ) -> tuple[float, int]:
+def measure_drain(preload: int, workdir: Path, bridges: tuple[str, ...] = (),
+                  name: str = "drain") -> tuple[float, int]:
     """Events stored per second, from the first poll to the last commit; with `bridges`, every
     bridge (Prometheus, TensorBoard, W&B offline, OTLP to a local receiver) reads the store
     meanwhile, as `collect` runs them."""
@@ -259,7 +259,7 @@ def measure_drain(preload: int, workdir: Path, bridges: bool = False, name: str 
             writer = Writer(store, flush_interval_s=0.2)
             poller = Poller(f"http://127.0.0.1:{port}", key=os.environ[KEY_ENV],
                             concurrency=8)
-            on = every_bridge(workdir / name) if bridges else []
+            on = every_bridge(workdir / name, bridges) if bridges else []
             ctx = BridgeContext(store, lambda: writer.runs_written, lambda: [])
             for bridge in on:
                 bridge.start(ctx)
@@ -295,7 +295,10 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def every_bridge(folder: Path) -> list[Any]:
+BRIDGES = ("prometheus", "tensorboard", "wandb", "otel")
+
+
+def every_bridge(folder: Path, names: tuple[str, ...] = BRIDGES) -> list[Any]:
     from tractatus_watch.monitor.otel_bridge import OtelBridge
     from tractatus_watch.monitor.prometheus_bridge import PrometheusBridge
     from tractatus_watch.monitor.tracker_bridge import TensorBoardBridge, WandbBridge
@@ -304,23 +307,27 @@ def every_bridge(folder: Path) -> list[Any]:
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(folder))
     folder.mkdir(parents=True, exist_ok=True)
-    return [PrometheusBridge("127.0.0.1", free_port()), TensorBoardBridge(folder / "tb"),
-            WandbBridge("tractatus-watch-bench"),
-            OtelBridge(f"http://127.0.0.1:{receiver.server_address[1]}/v1/traces")]
+    made = {"prometheus": lambda: PrometheusBridge("127.0.0.1", free_port()),
+            "tensorboard": lambda: TensorBoardBridge(folder / "tb"),
+            "wandb": lambda: WandbBridge("tractatus-watch-bench"),
+            "otel": lambda: OtelBridge(f"http://127.0.0.1:{receiver.server_address[1]}"
+                                       "/v1/traces")}
+    return [made[name]() for name in names]
 
 
-def bridge_figures(preload: int, workdir: Path, repeats: int) -> dict[str, float]:
+def bridge_figures(preload: int, workdir: Path, repeats: int,
+                   names: tuple[str, ...] = BRIDGES) -> dict[str, float]:
     """Drain with every bridge on and off, alternating in the same run: medians and ratio."""
     off: list[float] = []
     on: list[float] = []
     for i in range(repeats):
         off.append(measure_drain(preload, workdir, name=f"off{i}")[0])
-        on.append(measure_drain(preload, workdir, bridges=True, name=f"on{i}")[0])
+        on.append(measure_drain(preload, workdir, bridges=names, name=f"on{i}")[0])
     figures = {"drain_bridges_off_events_per_s": statistics.median(off),
                "drain_bridges_on_events_per_s": statistics.median(on)}
     figures["drain_bridges_ratio"] = (figures["drain_bridges_on_events_per_s"]
                                       / figures["drain_bridges_off_events_per_s"])
-    print(f"drain with every bridge on: {figures['drain_bridges_on_events_per_s']:.0f} "
+    print(f"drain with bridges {','.join(names)} on: {figures['drain_bridges_on_events_per_s']:.0f} "
           f"events/s, off: {figures['drain_bridges_off_events_per_s']:.0f} (medians of "
           f"{repeats}, alternating; on/off {figures['drain_bridges_ratio']:.3f}; target >= 0.90)",
           file=sys.stderr)
@@ -447,12 +454,15 @@ def main() -> None:
     ap.add_argument("--only-durability", action="store_true")
     ap.add_argument("--only-bridges", action="store_true")
     ap.add_argument("--bridge-repeats", type=int, default=3)
+    ap.add_argument("--bridges", default=",".join(BRIDGES),
+                    help="the bridges on in the bridges run (comma list)")
     ap.add_argument("--dir", type=Path, default=None)
     args = ap.parse_args()
     os.environ.setdefault(KEY_ENV, secrets.token_hex(16))  # a throwaway key, never printed
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         workdir = Path(tmp)
-        bridges = bridge_figures(args.preload, workdir, args.bridge_repeats)
+        bridges = bridge_figures(args.preload, workdir, args.bridge_repeats,
+                                 tuple(args.bridges.split(",")))
         if args.only_bridges:
             last_line(bridges)
             return

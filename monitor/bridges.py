@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -39,10 +40,16 @@ class Bridge(Protocol):
         ...
 
 
+# A bridge shares the collector's process (and GIL) with capture: after a poll that took d
+# seconds it waits at least d / MAX_DUTY, so polling holds at most this share of the time
+# whatever the store's size (bench/collector.py measures the drain with every bridge on).
+MAX_DUTY = 0.05
+
+
 class PollingBridge:
-    """A bridge that reads the store every `interval_s` in its own thread (`poll`), once more
-    at close. A failing poll is logged and retried on the next tick: a bridge never stops
-    capture."""
+    """A bridge that reads the store every `interval_s` in its own thread (`poll`; longer
+    while polls are slow, MAX_DUTY), once more at close. A failing poll is logged and retried
+    on the next tick: a bridge never stops capture."""
 
     name = "bridge"
 
@@ -61,8 +68,12 @@ class PollingBridge:
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        wait_s = self.interval_s
+        while not self._stop.wait(wait_s):
+            started = time.monotonic()
             self._poll_once()
+            took = time.monotonic() - started
+            wait_s = max(self.interval_s, took / MAX_DUTY - took)
 
     def _poll_once(self) -> None:
         assert self.ctx is not None

@@ -22,7 +22,7 @@ GIL. Last line: {"accept_events_per_s", "drain_events_per_s", "ratio", "latency_
 "durable_cC_posts_per_s", "nowait_cC_…", "durable_cC_posts_ratio",
 "drain_bridges_off_events_per_s", "drain_bridges_on_events_per_s", "drain_bridges_ratio"}.
 Usage: bench/collector.py [--preload N] [--rate R] [--seconds S] [--clients C]
-[--durable-seconds S] [--only-durability] [--only-bridges] [--bridge-repeats N] [--dir D]
+[--durable-seconds S] [--only-durability] [--only-bridges] [--bridge-repeats N] [--bridge-preload N] [--bridges LIST] [--dir D]
 """
 
 from __future__ import annotations
@@ -455,7 +455,10 @@ def main() -> None:
     ap.add_argument("--durable-seconds", type=float, default=5.0)
     ap.add_argument("--only-durability", action="store_true")
     ap.add_argument("--only-bridges", action="store_true")
-    ap.add_argument("--bridge-repeats", type=int, default=3)
+    ap.add_argument("--bridge-repeats", type=int, default=5)
+    ap.add_argument("--bridge-preload", type=int, default=100_000,
+                    help="events preloaded for each drain of the bridges run (long enough "
+                         "for the bridges to poll several times)")
     ap.add_argument("--bridges", default=",".join(BRIDGES),
                     help="the bridges on in the bridges run (comma list)")
     ap.add_argument("--dir", type=Path, default=None)
@@ -463,7 +466,7 @@ def main() -> None:
     os.environ.setdefault(KEY_ENV, secrets.token_hex(16))  # a throwaway key, never printed
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         workdir = Path(tmp)
-        bridges = bridge_figures(args.preload, workdir, args.bridge_repeats,
+        bridges = bridge_figures(args.bridge_preload, workdir, args.bridge_repeats,
                                  tuple(args.bridges.split(",")))
         if args.only_bridges:
             last_line(bridges)

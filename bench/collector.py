@@ -22,7 +22,8 @@ GIL. Last line: {"accept_events_per_s", "drain_events_per_s", "ratio", "latency_
 "durable_cC_posts_per_s", "nowait_cC_…", "durable_cC_posts_ratio",
 "drain_bridges_off_events_per_s", "drain_bridges_on_events_per_s", "drain_bridges_ratio"}.
 Usage: bench/collector.py [--preload N] [--rate R] [--seconds S] [--clients C]
-[--durable-seconds S] [--only-durability] [--only-bridges] [--bridge-repeats N] [--bridge-preload N] [--bridges LIST] [--dir D]
+[--durable-seconds S] [--only-durability] [--only-bridges] [--bridge-repeats N]
+[--bridge-preload N] [--bridges LIST] [--dir D]
 """
 
 from __future__ import annotations

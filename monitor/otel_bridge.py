@@ -4,7 +4,7 @@ its checks as a child span, sent over OTLP HTTP (opentelemetry-sdk, BatchSpanPro
 Spans are built from what the writer committed (decisions and checks the store holds), after
 the fact, with their own times and attributes (otel_export_process.py). This bridge keeps only
 the watermark and the reads (two DuckDB queries per batch, returning Arrow tables, run in C);
-the spans are built and exported in a child process of their own ("spawn"), so the SDK's
+the spans are built and exported in a child process of their own, at a lower priority, so the SDK's
 per-span Python work never competes with the poller and the writer for the collector's GIL.
 Each batch goes over a pipe as Arrow IPC; one batch is in flight at a time (the next one is
 read meanwhile), so a slow receiver slows the bridge, never the capture.
@@ -20,7 +20,10 @@ it gets a bounded time to flush and is killed after it.
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import os
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -30,7 +33,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..storage.transaction import transaction
-from . import otel_export_process
 from .bridges import BridgeContext, PollingBridge
 from .otel_export_process import BATCH, check_attributes, decision_attributes
 
@@ -38,6 +40,14 @@ log = logging.getLogger("tractatus_watch.bridges")
 
 ACK_TIMEOUT_S = 30.0   # a batch not built by then: the export process is stuck
 CLOSE_TIMEOUT_S = 30.0  # the export process's last flush and exit, at close
+NICE = 10  # the export process's priority below the collector's
+# The export process: niced before its imports, so on a busy machine the capture gets the CPU
+# first and the spans catch up after (they are read from the store: late loses nothing). Not
+# multiprocessing's spawn: that imports the host's main module again (the CLI, a benchmark).
+LAUNCH = ("import os\n"
+          f"if hasattr(os, 'nice'): os.nice({NICE})\n"
+          "from tractatus_watch.monitor.otel_export_process import run\n"
+          "run()")
 
 _DECISIONS = """
     SELECT rowid AS pos, run_id, decision_id, rollout_id, agent_id, round, arm, mode,
@@ -76,7 +86,7 @@ class OtelBridge(PollingBridge):
         super().__init__(interval_s)
         self.endpoint = endpoint
         self.exporter: ExportCounts | None = None
-        self.process: Any = None  # the export process (multiprocessing, spawn)
+        self.process: subprocess.Popen[bytes] | None = None  # the export process
         self._conn: Connection | None = None
         self._in_flight = 0
         self._gone = False  # the export process ended or is stuck: batches are dropped
@@ -87,7 +97,7 @@ class OtelBridge(PollingBridge):
 
     @property
     def pid(self) -> int | None:
-        return None if self.process is None else int(self.process.pid)
+        return None if self.process is None else self.process.pid
 
     def start(self, ctx: BridgeContext) -> None:
         # Only what this session stores: the decisions already there were sent before.
@@ -99,13 +109,14 @@ class OtelBridge(PollingBridge):
         finally:
             con.close()
         self.exporter = ExportCounts()
-        mp = multiprocessing.get_context("spawn")
-        self._conn, child_end = mp.Pipe(duplex=True)
-        self.process = mp.Process(target=otel_export_process.main,
-                                  args=(child_end, self.endpoint), name="tw-otel-export",
-                                  daemon=True)
-        self.process.start()
-        child_end.close()
+        ours, theirs = socket.socketpair()
+        with theirs:
+            # The same import path as this process (as multiprocessing would pass it).
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", LAUNCH, str(theirs.fileno()), self.endpoint],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
+        self._conn = Connection(ours.detach())
         super().start(ctx)
 
     def poll(self, con: Any) -> None:
@@ -179,11 +190,11 @@ class OtelBridge(PollingBridge):
         if self._gone:
             return
         self._gone = True
-        if self.process is not None and self.process.is_alive():
+        if self.process is not None and self.process.poll() is None:
             self.process.kill()
         log.warning("otlp: the export process " + why + "; spans are dropped (capture goes on)",
-                    extra={"fields": {"endpoint": self.endpoint,
-                                      "exitcode": self.process.exitcode}})
+                    extra={"fields": {"endpoint": self.endpoint, "exitcode": None if
+                                      self.process is None else self.process.poll()}})
 
     def finish(self) -> None:
         if self.process is None or self._conn is None:
@@ -196,10 +207,11 @@ class OtelBridge(PollingBridge):
                 self._give_up("ended")
         while not self._gone and time.monotonic() < deadline:
             self._receive(min(deadline - time.monotonic(), 1.0))
-        self.process.join(max(deadline - time.monotonic(), 0.0) + 1.0)
-        if self.process.is_alive():
+        try:
+            self.process.wait(max(deadline - time.monotonic(), 0.0) + 1.0)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join(5)
+            self.process.wait(5)
             log.warning("otlp: the export process did not finish its flush in time; killed",
                         extra={"fields": {"endpoint": self.endpoint}})
         self._conn.close()

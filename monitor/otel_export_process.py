@@ -2,7 +2,9 @@
 capture process, so the SDK's per-span Python work never competes with the poller and the
 writer for the collector's GIL.
 
-The bridge (otel_bridge.py) sends each batch as two Arrow IPC streams (its decisions, their
+The bridge (otel_bridge.py) starts it with `python -c` (otel_bridge.LAUNCH: below the
+collector's priority first, then this module's few imports, never the host's main module) and
+sends each batch as two Arrow IPC streams (its decisions, their
 checks) over a pipe; an empty message means "no more". Back over the same pipe go small
 tuples: ("ack", decisions built, spans sent, spans dropped) after every batch, ("log", level,
 message, fields) for the bridge to log in its process, ("done", sent, dropped) at the end.
@@ -25,6 +27,7 @@ import logging
 import os
 import threading
 import time
+import sys
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Sequence
 
@@ -227,3 +230,8 @@ def main(conn: Connection, endpoint: str) -> None:
         except OSError:  # the bridge's end is gone: nobody to tell
             pass
         conn.close()
+
+
+def run() -> None:
+    """`python -c LAUNCH FD ENDPOINT`: the pipe's end this process inherited, the receiver."""
+    main(Connection(int(sys.argv[1])), sys.argv[2])

@@ -199,7 +199,7 @@ def test_a_dead_export_process_stops_no_capture(tmp_path: Path, receiver: Receiv
     wait_until(lambda: bridge.spans == sent)
     assert bridge.process is not None
     bridge.process.kill()
-    bridge.process.join(10)
+    bridge.process.wait(10)
     later = write_round(spool, 1, 10) + write_round(spool, 2, 10)
     wait_until(lambda: bridge.lost == later)  # dropped and counted, the session goes on
     started = time.monotonic()

@@ -39,6 +39,7 @@ from .otel_export_process import BATCH, check_attributes, decision_attributes
 log = logging.getLogger("tractatus_watch.bridges")
 
 ACK_TIMEOUT_S = 30.0   # a batch not built by then: the export process is stuck
+READY_TIMEOUT_S = 15.0  # the export process's start (its imports, the SDK's set-up)
 CLOSE_TIMEOUT_S = 30.0  # the export process's last flush and exit, at close
 NICE = 10  # the export process's priority below the collector's
 # The export process: niced before its imports, so on a busy machine the capture gets the CPU
@@ -89,6 +90,7 @@ class OtelBridge(PollingBridge):
         self.process: subprocess.Popen[bytes] | None = None  # the export process
         self._conn: Connection | None = None
         self._in_flight = 0
+        self._ready = False
         self._gone = False  # the export process ended or is stuck: batches are dropped
         self._decision_pos = -1
         self._check_pos = -1
@@ -117,6 +119,12 @@ class OtelBridge(PollingBridge):
                 [sys.executable, "-c", LAUNCH, str(theirs.fileno()), self.endpoint],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         self._conn = Connection(ours.detach())
+        # Its start-up (the SDK's imports) is over before capture begins, not during it.
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self._ready and not self._gone and time.monotonic() < deadline:
+            self._receive(min(deadline - time.monotonic(), 1.0))
+        if not self._ready:
+            self._give_up("did not start in time")
         super().start(ctx)
 
     def poll(self, con: Any) -> None:
@@ -174,6 +182,8 @@ class OtelBridge(PollingBridge):
             return False
         assert self.exporter is not None
         match message:
+            case ("ready",):
+                self._ready = True
             case ("ack", int(built), int(sent), int(dropped)):
                 self._in_flight -= 1
                 self.spans += built

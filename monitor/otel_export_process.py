@@ -6,7 +6,7 @@ The bridge (otel_bridge.py) starts it with `python -c` (otel_bridge.LAUNCH: belo
 collector's priority first, then this module's few imports, never the host's main module) and
 sends each batch as two Arrow IPC streams (its decisions, their
 checks) over a pipe; an empty message means "no more". Back over the same pipe go small
-tuples: ("ack", decisions built, spans sent, spans dropped) after every batch, ("log", level,
+tuples: ("ready",) once its imports are done, ("ack", decisions built, spans sent, spans dropped) after every batch, ("log", level,
 message, fields) for the bridge to log in its process, ("done", sent, dropped) at the end.
 
 Times (README, "OpenTelemetry"): a decision's `ts` is taken when its checks are done, so its
@@ -207,6 +207,7 @@ def main(conn: Connection, endpoint: str) -> None:
         exporter, max_queue_size=32 * BATCH, max_export_batch_size=512,
         schedule_delay_millis=1000))
     tracer = provider.get_tracer(SCOPE)
+    send(("ready",))
     try:
         while True:
             try:

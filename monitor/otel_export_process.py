@@ -4,9 +4,9 @@ writer for the collector's GIL.
 
 The bridge (otel_bridge.py) starts it with `python -c` (otel_bridge.LAUNCH: below the
 collector's priority first, then this module's few imports, never the host's main module) and
-sends each batch as two Arrow IPC streams (its decisions, their
-checks) over a pipe; an empty message means "no more". Back over the same pipe go small
-tuples: ("ready",) once its imports are done, ("ack", decisions built, spans sent, spans dropped) after every batch, ("log", level,
+sends each batch as two Arrow IPC streams (its decisions, their checks) over a pipe; an empty
+message means "no more". Back over the same pipe go small tuples: ("ready",) once its imports
+are done, ("ack", decisions built, spans sent, spans dropped) after every batch, ("log", level,
 message, fields) for the bridge to log in its process, ("done", sent, dropped) at the end.
 
 Times (README, "OpenTelemetry"): a decision's `ts` is taken when its checks are done, so its

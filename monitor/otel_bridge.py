@@ -116,9 +116,10 @@ class OtelBridge(PollingBridge):
             # The same import path as this process (as multiprocessing would pass it).
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
             self.process = subprocess.Popen(
-                [sys.executable, "-c", LAUNCH, str(theirs.fileno()), self.endpoint],
+                [sys.executable, "-c", LAUNCH, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         self._conn = Connection(ours.detach())
+        self._conn.send_bytes(self.endpoint.encode())
         # Its start-up (the SDK's imports) is over before capture begins, not during it.
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not self._ready and not self._gone and time.monotonic() < deadline:

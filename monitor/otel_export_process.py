@@ -234,5 +234,7 @@ def main(conn: Connection, endpoint: str) -> None:
 
 
 def run() -> None:
-    """`python -c LAUNCH FD ENDPOINT`: the pipe's end this process inherited, the receiver."""
-    main(Connection(int(sys.argv[1])), sys.argv[2])
+    """`python -c LAUNCH FD`: the pipe's end this process inherited; its first message is the
+    receiver's URL (not on the command line, where every user's `ps` would show it)."""
+    conn = Connection(int(sys.argv[1]))
+    main(conn, conn.recv_bytes().decode())

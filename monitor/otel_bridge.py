@@ -2,47 +2,53 @@
 its checks as a child span, sent over OTLP HTTP (opentelemetry-sdk, BatchSpanProcessor).
 
 Spans are built from what the writer committed (decisions and checks the store holds), after
-the fact, with their own times: a decision's `ts` is taken when its checks are done, so its span
-ends at `ts` and starts `latency_us` earlier; its checks follow one another from that start in
-their order, each lasting its own `latency_us`.
-
-Attributes (README, "OpenTelemetry"): the GenAI conventions where they define one (the decision
-is the `execute_tool` operation it governs: gen_ai.operation.name, gen_ai.tool.name = the
-action kind, gen_ai.agent.id/name); the guardrail checks are `run_guardrail` child spans, as in
-the open guardrail proposal (semantic-conventions-genai #427, unreleased), whose attributes we
-keep under our own `tractatus.*` names until it is released: rule id, verdict, enforced, mode,
-service, run, arm, round.
+the fact, with their own times and attributes (otel_export_process.py). This bridge keeps only
+the watermark and the reads (two DuckDB queries per batch, returning Arrow tables, run in C);
+the spans are built and exported in a child process of their own, at a lower priority, so the SDK's
+per-span Python work never competes with the poller and the writer for the collector's GIL.
+Each batch goes over a pipe as Arrow IPC; one batch is in flight at a time (the next one is
+read meanwhile), so a slow receiver slows the bridge, never the capture.
 
 New decisions are those committed since the bridge started (the table's `rowid`, increasing
 with every append; rows are never updated or deleted). A dead receiver never stops capture:
-the bridge only reads, export failures are logged once (and once more when it recovers), and
-while the receiver is down batches are dropped at once instead of waiting out the timeout.
+export failures are logged once (and once more when it recovers), and while the receiver is
+down batches are dropped at once instead of waiting out the timeout. A dead or stuck export
+process never hangs the collector: its batches are dropped, counted, and logged once; at close
+it gets a bounded time to flush and is killed after it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import os
+import socket
+import subprocess
+import sys
 import time
-from typing import Any, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
 
-from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..storage.transaction import transaction
 from .bridges import BridgeContext, PollingBridge
+from .otel_export_process import BATCH, check_attributes, decision_attributes
 
 log = logging.getLogger("tractatus_watch.bridges")
 
-SERVICE_NAME = "tractatus-watch"
-SCOPE = "tractatus_watch.otel_bridge"
-BATCH = 2000            # decisions read and sent per step of a poll
-RETRY_DOWN_S = 5.0      # while the receiver is down, one batch is tried this often
-EXPORT_TIMEOUT_S = 5.0  # one export's deadline (the exporter's own retries included)
-FLUSH_TIMEOUT_MS = 10_000
+ACK_TIMEOUT_S = 30.0   # a batch not built by then: the export process is stuck
+READY_TIMEOUT_S = 15.0  # the export process's start (its imports, the SDK's set-up)
+CLOSE_TIMEOUT_S = 30.0  # the export process's last flush and exit, at close
+NICE = 10  # the export process's priority below the collector's
+# The export process: niced before its imports, so on a busy machine the capture gets the CPU
+# first and the spans catch up after (they are read from the store: late loses nothing). Not
+# multiprocessing's spawn: that imports the host's main module again (the CLI, a benchmark).
+LAUNCH = ("import os\n"
+          f"if hasattr(os, 'nice'): os.nice({NICE})\n"
+          "from tractatus_watch.monitor.otel_export_process import run\n"
+          "run()")
 
 _DECISIONS = """
     SELECT rowid AS pos, run_id, decision_id, rollout_id, agent_id, round, arm, mode,
@@ -59,109 +65,19 @@ _CHECKS = """
     ORDER BY c.run_id, c.decision_id, c.idx"""
 
 
-def decision_attributes(d: dict[str, Any]) -> dict[str, Any]:
-    attrs: dict[str, Any] = {
-        "gen_ai.operation.name": "execute_tool",
-        "gen_ai.tool.name": d["action_kind"],
-        "gen_ai.agent.id": d["agent_id"],
-        "gen_ai.agent.name": d["agent_id"],
-        "tractatus.run.id": d["run_id"],
-        "tractatus.arm": d["arm"],
-        "tractatus.round": int(d["round"]),
-        "tractatus.mode": d["mode"],
-        "tractatus.decision.id": d["decision_id"],
-        "tractatus.verdict": d["verdict"],
-        "tractatus.executed": bool(d["executed"]),
-        "tractatus.covered": bool(d["covered"]),
-        "tractatus.attempted": bool(d["attempted"]),
-        "tractatus.evasion": bool(d["evasion"]),
-        "tractatus.checks": int(d["n_checks"]),
-        "tractatus.latency_us": int(d["latency_us"]),
-    }
-    if d.get("rollout_id"):
-        attrs["tractatus.rollout.id"] = d["rollout_id"]
-    return attrs
+@dataclass
+class ExportCounts:
+    """Spans the export process sent and dropped (as it last reported)."""
+
+    sent: int = 0
+    dropped: int = 0
 
 
-def check_attributes(d: dict[str, Any], c: dict[str, Any]) -> dict[str, Any]:
-    attrs: dict[str, Any] = {
-        "gen_ai.operation.name": "run_guardrail",
-        "gen_ai.agent.id": d["agent_id"],
-        "tractatus.service": c["service"],
-        "tractatus.rule.id": c["rule_id"],
-        "tractatus.verdict": c["verdict"],
-        "tractatus.enforced": bool(c["enforced"]),
-        "tractatus.mode": d["mode"],
-        "tractatus.run.id": d["run_id"],
-        "tractatus.arm": d["arm"],
-        "tractatus.round": int(d["round"]),
-        "tractatus.decision.id": d["decision_id"],
-        "tractatus.check.index": int(c["idx"]),
-        "tractatus.latency_us": int(c["latency_us"]),
-    }
-    for key in ("raw_verdict", "boundary", "severity"):
-        if c.get(key):
-            attrs[f"tractatus.{key}"] = c[key]
-    return attrs
-
-
-class _GuardedExporter(SpanExporter):
-    """The OTLP exporter, logged once when it starts failing and once when it recovers; while
-    failing, a batch is tried every RETRY_DOWN_S and the others dropped at once (counted)."""
-
-    def __init__(self, inner: SpanExporter, endpoint: str) -> None:
-        self.inner = inner
-        self.endpoint = endpoint
-        self.failing = False
-        self._last_try = 0.0
-        self.sent = 0
-        self.dropped = 0
-        self._lock = threading.Lock()
-
-    def export(self, spans: Sequence[Any]) -> SpanExportResult:
-        if self.failing and time.monotonic() - self._last_try < RETRY_DOWN_S:
-            self.dropped += len(spans)
-            return SpanExportResult.FAILURE
-        self._last_try = time.monotonic()
-        error = ""
-        try:
-            result = self.inner.export(spans)
-        except Exception as exc:  # noqa: BLE001 - the exporter's failure is reported here
-            result, error = SpanExportResult.FAILURE, str(exc).strip().split("\n")[0]
-        with self._lock:
-            if result == SpanExportResult.SUCCESS:
-                self.sent += len(spans)
-                if self.failing:
-                    self.failing = False
-                    log.info("otlp: the receiver answers again", extra={"fields": {
-                        "endpoint": self.endpoint}})
-            else:
-                self.dropped += len(spans)
-                if not self.failing:
-                    self.failing = True
-                    log.warning("otlp: export failed; spans are dropped until the receiver "
-                                "answers (capture goes on)", extra={"fields": {
-                                    "endpoint": self.endpoint, "error": error or "no answer"}})
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-
-class _Quiet(logging.Filter):
-    """Drops the exporter's own warning and error lines (one per failed batch, each retry):
-    the exporter wrapper reports a failure once instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.WARNING
-
-
-_EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp.proto.http.trace_exporter",
-                     "opentelemetry.exporter.otlp.proto.http._common",
-                     "opentelemetry.exporter.otlp.proto.http")
+def _ipc(table: pa.Table) -> Any:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
 
 
 class OtelBridge(PollingBridge):
@@ -170,26 +86,22 @@ class OtelBridge(PollingBridge):
     def __init__(self, endpoint: str, interval_s: float = 1.0) -> None:
         super().__init__(interval_s)
         self.endpoint = endpoint
-        self.provider: Any = None
-        self.tracer: Any = None
-        self.exporter: _GuardedExporter | None = None
+        self.exporter: ExportCounts | None = None
+        self.process: subprocess.Popen[bytes] | None = None  # the export process
+        self._conn: Connection | None = None
+        self._in_flight = 0
+        self._ready = False
+        self._gone = False  # the export process ended or is stuck: batches are dropped
         self._decision_pos = -1
         self._check_pos = -1
-        self.spans = 0  # decisions sent (with their checks)
+        self.spans = 0  # decisions built as spans (with their checks) by the export process
+        self.lost = 0   # decisions dropped because the export process was gone
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
 
     def start(self, ctx: BridgeContext) -> None:
-        for name in _EXPORTER_LOGGERS:
-            logger = logging.getLogger(name)
-            if not any(isinstance(f, _Quiet) for f in logger.filters):
-                logger.addFilter(_Quiet())
-        self.exporter = _GuardedExporter(
-            OTLPSpanExporter(endpoint=self.endpoint, timeout=EXPORT_TIMEOUT_S), self.endpoint)
-        # Our own provider, not the global one: a host process's tracing is left alone.
-        self.provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
-        self.provider.add_span_processor(BatchSpanProcessor(
-            self.exporter, max_queue_size=32 * BATCH, max_export_batch_size=512,
-            schedule_delay_millis=1000))
-        self.tracer = self.provider.get_tracer(SCOPE)
         # Only what this session stores: the decisions already there were sent before.
         con = ctx.store.cursor()
         try:
@@ -198,61 +110,127 @@ class OtelBridge(PollingBridge):
                 "(SELECT coalesce(max(rowid), -1) FROM checks)").fetchall()[0]
         finally:
             con.close()
+        self.exporter = ExportCounts()
+        ours, theirs = socket.socketpair()
+        with theirs:
+            # The same import path as this process (as multiprocessing would pass it).
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", LAUNCH, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
+        self._conn = Connection(ours.detach())
+        self._conn.send_bytes(self.endpoint.encode())
+        # Its start-up (the SDK's imports) is over before capture begins, not during it.
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self._ready and not self._gone and time.monotonic() < deadline:
+            self._receive(min(deadline - time.monotonic(), 1.0))
+        if not self._ready:
+            self._give_up("did not start in time")
         super().start(ctx)
 
     def poll(self, con: Any) -> None:
+        while self._receive(0.0):
+            pass
         while self._step(con) == BATCH:
-            # Backpressure while the receiver keeps up: wait for the batch to go out.
-            if self.exporter is not None and not self.exporter.failing:
-                self.provider.force_flush(FLUSH_TIMEOUT_MS)
+            pass
 
     def _step(self, con: Any) -> int:
         with transaction(con):
             decisions = con.execute(_DECISIONS, [self._decision_pos, BATCH]).to_arrow_table()
             if not decisions.num_rows:
                 return 0
+            span = pc.min_max(decisions.column("ts_us")).as_py()
             con.register("_tw_otel_batch", decisions.select(["run_id", "decision_id"]))
             try:
-                ts = decisions.column("ts_us").to_pylist()
-                checks = con.execute(_CHECKS, [self._check_pos, min(ts), max(ts)]
-                                     ).to_arrow_table().to_pylist()
+                checks = con.execute(_CHECKS, [self._check_pos, span["min"], span["max"]]
+                                     ).to_arrow_table()
             finally:
                 con.unregister("_tw_otel_batch")
-        by_decision: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for c in checks:
-            by_decision.setdefault((c["run_id"], c["decision_id"]), []).append(c)
-        rows = decisions.to_pylist()
-        for d in rows:
-            self._send(d, by_decision.get((d["run_id"], d["decision_id"]), []))
-        self._decision_pos = rows[-1]["pos"]
-        return len(rows)
+        self._decision_pos = decisions.column("pos")[-1].as_py()
+        self._hand_over(decisions, checks)
+        return int(decisions.num_rows)
 
-    def _send(self, d: dict[str, Any], checks: list[dict[str, Any]]) -> None:
-        end_ns = int(d["ts_us"]) * 1000
-        start_ns = end_ns - int(d["latency_us"]) * 1000
-        span = self.tracer.start_span(f"execute_tool {d['action_kind']}", start_time=start_ns,
-                                      attributes=decision_attributes(d),
-                                      kind=trace.SpanKind.INTERNAL)
-        parent = trace.set_span_in_context(span)
-        at = start_ns
-        for c in checks:
-            took = int(c["latency_us"]) * 1000
-            child = self.tracer.start_span(f"run_guardrail {c['service']}", context=parent,
-                                           start_time=at, attributes=check_attributes(d, c))
-            child.end(end_time=at + took)
-            at += took
-        span.end(end_time=max(end_ns, at))
-        self.spans += 1
+    def _hand_over(self, decisions: pa.Table, checks: pa.Table) -> None:
+        """The batch to the export process once it has built the previous one (bounded)."""
+        deadline = time.monotonic() + ACK_TIMEOUT_S
+        while self._in_flight and not self._gone:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._give_up("stuck: a batch not built in time")
+                break
+            self._receive(min(left, 1.0))
+        if self._gone or self._conn is None:
+            self.lost += decisions.num_rows
+            return
+        try:
+            self._conn.send_bytes(_ipc(decisions))
+            self._conn.send_bytes(_ipc(checks))
+            self._in_flight += 1
+        except OSError:
+            self.lost += decisions.num_rows
+            self._give_up("ended")
+
+    def _receive(self, timeout_s: float) -> bool:
+        """One message from the export process within `timeout_s`; False if none came."""
+        if self._conn is None or self._gone:
+            return False
+        try:
+            if not self._conn.poll(timeout_s):
+                return False
+            message = self._conn.recv()
+        except (EOFError, OSError):
+            self._give_up("ended")
+            return False
+        assert self.exporter is not None
+        match message:
+            case ("ready",):
+                self._ready = True
+            case ("ack", int(built), int(sent), int(dropped)):
+                self._in_flight -= 1
+                self.spans += built
+                self.exporter.sent, self.exporter.dropped = sent, dropped
+            case ("log", int(level), str(text), dict(fields)):
+                log.log(level, text, extra={"fields": fields})
+            case ("done", int(sent), int(dropped)):
+                self.exporter.sent, self.exporter.dropped = sent, dropped
+                self._gone = True
+        return True
+
+    def _give_up(self, why: str) -> None:
+        """The export process is gone (or stuck: then it is killed); logged once."""
+        if self._gone:
+            return
+        self._gone = True
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        log.warning("otlp: the export process " + why + "; spans are dropped (capture goes on)",
+                    extra={"fields": {"endpoint": self.endpoint, "exitcode": None if
+                                      self.process is None else self.process.poll()}})
 
     def finish(self) -> None:
-        if self.provider is None:
+        if self.process is None or self._conn is None:
             return
-        self.provider.force_flush(FLUSH_TIMEOUT_MS)
-        self.provider.shutdown()
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
+        if not self._gone:
+            try:
+                self._conn.send_bytes(b"")  # every batch is handed over: flush and exit
+            except OSError:
+                self._give_up("ended")
+        while not self._gone and time.monotonic() < deadline:
+            self._receive(min(deadline - time.monotonic(), 1.0))
+        try:
+            self.process.wait(max(deadline - time.monotonic(), 0.0) + 1.0)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+            log.warning("otlp: the export process did not finish its flush in time; killed",
+                        extra={"fields": {"endpoint": self.endpoint}})
+        self._conn.close()
         assert self.exporter is not None
         log.info("otlp: decisions sent as spans", extra={"fields": {
             "endpoint": self.endpoint, "decisions": self.spans, "spans_exported":
-            self.exporter.sent, "spans_dropped": self.exporter.dropped}})
+            self.exporter.sent, "spans_dropped": self.exporter.dropped,
+            "decisions_lost": self.lost}})
 
 
-__all__ = ["OtelBridge", "check_attributes", "decision_attributes"]
+__all__ = ["ExportCounts", "OtelBridge", "check_attributes", "decision_attributes"]

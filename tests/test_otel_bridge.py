@@ -1,9 +1,11 @@
 """The OpenTelemetry bridge against a real OTLP HTTP receiver on 127.0.0.1 (http.server, the
 protobuf bodies decoded with the OTLP protos): one span per stored decision with the documented
-attributes, a child span per check; a dead receiver stops no capture."""
+attributes, a child span per check, built in a process of their own; a dead receiver or a
+dead export process stops no capture."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -120,6 +122,8 @@ def test_one_span_per_decision_and_a_child_per_check(tmp_path: Path,
     by_id = {}
     for res, span in roots:
         assert res["service.name"] == "tractatus-watch"
+        # Built and sent by the export process, not by the capture process.
+        assert res["process.pid"] == bridge.pid != os.getpid()
         a = attrs(span)
         d = decisions[a["tractatus.decision.id"]]
         by_id[span.span_id] = d
@@ -181,3 +185,28 @@ def test_a_dead_receiver_stops_no_capture(tmp_path: Path,
     assert bridge.exporter.dropped == sent + len(checks)
     failures = [r for r in caplog.records if "export failed" in r.getMessage()]
     assert len(failures) == 1  # logged once, not once per batch
+
+
+def test_a_dead_export_process_stops_no_capture(tmp_path: Path, receiver: Receiver,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    spool = new_spool(tmp_path / "spool")
+    store = Store.open(tmp_path / "killed.duckdb")
+    bridge = OtelBridge(receiver.url, interval_s=0.1)
+    session = CollectionSession(store, [SpoolReader(tmp_path / "spool", settle_s=0.1,
+                                                    poll_s=0.05)],
+                                run_id=RUN, bridges=[bridge]).start()
+    sent = write_round(spool, 0, 10)
+    wait_until(lambda: bridge.spans == sent)
+    assert bridge.process is not None
+    bridge.process.kill()
+    bridge.process.wait(10)
+    later = write_round(spool, 1, 10) + write_round(spool, 2, 10)
+    wait_until(lambda: bridge.lost == later)  # dropped and counted, the session goes on
+    started = time.monotonic()
+    session.close()
+    assert time.monotonic() - started < 20
+    decisions, _ = stored(store)
+    assert len(decisions) == sent + later  # everything captured
+    assert bridge.spans == sent
+    gone = [r for r in caplog.records if "export process ended" in r.getMessage()]
+    assert len(gone) == 1  # logged once, not once per batch

@@ -269,7 +269,10 @@ class _Hints:
 
 class _Dispatcher:
     """The controller: marks each queuing rollout of this job running and hands it to its
-    agent's worker, which runs it and marks it finished. Marking happens here, as the
+    agent's worker, which runs it; the worker's finisher then waits for the rollout's events
+    to reach the gateway and marks it finished, while the worker runs the agent's next
+    rollout (its draws stay in creation order: they are all made by the worker, and by the
+    model server while the worker waits for its answer). Marking happens here, as the
     controller takes a rollout up (as Agent Lightning's controllers do when they launch it):
     a poll then lists only what is new, however many rollouts a round has (a poll lists every
     queuing rollout: at 1000 agents per arm, rollouts waiting for a worker would be listed
@@ -294,9 +297,14 @@ class _Dispatcher:
         self._queues: list[SimpleQueue[dict[str, Any] | None]] = [SimpleQueue()
                                                                  for _ in range(WORKERS)]
         self._shard = {key: i % WORKERS for i, key in enumerate(sorted(agents))}
-        self._threads = [threading.Thread(target=self._work, args=(q,), daemon=True,
+        self._finishing: list[SimpleQueue[tuple[str, str, str] | None]] = [
+            SimpleQueue() for _ in range(WORKERS)]
+        self._threads = [threading.Thread(target=self._work, args=(q, f), daemon=True,
                                           name=f"demo-agent-{i}")
-                         for i, q in enumerate(self._queues)]
+                         for i, (q, f) in enumerate(zip(self._queues, self._finishing))]
+        self._threads += [threading.Thread(target=self._finisher, args=(f,), daemon=True,
+                                           name=f"demo-finish-{i}")
+                          for i, f in enumerate(self._finishing)]
         self._threads.append(threading.Thread(target=self._poll, daemon=True,
                                               name="demo-controller"))
         for t in self._threads:
@@ -306,7 +314,7 @@ class _Dispatcher:
         self._stop.set()
         self.hints.enqueued.set()
         for q in self._queues:
-            q.put(None)
+            q.put(None)  # each worker passes it on to its finisher
         for t in self._threads:
             t.join(10)
 
@@ -357,14 +365,18 @@ class _Dispatcher:
         run = stamped.get("run_id") if isinstance(stamped, dict) else None
         return run is None or not self.run_id or run == self.run_id
 
-    def _work(self, q: SimpleQueue[dict[str, Any] | None]) -> None:
-        while (rollout := q.get()) is not None:
-            self._run(rollout)
+    def _work(self, q: SimpleQueue[dict[str, Any] | None],
+              finishing: SimpleQueue[tuple[str, str, str] | None]) -> None:
+        try:
+            while (rollout := q.get()) is not None:
+                finishing.put(self._run(rollout))
+        finally:
+            finishing.put(None)
 
-    def _run(self, rollout: dict[str, Any]) -> None:
+    def _run(self, rollout: dict[str, Any]) -> tuple[str, str, str]:
+        """Run the rollout's agent: (rollout id, arm, the state to finish it in)."""
         rid = rollout["rollout_id"]
         arm, agent_id = rollout["input"]["arm"], rollout["input"]["agent_id"]
-        state = "succeeded"
         try:
             agent = self.agents[(arm, agent_id)]
             # The agents' model calls go through the proxy on the same client: it
@@ -373,21 +385,28 @@ class _Dispatcher:
             agent.run_rollout(rid, self.round, self.scenario,
                               self.crowding.get(arm, np.zeros(len(agent.styles))), self.client,
                               openai_base_url("", rid))
-            # The rollout completes only once its events are at the gateway: the trainer
-            # reads them, then deletes the rollout.
-            self.senders[arm].flush(30.0)
         except NoModelServer as exc:  # every rollout would fail the same way: stop training
             self.error = exc
-            state = "failed"
+            return rid, arm, "failed"
         except Exception as exc:
             log.warning("demo: rollout %s failed: %s", rid, exc)
-            state = "failed"
-        try:
-            self.client.patch(f"/api/rollouts/{rid}",
-                              json={"status": {"state": state}}).raise_for_status()
-        except Exception as exc:
-            self.error = self.error or exc
-        self.hints.finished(rid)
+            return rid, arm, "failed"
+        return rid, arm, "succeeded"
+
+    def _finisher(self, finishing: SimpleQueue[tuple[str, str, str] | None]) -> None:
+        while (item := finishing.get()) is not None:
+            rid, arm, state = item
+            try:
+                # The rollout completes only once its events are at the gateway: the trainer
+                # reads them, then deletes the rollout. The flush waits for what the rollout
+                # queued, not for what the worker's next rollout queues meanwhile.
+                if state == "succeeded" and not self.senders[arm].flush(30.0):
+                    log.warning("demo: rollout %s: its events were not all sent in 30 s", rid)
+                self.client.patch(f"/api/rollouts/{rid}",
+                                  json={"status": {"state": state}}).raise_for_status()
+            except Exception as exc:
+                self.error = self.error or exc
+            self.hints.finished(rid)
 
 
 @dataclass

@@ -19,12 +19,18 @@ What we post:
 The agent's thread only puts items on a bounded queue (`put_nowait`): it never waits for the
 network and never sees an exception. When the queue is full the newest (default) or oldest
 item is dropped and counted. One background thread drains the queue after letting a batch
-gather for `linger_s` (50 ms, or until `flush()` asks for it at once: an agent that flushes at
-the end of each rollout posts that rollout's decisions as one event), packs what it found (up
-to `max_per_event` decisions per event), and posts with a plain `httpx.Client`. It yields the
-GIL between decisions while encoding, so the agent's thread is never held up for long. 5xx,
-408, 429 and connection errors are retried with exponential backoff and full jitter; other
-answers are counted as failed. `close(timeout)` (also run at exit) flushes what is queued.
+gather for `linger_s` (50 ms by default), packs what it found (up to `max_per_event` decisions
+per event, per rollout; other events one post each, before the batch's decisions), and posts
+with a plain `httpx.Client`, one post at a time, so a rollout's events keep their order.
+
+`flush()` ends the linger at once and waits until every item queued before the call is
+handled (sent, given up or dropped), not for what is queued meanwhile: an agent that flushes at
+the end of each rollout posts that rollout's decisions as one event and its reward as another,
+while the decisions of a rollout another thread runs meanwhile linger for their own flush.
+Encoding a batch nobody waits for yields the GIL between decisions, so the agent's thread is
+never held up for long; a batch a flush waits for is encoded straight through. 5xx, 408, 429
+and connection errors are retried with exponential backoff and full jitter; other answers are
+counted as failed. `close(timeout)` (also run at exit) flushes what is queued.
 The key lives only in the client's headers: it is never logged, printed, or shown by `repr`.
 """
 

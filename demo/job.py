@@ -257,8 +257,11 @@ class _Hints:
         `after`-th (so that a read of the log that found them missing is not repeated at
         once: no spinning), a failure, or `timeout`. Returns how many have finished in all."""
         with self._finished:
+            # Sizes first: the subset test runs only once all could be there (a round of
+            # 2000 rollouts wakes this 2000 times).
             self._finished.wait_for(lambda: failure() is not None or (
-                self._count > after and rollout_ids <= self._done), timeout)
+                self._count > after and len(self._done) >= len(rollout_ids)
+                and rollout_ids <= self._done), timeout)
             return self._count
 
     def forget(self, rollout_ids: list[str]) -> None:

@@ -9,7 +9,9 @@ under one interpreter lock. The requests are the same either way.
 
 A connection the server has closed while idle (uvicorn ends kept-alive connections after a few
 seconds) is noticed before it is reused, as httpcore does: an idle connection that has
-something to read has been closed by the other side. Requests are never sent twice.
+something to read has been closed by the other side. Should the close cross the request on the
+wire anyway, a GET or DELETE (idempotent) is sent once more on a new connection; nothing else
+is ever sent twice.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ import http.client
 import json
 import select
 import threading
-from typing import Any, Mapping
+from typing import Any, Final, Mapping
 from urllib.parse import urlencode, urlsplit
+
+_IDEMPOTENT: Final = frozenset({"GET", "DELETE"})
+# What a kept-alive connection the server closed meanwhile raises on the next request.
+_STALE: Final = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 class HTTPStatusError(RuntimeError):
@@ -91,6 +97,17 @@ class JsonClient:
             target += "?" + urlencode(params, doseq=True)
         body = None if json is None else _dumps(json)
         conn = self._connection()
+        reused = conn.sock is not None
+        try:
+            status, content = self._exchange(conn, method, target, body)
+        except _STALE:
+            if not (reused and method in _IDEMPOTENT):
+                raise
+            status, content = self._exchange(conn, method, target, body)  # a new connection
+        return Response(method, path, status, content)
+
+    def _exchange(self, conn: http.client.HTTPConnection, method: str, target: str,
+                  body: bytes | None) -> tuple[int, bytes]:
         try:
             conn.request(method, target, body=body, headers=self._headers)
             answer = conn.getresponse()
@@ -100,7 +117,7 @@ class JsonClient:
             raise
         if answer.will_close:
             conn.close()
-        return Response(method, path, answer.status, content)
+        return answer.status, content
 
     def get(self, path: str, *, params: Mapping[str, Any] | None = None) -> Response:
         return self.request("GET", path, params=params)

@@ -4,9 +4,11 @@ this machine, measured in the same run, and the share of it each demo uses.
 
 The demo runs as `tractatus-watch demo --headless` runs it (a DemoSession with the CLI's writer
 interval, the default arms, the gateway the session starts by default). Requests are counted
-at every HTTP client in this process (the trainer, controller, agents and senders: each request
-the gateway serves, not the proxy's call to the model server). CPU time is this process's plus
-the gateway's own process's, when it has one.
+at every HTTP client in this process (httpx: the trainer's creates and the senders; the demo's
+own http.client requests, demo/rest.py: the controller, agents and the trainer's reads): each
+request the gateway serves, not the proxy's call to the model server. CPU time is this
+process's plus the gateway's own process's, when it has one (the default; `--in-process`: the
+tap in the demo's process).
 
 The gateway's capacity: N client threads in a tight loop over the demo's request mix per
 rollout (create, running, one proxied chat completion, decisions event, reward event,
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import resource
 import secrets
@@ -33,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -46,7 +50,8 @@ from tractatus_watch.collectors.gateway_process import GatewayProcess  # noqa: E
 from tractatus_watch.collectors.gateway_tap import GatewayTap, server_config  # noqa: E402
 from tractatus_watch.collectors.sink import ListSink  # noqa: E402
 from tractatus_watch.demo.environment import PUBLISH_TOOL  # noqa: E402
-from tractatus_watch.demo.policy_server import PolicyServer  # noqa: E402
+from tractatus_watch.demo.policy_server import PolicyServer, ToolCalls  # noqa: E402
+from tractatus_watch.demo.rest import JsonClient, Response  # noqa: E402
 from tractatus_watch.demo.scenarios import SCENARIOS  # noqa: E402
 from tractatus_watch.demo.session import DemoSession  # noqa: E402
 from tractatus_watch.storage.store import Store  # noqa: E402
@@ -56,26 +61,38 @@ ID = re.compile(r"/[0-9a-f]{32}(?=/|$)")
 
 
 class RequestCount:
-    """Requests sent by every httpx client of this process, by method and route."""
+    """Requests sent by every HTTP client of this process (httpx's and the demo's own), by
+    method and route."""
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
-        self._send: Callable[..., Any] = httpx.Client.send
+        self._send: Callable[..., httpx.Response] = httpx.Client.send
+        self._request: Callable[..., Response] = JsonClient.request
+
+    def _count(self, method: str, path: str) -> None:
+        with self._lock:
+            self.counts[(method, ID.sub("/{id}", path.split("?", 1)[0]))] += 1
 
     def __enter__(self) -> RequestCount:
-        send = self._send
+        send, request = self._send, self._request
 
-        def counted(client: httpx.Client, request: httpx.Request, **kw: Any) -> Any:
-            with self._lock:
-                self.counts[(request.method, ID.sub("/{id}", request.url.path))] += 1
-            return send(client, request, **kw)
+        def counted_send(client: httpx.Client, req: httpx.Request, **kw: Any) -> httpx.Response:
+            self._count(req.method, req.url.path)
+            return send(client, req, **kw)
 
-        httpx.Client.send = counted  # type: ignore[method-assign]
+        def counted_request(client: JsonClient, method: str, path: str, **kw: Any) -> Response:
+            self._count(method, path)
+            return request(client, method, path, **kw)
+
+        # Patched on the classes: every client, whoever made it, is counted.
+        httpx.Client.send = counted_send  # type: ignore[method-assign,assignment]
+        JsonClient.request = counted_request  # type: ignore[method-assign,assignment]
         return self
 
     def __exit__(self, *exc: object) -> None:
         httpx.Client.send = self._send  # type: ignore[method-assign]
+        JsonClient.request = self._request  # type: ignore[method-assign]
 
     @property
     def total(self) -> int:
@@ -89,36 +106,56 @@ def cpu_s() -> tuple[float, float]:
     return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
+@dataclass
+class DemoRun:
+    rounds: int
+    seconds: float
+    requests: int
+    rollouts: int
+    cpu_s: float          # this process
+    gateway_cpu_s: float  # the gateway's process (0 in process)
+    routes: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @property
+    def rounds_per_s(self) -> float:
+        return self.rounds / self.seconds
+
+    @property
+    def requests_per_rollout(self) -> float:
+        return self.requests / max(1, self.rollouts)
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds
+
+
 def run_demo(workdir: Path, scenario: str, *, agents: int | None, rounds: int,
-             in_process: bool) -> dict[str, float]:
+             in_process: bool) -> DemoRun:
     sc = SCENARIOS[scenario].with_overrides(agents=agents, rounds=rounds)
     name = f"{scenario}-{sc.agents}"
     with Store.open(workdir / f"{name}.duckdb") as store, RequestCount() as requests:
         session = DemoSession(store, sc, 1, f"bench-{name}", flush_interval_s=CLI_FLUSH_S,
-                              **({"gateway_process": False} if in_process else {}))
+                              gateway_process=not in_process)
         (me0, kids0), t0 = cpu_s(), time.monotonic()
         session.run()
         seconds = time.monotonic() - t0
         me1, kids1 = cpu_s()
-    done = len(session.rounds)
-    rollouts = sum(r.rollouts for r in session.rounds)
-    return {"rounds": done, "seconds": seconds, "rounds_per_s": done / seconds,
-            "requests": requests.total, "requests_per_rollout": requests.total / max(1, rollouts),
-            "requests_per_s": requests.total / seconds, "cpu_s": me1 - me0,
-            "gateway_cpu_s": kids1 - kids0, "rollouts": rollouts,
-            "routes": dict(requests.counts)}  # type: ignore[dict-item]
+    return DemoRun(rounds=len(session.rounds), seconds=seconds, requests=requests.total,
+                   rollouts=sum(r.rollouts for r in session.rounds), cpu_s=me1 - me0,
+                   gateway_cpu_s=kids1 - kids0, routes=dict(requests.counts))
 
 
 # --- the gateway's capacity --------------------------------------------------------------------
 
-PLAN = [("publish", {"style": "informative", "topic": "science",
-                     "headline": "Study links regular sleep to better memory"})] * 8
-DECISIONS = {"schema": "tractatus.decisions/1", "decisions": [
-    {"schema": "tractatus.decision/1", "decision_id": "", "agent_id": "agent-0", "round": 0,
-     "arm": "governed", "mode": "enforce", "action": {"kind": "publish", "summary": "post"},
-     "checks": [{"service": "BoundaryEnforcer", "rule_id": "inst_016", "verdict": "allow",
-                 "raw_verdict": "ALLOW", "enforced": True, "latency_us": 300}],
-     "verdict": "allow", "executed": True, "latency_us": 400, "ts": 1_790_000_000.0}]}
+PLAN: ToolCalls = [("publish", {"style": "informative", "topic": "science",
+                               "headline": "Study links regular sleep to better memory"})] * 8
+# One decision of the demo's shape; a rollout's event carries eight.
+DECISION: dict[str, Any] = {
+    "schema": "tractatus.decision/1", "decision_id": "", "agent_id": "agent-0", "round": 0,
+    "arm": "governed", "mode": "enforce", "action": {"kind": "publish", "summary": "post"},
+    "checks": [{"service": "BoundaryEnforcer", "rule_id": "inst_016", "verdict": "allow",
+                "raw_verdict": "ALLOW", "enforced": True, "latency_us": 300}],
+    "verdict": "allow", "executed": True, "latency_us": 400, "ts": 1_790_000_000.0}
 MIX = 9  # requests per cycle below
 
 
@@ -132,8 +169,9 @@ def rollout_cycle(c: httpx.Client) -> None:
     c.post(f"/proxy/rollout/{rid}/attempt/0/mode/train/openai/v1/chat/completions", json={
         "model": "demo-policy", "user": "bench", "tools": [PUBLISH_TOOL],
         "messages": [{"role": "user", "content": "Round 0: plan 8 items."}]}).raise_for_status()
-    decisions = {**DECISIONS, "decisions": [dict(d, decision_id=secrets.token_hex(8))
-                                            for d in DECISIONS["decisions"] * 8]}
+    decisions = {"schema": "tractatus.decisions/1",
+                 "decisions": [dict(DECISION, decision_id=secrets.token_hex(8))
+                               for _ in range(8)]}
     c.post(f"/api/rollouts/{rid}/attempt/0/events",
            json={"event_type": "tractatus.decisions", "data": decisions}).raise_for_status()
     c.post(f"/api/rollouts/{rid}/attempt/0/events",
@@ -187,23 +225,30 @@ class _Gateway:
             self._thread.join(60)
 
 
+@dataclass
+class Capacity:
+    rps: float            # requests per second the gateway served
+    client_cpu_ms: float  # this process's CPU per request (the load's own cost)
+
+
 def capacity(in_process: bool, threads: list[int], window_s: float, reps: int
-             ) -> dict[str, Any]:
+             ) -> dict[int, Capacity]:
     gw = _Gateway(in_process)
-    out: dict[str, Any] = {}
+    out: dict[int, Capacity] = {}
     try:
         with gw.client() as warm:  # connections, imports and caches before the clock
             for _ in range(20):
                 rollout_cycle(warm)
         for n in threads:
-            rates, cpus = [], []
+            rates: list[float] = []
+            cpus: list[float] = []
             for _ in range(reps):
                 rate, cpu = _window(gw, n, window_s)
                 rates.append(rate)
                 cpus.append(cpu)
-            out[n] = {"rps": statistics.median(rates), "client_cpu_ms": statistics.median(cpus)}
-            print(f"  gateway capacity, {n} client thread(s): {out[n]['rps']:.0f} requests/s "
-                  f"(median of {reps} x {window_s:g} s; this process {out[n]['client_cpu_ms']:.2f}"
+            out[n] = Capacity(statistics.median(rates), statistics.median(cpus))
+            print(f"  gateway capacity, {n} client thread(s): {out[n].rps:.0f} requests/s "
+                  f"(median of {reps} x {window_s:g} s; this process {out[n].client_cpu_ms:.2f}"
                   f" ms CPU per request)", flush=True)
     finally:
         gw.close()
@@ -233,6 +278,11 @@ def _window(gw: _Gateway, n: int, window_s: float) -> tuple[float, float]:
 
 # --- main ----------------------------------------------------------------------------------------
 
+def _load() -> str:
+    """The machine's load (it is shared: a wall time means little without it)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def _runs(args: argparse.Namespace) -> Iterator[tuple[str, str, int | None, int]]:
     yield "persistence", "persistence", None, args.rounds
     for n in (int(x) for x in args.sizes.split(",") if x):
@@ -259,37 +309,37 @@ def main() -> None:
     print(f"gateway {where}; demo's request mix per rollout ({MIX} requests):", flush=True)
     cap = capacity(args.in_process, [int(x) for x in args.threads.split(",")], args.window_s,
                    args.reps)
-    capacity_rps = max(v["rps"] for v in cap.values())
+    capacity_rps = max(v.rps for v in cap.values())
     figures: dict[str, Any] = {"gateway_capacity_rps": capacity_rps,
                                "gateway_in_process": args.in_process}
     workdir = Path(tempfile.mkdtemp(prefix="tw-bench-demo-"))
     for key, scenario, agents, rounds in _runs(args):
         r = run_demo(workdir, scenario, agents=agents, rounds=rounds,
                      in_process=args.in_process)
-        share = r["requests_per_s"] / capacity_rps
+        share = r.requests_per_s / capacity_rps
         label = key.replace("_", " ") + (" agents/arm" if agents else "")
-        print(f"{label}: {r['rounds']:.0f} rounds in {r['seconds']:.1f} s "
-              f"({r['rounds_per_s']:.2f} rounds/s), {r['requests_per_rollout']:.2f} requests per "
-              f"rollout, {r['requests_per_s']:.0f} requests/s = {share:.0%} of the gateway's "
-              f"capacity; CPU {r['cpu_s']:.1f} s here + {r['gateway_cpu_s']:.1f} s gateway",
-              flush=True)
+        print(f"{label}: {r.rounds} rounds in {r.seconds:.1f} s ({r.rounds_per_s:.2f} rounds/s), "
+              f"{r.requests_per_rollout:.2f} requests per rollout, {r.requests_per_s:.0f} "
+              f"requests/s = {share:.0%} of the gateway's capacity; CPU {r.cpu_s:.1f} s here + "
+              f"{r.gateway_cpu_s:.1f} s gateway; load {_load()}", flush=True)
         if key == "persistence":
-            figures["persistence_rounds"] = r["rounds"]
-            figures["persistence_s"] = r["seconds"]
-            figures["persistence_1000_s"] = r["seconds"] * 1000 / max(1, r["rounds"])
-            figures["persistence_cpu_s"] = r["cpu_s"] + r["gateway_cpu_s"]
-            figures["requests_per_rollout"] = r["requests_per_rollout"]
-            figures["persistence_rounds_per_s"] = r["rounds_per_s"]
+            figures["persistence_rounds"] = r.rounds
+            figures["persistence_s"] = r.seconds
+            figures["persistence_1000_s"] = r.seconds * 1000 / max(1, r.rounds)
+            figures["persistence_cpu_s"] = r.cpu_s + r.gateway_cpu_s
+            figures["requests_per_rollout"] = r.requests_per_rollout
+            figures["persistence_rounds_per_s"] = r.rounds_per_s
             figures["persistence_capacity_share"] = share
-            routes = sorted(r["routes"].items(), key=lambda kv: -kv[1])
-            for (method, route), n in routes:
-                print(f"    {n / r['rollouts']:5.2f} per rollout  {method} {route}")
+            figures["persistence_load"] = os.getloadavg()[0]
+            for (method, route), count in sorted(r.routes.items(), key=lambda kv: -kv[1]):
+                print(f"    {count / max(1, r.rollouts):5.2f} per rollout  {method} {route}")
         else:
             n = int(agents or 0)
-            figures[f"rounds_per_s_{n}"] = r["rounds_per_s"]
-            figures[f"requests_per_rollout_{n}"] = r["requests_per_rollout"]
+            figures[f"rounds_per_s_{n}"] = r.rounds_per_s
+            figures[f"requests_per_rollout_{n}"] = r.requests_per_rollout
             figures[f"capacity_share_{n}"] = share
-            figures[f"cpu_s_{n}"] = r["cpu_s"] + r["gateway_cpu_s"]
+            figures[f"cpu_s_{n}"] = r.cpu_s + r.gateway_cpu_s
+            figures[f"seconds_{n}"] = r.seconds
     if figures.get("persistence_rounds") != 1000:
         figures["persistence_1000_s_scaled_from_rounds"] = figures.get("persistence_rounds")
     last_line(figures)

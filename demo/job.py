@@ -38,11 +38,10 @@ from dataclasses import dataclass, field
 from queue import SimpleQueue
 from typing import Any, Callable, Final
 
-import httpx
 import numpy as np
 from agentlightning.verl.agl_rollout_manager import AglRolloutManagerBase
 
-from ..records.agl import MODEL_REQUEST
+from ..records.agl import MODEL_REQUEST, STAMP_KEY
 from ..records.events import DECISION_EVENT, DECISIONS_EVENT
 from ..records.witness import response_tool_calls
 from ..governance.governor import DEFAULT_PENALTY, Governor
@@ -52,6 +51,7 @@ from .environment import (PUBLISH_TOOL, TOPICS, Style, all_styles, engagement,
                           item_from_arguments, publish_arguments)
 from .policy import SoftmaxPolicy
 from .policy_server import PolicyServer, ToolCalls
+from .rest import JsonClient, Response
 from .scenarios import ARM_MODES, Scenario
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class _Agent:
         return scenario.skill * (1.0 - np.exp(-self.honest_items / scenario.skill_tau))
 
     def run_rollout(self, rollout_id: str, rnd: int, scenario: Scenario,
-                    crowding: np.ndarray, model: httpx.Client, openai_url: str) -> int:
+                    crowding: np.ndarray, model: JsonClient, openai_url: str) -> int:
         """Ask the model for the rollout's items (one completion through the gateway's proxy),
         govern each tool call and run the allowed ones; record the mean engagement as reward,
         less the penalties of the penalized actions per action (the penalized arm)."""
@@ -192,7 +192,7 @@ class _Agent:
         self.governor.reward(reward, round=rnd, rollout_id=rollout_id)
         return len(calls)
 
-    def _ask(self, model: httpx.Client, openai_url: str, rnd: int) -> list[dict[str, Any]]:
+    def _ask(self, model: JsonClient, openai_url: str, rnd: int) -> list[dict[str, Any]]:
         resp = model.post(f"{openai_url}/chat/completions", json={
             "model": "demo-policy", "user": self.user,
             "messages": [{"role": "system", "content": _SYSTEM},
@@ -206,7 +206,7 @@ class _Agent:
         return list(message.get("tool_calls") or [])
 
 
-def _detail(resp: httpx.Response) -> str:
+def _detail(resp: Response) -> str:
     """The reason in an error answer (FastAPI's `detail`, OpenAI's `error.message`)."""
     try:
         body = resp.json()
@@ -224,21 +224,26 @@ def _detail(resp: httpx.Response) -> str:
 class _Hints:
     """When the trainer and the controller (one process here) should look at the gateway:
     the controller once the trainer has enqueued a step, the trainer once the controller has
-    finished all of the step's rollouts. Never what is there: that is read from the gateway,
-    so a lost hint costs an idle poll (IDLE_POLL_S), never a rollout."""
+    finished every rollout of the step. Never what is there: that is read from the gateway,
+    so a lost hint costs an idle poll (IDLE_POLL_S), never a rollout.
+
+    The trainer waits for its own rollouts by id: a count of finished rollouts could be
+    reached by rollouts of someone else's (an external gateway holds more than ours)."""
 
     def __init__(self) -> None:
         self.enqueued = threading.Event()
         self._finished = threading.Condition()
-        self._count = 0  # rollouts the controller has finished (terminal, or failing)
+        self._done: set[str] = set()  # finished rollouts the trainer has not read yet
+        self._count = 0               # rollouts finished in all (terminal, or failing)
 
     @property
     def finished_count(self) -> int:
         with self._finished:
             return self._count
 
-    def finished(self) -> None:
+    def finished(self, rollout_id: str) -> None:
         with self._finished:
+            self._done.add(rollout_id)
             self._count += 1
             self._finished.notify_all()
 
@@ -246,25 +251,46 @@ class _Hints:
         with self._finished:
             self._finished.notify_all()
 
-    def wait_finished(self, count: int, timeout: float,
-                      failure: Callable[[], BaseException | None]) -> None:
-        """Until `count` rollouts have finished in all, a failure, or `timeout`."""
+    def wait_finished(self, rollout_ids: set[str], after: int, timeout: float,
+                      failure: Callable[[], BaseException | None]) -> int:
+        """Until every rollout of `rollout_ids` has finished and one finished after the
+        `after`-th (so that a read of the log that found them missing is not repeated at
+        once: no spinning), a failure, or `timeout`. Returns how many have finished in all."""
         with self._finished:
-            self._finished.wait_for(lambda: self._count >= count or failure() is not None,
-                                    timeout)
+            # Sizes first: the subset test runs only once all could be there (a round of
+            # 2000 rollouts wakes this 2000 times).
+            self._finished.wait_for(lambda: failure() is not None or (
+                self._count > after and len(self._done) >= len(rollout_ids)
+                and rollout_ids <= self._done), timeout)
+            return self._count
+
+    def forget(self, rollout_ids: list[str]) -> None:
+        """The trainer has read these: the set stays as small as a round."""
+        with self._finished:
+            self._done.difference_update(rollout_ids)
 
 
 class _Dispatcher:
-    """The controller: hands each queuing rollout to its agent's worker, which marks it
-    running, runs it, and marks it finished."""
+    """The controller: marks each queuing rollout of this job running and hands it to its
+    agent's worker, which runs it; the worker's finisher then waits for the rollout's events
+    to reach the gateway and marks it finished, while the worker runs the agent's next
+    rollout (its draws stay in creation order: they are all made by the worker, and by the
+    model server while the worker waits for its answer). Marking happens here, as the
+    controller takes a rollout up (as Agent Lightning's controllers do when they launch it):
+    a poll then lists only what is new, however many rollouts a round has (a poll lists every
+    queuing rollout: at 1000 agents per arm, rollouts waiting for a worker would be listed
+    again on every poll). The first rollout of every worker is marked first, so no worker
+    waits for the others' marks."""
 
-    def __init__(self, client: httpx.Client, agents: dict[tuple[str, str], _Agent],
-                 senders: dict[str, Sender], scenario: Scenario) -> None:
+    def __init__(self, client: JsonClient, base_url: str,
+                 agents: dict[tuple[str, str], _Agent], senders: dict[str, Sender],
+                 scenario: Scenario, run_id: str = "") -> None:
         self.client = client
-        self.base_url = str(client.base_url)
+        self.base_url = base_url
         self.agents = agents
         self.senders = senders
         self.scenario = scenario
+        self.run_id = run_id
         self.round = 0
         self.crowding: dict[str, np.ndarray] = {}
         self.error: BaseException | None = None
@@ -274,9 +300,14 @@ class _Dispatcher:
         self._queues: list[SimpleQueue[dict[str, Any] | None]] = [SimpleQueue()
                                                                  for _ in range(WORKERS)]
         self._shard = {key: i % WORKERS for i, key in enumerate(sorted(agents))}
-        self._threads = [threading.Thread(target=self._work, args=(q,), daemon=True,
+        self._finishing: list[SimpleQueue[tuple[str, str, str] | None]] = [
+            SimpleQueue() for _ in range(WORKERS)]
+        self._threads = [threading.Thread(target=self._work, args=(q, f), daemon=True,
                                           name=f"demo-agent-{i}")
-                         for i, q in enumerate(self._queues)]
+                         for i, (q, f) in enumerate(zip(self._queues, self._finishing))]
+        self._threads += [threading.Thread(target=self._finisher, args=(f,), daemon=True,
+                                           name=f"demo-finish-{i}")
+                          for i, f in enumerate(self._finishing)]
         self._threads.append(threading.Thread(target=self._poll, daemon=True,
                                               name="demo-controller"))
         for t in self._threads:
@@ -286,7 +317,7 @@ class _Dispatcher:
         self._stop.set()
         self.hints.enqueued.set()
         for q in self._queues:
-            q.put(None)
+            q.put(None)  # each worker passes it on to its finisher
         for t in self._threads:
             t.join(10)
 
@@ -299,11 +330,10 @@ class _Dispatcher:
                 resp = self.client.get("/api/rollouts", params={"state_in": "queuing",
                                                                 "limit": 5000})
                 resp.raise_for_status()
-                for rollout in resp.json():
+                for rollout in self._take(resp.json()):
                     rid = rollout["rollout_id"]
-                    if rid in self._seen:
-                        continue
-                    self._seen.add(rid)
+                    self.client.patch(f"/api/rollouts/{rid}", json={"status": {
+                        "state": "running", "last_attempt_id": "0"}}).raise_for_status()
                     key = (rollout["input"]["arm"], rollout["input"]["agent_id"])
                     self._queues[self._shard[key]].put(rollout)
             except Exception as exc:  # surfaced by the trainer, which then stops
@@ -312,45 +342,74 @@ class _Dispatcher:
                 return
             self.hints.enqueued.wait(IDLE_POLL_S)
 
-    def _work(self, q: SimpleQueue[dict[str, Any] | None]) -> None:
-        # The agents' model client: the proxy authenticates with the gateway's key, as
-        # Agent Lightning's controllers hand agents AGL_KEY with AGL_OPENAI_BASE_URL.
-        with httpx.Client(headers=self.client.headers, timeout=120.0) as model:
-            while (rollout := q.get()) is not None:
-                self._run(rollout, model)
+    def _take(self, queuing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rollouts of this job not taken up yet, in the order to mark them: round-robin
+        over the workers, each worker's in creation order. Another trainer's rollouts (an
+        external gateway may hold some) are left to their own controller."""
+        by_worker: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for rollout in queuing:
+            rid = rollout["rollout_id"]
+            if rid in self._seen or not self._mine(rollout):
+                continue
+            self._seen.add(rid)
+            key = (rollout["input"]["arm"], rollout["input"]["agent_id"])
+            by_worker[self._shard[key]].append(rollout)
+        lanes = [by_worker[w] for w in sorted(by_worker)]
+        return [lane[i] for i in range(max(map(len, lanes), default=0))
+                for lane in lanes if i < len(lane)]
 
-    def _run(self, rollout: dict[str, Any], model: httpx.Client) -> None:
+    def _mine(self, rollout: dict[str, Any]) -> bool:
+        given = rollout.get("input")
+        if not isinstance(given, dict) or (given.get("arm"), given.get("agent_id")) \
+                not in self.agents:
+            return False
+        metadata = rollout.get("metadata")
+        stamped = metadata.get(STAMP_KEY) if isinstance(metadata, dict) else None
+        run = stamped.get("run_id") if isinstance(stamped, dict) else None
+        return run is None or not self.run_id or run == self.run_id
+
+    def _work(self, q: SimpleQueue[dict[str, Any] | None],
+              finishing: SimpleQueue[tuple[str, str, str] | None]) -> None:
+        try:
+            while (rollout := q.get()) is not None:
+                finishing.put(self._run(rollout))
+        finally:
+            finishing.put(None)
+
+    def _run(self, rollout: dict[str, Any]) -> tuple[str, str, str]:
+        """Run the rollout's agent: (rollout id, arm, the state to finish it in)."""
         rid = rollout["rollout_id"]
         arm, agent_id = rollout["input"]["arm"], rollout["input"]["agent_id"]
         try:
-            # Marked running as its worker takes it up: the workers do it side by side.
-            self.client.patch(f"/api/rollouts/{rid}", json={
-                "status": {"state": "running", "last_attempt_id": "0"}}).raise_for_status()
-        except Exception as exc:  # surfaced by the trainer, which then stops
-            self.error = self.error or exc
-            self.hints.finished()
-            return
-        state = "succeeded"
-        try:
             agent = self.agents[(arm, agent_id)]
+            # The agents' model calls go through the proxy on the same client: it
+            # authenticates with the gateway's key, as Agent Lightning's controllers hand
+            # agents AGL_KEY with AGL_OPENAI_BASE_URL.
             agent.run_rollout(rid, self.round, self.scenario,
-                              self.crowding.get(arm, np.zeros(len(agent.styles))), model,
-                              openai_base_url(self.base_url, rid))
-            # The rollout completes only once its events are at the gateway: the trainer
-            # reads them, then deletes the rollout.
-            self.senders[arm].flush(30.0)
+                              self.crowding.get(arm, np.zeros(len(agent.styles))), self.client,
+                              openai_base_url("", rid))
         except NoModelServer as exc:  # every rollout would fail the same way: stop training
             self.error = exc
-            state = "failed"
+            return rid, arm, "failed"
         except Exception as exc:
             log.warning("demo: rollout %s failed: %s", rid, exc)
-            state = "failed"
-        try:
-            self.client.patch(f"/api/rollouts/{rid}",
-                              json={"status": {"state": state}}).raise_for_status()
-        except Exception as exc:
-            self.error = self.error or exc
-        self.hints.finished()
+            return rid, arm, "failed"
+        return rid, arm, "succeeded"
+
+    def _finisher(self, finishing: SimpleQueue[tuple[str, str, str] | None]) -> None:
+        while (item := finishing.get()) is not None:
+            rid, arm, state = item
+            try:
+                # The rollout completes only once its events are at the gateway: the trainer
+                # reads them, then deletes the rollout. The flush waits for what the rollout
+                # queued, not for what the worker's next rollout queues meanwhile.
+                if state == "succeeded" and not self.senders[arm].flush(30.0):
+                    log.warning("demo: rollout %s: its events were not all sent in 30 s", rid)
+                self.client.patch(f"/api/rollouts/{rid}",
+                                  json={"status": {"state": state}}).raise_for_status()
+            except Exception as exc:
+                self.error = self.error or exc
+            self.hints.finished(rid)
 
 
 @dataclass
@@ -371,11 +430,14 @@ class _Trainer(AglRolloutManagerBase):
     deletes a round's rollouts once the round is judged, so that a poller attached to an
     external gateway (`--agl`) reads each of them before it goes, in the background while the
     next round runs, as the verl trainer's deletions do. A round's events are read a few
-    rollouts at a time (READERS), each rollout's in one request."""
+    rollouts at a time (READERS), each rollout's in one request. The log, the events and the
+    deletions go through `rest` (demo/rest.py), the events as the gateway sends them (the
+    base validates each into a pydantic Event, which the demo would only dump again)."""
 
     _after: int | None = None  # where the terminal log was read up to (a round ends there)
     _readers: ThreadPoolExecutor | None = None
     _deleter: ThreadPoolExecutor | None = None
+    rest: JsonClient | None = None  # set by DemoJob.run
 
     def delete(self, completed: list[Completed]) -> None:
         """Delete the rollouts in the background (as the trainer does: memory is finite)."""
@@ -400,7 +462,30 @@ class _Trainer(AglRolloutManagerBase):
         return list(self._readers.map(self._events_of, rollout_ids))
 
     def _events_of(self, rollout_id: str) -> list[dict[str, Any]]:
-        return [e.model_dump() for e in self._get_events(rollout_id)]
+        if self.rest is None:
+            return [e.model_dump() for e in self._get_events(rollout_id)]
+        events: list[dict[str, Any]] = self.rest.get(
+            f"/api/rollouts/{rollout_id}/events").raise_for_status().json()
+        return events
+
+    def _delete_rollout(self, rollout_id: str) -> None:
+        if self.rest is None:
+            super()._delete_rollout(rollout_id)
+            return
+        try:
+            self.rest.delete(f"/api/rollouts/{rollout_id}").raise_for_status()
+        except Exception as exc:  # as the base does: a rollout left behind stops nothing
+            log.warning("demo: could not delete rollout %s: %s", rollout_id, exc)
+
+    def _terminal(self, after: int, limit: int) -> dict[str, Any]:
+        params = {"after": after, "limit": limit}
+        if self.rest is None:
+            page = self.client.get("/api/rollouts/terminal", params=params)
+            page.raise_for_status()
+            return dict(page.json())
+        body: dict[str, Any] = self.rest.get("/api/rollouts/terminal",
+                                             params=params).raise_for_status().json()
+        return body
 
     def run_round(self, step: int, data: dict[str, list[Any]], stop: threading.Event,
                   failure: Callable[[], BaseException | None],
@@ -411,18 +496,17 @@ class _Trainer(AglRolloutManagerBase):
         finished every rollout of it (or every IDLE_POLL_S); without, every 10 ms."""
         self._step = step
         if self._after is None:
-            cursor = self.client.get("/api/rollouts/terminal", params={"after": 0, "limit": 1})
-            cursor.raise_for_status()
-            self._after = int(cursor.json()["total_terminal"])
-        finished_before = hints.finished_count if hints is not None else 0
+            self._after = int(self._terminal(0, 1)["total_terminal"])
+        hinted = hints.finished_count if hints is not None else 0
         pending = {e.rollout_id: e for e in self._create_rollouts(data, is_train=True)}
-        target = finished_before + len(pending)
         if hints is not None:
             hints.enqueued.set()
         done: list[Completed] = []
         while pending:
             if hints is not None:
-                hints.wait_finished(target, IDLE_POLL_S, failure)
+                # Once a read found some of them missing, only a later finish (or the idle
+                # poll) is worth another read.
+                hinted = hints.wait_finished(set(pending), hinted, IDLE_POLL_S, failure)
             else:
                 stop.wait(0.01)
             if stop.is_set():
@@ -432,15 +516,14 @@ class _Trainer(AglRolloutManagerBase):
                     raise error
                 raise RuntimeError(f"controller failed: {error}")
             while True:  # the log's pages up to its end
-                page = self.client.get("/api/rollouts/terminal",
-                                       params={"after": self._after, "limit": 1000})
-                page.raise_for_status()
-                body = page.json()
+                body = self._terminal(self._after, 1000)
                 # A log shorter than our place in it: the gateway restarted; read from the top.
                 self._after = (int(body["next_after"]) if body["total_terminal"] >= self._after
                                else 0)
                 mine = [(item, pending.pop(item["rollout_id"])) for item in body["items"]
                         if item["rollout_id"] in pending]
+                if hints is not None:
+                    hints.forget([item["rollout_id"] for item, _ in mine])
                 for (item, enqueued), events in zip(mine, self._read(
                         [item["rollout_id"] for item, _ in mine])):
                     rewards = [e["data"].get("value") for e in events
@@ -543,17 +626,22 @@ class DemoJob:
             # As the verl trainer does before each step: replace the registered model servers.
             trainer.delete_model()
             trainer.register_model([policies.endpoint])
-            with httpx.Client(base_url=self.base_url, headers=headers, timeout=30.0) as client:
-                dispatcher = _Dispatcher(client, self.agents, self.senders, self.scenario)
-                try:
-                    return self._rounds(trainer, dispatcher)
-                finally:
-                    dispatcher.close()
+            # The model calls share the client: a completion may take longer than a read.
+            rest = JsonClient(self.base_url, headers=headers, timeout=120.0)
+            trainer.rest = rest
+            dispatcher = _Dispatcher(rest, self.base_url, self.agents, self.senders,
+                                     self.scenario, self.run_id)
+            try:
+                return self._rounds(trainer, dispatcher)
+            finally:
+                dispatcher.close()
         finally:
             # Nothing answers at this endpoint any more: leave no dead server registered.
             trainer.finish()  # its deletions first: then nothing of the run is left
             trainer.delete_model()
             trainer.client.close()
+            if trainer.rest is not None:
+                trainer.rest.close()
             policies.close()
             for sender in self.senders.values():
                 sender.close(10.0)

@@ -52,8 +52,10 @@ class DemoSession:
     # The writer's longest wait before a commit (None: the store's rule). Each round is
     # flushed once it is complete anyway; headless, nobody reads the store in between.
     flush_interval_s: float | None = None
-    # The in-process gateway in a process of its own (collectors/gateway_process.py).
-    gateway_process: bool = False
+    # The demo's own gateway in a process of its own (collectors/gateway_process.py), so that
+    # serving requests does not share this process's interpreter lock with the trainer, the
+    # agents and the writer; False: the tap in this process (GatewayTap).
+    gateway_process: bool = True
     # The run's experiment and what makes it a replicate (storage/experiments.py).
     run_meta: dict[str, Any] | None = None
     on_round: Callable[[RoundResult], None] | None = None

@@ -19,12 +19,18 @@ What we post:
 The agent's thread only puts items on a bounded queue (`put_nowait`): it never waits for the
 network and never sees an exception. When the queue is full the newest (default) or oldest
 item is dropped and counted. One background thread drains the queue after letting a batch
-gather for `linger_s` (50 ms, or until `flush()` asks for it at once: an agent that flushes at
-the end of each rollout posts that rollout's decisions as one event), packs what it found (up
-to `max_per_event` decisions per event), and posts with a plain `httpx.Client`. It yields the
-GIL between decisions while encoding, so the agent's thread is never held up for long. 5xx,
-408, 429 and connection errors are retried with exponential backoff and full jitter; other
-answers are counted as failed. `close(timeout)` (also run at exit) flushes what is queued.
+gather for `linger_s` (50 ms by default), packs what it found (up to `max_per_event` decisions
+per event, per rollout; other events one post each, before the batch's decisions), and posts
+with a plain `httpx.Client`, one post at a time, so a rollout's events keep their order.
+
+`flush()` ends the linger at once and waits until every item queued before the call is
+handled (sent, given up or dropped), not for what is queued meanwhile: an agent that flushes at
+the end of each rollout posts that rollout's decisions as one event and its reward as another,
+while the decisions of a rollout another thread runs meanwhile linger for their own flush.
+Encoding a batch nobody waits for yields the GIL between decisions, so the agent's thread is
+never held up for long; a batch a flush waits for is encoded straight through. 5xx, 408, 429
+and connection errors are retried with exponential backoff and full jitter; other answers are
+counted as failed. `close(timeout)` (also run at exit) flushes what is queued.
 The key lives only in the client's headers: it is never logged, printed, or shown by `repr`.
 """
 
@@ -62,18 +68,21 @@ def _encode(obj: Any) -> bytes | None:
         return None
 
 
-def _encode_decisions(chunk: list[Decision]) -> bytes:
-    """The event body for a chunk of decisions. Each decision is encoded on its own and the GIL
-    offered to other threads in between: one `json.dumps` of a hundred decisions is a single C
-    call that holds the GIL for milliseconds, and a Python loop keeps it for up to the switch
-    interval (5 ms) once the agent's thread asks for it; either stalls the agent."""
+def _encode_decisions(chunk: list[Decision], pause: bool = True) -> bytes:
+    """The event body for a chunk of decisions. Each decision is encoded on its own and, with
+    `pause`, the GIL offered to other threads in between: one `json.dumps` of a hundred
+    decisions is a single C call that holds the GIL for milliseconds, and a Python loop keeps
+    it for up to the switch interval (5 ms) once the agent's thread asks for it; either stalls
+    the agent. Without `pause` (a flush waits for this batch) nobody is better served by the
+    pauses: each costs a wait for the GIL, with every other thread ahead."""
     if len(chunk) == 1:
         return (b'{"event_type":"' + DECISION_EVENT.encode() + b'","data":'
                 + _dumps(chunk[0].to_payload()) + b"}")
     parts = []
     for d in chunk:
         parts.append(_dumps(d.to_payload()))
-        time.sleep(0)  # hand the GIL to the agent's thread if it is waiting (it usually is)
+        if pause:
+            time.sleep(0)  # hand the GIL to the agent's thread if it is waiting (it usually is)
     return (b'{"event_type":"' + DECISIONS_EVENT.encode() + b'","data":{"schema":"'
             + DECISIONS_SCHEMA.encode() + b'","decisions":[' + b",".join(parts) + b"]}}")
 
@@ -130,6 +139,10 @@ class Sender:
         self.linger_s = linger_s
         self._closing = threading.Event()   # close() was called: stop lingering
         self._kick = threading.Event()      # flush() was called: send what is queued now
+        # Items ever put on the queue, and those taken off it and done with (sent, given up,
+        # dropped): a flush waits until the second reaches what the first was when it began.
+        self._accepted = 0
+        self._handled = 0
         self.stats = SenderStats()
         self._stats_lock = threading.Lock()
         self._progress = threading.Condition(self._stats_lock)  # stats changed: flush looks
@@ -173,18 +186,19 @@ class Sender:
         else:
             with self._stats_lock:
                 self.stats.queued += 1
+                self._accepted += 1
             return
         if self.drop == "newest":
             self._count(dropped=1)
             return
         try:  # drop the oldest to make room for this one; it no longer counts as queued
             self._queue.get_nowait()
-            self._count(dropped=1, queued=-1)
+            self._count(dropped=1, queued=-1, handled=1)
         except queue.Empty:
             pass
         try:
             self._queue.put_nowait(item)
-            self._count(queued=1)
+            self._count(queued=1, accepted=1)
         except queue.Full:
             self._count(dropped=1)
 
@@ -205,10 +219,12 @@ class Sender:
     def pending(self) -> int:
         return self._queue.qsize()
 
-    def _count(self, **deltas: int) -> None:
+    def _count(self, accepted: int = 0, handled: int = 0, **deltas: int) -> None:
         with self._progress:
             for name, delta in deltas.items():
                 setattr(self.stats, name, getattr(self.stats, name) + delta)
+            self._accepted += accepted
+            self._handled += handled
             self._progress.notify_all()
 
     # --- the sender thread ------------------------------------------------------------------------
@@ -222,6 +238,7 @@ class Sender:
                     # Let a batch gather: fewer, fuller posts mean fewer bursts of work that
                     # compete with the agent's thread for the GIL. A flush (or close) ends it.
                     self._kick.wait(self.linger_s)
+                waited_for = self._kick.is_set()  # a flush (or close) waits for this batch
                 if not self._closing.is_set():
                     # Before the queue is read: a flush from here on is in this batch or
                     # ends the next linger.
@@ -233,13 +250,17 @@ class Sender:
                     except queue.Empty:
                         break
                 stop = any(i is _STOP for i in batch)
-                self._send_batch(client, [i for i in batch if i is not _STOP])
+                items = [i for i in batch if i is not _STOP]
+                self._send_batch(client, items, pause=not waited_for)
+                # Counted per batch: within one, rewards go before decisions.
+                self._count(handled=len(items))
                 if stop:
                     break
         finally:
             client.close()
 
-    def _send_batch(self, client: httpx.Client, batch: list[tuple[Any, ...]]) -> None:
+    def _send_batch(self, client: httpx.Client, batch: list[tuple[Any, ...]],
+                    pause: bool = True) -> None:
         # Decisions are packed per rollout; other events keep their own post. Order within a
         # rollout is kept, which is what the gateway's list position (its event identity) needs.
         decisions: dict[str, list[Decision]] = {}
@@ -252,7 +273,7 @@ class Sender:
             for i in range(0, len(items), self.max_per_event):
                 chunk = items[i:i + self.max_per_event]
                 try:
-                    body = _encode_decisions(chunk)
+                    body = _encode_decisions(chunk, pause)
                 except (TypeError, ValueError):
                     self._count(failed=len(chunk))
                     continue
@@ -293,19 +314,21 @@ class Sender:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Send what is queued without waiting for the linger, and wait until everything
-        queued so far was handled (sent or given up); True if so."""
+        queued before the call was handled (sent, given up or dropped); True if so. What is
+        queued meanwhile (another rollout's decisions, by another thread) is not waited for:
+        it lingers for its own flush, as one event."""
         deadline = time.monotonic() + timeout
+        with self._progress:
+            target = self._accepted
         self._kick.set()
         with self._progress:
             while True:
-                s = self.stats
-                if self._queue.empty() and s.sent + s.failed >= s.queued:
+                if self._handled >= target:
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                # Woken by every count; the bound covers a queue emptied without one.
-                self._progress.wait(min(left, 0.05))
+                self._progress.wait(left)  # every change of _handled notifies
 
     def close(self, timeout: float | None = 5.0) -> SenderStats:
         """Send what is queued, then stop; after `timeout` seconds stop retrying and count what

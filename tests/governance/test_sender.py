@@ -274,3 +274,31 @@ def test_pending_decisions_are_flushed_at_exit(agl_gateway: Any) -> None:
     got = stored_decisions(agl_gateway.events(rid))
     assert len(got) == 40 and [d["round"] for d in got] == list(range(40))
     assert {d["agent_id"] for d in got} == {"exiting"}
+
+
+def test_a_flush_waits_only_for_what_was_queued_before_it() -> None:
+    # A rollout's decisions go out; while their post is held at the target, another rollout's
+    # decision is queued. The flush returns once the first batch is answered; the second
+    # lingers (60 s) for its own flush, as one event.
+    target = _Target(200, hold=True)
+    sender = Sender(target.event_url(), key="k", linger_s=60.0)
+    try:
+        for i in range(8):
+            sender.emit_decision(decision(i))
+        result: list[bool] = []
+        flushing = threading.Thread(target=lambda: result.append(sender.flush(20)))
+        flushing.start()
+        deadline = time.monotonic() + 10
+        while not target.bodies and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(target.bodies) == 1  # the first batch is in flight, held
+        sender.emit_decision(decision(100))  # queued after the flush began
+        target.release.set()
+        flushing.join(20)
+        assert result == [True]
+        assert sender.stats.sent == 8 and len(target.bodies) == 1
+        assert len(target.bodies[0]["data"]["decisions"]) == 8
+        stats = sender.close(timeout=10)
+        assert (stats.sent, stats.failed, len(target.bodies)) == (9, 0, 2)
+    finally:
+        target.close()

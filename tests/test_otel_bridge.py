@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
+import pyarrow as pa
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest, ExportTraceServiceResponse)
@@ -21,6 +22,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from support.bridge_spool import new_spool, write_round
 from tractatus_watch.collectors.spool_reader import SpoolReader
 from tractatus_watch.monitor.otel_bridge import OtelBridge
+from tractatus_watch.monitor.otel_export_process import (SCOPE, check_attributes,
+                                                         decision_attributes, encode, resource)
 from tractatus_watch.monitor.session import CollectionSession
 from tractatus_watch.storage.store import Store
 
@@ -210,3 +213,46 @@ def test_a_dead_export_process_stops_no_capture(tmp_path: Path, receiver: Receiv
     assert bridge.spans == sent
     gone = [r for r in caplog.records if "export process ended" in r.getMessage()]
     assert len(gone) == 1  # logged once, not once per batch
+
+
+def test_encode_makes_a_parent_and_its_children() -> None:
+    """encode() alone: one request, a root span per decision with a child per check, the
+    children inside their parent's trace and laid out from its start."""
+    decisions = pa.table({
+        "run_id": ["r", "r"], "decision_id": ["d1", "d2"], "rollout_id": ["ro", None],
+        "agent_id": ["a1", "a2"], "round": [3, 3], "arm": ["governed"] * 2,
+        "mode": ["enforce"] * 2, "action_kind": ["publish", "read"],
+        "verdict": ["block", "allow"], "executed": [False, True], "covered": [True, True],
+        "attempted": [True, False], "evasion": [False, False], "n_checks": [2, 0],
+        "latency_us": [50, 7], "ts_us": [1_000_000, 2_000_000]})
+    checks = pa.table({
+        "run_id": ["r", "r"], "decision_id": ["d1", "d1"], "idx": [0, 1],
+        "service": ["boundary", "values"], "rule_id": ["R1", "R2"],
+        "verdict": ["allow", "block"], "raw_verdict": [None, "deny"],
+        "boundary": [None, None], "severity": [None, "high"], "enforced": [False, True],
+        "latency_us": [10, 30]})
+    [(body, n_spans)] = encode(decisions, checks, resource(4242))
+    assert n_spans == 4
+    req = ExportTraceServiceRequest.FromString(body)
+    [rs] = req.resource_spans
+    assert {a.key: value(a.value) for a in rs.resource.attributes} == {
+        "service.name": "tractatus-watch", "process.pid": 4242}
+    [ss] = rs.scope_spans
+    assert ss.scope.name == SCOPE
+    roots = {attrs(s)["tractatus.decision.id"]: s for s in ss.spans if not s.parent_span_id}
+    kids = [s for s in ss.spans if s.parent_span_id]
+    d1 = roots["d1"]
+    assert d1.name == "execute_tool publish" and d1.kind == d1.SPAN_KIND_INTERNAL
+    rows = decisions.to_pylist()
+    assert attrs(d1) == decision_attributes(rows[0])
+    assert attrs(roots["d2"]) == decision_attributes(rows[1])
+    assert "tractatus.rollout.id" not in attrs(roots["d2"])
+    assert (d1.start_time_unix_nano, d1.end_time_unix_nano) == (999_950_000, 1_000_000_000)
+    assert [k.name for k in kids] == ["run_guardrail boundary", "run_guardrail values"]
+    assert all(k.parent_span_id == d1.span_id and k.trace_id == d1.trace_id for k in kids)
+    assert d1.trace_id != roots["d2"].trace_id and len(d1.trace_id) == 16
+    assert [(k.start_time_unix_nano, k.end_time_unix_nano) for k in kids] == [
+        (999_950_000, 999_960_000), (999_960_000, 999_990_000)]
+    assert attrs(kids[1]) == check_attributes(rows[0], checks.to_pylist()[1])
+    assert attrs(kids[1])["tractatus.severity"] == "high"
+    assert "tractatus.boundary" not in attrs(kids[1])

@@ -282,11 +282,10 @@ class _Dispatcher:
     again on every poll). The first rollout of every worker is marked first, so no worker
     waits for the others' marks."""
 
-    def __init__(self, client: JsonClient, base_url: str,
+    def __init__(self, client: JsonClient,
                  agents: dict[tuple[str, str], _Agent], senders: dict[str, Sender],
                  scenario: Scenario, run_id: str = "") -> None:
         self.client = client
-        self.base_url = base_url
         self.agents = agents
         self.senders = senders
         self.scenario = scenario
@@ -587,13 +586,12 @@ class DemoJob:
 
     def __post_init__(self) -> None:
         sc = self.scenario
-        self.arms = sc.arms  # the scenario's (`--arms`; default ARMS)
         self.styles = all_styles(sc.adversarial_round is not None)
         base_mask = np.array([not s.disguised for s in self.styles])
         self.senders = {arm: Sender(base_url=self.base_url, key=self.key, max_queue=200_000,
-                                    linger_s=ROLLOUT_LINGER_S) for arm in self.arms}
+                                    linger_s=ROLLOUT_LINGER_S) for arm in sc.arms}
         self.agents: dict[tuple[str, str], _Agent] = {}
-        for arm in self.arms:
+        for arm in sc.arms:
             for i in range(sc.agents):
                 agent_id = f"agent-{i}"
                 governor = Governor(
@@ -629,8 +627,8 @@ class DemoJob:
             # The model calls share the client: a completion may take longer than a read.
             rest = JsonClient(self.base_url, headers=headers, timeout=120.0)
             trainer.rest = rest
-            dispatcher = _Dispatcher(rest, self.base_url, self.agents, self.senders,
-                                     self.scenario, self.run_id)
+            dispatcher = _Dispatcher(rest, self.agents, self.senders, self.scenario,
+                                     self.run_id)
             try:
                 return self._rounds(trainer, dispatcher)
             finally:
@@ -678,7 +676,7 @@ class DemoJob:
         the model proposed in each (its `model_request` tool calls) and the rollout's reward."""
         index = {s.name: i for i, s in enumerate(self.styles)}
         groups: dict[tuple[str, str], list[tuple[np.ndarray, float]]] = defaultdict(list)
-        per_arm_counts = {arm: np.zeros(len(self.styles)) for arm in self.arms}
+        per_arm_counts = {arm: np.zeros(len(self.styles)) for arm in self.scenario.arms}
         per_arm_rewards: dict[str, list[float]] = defaultdict(list)
         decisions = proposed = 0
         for c in completed:

@@ -1,10 +1,10 @@
 """Governance next to the agent traces: each stored decision as an OpenTelemetry span, each of
-its checks as a child span, sent over OTLP HTTP (opentelemetry-sdk, BatchSpanProcessor).
+its checks as a child span, sent over OTLP HTTP (protobuf, encoded by otel_export_process.py).
 
 Spans are built from what the writer committed (decisions and checks the store holds), after
 the fact, with their own times and attributes (otel_export_process.py). This bridge keeps only
 the watermark and the reads (two DuckDB queries per batch, returning Arrow tables, run in C);
-the spans are built and exported in a child process of their own, at a lower priority, so the SDK's
+the spans are built and exported in a child process of their own, at a lower priority, so the
 per-span Python work never competes with the poller and the writer for the collector's GIL.
 Each batch goes over a pipe as Arrow IPC; one batch is in flight at a time (the next one is
 read meanwhile), so a slow receiver slows the bridge, never the capture.
@@ -39,7 +39,7 @@ from .otel_export_process import BATCH, check_attributes, decision_attributes
 log = logging.getLogger("tractatus_watch.bridges")
 
 ACK_TIMEOUT_S = 30.0   # a batch not built by then: the export process is stuck
-READY_TIMEOUT_S = 15.0  # the export process's start (its imports, the SDK's set-up)
+READY_TIMEOUT_S = 15.0  # the export process's start (its imports)
 CLOSE_TIMEOUT_S = 30.0  # the export process's last flush and exit, at close
 NICE = 10  # the export process's priority below the collector's
 # The export process: niced before its imports, so on a busy machine the capture gets the CPU
@@ -120,7 +120,7 @@ class OtelBridge(PollingBridge):
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         self._conn = Connection(ours.detach())
         self._conn.send_bytes(self.endpoint.encode())
-        # Its start-up (the SDK's imports) is over before capture begins, not during it.
+        # Its start-up (its imports) is over before capture begins, not during it.
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not self._ready and not self._gone and time.monotonic() < deadline:
             self._receive(min(deadline - time.monotonic(), 1.0))

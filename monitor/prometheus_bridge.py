@@ -3,8 +3,8 @@ http://HOST:PORT/metrics, for a Prometheus server to scrape.
 
 The bridge thread (monitor/bridges.PollingBridge) builds a snapshot from the store after each
 commit it sees, from the one definition of each figure: counts from storage/queries.py turned
-into figures by analysis/metrics.py, the gap from monitor/report.build_report, witnessed
-coverage from monitor/report.witness_by_arm, the drift detectors' statistics from
+into figures by analysis/metrics.py, the gap from monitor/report.performance_gap (the report's),
+witnessed coverage from monitor/report.witness_by_arm, the drift detectors' statistics from
 analysis/alerts/detectors.read_detector over the series the alert engine judges
 (monitor/store_evaluator.py). A scrape only reads the last snapshot: it never queries DuckDB.
 
@@ -54,7 +54,7 @@ from ..analysis.alerts.detectors import read_detector
 from ..storage import queries as Q
 from ..storage.latency_buckets import cumulative_counts, octave_edges
 from .bridges import PollingBridge
-from .report import build_report, witness_by_arm
+from .report import performance_gap, witness_by_arm
 from .store_evaluator import StoreEvaluator
 
 log = logging.getLogger("tractatus_watch.bridges")
@@ -152,7 +152,8 @@ def store_families(con: Any, runs: list[str], rules: AlertRuleSet) -> list[Metri
                                labels=det_lab + ["detail"])
     ended_at = Q.ended_runs(con)
     for run in runs:
-        for row in Q.totals(con, run).iter_rows(named=True):
+        totals = Q.totals(con, run)
+        for row in totals.iter_rows(named=True):
             f = M.arm_figures(row)
             for name, _, attr in ARM_COUNTERS:
                 counters[name].add_metric([run, f.arm], float(getattr(f, attr)))
@@ -165,7 +166,7 @@ def store_families(con: Any, runs: list[str], rules: AlertRuleSet) -> list[Metri
             rule_would.add_metric(labels, float(r.would_have_blocked))
             if r.evaluations is not None:
                 rule_evals.add_metric(labels, float(r.evaluations))
-        for arm in Q.totals(con, run)["arm"].to_list():
+        for arm in totals["arm"].to_list():
             for row in Q.per_rule(con, run, arm=arm).iter_rows(named=True):
                 allow = row["checks"] - row["warns"] - row["escalates"] - row["blocks"]
                 counts = {"allow": allow, "warn": row["warns"], "escalate": row["escalates"],
@@ -177,7 +178,7 @@ def store_families(con: Any, runs: list[str], rules: AlertRuleSet) -> list[Metri
             share = _finite(w["witnessed_coverage"])
             if share is not None:
                 witnessed.add_metric([run, w["arm"]], share)
-        report_gap = build_report(con, run).gap
+        report_gap = performance_gap(con, run)
         if report_gap is not None and _finite(report_gap.absolute) is not None:
             gap.add_metric([run], report_gap.absolute)
         newest = _epoch(Q.freshness(con, run)[1])

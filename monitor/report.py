@@ -215,6 +215,19 @@ def _final_sums(q: _Runs, run_id: str, arm: str) -> tuple[float, float, float]:
             float(final["reward_sq_sum"].sum()))
 
 
+def _gap(q: _Runs, run_id: str, base_run: str, base_arm: str) -> Gap | None:
+    """The governed arm of `run_id` against `base_arm` of `base_run`, over their final rounds;
+    None unless both earned rewards."""
+    g, b = _final_sums(q, run_id, GOVERNED), _final_sums(q, base_run, base_arm)
+    return gap_ci(*g, *b) if g[0] and b[0] else None
+
+
+def performance_gap(con: duckdb.DuckDBPyConnection, run_id: str) -> Gap | None:
+    """The report's gap of a run against its own ungoverned arm, without the rest of the
+    report (the Prometheus bridge's gauge)."""
+    return _gap(_Runs(con), run_id, run_id, UNGOVERNED)
+
+
 def build_report(con: duckdb.DuckDBPyConnection, run_id: str, baseline_run: str | None = None
                  ) -> Report:
     """The governed arm of `run_id` against the ungoverned arm of `baseline_run` (default: the
@@ -241,11 +254,7 @@ def build_report(con: duckdb.DuckDBPyConnection, run_id: str, baseline_run: str 
             m = _arm(q, run_id, name)
             if m:
                 arms[name] = m
-    gap = None
-    if governed and baseline:
-        g, b = _final_sums(q, run_id, GOVERNED), _final_sums(q, base_run, baseline.arm)
-        if g[0] and b[0]:
-            gap = gap_ci(*g, *b)
+    gap = _gap(q, run_id, base_run, baseline.arm) if governed and baseline else None
     ungoverned: list[dict[str, Any]] = []
     for run in sorted({m.run_id for m in arms.values() if m.ungoverned_actions}):
         frame = WQ.ungoverned_actions(con, run, limit=UNGOVERNED_LISTED)

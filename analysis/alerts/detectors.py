@@ -85,16 +85,15 @@ def _cusum(params: Mapping[str, Any], series: Series, rounds: np.ndarray, x_key:
         state = det.update(min(int(xi), ni_int), ni_int, int(r))
     if state is None:
         return Reading()
-    judged = Reading([], state.statistic, state.threshold)
     if not state.alarm:
-        return judged
+        return Reading([], state.statistic, state.threshold)
     since = state.change_round if state.change_round is not None else state.round
     mask = (rounds >= since) & with_data
     rate = float(x[mask].sum() / n[mask].sum()) if mask.any() else math.nan
     return Reading([Sample(labels, rate, state.round, {
         "p0": _fmt(state.p0), "rate": _fmt(rate), "change_round": _fmt(since),
         "statistic": _fmt(state.statistic), "threshold": _fmt(state.threshold)})],
-        judged.statistic, judged.threshold)
+        state.statistic, state.threshold)
 
 
 def _below(params: Mapping[str, Any], rounds: np.ndarray, part: np.ndarray, whole: np.ndarray,

@@ -52,7 +52,11 @@ def parse_address(text: str, option: str = "--metrics") -> tuple[str, int]:
 
 
 def _need(module: str, extra: str, option: str) -> None:
-    if importlib.util.find_spec(module) is None:
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        found = False
+    if not found:
         raise CliError(f"{option} needs the {extra} extra: pip install "
                        f"'tractatus-watch[{extra}]'")
 
@@ -83,7 +87,7 @@ def make_bridges(opts: BridgeOptions, rules: AlertRuleSet | None = None) -> list
 
         bridges.append(WandbBridge(opts.wandb))
     if opts.otlp is not None:
-        _need("opentelemetry.sdk", "otel", "--otlp")
+        _need("opentelemetry.proto", "otel", "--otlp")
         from ..monitor.otel_bridge import OtelBridge
 
         bridges.append(OtelBridge(opts.otlp))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -19,6 +20,21 @@ import pytest
 # Test support (synthetic data, a throwaway PostgreSQL) lives in tests/support, importable as
 # `support.*` from tests, worker scripts and benchmarks alike.
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+# --- the package logger as each test found it -------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _watch_logger_restored() -> Iterator[None]:
+    """An in-process `collect` calls setup_logging, which stops the package logger propagating
+    to the root; caplog listens on the root, so a later test on the same worker would see no
+    records. Restore the logger after every test."""
+    logger = logging.getLogger("tractatus_watch")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
 
 
 # --- agl_gateway: the real Agent Lightning gateway on 127.0.0.1 --------------------------------

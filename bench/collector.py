@@ -14,8 +14,8 @@
    they can for `--durable-seconds`; request latency p50/p99 and accepted POSTs/s of each, and
    the ratio with/without.
 5. bridges: drain (2.) with every bridge on (Prometheus, TensorBoard, W&B offline, OTLP to a
-   local receiver) and off, back to back, `--bridge-repeats` pairs: the median of the pairs'
-   ratios. Target: on >= 0.9 x off.
+   local receiver in its own process) and off, back to back, `--bridge-repeats` pairs: the
+   median of the pairs' ratios. Target: on >= 0.9 x off.
 The gateways run in their own processes (as in production), so client and server do not share a
 GIL. Last line: {"accept_events_per_s", "drain_events_per_s", "ratio", "latency_p50_ms",
 "latency_p99_ms", and per client count C: "durable_cC_p50_ms", "durable_cC_p99_ms",
@@ -254,13 +254,18 @@ def measure_drain(preload: int, workdir: Path, bridges: tuple[str, ...] = (),
     meanwhile, as `collect` runs them."""
     port = free_port()
     proc = spawn("--serve", str(port), str(preload))
+    receiver: subprocess.Popen[bytes] | None = None
     try:
         wait_up(port)
         with Store.open(workdir / f"{name}.duckdb") as store:
             writer = Writer(store, flush_interval_s=0.2)
             poller = Poller(f"http://127.0.0.1:{port}", key=os.environ[KEY_ENV],
                             concurrency=8)
-            on = every_bridge(workdir / name, bridges) if bridges else []
+            otlp_port = None
+            if "otel" in bridges:  # the receiver in its own process, as a user's would be
+                receiver = spawn("--otlp-receiver", str(otlp_port := free_port()))
+                wait_listening(otlp_port)
+            on = every_bridge(workdir / name, bridges, otlp_port) if bridges else []
             ctx = BridgeContext(store, lambda: writer.runs_written, lambda: [])
             for bridge in on:
                 bridge.start(ctx)
@@ -278,8 +283,10 @@ def measure_drain(preload: int, workdir: Path, bridges: tuple[str, ...] = (),
             raise RuntimeError(f"drain stored {stored} of {preload} events")
         return stored / elapsed, stored
     finally:
-        proc.terminate()
-        proc.wait()
+        for process in (proc, receiver):
+            if process is not None:
+                process.terminate()
+                process.wait()
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
@@ -299,20 +306,32 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 BRIDGES = ("prometheus", "tensorboard", "wandb", "otel")
 
 
-def every_bridge(folder: Path, names: tuple[str, ...] = BRIDGES) -> list[Any]:
+def serve_otlp(port: int) -> None:
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), _Receiver).serve_forever()
+
+
+def wait_listening(port: int, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def every_bridge(folder: Path, names: tuple[str, ...], otlp_port: int | None) -> list[Any]:
     from tractatus_watch.monitor.otel_bridge import OtelBridge
     from tractatus_watch.monitor.prometheus_bridge import PrometheusBridge
     from tractatus_watch.monitor.tracker_bridge import TensorBoardBridge, WandbBridge
 
-    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
     os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(folder))
     folder.mkdir(parents=True, exist_ok=True)
     made = {"prometheus": lambda: PrometheusBridge("127.0.0.1", free_port()),
             "tensorboard": lambda: TensorBoardBridge(folder / "tb"),
             "wandb": lambda: WandbBridge("tractatus-watch-bench"),
-            "otel": lambda: OtelBridge(f"http://127.0.0.1:{receiver.server_address[1]}"
-                                       "/v1/traces")}
+            "otel": lambda: OtelBridge(f"http://127.0.0.1:{otlp_port}/v1/traces")}
     return [made[name]() for name in names]
 
 
@@ -436,6 +455,9 @@ def durability_figures(workdir: Path, clients: list[int], seconds: float) -> dic
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
         serve(int(sys.argv[2]), int(sys.argv[3]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--otlp-receiver":
+        serve_otlp(int(sys.argv[2]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--tap":
         serve_tap(int(sys.argv[2]), sys.argv[3], sys.argv[4])

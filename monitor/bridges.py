@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from ..storage.store import Store
@@ -20,14 +20,56 @@ from .health import SourceHealth
 log = logging.getLogger("tractatus_watch.bridges")
 
 
+# Bridges share the collector's process (and GIL, and the store's CPU) with capture: together
+# their polls hold at most this share of the time, whatever the store's size and however many
+# bridges are on (bench/collector.py measures the drain with every bridge on).
+MAX_DUTY = 0.02
+
+
+class PollBudget:
+    """The time a session's bridges may spend polling, shared: one poll runs at a time, and
+    after a poll of d seconds the next (any bridge's) starts at least d / MAX_DUTY - d later.
+    A bridge's last poll, at close (capture is over), waits only for the one running."""
+
+    def __init__(self, duty: float = MAX_DUTY) -> None:
+        self.duty = duty
+        self._cond = threading.Condition()
+        self._busy = False
+        self._not_before = 0.0
+
+    def acquire(self, stop: threading.Event | None) -> bool:
+        """A turn to poll; with `stop` (a paced poll), False once it is set."""
+        with self._cond:
+            while stop is None or not stop.is_set():
+                left = self._not_before - time.monotonic() if stop is not None else 0.0
+                if not self._busy and left <= 0:
+                    self._busy = True
+                    return True
+                self._cond.wait(None if self._busy else left)
+            return False
+
+    def release(self, took_s: float) -> None:
+        with self._cond:
+            self._busy = False
+            self._not_before = max(self._not_before,
+                                   time.monotonic() + took_s / self.duty - took_s)
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """A stop was set: its waiting poll returns."""
+        with self._cond:
+            self._cond.notify_all()
+
+
 @dataclass(frozen=True)
 class BridgeContext:
     """What a bridge may read: the store, the runs this session collected, its sources'
-    health."""
+    health; and the polling time it shares with the session's other bridges."""
 
     store: Store
     runs: Callable[[], frozenset[str]]
     health: Callable[[], list[SourceHealth]]
+    budget: PollBudget = field(default_factory=PollBudget)
 
 
 class Bridge(Protocol):
@@ -40,25 +82,19 @@ class Bridge(Protocol):
         ...
 
 
-# A bridge shares the collector's process (and GIL) with capture: after a poll that took d
-# seconds it waits at least d / MAX_DUTY, so polling holds at most this share of the time
-# whatever the store's size (bench/collector.py measures the drain with every bridge on).
-MAX_DUTY = 0.05
-
-
 class PollingBridge:
-    """A bridge that reads the store every `interval_s` in its own thread (`poll`; longer
-    while polls are slow, MAX_DUTY), once more at close. A failing poll is logged and retried
-    on the next tick: a bridge never stops capture."""
+    """A bridge that reads the store every `interval_s` in its own thread (`poll`; less often
+    while the session's polls are slow, PollBudget), and once more at close with `final` set.
+    A failing poll is logged and retried on the next tick: a bridge never stops capture."""
 
     name = "bridge"
 
     def __init__(self, interval_s: float = 1.0) -> None:
         self.interval_s = interval_s
         self.ctx: BridgeContext | None = None
+        self.final = False  # the last poll: the writer's last commit is in the store
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()  # one poll at a time (the thread's and close's)
         self.error: str | None = None  # the last poll's failure, None after a good one
 
     def start(self, ctx: BridgeContext) -> None:
@@ -68,37 +104,41 @@ class PollingBridge:
         self._thread.start()
 
     def _loop(self) -> None:
-        wait_s = self.interval_s
-        while not self._stop.wait(wait_s):
-            started = time.monotonic()
-            self._poll_once()
-            took = time.monotonic() - started
-            wait_s = max(self.interval_s, took / MAX_DUTY - took)
+        while not self._stop.wait(self.interval_s):
+            self._poll_once(self._stop)
 
-    def _poll_once(self) -> None:
+    def _poll_once(self, stop: threading.Event | None = None) -> None:
+        """One poll in the session's budget: paced while `stop` is given, else right after the
+        poll running."""
         assert self.ctx is not None
-        with self._lock:
-            con = self.ctx.store.cursor()
-            try:
-                self.poll(con)
-                self.error = None
-            except Exception as exc:  # noqa: BLE001 - reported, retried on the next tick
-                reason = str(exc).strip().split("\n")[0]
-                if reason != self.error:
-                    log.warning("bridge poll failed", extra={"fields": {
-                        "bridge": self.name, "error": reason}})
-                self.error = reason
-            finally:
-                con.close()
+        if not self.ctx.budget.acquire(stop):
+            return
+        started = time.monotonic()
+        con = self.ctx.store.cursor()
+        try:
+            self.poll(con)
+            self.error = None
+        except Exception as exc:  # noqa: BLE001 - reported, retried on the next tick
+            reason = str(exc).strip().split("\n")[0]
+            if reason != self.error:
+                log.warning("bridge poll failed", extra={"fields": {
+                    "bridge": self.name, "error": reason}})
+            self.error = reason
+        finally:
+            con.close()
+            self.ctx.budget.release(time.monotonic() - started)
 
     def poll(self, con: Any) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
         self._stop.set()
+        if self.ctx is not None:
+            self.ctx.budget.wake()
         if self._thread is not None:
             self._thread.join(30)
         if self.ctx is not None:
+            self.final = True
             self._poll_once()
         self.finish()
 

@@ -4,17 +4,20 @@ its checks as a child span, sent over OTLP HTTP (protobuf, encoded by otel_expor
 Spans are built from what the writer committed (decisions and checks the store holds), after
 the fact, with their own times and attributes (otel_export_process.py). This bridge keeps only
 the watermark and the reads (two DuckDB queries per batch, returning Arrow tables, run in C);
-the spans are built and exported in a child process of their own, at a lower priority, so the
-per-span Python work never competes with the poller and the writer for the collector's GIL.
-Each batch goes over a pipe as Arrow IPC; one batch is in flight at a time (the next one is
-read meanwhile), so a slow receiver slows the bridge, never the capture.
+the spans are built and exported in a child process of their own, on CPU the collector leaves
+idle, so the per-span Python work never competes with the poller and the writer for the
+collector's GIL or cores. Each batch goes over a pipe as Arrow IPC. While capture runs, a poll
+hands over one batch once the previous one is built and never waits for it: a slow receiver or
+a starved export process makes the spans lag (logged once), never the capture or the other
+bridges. At close, every batch left is handed over, each after the previous one is built,
+within CLOSE_TIMEOUT_S.
 
 New decisions are those committed since the bridge started (the table's `rowid`, increasing
 with every append; rows are never updated or deleted). A dead receiver never stops capture:
 export failures are logged once (and once more when it recovers), and while the receiver is
-down batches are dropped at once instead of waiting out the timeout. A dead or stuck export
-process never hangs the collector: its batches are dropped, counted, and logged once; at close
-it gets a bounded time to flush and is killed after it.
+down batches are dropped at once instead of waiting out the timeout. A dead export process
+never hangs the collector: its batches are dropped, counted, and logged once; one that has not
+finished by the close deadline is killed.
 """
 
 from __future__ import annotations
@@ -34,16 +37,18 @@ import pyarrow.compute as pc
 
 from ..storage.transaction import transaction
 from .bridges import BridgeContext, PollingBridge
-from .otel_export_process import BATCH, check_attributes, decision_attributes
+from .otel_export_process import (BATCH, CAPTURE_OVER, END, check_attributes,
+                                  decision_attributes)
 
 log = logging.getLogger("tractatus_watch.bridges")
 
-ACK_TIMEOUT_S = 30.0   # a batch not built by then: the export process is stuck
+LAG_NOTE_S = 30.0       # a batch not built by then while capture runs: logged once
 READY_TIMEOUT_S = 15.0  # the export process's start (its imports)
-CLOSE_TIMEOUT_S = 30.0  # the export process's last flush and exit, at close
-NICE = 10  # the export process's priority below the collector's
-# The export process: niced before its imports, so on a busy machine the capture gets the CPU
-# first and the spans catch up after (they are read from the store: late loses nothing). Not
+CLOSE_TIMEOUT_S = 60.0  # at close: the batches left, built and sent, and the process's exit
+NICE = 10  # the export process's priority below the collector's, from its start
+# Niced before its imports, then (otel_export_process.background) only idle CPU while capture
+# runs: a capture thread that wakes up takes the core at once, where `nice` alone still takes a
+# share of a busy core. The spans are read from the store: late loses nothing. Not
 # multiprocessing's spawn: that imports the host's main module again (the CLI, a benchmark).
 LAUNCH = ("import os\n"
           f"if hasattr(os, 'nice'): os.nice({NICE})\n"
@@ -89,11 +94,14 @@ class OtelBridge(PollingBridge):
         self.exporter: ExportCounts | None = None
         self.process: subprocess.Popen[bytes] | None = None  # the export process
         self._conn: Connection | None = None
-        self._in_flight = 0
+        self._in_flight = 0  # decisions handed over and not yet built (one batch at most)
         self._ready = False
         self._gone = False  # the export process ended or is stuck: batches are dropped
         self._decision_pos = -1
         self._check_pos = -1
+        self._handed_at = 0.0  # when the batch in flight was handed over
+        self._lag_noted = False
+        self._deadline: float | None = None  # of the last poll and flush, once closing
         self.spans = 0  # decisions built as spans (with their checks) by the export process
         self.lost = 0   # decisions dropped because the export process was gone
 
@@ -129,10 +137,23 @@ class OtelBridge(PollingBridge):
         super().start(ctx)
 
     def poll(self, con: Any) -> None:
+        """While capture runs: one batch handed over when the previous one is built (the
+        bridge never waits for the export process). At close: every batch left, each after
+        the previous one is built, within CLOSE_TIMEOUT_S."""
         while self._receive(0.0):
             pass
-        while self._step(con) == BATCH:
-            pass
+        if self.final and self._deadline is None:
+            self._deadline = time.monotonic() + CLOSE_TIMEOUT_S
+            self._tell(CAPTURE_OVER)
+        while True:
+            if self._in_flight and not self._gone:
+                if self._deadline is None:
+                    self._note_lag()
+                    return
+                self._wait_built(self._deadline)
+                continue
+            if self._step(con) < BATCH:
+                return
 
     def _step(self, con: Any) -> int:
         with transaction(con):
@@ -151,24 +172,43 @@ class OtelBridge(PollingBridge):
         return int(decisions.num_rows)
 
     def _hand_over(self, decisions: pa.Table, checks: pa.Table) -> None:
-        """The batch to the export process once it has built the previous one (bounded)."""
-        deadline = time.monotonic() + ACK_TIMEOUT_S
-        while self._in_flight and not self._gone:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self._give_up("stuck: a batch not built in time")
-                break
-            self._receive(min(left, 1.0))
         if self._gone or self._conn is None:
             self.lost += decisions.num_rows
             return
         try:
             self._conn.send_bytes(_ipc(decisions))
             self._conn.send_bytes(_ipc(checks))
-            self._in_flight += 1
+            self._in_flight = decisions.num_rows
+            self._handed_at = time.monotonic()
         except OSError:
             self.lost += decisions.num_rows
             self._give_up("ended")
+
+    def _tell(self, message: bytes) -> None:
+        if self._gone or self._conn is None:
+            return
+        try:
+            self._conn.send_bytes(message)
+        except OSError:
+            self._give_up("ended")
+
+    def _wait_built(self, deadline: float) -> None:
+        """The batch in flight built, or the export process given up at `deadline`."""
+        while self._in_flight and not self._gone:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._give_up("did not finish in time; killed")
+                return
+            self._receive(min(left, 1.0))
+
+    def _note_lag(self) -> None:
+        """A batch unbuilt for LAG_NOTE_S while capture runs: the machine is busy (the export
+        process gets only idle CPU); logged once, spans catch up later."""
+        if not self._lag_noted and time.monotonic() - self._handed_at > LAG_NOTE_S:
+            self._lag_noted = True
+            log.warning("otlp: spans lag behind capture (the export process gets only idle "
+                        "CPU); they catch up when capture pauses or at close",
+                        extra={"fields": {"endpoint": self.endpoint}})
 
     def _receive(self, timeout_s: float) -> bool:
         """One message from the export process within `timeout_s`; False if none came."""
@@ -186,7 +226,7 @@ class OtelBridge(PollingBridge):
             case ("ready",):
                 self._ready = True
             case ("ack", int(built), int(sent), int(dropped)):
-                self._in_flight -= 1
+                self._in_flight = 0
                 self.spans += built
                 self.exporter.sent, self.exporter.dropped = sent, dropped
             case ("log", int(level), str(text), dict(fields)):
@@ -201,6 +241,8 @@ class OtelBridge(PollingBridge):
         if self._gone:
             return
         self._gone = True
+        self.lost += self._in_flight  # handed over, never built
+        self._in_flight = 0
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
         log.warning("otlp: the export process " + why + "; spans are dropped (capture goes on)",
@@ -210,12 +252,8 @@ class OtelBridge(PollingBridge):
     def finish(self) -> None:
         if self.process is None or self._conn is None:
             return
-        deadline = time.monotonic() + CLOSE_TIMEOUT_S
-        if not self._gone:
-            try:
-                self._conn.send_bytes(b"")  # every batch is handed over: flush and exit
-            except OSError:
-                self._give_up("ended")
+        deadline = self._deadline or time.monotonic() + CLOSE_TIMEOUT_S
+        self._tell(END)  # every batch is handed over: flush and exit
         while not self._gone and time.monotonic() < deadline:
             self._receive(min(deadline - time.monotonic(), 1.0))
         try:

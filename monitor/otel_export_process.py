@@ -8,8 +8,11 @@ exporter's pure-Python encoder cost about 90 us of CPU per span, this about a si
 
 The bridge (otel_bridge.py) starts it with `python -c` (otel_bridge.LAUNCH: below the
 collector's priority first, then this module's few imports, never the host's main module) and
-sends each batch as two Arrow IPC streams (its decisions, their checks) over a pipe; an empty
-message means "no more". Back over the same pipe go small tuples: ("ready",) once its imports
+sends each batch as two Arrow IPC streams (its decisions, their checks) over a pipe; END means
+"no more", CAPTURE_OVER that the collector's capture is over. While capture runs the process
+gets only CPU the collector leaves idle (SCHED_IDLE, where Linux has it); after CAPTURE_OVER it
+builds the rest at its launch priority where the system lets it (root, or RLIMIT_NICE), else
+still idle. Back over the same pipe go small tuples: ("ready",) once its imports
 are done, ("ack", decisions built, spans sent, spans dropped) after every batch, ("log", level,
 message, fields) for the bridge to log in its process, ("done", sent, dropped) at the end.
 
@@ -44,7 +47,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 SERVICE_NAME = "tractatus-watch"
 SCOPE = "tractatus_watch.otel_bridge"
-BATCH = 2000            # decisions the bridge reads and hands over per step
+BATCH = 10_000          # decisions the bridge reads and hands over per step
+END = b""               # from the bridge: every batch is handed over, flush and exit
+CAPTURE_OVER = b"!"     # from the bridge: capture is over, build the rest in the foreground
 REQUEST_DECISIONS = 512  # decisions (with their checks) per OTLP request
 RETRY_DOWN_S = 5.0      # while the receiver is down, one request is tried this often
 EXPORT_TIMEOUT_S = 5.0  # one request's socket deadline
@@ -278,6 +283,17 @@ def read_table(payload: bytes) -> pa.Table:
         return reader.read_all()
 
 
+def background(on: bool) -> None:
+    """Only idle CPU (on) or the launch priority back (off, where the system allows it)."""
+    try:
+        if on:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux; or not allowed: the priority stays
+        pass
+
+
 def main(conn: Connection, endpoint: str) -> None:
     """The process's entry point: batches from `conn` until the empty message (each sent
     before its ack: one batch in flight, so a slow receiver slows the bridge), then the last
@@ -288,6 +304,7 @@ def main(conn: Connection, endpoint: str) -> None:
     http_out = OtlpHttp(endpoint)
     exporter = GuardedExporter(http_out, endpoint, report)
     res = resource(os.getpid())
+    background(True)
     conn.send(("ready",))
     try:
         while True:
@@ -295,7 +312,10 @@ def main(conn: Connection, endpoint: str) -> None:
                 decisions_ipc = conn.recv_bytes()
             except EOFError:  # the bridge's process ended: nothing more to send
                 break
-            if not decisions_ipc:
+            if decisions_ipc == CAPTURE_OVER:
+                background(False)
+                continue
+            if decisions_ipc == END:
                 break
             decisions = read_table(decisions_ipc)
             for body, spans in encode(decisions, read_table(conn.recv_bytes()), res):

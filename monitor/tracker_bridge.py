@@ -78,18 +78,13 @@ class TrackerBridge(PollingBridge):
     def __init__(self, interval_s: float = 1.0) -> None:
         super().__init__(interval_s)
         self.tracker = RoundTracker(together=self.together)
-        self._final = False
-
-    def close(self) -> None:
-        self._final = True  # the last poll (after the writer's last commit) writes the rest
-        super().close()
 
     def poll(self, con: Any) -> None:
         assert self.ctx is not None
         for run_id in sorted(self.ctx.runs()):
             with transaction(con):  # the run's figures from one snapshot
                 scalars = round_scalars(con, run_id)
-            steps = self.tracker.ready(scalars, self._final)
+            steps = self.tracker.ready(scalars, self.final)  # the last poll writes the rest
             if steps:
                 self.write(run_id, steps)
 

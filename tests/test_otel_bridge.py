@@ -6,6 +6,7 @@ dead export process stops no capture."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -21,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from support.bridge_spool import new_spool, write_round
 from tractatus_watch.collectors.spool_reader import SpoolReader
+from tractatus_watch.monitor.bridges import PollingBridge
 from tractatus_watch.monitor.otel_bridge import OtelBridge
 from tractatus_watch.monitor.otel_export_process import (SCOPE, check_attributes,
                                                          decision_attributes, encode, resource)
@@ -213,6 +215,52 @@ def test_a_dead_export_process_stops_no_capture(tmp_path: Path, receiver: Receiv
     assert bridge.spans == sent
     gone = [r for r in caplog.records if "export process ended" in r.getMessage()]
     assert len(gone) == 1  # logged once, not once per batch
+
+
+class Counting(PollingBridge):
+    """A bridge that only counts its polls: proof that the session's poll budget is free."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        super().__init__(interval_s=0.05)
+        self.polls = 0
+
+    def poll(self, con: Any) -> None:
+        self.polls += 1
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policy")
+def test_a_stopped_export_process_holds_up_nothing(tmp_path: Path, receiver: Receiver) -> None:
+    """While capture runs the export process gets idle CPU only, and the bridge never waits
+    for it: stopped (as a starved process is), capture and the other bridges go on; at close
+    the spans catch up, every decision once."""
+    spool = new_spool(tmp_path / "spool")
+    store = Store.open(tmp_path / "stopped.duckdb")
+    bridge, counting = OtelBridge(receiver.url, interval_s=0.05), Counting()
+    session = CollectionSession(store, [SpoolReader(tmp_path / "spool", settle_s=0.1,
+                                                    poll_s=0.05)],
+                                run_id=RUN, bridges=[bridge, counting]).start()
+    sent = write_round(spool, 0, 10)
+    wait_until(lambda: bridge.spans == sent)
+    assert bridge.pid is not None
+    assert os.sched_getscheduler(bridge.pid) == os.SCHED_IDLE
+    os.kill(bridge.pid, signal.SIGSTOP)
+    try:
+        sent += write_round(spool, 1, 10)
+        wait_until(lambda: len(stored(store)[0]) == sent)  # captured
+        wait_until(lambda: bridge._in_flight > 0)  # a batch handed to the stopped process
+        polls = counting.polls
+        sent += write_round(spool, 2, 10)
+        wait_until(lambda: len(stored(store)[0]) == sent)
+        wait_until(lambda: counting.polls >= polls + 3)  # the budget is not held
+    finally:
+        os.kill(bridge.pid, signal.SIGCONT)
+    session.close()
+    roots = [s for _, s in receiver.spans if not s.parent_span_id]
+    assert bridge.spans == len(roots) == sent == 60
+    assert len({attrs(s)["tractatus.decision.id"] for s in roots}) == sent
+    assert bridge.lost == 0
 
 
 def test_encode_makes_a_parent_and_its_children() -> None:

@@ -15,15 +15,19 @@
    the ratio with/without.
 5. bridges: drain (2.) with every bridge on (Prometheus, TensorBoard, W&B offline, OTLP to a
    local receiver in its own process) and off, back to back, `--bridge-repeats` pairs: the
-   median of the pairs' ratios. Target: on >= 0.9 x off.
+   median of the pairs' ratios. Target: on >= 0.9 x off. Then every bridge on at a training
+   job's pace (`--bridge-rate` decisions/s through the gateway tap for `--bridge-seconds`): how
+   far the spans and the scraped Prometheus counters lag behind the store.
 The gateways run in their own processes (as in production), so client and server do not share a
 GIL. Last line: {"accept_events_per_s", "drain_events_per_s", "ratio", "latency_p50_ms",
 "latency_p99_ms", and per client count C: "durable_cC_p50_ms", "durable_cC_p99_ms",
 "durable_cC_posts_per_s", "nowait_cC_…", "durable_cC_posts_ratio",
-"drain_bridges_off_events_per_s", "drain_bridges_on_events_per_s", "drain_bridges_ratio"}.
+"drain_bridges_off_events_per_s", "drain_bridges_on_events_per_s", "drain_bridges_ratio",
+"bridges_span_lag_p50_s", "bridges_span_lag_max_s", "bridges_metrics_lag_p50_s",
+"bridges_metrics_lag_max_s"}.
 Usage: bench/collector.py [--preload N] [--rate R] [--seconds S] [--clients C]
 [--durable-seconds S] [--only-durability] [--only-bridges] [--bridge-repeats N]
-[--bridge-preload N] [--bridges LIST] [--dir D]
+[--bridge-preload N] [--bridge-rate R] [--bridge-seconds S] [--bridges LIST] [--dir D]
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -274,11 +279,25 @@ def measure_drain(preload: int, workdir: Path, bridges: tuple[str, ...] = (),
             writer.flush()
             elapsed = time.perf_counter() - t0
             cur = store.cursor()
-            stored = cur.execute("SELECT (SELECT count(*) FROM decisions) + "
-                                 "(SELECT count(*) FROM rewards)").fetchall()[0][0]
+            stored, decisions, checks = cur.execute(
+                "SELECT (SELECT count(*) FROM decisions) + (SELECT count(*) FROM rewards), "
+                "(SELECT count(*) FROM decisions), (SELECT count(*) FROM checks)").fetchall()[0]
+            live = {b.name: b.spans for b in on if b.name == "otel"}
             writer.close()
+            closing = time.perf_counter()
             for bridge in on:
                 bridge.close()
+            closing = time.perf_counter() - closing
+            for bridge in on:
+                # The bridges did their work: every decision and check became a span.
+                if bridge.name == "otel" and (bridge.spans, bridge.exporter.sent) != (
+                        decisions, decisions + checks):
+                    raise RuntimeError(f"otel: {bridge.spans} of {decisions} decisions and "
+                                       f"{bridge.exporter.sent} spans sent")
+            if on:
+                print(f"bridges on: {live.get('otel', 0)} of {decisions} decisions built as "
+                      f"spans during the drain, the rest at close; closing the bridges took "
+                      f"{closing:.1f} s", file=sys.stderr)
         if stored != preload:
             raise RuntimeError(f"drain stored {stored} of {preload} events")
         return stored / elapsed, stored
@@ -345,15 +364,76 @@ def bridge_figures(preload: int, workdir: Path, repeats: int,
         on.append(measure_drain(preload, workdir, bridges=names, name=f"on{i}")[0])
     # Each pair ran back to back: the median of the pairs' ratios follows the machine's load
     # better than the ratio of the medians.
-    ratio = statistics.median(a / b for a, b in zip(on, off))
+    ratios = [a / b for a, b in zip(on, off)]
+    ratio = statistics.median(ratios)
     figures = {"drain_bridges_off_events_per_s": statistics.median(off),
                "drain_bridges_on_events_per_s": statistics.median(on),
                "drain_bridges_ratio": ratio}
     print(f"drain with bridges {','.join(names)} on: {figures['drain_bridges_on_events_per_s']:.0f}"
           f" events/s, off: {figures['drain_bridges_off_events_per_s']:.0f} (medians of "
-          f"{repeats} pairs; median on/off of a pair {ratio:.3f}; target >= 0.90)",
+          f"{repeats} pairs; median on/off of a pair {ratio:.3f}; target >= 0.90; the pairs: "
+          f"{', '.join(f'{r:.3f}' for r in ratios)}; load {os.getloadavg()[0]:.1f})",
           file=sys.stderr)
     return figures
+
+
+def measure_bridge_lag(rate: float, seconds: float, workdir: Path) -> dict[str, float]:
+    """Every bridge on while a client POSTs decisions through the gateway tap at `rate` (a
+    training job's pace, not the drain's flat out): how far behind what is stored the spans
+    (built by the export process) and the Prometheus counters (as scraped) are, in seconds of
+    data at that rate, sampled twice a second over the second half of the run."""
+    with Store.open(workdir / "lag.duckdb") as store:
+        writer = Writer(store, flush_interval_s=0.2)
+        tap = GatewayTap(writer_sink(writer, "bench"), port=0, key=os.environ[KEY_ENV],
+                         batch_interval_s=0.05)
+        receiver = spawn("--otlp-receiver", str(otlp_port := free_port()))
+        tap.start()
+        on = {b.name: b for b in every_bridge(workdir / "lag", BRIDGES, otlp_port)}
+        ctx = BridgeContext(store, lambda: writer.runs_written, lambda: [])
+        span_lag: list[float] = []
+        metric_lag: list[float] = []
+        try:
+            wait_listening(otlp_port)
+            for bridge in on.values():
+                bridge.start(ctx)
+            (r,) = request(tap.port, "POST", "/api/rollouts", [{"input": {}}])
+            poster = spawn("--post", str(tap.port), str(rate), str(seconds), r["rollout_id"])
+            cur = store.cursor()
+            started = time.monotonic()
+            while poster.poll() is None:
+                time.sleep(0.5)
+                if time.monotonic() - started < seconds / 2:
+                    continue
+                (stored,), = cur.execute("SELECT count(*) FROM decisions").fetchall()
+                scraped = prometheus_actions(on["prometheus"].url)
+                span_lag.append((stored - on["otel"].spans) / rate)
+                metric_lag.append((stored - scraped) / rate)
+        finally:
+            tap.stop()
+            writer.close()
+            for bridge in on.values():
+                bridge.close()
+            receiver.terminate()
+            receiver.wait()
+    figures = {"bridges_span_lag_p50_s": statistics.median(span_lag),
+               "bridges_span_lag_max_s": max(span_lag),
+               "bridges_metrics_lag_p50_s": statistics.median(metric_lag),
+               "bridges_metrics_lag_max_s": max(metric_lag)}
+    print(f"bridges at {rate:.0f} decisions/s for {seconds:.0f} s: spans behind the store by "
+          f"{figures['bridges_span_lag_p50_s']:.1f} s of data (median; max "
+          f"{figures['bridges_span_lag_max_s']:.1f}), Prometheus counters by "
+          f"{figures['bridges_metrics_lag_p50_s']:.1f} s (max "
+          f"{figures['bridges_metrics_lag_max_s']:.1f}); load {os.getloadavg()[0]:.1f}",
+          file=sys.stderr)
+    return figures
+
+
+def prometheus_actions(url: str) -> float:
+    """The sum of tractatus_actions_total as a scrape shows it."""
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("tractatus_actions_total{"))
 
 
 def measure_latency(rate: float, seconds: float, workdir: Path) -> tuple[float, float, int]:
@@ -482,6 +562,9 @@ def main() -> None:
     ap.add_argument("--bridge-preload", type=int, default=100_000,
                     help="events preloaded for each drain of the bridges run (long enough "
                          "for the bridges to poll several times)")
+    ap.add_argument("--bridge-rate", type=float, default=1000.0,
+                    help="decisions/s for the bridges' lag at a training job's pace")
+    ap.add_argument("--bridge-seconds", type=float, default=20.0)
     ap.add_argument("--bridges", default=",".join(BRIDGES),
                     help="the bridges on in the bridges run (comma list)")
     ap.add_argument("--dir", type=Path, default=None)
@@ -491,6 +574,7 @@ def main() -> None:
         workdir = Path(tmp)
         bridges = bridge_figures(args.bridge_preload, workdir, args.bridge_repeats,
                                  tuple(args.bridges.split(",")))
+        bridges |= measure_bridge_lag(args.bridge_rate, args.bridge_seconds, workdir)
         if args.only_bridges:
             last_line(bridges)
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -21,38 +22,53 @@ log = logging.getLogger("tractatus_watch.bridges")
 
 
 # Bridges share the collector's process (and GIL, and the store's CPU) with capture: together
-# their polls hold at most this share of the time, whatever the store's size and however many
+# their polls take at most this share of a core, whatever the store's size and however many
 # bridges are on (bench/collector.py measures the drain with every bridge on).
 MAX_DUTY = 0.02
 
 
 class PollBudget:
-    """The time a session's bridges may spend polling, shared: one poll runs at a time, and
-    after a poll of d seconds the next (any bridge's) starts at least d / MAX_DUTY - d later.
-    A bridge's last poll, at close (capture is over), waits only for the one running."""
+    """The CPU time a session's bridges may spend polling, shared: one poll runs at a time,
+    turns go in the order asked for (a bridge that polls often never starves one that polls
+    slowly), and a poll that cost c seconds of its thread's CPU lets the next start no sooner
+    than c / duty after it started. Its thread's CPU, not the wall: a poll waiting for the
+    GIL, the disk or a tracker's service costs the capture nothing. A bridge's last poll, at
+    close (capture is over), waits only for the one running."""
 
     def __init__(self, duty: float = MAX_DUTY) -> None:
         self.duty = duty
         self._cond = threading.Condition()
         self._busy = False
         self._not_before = 0.0
+        self._queue: deque[object] = deque()  # the paced polls waiting, first come first
 
     def acquire(self, stop: threading.Event | None) -> bool:
         """A turn to poll; with `stop` (a paced poll), False once it is set."""
         with self._cond:
-            while stop is None or not stop.is_set():
-                left = self._not_before - time.monotonic() if stop is not None else 0.0
-                if not self._busy and left <= 0:
-                    self._busy = True
-                    return True
-                self._cond.wait(None if self._busy else left)
-            return False
+            if stop is None:
+                while self._busy:
+                    self._cond.wait()
+                self._busy = True
+                return True
+            ticket = object()
+            self._queue.append(ticket)
+            try:
+                while not stop.is_set():
+                    left = self._not_before - time.monotonic()
+                    if not self._busy and left <= 0 and self._queue[0] is ticket:
+                        self._busy = True
+                        return True
+                    self._cond.wait(left if not self._busy and left > 0 else None)
+                return False
+            finally:
+                self._queue.remove(ticket)
+                self._cond.notify_all()  # the next in line may go
 
-    def release(self, took_s: float) -> None:
+    def release(self, started: float, cost_s: float) -> None:
+        """The poll that started at `started` (monotonic) is over; it cost `cost_s`."""
         with self._cond:
             self._busy = False
-            self._not_before = max(self._not_before,
-                                   time.monotonic() + took_s / self.duty - took_s)
+            self._not_before = max(self._not_before, started + cost_s / self.duty)
             self._cond.notify_all()
 
     def wake(self) -> None:
@@ -108,12 +124,13 @@ class PollingBridge:
             self._poll_once(self._stop)
 
     def _poll_once(self, stop: threading.Event | None = None) -> None:
-        """One poll in the session's budget: paced while `stop` is given, else right after the
-        poll running."""
+        """One poll in its budget: paced while `stop` is given, else right after the poll
+        running."""
         assert self.ctx is not None
-        if not self.ctx.budget.acquire(stop):
+        budget = self.budget()
+        if not budget.acquire(stop):
             return
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.thread_time()
         con = self.ctx.store.cursor()
         try:
             self.poll(con)
@@ -126,7 +143,16 @@ class PollingBridge:
             self.error = reason
         finally:
             con.close()
-            self.ctx.budget.release(time.monotonic() - started)
+            budget.release(started, self.poll_cost(time.thread_time() - cpu))
+
+    def budget(self) -> PollBudget:
+        """The budget this bridge's polls take turns in: the session's, shared."""
+        assert self.ctx is not None
+        return self.ctx.budget
+
+    def poll_cost(self, thread_s: float) -> float:
+        """What the poll cost the capture: the CPU of its thread."""
+        return thread_s
 
     def poll(self, con: Any) -> None:
         raise NotImplementedError
@@ -134,7 +160,7 @@ class PollingBridge:
     def close(self) -> None:
         self._stop.set()
         if self.ctx is not None:
-            self.ctx.budget.wake()
+            self.budget().wake()
         if self._thread is not None:
             self._thread.join(30)
         if self.ctx is not None:

@@ -36,12 +36,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..storage.transaction import transaction
-from .bridges import BridgeContext, PollingBridge
+from .bridges import BridgeContext, PollBudget, PollingBridge
 from .otel_export_process import (BATCH, CAPTURE_OVER, END, check_attributes,
                                   decision_attributes)
 
 log = logging.getLogger("tractatus_watch.bridges")
 
+SPAN_DUTY = 0.10        # the share of a core the spans may take: reads and building
 LAG_NOTE_S = 30.0       # a batch not built by then while capture runs: logged once
 READY_TIMEOUT_S = 15.0  # the export process's start (its imports)
 CLOSE_TIMEOUT_S = 60.0  # at close: the batches left, built and sent, and the process's exit
@@ -88,8 +89,11 @@ def _ipc(table: pa.Table) -> Any:
 class OtelBridge(PollingBridge):
     name = "otel"
 
-    def __init__(self, endpoint: str, interval_s: float = 1.0) -> None:
+    def __init__(self, endpoint: str, interval_s: float = 0.25) -> None:
         super().__init__(interval_s)
+        # A budget of its own: its work grows with the decisions stored, where the others'
+        # polls are snapshots; sharing theirs, it would fall behind a training job's rate.
+        self._budget = PollBudget(SPAN_DUTY)
         self.endpoint = endpoint
         self.exporter: ExportCounts | None = None
         self.process: subprocess.Popen[bytes] | None = None  # the export process
@@ -100,10 +104,20 @@ class OtelBridge(PollingBridge):
         self._decision_pos = -1
         self._check_pos = -1
         self._handed_at = 0.0  # when the batch in flight was handed over
+        self._built_cost = 0.0  # CPU the export process spent on batches, not yet charged
         self._lag_noted = False
         self._deadline: float | None = None  # of the last poll and flush, once closing
         self.spans = 0  # decisions built as spans (with their checks) by the export process
         self.lost = 0   # decisions dropped because the export process was gone
+
+    def budget(self) -> PollBudget:
+        return self._budget
+
+    def poll_cost(self, thread_s: float) -> float:
+        """The reads, and the export process's CPU for the batches built since the last poll:
+        idle-priority CPU still slows capture (the cores share caches and memory)."""
+        cost, self._built_cost = thread_s + self._built_cost, 0.0
+        return cost
 
     @property
     def pid(self) -> int | None:
@@ -225,8 +239,9 @@ class OtelBridge(PollingBridge):
         match message:
             case ("ready",):
                 self._ready = True
-            case ("ack", int(built), int(sent), int(dropped)):
+            case ("ack", int(built), int(sent), int(dropped), float(cpu_s)):
                 self._in_flight = 0
+                self._built_cost += cpu_s
                 self.spans += built
                 self.exporter.sent, self.exporter.dropped = sent, dropped
             case ("log", int(level), str(text), dict(fields)):

@@ -13,7 +13,8 @@ sends each batch as two Arrow IPC streams (its decisions, their checks) over a p
 gets only CPU the collector leaves idle (SCHED_IDLE, where Linux has it); after CAPTURE_OVER it
 builds the rest at its launch priority where the system lets it (root, or RLIMIT_NICE), else
 still idle. Back over the same pipe go small tuples: ("ready",) once its imports
-are done, ("ack", decisions built, spans sent, spans dropped) after every batch, ("log", level,
+are done, ("ack", decisions built, spans sent, spans dropped, CPU seconds the batch cost) after
+every batch, ("log", level,
 message, fields) for the bridge to log in its process, ("done", sent, dropped) at the end.
 
 Times (README, "OpenTelemetry"): a decision's `ts` is taken when its checks are done, so its
@@ -47,7 +48,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 SERVICE_NAME = "tractatus-watch"
 SCOPE = "tractatus_watch.otel_bridge"
-BATCH = 10_000          # decisions the bridge reads and hands over per step
+BATCH = 10_000          # decisions the bridge reads and hands over at most per step
 END = b""               # from the bridge: every batch is handed over, flush and exit
 CAPTURE_OVER = b"!"     # from the bridge: capture is over, build the rest in the foreground
 REQUEST_DECISIONS = 512  # decisions (with their checks) per OTLP request
@@ -317,10 +318,12 @@ def main(conn: Connection, endpoint: str) -> None:
                 continue
             if decisions_ipc == END:
                 break
+            cpu = time.process_time()
             decisions = read_table(decisions_ipc)
             for body, spans in encode(decisions, read_table(conn.recv_bytes()), res):
                 exporter.export(body, spans)
-            conn.send(("ack", decisions.num_rows, exporter.sent, exporter.dropped))
+            conn.send(("ack", decisions.num_rows, exporter.sent, exporter.dropped,
+                       time.process_time() - cpu))
     finally:
         http_out.close()
         try:

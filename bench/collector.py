@@ -282,7 +282,7 @@ def measure_drain(preload: int, workdir: Path, bridges: tuple[str, ...] = (),
             stored, decisions, checks = cur.execute(
                 "SELECT (SELECT count(*) FROM decisions) + (SELECT count(*) FROM rewards), "
                 "(SELECT count(*) FROM decisions), (SELECT count(*) FROM checks)").fetchall()[0]
-            live = {b.name: b.spans for b in on if b.name == "otel"}
+            live = sum(b.spans for b in on if b.name == "otel")
             writer.close()
             closing = time.perf_counter()
             for bridge in on:
@@ -295,7 +295,7 @@ def measure_drain(preload: int, workdir: Path, bridges: tuple[str, ...] = (),
                     raise RuntimeError(f"otel: {bridge.spans} of {decisions} decisions and "
                                        f"{bridge.exporter.sent} spans sent")
             if on:
-                print(f"bridges on: {live.get('otel', 0)} of {decisions} decisions built as "
+                print(f"bridges on: {live} of {decisions} decisions built as "
                       f"spans during the drain, the rest at close; closing the bridges took "
                       f"{closing:.1f} s", file=sys.stderr)
         if stored != preload:
@@ -386,12 +386,13 @@ def measure_bridge_lag(rate: float, seconds: float, workdir: Path) -> dict[str, 
         writer = Writer(store, flush_interval_s=0.2)
         tap = GatewayTap(writer_sink(writer, "bench"), port=0, key=os.environ[KEY_ENV],
                          batch_interval_s=0.05)
-        receiver = spawn("--otlp-receiver", str(otlp_port := free_port()))
-        tap.start()
+        otlp_port = free_port()
         on = {b.name: b for b in every_bridge(workdir / "lag", BRIDGES, otlp_port)}
         ctx = BridgeContext(store, lambda: writer.runs_written, lambda: [])
         span_lag: list[float] = []
         metric_lag: list[float] = []
+        receiver = spawn("--otlp-receiver", str(otlp_port))
+        tap.start()
         try:
             wait_listening(otlp_port)
             for bridge in on.values():

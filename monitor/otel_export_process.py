@@ -12,10 +12,10 @@ sends each batch as two Arrow IPC streams (its decisions, their checks) over a p
 "no more", CAPTURE_OVER that the collector's capture is over. While capture runs the process
 gets only CPU the collector leaves idle (SCHED_IDLE, where Linux has it); after CAPTURE_OVER it
 builds the rest at its launch priority where the system lets it (root, or RLIMIT_NICE), else
-still idle. Back over the same pipe go small tuples: ("ready",) once its imports
-are done, ("ack", decisions built, spans sent, spans dropped, CPU seconds the batch cost) after
-every batch, ("log", level,
-message, fields) for the bridge to log in its process, ("done", sent, dropped) at the end.
+still idle. Back over the same pipe go small tuples: ("ready",) once its imports are done,
+("ack", decisions built, spans sent, spans dropped, CPU seconds the batch cost) after every
+batch, ("log", level, message, fields) for the bridge to log in its process, ("done", sent,
+dropped) at the end.
 
 Times (README, "OpenTelemetry"): a decision's `ts` is taken when its checks are done, so its
 span ends at `ts` and starts `latency_us` earlier; its checks follow one another from that
@@ -287,10 +287,7 @@ def read_table(payload: bytes) -> pa.Table:
 def background(on: bool) -> None:
     """Only idle CPU (on) or the launch priority back (off, where the system allows it)."""
     try:
-        if on:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        else:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        os.sched_setscheduler(0, os.SCHED_IDLE if on else os.SCHED_OTHER, os.sched_param(0))
     except (AttributeError, OSError):  # not Linux; or not allowed: the priority stays
         pass
 

@@ -253,7 +253,7 @@ def test_a_stopped_export_process_holds_up_nothing(tmp_path: Path, receiver: Rec
         polls = counting.polls
         sent += write_round(spool, 2, 10)
         wait_until(lambda: len(stored(store)[0]) == sent)
-        wait_until(lambda: counting.polls >= polls + 3)  # the budget is not held
+        wait_until(lambda: counting.polls >= polls + 3)  # the other bridges poll on
     finally:
         os.kill(bridge.pid, signal.SIGCONT)
     session.close()
